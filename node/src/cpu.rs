@@ -1,0 +1,318 @@
+//! The CPU reference forward pass: plain, readable Rust in the style of llama2.c's `run.c`. It is the oracle every
+//! WGSL kernel and every distributed run is checked against, so clarity beats speed here. Weights are read from
+//! the memory-mapped GGUF one quantized block at a time (never dequantized as a whole).
+
+use std::collections::HashMap;
+
+use edge_protocol::ShardSpec;
+
+use crate::gguf::{Gguf, TensorInfo};
+use crate::model::{ModelConfig, RopeStyle, ShardTensors};
+use crate::quant::{dequantize_row, GgmlType};
+use crate::shard::{check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
+
+/// One sequence's KV cache for the layers of this shard.
+struct KvCache {
+    k: Vec<f32>, // (n_layers, capacity, kv_dim)
+    v: Vec<f32>, // (n_layers, capacity, kv_dim)
+    capacity: usize,
+    len: usize,
+}
+
+/// Per-layer vectors, read once at load (a few KiB each).
+struct LayerVectors {
+    attn_norm: Vec<f32>,    // (dim)
+    ffn_norm: Vec<f32>,     // (dim)
+    bias_q: Option<Vec<f32>>, // (n_heads * head_dim)
+    bias_k: Option<Vec<f32>>, // (kv_dim)
+    bias_v: Option<Vec<f32>>, // (kv_dim)
+}
+
+pub struct CpuShard {
+    gguf: Gguf,
+    cfg: ModelConfig,
+    t: ShardTensors,
+    vectors: Vec<LayerVectors>,
+    output_norm: Option<Vec<f32>>, // (dim)
+    seqs: HashMap<SeqId, KvCache>,
+}
+
+impl CpuShard {
+    pub fn load(gguf: &Gguf, cfg: &ModelConfig, spec: ShardSpec) -> Result<CpuShard, ShardError> {
+        let t = ShardTensors::resolve(gguf, cfg, spec)?;
+        let read = |info: &TensorInfo| read_f32(gguf, info);
+        let vectors = t
+            .layers
+            .iter()
+            .map(|l| LayerVectors {
+                attn_norm: read(&l.attn_norm),
+                ffn_norm: read(&l.ffn_norm),
+                bias_q: l.bq.as_ref().map(read),
+                bias_k: l.bk.as_ref().map(read),
+                bias_v: l.bv.as_ref().map(read),
+            })
+            .collect();
+        let output_norm = t.output_norm.as_ref().map(read);
+        Ok(CpuShard { gguf: gguf.clone(), cfg: cfg.clone(), t, vectors, output_norm, seqs: HashMap::new() })
+    }
+
+    /// One position through the shard's layers. `x` (dim) is the residual stream, updated in place.
+    fn forward_position(&self, kv: &mut KvCache, pos: usize, x: &mut [f32]) {
+        let c = &self.cfg;
+        let (dim, hd, kv_dim) = (c.dim, c.head_dim, c.kv_dim());
+        let q_dim = c.n_heads * hd;
+        let group = c.n_heads / c.n_kv_heads;
+        let mut xb = vec![0.0; dim]; // (dim) normed input of a sub-block
+        let mut q = vec![0.0; q_dim]; // (n_heads * head_dim)
+        let mut k = vec![0.0; kv_dim]; // (kv_dim)
+        let mut v = vec![0.0; kv_dim]; // (kv_dim)
+        let mut att_out = vec![0.0; q_dim]; // (n_heads * head_dim)
+        let mut scores = vec![0.0; pos + 1]; // (pos + 1)
+        let mut delta = vec![0.0; dim]; // (dim) output of a sub-block, added to x
+        let mut gate = vec![0.0; c.ffn_dim]; // (ffn_dim)
+        let mut up = vec![0.0; c.ffn_dim]; // (ffn_dim)
+
+        for (li, (lt, lv)) in self.t.layers.iter().zip(&self.vectors).enumerate() {
+            // Attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
+            rmsnorm(&mut xb, x, &lv.attn_norm, c.rms_eps);
+            matvec(&self.gguf, &lt.wq, &xb, &mut q);
+            matvec(&self.gguf, &lt.wk, &xb, &mut k);
+            matvec(&self.gguf, &lt.wv, &xb, &mut v);
+            add_bias(&mut q, &lv.bias_q);
+            add_bias(&mut k, &lv.bias_k);
+            add_bias(&mut v, &lv.bias_v);
+            rope(&mut q, pos, hd, c.rope_theta, c.rope);
+            rope(&mut k, pos, hd, c.rope_theta, c.rope);
+
+            let layer_off = li * kv.capacity * kv_dim;
+            let row = layer_off + pos * kv_dim;
+            kv.k[row..row + kv_dim].copy_from_slice(&k);
+            kv.v[row..row + kv_dim].copy_from_slice(&v);
+
+            let scale = 1.0 / (hd as f32).sqrt();
+            for h in 0..c.n_heads {
+                let qh = &q[h * hd..(h + 1) * hd];
+                let kvh = h / group; // grouped-query attention: heads share K/V
+                for (t, s) in scores.iter_mut().enumerate() {
+                    let kt = &kv.k[layer_off + t * kv_dim + kvh * hd..][..hd];
+                    *s = dot(qh, kt) * scale;
+                }
+                softmax(&mut scores);
+                let out = &mut att_out[h * hd..(h + 1) * hd];
+                out.fill(0.0);
+                for (t, &a) in scores.iter().enumerate() {
+                    let vt = &kv.v[layer_off + t * kv_dim + kvh * hd..][..hd];
+                    out.iter_mut().zip(vt).for_each(|(o, &vv)| *o += a * vv);
+                }
+            }
+            matvec(&self.gguf, &lt.wo, &att_out, &mut delta);
+            x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
+
+            // Feed-forward (SwiGLU): x += W_down · (silu(W_gate·norm(x)) * (W_up·norm(x)))
+            rmsnorm(&mut xb, x, &lv.ffn_norm, c.rms_eps);
+            matvec(&self.gguf, &lt.w_gate, &xb, &mut gate);
+            matvec(&self.gguf, &lt.w_up, &xb, &mut up);
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+            matvec(&self.gguf, &lt.w_down, &gate, &mut delta);
+            x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    /// Final norm and output head: logits (vocab) for one position.
+    fn head(&self, x: &[f32]) -> Vec<f32> {
+        let (norm, out) = (self.output_norm.as_ref().expect("head shard"), self.t.output.as_ref().expect("head shard"));
+        let mut xb = vec![0.0; self.cfg.dim];
+        rmsnorm(&mut xb, x, norm, self.cfg.rms_eps);
+        let mut logits = vec![0.0; self.cfg.vocab];
+        matvec(&self.gguf, out, &xb, &mut logits);
+        logits
+    }
+
+    /// Embedding row of a token (dim).
+    fn embed(&self, token: u32) -> Vec<f32> {
+        let e = self.t.embed.as_ref().expect("embedding shard");
+        let mut x = vec![0.0; self.cfg.dim];
+        let rb = e.ty.row_bytes(self.cfg.dim);
+        dequantize_row(e.ty, &self.gguf.data(e)[token as usize * rb..][..rb], &mut x);
+        x
+    }
+}
+
+impl Shard for CpuShard {
+    fn spec(&self) -> ShardSpec {
+        self.t.spec
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn backend_name(&self) -> String {
+        "cpu reference".into()
+    }
+    fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
+        if self.seqs.contains_key(&seq) {
+            return Err(ShardError::SequenceExists(seq));
+        }
+        let n = self.t.layers.len() * capacity * self.cfg.kv_dim();
+        self.seqs.insert(seq, KvCache { k: vec![0.0; n], v: vec![0.0; n], capacity, len: 0 });
+        Ok(())
+    }
+    fn close_sequence(&mut self, seq: SeqId) {
+        self.seqs.remove(&seq);
+    }
+    fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError> {
+        self.seqs.get(&seq).map(|s| s.len).ok_or(ShardError::UnknownSequence(seq))
+    }
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        let s = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        s.len = s.len.min(len);
+        Ok(())
+    }
+
+    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
+        let spec = self.t.spec;
+        let n = check_input(&spec, &self.cfg, &input)?;
+        let dim = self.cfg.dim;
+        let mut kv = self.seqs.remove(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        if kv.len + n > kv.capacity {
+            let capacity = kv.capacity;
+            let need = kv.len + n;
+            self.seqs.insert(seq, kv);
+            return Err(ShardError::ContextFull { need, capacity });
+        }
+        let mut hidden = Vec::with_capacity(n * dim); // (n, dim)
+        let mut tokens = Vec::new();
+        let mut logits = Vec::new();
+        for i in 0..n {
+            let mut x = match input {
+                ShardInput::Tokens(t) => self.embed(t[i]),
+                ShardInput::Hidden(h) => h[i * dim..(i + 1) * dim].to_vec(),
+            };
+            let pos = kv.len;
+            self.forward_position(&mut kv, pos, &mut x);
+            kv.len += 1;
+            if !spec.head {
+                hidden.extend_from_slice(&x);
+                continue;
+            }
+            let last = i == n - 1;
+            match want {
+                HeadOutput::ArgmaxAll => tokens.push(argmax(&self.head(&x))),
+                HeadOutput::ArgmaxLast if last => tokens.push(argmax(&self.head(&x))),
+                HeadOutput::LogitsLast if last => logits = self.head(&x),
+                _ => {}
+            }
+        }
+        self.seqs.insert(seq, kv);
+        Ok(if !spec.head {
+            ShardOutput::Hidden(hidden)
+        } else if want == HeadOutput::LogitsLast {
+            ShardOutput::Logits(logits)
+        } else {
+            ShardOutput::Tokens(tokens)
+        })
+    }
+}
+
+/// Reads a small F32 tensor (norm weights, biases).
+fn read_f32(g: &Gguf, info: &TensorInfo) -> Vec<f32> {
+    let mut v = vec![0.0; info.n_elements() as usize];
+    dequantize_row(info.ty, g.data(info), &mut v);
+    v
+}
+
+/// out = W · x for a `(rows, cols)` matrix in any supported GGML type, one quantized block at a time.
+/// Rows are split over the machine's cores (each row is independent).
+pub fn matvec(g: &Gguf, w: &TensorInfo, x: &[f32], out: &mut [f32]) {
+    let (rows, cols) = (w.rows() as usize, w.cols() as usize);
+    assert_eq!((x.len(), out.len()), (cols, rows), "matvec shape of {}", w.name);
+    let data = g.data(w);
+    matvec_bytes(w.ty, data, cols, x, out);
+}
+
+/// [`matvec`] over raw GGML bytes.
+pub fn matvec_bytes(ty: GgmlType, data: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    let row_bytes = ty.row_bytes(cols);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = out.len().div_ceil(threads).max(64);
+    std::thread::scope(|s| {
+        for (ci, o) in out.chunks_mut(chunk).enumerate() {
+            s.spawn(move || {
+                let (block, block_bytes) = ty.block();
+                let block = block.max(32); // F32/F16: process 32 elements at a time
+                let block_bytes = block_bytes * (block / ty.block().0);
+                let mut w = vec![0.0f32; block];
+                for (i, o) in o.iter_mut().enumerate() {
+                    let r = ci * chunk + i;
+                    let row = &data[r * row_bytes..(r + 1) * row_bytes];
+                    let mut acc = 0.0f32;
+                    for (b, xb) in x.chunks_exact(block).enumerate() {
+                        dequantize_row(ty, &row[b * block_bytes..(b + 1) * block_bytes], &mut w);
+                        acc += dot(&w, xb);
+                    }
+                    *o = acc;
+                }
+            });
+        }
+    });
+}
+
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(weight) {
+        *o = xi * scale * wi;
+    }
+}
+
+/// Rotary position embedding over every head of `x` (n_heads * head_dim) at position `pos`.
+pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, style: RopeStyle) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            let (a, b) = match style {
+                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(b) = bias {
+        x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// Index of the largest value (the first one on ties, as llama.cpp's greedy sampler).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

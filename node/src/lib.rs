@@ -1,0 +1,21 @@
+//! `edge-node`: a cluster member that loads a shard of a GGUF model and runs it.
+//!
+//! # Layout
+//! - [`gguf`]: memory-mapped GGUF reader (metadata, tensor infos, zero-copy tensor data).
+//! - [`quant`]: GGML block formats: geometry, row dequantization, reference quantizers.
+//! - [`model`]: hyper-parameters from metadata and the tensors each shard needs.
+//! - [`shard`]: the [`shard::Shard`] trait every backend implements: a layer range serving many sequences.
+//! - [`cpu`]: the CPU reference forward pass, the oracle for every kernel and distributed run.
+//! - [`gpu`]: the wgpu executor: WGSL kernels from `shaders/`, weights kept in their quantized blocks.
+//! - [`tokenizer`]: GGUF-embedded BPE vocabulary via the `tokenizers` crate, ChatML prompts, streaming text.
+//! - [`sampler`]: greedy, temperature, top-k, top-p with a seed.
+//! - [`generate`]: the generation loop over a chain of shards, with timing.
+//! - [`bench`]: the `edge-node bench` measurements.
+//! - [`setup`]: where models live and the errors that tell a user how to fetch them.
+
+pub mod cpu;
+pub mod gguf;
+pub mod model;
+pub mod quant;
+pub mod setup;
+pub mod shard;

@@ -1,0 +1,7 @@
+//! The model as data: hyper-parameters and the tensors a shard needs.
+
+mod config;
+mod weights;
+
+pub use config::{ModelConfig, RopeStyle};
+pub use weights::{LayerTensors, Matrix, ShardTensors};

@@ -1,0 +1,69 @@
+//! Where models live on this machine, and errors that tell the user how to get them.
+//!
+//! Models are kept outside git, in `$EDGE_MODELS_DIR`, else `$XDG_CACHE_HOME/edge-infer/models`, else
+//! `~/.cache/edge-infer/models`. `scripts/setup.sh` fetches them and checks their sha256.
+
+use std::path::{Path, PathBuf};
+
+/// A model this project knows how to fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownModel {
+    pub file: &'static str,
+    pub bytes: u64,
+    pub sha256: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 (the default model).
+pub const SMOLLM2: KnownModel = KnownModel {
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    bytes: 98_362_432,
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+pub const KNOWN_MODELS: [KnownModel; 1] = [SMOLLM2];
+
+/// The command that fetches the models.
+pub const SETUP_COMMAND: &str = "bash scripts/setup.sh";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("model file {0} not found; fetch it with `{SETUP_COMMAND}` (or pass --model PATH)")]
+    Missing(PathBuf),
+    #[error("model file {path} has {actual} bytes, expected {expected}: it is truncated or corrupt; delete it and run `{SETUP_COMMAND}`")]
+    WrongSize { path: PathBuf, actual: u64, expected: u64 },
+}
+
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EDGE_MODELS_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("edge-infer").join("models")
+}
+
+/// Path of the default model (it may not exist yet).
+pub fn default_model() -> PathBuf {
+    models_dir().join(SMOLLM2.file)
+}
+
+/// Checks that a model path exists and, for a model this project fetches, has the right size.
+pub fn check_model(path: &Path) -> Result<(), SetupError> {
+    let meta = std::fs::metadata(path).map_err(|_| SetupError::Missing(path.to_owned()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if let Some(k) = KNOWN_MODELS.iter().find(|k| k.file == name) {
+        if meta.len() != k.bytes {
+            return Err(SetupError::WrongSize { path: path.to_owned(), actual: meta.len(), expected: k.bytes });
+        }
+    }
+    Ok(())
+}
+
+/// The model given on the command line, or the default one; checked with [`check_model`].
+pub fn resolve_model(arg: Option<&Path>) -> Result<PathBuf, SetupError> {
+    let path = arg.map(Path::to_owned).unwrap_or_else(default_model);
+    check_model(&path)?;
+    Ok(path)
+}

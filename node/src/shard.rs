@@ -1,0 +1,106 @@
+//! The unit of execution: one loaded shard (a layer range of a model, optionally with the embedding and the
+//! head) that serves any number of sequences, each with its own KV cache.
+//!
+//! Both backends implement [`Shard`]; whole-model generation is the single-shard case, and a pipeline is a chain
+//! of shards passing hidden states.
+
+use edge_protocol::ShardSpec;
+
+use crate::gguf::GgufError;
+use crate::model::ModelConfig;
+
+/// Identifies a sequence (a generation job) on a shard.
+pub type SeqId = u64;
+
+/// What goes into a shard: token ids (first shard) or the previous shard's hidden states `(n_tokens, dim)`.
+#[derive(Debug, Clone, Copy)]
+pub enum ShardInput<'a> {
+    Tokens(&'a [u32]),
+    Hidden(&'a [f32]),
+}
+
+/// What the last shard should produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadOutput {
+    /// Greedy token for the last position (argmax on the device: 4 bytes read back).
+    ArgmaxLast,
+    /// Greedy token for every position of the step (prompt checks).
+    ArgmaxAll,
+    /// Full logits of the last position (for sampling).
+    LogitsLast,
+}
+
+/// What comes out of a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardOutput {
+    /// Hidden states `(n_tokens, dim)` for the next shard.
+    Hidden(Vec<f32>),
+    /// Argmax token ids (one, or one per position).
+    Tokens(Vec<u32>),
+    /// Logits `(vocab)` of the last position.
+    Logits(Vec<f32>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The model file or shard description is unusable.
+    #[error(transparent)]
+    Model(#[from] GgufError),
+    /// No sequence with this id is open on the shard.
+    #[error("unknown sequence {0}")]
+    UnknownSequence(SeqId),
+    /// A sequence with this id is already open.
+    #[error("sequence {0} is already open")]
+    SequenceExists(SeqId),
+    /// The step would run past the sequence's context capacity.
+    #[error("context full: {need} positions needed, the sequence holds {capacity}")]
+    ContextFull { need: usize, capacity: usize },
+    /// The input does not fit the shard (tokens into a middle shard, wrong hidden size, token id out of range).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The GPU failed (no adapter, device lost, out of memory).
+    #[error("gpu: {0}")]
+    Gpu(String),
+}
+
+pub trait Shard {
+    fn spec(&self) -> ShardSpec;
+    fn config(&self) -> &ModelConfig;
+    /// Short description of the backend and device, e.g. `wgpu/llvmpipe (LLVM 15.0.6, 256 bits)`.
+    fn backend_name(&self) -> String;
+    /// Opens a sequence able to hold `capacity` positions.
+    fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError>;
+    /// Frees a sequence's KV cache. Unknown ids are ignored.
+    fn close_sequence(&mut self, seq: SeqId);
+    /// Number of positions the sequence holds.
+    fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError>;
+    /// Forgets positions `len..` of a sequence (to replay or roll back).
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError>;
+    /// Runs the shard over the next positions of `seq`. A shard without the head returns
+    /// [`ShardOutput::Hidden`] whatever `want` says.
+    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError>;
+}
+
+/// Shared checks of a step's input against a shard; returns the number of tokens in the step.
+pub fn check_input(spec: &ShardSpec, cfg: &ModelConfig, input: &ShardInput<'_>) -> Result<usize, ShardError> {
+    let n = match (input, spec.embed) {
+        (ShardInput::Tokens(t), true) => {
+            if let Some(bad) = t.iter().find(|&&t| t as usize >= cfg.vocab) {
+                return Err(ShardError::BadInput(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab)));
+            }
+            t.len()
+        }
+        (ShardInput::Hidden(h), false) => {
+            if h.len() % cfg.dim != 0 {
+                return Err(ShardError::BadInput(format!("hidden state of {} floats is not a multiple of dim {}", h.len(), cfg.dim)));
+            }
+            h.len() / cfg.dim
+        }
+        (ShardInput::Tokens(_), false) => return Err(ShardError::BadInput("this shard takes hidden states, not tokens".into())),
+        (ShardInput::Hidden(_), true) => return Err(ShardError::BadInput("this shard takes token ids, not hidden states".into())),
+    };
+    if n == 0 {
+        return Err(ShardError::BadInput("empty step".into()));
+    }
+    Ok(n)
+}

@@ -1,0 +1,20 @@
+//! Shared by the node's integration tests: the real model and its known-good values.
+#![allow(dead_code)]
+
+use edge_node::gguf::Gguf;
+use edge_node::model::ModelConfig;
+
+/// "Once upon a time, there was a little robot named" (llama.cpp's tokenizer, ENVIRONMENT.md).
+pub const REFERENCE_PROMPT: &str = "Once upon a time, there was a little robot named";
+pub const REFERENCE_IDS: [u32; 11] = [6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 3365];
+/// Argmax of the logits at each prompt position (numpy f32 reference, HF transformers and llama.cpp agree).
+pub const REFERENCE_ARGMAX: [u32; 11] = [29, 260, 655, 28, 260, 436, 253, 1165, 8180, 3365, 659];
+
+/// The real SmolLM2 model. Fails (never skips) when it is missing: run `bash scripts/setup.sh`.
+pub fn smollm2() -> (Gguf, ModelConfig) {
+    let path = std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model);
+    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
+    let g = Gguf::open(&path).unwrap();
+    let cfg = ModelConfig::from_gguf(&g).unwrap();
+    (g, cfg)
+}

@@ -1,0 +1,91 @@
+//! What a shard is: a contiguous range of transformer layers of one model, optionally with the token embedding
+//! (first shard) and the final norm + output head (last shard).
+
+use serde::{Deserialize, Serialize};
+
+/// A contiguous piece of a model that one node executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShardSpec {
+    /// First layer (inclusive).
+    pub layer_start: u32,
+    /// Last layer (exclusive).
+    pub layer_end: u32,
+    /// The shard starts from token ids (owns the embedding table).
+    pub embed: bool,
+    /// The shard ends with the final norm and output head (produces logits / tokens).
+    pub head: bool,
+}
+
+impl ShardSpec {
+    /// The whole model as one shard.
+    pub fn whole(n_layers: u32) -> ShardSpec {
+        ShardSpec { layer_start: 0, layer_end: n_layers, embed: true, head: true }
+    }
+
+    /// Splits `0..n_layers` at the given boundaries, e.g. `split(30, &[10, 20])` gives three shards.
+    pub fn split(n_layers: u32, cuts: &[u32]) -> Vec<ShardSpec> {
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < n_layers));
+        bounds.push(n_layers);
+        bounds.dedup();
+        let last = bounds.len() - 2;
+        bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| ShardSpec { layer_start: w[0], layer_end: w[1], embed: i == 0, head: i == last })
+            .collect()
+    }
+
+    pub fn n_layers(&self) -> u32 {
+        self.layer_end.saturating_sub(self.layer_start)
+    }
+
+    /// Checks the shard against a model with `n_layers` layers.
+    pub fn validate(&self, n_layers: u32) -> Result<(), String> {
+        if self.layer_start > self.layer_end || self.layer_end > n_layers {
+            return Err(format!(
+                "shard layers {}..{} do not fit a model with {n_layers} layers",
+                self.layer_start, self.layer_end
+            ));
+        }
+        if self.n_layers() == 0 && !self.embed && !self.head {
+            return Err("shard has no layers, no embedding and no head".into());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ShardSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "layers {}..{}", self.layer_start, self.layer_end)?;
+        if self.embed {
+            write!(f, " +embed")?;
+        }
+        if self.head {
+            write!(f, " +head")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_all_layers_once() {
+        let s = ShardSpec::split(30, &[10, 20]);
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].layer_start, s[0].layer_end, s[0].embed, s[0].head), (0, 10, true, false));
+        assert_eq!((s[1].layer_start, s[1].layer_end, s[1].embed, s[1].head), (10, 20, false, false));
+        assert_eq!((s[2].layer_start, s[2].layer_end, s[2].embed, s[2].head), (20, 30, false, true));
+        assert_eq!(ShardSpec::split(30, &[]), vec![ShardSpec::whole(30)]);
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range() {
+        assert!(ShardSpec { layer_start: 5, layer_end: 31, embed: false, head: true }.validate(30).is_err());
+        assert!(ShardSpec { layer_start: 6, layer_end: 5, embed: false, head: false }.validate(30).is_err());
+        assert!(ShardSpec::whole(30).validate(30).is_ok());
+    }
+}
