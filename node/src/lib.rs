@@ -15,7 +15,9 @@
 
 pub mod cpu;
 pub mod gguf;
+pub mod gpu;
 pub mod model;
 pub mod quant;
 pub mod setup;
 pub mod shard;
+pub mod tokenizer;

@@ -16,3 +16,13 @@ fn cpu_reference_reproduces_known_argmax_sequence() {
     let out = shard.forward(1, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::ArgmaxAll).unwrap();
     assert_eq!(out, ShardOutput::Tokens(common::REFERENCE_ARGMAX.to_vec()));
 }
+
+#[test]
+fn wgpu_backend_reproduces_known_argmax_sequence() {
+    let (g, cfg) = common::smollm2();
+    let ctx = edge_node::gpu::GpuContext::new().unwrap();
+    let mut shard = edge_node::gpu::GpuShard::load(ctx, &g, &cfg, ShardSpec::whole(30), Default::default()).unwrap();
+    shard.open_sequence(1, 64).unwrap();
+    let out = shard.forward(1, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::ArgmaxAll).unwrap();
+    assert_eq!(out, ShardOutput::Tokens(common::REFERENCE_ARGMAX.to_vec()));
+}

@@ -1,0 +1,129 @@
+//! The wgpu device: adapter choice, limits, and GPU errors turned into values instead of panics.
+
+use std::sync::{Arc, Mutex};
+
+use crate::shard::ShardError;
+
+/// How to install a Vulkan driver when none is found.
+pub const NO_ADAPTER_HELP: &str = "no Vulkan adapter found. On Debian/Ubuntu install the CPU implementation \
+(lavapipe) with `sudo apt-get install -y mesa-vulkan-drivers libvulkan1` (scripts/setup.sh does this), \
+or use `--backend cpu`";
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl GpuContext {
+    /// Opens the first Vulkan adapter (a real GPU is preferred over lavapipe).
+    pub fn new() -> Result<Arc<GpuContext>, ShardError> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::VULKAN;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        }))
+        .map_err(|e| ShardError::Gpu(format!("{NO_ADAPTER_HELP} ({e})")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("edge-node"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| ShardError::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            tracing::error!(cause = %e, "wgpu error");
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        tracing::info!(adapter = %info.name, backend = ?info.backend, device_type = ?info.device_type, "gpu ready");
+        Ok(Arc::new(GpuContext { device, queue, info, limits, errors }))
+    }
+
+    /// `adapter name (type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.device_type)
+    }
+
+    /// Fails with the first GPU error raised since the last check.
+    pub fn check(&self) -> Result<(), ShardError> {
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_empty() {
+            Ok(())
+        } else {
+            let msg = e.join("; ");
+            e.clear();
+            Err(ShardError::Gpu(msg))
+        }
+    }
+
+    /// Waits for all submitted work.
+    pub fn wait(&self) -> Result<(), ShardError> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ShardError::Gpu(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(16),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let buf = self.storage(label, data.len() as u64);
+        if !data.is_empty() {
+            let mut padded;
+            let bytes = if data.len() % 4 == 0 {
+                data
+            } else {
+                padded = data.to_vec();
+                padded.resize(data.len().next_multiple_of(4), 0);
+                &padded
+            };
+            self.queue.write_buffer(&buf, 0, bytes);
+        }
+        buf
+    }
+
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: std::mem::size_of::<T>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buf, 0, bytemuck::bytes_of(value));
+        buf
+    }
+
+    /// Copies `bytes` from `src` into a mappable buffer and reads them back (one submit, one wait).
+    pub fn read_back(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, ShardError> {
+        let slice = staging.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| ShardError::Gpu("map callback dropped".into()))?
+            .map_err(|e| ShardError::Gpu(format!("map failed: {e}")))?;
+        let data = slice.get_mapped_range().map_err(|e| ShardError::Gpu(format!("{e:?}")))?.to_vec();
+        staging.unmap();
+        self.check()?;
+        Ok(data)
+    }
+}

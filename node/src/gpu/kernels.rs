@@ -1,0 +1,160 @@
+//! Kernel sources, bind group layouts and the pipeline cache. A pipeline is built from a header of constants,
+//! one quant decoder and one kernel file, and cached by that key (each costs a JIT compile on lavapipe).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::quant::GgmlType;
+
+use super::context::GpuContext;
+
+/// A kernel file and the bindings it declares, in order: `u` uniform, `r` read-only storage, `w` read-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Matmul,
+    Embed,
+    RopeKv,
+    Attention,
+    Argmax,
+    Copy,
+}
+
+impl Kernel {
+    fn source(self) -> &'static str {
+        match self {
+            Kernel::Matmul => include_str!("../../../shaders/matmul.wgsl"),
+            Kernel::Embed => include_str!("../../../shaders/embed.wgsl"),
+            Kernel::RopeKv => include_str!("../../../shaders/rope_kv.wgsl"),
+            Kernel::Attention => include_str!("../../../shaders/attention.wgsl"),
+            Kernel::Argmax => include_str!("../../../shaders/argmax.wgsl"),
+            Kernel::Copy => include_str!("../../../shaders/copy.wgsl"),
+        }
+    }
+    fn bindings(self) -> &'static str {
+        match self {
+            Kernel::Matmul => "uurrrrrw",
+            Kernel::Embed => "uurrrw",
+            Kernel::RopeKv => "uurwww",
+            Kernel::Attention => "uurrrw",
+            Kernel::Argmax => "uurw",
+            Kernel::Copy => "rw",
+        }
+    }
+}
+
+/// The WGSL decoder for a weight type.
+pub fn quant_source(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::F32 => include_str!("../../../shaders/quant_f32.wgsl"),
+        GgmlType::F16 => include_str!("../../../shaders/quant_f16.wgsl"),
+        GgmlType::Q8_0 => include_str!("../../../shaders/quant_q8_0.wgsl"),
+        GgmlType::Q4_0 => include_str!("../../../shaders/quant_q4_0.wgsl"),
+        GgmlType::Q4_1 => include_str!("../../../shaders/quant_q4_1.wgsl"),
+        other => unreachable!("{other:?} is rejected when the model is loaded"),
+    }
+}
+
+/// Everything that makes one pipeline different from another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub kernel: Kernel,
+    pub quant: Option<GgmlType>,
+    /// Header constants, e.g. `("NORM", "true")`.
+    pub consts: Vec<(&'static str, String)>,
+}
+
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub struct PipelineCache {
+    map: Mutex<HashMap<PipelineKey, std::sync::Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    pub fn get(&self, ctx: &GpuContext, key: &PipelineKey) -> std::sync::Arc<Pipeline> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone()).or_insert_with(|| std::sync::Arc::new(build(ctx, key))).clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The full WGSL text of a pipeline.
+pub fn source(key: &PipelineKey) -> String {
+    let mut s = String::new();
+    for (name, value) in &key.consts {
+        let ty = if value == "true" || value == "false" { "bool" } else { "u32" };
+        s.push_str(&format!("const {name}: {ty} = {value};\n"));
+    }
+    if let Some(q) = key.quant {
+        s.push_str(quant_source(q));
+    }
+    s.push_str(key.kernel.source());
+    s
+}
+
+fn build(ctx: &GpuContext, key: &PipelineKey) -> Pipeline {
+    let d = &ctx.device;
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+        .kernel
+        .bindings()
+        .chars()
+        .enumerate()
+        .map(|(i, c)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match c {
+                    'u' => wgpu::BufferBindingType::Uniform,
+                    'r' => wgpu::BufferBindingType::Storage { read_only: true },
+                    _ => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let label = format!("{:?}/{:?}", key.kernel, key.quant);
+    let layout = d.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+    let pl = d.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&label),
+        source: wgpu::ShaderSource::Wgsl(source(key).into()),
+    });
+    let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&label),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[],
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    Pipeline { pipeline, layout }
+}
+
+/// A bind group over `buffers` in binding order.
+pub fn bind(ctx: &GpuContext, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &p.layout, entries: &entries })
+}

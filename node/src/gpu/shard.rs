@@ -1,0 +1,542 @@
+//! [`GpuShard`]: a shard on a wgpu device. Activations stay on the device between layers; one step is one
+//! submit with one readback (the sampled token, the last logits, or the hidden state for the next shard).
+//!
+//! Per layer: fused norm+QKV matmul, RoPE + KV write, attention, O matmul + residual, fused norm+gate/up+SwiGLU,
+//! down matmul + residual: 6 dispatches (more only when q/k/v types differ or a matrix is chunked).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use edge_protocol::ShardSpec;
+
+use crate::gguf::{Gguf, TensorInfo};
+use crate::model::{ModelConfig, RopeStyle, ShardTensors};
+use crate::shard::{check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
+
+use super::context::GpuContext;
+use super::kernels::{bind, Kernel, Pipeline, PipelineCache, PipelineKey};
+use super::weights::GpuMatrix;
+
+/// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
+const HEAD_ROWS: u64 = 32;
+
+/// Tokens per matmul invocation (TB in matmul.wgsl).
+const TOKENS_PER_INVOCATION: u32 = 8;
+
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    /// Largest storage binding to create (defaults to the device limit); smaller values force chunking.
+    pub max_binding_bytes: Option<u64>,
+    /// Positions processed per submit; longer prompts run in several steps.
+    pub max_step_tokens: usize,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { max_binding_bytes: None, max_step_tokens: 256 }
+    }
+}
+
+/// Per-step values shared by every dispatch (one uniform write per step).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    n_tok: u32,
+    pos0: u32,
+    head_n: u32,
+    head_row0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatParams {
+    rows: u32,
+    cols: u32,
+    out_rows: u32,
+    row_off: u32,
+    out_stride: u32,
+    head: u32,
+    eps: f32,
+    bias_off: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params8([u32; 8]);
+
+/// How many workgroups a dispatch needs for a step.
+#[derive(Clone, Copy)]
+enum Grid {
+    /// One invocation per output row, 8 tokens per invocation (`head`: tokens of the head step).
+    Matmul { rows: u32, head: bool },
+    Embed { blocks: u32 },
+    Rope { items: u32 },
+    Attention { heads: u32 },
+    Argmax,
+}
+
+struct Dispatch {
+    pipe: Arc<Pipeline>,
+    bind: wgpu::BindGroup,
+    grid: Grid,
+}
+
+impl Dispatch {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, n_tok: u32, head_n: u32) {
+        let tiles = |n: u32| n.div_ceil(TOKENS_PER_INVOCATION);
+        let (x, y) = match self.grid {
+            Grid::Matmul { rows, head } => (rows.div_ceil(64), tiles(if head { head_n } else { n_tok })),
+            Grid::Embed { blocks } => (blocks.div_ceil(64), n_tok),
+            Grid::Rope { items } => (items.div_ceil(64), n_tok),
+            Grid::Attention { heads } => (heads, n_tok),
+            Grid::Argmax => (head_n, 1),
+        };
+        pass.set_pipeline(&self.pipe.pipeline);
+        pass.set_bind_group(0, &self.bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+/// Device buffers for one step's activations, shared by all sequences.
+struct Activations {
+    tokens: wgpu::Buffer,  // (max_step) u32
+    x: wgpu::Buffer,       // (max_step, dim) residual stream
+    qkv: wgpu::Buffer,     // (max_step, q_dim + 2 kv_dim)
+    q: wgpu::Buffer,       // (max_step, q_dim) after RoPE
+    att: wgpu::Buffer,     // (max_step, q_dim) attention output
+    h: wgpu::Buffer,       // (max_step, ffn_dim) SwiGLU output
+    logits: wgpu::Buffer,  // (max_step, vocab)
+    argmax: wgpu::Buffer,  // (max_step) u32
+    staging: wgpu::Buffer, // readback
+    dummy: wgpu::Buffer,   // bound where a kernel's optional input is unused
+}
+
+struct GpuLayer {
+    dispatches_before_attention: Vec<Dispatch>, // norm + qkv
+    dispatches_after_attention: Vec<Dispatch>,  // o + residual, norm + gate/up, down + residual
+}
+
+/// A sequence's KV cache (one buffer per layer) and the bind groups that read it.
+struct GpuSeq {
+    rope: Vec<Dispatch>,      // per layer
+    attention: Vec<Dispatch>, // per layer
+    capacity: usize,
+    len: usize,
+    _kv: Vec<wgpu::Buffer>,
+}
+
+pub struct GpuShard {
+    ctx: Arc<GpuContext>,
+    pipes: PipelineCache,
+    cfg: ModelConfig,
+    spec: ShardSpec,
+    opts: GpuOptions,
+    step: wgpu::Buffer,
+    act: Activations,
+    rope_params: wgpu::Buffer,
+    att_params: wgpu::Buffer,
+    embed: Option<Dispatch>,
+    layers: Vec<GpuLayer>,
+    head: Vec<Dispatch>, // norm + head matmul chunks, argmax
+    seqs: HashMap<SeqId, GpuSeq>,
+    weight_bytes: u64,
+}
+
+impl GpuShard {
+    /// Uploads the shard's weights (still quantized) and builds every pipeline it needs.
+    pub fn load(ctx: Arc<GpuContext>, g: &Gguf, cfg: &ModelConfig, spec: ShardSpec, opts: GpuOptions) -> Result<GpuShard, ShardError> {
+        let t = ShardTensors::resolve(g, cfg, spec)?;
+        let c = cfg;
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let m = opts.max_step_tokens.max(1) as u64;
+        let max_binding = opts.max_binding_bytes.unwrap_or(ctx.limits.max_storage_buffer_binding_size as u64);
+        let f = 4u64;
+        let act = Activations {
+            tokens: ctx.storage("tokens", m * 4),
+            x: ctx.storage("x", m * c.dim as u64 * f),
+            qkv: ctx.storage("qkv", m * qkv_dim as u64 * f),
+            q: ctx.storage("q", m * q_dim as u64 * f),
+            att: ctx.storage("att", m * q_dim as u64 * f),
+            h: ctx.storage("h", m * c.ffn_dim as u64 * f),
+            logits: ctx.storage("logits", if spec.head { m.min(HEAD_ROWS) * c.vocab as u64 * f } else { 16 }),
+            argmax: ctx.storage("argmax", m * 4),
+            staging: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("staging"),
+                size: (m * c.dim as u64 * f).max(c.vocab as u64 * f).max(m * 4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            dummy: ctx.storage("dummy", 16),
+        };
+        let step = ctx.uniform("step", &StepParams { n_tok: 0, pos0: 0, head_n: 0, head_row0: 0 });
+        let rope_params = ctx.uniform(
+            "rope",
+            &Params8([q_dim as u32, kv_dim as u32, c.head_dim as u32, qkv_dim as u32, c.rope_theta.to_bits(), 0, 0, 0]),
+        );
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let att_params = ctx.uniform(
+            "attention",
+            &Params8([c.n_heads as u32, c.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0]),
+        );
+        let mut me = GpuShard {
+            ctx: ctx.clone(),
+            pipes: PipelineCache::default(),
+            cfg: c.clone(),
+            spec,
+            opts,
+            step,
+            act,
+            rope_params,
+            att_params,
+            embed: None,
+            layers: Vec::new(),
+            head: Vec::new(),
+            seqs: HashMap::new(),
+            weight_bytes: 0,
+        };
+        let vector = |info: &TensorInfo| ctx.storage_init(&info.name, g.data(info));
+
+        // The embedding table doubles as the head when tied: upload it once.
+        let embed_matrix = t.embed.as_ref().map(|e| GpuMatrix::concat(&ctx, g, &[e], max_binding));
+        if let Some(em) = &embed_matrix {
+            if em.chunks.len() != 1 {
+                return Err(ShardError::Gpu(format!(
+                    "embedding table of {} bytes exceeds one storage binding; chunked gathers are not implemented",
+                    em.bytes()
+                )));
+            }
+            let p = me.pipeline(Kernel::Embed, Some(em.ty), vec![]);
+            let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, 0, 0, 0, 0, 0, 0]));
+            let ch = &em.chunks[0];
+            let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.tokens, &ch.scale, &ch.quant, &me.act.x]);
+            me.embed = Some(Dispatch { pipe: p, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 } });
+        }
+
+        for lt in &t.layers {
+            let attn_norm = vector(&lt.attn_norm);
+            let ffn_norm = vector(&lt.ffn_norm);
+            let bias = if c.qkv_bias {
+                let mut b = Vec::new();
+                for x in [&lt.bq, &lt.bk, &lt.bv] {
+                    let x = x.as_ref().ok_or_else(|| ShardError::BadInput("qkv bias missing on some layers".into()))?;
+                    b.extend_from_slice(g.data(x));
+                }
+                Some(ctx.storage_init("qkv_bias", &b))
+            } else {
+                None
+            };
+            // q, k and v as one matrix when they share a type (one dispatch), else one matmul each.
+            let parts: Vec<(Vec<&TensorInfo>, usize)> = if lt.wq.ty == lt.wk.ty && lt.wk.ty == lt.wv.ty {
+                vec![(vec![&lt.wq, &lt.wk, &lt.wv], 0)]
+            } else {
+                vec![(vec![&lt.wq], 0), (vec![&lt.wk], q_dim), (vec![&lt.wv], q_dim + kv_dim)]
+            };
+            let mut before = Vec::new();
+            for (p, off) in parts {
+                let mat = GpuMatrix::concat(&ctx, g, &p, max_binding);
+                before.extend(me.matmul(&mat, MatmulIo {
+                    x: &me.act.x,
+                    y: &me.act.qkv,
+                    gamma: Some(&attn_norm),
+                    bias: bias.as_ref(),
+                    residual: false,
+                    swiglu: false,
+                    head: false,
+                    col_off: off,
+                    out_stride: qkv_dim,
+                }));
+            }
+            if lt.w_gate.ty != lt.w_up.ty {
+                return Err(ShardError::Gpu(format!("{} and {} have different types", lt.w_gate.name, lt.w_up.name)));
+            }
+            let wo = GpuMatrix::concat(&ctx, g, &[&lt.wo], max_binding);
+            let gate_up = GpuMatrix::pair(&ctx, g, &lt.w_gate, &lt.w_up, max_binding);
+            let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
+            let mut after = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim));
+            after.extend(me.matmul(&gate_up, MatmulIo {
+                x: &me.act.x,
+                y: &me.act.h,
+                gamma: Some(&ffn_norm),
+                bias: None,
+                residual: false,
+                swiglu: true,
+                head: false,
+                col_off: 0,
+                out_stride: c.ffn_dim,
+            }));
+            after.extend(me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim)));
+            me.layers.push(GpuLayer { dispatches_before_attention: before, dispatches_after_attention: after });
+        }
+
+        if let (Some(norm), Some(out)) = (&t.output_norm, &t.output) {
+            let norm = vector(norm);
+            let own;
+            let head = match &embed_matrix {
+                Some(em) if t.embed.as_ref().is_some_and(|e| e.name == out.name) => em,
+                _ => {
+                    own = GpuMatrix::concat(&ctx, g, &[out], max_binding);
+                    &own
+                }
+            };
+            me.head = me.matmul(head, MatmulIo {
+                x: &me.act.x,
+                y: &me.act.logits,
+                gamma: Some(&norm),
+                bias: None,
+                residual: false,
+                swiglu: false,
+                head: true,
+                col_off: 0,
+                out_stride: c.vocab,
+            });
+            let p = me.pipeline(Kernel::Argmax, None, vec![]);
+            let params = ctx.uniform("argmax", &Params8([c.vocab as u32, 0, 0, 0, 0, 0, 0, 0]));
+            let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.logits, &me.act.argmax]);
+            me.head.push(Dispatch { pipe: p, bind: bg, grid: Grid::Argmax });
+        }
+        me.weight_bytes = t.weight_bytes();
+        ctx.wait()?;
+        ctx.check()?;
+        Ok(me)
+    }
+
+    fn pipeline(&self, kernel: Kernel, quant: Option<crate::quant::GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
+        self.pipes.get(&self.ctx, &PipelineKey { kernel, quant, consts })
+    }
+
+    /// One dispatch per chunk of `mat`.
+    fn matmul(&self, mat: &GpuMatrix, io: MatmulIo<'_>) -> Vec<Dispatch> {
+        let flag = |b: bool| b.to_string();
+        let p = self.pipeline(
+            Kernel::Matmul,
+            Some(mat.ty),
+            vec![
+                ("NORM", flag(io.gamma.is_some())),
+                ("BIAS", flag(io.bias.is_some())),
+                ("RESIDUAL", flag(io.residual)),
+                ("SWIGLU", flag(io.swiglu)),
+            ],
+        );
+        mat.chunks
+            .iter()
+            .map(|ch| {
+                let out_rows = if io.swiglu { ch.rows / 2 } else { ch.rows };
+                let params = MatParams {
+                    rows: ch.rows as u32,
+                    cols: mat.cols as u32,
+                    out_rows: out_rows as u32,
+                    row_off: (io.col_off + ch.row_start) as u32,
+                    out_stride: io.out_stride as u32,
+                    head: io.head as u32,
+                    eps: self.cfg.rms_eps,
+                    bias_off: (io.col_off + ch.row_start) as u32,
+                };
+                let ub = self.ctx.uniform("matmul", &params);
+                let gamma = io.gamma.unwrap_or(&self.act.dummy);
+                let bias = io.bias.unwrap_or(&self.act.dummy);
+                let bg = bind(&self.ctx, &p, &[&self.step, &ub, io.x, &ch.scale, &ch.quant, gamma, bias, io.y]);
+                Dispatch { pipe: p.clone(), bind: bg, grid: Grid::Matmul { rows: out_rows as u32, head: io.head } }
+            })
+            .collect()
+    }
+
+    /// Device memory held by the weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Number of distinct pipelines built (each one a JIT compile on lavapipe).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipes.len()
+    }
+
+    /// Dispatches recorded for one step of one sequence: (per layer, embedding + head).
+    pub fn dispatch_counts(&self) -> (usize, usize) {
+        let per_layer = self.layers.first().map_or(0, |l| l.dispatches_before_attention.len() + 2 + l.dispatches_after_attention.len());
+        (per_layer, self.embed.iter().count() + self.head.len())
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Runs `n` positions of `seq` in one submit; reads back `read` bytes of the result buffer.
+    fn step(&mut self, seq: SeqId, input: ShardInput<'_>, head: Option<HeadOutput>) -> Result<Option<Vec<u8>>, ShardError> {
+        let s = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        let n = match input {
+            ShardInput::Tokens(t) => t.len(),
+            ShardInput::Hidden(h) => h.len() / self.cfg.dim,
+        };
+        let (head_n, head_row0) = match head {
+            Some(HeadOutput::ArgmaxAll) => (n, 0),
+            Some(_) => (1, n - 1),
+            None => (0, 0),
+        };
+        let params = StepParams { n_tok: n as u32, pos0: s.len as u32, head_n: head_n as u32, head_row0: head_row0 as u32 };
+        let q = &self.ctx.queue;
+        q.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
+        match input {
+            ShardInput::Tokens(t) => q.write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(t)),
+            ShardInput::Hidden(h) => q.write_buffer(&self.act.x, 0, bytemuck::cast_slice(h)),
+        }
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("shard"), timestamp_writes: None });
+            let (nt, hn) = (n as u32, head_n as u32);
+            if let (Some(e), ShardInput::Tokens(_)) = (&self.embed, input) {
+                e.record(&mut pass, nt, hn);
+            }
+            for (l, layer) in self.layers.iter().enumerate() {
+                layer.dispatches_before_attention.iter().for_each(|d| d.record(&mut pass, nt, hn));
+                s.rope[l].record(&mut pass, nt, hn);
+                s.attention[l].record(&mut pass, nt, hn);
+                layer.dispatches_after_attention.iter().for_each(|d| d.record(&mut pass, nt, hn));
+            }
+            if head.is_some() {
+                self.head.iter().for_each(|d| d.record(&mut pass, nt, hn));
+            }
+        }
+        let f = 4u64;
+        let read = match head {
+            None if !self.spec.head => Some((&self.act.x, n as u64 * self.cfg.dim as u64 * f)),
+            None => None,
+            Some(HeadOutput::LogitsLast) => Some((&self.act.logits, self.cfg.vocab as u64 * f)),
+            Some(_) => Some((&self.act.argmax, head_n as u64 * 4)),
+        };
+        if let Some((src, bytes)) = read {
+            enc.copy_buffer_to_buffer(src, 0, &self.act.staging, 0, bytes);
+        }
+        q.submit([enc.finish()]);
+        let out = match read {
+            Some((_, bytes)) => Some(self.ctx.read_back(&self.act.staging, bytes)?),
+            None => {
+                self.ctx.wait()?;
+                self.ctx.check()?;
+                None
+            }
+        };
+        self.seqs.get_mut(&seq).expect("checked above").len += n;
+        Ok(out)
+    }
+}
+
+/// Inputs and outputs of one matmul.
+struct MatmulIo<'a> {
+    x: &'a wgpu::Buffer,
+    y: &'a wgpu::Buffer,
+    gamma: Option<&'a wgpu::Buffer>,
+    bias: Option<&'a wgpu::Buffer>,
+    residual: bool,
+    swiglu: bool,
+    head: bool,
+    /// First output column of this matrix in `y` (q/k/v parts).
+    col_off: usize,
+    out_stride: usize,
+}
+
+impl<'a> MatmulIo<'a> {
+    fn residual(x: &'a wgpu::Buffer, y: &'a wgpu::Buffer, out_stride: usize) -> Self {
+        MatmulIo { x, y, gamma: None, bias: None, residual: true, swiglu: false, head: false, col_off: 0, out_stride }
+    }
+}
+
+impl Shard for GpuShard {
+    fn spec(&self) -> ShardSpec {
+        self.spec
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn backend_name(&self) -> String {
+        format!("wgpu/{}", self.ctx.describe())
+    }
+
+    fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
+        if self.seqs.contains_key(&seq) {
+            return Err(ShardError::SequenceExists(seq));
+        }
+        let c = &self.cfg;
+        let kv_bytes = (capacity * c.kv_dim() * 4) as u64;
+        let limit = self.ctx.limits.max_storage_buffer_binding_size as u64;
+        if kv_bytes > limit {
+            return Err(ShardError::ContextFull { need: capacity, capacity: (limit / (c.kv_dim() as u64 * 4)) as usize });
+        }
+        let rope = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (c.rope == RopeStyle::Neox).to_string())]);
+        let att = self.pipeline(Kernel::Attention, None, vec![("HD", c.head_dim.to_string())]);
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
+        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), capacity, len: 0, _kv: Vec::new() };
+        for l in 0..self.layers.len() {
+            let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
+            let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
+            let bg = bind(&self.ctx, &rope, &[&self.step, &self.rope_params, &self.act.qkv, &self.act.q, &k, &v]);
+            s.rope.push(Dispatch { pipe: rope.clone(), bind: bg, grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 } });
+            let bg = bind(&self.ctx, &att, &[&self.step, &self.att_params, &self.act.q, &k, &v, &self.act.att]);
+            s.attention.push(Dispatch { pipe: att.clone(), bind: bg, grid: Grid::Attention { heads: c.n_heads as u32 } });
+            s._kv.extend([k, v]);
+        }
+        self.ctx.check()?;
+        self.seqs.insert(seq, s);
+        Ok(())
+    }
+
+    fn close_sequence(&mut self, seq: SeqId) {
+        self.seqs.remove(&seq);
+    }
+
+    fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError> {
+        self.seqs.get(&seq).map(|s| s.len).ok_or(ShardError::UnknownSequence(seq))
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        let s = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        s.len = s.len.min(len);
+        Ok(())
+    }
+
+    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
+        let n = check_input(&self.spec, &self.cfg, &input)?;
+        let s = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        if s.len + n > s.capacity {
+            return Err(ShardError::ContextFull { need: s.len + n, capacity: s.capacity });
+        }
+        let dim = self.cfg.dim;
+        let mut step = self.opts.max_step_tokens.max(1);
+        if want == HeadOutput::ArgmaxAll {
+            step = step.min(HEAD_ROWS as usize);
+        }
+        let mut hidden = Vec::new();
+        let mut tokens = Vec::new();
+        let mut last = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let end = (start + step).min(n);
+            let part = match input {
+                ShardInput::Tokens(t) => ShardInput::Tokens(&t[start..end]),
+                ShardInput::Hidden(h) => ShardInput::Hidden(&h[start * dim..end * dim]),
+            };
+            // Intermediate steps of a last-position request skip the head entirely.
+            let head = match want {
+                _ if !self.spec.head => None,
+                HeadOutput::ArgmaxAll => Some(want),
+                _ if end == n => Some(want),
+                _ => None,
+            };
+            let out = self.step(seq, part, head)?;
+            match (head, out) {
+                (None, Some(b)) => hidden.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&b)),
+                (Some(HeadOutput::LogitsLast), Some(b)) => last = bytemuck::pod_collect_to_vec::<u8, f32>(&b),
+                (Some(_), Some(b)) => tokens.extend(bytemuck::pod_collect_to_vec::<u8, u32>(&b)),
+                _ => {}
+            }
+            start = end;
+        }
+        Ok(if !self.spec.head {
+            ShardOutput::Hidden(hidden)
+        } else if want == HeadOutput::LogitsLast {
+            ShardOutput::Logits(last)
+        } else {
+            ShardOutput::Tokens(tokens)
+        })
+    }
+}

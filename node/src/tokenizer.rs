@@ -1,0 +1,584 @@
+//! Tokenizer built from the vocabulary embedded in a GGUF file, producing the same token ids as llama.cpp.
+//!
+//! Only GPT-2-style byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) are supported; that covers
+//! SmolLM2, Qwen2, Llama 3, StarCoder and most current BPE models. The BPE itself is the `tokenizers` crate's;
+//! this module only configures it the way llama.cpp (`src/llama-vocab.cpp`) interprets the GGUF metadata:
+//!
+//! * **Vocabulary and merges** come from `tokenizer.ggml.tokens` and `tokenizer.ggml.merges` (merge rank = position
+//!   in the list; for a pair listed twice the first rank wins, as in llama.cpp).
+//! * **Pre-tokenizer**: llama.cpp splits text with a per-model list of regexes selected by `tokenizer.ggml.pre`.
+//!   Each regex becomes a `Split` pre-tokenizer with `Isolated` behaviour (matches and the text between them both
+//!   become pieces, as llama.cpp's `unicode_regex_split` does), followed by `ByteLevel` (no regex, no prefix
+//!   space) which maps bytes to the GPT-2 printable alphabet. Supported families:
+//!   - `smollm`, `starcoder`, `refact`, `command-r`, `codeshell`, `exaone`, `minerva-7b`, `mellum2`:
+//!     `\p{N}` (every digit its own piece), then the GPT-2 regex;
+//!   - `gpt-2`/`gpt2`, `mpt`, `olmo`, `jais`, `phi-2`, … : the GPT-2 regex alone;
+//!   - `qwen2`, `stablelm2`, `deepseek-r1-qwen`, `megrez`, …: the Qwen2 regex (letters may take one leading
+//!     non-letter, digits one by one);
+//!   - `llama3`/`llama-bpe`/…, `dbrx`, `smaug-bpe`: the Llama 3 regex (digits in groups of up to three); the
+//!     llama3 names also skip merges for words that are whole vocabulary entries and default to adding BOS;
+//!   - `default` or a missing key: llama.cpp's "default" list (punctuation runs, the GPT-2 regex, digit runs,
+//!     groups of three ASCII digits).
+//!
+//!   An unknown `tokenizer.ggml.pre` (llama.cpp refuses to load those) falls back to the GPT-2 regex alone; the
+//!   fallback is silent (no log), [`Tokenizer::pre_tokenizer`] reports which family was chosen.
+//! * **Special tokens**: tokens of type control (3) or unknown (2) — plus tokens whose text llama.cpp
+//!   force-promotes to control (end-of-generation and FIM markers) — are special: [`Tokenizer::encode`] treats
+//!   their text as ordinary text, [`Tokenizer::encode_with_special`] turns it into the token id (ChatML
+//!   `<|im_start|>` etc.). User-defined tokens (type 4) are matched in both modes, as in llama.cpp.
+//!   Overlapping special tokens are resolved leftmost-longest (llama.cpp: longest token first); the two agree
+//!   unless one special token's text overlaps another's.
+//! * **BOS/EOS**: `tokenizer.ggml.add_bos_token` / `add_eos_token` decide whether `encode*` add them (defaults:
+//!   BOS only for the llama3 family, never EOS), exactly like `llama_tokenize(.., add_special = true)`. Without a
+//!   `tokenizer.ggml.bos_token_id`/`eos_token_id` key llama.cpp's GPT-2 default id 11 is used.
+//! * **No normalization** (llama.cpp applies none to BPE vocabularies) and no clean-up of spaces on decode, so
+//!   `decode(encode(s)) == s` for any string.
+//!
+//! Checked against llama.cpp (llama-cpp-python 0.3.36): node/tests/tokenizer.rs compares SmolLM2 with a fixture of
+//! llama.cpp's ids (scripts/tokenizer_fixture.py), and 4,500 random mixed-script/whitespace/special-token strings
+//! gave identical ids with the SmolLM2 vocabulary relabelled as `smollm`, `qwen2`, `gpt-2`, `default` (and no
+//! `pre` key) and `llama-bpe`, with and without special-token parsing.
+//!
+//! Decoding maps every token back to its bytes (byte-level alphabet for normal tokens, the literal text for
+//! special and user-defined ones) and joins them; [`TextStream`] does the same incrementally.
+
+use std::collections::{HashMap, HashSet};
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::gguf::{Gguf, GgufError, Value};
+
+/// The GPT-2 pre-tokenizer regex, as llama.cpp writes it (without HF's trailing `|\s+`, which only changes how
+/// an unmatched lone whitespace is grouped, and `Isolated` splitting yields the same pieces either way).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// Qwen2's regex with llama.cpp's adaptation of the case-insensitive contractions.
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's regex (Qwen2's with digits grouped by up to three).
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Token texts llama.cpp always treats as end-of-generation (and promotes to control tokens).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+/// FIM padding / repository / file-separator markers: llama.cpp detects them by text (unless the GGUF names them
+/// by id), promotes them to control tokens and counts them as end-of-generation.
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+/// Other FIM markers llama.cpp promotes to control tokens (not end-of-generation).
+const FIM_OTHER_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
+
+/// GGUF token types (`tokenizer.ggml.token_type`).
+const TYPE_UNKNOWN: u64 = 2;
+const TYPE_CONTROL: u64 = 3;
+const TYPE_USER_DEFINED: u64 = 4;
+
+/// llama.cpp's default BOS/EOS id for GPT-2 vocabularies whose GGUF does not name them.
+const GPT2_DEFAULT_SPECIAL: u32 = 11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// A tokenizer metadata key is missing or has the wrong type.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// The vocabulary is not a GPT-2-style BPE (e.g. SentencePiece `llama`), which this runtime does not tokenize.
+    #[error("unsupported tokenizer model {0:?} (only \"gpt2\" byte-level BPE is supported)")]
+    UnsupportedModel(String),
+    /// The tokenizer metadata is inconsistent (lengths differ, a token is not a string, …).
+    #[error("invalid tokenizer metadata: {0}")]
+    Invalid(String),
+    /// The `tokenizers` crate rejected the vocabulary or failed to encode.
+    #[error("tokenizer error: {0}")]
+    Backend(String),
+}
+
+/// One chat turn for [`Tokenizer::chat_prompt`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// Pre-tokenizer regex family, chosen from `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreFamily {
+    /// `\p{N}` then GPT-2 (smollm, starcoder, refact, …).
+    Starcoder,
+    /// GPT-2 regex alone.
+    Gpt2,
+    /// Qwen2 regex.
+    Qwen2,
+    /// Llama 3 regex; `ignore_merges` says whether whole-vocabulary words skip BPE.
+    Llama3 { ignore_merges: bool },
+    /// llama.cpp's `LLAMA_VOCAB_PRE_TYPE_DEFAULT` list.
+    Default,
+    /// Unrecognised name: GPT-2 regex alone.
+    Fallback,
+}
+
+impl PreFamily {
+    fn from_name(pre: Option<&str>) -> PreFamily {
+        match pre {
+            None | Some("") | Some("default") => PreFamily::Default,
+            Some(
+                "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" | "mellum2",
+            ) => PreFamily::Starcoder,
+            Some(
+                "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+                | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
+                | "jais" | "exaone4",
+            ) => PreFamily::Gpt2,
+            Some("qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "stablelm2" | "megrez") => PreFamily::Qwen2,
+            Some(
+                "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+                | "jina-v5-nano",
+            ) => PreFamily::Llama3 { ignore_merges: true },
+            Some("dbrx" | "smaug-bpe") => PreFamily::Llama3 { ignore_merges: false },
+            Some(_) => PreFamily::Fallback,
+        }
+    }
+
+    fn regexes(self) -> &'static [&'static str] {
+        match self {
+            PreFamily::Starcoder => &[r"\p{N}", GPT2_REGEX],
+            PreFamily::Gpt2 | PreFamily::Fallback => &[GPT2_REGEX],
+            PreFamily::Qwen2 => &[QWEN2_REGEX],
+            PreFamily::Llama3 { .. } => &[LLAMA3_REGEX],
+            PreFamily::Default => &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]"],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PreFamily::Starcoder => "starcoder",
+            PreFamily::Gpt2 => "gpt2",
+            PreFamily::Qwen2 => "qwen2",
+            PreFamily::Llama3 { .. } => "llama3",
+            PreFamily::Default => "default",
+            PreFamily::Fallback => "gpt2 (fallback)",
+        }
+    }
+}
+
+/// A GGUF vocabulary ready to encode and decode. Cheap to share (`&Tokenizer` is `Send + Sync`).
+pub struct Tokenizer {
+    /// Matches special tokens in the input (for [`Tokenizer::encode_with_special`]).
+    special: tokenizers::Tokenizer,
+    /// Same model, special-token text encoded as plain text (for [`Tokenizer::encode`]).
+    plain: tokenizers::Tokenizer,
+    /// The bytes each token decodes to.
+    pieces: Vec<Vec<u8>>,
+    /// Token text -> id (last id wins for duplicate texts, as in llama.cpp).
+    ids: HashMap<String, u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    eog: HashSet<u32>,
+    pre: PreFamily,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.pieces.len())
+            .field("pre", &self.pre.name())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Backend(e.to_string())
+}
+
+/// Reads an optional token-id key; `Ok(None)` if absent, an error if present but not an integer.
+fn opt_id(g: &Gguf, key: &str) -> Result<Option<u64>, TokenizerError> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| TokenizerError::Gguf(GgufError::MissingKey(key.into()))),
+    }
+}
+
+fn opt_bool(g: &Gguf, key: &str) -> Result<Option<bool>, TokenizerError> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| TokenizerError::Gguf(GgufError::MissingKey(key.into()))),
+    }
+}
+
+/// GPT-2's byte <-> printable-character table: char -> byte.
+fn byte_level_inverse() -> HashMap<char, u8> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
+    printable.extend(0xA1..=0xAC);
+    printable.extend(0xAE..=0xFF);
+    let mut map = HashMap::with_capacity(256);
+    let mut extra = 0u32;
+    for b in 0u32..256 {
+        let c = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        map.insert(char::from_u32(c).expect("valid code point"), b as u8);
+    }
+    map
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
+        let model = g.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(model.to_owned()));
+        }
+        let tokens = g
+            .get_array("tokenizer.ggml.tokens")?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.as_str().ok_or_else(|| TokenizerError::Invalid(format!("token {i} is not a string"))))
+            .collect::<Result<Vec<&str>, _>>()?;
+        let n = tokens.len();
+        if n == 0 || n > u32::MAX as usize {
+            return Err(TokenizerError::Invalid(format!("vocabulary of {n} tokens")));
+        }
+        let types: Vec<u64> = match g.get("tokenizer.ggml.token_type") {
+            None => vec![1; n],
+            Some(Value::Array(a)) if a.len() == n => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            Some(_) => {
+                return Err(TokenizerError::Invalid(format!(
+                    "tokenizer.ggml.token_type is not an integer array of {n} entries"
+                )))
+            }
+        };
+        let merges_raw = g.get_array("tokenizer.ggml.merges")?;
+        let pre = PreFamily::from_name(g.get("tokenizer.ggml.pre").and_then(Value::as_str));
+
+        // Vocabulary (last duplicate wins, like llama.cpp's token_to_id map).
+        let mut ids: HashMap<String, u32> = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            ids.insert((*t).to_owned(), i as u32);
+        }
+
+        // Merges: "a b" split at the first space after the first character (llama.cpp's rule). A pair listed
+        // twice keeps its first rank. Merges whose parts or result are not in the vocabulary are dropped (the
+        // `tokenizers` BPE requires them to exist; llama.cpp could apply them and then fall back to bytes).
+        let mut seen = HashSet::with_capacity(merges_raw.len());
+        let mut merges = Vec::with_capacity(merges_raw.len());
+        for (i, m) in merges_raw.iter().enumerate() {
+            let m = m.as_str().ok_or_else(|| TokenizerError::Invalid(format!("merge {i} is not a string")))?;
+            let split = m.char_indices().nth(1).and_then(|(start, _)| m[start..].find(' ').map(|p| p + start));
+            let Some(pos) = split else {
+                return Err(TokenizerError::Invalid(format!("merge {i} ({m:?}) has no separating space")));
+            };
+            let (a, b) = (&m[..pos], &m[pos + 1..]);
+            if !ids.contains_key(a) || !ids.contains_key(b) || !ids.contains_key(&format!("{a}{b}")) {
+                continue;
+            }
+            if seen.insert((a, b)) {
+                merges.push((a.to_owned(), b.to_owned()));
+            }
+        }
+
+        let ignore_merges = matches!(pre, PreFamily::Llama3 { ignore_merges: true });
+        let bpe = BPE::builder()
+            .vocab_and_merges(
+                ids.iter().map(|(k, &v)| (k.clone(), v)).collect::<tokenizers::models::bpe::Vocab>(),
+                merges,
+            )
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(backend)?;
+
+        let mut splits: Vec<PreTokenizerWrapper> = Vec::new();
+        for re in pre.regexes() {
+            let split = Split::new(SplitPattern::Regex((*re).to_owned()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(backend)?;
+            splits.push(split.into());
+        }
+        splits.push(ByteLevel::new(false, false, false).into());
+
+        let mut special = tokenizers::Tokenizer::new(bpe);
+        special.with_pre_tokenizer(Some(Sequence::new(splits)));
+        special.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+
+        // Token classes, mirroring llama.cpp's attributes.
+        let promoted: HashSet<&str> = EOG_TEXTS
+            .iter()
+            .chain(FIM_PAD_TEXTS)
+            .chain(FIM_REP_TEXTS)
+            .chain(FIM_SEP_TEXTS)
+            .chain(FIM_OTHER_TEXTS)
+            .copied()
+            .collect();
+        let mut special_tokens = Vec::new();
+        let mut user_tokens = Vec::new();
+        let mut is_literal = vec![false; n];
+        for (i, (&t, &ty)) in tokens.iter().zip(&types).enumerate() {
+            if ids.get(t) != Some(&(i as u32)) {
+                continue; // shadowed duplicate
+            }
+            if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN || promoted.contains(t) {
+                special_tokens.push(AddedToken::from(t, true).normalized(false));
+                is_literal[i] = true;
+            } else if ty == TYPE_USER_DEFINED {
+                user_tokens.push(AddedToken::from(t, false).normalized(false));
+                is_literal[i] = true;
+            }
+        }
+        special.add_tokens(&user_tokens);
+        special.add_special_tokens(&special_tokens);
+        let mut plain = special.clone();
+        plain.set_encode_special_tokens(true);
+
+        // Bytes of every token.
+        let inverse = byte_level_inverse();
+        let pieces = tokens
+            .iter()
+            .zip(&is_literal)
+            .map(|(t, &literal)| {
+                if literal {
+                    return t.as_bytes().to_vec();
+                }
+                t.chars()
+                    .map(|c| inverse.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| t.as_bytes().to_vec())
+            })
+            .collect();
+
+        let in_range = |id: u64| (id < n as u64).then_some(id as u32);
+        let bos = in_range(opt_id(g, "tokenizer.ggml.bos_token_id")?.unwrap_or(GPT2_DEFAULT_SPECIAL.into()));
+        let eos = in_range(opt_id(g, "tokenizer.ggml.eos_token_id")?.unwrap_or(GPT2_DEFAULT_SPECIAL.into()));
+        let add_bos = opt_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(ignore_merges);
+        let add_eos = opt_bool(g, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+
+        // End of generation, as llama.cpp computes it.
+        let mut eog: HashSet<u32> = HashSet::new();
+        eog.extend(eos);
+        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            eog.extend(opt_id(g, key)?.and_then(in_range));
+        }
+        for (key, texts) in [
+            ("tokenizer.ggml.fim_pad_token_id", FIM_PAD_TEXTS),
+            ("tokenizer.ggml.fim_rep_token_id", FIM_REP_TEXTS),
+            ("tokenizer.ggml.fim_sep_token_id", FIM_SEP_TEXTS),
+        ] {
+            match opt_id(g, key)?.and_then(in_range) {
+                Some(id) => {
+                    eog.insert(id);
+                }
+                // llama.cpp takes the first match in hash-map order; models have at most one of these.
+                None => eog.extend(texts.iter().find_map(|t| ids.get(*t).copied())),
+            }
+        }
+        eog.extend(EOG_TEXTS.iter().filter_map(|t| ids.get(*t).copied()));
+
+        Ok(Tokenizer { special, plain, pieces, ids, bos, eos, add_bos, add_eos, eog, pre })
+    }
+
+    fn encode_inner(&self, tk: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = tk.encode_fast(text, false).map_err(backend)?;
+        let mut out = Vec::with_capacity(enc.len() + 2);
+        if self.add_bos {
+            out.extend(self.bos);
+        }
+        out.extend_from_slice(enc.get_ids());
+        if self.add_eos {
+            out.extend(self.eos);
+        }
+        Ok(out)
+    }
+
+    /// Plain text -> ids; adds BOS iff the GGUF says so (`tokenizer.ggml.add_bos_token`, default per llama.cpp
+    /// for the pre-tokenizer: true only for the llama3 family) and EOS iff `tokenizer.ggml.add_eos_token`.
+    /// Special-token text in `text` is NOT parsed as special. Matches `llama_tokenize(add_special = true,
+    /// parse_special = false)`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_inner(&self.plain, text)
+    }
+
+    /// Same, but `<|im_start|>`-style special tokens in the text become their ids (used for chat templates).
+    /// Matches `llama_tokenize(add_special = true, parse_special = true)`.
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_inner(&self.special, text)
+    }
+
+    /// The bytes token `id` stands for (`None` if out of range).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.pieces.get(id as usize).map(Vec::as_slice)
+    }
+
+    /// Ids -> text. Special tokens are rendered as their text; ids outside the vocabulary are skipped; invalid
+    /// UTF-8 (a multi-byte character cut by the id sequence) becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().filter_map(|&id| self.token_bytes(id)).flatten().copied().collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Whether `encode*` prepend BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The id of a token given its exact vocabulary text (e.g. `"<|im_end|>"`).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// Which pre-tokenizer family was selected from `tokenizer.ggml.pre` ("starcoder" for SmolLM2, "qwen2",
+    /// "llama3", "gpt2", "default", or "gpt2 (fallback)" for an unknown name).
+    pub fn pre_tokenizer(&self) -> &'static str {
+        self.pre.name()
+    }
+
+    /// End-of-generation: eos, eot, and <|im_end|>/<|endoftext|> if present. Follows llama.cpp's rule: EOS,
+    /// `eot`/`eom` ids, tokens whose text is a known end marker (`<|im_end|>`, `<|endoftext|>`, `<|eot_id|>`,
+    /// `<end_of_turn>`, …) and the FIM pad/repo/file-separator tokens.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// ChatML prompt (`<|im_start|>role\ncontent<|im_end|>\n` ... then `<|im_start|>assistant\n`); a system
+    /// message is added only if the caller gives one. Encode it with [`Tokenizer::encode_with_special`].
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> String {
+        let mut s = String::new();
+        for m in messages {
+            s.push_str("<|im_start|>");
+            s.push_str(&m.role);
+            s.push('\n');
+            s.push_str(&m.content);
+            s.push_str("<|im_end|>\n");
+        }
+        s.push_str("<|im_start|>assistant\n");
+        s
+    }
+}
+
+/// Streaming detokenizer: feed ids one at a time, get back the newly completed UTF-8 text (holds back incomplete
+/// multi-byte sequences). The concatenation of all `push` results and `finish` equals [`Tokenizer::decode`] of
+/// the same ids.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    pending: Vec<u8>,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        TextStream { tok, pending: Vec::new() }
+    }
+
+    /// Adds one token; returns the text that is now complete (possibly empty). Out-of-range ids are ignored.
+    pub fn push(&mut self, id: u32) -> String {
+        if let Some(b) = self.tok.token_bytes(id) {
+            self.pending.extend_from_slice(b);
+        }
+        let mut out = String::new();
+        let mut start = 0;
+        loop {
+            match std::str::from_utf8(&self.pending[start..]) {
+                Ok(s) => {
+                    out.push_str(s);
+                    start = self.pending.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[start..start + valid]).expect("valid prefix"));
+                    start += valid;
+                    match e.error_len() {
+                        // An invalid sequence: replace it, exactly as `from_utf8_lossy` would.
+                        Some(len) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            start += len;
+                        }
+                        // An incomplete character at the end: keep it for the next token.
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.pending.drain(..start);
+        out
+    }
+
+    /// Flushes whatever is held back (an incomplete character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}

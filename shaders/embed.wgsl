@@ -1,0 +1,25 @@
+// x[t] = embedding row of tokens[t], read from the quantized table. One invocation per (block, token).
+
+struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
+struct Emb { rows: u32, cols: u32, _p0: u32, _p1: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> e: Emb;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read> w_scale: array<u32>;
+@group(0) @binding(4) var<storage, read> w_quant: array<u32>;
+@group(0) @binding(5) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    let t = gid.y;
+    if (b >= e.cols / 32u || t >= step.n_tok) {
+        return;
+    }
+    var w: array<f32, 32>;
+    dequant_block(e.rows, tokens[t], b, &w);
+    for (var j = 0u; j < 32u; j++) {
+        x[t * e.cols + b * 32u + j] = w[j];
+    }
+}
