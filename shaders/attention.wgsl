@@ -1,6 +1,6 @@
-// Causal grouped-query attention over the KV cache, one workgroup per (head, token). Each invocation keeps an
-// online softmax (running max, sum and weighted V) over every WG-th position; one barrier merges them.
-// Header constant: HD (head dim).
+// Causal grouped-query attention over the KV cache, one workgroup per (head, token). Positions are taken in
+// tiles of TILE scores kept in workgroup memory; softmax runs online across tiles (running max and sum), so any
+// context length works. Invocation i owns output dims i and i + WG (head dim <= 2 WG). Header constant: HD.
 
 struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
 struct Att { n_heads: u32, n_kv_heads: u32, q_dim: u32, kv_dim: u32, scale: f32, _p0: u32, _p1: u32, _p2: u32 }
@@ -12,64 +12,64 @@ struct Att { n_heads: u32, n_kv_heads: u32, q_dim: u32, kv_dim: u32, scale: f32,
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 32u;
+const WG: u32 = 64u;
+const TILE: u32 = 1024u;
 const NEG: f32 = -3.0e38;
 
-var<workgroup> sm_max: array<f32, WG>;
-var<workgroup> sm_sum: array<f32, WG>;
-var<workgroup> sm_acc: array<f32, WG * HD>;
+var<workgroup> sc: array<f32, TILE>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let h = wid.x;
     let t = wid.y;
-    let last = step.pos0 + t; // attends to positions 0..=last
+    let n_pos = step.pos0 + t + 1u; // attends to positions 0 .. n_pos
     let kv_off = (h / (a.n_heads / a.n_kv_heads)) * HD;
     let q_off = t * a.q_dim + h * HD;
+    let d0 = tid;
+    let d1 = tid + WG;
 
-    var qv: array<f32, HD>;
-    var acc: array<f32, HD>;
-    for (var d = 0u; d < HD; d++) {
-        qv[d] = q[q_off + d] * a.scale;
-        acc[d] = 0.0;
-    }
-    var mx = NEG;
-    var sum = 0.0;
-    for (var pos = tid; pos <= last; pos += WG) {
-        let base = pos * a.kv_dim + kv_off;
-        var s = 0.0;
-        for (var d = 0u; d < HD; d++) {
-            s += qv[d] * k_cache[base + d];
+    var run_max = NEG;
+    var run_sum = 0.0;
+    var o0 = 0.0;
+    var o1 = 0.0;
+    for (var start = 0u; start < n_pos; start += TILE) {
+        let len = min(TILE, n_pos - start);
+        // Scores of this tile, spread over the workgroup.
+        for (var p = tid; p < len; p += WG) {
+            let kb = (start + p) * a.kv_dim + kv_off;
+            var s = 0.0;
+            for (var d = 0u; d < HD; d++) {
+                s += q[q_off + d] * k_cache[kb + d];
+            }
+            sc[p] = s * a.scale;
         }
-        let new_max = max(mx, s);
-        let correction = exp(mx - new_max);
-        let e = exp(s - new_max);
-        sum = sum * correction + e;
-        for (var d = 0u; d < HD; d++) {
-            acc[d] = acc[d] * correction + e * v_cache[base + d];
+        workgroupBarrier();
+        var tile_max = run_max;
+        for (var p = 0u; p < len; p++) {
+            tile_max = max(tile_max, sc[p]);
         }
-        mx = new_max;
-    }
-    sm_max[tid] = mx;
-    sm_sum[tid] = sum;
-    for (var d = 0u; d < HD; d++) {
-        sm_acc[tid * HD + d] = acc[d];
-    }
-    workgroupBarrier();
-
-    var m_all = NEG;
-    for (var i = 0u; i < WG; i++) {
-        m_all = max(m_all, sm_max[i]);
-    }
-    var total = 0.0;
-    for (var i = 0u; i < WG; i++) {
-        total += sm_sum[i] * exp(sm_max[i] - m_all);
-    }
-    for (var d = tid; d < HD; d += WG) {
-        var o = 0.0;
-        for (var i = 0u; i < WG; i++) {
-            o += sm_acc[i * HD + d] * exp(sm_max[i] - m_all);
+        workgroupBarrier();
+        for (var p = tid; p < len; p += WG) {
+            sc[p] = exp(sc[p] - tile_max);
         }
-        out[q_off + d] = o / total;
+        workgroupBarrier();
+        let correction = exp(run_max - tile_max);
+        var sum = 0.0;
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var p = 0u; p < len; p++) {
+            let e = sc[p];
+            sum += e;
+            let vb = (start + p) * a.kv_dim + kv_off;
+            if (d0 < HD) { a0 += e * v_cache[vb + d0]; }
+            if (d1 < HD) { a1 += e * v_cache[vb + d1]; }
+        }
+        run_sum = run_sum * correction + sum;
+        o0 = o0 * correction + a0;
+        o1 = o1 * correction + a1;
+        run_max = tile_max;
+        workgroupBarrier();
     }
+    if (d0 < HD) { out[q_off + d0] = o0 / run_sum; }
+    if (d1 < HD) { out[q_off + d1] = o1 / run_sum; }
 }

@@ -7,8 +7,8 @@ struct Emb { rows: u32, cols: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(1) var<uniform> e: Emb;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read> w_scale: array<u32>;
-@group(0) @binding(4) var<storage, read> w_quant: array<u32>;
-@group(0) @binding(5) var<storage, read_write> x: array<f32>;
+@group(0) @binding(4) var<storage, read> w_quant: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> x: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -17,9 +17,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (b >= e.cols / 32u || t >= step.n_tok) {
         return;
     }
-    var w: array<f32, 32>;
-    dequant_block(e.rows, tokens[t], b, &w);
-    for (var j = 0u; j < 32u; j++) {
-        x[t * e.cols + b * 32u + j] = w[j];
-    }
+    let w = load_block(e.rows, tokens[t], b);
+    let o = t * (e.cols / 4u) + b * 8u;
+    x[o] = w.w0;
+    x[o + 1u] = w.w1;
+    x[o + 2u] = w.w2;
+    x[o + 3u] = w.w3;
+    x[o + 4u] = w.w4;
+    x[o + 5u] = w.w5;
+    x[o + 6u] = w.w6;
+    x[o + 7u] = w.w7;
 }

@@ -1,7 +1,12 @@
-// y = W · x for n tokens, W quantized (see dequant_block), one output row per invocation and up to TB tokens per
-// invocation, so each block is decoded once per TB tokens. No workgroup memory, no barriers.
-// Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS, RESIDUAL (y += result),
-// SWIGLU (rows [0, out_rows) are gate, [out_rows, 2 out_rows) are up: y = silu(gate) * up).
+// y = W · x for n tokens, W quantized (see load_block), one output row per invocation and up to 4 tokens per
+// invocation, so each block is decoded once per 4 tokens. No workgroup memory, no barriers, no indexed
+// per-invocation arrays. Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS,
+// RESIDUAL (y += result), SWIGLU (rows [0, out_rows) are gate, [out_rows, 2 out_rows) up: y = silu(gate) * up).
+//
+// x and gamma are read through 64 KiB *uniform* views: every invocation reads the same x, and on lavapipe a
+// uniform load is one vector gather while a storage load is a per-lane scalar loop. The host binds x with a
+// dynamic offset per group of `group_tokens` tokens (as many as fit in 64 KiB) and dispatches once per group;
+// `grp.index` tells the kernel which group it is.
 
 struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
 struct Mat {
@@ -13,89 +18,154 @@ struct Mat {
     head: u32,       // 1: tokens come from Step.head_n / head_row0 (output head)
     eps: f32,
     bias_off: u32,
+    group_tokens: u32, // tokens per 64 KiB view of x
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
+struct Group { index: u32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> m: Mat;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
 @group(0) @binding(3) var<storage, read> w_scale: array<u32>;
-@group(0) @binding(4) var<storage, read> w_quant: array<u32>;
-@group(0) @binding(5) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> w_quant: array<vec4<u32>>;
+@group(0) @binding(5) var<uniform> gamma: array<vec4<f32>, 4096>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(8) var<uniform> grp: Group;
 
-const TB: u32 = 8u;
+const TB: u32 = 4u;
+
+fn xv(i: u32, g: u32) -> vec4<f32> {
+    if (NORM) {
+        return x[i] * gamma[g];
+    }
+    return x[i];
+}
+
+// Σ w·x over one block; xo, go: vec4 index of the block's first x and gamma values.
+fn blk_dot(w: Blk, xo: u32, go: u32) -> f32 {
+    return dot(w.w0, xv(xo, go)) + dot(w.w1, xv(xo + 1u, go + 1u)) + dot(w.w2, xv(xo + 2u, go + 2u))
+         + dot(w.w3, xv(xo + 3u, go + 3u)) + dot(w.w4, xv(xo + 4u, go + 4u)) + dot(w.w5, xv(xo + 5u, go + 5u))
+         + dot(w.w6, xv(xo + 6u, go + 6u)) + dot(w.w7, xv(xo + 7u, go + 7u));
+}
+
+fn inv_rms(xo: u32, k4: u32) -> f32 {
+    var ss = 0.0;
+    for (var k = 0u; k < k4; k++) {
+        let v = x[xo + k];
+        ss += dot(v, v);
+    }
+    return inverseSqrt(ss / f32(k4 * 4u) + m.eps);
+}
+
+fn store(t: u32, r: u32, gate: f32, up: f32) {
+    var v = gate;
+    if (BIAS) {
+        v += bias[m.bias_off + r];
+    }
+    if (SWIGLU) {
+        v = v / (1.0 + exp(-v)) * up;
+    }
+    let o = t * m.out_stride + m.row_off + r;
+    if (RESIDUAL) {
+        v += y[o];
+    }
+    y[o] = v;
+}
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let r = gid.x;
-    var nt = step.n_tok;
-    var row0 = 0u;
-    if (m.head != 0u) {
-        nt = step.head_n;
-        row0 = step.head_row0;
-    }
-    let t0 = gid.y * TB;
+    // The head's view of x starts at Step.head_row0 (bound by the host); other matmuls start at token 0.
+    let nt = select(step.n_tok, step.head_n, m.head != 0u);
+    let local = wid.y * TB; // first token of this invocation inside the group's view of x
+    let t0 = grp.index * m.group_tokens + local;
     if (r >= m.out_rows || t0 >= nt) {
         return;
     }
-    let cnt = min(TB, nt - t0);
-    let k_len = m.cols;
+    let cnt = min(TB, min(nt, (grp.index + 1u) * m.group_tokens) - t0);
+    let k4 = m.cols / 4u;
+    let x0 = local * k4;
 
-    var inv: array<f32, TB>;
-    for (var t = 0u; t < cnt; t++) {
-        inv[t] = 1.0;
-        if (NORM) {
-            let base = (row0 + t0 + t) * k_len;
-            var ss = 0.0;
-            for (var k = 0u; k < k_len; k++) {
-                let v = x[base + k];
-                ss += v * v;
-            }
-            inv[t] = inverseSqrt(ss / f32(k_len) + m.eps);
-        }
+    var inv = vec4<f32>(1.0);
+    if (NORM) {
+        inv.x = inv_rms(x0, k4);
+        if (cnt > 1u) { inv.y = inv_rms(x0 + k4, k4); }
+        if (cnt > 2u) { inv.z = inv_rms(x0 + 2u * k4, k4); }
+        if (cnt > 3u) { inv.w = inv_rms(x0 + 3u * k4, k4); }
     }
 
-    var acc: array<f32, TB>;
-    var acc_up: array<f32, TB>;
-    var w: array<f32, 32>;
-    var w_up: array<f32, 32>;
-    for (var b = 0u; b < k_len / 32u; b++) {
-        dequant_block(m.rows, r, b, &w);
+    var acc = vec4<f32>(0.0);
+    var up = vec4<f32>(0.0);
+    for (var b = 0u; b < m.cols / 32u; b++) {
+        let xo = x0 + b * 8u;
+        let go = b * 8u;
+        let w = load_block(m.rows, r, b);
+        acc.x += blk_dot(w, xo, go);
+        if (cnt > 1u) { acc.y += blk_dot(w, xo + k4, go); }
+        if (cnt > 2u) { acc.z += blk_dot(w, xo + 2u * k4, go); }
+        if (cnt > 3u) { acc.w += blk_dot(w, xo + 3u * k4, go); }
         if (SWIGLU) {
-            dequant_block(m.rows, r + m.out_rows, b, &w_up);
-        }
-        for (var t = 0u; t < cnt; t++) {
-            let base = (row0 + t0 + t) * k_len + b * 32u;
-            var s = 0.0;
-            var s_up = 0.0;
-            for (var j = 0u; j < 32u; j++) {
-                var xv = x[base + j];
-                if (NORM) {
-                    xv *= gamma[b * 32u + j];
-                }
-                s += w[j] * xv;
-                if (SWIGLU) {
-                    s_up += w_up[j] * xv;
-                }
-            }
-            acc[t] += s;
-            acc_up[t] += s_up;
+            let u = load_block(m.rows, r + m.out_rows, b);
+            up.x += blk_dot(u, xo, go);
+            if (cnt > 1u) { up.y += blk_dot(u, xo + k4, go); }
+            if (cnt > 2u) { up.z += blk_dot(u, xo + 2u * k4, go); }
+            if (cnt > 3u) { up.w += blk_dot(u, xo + 3u * k4, go); }
         }
     }
+    acc *= inv;
+    up *= inv;
+    store(t0, r, acc.x, up.x);
+    if (cnt > 1u) { store(t0 + 1u, r, acc.y, up.y); }
+    if (cnt > 2u) { store(t0 + 2u, r, acc.z, up.z); }
+    if (cnt > 3u) { store(t0 + 3u, r, acc.w, up.w); }
+}
 
-    for (var t = 0u; t < cnt; t++) {
-        var v = acc[t] * inv[t];
-        if (BIAS) {
-            v += bias[m.bias_off + r];
-        }
-        if (SWIGLU) {
-            v = v / (1.0 + exp(-v)) * (acc_up[t] * inv[t]);
-        }
-        let o = (t0 + t) * m.out_stride + m.row_off + r;
-        if (RESIDUAL) {
-            v += y[o];
-        }
-        y[o] = v;
+// ---- Decode (one token): each invocation computes GEMV_ROWS rows, so the block of x (times gamma) is read once
+// for all of them instead of once per row.
+const GEMV_ROWS: u32 = 4u;
+
+fn dot8(w: Blk, v: Blk) -> f32 {
+    return dot(w.w0, v.w0) + dot(w.w1, v.w1) + dot(w.w2, v.w2) + dot(w.w3, v.w3)
+         + dot(w.w4, v.w4) + dot(w.w5, v.w5) + dot(w.w6, v.w6) + dot(w.w7, v.w7);
+}
+
+@compute @workgroup_size(32)
+fn gemv(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r0 = gid.x * GEMV_ROWS;
+    if (r0 >= m.out_rows) {
+        return;
     }
+    let n_rows = min(GEMV_ROWS, m.out_rows - r0);
+    let t = grp.index * m.group_tokens;
+    var inv = 1.0;
+    if (NORM) {
+        inv = inv_rms(0u, m.cols / 4u);
+    }
+    var acc = vec4<f32>(0.0);
+    var up = vec4<f32>(0.0);
+    for (var b = 0u; b < m.cols / 32u; b++) {
+        let o = b * 8u;
+        let v = Blk(xv(o, o), xv(o + 1u, o + 1u), xv(o + 2u, o + 2u), xv(o + 3u, o + 3u),
+                    xv(o + 4u, o + 4u), xv(o + 5u, o + 5u), xv(o + 6u, o + 6u), xv(o + 7u, o + 7u));
+        acc.x += dot8(load_block(m.rows, r0, b), v);
+        if (n_rows > 1u) { acc.y += dot8(load_block(m.rows, r0 + 1u, b), v); }
+        if (n_rows > 2u) { acc.z += dot8(load_block(m.rows, r0 + 2u, b), v); }
+        if (n_rows > 3u) { acc.w += dot8(load_block(m.rows, r0 + 3u, b), v); }
+        if (SWIGLU) {
+            let u = r0 + m.out_rows;
+            up.x += dot8(load_block(m.rows, u, b), v);
+            if (n_rows > 1u) { up.y += dot8(load_block(m.rows, u + 1u, b), v); }
+            if (n_rows > 2u) { up.z += dot8(load_block(m.rows, u + 2u, b), v); }
+            if (n_rows > 3u) { up.w += dot8(load_block(m.rows, u + 3u, b), v); }
+        }
+    }
+    acc *= inv;
+    up *= inv;
+    store(t, r0, acc.x, up.x);
+    if (n_rows > 1u) { store(t, r0 + 1u, acc.y, up.y); }
+    if (n_rows > 2u) { store(t, r0 + 2u, acc.z, up.z); }
+    if (n_rows > 3u) { store(t, r0 + 3u, acc.w, up.w); }
 }

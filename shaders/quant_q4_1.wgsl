@@ -1,12 +1,9 @@
-// Q4_1: w[j] = d * lo(qs[j]) + m, w[j + 16] = d * hi(qs[j]) + m; 4 words per block; (d, m) f16 pair in one word.
-fn dequant_block(rows: u32, r: u32, b: u32, w: ptr<function, array<f32, 32>>) {
+// Q4_1: w[j] = d * lo(qs[j]) + m, w[j + 16] = d * hi(qs[j]) + m; one vec4 word per block; (d, m) f16 pair per word.
+fn load_block(rows: u32, r: u32, b: u32) -> Blk {
     let dm = unpack2x16float(w_scale[b * rows + r]);
-    for (var k = 0u; k < 4u; k++) {
-        let q = w_quant[(b * 4u + k) * rows + r];
-        for (var i = 0u; i < 4u; i++) {
-            let byte = (q >> (8u * i)) & 0xffu;
-            (*w)[4u * k + i] = f32(byte & 0xfu) * dm.x + dm.y;
-            (*w)[4u * k + i + 16u] = f32(byte >> 4u) * dm.x + dm.y;
-        }
-    }
+    let d = dm.x;
+    let m = vec4<f32>(dm.y);
+    let q = w_quant[b * rows + r];
+    return Blk(nib_lo(q.x) * d + m, nib_lo(q.y) * d + m, nib_lo(q.z) * d + m, nib_lo(q.w) * d + m,
+               nib_hi(q.x) * d + m, nib_hi(q.y) * d + m, nib_hi(q.z) * d + m, nib_hi(q.w) * d + m);
 }

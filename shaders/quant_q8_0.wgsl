@@ -1,11 +1,9 @@
-// Q8_0: w = d * q, q signed bytes; 8 words per block; d is an f16, two per scale word.
-fn dequant_block(rows: u32, r: u32, b: u32, w: ptr<function, array<f32, 32>>) {
-    let s = b * rows + r;
-    let d = unpack2x16float(w_scale[s >> 1u])[s & 1u];
-    for (var k = 0u; k < 8u; k++) {
-        let q = bitcast<i32>(w_quant[(b * 8u + k) * rows + r]);
-        for (var i = 0u; i < 4u; i++) {
-            (*w)[4u * k + i] = f32(extractBits(q, 8u * i, 8u)) * d;
-        }
-    }
+// Q8_0: w = d * q with q signed bytes; 2 vec4 words per block; d is an f16, two per scale word.
+fn load_block(rows: u32, r: u32, b: u32) -> Blk {
+    let d = half_at(b * rows + r);
+    let i = (b * rows + r) * 2u;
+    let lo = w_quant[i];
+    let hi = w_quant[i + 1u];
+    return Blk(i8x4(lo.x) * d, i8x4(lo.y) * d, i8x4(lo.z) * d, i8x4(lo.w) * d,
+               i8x4(hi.x) * d, i8x4(hi.y) * d, i8x4(hi.z) * d, i8x4(hi.w) * d);
 }

@@ -1,6 +1,7 @@
 //! `edge-node`: a cluster member that loads a shard of a GGUF model and runs it.
 //!
 //! # Layout
+//! - [`backend`]: choosing wgpu or the CPU reference and loading a model as a chain of shards.
 //! - [`gguf`]: memory-mapped GGUF reader (metadata, tensor infos, zero-copy tensor data).
 //! - [`quant`]: GGML block formats: geometry, row dequantization, reference quantizers.
 //! - [`model`]: hyper-parameters from metadata and the tensors each shard needs.
@@ -11,13 +12,20 @@
 //! - [`sampler`]: greedy, temperature, top-k, top-p with a seed.
 //! - [`generate`]: the generation loop over a chain of shards, with timing.
 //! - [`bench`]: the `edge-node bench` measurements.
+//! - [`commands`]: the `generate` and `info` subcommands (the binary only parses arguments).
 //! - [`setup`]: where models live and the errors that tell a user how to fetch them.
 
+pub mod backend;
+pub mod bench;
+pub mod commands;
 pub mod cpu;
+pub mod generate;
 pub mod gguf;
+pub mod gguf_writer;
 pub mod gpu;
 pub mod model;
 pub mod quant;
+pub mod sampler;
 pub mod setup;
 pub mod shard;
 pub mod tokenizer;

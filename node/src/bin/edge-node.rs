@@ -1,1 +1,41 @@
-fn main() {}
+//! `edge-node`: runs on every device of the cluster. This binary only parses arguments and calls the library.
+
+use clap::{Parser, Subcommand};
+
+/// A member of an edge inference cluster: loads shards of GGUF models and runs them with WGSL compute shaders.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt on this machine (streams tokens, prints tok/s).
+    Generate(edge_node::commands::GenerateArgs),
+    /// Measure prefill/decode speed and kernel bandwidth on both backends (and llama.cpp when installed).
+    Bench(edge_node::bench::BenchArgs),
+    /// Describe a model file.
+    Info(edge_node::commands::InfoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Generate(a) => edge_node::commands::generate(a),
+        Command::Bench(a) => edge_node::bench::run(a),
+        Command::Info(a) => edge_node::commands::info(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -9,6 +9,9 @@ pub const NO_ADAPTER_HELP: &str = "no Vulkan adapter found. On Debian/Ubuntu ins
 (lavapipe) with `sudo apt-get install -y mesa-vulkan-drivers libvulkan1` (scripts/setup.sh does this), \
 or use `--backend cpu`";
 
+/// Size of the uniform views kernels read shared inputs through (the WebGPU minimum for uniform bindings).
+pub const UNIFORM_VIEW_BYTES: u64 = 65536;
+
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -81,6 +84,34 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
+    }
+
+    /// A buffer kernels write as storage and later kernels read through 64 KiB uniform views
+    /// (see matmul.wgsl): `bytes` plus one view of slack so any view offset inside the data stays in bounds.
+    pub fn activation(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (bytes + UNIFORM_VIEW_BYTES).next_multiple_of(16),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A read-only vector (norm weights) padded to one 64 KiB uniform view.
+    pub fn uniform_view(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: UNIFORM_VIEW_BYTES.max(data.len() as u64),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !data.is_empty() {
+            self.queue.write_buffer(&buf, 0, data);
+        }
+        buf
     }
 
     pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {

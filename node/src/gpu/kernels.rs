@@ -8,7 +8,8 @@ use crate::quant::GgmlType;
 
 use super::context::GpuContext;
 
-/// A kernel file and the bindings it declares, in order: `u` uniform, `r` read-only storage, `w` read-write.
+/// A kernel file and the bindings it declares, in order: `u` uniform, `U` uniform with a dynamic offset,
+/// `r` read-only storage, `w` read-write storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Matmul,
@@ -32,7 +33,7 @@ impl Kernel {
     }
     fn bindings(self) -> &'static str {
         match self {
-            Kernel::Matmul => "uurrrrrw",
+            Kernel::Matmul => "uuUrrurwU",
             Kernel::Embed => "uurrrw",
             Kernel::RopeKv => "uurwww",
             Kernel::Attention => "uurrrw",
@@ -61,6 +62,8 @@ pub struct PipelineKey {
     pub quant: Option<GgmlType>,
     /// Header constants, e.g. `("NORM", "true")`.
     pub consts: Vec<(&'static str, String)>,
+    /// Entry point (`main` unless a kernel file has several).
+    pub entry: &'static str,
 }
 
 pub struct Pipeline {
@@ -68,15 +71,27 @@ pub struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
 }
 
+/// Pipelines by key; every pipeline of one kernel file shares one bind group layout, so a bind group serves
+/// all of that file's entry points and variants.
 #[derive(Default)]
 pub struct PipelineCache {
     map: Mutex<HashMap<PipelineKey, std::sync::Arc<Pipeline>>>,
+    layouts: Mutex<HashMap<Kernel, wgpu::BindGroupLayout>>,
 }
 
 impl PipelineCache {
     pub fn get(&self, ctx: &GpuContext, key: &PipelineKey) -> std::sync::Arc<Pipeline> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.clone()).or_insert_with(|| std::sync::Arc::new(build(ctx, key))).clone()
+        if let Some(p) = map.get(key) {
+            return p.clone();
+        }
+        let layout = {
+            let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+            layouts.entry(key.kernel).or_insert_with(|| layout(ctx, key.kernel)).clone()
+        };
+        let p = std::sync::Arc::new(build(ctx, key, layout));
+        map.insert(key.clone(), p.clone());
+        p
     }
 
     pub fn len(&self) -> usize {
@@ -96,16 +111,15 @@ pub fn source(key: &PipelineKey) -> String {
         s.push_str(&format!("const {name}: {ty} = {value};\n"));
     }
     if let Some(q) = key.quant {
+        s.push_str(include_str!("../../../shaders/quant_common.wgsl"));
         s.push_str(quant_source(q));
     }
     s.push_str(key.kernel.source());
     s
 }
 
-fn build(ctx: &GpuContext, key: &PipelineKey) -> Pipeline {
-    let d = &ctx.device;
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = key
-        .kernel
+fn layout(ctx: &GpuContext, kernel: Kernel) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
         .bindings()
         .chars()
         .enumerate()
@@ -114,32 +128,35 @@ fn build(ctx: &GpuContext, key: &PipelineKey) -> Pipeline {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: match c {
-                    'u' => wgpu::BufferBindingType::Uniform,
+                    'u' | 'U' => wgpu::BufferBindingType::Uniform,
                     'r' => wgpu::BufferBindingType::Storage { read_only: true },
                     _ => wgpu::BufferBindingType::Storage { read_only: false },
                 },
-                has_dynamic_offset: false,
+                has_dynamic_offset: c == 'U',
                 min_binding_size: None,
             },
             count: None,
         })
         .collect();
-    let label = format!("{:?}/{:?}", key.kernel, key.quant);
-    let layout = d.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+    let label = format!("{kernel:?}");
+    ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries })
+}
+
+fn build(ctx: &GpuContext, key: &PipelineKey, layout: wgpu::BindGroupLayout) -> Pipeline {
+    let d = &ctx.device;
+    let label = format!("{:?}/{:?}/{}", key.kernel, key.quant, key.entry);
     let pl = d.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&label),
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(&label),
-        source: wgpu::ShaderSource::Wgsl(source(key).into()),
-    });
+    let desc = wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(source(key).into()) };
+    let module = d.create_shader_module(desc);
     let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&label),
         layout: Some(&pl),
         module: &module,
-        entry_point: Some("main"),
+        entry_point: Some(key.entry),
         compilation_options: wgpu::PipelineCompilationOptions {
             constants: &[],
             zero_initialize_workgroup_memory: false,
@@ -149,12 +166,25 @@ fn build(ctx: &GpuContext, key: &PipelineKey) -> Pipeline {
     Pipeline { pipeline, layout }
 }
 
-/// A bind group over `buffers` in binding order.
+/// A bind group over whole `buffers` in binding order.
 pub fn bind(ctx: &GpuContext, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let ranges: Vec<(&wgpu::Buffer, Option<u64>)> = buffers.iter().map(|b| (*b, None)).collect();
+    bind_ranges(ctx, p, &ranges)
+}
+
+/// A bind group over `(buffer, bytes from the start or the dynamic offset)`; `None` binds the whole buffer.
+pub fn bind_ranges(ctx: &GpuContext, p: &Pipeline, buffers: &[(&wgpu::Buffer, Option<u64>)]) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry> = buffers
         .iter()
         .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+        .map(|(i, (b, size))| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b,
+                offset: 0,
+                size: size.and_then(wgpu::BufferSize::new),
+            }),
+        })
         .collect();
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &p.layout, entries: &entries })
 }

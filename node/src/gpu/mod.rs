@@ -7,6 +7,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod probe;
 pub mod shard;
 pub mod weights;
 

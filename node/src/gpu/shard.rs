@@ -13,15 +13,15 @@ use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::shard::{check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
 
-use super::context::GpuContext;
-use super::kernels::{bind, Kernel, Pipeline, PipelineCache, PipelineKey};
+use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
+use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineCache, PipelineKey};
 use super::weights::GpuMatrix;
 
 /// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
 const HEAD_ROWS: u64 = 32;
 
 /// Tokens per matmul invocation (TB in matmul.wgsl).
-const TOKENS_PER_INVOCATION: u32 = 8;
+const TOKENS_PER_INVOCATION: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
@@ -58,6 +58,8 @@ struct MatParams {
     head: u32,
     eps: f32,
     bias_off: u32,
+    group_tokens: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -67,8 +69,9 @@ struct Params8([u32; 8]);
 /// How many workgroups a dispatch needs for a step.
 #[derive(Clone, Copy)]
 enum Grid {
-    /// One invocation per output row, 8 tokens per invocation (`head`: tokens of the head step).
-    Matmul { rows: u32, head: bool },
+    /// One invocation per output row, 4 tokens per invocation (`head`: tokens of the head step), one dispatch
+    /// per group of `group_tokens` tokens whose inputs fit one uniform view of `k` floats per token.
+    Matmul { rows: u32, head: bool, group_tokens: u32, k: u32 },
     Embed { blocks: u32 },
     Rope { items: u32 },
     Attention { heads: u32 },
@@ -77,21 +80,53 @@ enum Grid {
 
 struct Dispatch {
     pipe: Arc<Pipeline>,
+    /// Matmuls only: the one-token variant (`gemv` entry point, 4 rows per invocation, 32 per workgroup).
+    gemv: Option<Arc<Pipeline>>,
     bind: wgpu::BindGroup,
     grid: Grid,
 }
 
+/// Rows per workgroup of the `gemv` entry point (32 invocations x GEMV_ROWS = 4).
+const GEMV_ROWS_PER_GROUP: u32 = 128;
+
+/// The sizes of one step, as the dispatches need them.
+#[derive(Clone, Copy)]
+struct StepDims {
+    n_tok: u32,
+    head_n: u32,
+    head_row0: u32,
+    /// Stride of the entries of the group-index buffer (the device's uniform offset alignment).
+    align: u32,
+}
+
 impl Dispatch {
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>, n_tok: u32, head_n: u32) {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, s: StepDims) {
+        let (n_tok, head_n) = (s.n_tok, s.head_n);
         let tiles = |n: u32| n.div_ceil(TOKENS_PER_INVOCATION);
+        pass.set_pipeline(&self.pipe.pipeline);
+        if let Grid::Matmul { rows, head, group_tokens, k } = self.grid {
+            let (n, row0) = if head { (head_n, s.head_row0) } else { (n_tok, 0) };
+            if let (1, Some(gemv)) = (n, &self.gemv) {
+                pass.set_pipeline(&gemv.pipeline);
+                pass.set_bind_group(0, &self.bind, &[row0 * k * 4, 0]);
+                pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
+                return;
+            }
+            for g in 0..n.div_ceil(group_tokens) {
+                let count = group_tokens.min(n - g * group_tokens);
+                let x_off = (row0 + g * group_tokens) * k * 4;
+                pass.set_bind_group(0, &self.bind, &[x_off, g * s.align]);
+                pass.dispatch_workgroups(rows.div_ceil(64), tiles(count), 1);
+            }
+            return;
+        }
         let (x, y) = match self.grid {
-            Grid::Matmul { rows, head } => (rows.div_ceil(64), tiles(if head { head_n } else { n_tok })),
+            Grid::Matmul { .. } => unreachable!(),
             Grid::Embed { blocks } => (blocks.div_ceil(64), n_tok),
             Grid::Rope { items } => (items.div_ceil(64), n_tok),
             Grid::Attention { heads } => (heads, n_tok),
             Grid::Argmax => (head_n, 1),
         };
-        pass.set_pipeline(&self.pipe.pipeline);
         pass.set_bind_group(0, &self.bind, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }
@@ -108,7 +143,9 @@ struct Activations {
     logits: wgpu::Buffer,  // (max_step, vocab)
     argmax: wgpu::Buffer,  // (max_step) u32
     staging: wgpu::Buffer, // readback
-    dummy: wgpu::Buffer,   // bound where a kernel's optional input is unused
+    dummy: wgpu::Buffer,   // bound where a kernel's optional storage input is unused
+    dummy_view: wgpu::Buffer, // bound where a kernel's optional uniform view is unused
+    groups: wgpu::Buffer,  // entry g (at g * align bytes) holds g: which token group a matmul dispatch serves
 }
 
 struct GpuLayer {
@@ -147,6 +184,9 @@ impl GpuShard {
     pub fn load(ctx: Arc<GpuContext>, g: &Gguf, cfg: &ModelConfig, spec: ShardSpec, opts: GpuOptions) -> Result<GpuShard, ShardError> {
         let t = ShardTensors::resolve(g, cfg, spec)?;
         let c = cfg;
+        if c.head_dim > 128 || c.head_dim % 4 != 0 {
+            return Err(ShardError::Gpu(format!("head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)", c.head_dim)));
+        }
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
         let qkv_dim = q_dim + 2 * kv_dim;
         let m = opts.max_step_tokens.max(1) as u64;
@@ -154,11 +194,11 @@ impl GpuShard {
         let f = 4u64;
         let act = Activations {
             tokens: ctx.storage("tokens", m * 4),
-            x: ctx.storage("x", m * c.dim as u64 * f),
+            x: ctx.activation("x", m * c.dim as u64 * f),
             qkv: ctx.storage("qkv", m * qkv_dim as u64 * f),
             q: ctx.storage("q", m * q_dim as u64 * f),
-            att: ctx.storage("att", m * q_dim as u64 * f),
-            h: ctx.storage("h", m * c.ffn_dim as u64 * f),
+            att: ctx.activation("att", m * q_dim as u64 * f),
+            h: ctx.activation("h", m * c.ffn_dim as u64 * f),
             logits: ctx.storage("logits", if spec.head { m.min(HEAD_ROWS) * c.vocab as u64 * f } else { 16 }),
             argmax: ctx.storage("argmax", m * 4),
             staging: ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -168,6 +208,15 @@ impl GpuShard {
                 mapped_at_creation: false,
             }),
             dummy: ctx.storage("dummy", 16),
+            dummy_view: ctx.uniform_view("dummy view", &[]),
+            groups: {
+                let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+                let mut entries = vec![0u8; (m as usize + 1) * align];
+                for g in 0..=m as usize {
+                    entries[g * align..g * align + 4].copy_from_slice(&(g as u32).to_le_bytes());
+                }
+                ctx.uniform_view("groups", &entries)
+            },
         };
         let step = ctx.uniform("step", &StepParams { n_tok: 0, pos0: 0, head_n: 0, head_row0: 0 });
         let rope_params = ctx.uniform(
@@ -195,7 +244,7 @@ impl GpuShard {
             seqs: HashMap::new(),
             weight_bytes: 0,
         };
-        let vector = |info: &TensorInfo| ctx.storage_init(&info.name, g.data(info));
+        let vector = |info: &TensorInfo| ctx.uniform_view(&info.name, g.data(info));
 
         // The embedding table doubles as the head when tied: upload it once.
         let embed_matrix = t.embed.as_ref().map(|e| GpuMatrix::concat(&ctx, g, &[e], max_binding));
@@ -210,7 +259,7 @@ impl GpuShard {
             let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, 0, 0, 0, 0, 0, 0]));
             let ch = &em.chunks[0];
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.tokens, &ch.scale, &ch.quant, &me.act.x]);
-            me.embed = Some(Dispatch { pipe: p, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 } });
+            me.embed = Some(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 } });
         }
 
         for lt in &t.layers {
@@ -245,7 +294,7 @@ impl GpuShard {
                     head: false,
                     col_off: off,
                     out_stride: qkv_dim,
-                }));
+                })?);
             }
             if lt.w_gate.ty != lt.w_up.ty {
                 return Err(ShardError::Gpu(format!("{} and {} have different types", lt.w_gate.name, lt.w_up.name)));
@@ -253,7 +302,7 @@ impl GpuShard {
             let wo = GpuMatrix::concat(&ctx, g, &[&lt.wo], max_binding);
             let gate_up = GpuMatrix::pair(&ctx, g, &lt.w_gate, &lt.w_up, max_binding);
             let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
-            let mut after = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim));
+            let mut after = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim))?;
             after.extend(me.matmul(&gate_up, MatmulIo {
                 x: &me.act.x,
                 y: &me.act.h,
@@ -264,8 +313,8 @@ impl GpuShard {
                 head: false,
                 col_off: 0,
                 out_stride: c.ffn_dim,
-            }));
-            after.extend(me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim)));
+            })?);
+            after.extend(me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim))?);
             me.layers.push(GpuLayer { dispatches_before_attention: before, dispatches_after_attention: after });
         }
 
@@ -289,11 +338,11 @@ impl GpuShard {
                 head: true,
                 col_off: 0,
                 out_stride: c.vocab,
-            });
+            })?;
             let p = me.pipeline(Kernel::Argmax, None, vec![]);
             let params = ctx.uniform("argmax", &Params8([c.vocab as u32, 0, 0, 0, 0, 0, 0, 0]));
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.logits, &me.act.argmax]);
-            me.head.push(Dispatch { pipe: p, bind: bg, grid: Grid::Argmax });
+            me.head.push(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Argmax });
         }
         me.weight_bytes = t.weight_bytes();
         ctx.wait()?;
@@ -302,27 +351,35 @@ impl GpuShard {
     }
 
     fn pipeline(&self, kernel: Kernel, quant: Option<crate::quant::GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
-        self.pipes.get(&self.ctx, &PipelineKey { kernel, quant, consts })
+        self.pipes.get(&self.ctx, &PipelineKey { kernel, quant, consts, entry: "main" })
     }
 
     /// One dispatch per chunk of `mat`.
-    fn matmul(&self, mat: &GpuMatrix, io: MatmulIo<'_>) -> Vec<Dispatch> {
+    fn matmul(&self, mat: &GpuMatrix, io: MatmulIo<'_>) -> Result<Vec<Dispatch>, ShardError> {
+        let group_tokens = group_tokens(mat.cols as u64, self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64)
+            .ok_or_else(|| ShardError::Gpu(format!("rows of {} floats do not fit a 64 KiB uniform view", mat.cols)))?;
         let flag = |b: bool| b.to_string();
-        let p = self.pipeline(
-            Kernel::Matmul,
-            Some(mat.ty),
-            vec![
+        let mut key = PipelineKey {
+            kernel: Kernel::Matmul,
+            quant: Some(mat.ty),
+            consts: vec![
                 ("NORM", flag(io.gamma.is_some())),
                 ("BIAS", flag(io.bias.is_some())),
                 ("RESIDUAL", flag(io.residual)),
                 ("SWIGLU", flag(io.swiglu)),
             ],
-        );
-        mat.chunks
+            entry: "main",
+        };
+        let p = self.pipes.get(&self.ctx, &key);
+        key.entry = "gemv";
+        let gemv = self.pipes.get(&self.ctx, &key);
+        Ok(mat.chunks
             .iter()
             .map(|ch| {
                 let out_rows = if io.swiglu { ch.rows / 2 } else { ch.rows };
                 let params = MatParams {
+                    group_tokens,
+                    _pad: [0; 3],
                     rows: ch.rows as u32,
                     cols: mat.cols as u32,
                     out_rows: out_rows as u32,
@@ -333,12 +390,24 @@ impl GpuShard {
                     bias_off: (io.col_off + ch.row_start) as u32,
                 };
                 let ub = self.ctx.uniform("matmul", &params);
-                let gamma = io.gamma.unwrap_or(&self.act.dummy);
+                let gamma = io.gamma.unwrap_or(&self.act.dummy_view);
                 let bias = io.bias.unwrap_or(&self.act.dummy);
-                let bg = bind(&self.ctx, &p, &[&self.step, &ub, io.x, &ch.scale, &ch.quant, gamma, bias, io.y]);
-                Dispatch { pipe: p.clone(), bind: bg, grid: Grid::Matmul { rows: out_rows as u32, head: io.head } }
+                let view = Some(UNIFORM_VIEW_BYTES);
+                let bg = bind_ranges(&self.ctx, &p, &[
+                    (&self.step, None),
+                    (&ub, None),
+                    (io.x, view),
+                    (&ch.scale, None),
+                    (&ch.quant, None),
+                    (gamma, view),
+                    (bias, None),
+                    (io.y, None),
+                    (&self.act.groups, Some(16)),
+                ]);
+                let grid = Grid::Matmul { rows: out_rows as u32, head: io.head, group_tokens, k: mat.cols as u32 };
+                Dispatch { pipe: p.clone(), gemv: Some(gemv.clone()), bind: bg, grid }
             })
-            .collect()
+            .collect())
     }
 
     /// Device memory held by the weights.
@@ -383,18 +452,23 @@ impl GpuShard {
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("shard"), timestamp_writes: None });
-            let (nt, hn) = (n as u32, head_n as u32);
+            let dims = StepDims {
+                n_tok: n as u32,
+                head_n: head_n as u32,
+                head_row0: head_row0 as u32,
+                align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16),
+            };
             if let (Some(e), ShardInput::Tokens(_)) = (&self.embed, input) {
-                e.record(&mut pass, nt, hn);
+                e.record(&mut pass, dims);
             }
             for (l, layer) in self.layers.iter().enumerate() {
-                layer.dispatches_before_attention.iter().for_each(|d| d.record(&mut pass, nt, hn));
-                s.rope[l].record(&mut pass, nt, hn);
-                s.attention[l].record(&mut pass, nt, hn);
-                layer.dispatches_after_attention.iter().for_each(|d| d.record(&mut pass, nt, hn));
+                layer.dispatches_before_attention.iter().for_each(|d| d.record(&mut pass, dims));
+                s.rope[l].record(&mut pass, dims);
+                s.attention[l].record(&mut pass, dims);
+                layer.dispatches_after_attention.iter().for_each(|d| d.record(&mut pass, dims));
             }
             if head.is_some() {
-                self.head.iter().for_each(|d| d.record(&mut pass, nt, hn));
+                self.head.iter().for_each(|d| d.record(&mut pass, dims));
             }
         }
         let f = 4u64;
@@ -419,6 +493,22 @@ impl GpuShard {
         self.seqs.get_mut(&seq).expect("checked above").len += n;
         Ok(out)
     }
+}
+
+/// Tokens per matmul dispatch: as many rows of `k` floats as fit one uniform view, rounded so that every
+/// group's byte offset is a multiple of the device's uniform offset alignment.
+fn group_tokens(k: u64, align: u64) -> Option<u32> {
+    let row = k * 4;
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let step = align / gcd(row, align);
+    let fit = UNIFORM_VIEW_BYTES / row;
+    let g = fit / step * step;
+    (g > 0).then_some(g as u32)
 }
 
 /// Inputs and outputs of one matmul.
@@ -470,9 +560,9 @@ impl Shard for GpuShard {
             let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
             let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
             let bg = bind(&self.ctx, &rope, &[&self.step, &self.rope_params, &self.act.qkv, &self.act.q, &k, &v]);
-            s.rope.push(Dispatch { pipe: rope.clone(), bind: bg, grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 } });
+            s.rope.push(Dispatch { pipe: rope.clone(), gemv: None, bind: bg, grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 } });
             let bg = bind(&self.ctx, &att, &[&self.step, &self.att_params, &self.act.q, &k, &v, &self.act.att]);
-            s.attention.push(Dispatch { pipe: att.clone(), bind: bg, grid: Grid::Attention { heads: c.n_heads as u32 } });
+            s.attention.push(Dispatch { pipe: att.clone(), gemv: None, bind: bg, grid: Grid::Attention { heads: c.n_heads as u32 } });
             s._kv.extend([k, v]);
         }
         self.ctx.check()?;

@@ -1,5 +1,7 @@
 //! Weight matrices on the GPU, still quantized: GGML blocks repacked into the block-column-major layout the
 //! kernels read (see shaders/README.md), split into row chunks that each fit one storage binding.
+//! Quant words of block `b` of row `r` start at word `(b * rows + r) * WPB`, so one `vec4<u32>` load fetches
+//! a whole Q4 block and adjacent rows (adjacent invocations) read adjacent memory.
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
@@ -35,7 +37,7 @@ pub fn repack(ty: GgmlType, cols: usize, rows: &[&[u8]]) -> (Vec<u32>, Vec<u32>)
                 _ => {}
             }
             for (k, w) in blk[sb..].chunks_exact(4).enumerate() {
-                quant[(b * wpb + k) * n + r] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                quant[(b * n + r) * wpb + k] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
             }
         }
     }
@@ -140,7 +142,7 @@ mod tests {
                     let s = b * rows.len() + r;
                     blk.extend_from_slice(&sbytes[s * sb..s * sb + sb]);
                     for k in 0..wpb {
-                        blk.extend_from_slice(&quant[(b * wpb + k) * rows.len() + r].to_le_bytes());
+                        blk.extend_from_slice(&quant[(b * rows.len() + r) * wpb + k].to_le_bytes());
                     }
                     assert_eq!(&blk[..], &row[b * gb..(b + 1) * gb], "{ty:?} row {r} block {b}");
                 }

@@ -1,0 +1,162 @@
+//! The `edge-node` subcommands that work on one machine: `generate` and `info` (`bench` lives in [`crate::bench`]).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::backend::{Backend, LoadedModel};
+use crate::generate::{generate as run_generation, GenerateRequest};
+use crate::gpu::GpuOptions;
+use crate::sampler::SamplingParams;
+use crate::tokenizer::{ChatMessage, TextStream, Tokenizer};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// GGUF model file [default: SmolLM2-135M-Instruct Q4_1 in the model cache, fetched by scripts/setup.sh]
+    #[arg(long, short = 'm', env = "EDGE_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn open(&self) -> anyhow::Result<LoadedModel> {
+        let path = crate::setup::resolve_model(self.model.as_deref())?;
+        LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template (ChatML) as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Maximum number of tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub tokens: usize,
+    /// Context size in tokens (prompt + generated) [default: the model's, at most 4096].
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Top-k filter (0 disables it).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p (nucleus) filter in (0, 1].
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
+    pub backend: Backend,
+    /// Run the model as an in-process pipeline cut before these layers, e.g. `10,20` (for testing shards).
+    #[arg(long, value_delimiter = ',')]
+    pub split: Vec<u32>,
+    /// Print the token ids after the text (for scripts and tests).
+    #[arg(long)]
+    pub print_ids: bool,
+}
+
+/// `edge-node generate`: streams text to stdout, timings to stderr.
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let m = args.model.open()?;
+    let tok = Tokenizer::from_gguf(&m.gguf)?;
+    let prompt = if args.chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = &args.system {
+            msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        msgs.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        tok.encode_with_special(&tok.chat_prompt(&msgs))?
+    } else {
+        tok.encode(&args.prompt)?
+    };
+    let context = args.ctx.unwrap_or(m.config.context.min(4096));
+    if context == 0 || context > m.config.context {
+        anyhow::bail!("--ctx must be between 1 and the model's context length {}", m.config.context);
+    }
+    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let mut chain = m.shards(args.backend, &args.split, &GpuOptions::default())?;
+    eprintln!(
+        "model {} ({} layers, {}), {} shard(s) on {}, prompt {} tokens",
+        m.config.arch,
+        m.config.n_layers,
+        human_bytes(m.gguf.bytes().len() as u64),
+        chain.len(),
+        chain[0].backend_name(),
+        prompt.len()
+    );
+    let stop: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
+    let req = GenerateRequest { prompt, max_tokens: args.tokens, context, sampling, stop };
+    let mut stream = TextStream::new(&tok);
+    let mut stdout = std::io::stdout().lock();
+    if !args.chat {
+        write!(stdout, "{}", args.prompt)?;
+    }
+    let (ids, stats) = run_generation(&mut chain, &req, |t| {
+        let text = stream.push(t);
+        write!(stdout, "{text}").and_then(|_| stdout.flush()).is_ok()
+    })?;
+    writeln!(stdout, "{}", stream.finish())?;
+    if args.print_ids {
+        writeln!(stdout, "ids: {ids:?}")?;
+    }
+    eprintln!(
+        "prefill: {} tokens at {:.1} tok/s | decode: {} tokens at {:.1} tok/s{}",
+        stats.prompt_tokens,
+        stats.prefill_tps(),
+        stats.generated,
+        stats.decode_tps(),
+        if stats.stopped { " | stopped at end of generation" } else { "" }
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `edge-node info`: what a model file holds.
+pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
+    let m = args.model.open()?;
+    let c = &m.config;
+    println!("architecture   {}", c.arch);
+    println!("layers         {}", c.n_layers);
+    println!("dim / ffn      {} / {}", c.dim, c.ffn_dim);
+    println!("heads / kv     {} / {} (head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!("vocab          {}", c.vocab);
+    println!("context        {}", c.context);
+    println!("rope           {:?}, theta {}", c.rope, c.rope_theta);
+    println!("tied head      {}", c.tied_embeddings);
+    let mut types = std::collections::BTreeMap::<String, (usize, u64)>::new();
+    for t in &m.gguf.tensors {
+        let e = types.entry(format!("{:?}", t.ty)).or_default();
+        e.0 += 1;
+        e.1 += t.size;
+    }
+    for (ty, (n, bytes)) in types {
+        println!("tensors {ty:<6} {n:>4} tensors, {}", human_bytes(bytes));
+    }
+    Ok(())
+}
+
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}

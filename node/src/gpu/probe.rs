@@ -1,0 +1,347 @@
+//! Single-kernel runners for conformance tests and benchmarks. Each one builds its pipeline with the executor's
+//! [`PipelineCache`] and [`bind`], uploads weights through the executor's [`GpuMatrix`] (so repacking and row
+//! chunking are the real ones), dispatches once and reads the result back. Nothing here is on the hot path.
+//!
+//! The uniform structs below mirror the kernels' WGSL structs (and shard.rs's private copies of them).
+
+use std::sync::Arc;
+
+use crate::gguf::{parse_bytes, Gguf};
+use crate::gguf_writer::GgufWriter;
+use crate::model::RopeStyle;
+use crate::quant::GgmlType;
+use crate::shard::ShardError;
+
+use super::context::GpuContext;
+use super::kernels::{bind, Kernel, Pipeline, PipelineCache, PipelineKey};
+use super::weights::GpuMatrix;
+
+/// `Step` in every kernel.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    n_tok: u32,
+    pos0: u32,
+    head_n: u32,
+    head_row0: u32,
+}
+
+/// `Mat` in matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatParams {
+    rows: u32,
+    cols: u32,
+    out_rows: u32,
+    row_off: u32,
+    out_stride: u32,
+    head: u32,
+    eps: f32,
+    bias_off: u32,
+}
+
+/// Optional parts of a matmul (all off by default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MatmulOpts<'a> {
+    /// Fused RMSNorm of each `x` row with this weight `(cols)` and `eps`.
+    pub gamma: Option<&'a [f32]>,
+    pub eps: f32,
+    /// Added to each output row `(rows)` (before SwiGLU's activation, as the kernel does).
+    pub bias: Option<&'a [f32]>,
+    /// `(n, rows)`: the output is `residual + result`.
+    pub residual: Option<&'a [f32]>,
+    /// GGML bytes of the "up" matrix (same type and shape): the output is `silu(W·x) * (up·x)`.
+    pub swiglu_up: Option<&'a [u8]>,
+    /// Largest storage binding for the weights (defaults to the device limit); small values force row chunks.
+    pub max_binding: Option<u64>,
+}
+
+/// Head geometry for RoPE and attention.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+pub struct Probe {
+    ctx: Arc<GpuContext>,
+    pipes: PipelineCache,
+}
+
+/// One dispatch: pipeline, bind group, workgroups (x, y).
+type Job = (Arc<Pipeline>, wgpu::BindGroup, (u32, u32));
+
+fn bad(msg: String) -> ShardError {
+    ShardError::BadInput(msg)
+}
+
+impl Probe {
+    /// Opens the default device (see [`GpuContext::new`]).
+    pub fn new() -> Result<Probe, ShardError> {
+        Ok(Self::with_context(GpuContext::new()?))
+    }
+
+    pub fn with_context(ctx: Arc<GpuContext>) -> Probe {
+        Probe { ctx, pipes: PipelineCache::default() }
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Pipelines built so far (each one a JIT compile on lavapipe).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipes.len()
+    }
+
+    fn pipeline(&self, kernel: Kernel, quant: Option<GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
+        self.pipes.get(&self.ctx, &PipelineKey { kernel, quant, consts, entry: "main" })
+    }
+
+    fn floats(&self, label: &str, v: &[f32]) -> wgpu::Buffer {
+        self.ctx.storage_init(label, bytemuck::cast_slice(v))
+    }
+
+    fn step(&self, n_tok: usize, pos0: usize, head_n: usize) -> wgpu::Buffer {
+        let p = StepParams { n_tok: n_tok as u32, pos0: pos0 as u32, head_n: head_n as u32, head_row0: 0 };
+        self.ctx.uniform("step", &p)
+    }
+
+    /// Records `jobs` in one pass, copies `outputs` to one staging buffer, submits once and reads back.
+    fn run(&self, jobs: &[Job], outputs: &[&wgpu::Buffer]) -> Result<Vec<Vec<u8>>, ShardError> {
+        let total: u64 = outputs.iter().map(|b| b.size()).sum();
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("probe staging"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("probe") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("probe"), timestamp_writes: None });
+            for (pipe, bg, (x, y)) in jobs {
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+        }
+        let mut off = 0;
+        for b in outputs {
+            enc.copy_buffer_to_buffer(b, 0, &staging, off, b.size());
+            off += b.size();
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        let data = self.ctx.read_back(&staging, total)?;
+        let mut parts = Vec::new();
+        let mut off = 0;
+        for b in outputs {
+            parts.push(data[off..off + b.size() as usize].to_vec());
+            off += b.size() as usize;
+        }
+        Ok(parts)
+    }
+
+    /// Uploads `(rows, cols)` matrices of GGML bytes the way the executor does (a GGUF image read by
+    /// [`GpuMatrix::concat`], or [`GpuMatrix::pair`] for a gate/up pair).
+    fn matrix(&self, ty: GgmlType, rows: usize, cols: usize, a: &[u8], b: Option<&[u8]>, max_binding: u64) -> Result<GpuMatrix, ShardError> {
+        let want = ty.row_bytes(cols) * rows;
+        if !ty.is_supported() || cols % 32 != 0 || a.len() != want || b.is_some_and(|b| b.len() != want) {
+            return Err(bad(format!("{ty:?} matrix ({rows}, {cols}) needs {want} bytes and cols a multiple of 32")));
+        }
+        let dims = [cols as u64, rows as u64];
+        let mut w = GgufWriter::new().tensor("a", &dims, ty, a);
+        if let Some(b) = b {
+            w = w.tensor("b", &dims, ty, b);
+        }
+        let bytes = w.to_bytes().map_err(|e| bad(e.to_string()))?;
+        let g: Gguf = parse_bytes(&bytes)?;
+        let ta = g.info("a")?;
+        Ok(match b {
+            None => GpuMatrix::concat(&self.ctx, &g, &[ta], max_binding),
+            Some(_) => GpuMatrix::pair(&self.ctx, &g, ta, g.info("b")?, max_binding),
+        })
+    }
+
+    /// `y = W·x` for `x` `(n, cols)` and `W` `(rows, cols)` GGML bytes: `(n, rows)`. See [`MatmulOpts`].
+    pub fn matmul(&self, ty: GgmlType, rows: usize, cols: usize, weights: &[u8], x: &[f32], opts: MatmulOpts<'_>) -> Result<Vec<f32>, ShardError> {
+        self.matmul_chunks(ty, rows, cols, weights, x, opts).map(|(y, _)| y)
+    }
+
+    /// [`Probe::matmul`], also returning how many row chunks (dispatches) the matrix was split into.
+    pub fn matmul_chunks(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        weights: &[u8],
+        x: &[f32],
+        o: MatmulOpts<'_>,
+    ) -> Result<(Vec<f32>, usize), ShardError> {
+        let n = x.len() / cols.max(1);
+        if n == 0 || x.len() != n * cols {
+            return Err(bad(format!("x has {} floats, not a positive multiple of {cols}", x.len())));
+        }
+        let lens_ok = o.gamma.is_none_or(|g| g.len() == cols)
+            && o.bias.is_none_or(|b| b.len() == rows)
+            && o.residual.is_none_or(|r| r.len() == n * rows);
+        if !lens_ok {
+            return Err(bad("gamma, bias or residual has the wrong length".into()));
+        }
+        let max_binding = o.max_binding.unwrap_or(self.ctx.limits.max_storage_buffer_binding_size as u64);
+        let mat = self.matrix(ty, rows, cols, weights, o.swiglu_up, max_binding)?;
+        let swiglu = o.swiglu_up.is_some();
+        let flag = |b: bool| b.to_string();
+        // Same constants, in the same order, as GpuShard::matmul: the same pipeline text.
+        let pipe = self.pipeline(
+            Kernel::Matmul,
+            Some(ty),
+            vec![
+                ("NORM", flag(o.gamma.is_some())),
+                ("BIAS", flag(o.bias.is_some())),
+                ("RESIDUAL", flag(o.residual.is_some())),
+                ("SWIGLU", flag(swiglu)),
+            ],
+        );
+        let dummy = self.ctx.storage("dummy", 16);
+        let step = self.step(n, 0, 0);
+        let xb = self.floats("x", x);
+        let gamma = o.gamma.map(|g| self.floats("gamma", g));
+        let bias = o.bias.map(|b| self.floats("bias", b));
+        let y = match o.residual {
+            Some(r) => self.floats("y", r),
+            None => self.ctx.storage("y", (n * rows * 4) as u64),
+        };
+        let jobs: Vec<Job> = mat
+            .chunks
+            .iter()
+            .map(|ch| {
+                let out_rows = if swiglu { ch.rows / 2 } else { ch.rows };
+                let params = MatParams {
+                    rows: ch.rows as u32,
+                    cols: cols as u32,
+                    out_rows: out_rows as u32,
+                    row_off: ch.row_start as u32,
+                    out_stride: rows as u32,
+                    head: 0,
+                    eps: o.eps,
+                    bias_off: ch.row_start as u32,
+                };
+                let ub = self.ctx.uniform("matmul", &params);
+                let bufs = [&step, &ub, &xb, &ch.scale, &ch.quant, gamma.as_ref().unwrap_or(&dummy), bias.as_ref().unwrap_or(&dummy), &y];
+                let bg = bind(&self.ctx, &pipe, &bufs);
+                (pipe.clone(), bg, ((out_rows as u32).div_ceil(64), (n as u32).div_ceil(8)))
+            })
+            .collect();
+        let out = self.run(&jobs, &[&y])?;
+        Ok((to_f32(&out[0], n * rows), mat.chunks.len()))
+    }
+
+    /// Embedding rows of `tokens` from a `(rows, cols)` table of GGML bytes: `(tokens, cols)`.
+    pub fn embed(&self, ty: GgmlType, rows: usize, cols: usize, table: &[u8], tokens: &[u32]) -> Result<Vec<f32>, ShardError> {
+        if tokens.is_empty() || tokens.iter().any(|&t| t as usize >= rows) {
+            return Err(bad(format!("tokens must be non-empty and below {rows}")));
+        }
+        let mat = self.matrix(ty, rows, cols, table, None, self.ctx.limits.max_storage_buffer_binding_size as u64)?;
+        if mat.chunks.len() != 1 {
+            return Err(bad("embedding table exceeds one storage binding".into()));
+        }
+        let n = tokens.len();
+        let pipe = self.pipeline(Kernel::Embed, Some(ty), vec![]);
+        let step = self.step(n, 0, 0);
+        let params = self.ctx.uniform("embed", &[rows as u32, cols as u32, 0, 0]);
+        let tok = self.ctx.storage_init("tokens", bytemuck::cast_slice(tokens));
+        let x = self.ctx.storage("x", (n * cols * 4) as u64);
+        let ch = &mat.chunks[0];
+        let bg = bind(&self.ctx, &pipe, &[&step, &params, &tok, &ch.scale, &ch.quant, &x]);
+        let out = self.run(&[(pipe, bg, ((cols as u32 / 32).div_ceil(64), n as u32))], &[&x])?;
+        Ok(to_f32(&out[0], n * cols))
+    }
+
+    /// RoPE of the fused projection `qkv` `(n, q_dim + 2 kv_dim)` at positions `pos0..pos0 + n`: returns the
+    /// rotated q `(n, q_dim)` and writes rotated k and plain v into the caches `(capacity, kv_dim)` in place.
+    pub fn rope_kv(
+        &self,
+        s: AttnShape,
+        (style, theta): (RopeStyle, f32),
+        pos0: usize,
+        qkv: &[f32],
+        k_cache: &mut [f32],
+        v_cache: &mut [f32],
+    ) -> Result<Vec<f32>, ShardError> {
+        let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
+        let stride = q_dim + 2 * kv_dim;
+        let n = qkv.len() / stride;
+        let cap = k_cache.len() / kv_dim.max(1);
+        if n == 0 || qkv.len() != n * stride || v_cache.len() != k_cache.len() || pos0 + n > cap || s.head_dim % 2 != 0 {
+            return Err(bad(format!("rope_kv: {} floats of qkv, caches of {} positions from {pos0}", qkv.len(), cap)));
+        }
+        let pipe = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (style == RopeStyle::Neox).to_string())]);
+        let step = self.step(n, pos0, 0);
+        let params = [q_dim as u32, kv_dim as u32, s.head_dim as u32, stride as u32, theta.to_bits(), 0, 0, 0];
+        let params = self.ctx.uniform("rope", &params);
+        let src = self.floats("qkv", qkv);
+        let q = self.ctx.storage("q", (n * q_dim * 4) as u64);
+        let (k, v) = (self.floats("k", k_cache), self.floats("v", v_cache));
+        let bg = bind(&self.ctx, &pipe, &[&step, &params, &src, &q, &k, &v]);
+        let items = (q_dim / 2 + kv_dim / 2 + kv_dim) as u32;
+        let out = self.run(&[(pipe, bg, (items.div_ceil(64), n as u32))], &[&q, &k, &v])?;
+        k_cache.copy_from_slice(&to_f32(&out[1], k_cache.len()));
+        v_cache.copy_from_slice(&to_f32(&out[2], v_cache.len()));
+        Ok(to_f32(&out[0], n * q_dim))
+    }
+
+    /// Causal grouped-query attention of `q` `(n, q_dim)` at positions `pos0..pos0 + n` over the caches
+    /// `(capacity, kv_dim)`, scale `1/sqrt(head_dim)`: `(n, q_dim)`.
+    pub fn attention(&self, s: AttnShape, pos0: usize, q: &[f32], k_cache: &[f32], v_cache: &[f32]) -> Result<Vec<f32>, ShardError> {
+        let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
+        let n = q.len() / q_dim.max(1);
+        let ok = n > 0
+            && q.len() == n * q_dim
+            && k_cache.len() == v_cache.len()
+            && k_cache.len() >= (pos0 + n) * kv_dim
+            && s.n_kv_heads > 0
+            && s.n_heads % s.n_kv_heads == 0;
+        if !ok {
+            return Err(bad(format!("attention: q of {} floats, caches of {} floats from {pos0}", q.len(), k_cache.len())));
+        }
+        let pipe = self.pipeline(Kernel::Attention, None, vec![("HD", s.head_dim.to_string())]);
+        let step = self.step(n, pos0, 0);
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let params = [s.n_heads as u32, s.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0];
+        let params = self.ctx.uniform("attention", &params);
+        let (qb, k, v) = (self.floats("q", q), self.floats("k", k_cache), self.floats("v", v_cache));
+        let out = self.ctx.storage("att", (n * q_dim * 4) as u64);
+        let bg = bind(&self.ctx, &pipe, &[&step, &params, &qb, &k, &v, &out]);
+        let res = self.run(&[(pipe, bg, (s.n_heads as u32, n as u32))], &[&out])?;
+        Ok(to_f32(&res[0], n * q_dim))
+    }
+
+    /// Greedy token of each row of `logits` `(n_rows, vocab)`.
+    pub fn argmax(&self, logits: &[f32], n_rows: usize, vocab: usize) -> Result<Vec<u32>, ShardError> {
+        if n_rows == 0 || vocab == 0 || logits.len() != n_rows * vocab {
+            return Err(bad(format!("argmax: {} logits for {n_rows} rows of {vocab}", logits.len())));
+        }
+        let pipe = self.pipeline(Kernel::Argmax, None, vec![]);
+        let step = self.step(0, 0, n_rows);
+        let params = self.ctx.uniform("argmax", &[vocab as u32, 0, 0, 0]);
+        let l = self.floats("logits", logits);
+        let out = self.ctx.storage("argmax", (n_rows * 4) as u64);
+        let bg = bind(&self.ctx, &pipe, &[&step, &params, &l, &out]);
+        let res = self.run(&[(pipe, bg, (n_rows as u32, 1))], &[&out])?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, u32>(&res[0][..n_rows * 4]))
+    }
+}
+
+fn to_f32(bytes: &[u8], n: usize) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..n * 4])
+}
