@@ -39,19 +39,19 @@ pub struct GenerateArgs {
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
     /// Maximum number of tokens to generate.
-    #[arg(long, short = 'n', default_value_t = 128)]
+    #[arg(long, short = 'n', default_value_t = 128, allow_negative_numbers = true)]
     pub tokens: usize,
     /// Context size in tokens (prompt + generated) [default: the model's, at most 4096].
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Top-k filter (0 disables it).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
     /// Top-p (nucleus) filter in (0, 1].
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
