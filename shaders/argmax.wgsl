@@ -9,6 +9,7 @@ struct Arg { n: u32, _p0: u32, _p1: u32, _p2: u32 }
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 
 const WG: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
 
@@ -19,11 +20,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let base = row * g.n;
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
+    // Each invocation starts from its first logit (not from a sentinel value, which -inf or NaN logits would
+    // never beat, leaving NONE as the answer); NONE marks an invocation without logits (n < WG).
+    var bv = 0.0;
+    var bi = NONE;
     for (var i = tid; i < g.n; i += WG) {
         let v = logits[base + i];
-        if (v > bv) {
+        if (bi == NONE || v > bv) {
             bv = v;
             bi = i;
         }
@@ -35,7 +38,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (tid < s) {
             let ov = best_v[tid + s];
             let oi = best_i[tid + s];
-            if (ov > best_v[tid] || (ov == best_v[tid] && oi < best_i[tid])) {
+            let mine = best_i[tid];
+            if (oi != NONE && (mine == NONE || ov > best_v[tid] || (ov == best_v[tid] && oi < mine))) {
                 best_v[tid] = ov;
                 best_i[tid] = oi;
             }

@@ -18,6 +18,7 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     errors: Arc<Mutex<Vec<String>>>,
+    submits: std::sync::atomic::AtomicU64,
 }
 
 impl GpuContext {
@@ -51,7 +52,7 @@ impl GpuContext {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
         tracing::info!(adapter = %info.name, backend = ?info.backend, device_type = ?info.device_type, "gpu ready");
-        Ok(Arc::new(GpuContext { device, queue, info, limits, errors }))
+        Ok(Arc::new(GpuContext { device, queue, info, limits, errors, submits: Default::default() }))
     }
 
     /// `adapter name (type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu)`.
@@ -69,6 +70,17 @@ impl GpuContext {
             e.clear();
             Err(ShardError::Gpu(msg))
         }
+    }
+
+    /// Submits one command buffer (counted, for the benchmark's submits-per-token figure).
+    pub fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.submits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queue.submit([enc.finish()]);
+    }
+
+    /// Command buffers submitted so far.
+    pub fn submits(&self) -> u64 {
+        self.submits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits for all submitted work.

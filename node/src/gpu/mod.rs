@@ -1,12 +1,16 @@
 //! The wgpu backend: WGSL kernels from `shaders/`, weights kept in their quantized GGML blocks.
 //!
 //! - [`context`]: device and adapter, GPU errors as values, buffer helpers.
+//! - `dispatch`: one recorded kernel launch and the uniform blocks kernels read.
 //! - [`kernels`]: kernel sources, bind group layouts, the pipeline cache.
 //! - [`weights`]: repacking GGML blocks into the kernels' layout, chunked to fit storage bindings.
+//! - [`profile`]: kernel timings and the copy-bandwidth yardstick for `edge-node bench`.
 //! - [`shard`]: [`GpuShard`], the executor.
 
 pub mod context;
+mod dispatch;
 pub mod kernels;
+pub mod profile;
 pub mod probe;
 pub mod shard;
 pub mod weights;

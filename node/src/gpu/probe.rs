@@ -12,8 +12,8 @@ use crate::model::RopeStyle;
 use crate::quant::GgmlType;
 use crate::shard::ShardError;
 
-use super::context::GpuContext;
-use super::kernels::{bind, Kernel, Pipeline, PipelineCache, PipelineKey};
+use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
+use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineCache, PipelineKey};
 use super::weights::GpuMatrix;
 
 /// `Step` in every kernel.
@@ -38,7 +38,13 @@ struct MatParams {
     head: u32,
     eps: f32,
     bias_off: u32,
+    group_tokens: u32,
+    _pad: [u32; 3],
 }
+
+/// Rows per workgroup of matmul.wgsl's `gemv` entry point, tokens per invocation of its `main` (shard.rs).
+const GEMV_ROWS_PER_GROUP: u32 = 128;
+const TOKENS_PER_INVOCATION: u32 = 4;
 
 /// Optional parts of a matmul (all off by default).
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,8 +84,8 @@ pub struct Probe {
     pipes: PipelineCache,
 }
 
-/// One dispatch: pipeline, bind group, workgroups (x, y).
-type Job = (Arc<Pipeline>, wgpu::BindGroup, (u32, u32));
+/// One dispatch: pipeline, bind group, its dynamic offsets, workgroups (x, y).
+type Job<'a> = (&'a Pipeline, &'a wgpu::BindGroup, Vec<u32>, (u32, u32));
 
 fn bad(msg: String) -> ShardError {
     ShardError::BadInput(msg)
@@ -129,9 +135,9 @@ impl Probe {
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("probe") });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("probe"), timestamp_writes: None });
-            for (pipe, bg, (x, y)) in jobs {
+            for (pipe, bg, offsets, (x, y)) in jobs {
                 pass.set_pipeline(&pipe.pipeline);
-                pass.set_bind_group(0, bg, &[]);
+                pass.set_bind_group(0, *bg, offsets);
                 pass.dispatch_workgroups(*x, *y, 1);
             }
         }
@@ -200,28 +206,46 @@ impl Probe {
         let max_binding = o.max_binding.unwrap_or(self.ctx.limits.max_storage_buffer_binding_size as u64);
         let mat = self.matrix(ty, rows, cols, weights, o.swiglu_up, max_binding)?;
         let swiglu = o.swiglu_up.is_some();
+        // From here on a mirror of GpuShard::matmul and Dispatch::record (shard.rs): x and gamma are read through
+        // 64 KiB uniform views, x in groups of `group_tokens` tokens; one token uses the `gemv` entry point.
+        let align = self.ctx.limits.min_uniform_buffer_offset_alignment.max(16);
+        let group_tokens = group_tokens(cols as u64, align as u64)
+            .ok_or_else(|| bad(format!("rows of {cols} floats do not fit a 64 KiB uniform view")))?;
         let flag = |b: bool| b.to_string();
-        // Same constants, in the same order, as GpuShard::matmul: the same pipeline text.
-        let pipe = self.pipeline(
-            Kernel::Matmul,
-            Some(ty),
-            vec![
+        let mut key = PipelineKey {
+            kernel: Kernel::Matmul,
+            quant: Some(ty),
+            consts: vec![
                 ("NORM", flag(o.gamma.is_some())),
                 ("BIAS", flag(o.bias.is_some())),
                 ("RESIDUAL", flag(o.residual.is_some())),
                 ("SWIGLU", flag(swiglu)),
             ],
-        );
-        let dummy = self.ctx.storage("dummy", 16);
+            entry: "main",
+        };
+        // One token runs the `gemv` entry point, more run `main` (only the one used is built: each is a JIT).
+        if n == 1 {
+            key.entry = "gemv";
+        }
+        let pipe = self.pipes.get(&self.ctx, &key);
+
         let step = self.step(n, 0, 0);
-        let xb = self.floats("x", x);
-        let gamma = o.gamma.map(|g| self.floats("gamma", g));
-        let bias = o.bias.map(|b| self.floats("bias", b));
+        let xb = self.ctx.activation("x", (n * cols * 4) as u64);
+        self.ctx.queue.write_buffer(&xb, 0, bytemuck::cast_slice(x));
+        let gamma = self.ctx.uniform_view("gamma", o.gamma.map_or(&[][..], bytemuck::cast_slice));
+        let bias = self.floats("bias", o.bias.unwrap_or(&[]));
         let y = match o.residual {
             Some(r) => self.floats("y", r),
             None => self.ctx.storage("y", (n * rows * 4) as u64),
         };
-        let jobs: Vec<Job> = mat
+        let n_groups = (n as u32).div_ceil(group_tokens);
+        let mut entries = vec![0u8; (n_groups as usize + 1) * align as usize];
+        for g in 0..=n_groups as usize {
+            entries[g * align as usize..][..4].copy_from_slice(&(g as u32).to_le_bytes());
+        }
+        let groups = self.ctx.uniform_view("groups", &entries);
+        let view = Some(UNIFORM_VIEW_BYTES);
+        let binds: Vec<(wgpu::BindGroup, u32)> = mat
             .chunks
             .iter()
             .map(|ch| {
@@ -235,13 +259,36 @@ impl Probe {
                     head: 0,
                     eps: o.eps,
                     bias_off: ch.row_start as u32,
+                    group_tokens,
+                    _pad: [0; 3],
                 };
                 let ub = self.ctx.uniform("matmul", &params);
-                let bufs = [&step, &ub, &xb, &ch.scale, &ch.quant, gamma.as_ref().unwrap_or(&dummy), bias.as_ref().unwrap_or(&dummy), &y];
-                let bg = bind(&self.ctx, &pipe, &bufs);
-                (pipe.clone(), bg, ((out_rows as u32).div_ceil(64), (n as u32).div_ceil(8)))
+                let bufs = [
+                    (&step, None),
+                    (&ub, None),
+                    (&xb, view),
+                    (&ch.scale, None),
+                    (&ch.quant, None),
+                    (&gamma, view),
+                    (&bias, None),
+                    (&y, None),
+                    (&groups, Some(16)),
+                ];
+                (bind_ranges(&self.ctx, &pipe, &bufs), out_rows as u32)
             })
             .collect();
+        let mut jobs: Vec<Job> = Vec::new();
+        for (bg, out_rows) in &binds {
+            if n == 1 {
+                jobs.push((&pipe, bg, vec![0, 0], (out_rows.div_ceil(GEMV_ROWS_PER_GROUP), 1)));
+                continue;
+            }
+            for g in 0..n_groups {
+                let count = group_tokens.min(n as u32 - g * group_tokens);
+                let x_off = g * group_tokens * cols as u32 * 4;
+                jobs.push((&pipe, bg, vec![x_off, g * align], (out_rows.div_ceil(64), count.div_ceil(TOKENS_PER_INVOCATION))));
+            }
+        }
         let out = self.run(&jobs, &[&y])?;
         Ok((to_f32(&out[0], n * rows), mat.chunks.len()))
     }
@@ -263,7 +310,7 @@ impl Probe {
         let x = self.ctx.storage("x", (n * cols * 4) as u64);
         let ch = &mat.chunks[0];
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &tok, &ch.scale, &ch.quant, &x]);
-        let out = self.run(&[(pipe, bg, ((cols as u32 / 32).div_ceil(64), n as u32))], &[&x])?;
+        let out = self.run(&[(&pipe, &bg, vec![], ((cols as u32 / 32).div_ceil(64), n as u32))], &[&x])?;
         Ok(to_f32(&out[0], n * cols))
     }
 
@@ -294,7 +341,7 @@ impl Probe {
         let (k, v) = (self.floats("k", k_cache), self.floats("v", v_cache));
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &src, &q, &k, &v]);
         let items = (q_dim / 2 + kv_dim / 2 + kv_dim) as u32;
-        let out = self.run(&[(pipe, bg, (items.div_ceil(64), n as u32))], &[&q, &k, &v])?;
+        let out = self.run(&[(&pipe, &bg, vec![], (items.div_ceil(64), n as u32))], &[&q, &k, &v])?;
         k_cache.copy_from_slice(&to_f32(&out[1], k_cache.len()));
         v_cache.copy_from_slice(&to_f32(&out[2], v_cache.len()));
         Ok(to_f32(&out[0], n * q_dim))
@@ -322,7 +369,7 @@ impl Probe {
         let (qb, k, v) = (self.floats("q", q), self.floats("k", k_cache), self.floats("v", v_cache));
         let out = self.ctx.storage("att", (n * q_dim * 4) as u64);
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &qb, &k, &v, &out]);
-        let res = self.run(&[(pipe, bg, (s.n_heads as u32, n as u32))], &[&out])?;
+        let res = self.run(&[(&pipe, &bg, vec![], (s.n_heads as u32, n as u32))], &[&out])?;
         Ok(to_f32(&res[0], n * q_dim))
     }
 
@@ -337,9 +384,24 @@ impl Probe {
         let l = self.floats("logits", logits);
         let out = self.ctx.storage("argmax", (n_rows * 4) as u64);
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &l, &out]);
-        let res = self.run(&[(pipe, bg, (n_rows as u32, 1))], &[&out])?;
+        let res = self.run(&[(&pipe, &bg, vec![], (n_rows as u32, 1))], &[&out])?;
         Ok(bytemuck::pod_collect_to_vec::<u8, u32>(&res[0][..n_rows * 4]))
     }
+}
+
+/// Tokens per matmul dispatch (a copy of shard.rs's `group_tokens`): as many rows of `k` floats as fit one uniform
+/// view, rounded so that every group's byte offset is a multiple of the uniform offset alignment.
+fn group_tokens(k: u64, align: u64) -> Option<u32> {
+    let row = k * 4;
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let step = align / gcd(row, align);
+    let g = UNIFORM_VIEW_BYTES / row / step * step;
+    (g > 0).then_some(g as u32)
 }
 
 fn to_f32(bytes: &[u8], n: usize) -> Vec<f32> {

@@ -14,14 +14,12 @@ use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::shard::{check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
+use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
 use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineCache, PipelineKey};
 use super::weights::GpuMatrix;
 
 /// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
 const HEAD_ROWS: u64 = 32;
-
-/// Tokens per matmul invocation (TB in matmul.wgsl).
-const TOKENS_PER_INVOCATION: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
@@ -37,103 +35,8 @@ impl Default for GpuOptions {
     }
 }
 
-/// Per-step values shared by every dispatch (one uniform write per step).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepParams {
-    n_tok: u32,
-    pos0: u32,
-    head_n: u32,
-    head_row0: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    out_rows: u32,
-    row_off: u32,
-    out_stride: u32,
-    head: u32,
-    eps: f32,
-    bias_off: u32,
-    group_tokens: u32,
-    _pad: [u32; 3],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params8([u32; 8]);
-
-/// How many workgroups a dispatch needs for a step.
-#[derive(Clone, Copy)]
-enum Grid {
-    /// One invocation per output row, 4 tokens per invocation (`head`: tokens of the head step), one dispatch
-    /// per group of `group_tokens` tokens whose inputs fit one uniform view of `k` floats per token.
-    Matmul { rows: u32, head: bool, group_tokens: u32, k: u32 },
-    Embed { blocks: u32 },
-    Rope { items: u32 },
-    Attention { heads: u32 },
-    Argmax,
-}
-
-struct Dispatch {
-    pipe: Arc<Pipeline>,
-    /// Matmuls only: the one-token variant (`gemv` entry point, 4 rows per invocation, 32 per workgroup).
-    gemv: Option<Arc<Pipeline>>,
-    bind: wgpu::BindGroup,
-    grid: Grid,
-}
-
-/// Rows per workgroup of the `gemv` entry point (32 invocations x GEMV_ROWS = 4).
-const GEMV_ROWS_PER_GROUP: u32 = 128;
-
-/// The sizes of one step, as the dispatches need them.
-#[derive(Clone, Copy)]
-struct StepDims {
-    n_tok: u32,
-    head_n: u32,
-    head_row0: u32,
-    /// Stride of the entries of the group-index buffer (the device's uniform offset alignment).
-    align: u32,
-}
-
-impl Dispatch {
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>, s: StepDims) {
-        let (n_tok, head_n) = (s.n_tok, s.head_n);
-        let tiles = |n: u32| n.div_ceil(TOKENS_PER_INVOCATION);
-        pass.set_pipeline(&self.pipe.pipeline);
-        if let Grid::Matmul { rows, head, group_tokens, k } = self.grid {
-            let (n, row0) = if head { (head_n, s.head_row0) } else { (n_tok, 0) };
-            if let (1, Some(gemv)) = (n, &self.gemv) {
-                pass.set_pipeline(&gemv.pipeline);
-                pass.set_bind_group(0, &self.bind, &[row0 * k * 4, 0]);
-                pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
-                return;
-            }
-            for g in 0..n.div_ceil(group_tokens) {
-                let count = group_tokens.min(n - g * group_tokens);
-                let x_off = (row0 + g * group_tokens) * k * 4;
-                pass.set_bind_group(0, &self.bind, &[x_off, g * s.align]);
-                pass.dispatch_workgroups(rows.div_ceil(64), tiles(count), 1);
-            }
-            return;
-        }
-        let (x, y) = match self.grid {
-            Grid::Matmul { .. } => unreachable!(),
-            Grid::Embed { blocks } => (blocks.div_ceil(64), n_tok),
-            Grid::Rope { items } => (items.div_ceil(64), n_tok),
-            Grid::Attention { heads } => (heads, n_tok),
-            Grid::Argmax => (head_n, 1),
-        };
-        pass.set_bind_group(0, &self.bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
-    }
-}
-
 /// Device buffers for one step's activations, shared by all sequences.
-struct Activations {
+pub(super) struct Activations {
     tokens: wgpu::Buffer,  // (max_step) u32
     x: wgpu::Buffer,       // (max_step, dim) residual stream
     qkv: wgpu::Buffer,     // (max_step, q_dim + 2 kv_dim)
@@ -148,34 +51,36 @@ struct Activations {
     groups: wgpu::Buffer,  // entry g (at g * align bytes) holds g: which token group a matmul dispatch serves
 }
 
-struct GpuLayer {
-    dispatches_before_attention: Vec<Dispatch>, // norm + qkv
-    dispatches_after_attention: Vec<Dispatch>,  // o + residual, norm + gate/up, down + residual
+pub(super) struct GpuLayer {
+    pub(super) qkv: Vec<Dispatch>,     // norm + q/k/v projections
+    pub(super) o: Vec<Dispatch>,       // output projection + residual
+    pub(super) gate_up: Vec<Dispatch>, // norm + gate/up + SwiGLU
+    pub(super) down: Vec<Dispatch>,    // down projection + residual
 }
 
 /// A sequence's KV cache (one buffer per layer) and the bind groups that read it.
-struct GpuSeq {
-    rope: Vec<Dispatch>,      // per layer
-    attention: Vec<Dispatch>, // per layer
+pub(super) struct GpuSeq {
+    pub(super) rope: Vec<Dispatch>, // per layer
+    pub(super) attention: Vec<Dispatch>, // per layer
     capacity: usize,
     len: usize,
     _kv: Vec<wgpu::Buffer>,
 }
 
 pub struct GpuShard {
-    ctx: Arc<GpuContext>,
+    pub(super) ctx: Arc<GpuContext>,
     pipes: PipelineCache,
-    cfg: ModelConfig,
-    spec: ShardSpec,
+    pub(super) cfg: ModelConfig,
+    pub(super) spec: ShardSpec,
     opts: GpuOptions,
-    step: wgpu::Buffer,
-    act: Activations,
+    pub(super) step: wgpu::Buffer,
+    pub(super) act: Activations,
     rope_params: wgpu::Buffer,
     att_params: wgpu::Buffer,
-    embed: Option<Dispatch>,
-    layers: Vec<GpuLayer>,
-    head: Vec<Dispatch>, // norm + head matmul chunks, argmax
-    seqs: HashMap<SeqId, GpuSeq>,
+    pub(super) embed: Option<Dispatch>,
+    pub(super) layers: Vec<GpuLayer>,
+    pub(super) head: Vec<Dispatch>, // norm + head matmul chunks, argmax
+    pub(super) seqs: HashMap<SeqId, GpuSeq>,
     weight_bytes: u64,
 }
 
@@ -259,7 +164,7 @@ impl GpuShard {
             let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, 0, 0, 0, 0, 0, 0]));
             let ch = &em.chunks[0];
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.tokens, &ch.scale, &ch.quant, &me.act.x]);
-            me.embed = Some(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 } });
+            me.embed = Some(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 }, weight_bytes: 0 });
         }
 
         for lt in &t.layers {
@@ -281,10 +186,10 @@ impl GpuShard {
             } else {
                 vec![(vec![&lt.wq], 0), (vec![&lt.wk], q_dim), (vec![&lt.wv], q_dim + kv_dim)]
             };
-            let mut before = Vec::new();
+            let mut qkv = Vec::new();
             for (p, off) in parts {
                 let mat = GpuMatrix::concat(&ctx, g, &p, max_binding);
-                before.extend(me.matmul(&mat, MatmulIo {
+                qkv.extend(me.matmul(&mat, MatmulIo {
                     x: &me.act.x,
                     y: &me.act.qkv,
                     gamma: Some(&attn_norm),
@@ -302,8 +207,8 @@ impl GpuShard {
             let wo = GpuMatrix::concat(&ctx, g, &[&lt.wo], max_binding);
             let gate_up = GpuMatrix::pair(&ctx, g, &lt.w_gate, &lt.w_up, max_binding);
             let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
-            let mut after = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim))?;
-            after.extend(me.matmul(&gate_up, MatmulIo {
+            let o = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim))?;
+            let gate_up = me.matmul(&gate_up, MatmulIo {
                 x: &me.act.x,
                 y: &me.act.h,
                 gamma: Some(&ffn_norm),
@@ -313,9 +218,9 @@ impl GpuShard {
                 head: false,
                 col_off: 0,
                 out_stride: c.ffn_dim,
-            })?);
-            after.extend(me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim))?);
-            me.layers.push(GpuLayer { dispatches_before_attention: before, dispatches_after_attention: after });
+            })?;
+            let down = me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim))?;
+            me.layers.push(GpuLayer { qkv, o, gate_up, down });
         }
 
         if let (Some(norm), Some(out)) = (&t.output_norm, &t.output) {
@@ -342,7 +247,7 @@ impl GpuShard {
             let p = me.pipeline(Kernel::Argmax, None, vec![]);
             let params = ctx.uniform("argmax", &Params8([c.vocab as u32, 0, 0, 0, 0, 0, 0, 0]));
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.logits, &me.act.argmax]);
-            me.head.push(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Argmax });
+            me.head.push(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Argmax, weight_bytes: 0 });
         }
         me.weight_bytes = t.weight_bytes();
         ctx.wait()?;
@@ -405,7 +310,8 @@ impl GpuShard {
                     (&self.act.groups, Some(16)),
                 ]);
                 let grid = Grid::Matmul { rows: out_rows as u32, head: io.head, group_tokens, k: mat.cols as u32 };
-                Dispatch { pipe: p.clone(), gemv: Some(gemv.clone()), bind: bg, grid }
+                let weight_bytes = (ch.rows * mat.ty.row_bytes(mat.cols)) as u64;
+                Dispatch { pipe: p.clone(), gemv: Some(gemv.clone()), bind: bg, grid, weight_bytes }
             })
             .collect())
     }
@@ -422,7 +328,7 @@ impl GpuShard {
 
     /// Dispatches recorded for one step of one sequence: (per layer, embedding + head).
     pub fn dispatch_counts(&self) -> (usize, usize) {
-        let per_layer = self.layers.first().map_or(0, |l| l.dispatches_before_attention.len() + 2 + l.dispatches_after_attention.len());
+        let per_layer = self.layers.first().map_or(0, |l| l.qkv.len() + 2 + l.o.len() + l.gate_up.len() + l.down.len());
         (per_layer, self.embed.iter().count() + self.head.len())
     }
 
@@ -462,10 +368,11 @@ impl GpuShard {
                 e.record(&mut pass, dims);
             }
             for (l, layer) in self.layers.iter().enumerate() {
-                layer.dispatches_before_attention.iter().for_each(|d| d.record(&mut pass, dims));
+                layer.qkv.iter().for_each(|d| d.record(&mut pass, dims));
                 s.rope[l].record(&mut pass, dims);
                 s.attention[l].record(&mut pass, dims);
-                layer.dispatches_after_attention.iter().for_each(|d| d.record(&mut pass, dims));
+                let rest = layer.o.iter().chain(&layer.gate_up).chain(&layer.down);
+                rest.for_each(|d| d.record(&mut pass, dims));
             }
             if head.is_some() {
                 self.head.iter().for_each(|d| d.record(&mut pass, dims));
@@ -481,7 +388,7 @@ impl GpuShard {
         if let Some((src, bytes)) = read {
             enc.copy_buffer_to_buffer(src, 0, &self.act.staging, 0, bytes);
         }
-        q.submit([enc.finish()]);
+        self.ctx.submit(enc);
         let out = match read {
             Some((_, bytes)) => Some(self.ctx.read_back(&self.act.staging, bytes)?),
             None => {
@@ -493,22 +400,6 @@ impl GpuShard {
         self.seqs.get_mut(&seq).expect("checked above").len += n;
         Ok(out)
     }
-}
-
-/// Tokens per matmul dispatch: as many rows of `k` floats as fit one uniform view, rounded so that every
-/// group's byte offset is a multiple of the device's uniform offset alignment.
-fn group_tokens(k: u64, align: u64) -> Option<u32> {
-    let row = k * 4;
-    let gcd = |mut a: u64, mut b: u64| {
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a
-    };
-    let step = align / gcd(row, align);
-    let fit = UNIFORM_VIEW_BYTES / row;
-    let g = fit / step * step;
-    (g > 0).then_some(g as u32)
 }
 
 /// Inputs and outputs of one matmul.
@@ -560,9 +451,9 @@ impl Shard for GpuShard {
             let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
             let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
             let bg = bind(&self.ctx, &rope, &[&self.step, &self.rope_params, &self.act.qkv, &self.act.q, &k, &v]);
-            s.rope.push(Dispatch { pipe: rope.clone(), gemv: None, bind: bg, grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 } });
+            s.rope.push(Dispatch { pipe: rope.clone(), gemv: None, bind: bg, grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 }, weight_bytes: 0 });
             let bg = bind(&self.ctx, &att, &[&self.step, &self.att_params, &self.act.q, &k, &v, &self.act.att]);
-            s.attention.push(Dispatch { pipe: att.clone(), gemv: None, bind: bg, grid: Grid::Attention { heads: c.n_heads as u32 } });
+            s.attention.push(Dispatch { pipe: att.clone(), gemv: None, bind: bg, grid: Grid::Attention { heads: c.n_heads as u32 }, weight_bytes: 0 });
             s._kv.extend([k, v]);
         }
         self.ctx.check()?;

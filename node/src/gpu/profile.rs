@@ -1,0 +1,125 @@
+//! Kernel timings for `edge-node bench`: each kind of dispatch of a loaded shard, repeated in one submit in the
+//! decode shape (one token), and a copy kernel's bandwidth on the same adapter as the yardstick.
+
+use std::time::Instant;
+
+use crate::shard::{HeadOutput, SeqId, Shard, ShardError, ShardInput};
+
+use super::context::GpuContext;
+use super::dispatch::{Dispatch, StepDims, StepParams};
+use super::kernels::{bind, Kernel, PipelineCache, PipelineKey};
+use super::shard::GpuShard;
+
+/// One kind of dispatch, timed.
+#[derive(Debug, Clone)]
+pub struct KernelTiming {
+    pub kernel: &'static str,
+    /// Dispatches of this kind in one decode step of the shard.
+    pub dispatches: usize,
+    /// Weight bytes they read per step.
+    pub weight_bytes: u64,
+    /// Time per step, in microseconds.
+    pub micros: f64,
+}
+
+impl KernelTiming {
+    /// Weight bytes per second, in GB/s (0 for kernels that read no weights).
+    pub fn gbps(&self) -> f64 {
+        self.weight_bytes as f64 / (self.micros * 1e3)
+    }
+}
+
+const PROFILE_SEQ: SeqId = u64::MAX;
+
+impl GpuShard {
+    /// Times every kind of dispatch of this shard for one decode token at position `pos`, `reps` times each.
+    pub fn profile(&mut self, pos: usize, reps: u32) -> Result<Vec<KernelTiming>, ShardError> {
+        self.open_sequence(PROFILE_SEQ, pos + 1)?;
+        let result = self.profile_open(pos, reps);
+        self.close_sequence(PROFILE_SEQ);
+        result
+    }
+
+    fn profile_open(&mut self, pos: usize, reps: u32) -> Result<Vec<KernelTiming>, ShardError> {
+        // Fill the KV cache up to `pos` so attention reads a realistic context.
+        if pos > 0 {
+            let tokens = vec![1u32; pos];
+            let hidden = vec![0.0f32; pos * self.cfg.dim];
+            let input = if self.spec.embed { ShardInput::Tokens(&tokens) } else { ShardInput::Hidden(&hidden) };
+            self.forward(PROFILE_SEQ, input, HeadOutput::ArgmaxLast)?;
+        }
+        let params = StepParams { n_tok: 1, pos0: pos as u32, head_n: 1, head_row0: 0 };
+        self.ctx.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
+        let dims = StepDims { n_tok: 1, head_n: 1, head_row0: 0, align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) };
+        let seq = &self.seqs[&PROFILE_SEQ];
+        let kinds: Vec<(&'static str, Vec<&Dispatch>)> = vec![
+            ("embed", self.embed.iter().collect()),
+            ("norm+qkv matmul", self.layers.iter().flat_map(|l| &l.qkv).collect()),
+            ("rope+kv write", seq.rope.iter().collect()),
+            ("attention", seq.attention.iter().collect()),
+            ("o matmul+residual", self.layers.iter().flat_map(|l| &l.o).collect()),
+            ("norm+gate/up+swiglu", self.layers.iter().flat_map(|l| &l.gate_up).collect()),
+            ("down matmul+residual", self.layers.iter().flat_map(|l| &l.down).collect()),
+            ("norm+head matmul", self.head.iter().filter(|d| d.weight_bytes > 0).collect()),
+            ("argmax", self.head.iter().filter(|d| d.weight_bytes == 0).collect()),
+        ];
+        let mut out = Vec::new();
+        for (kernel, ds) in kinds.into_iter().filter(|(_, ds)| !ds.is_empty()) {
+            let run = |reps: u32| -> Result<f64, ShardError> {
+                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..reps {
+                        ds.iter().for_each(|d| d.record(&mut pass, dims));
+                    }
+                }
+                let t = Instant::now();
+                self.ctx.submit(enc);
+                self.ctx.wait()?;
+                self.ctx.check()?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            run(1)?; // compile the pipelines
+            let secs = run(reps)?;
+            out.push(KernelTiming {
+                kernel,
+                dispatches: ds.len(),
+                weight_bytes: ds.iter().map(|d| d.weight_bytes).sum(),
+                micros: secs * 1e6 / reps as f64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Bytes read per second by a plain copy kernel (`shaders/copy.wgsl`) over `bytes` bytes, in GB/s: what the
+/// adapter can stream, the yardstick for the GEMV kernels.
+pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64, reps: u32) -> Result<f64, ShardError> {
+    let bytes = bytes.next_multiple_of(16);
+    let src = ctx.storage("copy src", bytes);
+    let dst = ctx.storage("copy dst", bytes);
+    let pipes = PipelineCache::default();
+    let p = pipes.get(ctx, &PipelineKey { kernel: Kernel::Copy, quant: None, consts: vec![], entry: "main" });
+    let bg = bind(ctx, &p, &[&src, &dst]);
+    let groups = (bytes / 16).div_ceil(64) as u32;
+    let (x, y) = (groups.min(1024), groups.div_ceil(1024));
+    let run = |reps: u32| -> Result<f64, ShardError> {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&p.pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            for _ in 0..reps {
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        let t = Instant::now();
+        ctx.submit(enc);
+        ctx.wait()?;
+        ctx.check()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run(1)?;
+    let secs = run(reps)?;
+    Ok(bytes as f64 * reps as f64 / secs / 1e9)
+}
