@@ -9,7 +9,7 @@ use edge_protocol::ShardSpec;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
-use crate::shard::{check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{check_capacity, check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
 
 /// One sequence's KV cache for the layers of this shard.
 struct KvCache {
@@ -152,8 +152,18 @@ impl Shard for CpuShard {
         if self.seqs.contains_key(&seq) {
             return Err(ShardError::SequenceExists(seq));
         }
-        let n = self.t.layers.len() * capacity * self.cfg.kv_dim();
-        self.seqs.insert(seq, KvCache { k: vec![0.0; n], v: vec![0.0; n], capacity, len: 0 });
+        check_capacity(&self.cfg, capacity)?;
+        let n = self.t.layers.len() * capacity * self.cfg.kv_dim(); // bounded by the context check
+        let alloc = || -> Option<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            v.resize(n, 0.0);
+            Some(v)
+        };
+        let (Some(k), Some(v)) = (alloc(), alloc()) else {
+            return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
+        };
+        self.seqs.insert(seq, KvCache { k, v, capacity, len: 0 });
         Ok(())
     }
     fn close_sequence(&mut self, seq: SeqId) {

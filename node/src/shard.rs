@@ -81,6 +81,15 @@ pub trait Shard {
     fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError>;
 }
 
+/// Shared check of a requested sequence capacity: at least one position, at most the model's context length
+/// (which also bounds every KV allocation that follows from it).
+pub fn check_capacity(cfg: &ModelConfig, capacity: usize) -> Result<(), ShardError> {
+    if capacity == 0 || capacity > cfg.context {
+        return Err(ShardError::ContextFull { need: capacity, capacity: cfg.context });
+    }
+    Ok(())
+}
+
 /// Shared checks of a step's input against a shard; returns the number of tokens in the step.
 pub fn check_input(spec: &ShardSpec, cfg: &ModelConfig, input: &ShardInput<'_>) -> Result<usize, ShardError> {
     let n = match (input, spec.embed) {

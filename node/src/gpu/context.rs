@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::shard::ShardError;
 
+use super::kernels::{Pipeline, PipelineCache, PipelineKey};
+
 /// How to install a Vulkan driver when none is found.
 pub const NO_ADAPTER_HELP: &str = "no Vulkan adapter found. On Debian/Ubuntu install the CPU implementation \
 (lavapipe) with `sudo apt-get install -y mesa-vulkan-drivers libvulkan1` (scripts/setup.sh does this), \
@@ -19,6 +21,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     errors: Arc<Mutex<Vec<String>>>,
     submits: std::sync::atomic::AtomicU64,
+    /// Pipelines are per device: every shard and probe on this context shares them (one JIT compile each).
+    pipes: PipelineCache,
 }
 
 impl GpuContext {
@@ -52,7 +56,7 @@ impl GpuContext {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
         tracing::info!(adapter = %info.name, backend = ?info.backend, device_type = ?info.device_type, "gpu ready");
-        Ok(Arc::new(GpuContext { device, queue, info, limits, errors, submits: Default::default() }))
+        Ok(Arc::new(GpuContext { device, queue, info, limits, errors, submits: Default::default(), pipes: Default::default() }))
     }
 
     /// `adapter name (type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu)`.
@@ -70,6 +74,16 @@ impl GpuContext {
             e.clear();
             Err(ShardError::Gpu(msg))
         }
+    }
+
+    /// The pipeline for `key`, compiled once per device.
+    pub fn pipeline(&self, key: &PipelineKey) -> Arc<Pipeline> {
+        self.pipes.get(self, key)
+    }
+
+    /// Number of distinct pipelines compiled on this device.
+    pub fn pipeline_count(&self) -> usize {
+        self.pipes.len()
     }
 
     /// Submits one command buffer (counted, for the benchmark's submits-per-token figure).

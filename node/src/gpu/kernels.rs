@@ -80,9 +80,10 @@ pub struct PipelineCache {
 }
 
 impl PipelineCache {
+    /// The pipeline for `key`, compiled on first use. Compiles run outside the lock, so different pipelines
+    /// compile in parallel; if two threads race on one key, the first result is kept.
     pub fn get(&self, ctx: &GpuContext, key: &PipelineKey) -> std::sync::Arc<Pipeline> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = map.get(key) {
+        if let Some(p) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
             return p.clone();
         }
         let layout = {
@@ -90,8 +91,7 @@ impl PipelineCache {
             layouts.entry(key.kernel).or_insert_with(|| layout(ctx, key.kernel)).clone()
         };
         let p = std::sync::Arc::new(build(ctx, key, layout));
-        map.insert(key.clone(), p.clone());
-        p
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_insert(p).clone()
     }
 
     pub fn len(&self) -> usize {

@@ -1,8 +1,10 @@
 //! Single-kernel runners for conformance tests and benchmarks. Each one builds its pipeline with the executor's
-//! [`PipelineCache`] and [`bind`], uploads weights through the executor's [`GpuMatrix`] (so repacking and row
-//! chunking are the real ones), dispatches once and reads the result back. Nothing here is on the hot path.
+//! [`PipelineCache`], uploads weights through the executor's [`GpuMatrix`] (so repacking and row chunking are the
+//! real ones), records the executor's [`Dispatch`]es (same uniform blocks, same grids), submits once and reads
+//! the result back. Nothing here is on the hot path.
 //!
-//! The uniform structs below mirror the kernels' WGSL structs (and shard.rs's private copies of them).
+//! Not shared with the executor yet: which pipeline key and which buffers a matmul binds ([`Probe::matmul_chunks`]
+//! repeats `GpuShard::matmul`, which is a method over the shard's own activation buffers).
 
 use std::sync::Arc;
 
@@ -13,38 +15,9 @@ use crate::quant::GgmlType;
 use crate::shard::ShardError;
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
-use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineCache, PipelineKey};
+use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
+use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineKey};
 use super::weights::GpuMatrix;
-
-/// `Step` in every kernel.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepParams {
-    n_tok: u32,
-    pos0: u32,
-    head_n: u32,
-    head_row0: u32,
-}
-
-/// `Mat` in matmul.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    out_rows: u32,
-    row_off: u32,
-    out_stride: u32,
-    head: u32,
-    eps: f32,
-    bias_off: u32,
-    group_tokens: u32,
-    _pad: [u32; 3],
-}
-
-/// Rows per workgroup of matmul.wgsl's `gemv` entry point, tokens per invocation of its `main` (shard.rs).
-const GEMV_ROWS_PER_GROUP: u32 = 128;
-const TOKENS_PER_INVOCATION: u32 = 4;
 
 /// Optional parts of a matmul (all off by default).
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,11 +54,7 @@ impl AttnShape {
 
 pub struct Probe {
     ctx: Arc<GpuContext>,
-    pipes: PipelineCache,
 }
-
-/// One dispatch: pipeline, bind group, its dynamic offsets, workgroups (x, y).
-type Job<'a> = (&'a Pipeline, &'a wgpu::BindGroup, Vec<u32>, (u32, u32));
 
 fn bad(msg: String) -> ShardError {
     ShardError::BadInput(msg)
@@ -98,20 +67,20 @@ impl Probe {
     }
 
     pub fn with_context(ctx: Arc<GpuContext>) -> Probe {
-        Probe { ctx, pipes: PipelineCache::default() }
+        Probe { ctx }
     }
 
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
     }
 
-    /// Pipelines built so far (each one a JIT compile on lavapipe).
+    /// Pipelines built so far on this device (each one a JIT compile on lavapipe).
     pub fn pipeline_count(&self) -> usize {
-        self.pipes.len()
+        self.ctx.pipeline_count()
     }
 
     fn pipeline(&self, kernel: Kernel, quant: Option<GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
-        self.pipes.get(&self.ctx, &PipelineKey { kernel, quant, consts, entry: "main" })
+        self.ctx.pipeline(&PipelineKey { kernel, quant, consts, entry: "main" })
     }
 
     fn floats(&self, label: &str, v: &[f32]) -> wgpu::Buffer {
@@ -123,8 +92,18 @@ impl Probe {
         self.ctx.uniform("step", &p)
     }
 
-    /// Records `jobs` in one pass, copies `outputs` to one staging buffer, submits once and reads back.
-    fn run(&self, jobs: &[Job], outputs: &[&wgpu::Buffer]) -> Result<Vec<Vec<u8>>, ShardError> {
+    /// The uniform offset alignment: the stride of matmul's group-index entries.
+    fn align(&self) -> u32 {
+        self.ctx.limits.min_uniform_buffer_offset_alignment.max(16)
+    }
+
+    fn dispatch(&self, pipe: Arc<Pipeline>, bind: wgpu::BindGroup, grid: Grid) -> Dispatch {
+        Dispatch { pipe, gemv: None, bind, grid, weight_bytes: 0 }
+    }
+
+    /// Records `dispatches` for a step of `n_tok` tokens (`head_n` rows for argmax) in one pass, copies `outputs`
+    /// to one staging buffer, submits once and reads them back.
+    fn run(&self, dispatches: &[Dispatch], n_tok: usize, head_n: usize, outputs: &[&wgpu::Buffer]) -> Result<Vec<Vec<u8>>, ShardError> {
         let total: u64 = outputs.iter().map(|b| b.size()).sum();
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("probe staging"),
@@ -132,14 +111,11 @@ impl Probe {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let dims = StepDims { n_tok: n_tok as u32, head_n: head_n as u32, head_row0: 0, align: self.align() };
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("probe") });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("probe"), timestamp_writes: None });
-            for (pipe, bg, offsets, (x, y)) in jobs {
-                pass.set_pipeline(&pipe.pipeline);
-                pass.set_bind_group(0, *bg, offsets);
-                pass.dispatch_workgroups(*x, *y, 1);
-            }
+            dispatches.iter().for_each(|d| d.record(&mut pass, dims));
         }
         let mut off = 0;
         for b in outputs {
@@ -203,16 +179,16 @@ impl Probe {
         if !lens_ok {
             return Err(bad("gamma, bias or residual has the wrong length".into()));
         }
-        let max_binding = o.max_binding.unwrap_or(self.ctx.limits.max_storage_buffer_binding_size as u64);
+        let max_binding = o.max_binding.unwrap_or(self.ctx.limits.max_storage_buffer_binding_size);
         let mat = self.matrix(ty, rows, cols, weights, o.swiglu_up, max_binding)?;
         let swiglu = o.swiglu_up.is_some();
-        // From here on a mirror of GpuShard::matmul and Dispatch::record (shard.rs): x and gamma are read through
-        // 64 KiB uniform views, x in groups of `group_tokens` tokens; one token uses the `gemv` entry point.
-        let align = self.ctx.limits.min_uniform_buffer_offset_alignment.max(16);
+        // As GpuShard::matmul: x and gamma are read through 64 KiB uniform views, x in groups of `group_tokens`
+        // tokens, each group's index read from its entry of `groups`; a single token runs the `gemv` entry point.
+        let align = self.align();
         let group_tokens = group_tokens(cols as u64, align as u64)
             .ok_or_else(|| bad(format!("rows of {cols} floats do not fit a 64 KiB uniform view")))?;
         let flag = |b: bool| b.to_string();
-        let mut key = PipelineKey {
+        let key = PipelineKey {
             kernel: Kernel::Matmul,
             quant: Some(ty),
             consts: vec![
@@ -221,13 +197,11 @@ impl Probe {
                 ("RESIDUAL", flag(o.residual.is_some())),
                 ("SWIGLU", flag(swiglu)),
             ],
-            entry: "main",
+            // Only the entry point used is built (each is a JIT compile); the executor builds both.
+            entry: if n == 1 { "gemv" } else { "main" },
         };
-        // One token runs the `gemv` entry point, more run `main` (only the one used is built: each is a JIT).
-        if n == 1 {
-            key.entry = "gemv";
-        }
-        let pipe = self.pipes.get(&self.ctx, &key);
+        let pipe = self.ctx.pipeline(&key);
+        let gemv = (n == 1).then(|| pipe.clone());
 
         let step = self.step(n, 0, 0);
         let xb = self.ctx.activation("x", (n * cols * 4) as u64);
@@ -238,14 +212,14 @@ impl Probe {
             Some(r) => self.floats("y", r),
             None => self.ctx.storage("y", (n * rows * 4) as u64),
         };
-        let n_groups = (n as u32).div_ceil(group_tokens);
-        let mut entries = vec![0u8; (n_groups as usize + 1) * align as usize];
-        for g in 0..=n_groups as usize {
+        let n_groups = n.div_ceil(group_tokens as usize);
+        let mut entries = vec![0u8; (n_groups + 1) * align as usize];
+        for g in 0..=n_groups {
             entries[g * align as usize..][..4].copy_from_slice(&(g as u32).to_le_bytes());
         }
         let groups = self.ctx.uniform_view("groups", &entries);
         let view = Some(UNIFORM_VIEW_BYTES);
-        let binds: Vec<(wgpu::BindGroup, u32)> = mat
+        let dispatches: Vec<Dispatch> = mat
             .chunks
             .iter()
             .map(|ch| {
@@ -274,22 +248,13 @@ impl Probe {
                     (&y, None),
                     (&groups, Some(16)),
                 ];
-                (bind_ranges(&self.ctx, &pipe, &bufs), out_rows as u32)
+                let bind = bind_ranges(&self.ctx, &pipe, &bufs);
+                let grid = Grid::Matmul { rows: out_rows as u32, head: false, group_tokens, k: cols as u32 };
+                let weight_bytes = (ch.rows * ty.row_bytes(cols)) as u64;
+                Dispatch { pipe: pipe.clone(), gemv: gemv.clone(), bind, grid, weight_bytes }
             })
             .collect();
-        let mut jobs: Vec<Job> = Vec::new();
-        for (bg, out_rows) in &binds {
-            if n == 1 {
-                jobs.push((&pipe, bg, vec![0, 0], (out_rows.div_ceil(GEMV_ROWS_PER_GROUP), 1)));
-                continue;
-            }
-            for g in 0..n_groups {
-                let count = group_tokens.min(n as u32 - g * group_tokens);
-                let x_off = g * group_tokens * cols as u32 * 4;
-                jobs.push((&pipe, bg, vec![x_off, g * align], (out_rows.div_ceil(64), count.div_ceil(TOKENS_PER_INVOCATION))));
-            }
-        }
-        let out = self.run(&jobs, &[&y])?;
+        let out = self.run(&dispatches, n, 0, &[&y])?;
         Ok((to_f32(&out[0], n * rows), mat.chunks.len()))
     }
 
@@ -298,19 +263,20 @@ impl Probe {
         if tokens.is_empty() || tokens.iter().any(|&t| t as usize >= rows) {
             return Err(bad(format!("tokens must be non-empty and below {rows}")));
         }
-        let mat = self.matrix(ty, rows, cols, table, None, self.ctx.limits.max_storage_buffer_binding_size as u64)?;
+        let mat = self.matrix(ty, rows, cols, table, None, self.ctx.limits.max_storage_buffer_binding_size)?;
         if mat.chunks.len() != 1 {
             return Err(bad("embedding table exceeds one storage binding".into()));
         }
         let n = tokens.len();
         let pipe = self.pipeline(Kernel::Embed, Some(ty), vec![]);
         let step = self.step(n, 0, 0);
-        let params = self.ctx.uniform("embed", &[rows as u32, cols as u32, 0, 0]);
+        let params = self.ctx.uniform("embed", &Params8([rows as u32, cols as u32, 0, 0, 0, 0, 0, 0]));
         let tok = self.ctx.storage_init("tokens", bytemuck::cast_slice(tokens));
         let x = self.ctx.storage("x", (n * cols * 4) as u64);
         let ch = &mat.chunks[0];
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &tok, &ch.scale, &ch.quant, &x]);
-        let out = self.run(&[(&pipe, &bg, vec![], ((cols as u32 / 32).div_ceil(64), n as u32))], &[&x])?;
+        let d = self.dispatch(pipe, bg, Grid::Embed { blocks: (cols / 32) as u32 });
+        let out = self.run(&[d], n, 0, &[&x])?;
         Ok(to_f32(&out[0], n * cols))
     }
 
@@ -334,14 +300,14 @@ impl Probe {
         }
         let pipe = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (style == RopeStyle::Neox).to_string())]);
         let step = self.step(n, pos0, 0);
-        let params = [q_dim as u32, kv_dim as u32, s.head_dim as u32, stride as u32, theta.to_bits(), 0, 0, 0];
+        let params = Params8([q_dim as u32, kv_dim as u32, s.head_dim as u32, stride as u32, theta.to_bits(), 0, 0, 0]);
         let params = self.ctx.uniform("rope", &params);
         let src = self.floats("qkv", qkv);
         let q = self.ctx.storage("q", (n * q_dim * 4) as u64);
         let (k, v) = (self.floats("k", k_cache), self.floats("v", v_cache));
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &src, &q, &k, &v]);
         let items = (q_dim / 2 + kv_dim / 2 + kv_dim) as u32;
-        let out = self.run(&[(&pipe, &bg, vec![], (items.div_ceil(64), n as u32))], &[&q, &k, &v])?;
+        let out = self.run(&[self.dispatch(pipe, bg, Grid::Rope { items })], n, 0, &[&q, &k, &v])?;
         k_cache.copy_from_slice(&to_f32(&out[1], k_cache.len()));
         v_cache.copy_from_slice(&to_f32(&out[2], v_cache.len()));
         Ok(to_f32(&out[0], n * q_dim))
@@ -364,12 +330,13 @@ impl Probe {
         let pipe = self.pipeline(Kernel::Attention, None, vec![("HD", s.head_dim.to_string())]);
         let step = self.step(n, pos0, 0);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let params = [s.n_heads as u32, s.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0];
+        let params = Params8([s.n_heads as u32, s.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0]);
         let params = self.ctx.uniform("attention", &params);
         let (qb, k, v) = (self.floats("q", q), self.floats("k", k_cache), self.floats("v", v_cache));
         let out = self.ctx.storage("att", (n * q_dim * 4) as u64);
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &qb, &k, &v, &out]);
-        let res = self.run(&[(&pipe, &bg, vec![], (s.n_heads as u32, n as u32))], &[&out])?;
+        let d = self.dispatch(pipe, bg, Grid::Attention { heads: s.n_heads as u32 });
+        let res = self.run(&[d], n, 0, &[&out])?;
         Ok(to_f32(&res[0], n * q_dim))
     }
 
@@ -380,28 +347,13 @@ impl Probe {
         }
         let pipe = self.pipeline(Kernel::Argmax, None, vec![]);
         let step = self.step(0, 0, n_rows);
-        let params = self.ctx.uniform("argmax", &[vocab as u32, 0, 0, 0]);
+        let params = self.ctx.uniform("argmax", &Params8([vocab as u32, 0, 0, 0, 0, 0, 0, 0]));
         let l = self.floats("logits", logits);
         let out = self.ctx.storage("argmax", (n_rows * 4) as u64);
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &l, &out]);
-        let res = self.run(&[(&pipe, &bg, vec![], (n_rows as u32, 1))], &[&out])?;
+        let res = self.run(&[self.dispatch(pipe, bg, Grid::Argmax)], 0, n_rows, &[&out])?;
         Ok(bytemuck::pod_collect_to_vec::<u8, u32>(&res[0][..n_rows * 4]))
     }
-}
-
-/// Tokens per matmul dispatch (a copy of shard.rs's `group_tokens`): as many rows of `k` floats as fit one uniform
-/// view, rounded so that every group's byte offset is a multiple of the uniform offset alignment.
-fn group_tokens(k: u64, align: u64) -> Option<u32> {
-    let row = k * 4;
-    let gcd = |mut a: u64, mut b: u64| {
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a
-    };
-    let step = align / gcd(row, align);
-    let g = UNIFORM_VIEW_BYTES / row / step * step;
-    (g > 0).then_some(g as u32)
 }
 
 fn to_f32(bytes: &[u8], n: usize) -> Vec<f32> {

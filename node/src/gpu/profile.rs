@@ -7,7 +7,7 @@ use crate::shard::{HeadOutput, SeqId, Shard, ShardError, ShardInput};
 
 use super::context::GpuContext;
 use super::dispatch::{Dispatch, StepDims, StepParams};
-use super::kernels::{bind, Kernel, PipelineCache, PipelineKey};
+use super::kernels::{bind, Kernel, PipelineKey};
 use super::shard::GpuShard;
 
 /// One kind of dispatch, timed.
@@ -98,8 +98,7 @@ pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64, reps: u32) -> Result<f64, Sh
     let bytes = bytes.next_multiple_of(16);
     let src = ctx.storage("copy src", bytes);
     let dst = ctx.storage("copy dst", bytes);
-    let pipes = PipelineCache::default();
-    let p = pipes.get(ctx, &PipelineKey { kernel: Kernel::Copy, quant: None, consts: vec![], entry: "main" });
+    let p = ctx.pipeline(&PipelineKey { kernel: Kernel::Copy, quant: None, consts: vec![], entry: "main" });
     let bg = bind(ctx, &p, &[&src, &dst]);
     let groups = (bytes / 16).div_ceil(64) as u32;
     let (x, y) = (groups.min(1024), groups.div_ceil(1024));

@@ -11,11 +11,11 @@ use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
-use crate::shard::{check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{check_capacity, check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
-use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineCache, PipelineKey};
+use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineKey};
 use super::weights::GpuMatrix;
 
 /// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
@@ -69,7 +69,6 @@ pub(super) struct GpuSeq {
 
 pub struct GpuShard {
     pub(super) ctx: Arc<GpuContext>,
-    pipes: PipelineCache,
     pub(super) cfg: ModelConfig,
     pub(super) spec: ShardSpec,
     opts: GpuOptions,
@@ -89,6 +88,14 @@ impl GpuShard {
     pub fn load(ctx: Arc<GpuContext>, g: &Gguf, cfg: &ModelConfig, spec: ShardSpec, opts: GpuOptions) -> Result<GpuShard, ShardError> {
         let t = ShardTensors::resolve(g, cfg, spec)?;
         let c = cfg;
+        let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        if (c.dim * 4) % align != 0 {
+            return Err(ShardError::Gpu(format!(
+                "model width {} is not a multiple of {} floats, which this device's uniform offset alignment needs",
+                c.dim,
+                align / 4
+            )));
+        }
         if c.head_dim > 128 || c.head_dim % 4 != 0 {
             return Err(ShardError::Gpu(format!("head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)", c.head_dim)));
         }
@@ -135,7 +142,6 @@ impl GpuShard {
         );
         let mut me = GpuShard {
             ctx: ctx.clone(),
-            pipes: PipelineCache::default(),
             cfg: c.clone(),
             spec,
             opts,
@@ -256,7 +262,7 @@ impl GpuShard {
     }
 
     fn pipeline(&self, kernel: Kernel, quant: Option<crate::quant::GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
-        self.pipes.get(&self.ctx, &PipelineKey { kernel, quant, consts, entry: "main" })
+        self.ctx.pipeline(&PipelineKey { kernel, quant, consts, entry: "main" })
     }
 
     /// One dispatch per chunk of `mat`.
@@ -275,9 +281,9 @@ impl GpuShard {
             ],
             entry: "main",
         };
-        let p = self.pipes.get(&self.ctx, &key);
+        let p = self.ctx.pipeline(&key);
         key.entry = "gemv";
-        let gemv = self.pipes.get(&self.ctx, &key);
+        let gemv = self.ctx.pipeline(&key);
         Ok(mat.chunks
             .iter()
             .map(|ch| {
@@ -321,9 +327,9 @@ impl GpuShard {
         self.weight_bytes
     }
 
-    /// Number of distinct pipelines built (each one a JIT compile on lavapipe).
+    /// Number of distinct pipelines built on this shard's device (each one a JIT compile on lavapipe).
     pub fn pipeline_count(&self) -> usize {
-        self.pipes.len()
+        self.ctx.pipeline_count()
     }
 
     /// Dispatches recorded for one step of one sequence: (per layer, embedding + head).
@@ -438,11 +444,13 @@ impl Shard for GpuShard {
             return Err(ShardError::SequenceExists(seq));
         }
         let c = &self.cfg;
-        let kv_bytes = (capacity * c.kv_dim() * 4) as u64;
+        check_capacity(c, capacity)?;
         let limit = self.ctx.limits.max_storage_buffer_binding_size as u64;
-        if kv_bytes > limit {
-            return Err(ShardError::ContextFull { need: capacity, capacity: (limit / (c.kv_dim() as u64 * 4)) as usize });
-        }
+        let per_pos = c.kv_dim() as u64 * 4;
+        let kv_bytes = (capacity as u64)
+            .checked_mul(per_pos)
+            .filter(|&b| b <= limit)
+            .ok_or(ShardError::ContextFull { need: capacity, capacity: (limit / per_pos) as usize })?;
         let rope = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (c.rope == RopeStyle::Neox).to_string())]);
         let att = self.pipeline(Kernel::Attention, None, vec![("HD", c.head_dim.to_string())]);
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
