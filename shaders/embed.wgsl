@@ -6,8 +6,8 @@ struct Emb { rows: u32, cols: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> e: Emb;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
-@group(0) @binding(3) var<storage, read> w_scale: array<u32>;
-@group(0) @binding(4) var<storage, read> w_quant: array<vec4<u32>>;
+@group(0) @binding(3) var w_scale: texture_2d_array<u32>;
+@group(0) @binding(4) var w_quant: texture_2d_array<u32>;
 @group(0) @binding(5) var<storage, read_write> x: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
@@ -17,7 +17,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (b >= e.cols / 32u || t >= step.n_tok) {
         return;
     }
-    let w = load_block(e.rows, tokens[t], b);
+    let w = load_block(tex_at(tokens[t]), b);
     let o = t * (e.cols / 4u) + b * 8u;
     x[o] = w.w0;
     x[o + 1u] = w.w1;

@@ -10,7 +10,7 @@
 
 struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
 struct Mat {
-    rows: u32,       // rows of this weight chunk (its layout stride)
+    rows: u32,       // rows of this weight chunk
     cols: u32,       // K, a multiple of 32
     out_rows: u32,   // outputs computed (rows, or rows / 2 with SWIGLU)
     row_off: u32,    // first output column written (chunks, q/k/v parts)
@@ -28,8 +28,8 @@ struct Group { index: u32, _p0: u32, _p1: u32, _p2: u32 }
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> m: Mat;
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
-@group(0) @binding(3) var<storage, read> w_scale: array<u32>;
-@group(0) @binding(4) var<storage, read> w_quant: array<vec4<u32>>;
+@group(0) @binding(3) var w_scale: texture_2d_array<u32>;
+@group(0) @binding(4) var w_quant: texture_2d_array<u32>;
 @group(0) @binding(5) var<uniform> gamma: array<vec4<f32>, 4096>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
@@ -99,16 +99,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 
     var acc = vec4<f32>(0.0);
     var up = vec4<f32>(0.0);
+    let pr = tex_at(r);
+    let pu = tex_at(r + m.out_rows);
     for (var b = 0u; b < m.cols / 32u; b++) {
         let xo = x0 + b * 8u;
         let go = b * 8u;
-        let w = load_block(m.rows, r, b);
+        let w = load_block(pr, b);
         acc.x += blk_dot(w, xo, go);
         if (cnt > 1u) { acc.y += blk_dot(w, xo + k4, go); }
         if (cnt > 2u) { acc.z += blk_dot(w, xo + 2u * k4, go); }
         if (cnt > 3u) { acc.w += blk_dot(w, xo + 3u * k4, go); }
         if (SWIGLU) {
-            let u = load_block(m.rows, r + m.out_rows, b);
+            let u = load_block(pu, b);
             up.x += blk_dot(u, xo, go);
             if (cnt > 1u) { up.y += blk_dot(u, xo + k4, go); }
             if (cnt > 2u) { up.z += blk_dot(u, xo + 2u * k4, go); }
@@ -125,47 +127,69 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 
 // ---- Decode (one token): each invocation computes GEMV_ROWS rows, so the block of x (times gamma) is read once
 // for all of them instead of once per row.
-const GEMV_ROWS: u32 = 4u;
+const GEMV_ROWS: u32 = 8u;
 
 fn dot8(w: Blk, v: Blk) -> f32 {
     return dot(w.w0, v.w0) + dot(w.w1, v.w1) + dot(w.w2, v.w2) + dot(w.w3, v.w3)
          + dot(w.w4, v.w4) + dot(w.w5, v.w5) + dot(w.w6, v.w6) + dot(w.w7, v.w7);
 }
 
-@compute @workgroup_size(32)
+// Texture positions of 4 consecutive rows, computed once per invocation.
+struct Rows4 { a: vec2<u32>, b: vec2<u32>, c: vec2<u32>, d: vec2<u32> }
+fn rows4_at(r: u32) -> Rows4 { return Rows4(tex_at(r), tex_at(r + 1u), tex_at(r + 2u), tex_at(r + 3u)); }
+
+// One block of x against one block of each of the n (<= 4) rows.
+fn dot_rows(p: Rows4, n: u32, b: u32, v: Blk) -> vec4<f32> {
+    var a = vec4<f32>(0.0);
+    a.x = dot8(load_block(p.a, b), v);
+    if (n > 1u) { a.y = dot8(load_block(p.b, b), v); }
+    if (n > 2u) { a.z = dot8(load_block(p.c, b), v); }
+    if (n > 3u) { a.w = dot8(load_block(p.d, b), v); }
+    return a;
+}
+
+@compute @workgroup_size(16)
 fn gemv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r0 = gid.x * GEMV_ROWS;
     if (r0 >= m.out_rows) {
         return;
     }
-    let n_rows = min(GEMV_ROWS, m.out_rows - r0);
+    let n_lo = min(4u, m.out_rows - r0);
+    let n_hi = min(4u, m.out_rows - r0 - n_lo);
     let t = grp.index * m.group_tokens;
     var inv = 1.0;
     if (NORM) {
         inv = inv_rms(0u, m.cols / 4u);
     }
+    let pg = rows4_at(r0);
+    let pg2 = rows4_at(r0 + 4u);
+    let pu = rows4_at(r0 + m.out_rows);
+    let pu2 = rows4_at(r0 + 4u + m.out_rows);
     var acc = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
     var up = vec4<f32>(0.0);
+    var up2 = vec4<f32>(0.0);
     for (var b = 0u; b < m.cols / 32u; b++) {
         let o = b * 8u;
         let v = Blk(xv(o, o), xv(o + 1u, o + 1u), xv(o + 2u, o + 2u), xv(o + 3u, o + 3u),
                     xv(o + 4u, o + 4u), xv(o + 5u, o + 5u), xv(o + 6u, o + 6u), xv(o + 7u, o + 7u));
-        acc.x += dot8(load_block(m.rows, r0, b), v);
-        if (n_rows > 1u) { acc.y += dot8(load_block(m.rows, r0 + 1u, b), v); }
-        if (n_rows > 2u) { acc.z += dot8(load_block(m.rows, r0 + 2u, b), v); }
-        if (n_rows > 3u) { acc.w += dot8(load_block(m.rows, r0 + 3u, b), v); }
+        acc += dot_rows(pg, n_lo, b, v);
+        if (n_hi > 0u) { acc2 += dot_rows(pg2, n_hi, b, v); }
         if (SWIGLU) {
-            let u = r0 + m.out_rows;
-            up.x += dot8(load_block(m.rows, u, b), v);
-            if (n_rows > 1u) { up.y += dot8(load_block(m.rows, u + 1u, b), v); }
-            if (n_rows > 2u) { up.z += dot8(load_block(m.rows, u + 2u, b), v); }
-            if (n_rows > 3u) { up.w += dot8(load_block(m.rows, u + 3u, b), v); }
+            up += dot_rows(pu, n_lo, b, v);
+            if (n_hi > 0u) { up2 += dot_rows(pu2, n_hi, b, v); }
         }
     }
     acc *= inv;
     up *= inv;
+    acc2 *= inv;
+    up2 *= inv;
     store(t, r0, acc.x, up.x);
-    if (n_rows > 1u) { store(t, r0 + 1u, acc.y, up.y); }
-    if (n_rows > 2u) { store(t, r0 + 2u, acc.z, up.z); }
-    if (n_rows > 3u) { store(t, r0 + 3u, acc.w, up.w); }
+    if (n_lo > 1u) { store(t, r0 + 1u, acc.y, up.y); }
+    if (n_lo > 2u) { store(t, r0 + 2u, acc.z, up.z); }
+    if (n_lo > 3u) { store(t, r0 + 3u, acc.w, up.w); }
+    if (n_hi > 0u) { store(t, r0 + 4u, acc2.x, up2.x); }
+    if (n_hi > 1u) { store(t, r0 + 5u, acc2.y, up2.y); }
+    if (n_hi > 2u) { store(t, r0 + 6u, acc2.z, up2.z); }
+    if (n_hi > 3u) { store(t, r0 + 7u, acc2.w, up2.w); }
 }

@@ -189,7 +189,7 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n: usize, f: Flags, chun
     let gamma: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
     let bias = rng.vec(rows, 2.0);
     let residual = rng.vec(n * rows, 4.0);
-    let bytes_per_row = (cols / 32 * layout(ty).2 * 4) as u64;
+    let bytes_per_row = (cols / 32 * layout(ty).2 * 16) as u64; // quant texels (16 bytes) per row
     let o = MatmulOpts {
         gamma: f.norm.then_some(&gamma[..]),
         eps: 1e-5,
@@ -680,7 +680,7 @@ fn model_steps_and_chunks_are_exact() {
     // one binding: chunked gathers are not implemented).
     let ty = GgmlType::Q4_1;
     let (g, cfg) = Tiny { ffn: 256, vocab: 72, ..Tiny::llama(|_, _| GgmlType::Q4_1) }.load();
-    let embed_bytes = (cfg.vocab * cfg.dim / 32 * layout(ty).2 * 4) as u64;
+    let embed_bytes = (cfg.vocab * cfg.dim / 32 * layout(ty).2 * 16) as u64; // quant texels of the embedding
     let small = GpuOptions { max_step_tokens: 3, max_binding_bytes: Some(embed_bytes) };
     let whole = ShardSpec::whole(cfg.n_layers as u32);
     let chunked = GpuShard::load(ctx(), &g, &cfg, whole, small).unwrap();

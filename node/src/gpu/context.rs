@@ -140,6 +140,30 @@ impl GpuContext {
         buf
     }
 
+    /// A `texture_2d_array` of 32-bit texels (`Rgba32Uint` or `R32Uint`) filled with `data` in layer, row,
+    /// column order, viewed as an array (also when it has one layer).
+    pub fn texture_u32(&self, label: &str, format: wgpu::TextureFormat, ext: super::weights::Extent, data: &[u32]) -> wgpu::TextureView {
+        let texel = format.block_copy_size(None).unwrap_or(4);
+        let size = wgpu::Extent3d { width: ext.width as u32, height: ext.height as u32, depth_or_array_layers: ext.layers as u32 };
+        let tex = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        self.queue.write_texture(
+            wgpu::TexelCopyTextureInfo { texture: &tex, mip_level: 0, origin: wgpu::Origin3d::ZERO, aspect: wgpu::TextureAspect::All },
+            bytemuck::cast_slice(data),
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(ext.width as u32 * texel), rows_per_image: Some(ext.height as u32) },
+            size,
+        );
+        tex.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() })
+    }
+
     pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         let buf = self.storage(label, data.len() as u64);
         if !data.is_empty() {

@@ -9,7 +9,7 @@ use crate::quant::GgmlType;
 use super::context::GpuContext;
 
 /// A kernel file and the bindings it declares, in order: `u` uniform, `U` uniform with a dynamic offset,
-/// `r` read-only storage, `w` read-write storage.
+/// `r` read-only storage, `w` read-write storage, `T` a `texture_2d_array<u32>` (weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Matmul,
@@ -33,8 +33,8 @@ impl Kernel {
     }
     fn bindings(self) -> &'static str {
         match self {
-            Kernel::Matmul => "uuUrrurwU",
-            Kernel::Embed => "uurrrw",
+            Kernel::Matmul => "uuUTTurwU",
+            Kernel::Embed => "uurTTw",
             Kernel::RopeKv => "uurwww",
             Kernel::Attention => "uurrrw",
             Kernel::Argmax => "uurw",
@@ -126,7 +126,13 @@ fn layout(ctx: &GpuContext, kernel: Kernel) -> wgpu::BindGroupLayout {
         .map(|(i, c)| wgpu::BindGroupLayoutEntry {
             binding: i as u32,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
+            ty: if c == 'T' {
+                wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Uint,
+                    view_dimension: wgpu::TextureViewDimension::D2Array,
+                    multisampled: false,
+                }
+            } else { wgpu::BindingType::Buffer {
                 ty: match c {
                     'u' | 'U' => wgpu::BufferBindingType::Uniform,
                     'r' => wgpu::BufferBindingType::Storage { read_only: true },
@@ -134,7 +140,7 @@ fn layout(ctx: &GpuContext, kernel: Kernel) -> wgpu::BindGroupLayout {
                 },
                 has_dynamic_offset: c == 'U',
                 min_binding_size: None,
-            },
+            } },
             count: None,
         })
         .collect();
@@ -166,24 +172,39 @@ fn build(ctx: &GpuContext, key: &PipelineKey, layout: wgpu::BindGroupLayout) -> 
     Pipeline { pipeline, layout }
 }
 
-/// A bind group over whole `buffers` in binding order.
-pub fn bind(ctx: &GpuContext, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-    let ranges: Vec<(&wgpu::Buffer, Option<u64>)> = buffers.iter().map(|b| (*b, None)).collect();
-    bind_ranges(ctx, p, &ranges)
+/// What one binding of a bind group points at.
+#[derive(Clone, Copy)]
+pub enum Res<'a> {
+    /// A whole buffer.
+    Buf(&'a wgpu::Buffer),
+    /// The first `bytes` of a buffer (or `bytes` from the dynamic offset).
+    View(&'a wgpu::Buffer, u64),
+    /// A texture (weights).
+    Tex(&'a wgpu::TextureView),
 }
 
-/// A bind group over `(buffer, bytes from the start or the dynamic offset)`; `None` binds the whole buffer.
-pub fn bind_ranges(ctx: &GpuContext, p: &Pipeline, buffers: &[(&wgpu::Buffer, Option<u64>)]) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
+/// A bind group over whole `buffers` in binding order.
+pub fn bind(ctx: &GpuContext, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let res: Vec<Res> = buffers.iter().map(|b| Res::Buf(b)).collect();
+    bind_res(ctx, p, &res)
+}
+
+/// A bind group over `res` in binding order.
+pub fn bind_res(ctx: &GpuContext, p: &Pipeline, res: &[Res<'_>]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = res
         .iter()
         .enumerate()
-        .map(|(i, (b, size))| wgpu::BindGroupEntry {
+        .map(|(i, r)| wgpu::BindGroupEntry {
             binding: i as u32,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: b,
-                offset: 0,
-                size: size.and_then(wgpu::BufferSize::new),
-            }),
+            resource: match *r {
+                Res::Buf(b) => b.as_entire_binding(),
+                Res::View(b, bytes) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(bytes),
+                }),
+                Res::Tex(t) => wgpu::BindingResource::TextureView(t),
+            },
         })
         .collect();
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &p.layout, entries: &entries })

@@ -16,7 +16,7 @@ use crate::shard::ShardError;
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
-use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineKey};
+use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
 use super::weights::GpuMatrix;
 
 /// Optional parts of a matmul (all off by default).
@@ -179,7 +179,7 @@ impl Probe {
         if !lens_ok {
             return Err(bad("gamma, bias or residual has the wrong length".into()));
         }
-        let max_binding = o.max_binding.unwrap_or(self.ctx.limits.max_storage_buffer_binding_size);
+        let max_binding = o.max_binding.unwrap_or(u64::MAX);
         let mat = self.matrix(ty, rows, cols, weights, o.swiglu_up, max_binding)?;
         let swiglu = o.swiglu_up.is_some();
         // As GpuShard::matmul: x and gamma are read through 64 KiB uniform views, x in groups of `group_tokens`
@@ -218,7 +218,7 @@ impl Probe {
             entries[g * align as usize..][..4].copy_from_slice(&(g as u32).to_le_bytes());
         }
         let groups = self.ctx.uniform_view("groups", &entries);
-        let view = Some(UNIFORM_VIEW_BYTES);
+        let view = UNIFORM_VIEW_BYTES;
         let dispatches: Vec<Dispatch> = mat
             .chunks
             .iter()
@@ -237,18 +237,18 @@ impl Probe {
                     _pad: [0; 3],
                 };
                 let ub = self.ctx.uniform("matmul", &params);
-                let bufs = [
-                    (&step, None),
-                    (&ub, None),
-                    (&xb, view),
-                    (&ch.scale, None),
-                    (&ch.quant, None),
-                    (&gamma, view),
-                    (&bias, None),
-                    (&y, None),
-                    (&groups, Some(16)),
+                let res = [
+                    Res::Buf(&step),
+                    Res::Buf(&ub),
+                    Res::View(&xb, view),
+                    Res::Tex(&ch.scale),
+                    Res::Tex(&ch.quant),
+                    Res::View(&gamma, view),
+                    Res::Buf(&bias),
+                    Res::Buf(&y),
+                    Res::View(&groups, 16),
                 ];
-                let bind = bind_ranges(&self.ctx, &pipe, &bufs);
+                let bind = bind_res(&self.ctx, &pipe, &res);
                 let grid = Grid::Matmul { rows: out_rows as u32, head: false, group_tokens, k: cols as u32 };
                 let weight_bytes = (ch.rows * ty.row_bytes(cols)) as u64;
                 Dispatch { pipe: pipe.clone(), gemv: gemv.clone(), bind, grid, weight_bytes }
@@ -263,10 +263,7 @@ impl Probe {
         if tokens.is_empty() || tokens.iter().any(|&t| t as usize >= rows) {
             return Err(bad(format!("tokens must be non-empty and below {rows}")));
         }
-        let mat = self.matrix(ty, rows, cols, table, None, self.ctx.limits.max_storage_buffer_binding_size)?;
-        if mat.chunks.len() != 1 {
-            return Err(bad("embedding table exceeds one storage binding".into()));
-        }
+        let mat = self.matrix(ty, rows, cols, table, None, u64::MAX)?;
         let n = tokens.len();
         let pipe = self.pipeline(Kernel::Embed, Some(ty), vec![]);
         let step = self.step(n, 0, 0);
@@ -274,7 +271,14 @@ impl Probe {
         let tok = self.ctx.storage_init("tokens", bytemuck::cast_slice(tokens));
         let x = self.ctx.storage("x", (n * cols * 4) as u64);
         let ch = &mat.chunks[0];
-        let bg = bind(&self.ctx, &pipe, &[&step, &params, &tok, &ch.scale, &ch.quant, &x]);
+        let bg = bind_res(&self.ctx, &pipe, &[
+            Res::Buf(&step),
+            Res::Buf(&params),
+            Res::Buf(&tok),
+            Res::Tex(&ch.scale),
+            Res::Tex(&ch.quant),
+            Res::Buf(&x),
+        ]);
         let d = self.dispatch(pipe, bg, Grid::Embed { blocks: (cols / 32) as u32 });
         let out = self.run(&[d], n, 0, &[&x])?;
         Ok(to_f32(&out[0], n * cols))

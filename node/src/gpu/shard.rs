@@ -15,7 +15,7 @@ use crate::shard::{check_capacity, check_input, HeadOutput, SeqId, Shard, ShardE
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
-use super::kernels::{bind, bind_ranges, Kernel, Pipeline, PipelineKey};
+use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
 use super::weights::GpuMatrix;
 
 /// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
@@ -23,7 +23,8 @@ const HEAD_ROWS: u64 = 32;
 
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
-    /// Largest storage binding to create (defaults to the device limit); smaller values force chunking.
+    /// Largest weight chunk in bytes (default: a whole matrix per chunk); smaller values split matrices into
+    /// row chunks, one dispatch each (tests use this to exercise chunking).
     pub max_binding_bytes: Option<u64>,
     /// Positions processed per submit; longer prompts run in several steps.
     pub max_step_tokens: usize,
@@ -102,7 +103,7 @@ impl GpuShard {
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
         let qkv_dim = q_dim + 2 * kv_dim;
         let m = opts.max_step_tokens.max(1) as u64;
-        let max_binding = opts.max_binding_bytes.unwrap_or(ctx.limits.max_storage_buffer_binding_size as u64);
+        let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX);
         let f = 4u64;
         let act = Activations {
             tokens: ctx.storage("tokens", m * 4),
@@ -169,7 +170,14 @@ impl GpuShard {
             let p = me.pipeline(Kernel::Embed, Some(em.ty), vec![]);
             let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, 0, 0, 0, 0, 0, 0]));
             let ch = &em.chunks[0];
-            let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.tokens, &ch.scale, &ch.quant, &me.act.x]);
+            let bg = bind_res(&ctx, &p, &[
+                Res::Buf(&me.step),
+                Res::Buf(&params),
+                Res::Buf(&me.act.tokens),
+                Res::Tex(&ch.scale),
+                Res::Tex(&ch.quant),
+                Res::Buf(&me.act.x),
+            ]);
             me.embed = Some(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 }, weight_bytes: 0 });
         }
 
@@ -303,17 +311,16 @@ impl GpuShard {
                 let ub = self.ctx.uniform("matmul", &params);
                 let gamma = io.gamma.unwrap_or(&self.act.dummy_view);
                 let bias = io.bias.unwrap_or(&self.act.dummy);
-                let view = Some(UNIFORM_VIEW_BYTES);
-                let bg = bind_ranges(&self.ctx, &p, &[
-                    (&self.step, None),
-                    (&ub, None),
-                    (io.x, view),
-                    (&ch.scale, None),
-                    (&ch.quant, None),
-                    (gamma, view),
-                    (bias, None),
-                    (io.y, None),
-                    (&self.act.groups, Some(16)),
+                let bg = bind_res(&self.ctx, &p, &[
+                    Res::Buf(&self.step),
+                    Res::Buf(&ub),
+                    Res::View(io.x, UNIFORM_VIEW_BYTES),
+                    Res::Tex(&ch.scale),
+                    Res::Tex(&ch.quant),
+                    Res::View(gamma, UNIFORM_VIEW_BYTES),
+                    Res::Buf(bias),
+                    Res::Buf(io.y),
+                    Res::View(&self.act.groups, 16),
                 ]);
                 let grid = Grid::Matmul { rows: out_rows as u32, head: io.head, group_tokens, k: mat.cols as u32 };
                 let weight_bytes = (ch.rows * mat.ty.row_bytes(mat.cols)) as u64;
