@@ -160,3 +160,22 @@ pub fn human_bytes(b: u64) -> String {
         b => format!("{:.1} KiB", b as f64 / 1024.0),
     }
 }
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only). Both binaries call it first.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The process exit status for a command's result; a failure prints its whole cause chain.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -2,21 +2,18 @@
 //! WGSL kernel and every distributed run is checked against, so clarity beats speed here. Weights are read from
 //! the memory-mapped GGUF one quantized block at a time (never dequantized as a whole).
 
-use std::collections::HashMap;
-
 use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
-use crate::shard::{check_capacity, check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{check_input, HeadOutput, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
 
 /// One sequence's KV cache for the layers of this shard.
 struct KvCache {
     k: Vec<f32>, // (n_layers, capacity, kv_dim)
     v: Vec<f32>, // (n_layers, capacity, kv_dim)
     capacity: usize,
-    len: usize,
 }
 
 /// Per-layer vectors, read once at load (a few KiB each).
@@ -29,12 +26,17 @@ struct LayerVectors {
 }
 
 pub struct CpuShard {
+    w: Weights,
+    seqs: Sequences<KvCache>,
+}
+
+/// What the forward pass reads: the memory-mapped model and the small vectors copied out of it.
+struct Weights {
     gguf: Gguf,
     cfg: ModelConfig,
     t: ShardTensors,
     vectors: Vec<LayerVectors>,
     output_norm: Option<Vec<f32>>, // (dim)
-    seqs: HashMap<SeqId, KvCache>,
 }
 
 impl CpuShard {
@@ -53,8 +55,12 @@ impl CpuShard {
             })
             .collect();
         let output_norm = t.output_norm.as_ref().map(read);
-        Ok(CpuShard { gguf: gguf.clone(), cfg: cfg.clone(), t, vectors, output_norm, seqs: HashMap::new() })
+        let w = Weights { gguf: gguf.clone(), cfg: cfg.clone(), t, vectors, output_norm };
+        Ok(CpuShard { w, seqs: Sequences::default() })
     }
+}
+
+impl Weights {
 
     /// One position through the shard's layers. `x` (dim) is the residual stream, updated in place.
     fn forward_position(&self, kv: &mut KvCache, pos: usize, x: &mut [f32]) {
@@ -140,20 +146,17 @@ impl CpuShard {
 
 impl Shard for CpuShard {
     fn spec(&self) -> ShardSpec {
-        self.t.spec
+        self.w.t.spec
     }
     fn config(&self) -> &ModelConfig {
-        &self.cfg
+        &self.w.cfg
     }
     fn backend_name(&self) -> String {
         "cpu reference".into()
     }
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
-        if self.seqs.contains_key(&seq) {
-            return Err(ShardError::SequenceExists(seq));
-        }
-        check_capacity(&self.cfg, capacity)?;
-        let n = self.t.layers.len() * capacity * self.cfg.kv_dim(); // bounded by the context check
+        self.seqs.check_open(&self.w.cfg, seq, capacity)?;
+        let n = self.w.t.layers.len() * capacity * self.w.cfg.kv_dim(); // bounded by the model's context
         let alloc = || -> Option<Vec<f32>> {
             let mut v = Vec::new();
             v.try_reserve_exact(n).ok()?;
@@ -163,56 +166,47 @@ impl Shard for CpuShard {
         let (Some(k), Some(v)) = (alloc(), alloc()) else {
             return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
         };
-        self.seqs.insert(seq, KvCache { k, v, capacity, len: 0 });
+        self.seqs.insert(seq, capacity, KvCache { k, v, capacity });
         Ok(())
     }
     fn close_sequence(&mut self, seq: SeqId) {
-        self.seqs.remove(&seq);
+        self.seqs.close(seq);
     }
     fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError> {
-        self.seqs.get(&seq).map(|s| s.len).ok_or(ShardError::UnknownSequence(seq))
+        Ok(self.seqs.get(seq)?.len)
     }
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
-        let s = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
-        s.len = s.len.min(len);
-        Ok(())
+        self.seqs.truncate(seq, len)
     }
 
     fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
-        let spec = self.t.spec;
-        let n = check_input(&spec, &self.cfg, &input)?;
-        let dim = self.cfg.dim;
-        let mut kv = self.seqs.remove(&seq).ok_or(ShardError::UnknownSequence(seq))?;
-        if kv.len + n > kv.capacity {
-            let capacity = kv.capacity;
-            let need = kv.len + n;
-            self.seqs.insert(seq, kv);
-            return Err(ShardError::ContextFull { need, capacity });
-        }
+        let w = &self.w;
+        let spec = w.t.spec;
+        let n = check_input(&spec, &w.cfg, &input)?;
+        let dim = w.cfg.dim;
+        let s = self.seqs.with_room(seq, n)?;
         let mut hidden = Vec::with_capacity(n * dim); // (n, dim)
         let mut tokens = Vec::new();
         let mut logits = Vec::new();
         for i in 0..n {
             let mut x = match input {
-                ShardInput::Tokens(t) => self.embed(t[i]),
+                ShardInput::Tokens(t) => w.embed(t[i]),
                 ShardInput::Hidden(h) => h[i * dim..(i + 1) * dim].to_vec(),
             };
-            let pos = kv.len;
-            self.forward_position(&mut kv, pos, &mut x);
-            kv.len += 1;
+            w.forward_position(&mut s.kv, s.len, &mut x);
+            s.len += 1;
             if !spec.head {
                 hidden.extend_from_slice(&x);
                 continue;
             }
             let last = i == n - 1;
             match want {
-                HeadOutput::ArgmaxAll => tokens.push(argmax(&self.head(&x))),
-                HeadOutput::ArgmaxLast if last => tokens.push(argmax(&self.head(&x))),
-                HeadOutput::LogitsLast if last => logits = self.head(&x),
+                HeadOutput::ArgmaxAll => tokens.push(argmax(&w.head(&x))),
+                HeadOutput::ArgmaxLast if last => tokens.push(argmax(&w.head(&x))),
+                HeadOutput::LogitsLast if last => logits = w.head(&x),
                 _ => {}
             }
         }
-        self.seqs.insert(seq, kv);
         Ok(if !spec.head {
             ShardOutput::Hidden(hidden)
         } else if want == HeadOutput::LogitsLast {

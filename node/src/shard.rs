@@ -4,6 +4,8 @@
 //! Both backends implement [`Shard`]; whole-model generation is the single-shard case, and a pipeline is a chain
 //! of shards passing hidden states.
 
+use std::collections::HashMap;
+
 use edge_protocol::ShardSpec;
 
 use crate::gguf::GgufError;
@@ -79,6 +81,70 @@ pub trait Shard {
     /// Runs the shard over the next positions of `seq`. A shard without the head returns
     /// [`ShardOutput::Hidden`] whatever `want` says.
     fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError>;
+}
+
+/// One sequence on a shard: the backend's KV state, the positions it holds and the positions it may hold.
+pub struct Sequence<S> {
+    pub kv: S,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+/// The sequences a shard serves. Both backends keep their KV state here, so the bookkeeping (unknown ids,
+/// duplicates, capacity) is written once.
+pub struct Sequences<S> {
+    map: HashMap<SeqId, Sequence<S>>,
+}
+
+impl<S> Default for Sequences<S> {
+    fn default() -> Self {
+        Sequences { map: HashMap::new() }
+    }
+}
+
+impl<S> Sequences<S> {
+    /// Checks that `seq` may be opened for `capacity` positions (a new id, a capacity the model supports);
+    /// the backend then builds its KV state and calls [`Sequences::insert`].
+    pub fn check_open(&self, cfg: &ModelConfig, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
+        if self.map.contains_key(&seq) {
+            return Err(ShardError::SequenceExists(seq));
+        }
+        check_capacity(cfg, capacity)
+    }
+
+    /// Adds a checked sequence with its KV state.
+    pub fn insert(&mut self, seq: SeqId, capacity: usize, kv: S) {
+        self.map.insert(seq, Sequence { kv, len: 0, capacity });
+    }
+
+    /// Frees a sequence. Unknown ids are ignored.
+    pub fn close(&mut self, seq: SeqId) {
+        self.map.remove(&seq);
+    }
+
+    pub fn get(&self, seq: SeqId) -> Result<&Sequence<S>, ShardError> {
+        self.map.get(&seq).ok_or(ShardError::UnknownSequence(seq))
+    }
+
+    pub fn get_mut(&mut self, seq: SeqId) -> Result<&mut Sequence<S>, ShardError> {
+        self.map.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))
+    }
+
+    /// The sequence, if `n` more positions fit in it.
+    pub fn with_room(&mut self, seq: SeqId, n: usize) -> Result<&mut Sequence<S>, ShardError> {
+        let s = self.get_mut(seq)?;
+        if s.len + n > s.capacity {
+            return Err(ShardError::ContextFull { need: s.len + n, capacity: s.capacity });
+        }
+        Ok(s)
+    }
+
+    /// Forgets positions `len..` of a sequence.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        let s = self.get_mut(seq)?;
+        s.len = s.len.min(len);
+        Ok(())
+    }
 }
 
 /// Shared check of a requested sequence capacity: at least one position, at most the model's context length

@@ -21,21 +21,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    edge_node::commands::init_tracing();
     let cli = Cli::parse();
-    let result = match &cli.command {
+    edge_node::commands::exit_code(match &cli.command {
         Command::Generate(a) => edge_node::commands::generate(a),
         Command::Bench(a) => edge_node::bench::run(a),
         Command::Info(a) => edge_node::commands::info(a),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

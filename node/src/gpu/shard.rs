@@ -4,14 +4,13 @@
 //! Per layer: fused norm+QKV matmul, RoPE + KV write, attention, O matmul + residual, fused norm+gate/up+SwiGLU,
 //! down matmul + residual: 6 dispatches (more only when q/k/v types differ or a matrix is chunked).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
-use crate::shard::{check_capacity, check_input, HeadOutput, SeqId, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{check_input, HeadOutput, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
@@ -63,8 +62,6 @@ pub(super) struct GpuLayer {
 pub(super) struct GpuSeq {
     pub(super) rope: Vec<Dispatch>, // per layer
     pub(super) attention: Vec<Dispatch>, // per layer
-    capacity: usize,
-    len: usize,
     _kv: Vec<wgpu::Buffer>,
 }
 
@@ -80,7 +77,7 @@ pub struct GpuShard {
     pub(super) embed: Option<Dispatch>,
     pub(super) layers: Vec<GpuLayer>,
     pub(super) head: Vec<Dispatch>, // norm + head matmul chunks, argmax
-    pub(super) seqs: HashMap<SeqId, GpuSeq>,
+    pub(super) seqs: Sequences<GpuSeq>,
     weight_bytes: u64,
 }
 
@@ -153,7 +150,7 @@ impl GpuShard {
             embed: None,
             layers: Vec::new(),
             head: Vec::new(),
-            seqs: HashMap::new(),
+            seqs: Sequences::default(),
             weight_bytes: 0,
         };
         let vector = |info: &TensorInfo| ctx.uniform_view(&info.name, g.data(info));
@@ -163,7 +160,7 @@ impl GpuShard {
         if let Some(em) = &embed_matrix {
             if em.chunks.len() != 1 {
                 return Err(ShardError::Gpu(format!(
-                    "embedding table of {} bytes exceeds one storage binding; chunked gathers are not implemented",
+                    "embedding table of {} bytes was split into chunks (max_binding_bytes); chunked gathers are not implemented",
                     em.bytes()
                 )));
             }
@@ -351,7 +348,7 @@ impl GpuShard {
 
     /// Runs `n` positions of `seq` in one submit; reads back `read` bytes of the result buffer.
     fn step(&mut self, seq: SeqId, input: ShardInput<'_>, head: Option<HeadOutput>) -> Result<Option<Vec<u8>>, ShardError> {
-        let s = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        let s = self.seqs.get(seq)?;
         let n = match input {
             ShardInput::Tokens(t) => t.len(),
             ShardInput::Hidden(h) => h.len() / self.cfg.dim,
@@ -382,8 +379,8 @@ impl GpuShard {
             }
             for (l, layer) in self.layers.iter().enumerate() {
                 layer.qkv.iter().for_each(|d| d.record(&mut pass, dims));
-                s.rope[l].record(&mut pass, dims);
-                s.attention[l].record(&mut pass, dims);
+                s.kv.rope[l].record(&mut pass, dims);
+                s.kv.attention[l].record(&mut pass, dims);
                 let rest = layer.o.iter().chain(&layer.gate_up).chain(&layer.down);
                 rest.for_each(|d| d.record(&mut pass, dims));
             }
@@ -410,7 +407,7 @@ impl GpuShard {
                 None
             }
         };
-        self.seqs.get_mut(&seq).expect("checked above").len += n;
+        self.seqs.get_mut(seq)?.len += n;
         Ok(out)
     }
 }
@@ -447,11 +444,8 @@ impl Shard for GpuShard {
     }
 
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
-        if self.seqs.contains_key(&seq) {
-            return Err(ShardError::SequenceExists(seq));
-        }
         let c = &self.cfg;
-        check_capacity(c, capacity)?;
+        self.seqs.check_open(c, seq, capacity)?;
         let limit = self.ctx.limits.max_storage_buffer_binding_size as u64;
         let per_pos = c.kv_dim() as u64 * 4;
         let kv_bytes = (capacity as u64)
@@ -461,7 +455,7 @@ impl Shard for GpuShard {
         let rope = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (c.rope == RopeStyle::Neox).to_string())]);
         let att = self.pipeline(Kernel::Attention, None, vec![("HD", c.head_dim.to_string())]);
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
-        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), capacity, len: 0, _kv: Vec::new() };
+        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), _kv: Vec::new() };
         for l in 0..self.layers.len() {
             let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
             let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
@@ -472,30 +466,25 @@ impl Shard for GpuShard {
             s._kv.extend([k, v]);
         }
         self.ctx.check()?;
-        self.seqs.insert(seq, s);
+        self.seqs.insert(seq, capacity, s);
         Ok(())
     }
 
     fn close_sequence(&mut self, seq: SeqId) {
-        self.seqs.remove(&seq);
+        self.seqs.close(seq);
     }
 
     fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError> {
-        self.seqs.get(&seq).map(|s| s.len).ok_or(ShardError::UnknownSequence(seq))
+        Ok(self.seqs.get(seq)?.len)
     }
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
-        let s = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
-        s.len = s.len.min(len);
-        Ok(())
+        self.seqs.truncate(seq, len)
     }
 
     fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
         let n = check_input(&self.spec, &self.cfg, &input)?;
-        let s = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
-        if s.len + n > s.capacity {
-            return Err(ShardError::ContextFull { need: s.len + n, capacity: s.capacity });
-        }
+        self.seqs.with_room(seq, n)?;
         let dim = self.cfg.dim;
         let mut step = self.opts.max_step_tokens.max(1);
         if want == HeadOutput::ArgmaxAll {
