@@ -168,7 +168,7 @@ impl GpuContext {
         let buf = self.storage(label, data.len() as u64);
         if !data.is_empty() {
             let mut padded;
-            let bytes = if data.len() % 4 == 0 {
+            let bytes = if data.len().is_multiple_of(4) {
                 data
             } else {
                 padded = data.to_vec();

@@ -137,7 +137,7 @@ impl Probe {
     /// [`GpuMatrix::concat`], or [`GpuMatrix::pair`] for a gate/up pair).
     fn matrix(&self, ty: GgmlType, rows: usize, cols: usize, a: &[u8], b: Option<&[u8]>, max_binding: u64) -> Result<GpuMatrix, ShardError> {
         let want = ty.row_bytes(cols) * rows;
-        if !ty.is_supported() || cols % 32 != 0 || a.len() != want || b.is_some_and(|b| b.len() != want) {
+        if !ty.is_supported() || !cols.is_multiple_of(32) || a.len() != want || b.is_some_and(|b| b.len() != want) {
             return Err(bad(format!("{ty:?} matrix ({rows}, {cols}) needs {want} bytes and cols a multiple of 32")));
         }
         let dims = [cols as u64, rows as u64];
@@ -299,7 +299,7 @@ impl Probe {
         let stride = q_dim + 2 * kv_dim;
         let n = qkv.len() / stride;
         let cap = k_cache.len() / kv_dim.max(1);
-        if n == 0 || qkv.len() != n * stride || v_cache.len() != k_cache.len() || pos0 + n > cap || s.head_dim % 2 != 0 {
+        if n == 0 || qkv.len() != n * stride || v_cache.len() != k_cache.len() || pos0 + n > cap || !s.head_dim.is_multiple_of(2) {
             return Err(bad(format!("rope_kv: {} floats of qkv, caches of {} positions from {pos0}", qkv.len(), cap)));
         }
         let pipe = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (style == RopeStyle::Neox).to_string())]);
@@ -327,7 +327,7 @@ impl Probe {
             && k_cache.len() == v_cache.len()
             && k_cache.len() >= (pos0 + n) * kv_dim
             && s.n_kv_heads > 0
-            && s.n_heads % s.n_kv_heads == 0;
+            && s.n_heads.is_multiple_of(s.n_kv_heads);
         if !ok {
             return Err(bad(format!("attention: q of {} floats, caches of {} floats from {pos0}", q.len(), k_cache.len())));
         }

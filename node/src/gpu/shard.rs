@@ -87,14 +87,14 @@ impl GpuShard {
         let t = ShardTensors::resolve(g, cfg, spec)?;
         let c = cfg;
         let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
-        if (c.dim * 4) % align != 0 {
+        if !(c.dim * 4).is_multiple_of(align) {
             return Err(ShardError::Gpu(format!(
                 "model width {} is not a multiple of {} floats, which this device's uniform offset alignment needs",
                 c.dim,
                 align / 4
             )));
         }
-        if c.head_dim > 128 || c.head_dim % 4 != 0 {
+        if c.head_dim > 128 || !c.head_dim.is_multiple_of(4) {
             return Err(ShardError::Gpu(format!("head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)", c.head_dim)));
         }
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
@@ -446,7 +446,7 @@ impl Shard for GpuShard {
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
         let c = &self.cfg;
         self.seqs.check_open(c, seq, capacity)?;
-        let limit = self.ctx.limits.max_storage_buffer_binding_size as u64;
+        let limit = self.ctx.limits.max_storage_buffer_binding_size;
         let per_pos = c.kv_dim() as u64 * 4;
         let kv_bytes = (capacity as u64)
             .checked_mul(per_pos)

@@ -60,11 +60,11 @@ impl ModelConfig {
         if n_layers == 0 || n_layers > 1024 || dim == 0 || dim > 65536 || ffn_dim == 0 || ffn_dim > 1 << 20 {
             return bad(format!("implausible shape: {n_layers} layers, dim {dim}, ffn {ffn_dim}"));
         }
-        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !dim.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
             return bad(format!("{n_heads} heads / {n_kv_heads} kv heads do not divide dim {dim}"));
         }
         let head_dim = dim / n_heads;
-        if head_dim % 2 != 0 || head_dim > 256 {
+        if !head_dim.is_multiple_of(2) || head_dim > 256 {
             return bad(format!("head dim {head_dim} (must be even, at most 256)"));
         }
         let tied_embeddings = !g.has("output.weight");

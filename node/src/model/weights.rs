@@ -47,7 +47,7 @@ impl ShardTensors {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, GgufError> {
             let t = g.info(name)?;
             check(t, &[cols, rows])?;
-            if cols % 32 != 0 {
+            if !cols.is_multiple_of(32) {
                 return Err(GgufError::Corrupt(format!("tensor {name}: row length {cols} is not a multiple of 32")));
             }
             Ok(t.clone())
