@@ -17,6 +17,7 @@ pub const GREEDY_32: [u32; 32] = [
 
 /// The real SmolLM2 model (`$EDGE_MODEL` or the model cache). Fails, never skips, when it is missing.
 pub fn smollm2() -> LoadedModel {
-    let path = std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model);
+    let path =
+        std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model);
     LoadedModel::open(&path).unwrap_or_else(|e| panic!("{e:#} (run `bash scripts/setup.sh`)"))
 }

@@ -34,7 +34,10 @@ impl ModelDescription {
             .layers
             .iter()
             .map(|l| {
-                let mut b = [&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down].map(|t| t.size).iter().sum::<u64>();
+                let mut b = [&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down]
+                    .map(|t| t.size)
+                    .iter()
+                    .sum::<u64>();
                 b += [&l.bq, &l.bk, &l.bv].iter().filter_map(|t| t.as_ref()).map(|t| t.size).sum::<u64>();
                 b
             })

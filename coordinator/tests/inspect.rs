@@ -6,7 +6,8 @@ use std::process::Command;
 fn inspect_reports_the_planner_view_of_smollm2() {
     let path = std::env::var("EDGE_MODEL").unwrap_or_else(|_| edge_node::setup::default_model().display().to_string());
     edge_node::setup::check_model(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_edge-coord")).args(["inspect", "--json", "--model", &path]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_edge-coord")).args(["inspect", "--json", "--model", &path]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["n_layers"], 30);
@@ -25,7 +26,10 @@ fn inspect_reports_the_planner_view_of_smollm2() {
 
 #[test]
 fn inspect_without_a_model_names_the_setup_command() {
-    let out = Command::new(env!("CARGO_BIN_EXE_edge-coord")).args(["inspect", "--model", "/nonexistent.gguf"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-coord"))
+        .args(["inspect", "--model", "/nonexistent.gguf"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/setup.sh"));
 }

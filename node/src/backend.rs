@@ -45,7 +45,12 @@ impl LoadedModel {
     }
 
     /// One shard on the CPU (`ctx` None) or on a GPU context.
-    pub fn shard(&self, spec: ShardSpec, ctx: Option<&Arc<GpuContext>>, gpu: &GpuOptions) -> Result<Box<dyn Shard>, ShardError> {
+    pub fn shard(
+        &self,
+        spec: ShardSpec,
+        ctx: Option<&Arc<GpuContext>>,
+        gpu: &GpuOptions,
+    ) -> Result<Box<dyn Shard>, ShardError> {
         Ok(match ctx {
             Some(ctx) => Box::new(GpuShard::load(ctx.clone(), &self.gguf, &self.config, spec, gpu.clone())?),
             None => Box::new(CpuShard::load(&self.gguf, &self.config, spec)?),

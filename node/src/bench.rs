@@ -59,11 +59,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         stop: vec![],
     };
 
-    println!("model: {} ({}), prompt {} tokens, decode {} tokens", model_path.display(), human_bytes(m.gguf.bytes().len() as u64), prompt.len(), args.tokens);
+    println!(
+        "model: {} ({}), prompt {} tokens, decode {} tokens",
+        model_path.display(),
+        human_bytes(m.gguf.bytes().len() as u64),
+        prompt.len(),
+        args.tokens
+    );
 
     // wgpu: kernels first (the shard is needed concretely), then end-to-end speed.
     let ctx = GpuContext::new()?;
-    let mut shard = GpuShard::load(ctx.clone(), &m.gguf, &m.config, ShardSpec::whole(m.config.n_layers as u32), GpuOptions::default())?;
+    let mut shard = GpuShard::load(
+        ctx.clone(),
+        &m.gguf,
+        &m.config,
+        ShardSpec::whole(m.config.n_layers as u32),
+        GpuOptions::default(),
+    )?;
     println!("adapter: {}", ctx.describe());
     let (per_layer, outside) = shard.dispatch_counts();
     let copy = copy_bandwidth(&ctx, 64 << 20, 20)?;
@@ -76,17 +88,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     drop(chain);
 
     println!("\nkernels (decode shape, one token, KV at 64 positions), copy kernel reads {copy:.2} GB/s:");
-    println!("  {:<22} {:>10} {:>12} {:>10} {:>9} {:>8}", "kernel", "dispatches", "weights", "us/token", "GB/s", "vs copy");
+    println!(
+        "  {:<22} {:>10} {:>12} {:>10} {:>9} {:>8}",
+        "kernel", "dispatches", "weights", "us/token", "GB/s", "vs copy"
+    );
     for k in &kernels {
         let (gbps, ratio) = if k.weight_bytes > 0 {
             (format!("{:.2}", k.gbps()), format!("{:.0}%", 100.0 * k.gbps() / copy))
         } else {
             ("-".into(), "-".into())
         };
-        println!("  {:<22} {:>10} {:>12} {:>10.0} {:>9} {:>8}", k.kernel, k.dispatches, human_bytes(k.weight_bytes), k.micros, gbps, ratio);
+        println!(
+            "  {:<22} {:>10} {:>12} {:>10.0} {:>9} {:>8}",
+            k.kernel,
+            k.dispatches,
+            human_bytes(k.weight_bytes),
+            k.micros,
+            gbps,
+            ratio
+        );
     }
     let total_us: f64 = kernels.iter().map(|k| k.micros).sum();
-    println!("  sum of kernels {:.1} ms/token; dispatches: {per_layer} per layer + {outside} outside the layers", total_us / 1e3);
+    println!(
+        "  sum of kernels {:.1} ms/token; dispatches: {per_layer} per layer + {outside} outside the layers",
+        total_us / 1e3
+    );
     println!("  submits per decoded token: {:.2}", submits as f64 / (args.tokens as f64));
 
     let cpu = if args.no_cpu {
@@ -99,7 +125,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     println!("\nend to end (greedy):");
     println!("  {:<28} {:>14} {:>14}", "backend", "prefill tok/s", "decode tok/s");
-    let row = |name: &str, s: &GenerateStats| println!("  {:<28} {:>14.1} {:>14.1}", name, s.prefill_tps(), s.decode_tps());
+    let row =
+        |name: &str, s: &GenerateStats| println!("  {:<28} {:>14.1} {:>14.1}", name, s.prefill_tps(), s.decode_tps());
     row("wgpu (WGSL kernels)", &gpu);
     if let Some(c) = &cpu {
         row("cpu reference", c);
@@ -117,7 +144,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None => println!("  llama.cpp: skipped"),
     }
     if let Some(c) = &cpu {
-        println!("ratio wgpu / cpu reference: prefill {:.2}x, decode {:.2}x", gpu.prefill_tps() / c.prefill_tps(), gpu.decode_tps() / c.decode_tps());
+        println!(
+            "ratio wgpu / cpu reference: prefill {:.2}x, decode {:.2}x",
+            gpu.prefill_tps() / c.prefill_tps(),
+            gpu.decode_tps() / c.decode_tps()
+        );
     }
     Ok(())
 }
@@ -127,7 +158,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 fn llama_cpp(model: &Path, prompt: &[u32], tokens: usize) -> Option<anyhow::Result<(f64, f64)>> {
     let installed = Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success());
     if !installed {
-        return Some(Err(anyhow::anyhow!("llama-cpp-python is not installed; `bash scripts/setup.sh --with-llama-cpp`")));
+        return Some(Err(anyhow::anyhow!(
+            "llama-cpp-python is not installed; `bash scripts/setup.sh --with-llama-cpp`"
+        )));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/llama_cpp_bench.py");
     let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();

@@ -85,7 +85,8 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     if context == 0 || context > m.config.context {
         anyhow::bail!("--ctx must be between 1 and the model's context length {}", m.config.context);
     }
-    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    let sampling =
+        SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
     let mut chain = m.shards(args.backend, &args.split, &GpuOptions::default())?;
     eprintln!(

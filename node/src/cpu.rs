@@ -18,8 +18,8 @@ struct KvCache {
 
 /// Per-layer vectors, read once at load (a few KiB each).
 struct LayerVectors {
-    attn_norm: Vec<f32>,    // (dim)
-    ffn_norm: Vec<f32>,     // (dim)
+    attn_norm: Vec<f32>,      // (dim)
+    ffn_norm: Vec<f32>,       // (dim)
     bias_q: Option<Vec<f32>>, // (n_heads * head_dim)
     bias_k: Option<Vec<f32>>, // (kv_dim)
     bias_v: Option<Vec<f32>>, // (kv_dim)
@@ -61,7 +61,6 @@ impl CpuShard {
 }
 
 impl Weights {
-
     /// One position through the shard's layers. `x` (dim) is the residual stream, updated in place.
     fn forward_position(&self, kv: &mut KvCache, pos: usize, x: &mut [f32]) {
         let c = &self.cfg;

@@ -53,7 +53,12 @@ impl GenerateStats {
 }
 
 /// Runs one step through every shard of the chain: token ids in, the head's output out.
-pub fn run_chain(chain: &mut [Box<dyn Shard>], seq: SeqId, tokens: &[u32], want: HeadOutput) -> Result<ShardOutput, ShardError> {
+pub fn run_chain(
+    chain: &mut [Box<dyn Shard>],
+    seq: SeqId,
+    tokens: &[u32],
+    want: HeadOutput,
+) -> Result<ShardOutput, ShardError> {
     let mut hidden: Vec<f32> = Vec::new();
     let n = chain.len();
     for (i, shard) in chain.iter_mut().enumerate() {
@@ -71,7 +76,12 @@ fn check_chain(chain: &[Box<dyn Shard>]) -> Result<(), GenerateError> {
     let (Some(first), Some(last)) = (chain.first(), chain.last()) else { return Err(GenerateError::BadChain) };
     let contiguous = chain.windows(2).all(|w| w[0].spec().layer_end == w[1].spec().layer_start);
     let n_layers = first.config().n_layers as u32;
-    if !first.spec().embed || !last.spec().head || !contiguous || first.spec().layer_start != 0 || last.spec().layer_end != n_layers {
+    if !first.spec().embed
+        || !last.spec().head
+        || !contiguous
+        || first.spec().layer_start != 0
+        || last.spec().layer_end != n_layers
+    {
         return Err(GenerateError::BadChain);
     }
     Ok(())

@@ -201,9 +201,10 @@ impl Gguf {
             let ty = GgmlType::from_id(ty_id)
                 .ok_or_else(|| GgufError::UnsupportedType { tensor: name.clone(), ty: format!("id {ty_id}") })?;
             let offset = r.u64()?;
-            let n: u64 = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-                GgufError::Corrupt(format!("tensor {name} dimensions {dims:?} overflow"))
-            })?;
+            let n: u64 = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| GgufError::Corrupt(format!("tensor {name} dimensions {dims:?} overflow")))?;
             let (block, bytes) = ty.block();
             if dims[0] % block as u64 != 0 {
                 return Err(GgufError::Corrupt(format!(

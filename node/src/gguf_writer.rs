@@ -72,7 +72,13 @@ impl<'a> GgufWriter<'a> {
     }
 
     /// Adds a tensor: `dims` innermost first (a matrix `[rows, cols]` is `&[cols, rows]`), `data` its GGML bytes.
-    pub fn tensor(mut self, name: impl Into<String>, dims: &[u64], ty: GgmlType, data: impl Into<Cow<'a, [u8]>>) -> Self {
+    pub fn tensor(
+        mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Self {
         self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), ty, data: data.into() });
         self
     }
@@ -105,7 +111,10 @@ impl<'a> GgufWriter<'a> {
             }
             let (block, block_bytes) = t.ty.block();
             if t.dims[0] % block as u64 != 0 {
-                return bad(format!("tensor {}: row length {} is not a multiple of the {:?} block size {block}", t.name, t.dims[0], t.ty));
+                return bad(format!(
+                    "tensor {}: row length {} is not a multiple of the {:?} block size {block}",
+                    t.name, t.dims[0], t.ty
+                ));
             }
             let size = t
                 .dims
@@ -113,7 +122,13 @@ impl<'a> GgufWriter<'a> {
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .and_then(|n| (n / block as u64).checked_mul(block_bytes as u64));
             if size != Some(t.data.len() as u64) {
-                return bad(format!("tensor {} {:?} {:?}: {} bytes of data, expected {size:?}", t.name, t.ty, t.dims, t.data.len()));
+                return bad(format!(
+                    "tensor {} {:?} {:?}: {} bytes of data, expected {size:?}",
+                    t.name,
+                    t.ty,
+                    t.dims,
+                    t.data.len()
+                ));
             }
         }
         Ok(())
@@ -271,7 +286,10 @@ mod tests {
             ("i64", Value::I64(i64::MIN + 1)),
             ("f64", Value::F64(std::f64::consts::PI)),
             ("arr.u32", Value::Array(vec![Value::U32(1), Value::U32(2), Value::U32(3)])),
-            ("arr.str", Value::Array(vec![Value::Str("a".into()), Value::Str(String::new()), Value::Str("ccc".into())])),
+            (
+                "arr.str",
+                Value::Array(vec![Value::Str("a".into()), Value::Str(String::new()), Value::Str("ccc".into())]),
+            ),
             ("arr.f32", Value::Array(vec![Value::F32(0.25), Value::F32(-3.0)])),
             ("arr.bool", Value::Array(vec![Value::Bool(true), Value::Bool(false)])),
             ("arr.i8", Value::Array(vec![Value::I8(-1), Value::I8(1)])),
@@ -286,7 +304,10 @@ mod tests {
             ),
             (
                 "arr.nested3",
-                Value::Array(vec![Value::Array(vec![Value::Array(vec![Value::Str("deep".into())])]), Value::Array(vec![])]),
+                Value::Array(vec![
+                    Value::Array(vec![Value::Array(vec![Value::Str("deep".into())])]),
+                    Value::Array(vec![]),
+                ]),
             ),
         ]
     }
@@ -363,7 +384,8 @@ mod tests {
 
     #[test]
     fn a_key_set_twice_keeps_the_last_value() {
-        let bytes = GgufWriter::new().kv("k", Value::U32(1)).kv("j", Value::U8(0)).kv("k", Value::U32(2)).to_bytes().unwrap();
+        let bytes =
+            GgufWriter::new().kv("k", Value::U32(1)).kv("j", Value::U8(0)).kv("k", Value::U32(2)).to_bytes().unwrap();
         let g = parse_bytes(&bytes).unwrap();
         assert_eq!(g.get("k"), Some(&Value::U32(2)));
         assert_eq!(g.metadata.len(), 2);
@@ -376,9 +398,12 @@ mod tests {
         assert!(invalid(GgufWriter::new().tensor("t", &[16], GgmlType::Q8_0, vec![0u8; 17])), "partial block");
         assert!(invalid(GgufWriter::new().tensor("t", &[], GgmlType::F32, vec![])), "no dims");
         assert!(invalid(GgufWriter::new().tensor("t", &[1, 1, 1, 1, 1], GgmlType::F32, vec![0u8; 4])), "5 dims");
-        assert!(invalid(
-            GgufWriter::new().tensor("t", &[1], GgmlType::F32, vec![0u8; 4]).tensor("t", &[1], GgmlType::F32, vec![0u8; 4])
-        ));
+        assert!(invalid(GgufWriter::new().tensor("t", &[1], GgmlType::F32, vec![0u8; 4]).tensor(
+            "t",
+            &[1],
+            GgmlType::F32,
+            vec![0u8; 4]
+        )));
         assert!(invalid(GgufWriter::new().kv("a", Value::Array(vec![Value::U8(1), Value::I8(1)]))), "mixed array");
         let deep = Value::Array(vec![Value::Array(vec![Value::Array(vec![Value::Array(vec![])])])]);
         assert!(invalid(GgufWriter::new().kv("a", deep)), "nesting");

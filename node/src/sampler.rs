@@ -124,8 +124,14 @@ mod tests {
     fn same_seed_same_tokens_and_distribution_follows_logits() {
         let logits = [1.0, 1.0, 0.0];
         let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 42 };
-        let a: Vec<u32> = { let mut s = Sampler::new(p); (0..200).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p); (0..200).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..200).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..200).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         let twos = a.iter().filter(|&&t| t == 2).count();
         // P(2) = 1 / (2e + 1) ~ 0.155: 31 of 200 expected.

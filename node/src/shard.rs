@@ -167,12 +167,20 @@ pub fn check_input(spec: &ShardSpec, cfg: &ModelConfig, input: &ShardInput<'_>) 
         }
         (ShardInput::Hidden(h), false) => {
             if h.len() % cfg.dim != 0 {
-                return Err(ShardError::BadInput(format!("hidden state of {} floats is not a multiple of dim {}", h.len(), cfg.dim)));
+                return Err(ShardError::BadInput(format!(
+                    "hidden state of {} floats is not a multiple of dim {}",
+                    h.len(),
+                    cfg.dim
+                )));
             }
             h.len() / cfg.dim
         }
-        (ShardInput::Tokens(_), false) => return Err(ShardError::BadInput("this shard takes hidden states, not tokens".into())),
-        (ShardInput::Hidden(_), true) => return Err(ShardError::BadInput("this shard takes token ids, not hidden states".into())),
+        (ShardInput::Tokens(_), false) => {
+            return Err(ShardError::BadInput("this shard takes hidden states, not tokens".into()))
+        }
+        (ShardInput::Hidden(_), true) => {
+            return Err(ShardError::BadInput("this shard takes token ids, not hidden states".into()))
+        }
     };
     if n == 0 {
         return Err(ShardError::BadInput("empty step".into()));

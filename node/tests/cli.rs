@@ -35,7 +35,8 @@ fn generate_streams_the_reference_continuation_and_reports_speed() {
 #[test]
 fn chat_mode_answers_and_stops_at_end_of_turn() {
     let m = model();
-    let out = edge_node(&["generate", "--model", &m, "--chat", "--prompt", "What is the capital of France?", "-n", "40"]);
+    let out =
+        edge_node(&["generate", "--model", &m, "--chat", "--prompt", "What is the capital of France?", "-n", "40"]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("Paris"), "{stdout}");
@@ -112,5 +113,8 @@ fn no_vulkan_adapter_says_how_to_install_one() {
         .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("no Vulkan adapter") && err.contains("mesa-vulkan-drivers") && err.contains("--backend cpu"), "{err}");
+    assert!(
+        err.contains("no Vulkan adapter") && err.contains("mesa-vulkan-drivers") && err.contains("--backend cpu"),
+        "{err}"
+    );
 }

@@ -17,7 +17,12 @@ fn image() -> Vec<u8> {
         .kv("llama.rope.freq_base", Value::F32(10000.0))
         .tensor("a", &[64], GgmlType::F32, quantize_row(GgmlType::F32, &x))
         .tensor("b", &[64], GgmlType::Q4_1, quantize_row(GgmlType::Q4_1, &x))
-        .tensor("c", &[32, 2], GgmlType::Q8_0, [quantize_row(GgmlType::Q8_0, &x[..32]), quantize_row(GgmlType::Q8_0, &x[32..])].concat())
+        .tensor(
+            "c",
+            &[32, 2],
+            GgmlType::Q8_0,
+            [quantize_row(GgmlType::Q8_0, &x[..32]), quantize_row(GgmlType::Q8_0, &x[32..])].concat(),
+        )
         .to_bytes()
         .unwrap()
 }

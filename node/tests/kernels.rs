@@ -93,9 +93,14 @@ fn max_abs(v: &[f32]) -> f32 {
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = max_abs(want).max(1e-6);
-    let (i, err) = got.iter().zip(want).map(|(g, w)| (g - w).abs()).enumerate().fold((0, 0.0f32), |(bi, be), (i, e)| {
-        if e > be || e.is_nan() { (i, e) } else { (bi, be) }
-    });
+    let (i, err) =
+        got.iter().zip(want).map(|(g, w)| (g - w).abs()).enumerate().fold((0, 0.0f32), |(bi, be), (i, e)| {
+            if e > be || e.is_nan() {
+                (i, e)
+            } else {
+                (bi, be)
+            }
+        });
     if std::env::var_os("KERNEL_ERRORS").is_some() {
         eprintln!("ERR {:.3e} tol {tol:e} {what}", err / scale);
     }
@@ -136,10 +141,15 @@ const fn flags(norm: bool, bias: bool, residual: bool, swiglu: bool) -> Flags {
 /// gate/up pair), so the decoder runs with and without norm and SwiGLU's second matrix. The flags act after the
 /// decoder, so every other combination is tested for one type (Q8_0, `all_flags`). Each combination is two
 /// pipelines (`main`, `gemv`), each a JIT compile of ~0.25 s on lavapipe: that is what bounds these lists.
-const TYPE_FLAGS: [Flags; 3] = [flags(true, false, false, false), flags(false, false, true, false), flags(true, false, false, true)];
+const TYPE_FLAGS: [Flags; 3] =
+    [flags(true, false, false, false), flags(false, false, true, false), flags(true, false, false, true)];
 
 fn flags_for(ty: GgmlType) -> Vec<Flags> {
-    if ty == GgmlType::Q8_0 { all_flags() } else { TYPE_FLAGS.to_vec() }
+    if ty == GgmlType::Q8_0 {
+        all_flags()
+    } else {
+        TYPE_FLAGS.to_vec()
+    }
 }
 
 /// Every combination the kernel supports except bias with SwiGLU (the executor never fuses those: the q/k/v
@@ -213,14 +223,15 @@ fn matmul_every_type_and_fusion() {
     let mut seed = 1;
     for ty in GgmlType::SUPPORTED {
         for f in flags_for(ty) {
-            for (chunk, n, cols) in [(None, 9, 96), (Some(4), 9, 96), (None, 1, 96), (Some(4), 1, 160), (Some(16), 33, 1056)] {
+            for (chunk, n, cols) in
+                [(None, 9, 96), (Some(4), 9, 96), (None, 1, 96), (Some(4), 1, 160), (Some(16), 33, 1056)]
+            {
                 seed += 1;
                 check_matmul(ty, 37, cols, n, f, chunk, seed);
             }
         }
     }
 }
-
 
 macro_rules! matmul_props {
     ($($name:ident => $ty:expr),* $(,)?) => {
@@ -343,7 +354,10 @@ fn rope_and_kv_write_match_cpu() {
                 assert_close(&format!("{what} k"), &k, &want_k, ROPE_TOL);
                 assert_eq!(v, want_v, "{what}: v is copied exactly");
                 for p in (0..cap).filter(|p| !(pos0..pos0 + n).contains(p)) {
-                    assert!(k[p * kv_dim..(p + 1) * kv_dim].iter().all(|&x| x == SENTINEL), "{what}: k position {p} written");
+                    assert!(
+                        k[p * kv_dim..(p + 1) * kv_dim].iter().all(|&x| x == SENTINEL),
+                        "{what}: k position {p} written"
+                    );
                 }
             }
         }
@@ -362,7 +376,8 @@ fn reference_attention(s: AttnShape, pos0: usize, q: &[f32], k: &[f32], v: &[f32
         for h in 0..s.n_heads {
             let qh = &q[t * q_dim + h * hd..][..hd];
             let kvh = h / group;
-            let mut scores: Vec<f32> = (0..=last).map(|p| cpu::dot(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
+            let mut scores: Vec<f32> =
+                (0..=last).map(|p| cpu::dot(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
             cpu::softmax(&mut scores);
             let o = &mut out[t * q_dim + h * hd..][..hd];
             for (p, &a) in scores.iter().enumerate() {
@@ -405,7 +420,7 @@ fn argmax_ties_and_odd_vocabularies() {
         rows.push(vec![0.5; vocab]); // all equal: index 0
         rows.push((0..vocab).map(|i| i as f32).collect()); // maximum at the last index
         rows.push(vec![-1e30; vocab]); // all very negative
-        // Ties between invocations of the same workgroup (i, i + 1), across the stride (i, i + 256) and at the end.
+                                       // Ties between invocations of the same workgroup (i, i + 1), across the stride (i, i + 256) and at the end.
         for (a, b) in [(3usize, 4usize), (5, 261), (2, vocab - 1), (vocab - 1, vocab - 1)] {
             if a < vocab && b < vocab {
                 let mut r = rng.vec(vocab, 1.0);
@@ -456,7 +471,18 @@ struct Tiny {
 
 impl Tiny {
     fn llama(ty: fn(Option<usize>, &str) -> GgmlType) -> Tiny {
-        Tiny { arch: "llama", dim: 64, n_heads: 4, n_kv_heads: 2, ffn: 96, vocab: 300, layers: 3, ty, output: false, seed: 11 }
+        Tiny {
+            arch: "llama",
+            dim: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            ffn: 96,
+            vocab: 300,
+            layers: 3,
+            ty,
+            output: false,
+            seed: 11,
+        }
     }
 
     /// A GGUF image as llama.cpp's converter would lay it out (qwen2: neox RoPE and qkv biases).
@@ -476,7 +502,13 @@ impl Tiny {
             .kv(format!("{a}.context_length"), Value::U32(256))
             .kv(format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
             .kv(format!("{a}.rope.freq_base"), Value::F32(if a == "qwen2" { 1_000_000.0 } else { 10_000.0 }));
-        let mut matrix = |w: GgufWriter<'static>, name: String, layer: Option<usize>, suffix: &str, rows: usize, cols: usize, scale: f32| {
+        let mut matrix = |w: GgufWriter<'static>,
+                          name: String,
+                          layer: Option<usize>,
+                          suffix: &str,
+                          rows: usize,
+                          cols: usize,
+                          scale: f32| {
             let ty = (self.ty)(layer, suffix);
             w.tensor(name, &[cols as u64, rows as u64], ty, quant_matrix(ty, rows, cols, scale, &mut rng))
         };
@@ -770,12 +802,21 @@ fn bad_input_gives_the_right_errors() {
             assert!(matches!(r, Err(ShardError::BadInput(_))), "{name}: {} floats: {r:?}", bad.len());
         }
         assert!(matches!(last.forward(1, ShardInput::Tokens(&[1]), want), Err(ShardError::BadInput(_))), "{name}");
-        assert!(matches!(first.forward(1, ShardInput::Hidden(&ok_hidden), want), Err(ShardError::BadInput(_))), "{name}");
+        assert!(
+            matches!(first.forward(1, ShardInput::Hidden(&ok_hidden), want), Err(ShardError::BadInput(_))),
+            "{name}"
+        );
         assert!(matches!(first.forward(1, ShardInput::Tokens(&[]), want), Err(ShardError::BadInput(_))), "{name}");
 
         // Unknown sequences.
-        assert!(matches!(first.forward(9, ShardInput::Tokens(&[1]), want), Err(ShardError::UnknownSequence(9))), "{name}");
-        assert!(matches!(last.forward(9, ShardInput::Hidden(&ok_hidden), want), Err(ShardError::UnknownSequence(9))), "{name}");
+        assert!(
+            matches!(first.forward(9, ShardInput::Tokens(&[1]), want), Err(ShardError::UnknownSequence(9))),
+            "{name}"
+        );
+        assert!(
+            matches!(last.forward(9, ShardInput::Hidden(&ok_hidden), want), Err(ShardError::UnknownSequence(9))),
+            "{name}"
+        );
         assert!(matches!(first.sequence_len(9), Err(ShardError::UnknownSequence(9))), "{name}");
         assert!(matches!(first.truncate(9, 0), Err(ShardError::UnknownSequence(9))), "{name}");
         first.close_sequence(9); // ignored

@@ -10,7 +10,10 @@ use edge_protocol::ShardSpec;
 #[test]
 fn cpu_reference_reproduces_known_argmax_sequence() {
     let (g, cfg) = common::smollm2();
-    assert_eq!((cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim, cfg.vocab), (30, 576, 9, 3, 1536, 49152));
+    assert_eq!(
+        (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim, cfg.vocab),
+        (30, 576, 9, 3, 1536, 49152)
+    );
     let mut shard = CpuShard::load(&g, &cfg, ShardSpec::whole(30)).unwrap();
     shard.open_sequence(1, 64).unwrap();
     let out = shard.forward(1, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::ArgmaxAll).unwrap();

@@ -9,7 +9,13 @@ use edge_node::shard::Shard;
 use edge_tests::{smollm2, GREEDY_32, REFERENCE_IDS};
 
 fn greedy(n: usize) -> GenerateRequest {
-    GenerateRequest { prompt: REFERENCE_IDS.to_vec(), max_tokens: n, context: 512, sampling: SamplingParams::default(), stop: vec![] }
+    GenerateRequest {
+        prompt: REFERENCE_IDS.to_vec(),
+        max_tokens: n,
+        context: 512,
+        sampling: SamplingParams::default(),
+        stop: vec![],
+    }
 }
 
 fn run(chain: &mut [Box<dyn Shard>], req: &GenerateRequest) -> Vec<u32> {
@@ -45,8 +51,10 @@ fn a_cpu_shard_can_feed_a_wgpu_shard() {
     let m = smollm2();
     let ctx = edge_node::gpu::GpuContext::new().unwrap();
     let specs = edge_protocol::ShardSpec::split(30, &[4]);
-    let mut chain =
-        vec![m.shard(specs[0], None, &GpuOptions::default()).unwrap(), m.shard(specs[1], Some(&ctx), &GpuOptions::default()).unwrap()];
+    let mut chain = vec![
+        m.shard(specs[0], None, &GpuOptions::default()).unwrap(),
+        m.shard(specs[1], Some(&ctx), &GpuOptions::default()).unwrap(),
+    ];
     assert_eq!(run(&mut chain, &greedy(12)), GREEDY_32[..12]);
 }
 
@@ -86,7 +94,8 @@ fn bad_requests_fail_with_clear_errors_and_the_shards_stay_usable() {
     let err = generate(&mut chain, &bad_token, |_| true).unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 
-    let bad_sampling = GenerateRequest { sampling: SamplingParams { temperature: -1.0, ..Default::default() }, ..greedy(4) };
+    let bad_sampling =
+        GenerateRequest { sampling: SamplingParams { temperature: -1.0, ..Default::default() }, ..greedy(4) };
     assert!(matches!(generate(&mut chain, &bad_sampling, |_| true).unwrap_err(), GenerateError::Sampling(_)));
 
     // After all that, the same shards still produce the right tokens.

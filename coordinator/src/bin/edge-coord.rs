@@ -43,8 +43,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let h = edge_node::commands::human_bytes;
             println!("model            {} ({} layers, context {})", d.arch, d.n_layers, d.context);
             let tied = if d.tied_embeddings { " (tied to the embedding)" } else { "" };
-            println!("weights          {} total: embedding {}, head {}{tied}", h(d.total_weight_bytes()), h(d.embed_bytes), h(d.head_bytes));
-            let (lo, hi) = (d.layer_weight_bytes.iter().min().copied().unwrap_or(0), d.layer_weight_bytes.iter().max().copied().unwrap_or(0));
+            println!(
+                "weights          {} total: embedding {}, head {}{tied}",
+                h(d.total_weight_bytes()),
+                h(d.embed_bytes),
+                h(d.head_bytes)
+            );
+            let (lo, hi) = (
+                d.layer_weight_bytes.iter().min().copied().unwrap_or(0),
+                d.layer_weight_bytes.iter().max().copied().unwrap_or(0),
+            );
             println!("per layer        {} .. {}", h(lo), h(hi));
             println!("kv cache         {} per token per layer", h(d.kv_bytes_per_token_per_layer));
             println!("hidden state     {} per token (what a pipeline hop carries)", h(d.activation_bytes_per_token));

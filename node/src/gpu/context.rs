@@ -56,7 +56,15 @@ impl GpuContext {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
         tracing::info!(adapter = %info.name, backend = ?info.backend, device_type = ?info.device_type, "gpu ready");
-        Ok(Arc::new(GpuContext { device, queue, info, limits, errors, submits: Default::default(), pipes: Default::default() }))
+        Ok(Arc::new(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            errors,
+            submits: Default::default(),
+            pipes: Default::default(),
+        }))
     }
 
     /// `adapter name (type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu)`.
@@ -142,9 +150,19 @@ impl GpuContext {
 
     /// A `texture_2d_array` of 32-bit texels (`Rgba32Uint` or `R32Uint`) filled with `data` in layer, row,
     /// column order, viewed as an array (also when it has one layer).
-    pub fn texture_u32(&self, label: &str, format: wgpu::TextureFormat, ext: super::weights::Extent, data: &[u32]) -> wgpu::TextureView {
+    pub fn texture_u32(
+        &self,
+        label: &str,
+        format: wgpu::TextureFormat,
+        ext: super::weights::Extent,
+        data: &[u32],
+    ) -> wgpu::TextureView {
         let texel = format.block_copy_size(None).unwrap_or(4);
-        let size = wgpu::Extent3d { width: ext.width as u32, height: ext.height as u32, depth_or_array_layers: ext.layers as u32 };
+        let size = wgpu::Extent3d {
+            width: ext.width as u32,
+            height: ext.height as u32,
+            depth_or_array_layers: ext.layers as u32,
+        };
         let tex = self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some(label),
             size,
@@ -156,12 +174,24 @@ impl GpuContext {
             view_formats: &[],
         });
         self.queue.write_texture(
-            wgpu::TexelCopyTextureInfo { texture: &tex, mip_level: 0, origin: wgpu::Origin3d::ZERO, aspect: wgpu::TextureAspect::All },
+            wgpu::TexelCopyTextureInfo {
+                texture: &tex,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
             bytemuck::cast_slice(data),
-            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(ext.width as u32 * texel), rows_per_image: Some(ext.height as u32) },
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(ext.width as u32 * texel),
+                rows_per_image: Some(ext.height as u32),
+            },
             size,
         );
-        tex.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() })
+        tex.create_view(&wgpu::TextureViewDescriptor {
+            dimension: Some(wgpu::TextureViewDimension::D2Array),
+            ..Default::default()
+        })
     }
 
     pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {

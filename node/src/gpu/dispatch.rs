@@ -43,10 +43,21 @@ pub(super) struct Params8(pub [u32; 8]);
 pub(super) enum Grid {
     /// One invocation per output row, 4 tokens per invocation (`head`: tokens of the head step), one dispatch
     /// per group of `group_tokens` tokens whose inputs fit one uniform view of `k` floats per token.
-    Matmul { rows: u32, head: bool, group_tokens: u32, k: u32 },
-    Embed { blocks: u32 },
-    Rope { items: u32 },
-    Attention { heads: u32 },
+    Matmul {
+        rows: u32,
+        head: bool,
+        group_tokens: u32,
+        k: u32,
+    },
+    Embed {
+        blocks: u32,
+    },
+    Rope {
+        items: u32,
+    },
+    Attention {
+        heads: u32,
+    },
     Argmax,
 }
 

@@ -132,15 +132,17 @@ fn layout(ctx: &GpuContext, kernel: Kernel) -> wgpu::BindGroupLayout {
                     view_dimension: wgpu::TextureViewDimension::D2Array,
                     multisampled: false,
                 }
-            } else { wgpu::BindingType::Buffer {
-                ty: match c {
-                    'u' | 'U' => wgpu::BufferBindingType::Uniform,
-                    'r' => wgpu::BufferBindingType::Storage { read_only: true },
-                    _ => wgpu::BufferBindingType::Storage { read_only: false },
-                },
-                has_dynamic_offset: c == 'U',
-                min_binding_size: None,
-            } },
+            } else {
+                wgpu::BindingType::Buffer {
+                    ty: match c {
+                        'u' | 'U' => wgpu::BufferBindingType::Uniform,
+                        'r' => wgpu::BufferBindingType::Storage { read_only: true },
+                        _ => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: c == 'U',
+                    min_binding_size: None,
+                }
+            },
             count: None,
         })
         .collect();
@@ -156,7 +158,8 @@ fn build(ctx: &GpuContext, key: &PipelineKey, layout: wgpu::BindGroupLayout) -> 
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let desc = wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(source(key).into()) };
+    let desc =
+        wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(source(key).into()) };
     let module = d.create_shader_module(desc);
     let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&label),

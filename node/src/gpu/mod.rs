@@ -10,8 +10,8 @@
 pub mod context;
 mod dispatch;
 pub mod kernels;
-pub mod profile;
 pub mod probe;
+pub mod profile;
 pub mod shard;
 pub mod weights;
 

@@ -103,7 +103,13 @@ impl Probe {
 
     /// Records `dispatches` for a step of `n_tok` tokens (`head_n` rows for argmax) in one pass, copies `outputs`
     /// to one staging buffer, submits once and reads them back.
-    fn run(&self, dispatches: &[Dispatch], n_tok: usize, head_n: usize, outputs: &[&wgpu::Buffer]) -> Result<Vec<Vec<u8>>, ShardError> {
+    fn run(
+        &self,
+        dispatches: &[Dispatch],
+        n_tok: usize,
+        head_n: usize,
+        outputs: &[&wgpu::Buffer],
+    ) -> Result<Vec<Vec<u8>>, ShardError> {
         let total: u64 = outputs.iter().map(|b| b.size()).sum();
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("probe staging"),
@@ -114,7 +120,8 @@ impl Probe {
         let dims = StepDims { n_tok: n_tok as u32, head_n: head_n as u32, head_row0: 0, align: self.align() };
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("probe") });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("probe"), timestamp_writes: None });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("probe"), timestamp_writes: None });
             dispatches.iter().for_each(|d| d.record(&mut pass, dims));
         }
         let mut off = 0;
@@ -135,7 +142,15 @@ impl Probe {
 
     /// Uploads `(rows, cols)` matrices of GGML bytes the way the executor does (a GGUF image read by
     /// [`GpuMatrix::concat`], or [`GpuMatrix::pair`] for a gate/up pair).
-    fn matrix(&self, ty: GgmlType, rows: usize, cols: usize, a: &[u8], b: Option<&[u8]>, max_binding: u64) -> Result<GpuMatrix, ShardError> {
+    fn matrix(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        a: &[u8],
+        b: Option<&[u8]>,
+        max_binding: u64,
+    ) -> Result<GpuMatrix, ShardError> {
         let want = ty.row_bytes(cols) * rows;
         if !ty.is_supported() || !cols.is_multiple_of(32) || a.len() != want || b.is_some_and(|b| b.len() != want) {
             return Err(bad(format!("{ty:?} matrix ({rows}, {cols}) needs {want} bytes and cols a multiple of 32")));
@@ -155,7 +170,15 @@ impl Probe {
     }
 
     /// `y = W·x` for `x` `(n, cols)` and `W` `(rows, cols)` GGML bytes: `(n, rows)`. See [`MatmulOpts`].
-    pub fn matmul(&self, ty: GgmlType, rows: usize, cols: usize, weights: &[u8], x: &[f32], opts: MatmulOpts<'_>) -> Result<Vec<f32>, ShardError> {
+    pub fn matmul(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        weights: &[u8],
+        x: &[f32],
+        opts: MatmulOpts<'_>,
+    ) -> Result<Vec<f32>, ShardError> {
         self.matmul_chunks(ty, rows, cols, weights, x, opts).map(|(y, _)| y)
     }
 
@@ -259,7 +282,14 @@ impl Probe {
     }
 
     /// Embedding rows of `tokens` from a `(rows, cols)` table of GGML bytes: `(tokens, cols)`.
-    pub fn embed(&self, ty: GgmlType, rows: usize, cols: usize, table: &[u8], tokens: &[u32]) -> Result<Vec<f32>, ShardError> {
+    pub fn embed(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        table: &[u8],
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, ShardError> {
         if tokens.is_empty() || tokens.iter().any(|&t| t as usize >= rows) {
             return Err(bad(format!("tokens must be non-empty and below {rows}")));
         }
@@ -271,14 +301,18 @@ impl Probe {
         let tok = self.ctx.storage_init("tokens", bytemuck::cast_slice(tokens));
         let x = self.ctx.storage("x", (n * cols * 4) as u64);
         let ch = &mat.chunks[0];
-        let bg = bind_res(&self.ctx, &pipe, &[
-            Res::Buf(&step),
-            Res::Buf(&params),
-            Res::Buf(&tok),
-            Res::Tex(&ch.scale),
-            Res::Tex(&ch.quant),
-            Res::Buf(&x),
-        ]);
+        let bg = bind_res(
+            &self.ctx,
+            &pipe,
+            &[
+                Res::Buf(&step),
+                Res::Buf(&params),
+                Res::Buf(&tok),
+                Res::Tex(&ch.scale),
+                Res::Tex(&ch.quant),
+                Res::Buf(&x),
+            ],
+        );
         let d = self.dispatch(pipe, bg, Grid::Embed { blocks: (cols / 32) as u32 });
         let out = self.run(&[d], n, 0, &[&x])?;
         Ok(to_f32(&out[0], n * cols))
@@ -299,7 +333,12 @@ impl Probe {
         let stride = q_dim + 2 * kv_dim;
         let n = qkv.len() / stride;
         let cap = k_cache.len() / kv_dim.max(1);
-        if n == 0 || qkv.len() != n * stride || v_cache.len() != k_cache.len() || pos0 + n > cap || !s.head_dim.is_multiple_of(2) {
+        if n == 0
+            || qkv.len() != n * stride
+            || v_cache.len() != k_cache.len()
+            || pos0 + n > cap
+            || !s.head_dim.is_multiple_of(2)
+        {
             return Err(bad(format!("rope_kv: {} floats of qkv, caches of {} positions from {pos0}", qkv.len(), cap)));
         }
         let pipe = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (style == RopeStyle::Neox).to_string())]);
@@ -319,7 +358,14 @@ impl Probe {
 
     /// Causal grouped-query attention of `q` `(n, q_dim)` at positions `pos0..pos0 + n` over the caches
     /// `(capacity, kv_dim)`, scale `1/sqrt(head_dim)`: `(n, q_dim)`.
-    pub fn attention(&self, s: AttnShape, pos0: usize, q: &[f32], k_cache: &[f32], v_cache: &[f32]) -> Result<Vec<f32>, ShardError> {
+    pub fn attention(
+        &self,
+        s: AttnShape,
+        pos0: usize,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+    ) -> Result<Vec<f32>, ShardError> {
         let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
         let n = q.len() / q_dim.max(1);
         let ok = n > 0
@@ -329,12 +375,17 @@ impl Probe {
             && s.n_kv_heads > 0
             && s.n_heads.is_multiple_of(s.n_kv_heads);
         if !ok {
-            return Err(bad(format!("attention: q of {} floats, caches of {} floats from {pos0}", q.len(), k_cache.len())));
+            return Err(bad(format!(
+                "attention: q of {} floats, caches of {} floats from {pos0}",
+                q.len(),
+                k_cache.len()
+            )));
         }
         let pipe = self.pipeline(Kernel::Attention, None, vec![("HD", s.head_dim.to_string())]);
         let step = self.step(n, pos0, 0);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let params = Params8([s.n_heads as u32, s.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0]);
+        let params =
+            Params8([s.n_heads as u32, s.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0]);
         let params = self.ctx.uniform("attention", &params);
         let (qb, k, v) = (self.floats("q", q), self.floats("k", k_cache), self.floats("v", v_cache));
         let out = self.ctx.storage("att", (n * q_dim * 4) as u64);

@@ -50,7 +50,12 @@ impl GpuShard {
         }
         let params = StepParams { n_tok: 1, pos0: pos as u32, head_n: 1, head_row0: 0 };
         self.ctx.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
-        let dims = StepDims { n_tok: 1, head_n: 1, head_row0: 0, align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) };
+        let dims = StepDims {
+            n_tok: 1,
+            head_n: 1,
+            head_row0: 0,
+            align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16),
+        };
         let seq = &self.seqs.get(PROFILE_SEQ)?.kv;
         let kinds: Vec<(&'static str, Vec<&Dispatch>)> = vec![
             ("embed", self.embed.iter().collect()),

@@ -37,18 +37,18 @@ impl Default for GpuOptions {
 
 /// Device buffers for one step's activations, shared by all sequences.
 pub(super) struct Activations {
-    tokens: wgpu::Buffer,  // (max_step) u32
-    x: wgpu::Buffer,       // (max_step, dim) residual stream
-    qkv: wgpu::Buffer,     // (max_step, q_dim + 2 kv_dim)
-    q: wgpu::Buffer,       // (max_step, q_dim) after RoPE
-    att: wgpu::Buffer,     // (max_step, q_dim) attention output
-    h: wgpu::Buffer,       // (max_step, ffn_dim) SwiGLU output
-    logits: wgpu::Buffer,  // (max_step, vocab)
-    argmax: wgpu::Buffer,  // (max_step) u32
-    staging: wgpu::Buffer, // readback
-    dummy: wgpu::Buffer,   // bound where a kernel's optional storage input is unused
+    tokens: wgpu::Buffer,     // (max_step) u32
+    x: wgpu::Buffer,          // (max_step, dim) residual stream
+    qkv: wgpu::Buffer,        // (max_step, q_dim + 2 kv_dim)
+    q: wgpu::Buffer,          // (max_step, q_dim) after RoPE
+    att: wgpu::Buffer,        // (max_step, q_dim) attention output
+    h: wgpu::Buffer,          // (max_step, ffn_dim) SwiGLU output
+    logits: wgpu::Buffer,     // (max_step, vocab)
+    argmax: wgpu::Buffer,     // (max_step) u32
+    staging: wgpu::Buffer,    // readback
+    dummy: wgpu::Buffer,      // bound where a kernel's optional storage input is unused
     dummy_view: wgpu::Buffer, // bound where a kernel's optional uniform view is unused
-    groups: wgpu::Buffer,  // entry g (at g * align bytes) holds g: which token group a matmul dispatch serves
+    groups: wgpu::Buffer,     // entry g (at g * align bytes) holds g: which token group a matmul dispatch serves
 }
 
 pub(super) struct GpuLayer {
@@ -60,7 +60,7 @@ pub(super) struct GpuLayer {
 
 /// A sequence's KV cache (one buffer per layer) and the bind groups that read it.
 pub(super) struct GpuSeq {
-    pub(super) rope: Vec<Dispatch>, // per layer
+    pub(super) rope: Vec<Dispatch>,      // per layer
     pub(super) attention: Vec<Dispatch>, // per layer
     _kv: Vec<wgpu::Buffer>,
 }
@@ -83,7 +83,13 @@ pub struct GpuShard {
 
 impl GpuShard {
     /// Uploads the shard's weights (still quantized) and builds every pipeline it needs.
-    pub fn load(ctx: Arc<GpuContext>, g: &Gguf, cfg: &ModelConfig, spec: ShardSpec, opts: GpuOptions) -> Result<GpuShard, ShardError> {
+    pub fn load(
+        ctx: Arc<GpuContext>,
+        g: &Gguf,
+        cfg: &ModelConfig,
+        spec: ShardSpec,
+        opts: GpuOptions,
+    ) -> Result<GpuShard, ShardError> {
         let t = ShardTensors::resolve(g, cfg, spec)?;
         let c = cfg;
         let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
@@ -95,7 +101,10 @@ impl GpuShard {
             )));
         }
         if c.head_dim > 128 || !c.head_dim.is_multiple_of(4) {
-            return Err(ShardError::Gpu(format!("head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)", c.head_dim)));
+            return Err(ShardError::Gpu(format!(
+                "head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)",
+                c.head_dim
+            )));
         }
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
         let qkv_dim = q_dim + 2 * kv_dim;
@@ -167,15 +176,25 @@ impl GpuShard {
             let p = me.pipeline(Kernel::Embed, Some(em.ty), vec![]);
             let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, 0, 0, 0, 0, 0, 0]));
             let ch = &em.chunks[0];
-            let bg = bind_res(&ctx, &p, &[
-                Res::Buf(&me.step),
-                Res::Buf(&params),
-                Res::Buf(&me.act.tokens),
-                Res::Tex(&ch.scale),
-                Res::Tex(&ch.quant),
-                Res::Buf(&me.act.x),
-            ]);
-            me.embed = Some(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Embed { blocks: (c.dim / 32) as u32 }, weight_bytes: 0 });
+            let bg = bind_res(
+                &ctx,
+                &p,
+                &[
+                    Res::Buf(&me.step),
+                    Res::Buf(&params),
+                    Res::Buf(&me.act.tokens),
+                    Res::Tex(&ch.scale),
+                    Res::Tex(&ch.quant),
+                    Res::Buf(&me.act.x),
+                ],
+            );
+            me.embed = Some(Dispatch {
+                pipe: p,
+                gemv: None,
+                bind: bg,
+                grid: Grid::Embed { blocks: (c.dim / 32) as u32 },
+                weight_bytes: 0,
+            });
         }
 
         for lt in &t.layers {
@@ -200,17 +219,20 @@ impl GpuShard {
             let mut qkv = Vec::new();
             for (p, off) in parts {
                 let mat = GpuMatrix::concat(&ctx, g, &p, max_binding);
-                qkv.extend(me.matmul(&mat, MatmulIo {
-                    x: &me.act.x,
-                    y: &me.act.qkv,
-                    gamma: Some(&attn_norm),
-                    bias: bias.as_ref(),
-                    residual: false,
-                    swiglu: false,
-                    head: false,
-                    col_off: off,
-                    out_stride: qkv_dim,
-                })?);
+                qkv.extend(me.matmul(
+                    &mat,
+                    MatmulIo {
+                        x: &me.act.x,
+                        y: &me.act.qkv,
+                        gamma: Some(&attn_norm),
+                        bias: bias.as_ref(),
+                        residual: false,
+                        swiglu: false,
+                        head: false,
+                        col_off: off,
+                        out_stride: qkv_dim,
+                    },
+                )?);
             }
             if lt.w_gate.ty != lt.w_up.ty {
                 return Err(ShardError::Gpu(format!("{} and {} have different types", lt.w_gate.name, lt.w_up.name)));
@@ -219,17 +241,20 @@ impl GpuShard {
             let gate_up = GpuMatrix::pair(&ctx, g, &lt.w_gate, &lt.w_up, max_binding);
             let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
             let o = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim))?;
-            let gate_up = me.matmul(&gate_up, MatmulIo {
-                x: &me.act.x,
-                y: &me.act.h,
-                gamma: Some(&ffn_norm),
-                bias: None,
-                residual: false,
-                swiglu: true,
-                head: false,
-                col_off: 0,
-                out_stride: c.ffn_dim,
-            })?;
+            let gate_up = me.matmul(
+                &gate_up,
+                MatmulIo {
+                    x: &me.act.x,
+                    y: &me.act.h,
+                    gamma: Some(&ffn_norm),
+                    bias: None,
+                    residual: false,
+                    swiglu: true,
+                    head: false,
+                    col_off: 0,
+                    out_stride: c.ffn_dim,
+                },
+            )?;
             let down = me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim))?;
             me.layers.push(GpuLayer { qkv, o, gate_up, down });
         }
@@ -244,17 +269,20 @@ impl GpuShard {
                     &own
                 }
             };
-            me.head = me.matmul(head, MatmulIo {
-                x: &me.act.x,
-                y: &me.act.logits,
-                gamma: Some(&norm),
-                bias: None,
-                residual: false,
-                swiglu: false,
-                head: true,
-                col_off: 0,
-                out_stride: c.vocab,
-            })?;
+            me.head = me.matmul(
+                head,
+                MatmulIo {
+                    x: &me.act.x,
+                    y: &me.act.logits,
+                    gamma: Some(&norm),
+                    bias: None,
+                    residual: false,
+                    swiglu: false,
+                    head: true,
+                    col_off: 0,
+                    out_stride: c.vocab,
+                },
+            )?;
             let p = me.pipeline(Kernel::Argmax, None, vec![]);
             let params = ctx.uniform("argmax", &Params8([c.vocab as u32, 0, 0, 0, 0, 0, 0, 0]));
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.logits, &me.act.argmax]);
@@ -266,14 +294,22 @@ impl GpuShard {
         Ok(me)
     }
 
-    fn pipeline(&self, kernel: Kernel, quant: Option<crate::quant::GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
+    fn pipeline(
+        &self,
+        kernel: Kernel,
+        quant: Option<crate::quant::GgmlType>,
+        consts: Vec<(&'static str, String)>,
+    ) -> Arc<Pipeline> {
         self.ctx.pipeline(&PipelineKey { kernel, quant, consts, entry: "main" })
     }
 
     /// One dispatch per chunk of `mat`.
     fn matmul(&self, mat: &GpuMatrix, io: MatmulIo<'_>) -> Result<Vec<Dispatch>, ShardError> {
-        let group_tokens = group_tokens(mat.cols as u64, self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64)
-            .ok_or_else(|| ShardError::Gpu(format!("rows of {} floats do not fit a 64 KiB uniform view", mat.cols)))?;
+        let group_tokens =
+            group_tokens(mat.cols as u64, self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64)
+                .ok_or_else(|| {
+                    ShardError::Gpu(format!("rows of {} floats do not fit a 64 KiB uniform view", mat.cols))
+                })?;
         let flag = |b: bool| b.to_string();
         let mut key = PipelineKey {
             kernel: Kernel::Matmul,
@@ -289,7 +325,8 @@ impl GpuShard {
         let p = self.ctx.pipeline(&key);
         key.entry = "gemv";
         let gemv = self.ctx.pipeline(&key);
-        Ok(mat.chunks
+        Ok(mat
+            .chunks
             .iter()
             .map(|ch| {
                 let out_rows = if io.swiglu { ch.rows / 2 } else { ch.rows };
@@ -308,17 +345,21 @@ impl GpuShard {
                 let ub = self.ctx.uniform("matmul", &params);
                 let gamma = io.gamma.unwrap_or(&self.act.dummy_view);
                 let bias = io.bias.unwrap_or(&self.act.dummy);
-                let bg = bind_res(&self.ctx, &p, &[
-                    Res::Buf(&self.step),
-                    Res::Buf(&ub),
-                    Res::View(io.x, UNIFORM_VIEW_BYTES),
-                    Res::Tex(&ch.scale),
-                    Res::Tex(&ch.quant),
-                    Res::View(gamma, UNIFORM_VIEW_BYTES),
-                    Res::Buf(bias),
-                    Res::Buf(io.y),
-                    Res::View(&self.act.groups, 16),
-                ]);
+                let bg = bind_res(
+                    &self.ctx,
+                    &p,
+                    &[
+                        Res::Buf(&self.step),
+                        Res::Buf(&ub),
+                        Res::View(io.x, UNIFORM_VIEW_BYTES),
+                        Res::Tex(&ch.scale),
+                        Res::Tex(&ch.quant),
+                        Res::View(gamma, UNIFORM_VIEW_BYTES),
+                        Res::Buf(bias),
+                        Res::Buf(io.y),
+                        Res::View(&self.act.groups, 16),
+                    ],
+                );
                 let grid = Grid::Matmul { rows: out_rows as u32, head: io.head, group_tokens, k: mat.cols as u32 };
                 let weight_bytes = (ch.rows * mat.ty.row_bytes(mat.cols)) as u64;
                 Dispatch { pipe: p.clone(), gemv: Some(gemv.clone()), bind: bg, grid, weight_bytes }
@@ -347,7 +388,12 @@ impl GpuShard {
     }
 
     /// Runs `n` positions of `seq` in one submit; reads back `read` bytes of the result buffer.
-    fn step(&mut self, seq: SeqId, input: ShardInput<'_>, head: Option<HeadOutput>) -> Result<Option<Vec<u8>>, ShardError> {
+    fn step(
+        &mut self,
+        seq: SeqId,
+        input: ShardInput<'_>,
+        head: Option<HeadOutput>,
+    ) -> Result<Option<Vec<u8>>, ShardError> {
         let s = self.seqs.get(seq)?;
         let n = match input {
             ShardInput::Tokens(t) => t.len(),
@@ -358,7 +404,8 @@ impl GpuShard {
             Some(_) => (1, n - 1),
             None => (0, 0),
         };
-        let params = StepParams { n_tok: n as u32, pos0: s.len as u32, head_n: head_n as u32, head_row0: head_row0 as u32 };
+        let params =
+            StepParams { n_tok: n as u32, pos0: s.len as u32, head_n: head_n as u32, head_row0: head_row0 as u32 };
         let q = &self.ctx.queue;
         q.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
         match input {
@@ -367,7 +414,8 @@ impl GpuShard {
         }
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("shard"), timestamp_writes: None });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("shard"), timestamp_writes: None });
             let dims = StepDims {
                 n_tok: n as u32,
                 head_n: head_n as u32,
@@ -460,9 +508,21 @@ impl Shard for GpuShard {
             let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
             let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
             let bg = bind(&self.ctx, &rope, &[&self.step, &self.rope_params, &self.act.qkv, &self.act.q, &k, &v]);
-            s.rope.push(Dispatch { pipe: rope.clone(), gemv: None, bind: bg, grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 }, weight_bytes: 0 });
+            s.rope.push(Dispatch {
+                pipe: rope.clone(),
+                gemv: None,
+                bind: bg,
+                grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 },
+                weight_bytes: 0,
+            });
             let bg = bind(&self.ctx, &att, &[&self.step, &self.att_params, &self.act.q, &k, &v, &self.act.att]);
-            s.attention.push(Dispatch { pipe: att.clone(), gemv: None, bind: bg, grid: Grid::Attention { heads: c.n_heads as u32 }, weight_bytes: 0 });
+            s.attention.push(Dispatch {
+                pipe: att.clone(),
+                gemv: None,
+                bind: bg,
+                grid: Grid::Attention { heads: c.n_heads as u32 },
+                weight_bytes: 0,
+            });
             s._kv.extend([k, v]);
         }
         self.ctx.check()?;

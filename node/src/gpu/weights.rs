@@ -101,7 +101,8 @@ impl GpuMatrix {
         let (ty, cols) = (parts[0].ty, parts[0].cols() as usize);
         let all: Vec<&[u8]> = parts.iter().flat_map(|t| (0..t.rows() as usize).map(move |r| row(g, t, r))).collect();
         let per = rows_per_chunk(ctx, ty, cols, max_chunk_bytes);
-        let chunks = all.chunks(per).enumerate().map(|(i, rows)| upload(ctx, &parts[0].name, ty, cols, rows, i * per)).collect();
+        let chunks =
+            all.chunks(per).enumerate().map(|(i, rows)| upload(ctx, &parts[0].name, ty, cols, rows, i * per)).collect();
         GpuMatrix { ty, cols, rows: all.len(), chunks }
     }
 
@@ -134,7 +135,12 @@ fn upload(ctx: &GpuContext, name: &str, ty: GgmlType, cols: usize, rows: &[&[u8]
         let one = Extent { width: 1, height: 1, layers: 1 };
         ctx.texture_u32(&format!("{name}/scale"), wgpu::TextureFormat::R32Uint, one, &[0])
     } else {
-        ctx.texture_u32(&format!("{name}/scale"), wgpu::TextureFormat::R32Uint, Extent { height: cols / 32, ..ext }, &scale)
+        ctx.texture_u32(
+            &format!("{name}/scale"),
+            wgpu::TextureFormat::R32Uint,
+            Extent { height: cols / 32, ..ext },
+            &scale,
+        )
     };
     Chunk { rows: rows.len(), row_start, scale: s, quant: q, bytes: (scale.len() + quant.len()) as u64 * 4 }
 }
@@ -152,7 +158,9 @@ mod tests {
             let (gb, sb, v) = layout(ty);
             let cols = 96;
             let rows: Vec<Vec<u8>> = (0..7)
-                .map(|r| quantize_row(ty, &(0..cols).map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0).collect::<Vec<_>>()))
+                .map(|r| {
+                    quantize_row(ty, &(0..cols).map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0).collect::<Vec<_>>())
+                })
                 .collect();
             let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
             let (scale, quant, ext) = repack(ty, cols, &refs, 3);

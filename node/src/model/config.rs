@@ -47,7 +47,8 @@ impl ModelConfig {
         let n_layers = g.get_u64(&key("block_count"))? as usize;
         let dim = g.get_u64(&key("embedding_length"))? as usize;
         let n_heads = g.get_u64(&key("attention.head_count"))? as usize;
-        let n_kv_heads = g.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(n_heads as u64) as usize;
+        let n_kv_heads =
+            g.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(n_heads as u64) as usize;
         let ffn_dim = g.get_u64(&key("feed_forward_length"))? as usize;
         let context = g.get_u64(&key("context_length"))? as usize;
         let rms_eps = g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;

@@ -12,18 +12,18 @@ pub type Matrix = TensorInfo;
 /// The tensors of one transformer layer.
 #[derive(Debug, Clone)]
 pub struct LayerTensors {
-    pub attn_norm: TensorInfo, // (dim)
-    pub wq: Matrix,            // (n_heads * head_dim, dim)
-    pub wk: Matrix,            // (kv_dim, dim)
-    pub wv: Matrix,            // (kv_dim, dim)
+    pub attn_norm: TensorInfo,  // (dim)
+    pub wq: Matrix,             // (n_heads * head_dim, dim)
+    pub wk: Matrix,             // (kv_dim, dim)
+    pub wv: Matrix,             // (kv_dim, dim)
     pub bq: Option<TensorInfo>, // (n_heads * head_dim)
     pub bk: Option<TensorInfo>, // (kv_dim)
     pub bv: Option<TensorInfo>, // (kv_dim)
-    pub wo: Matrix,            // (dim, n_heads * head_dim)
-    pub ffn_norm: TensorInfo,  // (dim)
-    pub w_gate: Matrix,        // (ffn_dim, dim)
-    pub w_up: Matrix,          // (ffn_dim, dim)
-    pub w_down: Matrix,        // (dim, ffn_dim)
+    pub wo: Matrix,             // (dim, n_heads * head_dim)
+    pub ffn_norm: TensorInfo,   // (dim)
+    pub w_gate: Matrix,         // (ffn_dim, dim)
+    pub w_up: Matrix,           // (ffn_dim, dim)
+    pub w_down: Matrix,         // (dim, ffn_dim)
 }
 
 /// Every tensor a shard reads.
@@ -56,12 +56,19 @@ impl ShardTensors {
             let t = g.info(name)?;
             check(t, &[n])?;
             if t.ty != crate::quant::GgmlType::F32 {
-                return Err(GgufError::UnsupportedType { tensor: name.into(), ty: format!("{:?} (norms and biases must be F32)", t.ty) });
+                return Err(GgufError::UnsupportedType {
+                    tensor: name.into(),
+                    ty: format!("{:?} (norms and biases must be F32)", t.ty),
+                });
             }
             Ok(t.clone())
         };
         let optional = |name: &str, n: usize| -> Result<Option<TensorInfo>, GgufError> {
-            if g.has(name) { vector(name, n).map(Some) } else { Ok(None) }
+            if g.has(name) {
+                vector(name, n).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let mut layers = Vec::with_capacity(spec.n_layers() as usize);
         for l in spec.layer_start..spec.layer_end {

@@ -12,7 +12,8 @@ pub const REFERENCE_ARGMAX: [u32; 11] = [29, 260, 655, 28, 260, 436, 253, 1165, 
 
 /// The real SmolLM2 model. Fails (never skips) when it is missing: run `bash scripts/setup.sh`.
 pub fn smollm2() -> (Gguf, ModelConfig) {
-    let path = std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model);
+    let path =
+        std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model);
     edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
     let g = Gguf::open(&path).unwrap();
     let cfg = ModelConfig::from_gguf(&g).unwrap();
