@@ -5,6 +5,7 @@
 //! - [`gguf`]: memory-mapped GGUF reader (metadata, tensor infos, zero-copy tensor data).
 //! - [`quant`]: GGML block formats: geometry, row dequantization, reference quantizers.
 //! - [`model`]: hyper-parameters from metadata and the tensors each shard needs.
+//! - [`net`]: cluster networking over libp2p (identity, cluster key, event loop, peer table).
 //! - [`shard`]: the [`shard::Shard`] trait every backend implements: a layer range serving many sequences.
 //! - [`cpu`]: the CPU reference forward pass, the oracle for every kernel and distributed run.
 //! - [`gpu`]: the wgpu executor: WGSL kernels from `shaders/`, weights kept in their quantized blocks.
@@ -13,6 +14,7 @@
 //! - [`generate`]: the generation loop over a chain of shards, with timing.
 //! - [`bench`]: the `edge-node bench` measurements.
 //! - [`commands`]: the `generate` and `info` subcommands (the binary only parses arguments).
+//! - [`serve`]: `edge-node init` and `serve`: a device joins the cluster and advertises what it can do.
 //! - [`setup`]: where models live and the errors that tell a user how to fetch them.
 
 pub mod backend;
@@ -24,8 +26,10 @@ pub mod gguf;
 pub mod gguf_writer;
 pub mod gpu;
 pub mod model;
+pub mod net;
 pub mod quant;
 pub mod sampler;
+pub mod serve;
 pub mod setup;
 pub mod shard;
 pub mod tokenizer;

@@ -18,6 +18,10 @@ enum Command {
     Bench(edge_node::bench::BenchArgs),
     /// Describe a model file.
     Info(edge_node::commands::InfoArgs),
+    /// Create this node's identity and a cluster key (or store a given one), and print them.
+    Init(edge_node::serve::InitArgs),
+    /// Join the cluster: discover peers, advertise this device's capabilities, serve until Ctrl-C.
+    Serve(edge_node::serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,5 +31,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => edge_node::commands::generate(a),
         Command::Bench(a) => edge_node::bench::run(a),
         Command::Info(a) => edge_node::commands::info(a),
+        Command::Init(a) => edge_node::serve::init(a),
+        Command::Serve(a) => edge_node::serve::serve(a),
     })
 }

@@ -192,6 +192,59 @@ impl Probe {
         x: &[f32],
         o: MatmulOpts<'_>,
     ) -> Result<(Vec<f32>, usize), ShardError> {
+        self.matmul_with(ty, rows, cols, weights, x, o, |d, n, y| {
+            let out = self.run(d, n, 0, &[y])?;
+            Ok(to_f32(&out[0], n * rows))
+        })
+    }
+
+    /// Seconds per run of a matmul, its dispatches recorded `reps` times in one submit after a warm-up run
+    /// (the self-benchmark a node advertises; [`Probe::matmul`] checks the same dispatches' results).
+    pub fn time_matmul(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        weights: &[u8],
+        x: &[f32],
+        o: MatmulOpts<'_>,
+        reps: u32,
+    ) -> Result<f64, ShardError> {
+        let (secs, _) = self.matmul_with(ty, rows, cols, weights, x, o, |d, n, _| {
+            let dims = StepDims { n_tok: n as u32, head_n: 0, head_row0: 0, align: self.align() };
+            let run = |reps: u32| -> Result<f64, ShardError> {
+                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..reps {
+                        d.iter().for_each(|d| d.record(&mut pass, dims));
+                    }
+                }
+                let t = std::time::Instant::now();
+                self.ctx.submit(enc);
+                self.ctx.wait()?;
+                self.ctx.check()?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            run(1)?;
+            Ok(run(reps.max(1))? / reps.max(1) as f64)
+        })?;
+        Ok(secs)
+    }
+
+    /// Builds a matmul's dispatches (as `GpuShard::matmul` does) and hands them, the token count and the output
+    /// buffer to `run`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_with<R>(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        weights: &[u8],
+        x: &[f32],
+        o: MatmulOpts<'_>,
+        run: impl FnOnce(&[Dispatch], usize, &wgpu::Buffer) -> Result<R, ShardError>,
+    ) -> Result<(R, usize), ShardError> {
         let n = x.len() / cols.max(1);
         if n == 0 || x.len() != n * cols {
             return Err(bad(format!("x has {} floats, not a positive multiple of {cols}", x.len())));
@@ -277,8 +330,7 @@ impl Probe {
                 Dispatch { pipe: pipe.clone(), gemv: gemv.clone(), bind, grid, weight_bytes }
             })
             .collect();
-        let out = self.run(&dispatches, n, 0, &[&y])?;
-        Ok((to_f32(&out[0], n * rows), mat.chunks.len()))
+        Ok((run(&dispatches, n, &y)?, mat.chunks.len()))
     }
 
     /// Embedding rows of `tokens` from a `(rows, cols)` table of GGML bytes: `(tokens, cols)`.

@@ -127,3 +127,57 @@ pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64, reps: u32) -> Result<f64, Sh
     let secs = run(reps)?;
     Ok(bytes as f64 * reps as f64 / secs / 1e9)
 }
+
+/// What a node measures about its device at start: GEMV bandwidth on a Q4_1 matrix the size of a large layer
+/// projection, and the cost of one (tiny) dispatch. Cached in the node's data directory per adapter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SelfBench {
+    pub adapter: String,
+    pub runtime: String,
+    pub gemv_gbps: f32,
+    pub dispatch_us: f32,
+}
+
+fn bench_matrix(rows: usize, cols: usize) -> Vec<u8> {
+    let row: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    (0..rows).flat_map(|_| crate::quant::quantize_row(crate::quant::GgmlType::Q4_1, &row)).collect()
+}
+
+/// Measures this GPU (a few hundred milliseconds, most of it pipeline compiles).
+pub fn self_benchmark(ctx: &std::sync::Arc<GpuContext>) -> Result<SelfBench, ShardError> {
+    use crate::quant::GgmlType;
+    let probe = super::probe::Probe::with_context(ctx.clone());
+    let (rows, cols) = (4096, 1024);
+    let w = bench_matrix(rows, cols);
+    let x = vec![0.5f32; cols];
+    let secs = probe.time_matmul(GgmlType::Q4_1, rows, cols, &w, &x, Default::default(), 20)?;
+    let tiny = bench_matrix(32, 32);
+    let dispatch = probe.time_matmul(GgmlType::Q4_1, 32, 32, &tiny, &x[..32], Default::default(), 200)?;
+    Ok(SelfBench {
+        adapter: ctx.describe(),
+        runtime: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
+        gemv_gbps: (GgmlType::Q4_1.row_bytes(cols) * rows) as f32 / secs as f32 / 1e9,
+        dispatch_us: dispatch as f32 * 1e6,
+    })
+}
+
+/// The same measurement for the CPU reference backend (no dispatches).
+pub fn self_benchmark_cpu() -> SelfBench {
+    use crate::quant::GgmlType;
+    let (rows, cols) = (4096, 1024);
+    let w = bench_matrix(rows, cols);
+    let x = vec![0.5f32; cols];
+    let mut y = vec![0.0f32; rows];
+    crate::cpu::matvec_bytes(GgmlType::Q4_1, &w, cols, &x, &mut y);
+    let t = Instant::now();
+    for _ in 0..5 {
+        crate::cpu::matvec_bytes(GgmlType::Q4_1, &w, cols, &x, &mut y);
+    }
+    let secs = t.elapsed().as_secs_f64() / 5.0;
+    SelfBench {
+        adapter: "cpu reference".into(),
+        runtime: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
+        gemv_gbps: w.len() as f32 / secs as f32 / 1e9,
+        dispatch_us: 0.0,
+    }
+}

@@ -1,0 +1,285 @@
+//! The event loop: the only owner of the Swarm (rust-libp2p's file-sharing example). It answers the control
+//! protocol for this member, keeps the peer table, dials the configured peers again with backoff, and serves
+//! the [`super::Client`]'s commands, which arrive on a bounded channel with a oneshot for the reply.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use edge_protocol::capability::SignedCapabilities;
+use edge_protocol::control::{ControlRequest, ControlResponse, PeerInfo};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::peers::{PeerSnapshot, PeerTable};
+use super::swarm::{Behaviour, BehaviourEvent, PING_INTERVAL, PING_TIMEOUT};
+use super::NetError;
+
+/// A peer that answered nothing for this long is dropped from the live view and disconnected.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(PING_TIMEOUT.as_secs() + PING_INTERVAL.as_secs() + 1);
+
+pub(super) enum Command {
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetError>> },
+    Peers { reply: oneshot::Sender<Vec<PeerSnapshot>> },
+    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    Request { peer: PeerId, req: ControlRequest, reply: oneshot::Sender<Result<ControlResponse, NetError>> },
+    SetCapabilities { caps: SignedCapabilities },
+}
+
+/// An address to keep dialing, with exponential backoff while it fails.
+struct Redial {
+    addr: Multiaddr,
+    /// The peer behind it, once known (from a `/p2p/` suffix or the first connection).
+    peer: Option<PeerId>,
+    next: Instant,
+    delay: Duration,
+}
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    peers: PeerTable,
+    /// Requests sent for a client, and capability requests this loop sends by itself.
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<ControlResponse, NetError>>>,
+    auto_caps: HashMap<OutboundRequestId, PeerId>,
+    my_caps: Option<SignedCapabilities>,
+    allow: Option<HashSet<PeerId>>,
+    redial: Vec<Redial>,
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        caps: Option<SignedCapabilities>,
+        allow: Option<HashSet<PeerId>>,
+        bootstrap: Vec<Multiaddr>,
+    ) -> EventLoop {
+        let now = Instant::now();
+        let redial = bootstrap
+            .into_iter()
+            .map(|addr| Redial { peer: peer_of(&addr), addr, next: now, delay: Duration::from_millis(500) })
+            .collect();
+        EventLoop {
+            swarm,
+            commands,
+            peers: PeerTable::default(),
+            pending: HashMap::new(),
+            auto_caps: HashMap::new(),
+            my_caps: caps,
+            allow,
+            redial,
+        }
+    }
+
+    /// Runs until `shutdown` turns true or every [`super::Client`] is dropped.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for r in &mut self.redial {
+            if r.next > now {
+                continue;
+            }
+            if !r.peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                if let Err(e) = self.swarm.dial(r.addr.clone()) {
+                    tracing::debug!(addr = %r.addr, cause = %e, "dial failed");
+                }
+                r.delay = (r.delay * 2).min(Duration::from_secs(10));
+            } else {
+                r.delay = Duration::from_millis(500);
+            }
+            r.next = now + r.delay;
+        }
+        for peer in self.peers.stalled(LIVENESS_TIMEOUT) {
+            tracing::info!(%peer, "peer stopped answering; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { addr, reply } => {
+                let _ = reply.send(self.swarm.dial(addr).map_err(|e| NetError::Dial(e.to_string())));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peers.snapshot(LIVENESS_TIMEOUT));
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Request { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().control.send_request(&peer, req);
+                self.pending.insert(id, reply);
+            }
+            Command::SetCapabilities { caps } => self.my_caps = Some(caps),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let me = *self.swarm.local_peer_id();
+                tracing::info!(%address, "listening on {address}/p2p/{me}");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                if self.allow.as_ref().is_some_and(|a| !a.contains(&peer_id)) {
+                    tracing::warn!(peer = %peer_id, "peer is not on the allowlist; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                let e = self.peers.entry(peer_id);
+                e.connections = num_established.get() as usize;
+                e.last_seen = Instant::now();
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address();
+                    self.peers.add_addr(peer_id, addr.clone());
+                    for r in self.redial.iter_mut().filter(|r| r.peer.is_none() && &r.addr == addr) {
+                        r.peer = Some(peer_id);
+                    }
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, "connected");
+                    let id = self.swarm.behaviour_mut().control.send_request(&peer_id, ControlRequest::Capabilities);
+                    self.auto_caps.insert(id, peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                let e = self.peers.entry(peer_id);
+                e.connections = num_established as usize;
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, "disconnected");
+                    e.caps = None;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                // Without the cluster key the pnet handshake fails here.
+                tracing::info!(from = %send_back_addr, cause = %error, "refused an incoming connection");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for addr in info.listen_addrs.into_iter().take(16) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    self.peers.add_addr(peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => match result {
+                Ok(rtt) => {
+                    self.peers.seen(peer);
+                    self.peers.entry(peer).rtt = Some(rtt);
+                }
+                Err(e) => tracing::debug!(%peer, cause = %e, "ping failed"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        tracing::info!(%peer, %addr, "discovered by mDNS");
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => self.on_control(e),
+            _ => {}
+        }
+    }
+
+    fn on_control(&mut self, event: request_response::Event<ControlRequest, ControlResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.peers.seen(peer);
+                let response = self.answer(request);
+                if self.swarm.behaviour_mut().control.send_response(channel, response).is_err() {
+                    tracing::debug!(%peer, "response not sent: the peer went away");
+                }
+            }
+            Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                self.peers.seen(peer);
+                if let Some(p) = self.auto_caps.remove(&request_id) {
+                    self.store_caps(p, response);
+                } else if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.auto_caps.remove(&request_id);
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request(format!("{peer}: {error}"))));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, cause = %error, "inbound control request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn store_caps(&mut self, peer: PeerId, response: ControlResponse) {
+        match response {
+            ControlResponse::Capabilities(signed) => match signed.verify(&peer) {
+                Ok(caps) => {
+                    tracing::info!(%peer, adapter = %caps.adapter, "capabilities received");
+                    self.peers.entry(peer).caps = Some((caps, signed));
+                }
+                Err(e) => tracing::warn!(%peer, cause = %e, "rejected a capability record"),
+            },
+            // A coordinator or client has no record to give.
+            ControlResponse::Error(e) => tracing::debug!(%peer, reason = %e, "peer has no capability record"),
+            _ => tracing::warn!(%peer, "unexpected answer to a capability request"),
+        }
+    }
+
+    fn answer(&self, request: ControlRequest) -> ControlResponse {
+        if let Err(e) = request.validate() {
+            return ControlResponse::Error(e.to_string());
+        }
+        match request {
+            ControlRequest::Capabilities => match &self.my_caps {
+                Some(c) => ControlResponse::Capabilities(c.clone()),
+                None => ControlResponse::Error("this member runs no shards".into()),
+            },
+            ControlRequest::Peers => ControlResponse::Peers(
+                self.peers
+                    .live(LIVENESS_TIMEOUT)
+                    // 100 records at the 128 KiB bound stay under the 16 MiB response limit.
+                    .take(100)
+                    .map(|(p, s)| PeerInfo {
+                        peer_id: p.to_string(),
+                        addrs: s.addrs.iter().map(|a| a.to_string()).collect(),
+                        capabilities: s.caps.as_ref().map(|c| c.1.clone()),
+                        rtt_us: s.rtt.map(|d| d.as_micros().min(u32::MAX as u128) as u32),
+                    })
+                    .collect(),
+            ),
+            ControlRequest::Probe { reply_bytes, .. } => {
+                ControlResponse::Probe { payload: vec![0; reply_bytes as usize] }
+            }
+        }
+    }
+}
+
+/// The peer id in a `/p2p/...` suffix.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}

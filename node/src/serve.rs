@@ -1,0 +1,197 @@
+//! `edge-node init` and `edge-node serve`: a device joins the cluster. `serve` measures the device once (cached),
+//! signs its capability record, and runs the network until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use edge_protocol::capability::{Capabilities, SignedCapabilities};
+use libp2p::{Multiaddr, PeerId};
+
+use crate::backend::Backend;
+use crate::gpu::profile::{self_benchmark, self_benchmark_cpu, SelfBench};
+use crate::net::{self, keys, NetConfig};
+
+/// Where a node keeps its identity, cluster key and caches: `$EDGE_DATA_DIR`, else
+/// `$XDG_DATA_HOME/edge-infer/node`, else `~/.local/share/edge-infer/node`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EDGE_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("edge-infer").join("node")
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Data directory (identity, cluster key, caches) [default: ~/.local/share/edge-infer/node]
+    #[arg(long, env = "EDGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The cluster key (64 hex digits) [default: DATA_DIR/cluster.key]
+    #[arg(long, env = "EDGE_CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+}
+
+impl ClusterArgs {
+    pub fn dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `edge-node init`: creates the node identity and, unless one is given or stored, a new cluster key; prints both.
+pub fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let dir = args.cluster.dir();
+    let id = keys::load_or_create_identity(&dir)?;
+    let key = match keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir) {
+        Ok(k) => k,
+        Err(keys::KeyError::NoClusterKey(_)) => keys::new_cluster_key(),
+        Err(e) => return Err(e.into()),
+    };
+    let path = keys::save_cluster_key(&key, &dir)?;
+    println!("data dir     {}", dir.display());
+    println!("peer id      {}", id.public().to_peer_id());
+    println!("cluster key  {}", keys::cluster_key_hex(&key));
+    println!("(saved in {}; give the same key to every member with --cluster-key or its own init)", path.display());
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Address to listen on (repeatable).
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    pub listen: Vec<Multiaddr>,
+    /// A peer to dial and keep dialing, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable).
+    #[arg(long)]
+    pub peer: Vec<Multiaddr>,
+    /// Do not discover peers with mDNS (it never works on loopback anyway).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Only these peers may stay connected (repeatable; default: anyone holding the cluster key).
+    #[arg(long)]
+    pub allow: Vec<PeerId>,
+    /// Compute backend this node offers.
+    #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
+    pub backend: Backend,
+    /// Bytes available for weights and KV cache [default: the memory the system reports as available].
+    #[arg(long)]
+    pub memory: Option<u64>,
+}
+
+/// Memory the system reports as available (Linux `MemAvailable`), or 0 when unknown.
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024))
+        })
+        .unwrap_or(0)
+}
+
+/// The device measurement, from the cache in `dir` when it was made for this adapter and runtime.
+fn measure(dir: &std::path::Path, backend: Backend) -> anyhow::Result<(SelfBench, String)> {
+    let (bench, device_type) = match backend {
+        Backend::Cpu => (None, "Cpu".to_string()),
+        Backend::Wgpu => {
+            let ctx = crate::gpu::GpuContext::new()?;
+            let cache = dir.join("selfbench.json");
+            let cached: Option<SelfBench> =
+                std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|b: &SelfBench| {
+                    b.adapter == ctx.describe() && b.runtime == format!("edge-node/{}", env!("CARGO_PKG_VERSION"))
+                });
+            let b = match cached {
+                Some(b) => b,
+                None => {
+                    let b = self_benchmark(&ctx)?;
+                    let _ = std::fs::write(&cache, serde_json::to_vec_pretty(&b)?);
+                    b
+                }
+            };
+            (Some(b), format!("{:?}", ctx.info.device_type))
+        }
+    };
+    Ok((bench.unwrap_or_else(self_benchmark_cpu), device_type))
+}
+
+/// `edge-node serve`: joins the cluster and serves until Ctrl-C or SIGTERM.
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let dir = args.cluster.dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let identity = keys::load_or_create_identity(&dir)?;
+    let cluster_key = keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;
+    let (bench, device_type) = measure(&dir, args.backend)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let allow = (!args.allow.is_empty()).then(|| args.allow.iter().copied().collect());
+        let cfg = NetConfig {
+            identity: identity.clone(),
+            cluster_key,
+            listen: args.listen.clone(),
+            bootstrap: args.peer.clone(),
+            mdns: !args.no_mdns,
+            allow,
+            capabilities: None,
+        };
+        let (client, event_loop) = net::new(cfg)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(event_loop.run(stop_rx));
+
+        // Wait (bounded) for the listeners, then advertise them in the signed record.
+        let mut addrs = Vec::new();
+        for _ in 0..50 {
+            addrs = client.listen_addrs().await?;
+            if !addrs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let me = client.peer_id();
+        let caps = Capabilities {
+            peer_id: me.to_string(),
+            version: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64),
+            agent: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
+            adapter: bench.adapter.clone(),
+            device_type,
+            backend: format!("{:?}", args.backend).to_lowercase(),
+            memory_bytes: args.memory.unwrap_or_else(available_memory),
+            gemv_gbps: bench.gemv_gbps,
+            dispatch_us: bench.dispatch_us,
+            shards: Vec::new(),
+            load: 0,
+            listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        };
+        client.set_capabilities(SignedCapabilities::sign(&caps, &identity)?).await?;
+        for a in &addrs {
+            println!("listening {a}/p2p/{me}");
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        eprintln!(
+            "edge-node {me}: {} ({}), GEMV {:.2} GB/s, dispatch {:.0} us; Ctrl-C to stop",
+            caps.adapter, caps.backend, caps.gemv_gbps, caps.dispatch_us
+        );
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,163 @@
+//! A cluster of real processes on 127.0.0.1 (explicit dials: mDNS never runs on loopback): three `edge-node serve`
+//! members and the coordinator CLI. Every process is killed when its guard drops, also when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A child process killed (and reaped) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps; the binaries sit one level up.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} not built (run the workspace tests: cargo test --release --workspace)", path.display());
+    path
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edge-cluster-{}-{tag}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
+}
+
+fn new_key() -> String {
+    edge_node::net::keys::cluster_key_hex(&edge_node::net::keys::new_cluster_key())
+}
+
+/// A member started with `edge-node serve`; `addr` ends in `/p2p/<peer id>`.
+struct Node {
+    proc: Proc,
+    addr: String,
+    peer_id: String,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_node(key: &str, peers: &[&str]) -> Node {
+    let dir = temp_dir("node");
+    let mut cmd = Command::new(bin("edge-node"));
+    cmd.args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--backend", "cpu", "--memory", "1000000000"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("EDGE_CLUSTER_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for p in peers {
+        cmd.args(["--peer", p]);
+    }
+    let mut child = cmd.spawn().expect("start edge-node serve");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    // Read the first "listening" line on a thread so the wait is bounded.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("edge-node printed no listening address in 60 s");
+    let peer_id = addr.rsplit('/').next().unwrap().to_string();
+    Node { proc, addr, peer_id, _dir: TempDir(dir) }
+}
+
+/// `edge-coord peers --json` from `peer` with `key`: the members it lists.
+fn coord_peers(key: &str, peer: &str, wait: f64) -> Vec<serde_json::Value> {
+    let dir = TempDir(temp_dir("coord"));
+    let out = Command::new(bin("edge-coord"))
+        .args(["peers", "--json", "--no-mdns", "--peer", peer, "--wait", &wait.to_string()])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("EDGE_CLUSTER_KEY", key)
+        .output()
+        .expect("run edge-coord peers");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("peers --json prints a list")
+}
+
+fn ids(members: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> = members.iter().map(|m| m["peer_id"].as_str().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_nodes_and_a_coordinator_form_a_cluster() {
+    let key = new_key();
+    let a = start_node(&key, &[]);
+    let b = start_node(&key, &[&a.addr]);
+    let c = start_node(&key, &[&a.addr]);
+    // The coordinator knows only `a`; it learns `b` and `c` from a's peer list.
+    let members = coord_peers(&key, &a.addr, 4.0);
+    let mut want = vec![a.peer_id.clone(), b.peer_id.clone(), c.peer_id.clone()];
+    want.sort();
+    assert_eq!(ids(&members), want, "{members:#?}");
+    for m in &members {
+        let caps = &m["capabilities"];
+        assert_eq!(caps["peer_id"], m["peer_id"], "the signed record names its sender");
+        assert_eq!(caps["backend"], "cpu");
+        assert_eq!(caps["memory_bytes"], 1_000_000_000u64);
+        assert!(caps["gemv_gbps"].as_f64().unwrap() > 0.0, "measured at start: {caps}");
+        assert!(m["rtt_us"].as_u64().is_some(), "ping measured the link: {m}");
+        assert!(m["bandwidth_mbps"].as_f64().unwrap() > 0.0, "probe measured the link: {m}");
+    }
+}
+
+#[test]
+fn a_member_without_the_cluster_key_is_refused() {
+    let key = new_key();
+    let a = start_node(&key, &[]);
+    let stranger = start_node(&new_key(), &[&a.addr]);
+    // The stranger dialed `a` but never got past the pre-shared-key handshake: the cluster is `a` alone.
+    assert_eq!(ids(&coord_peers(&key, &a.addr, 2.0)), vec![a.peer_id.clone()]);
+    // And a coordinator with the wrong key sees nothing at all.
+    assert!(coord_peers(&new_key(), &a.addr, 1.5).is_empty());
+    drop(stranger);
+}
+
+#[test]
+fn a_killed_node_disappears_from_the_cluster() {
+    let key = new_key();
+    let a = start_node(&key, &[]);
+    let b = start_node(&key, &[&a.addr]);
+    let c = start_node(&key, &[&a.addr]);
+    assert_eq!(coord_peers(&key, &a.addr, 3.0).len(), 3);
+    let dead = c.peer_id.clone();
+    drop(c); // SIGKILL: no goodbye
+    let start = Instant::now();
+    let bound = edge_node::net::event_loop::LIVENESS_TIMEOUT + Duration::from_secs(2);
+    loop {
+        let members = coord_peers(&key, &a.addr, 1.0);
+        if !ids(&members).contains(&dead) {
+            let mut want = vec![a.peer_id.clone(), b.peer_id.clone()];
+            want.sort();
+            assert_eq!(ids(&members), want);
+            break;
+        }
+        assert!(start.elapsed() < bound, "the killed node was still listed after {:?}", start.elapsed());
+    }
+    drop((a.proc, b.proc));
+}
