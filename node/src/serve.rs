@@ -68,10 +68,11 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 pub struct ServeArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Address to listen on (repeatable).
-    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    /// Address to listen on (repeatable) [default: config.toml's, else /ip4/0.0.0.0/tcp/0]
+    #[arg(long)]
     pub listen: Vec<Multiaddr>,
-    /// A peer to dial and keep dialing, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable).
+    /// A peer to dial and keep dialing, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; adds to config.toml's
+    /// bootstrap list).
     #[arg(long)]
     pub peer: Vec<Multiaddr>,
     /// Do not discover peers with mDNS (it never works on loopback anyway).
@@ -131,17 +132,23 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = keys::load_or_create_identity(&dir)?;
     let cluster_key = keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;
+    let file = crate::net::config::FileConfig::load(&dir)?;
     let (bench, device_type) = measure(&dir, args.backend)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let allow = (!args.allow.is_empty()).then(|| args.allow.iter().copied().collect());
+        let allow: Vec<PeerId> = file.allow.iter().chain(&args.allow).copied().collect();
+        let listen = match (args.listen.is_empty(), file.listen.is_empty()) {
+            (false, _) => args.listen.clone(),
+            (true, false) => file.listen.clone(),
+            (true, true) => vec!["/ip4/0.0.0.0/tcp/0".parse()?],
+        };
         let cfg = NetConfig {
             identity: identity.clone(),
             cluster_key,
-            listen: args.listen.clone(),
-            bootstrap: args.peer.clone(),
-            mdns: !args.no_mdns,
-            allow,
+            listen,
+            bootstrap: file.bootstrap.iter().chain(&args.peer).cloned().collect(),
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            allow: (!allow.is_empty()).then(|| allow.into_iter().collect()),
             capabilities: None,
         };
         let (client, event_loop) = net::new(cfg)?;

@@ -56,7 +56,16 @@ impl Drop for TempDir {
 }
 
 fn start_node(key: &str, peers: &[&str]) -> Node {
+    start_node_with_config(key, peers, &[])
+}
+
+/// A member whose `config.toml` lists `bootstrap` (besides the `--peer` flags).
+fn start_node_with_config(key: &str, peers: &[&str], bootstrap: &[&str]) -> Node {
     let dir = temp_dir("node");
+    if !bootstrap.is_empty() {
+        let list: Vec<String> = bootstrap.iter().map(|a| format!("{a:?}")).collect();
+        std::fs::write(dir.join("config.toml"), format!("bootstrap = [{}]\nmdns = false\n", list.join(", "))).unwrap();
+    }
     let mut cmd = Command::new(bin("edge-node"));
     cmd.args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--backend", "cpu", "--memory", "1000000000"])
         .arg("--data-dir")
@@ -109,8 +118,8 @@ fn three_nodes_and_a_coordinator_form_a_cluster() {
     let key = new_key();
     let a = start_node(&key, &[]);
     let b = start_node(&key, &[&a.addr]);
-    let c = start_node(&key, &[&a.addr]);
-    // The coordinator knows only `a`; it learns `b` and `c` from a's peer list.
+    let c = start_node_with_config(&key, &[], &[&a.addr]); // joins through its config file's bootstrap list
+                                                           // The coordinator knows only `a`; it learns `b` and `c` from a's peer list.
     let members = coord_peers(&key, &a.addr, 4.0);
     let mut want = vec![a.peer_id.clone(), b.peer_id.clone(), c.peer_id.clone()];
     want.sort();

@@ -18,7 +18,8 @@ enum Command {
     Peers {
         #[command(flatten)]
         cluster: edge_node::serve::ClusterArgs,
-        /// A member to start from, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable).
+        /// A member to start from, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; adds to the bootstrap list in
+        /// DATA_DIR/config.toml).
         #[arg(long)]
         peer: Vec<libp2p::Multiaddr>,
         /// How long to discover, in seconds.
@@ -80,15 +81,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = coord_dir(&cluster.data_dir);
             let identity = edge_node::net::keys::load_or_create_identity(&dir)?;
             let cluster_key = edge_node::net::keys::load_cluster_key(cluster.cluster_key.as_deref(), &dir)?;
+            let file = edge_node::net::config::FileConfig::load(&dir)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let members = rt.block_on(async move {
                 let cfg = edge_node::net::NetConfig {
                     identity,
                     cluster_key,
                     listen: vec!["/ip4/0.0.0.0/tcp/0".parse()?],
-                    bootstrap: peer,
-                    mdns: !no_mdns,
-                    allow: None,
+                    bootstrap: file.bootstrap.into_iter().chain(peer).collect(),
+                    mdns: !no_mdns && file.mdns.unwrap_or(true),
+                    allow: (!file.allow.is_empty()).then(|| file.allow.into_iter().collect()),
                     capabilities: None,
                 };
                 let (client, event_loop) = edge_node::net::new(cfg)?;

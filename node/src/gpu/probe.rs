@@ -200,6 +200,7 @@ impl Probe {
 
     /// Seconds per run of a matmul, its dispatches recorded `reps` times in one submit after a warm-up run
     /// (the self-benchmark a node advertises; [`Probe::matmul`] checks the same dispatches' results).
+    #[allow(clippy::too_many_arguments)]
     pub fn time_matmul(
         &self,
         ty: GgmlType,

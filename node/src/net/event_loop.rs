@@ -10,7 +10,7 @@ use edge_protocol::control::{ControlRequest, ControlResponse, PeerInfo};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::peers::{PeerSnapshot, PeerTable};
@@ -47,7 +47,11 @@ pub struct EventLoop {
     my_caps: Option<SignedCapabilities>,
     allow: Option<HashSet<PeerId>>,
     redial: Vec<Redial>,
+    next_kad_bootstrap: Instant,
 }
+
+/// How often Kademlia walks the network for members beyond the first hop.
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl EventLoop {
     pub(super) fn new(
@@ -71,6 +75,7 @@ impl EventLoop {
             my_caps: caps,
             allow,
             redial,
+            next_kad_bootstrap: now + Duration::from_secs(2),
         }
     }
 
@@ -106,6 +111,10 @@ impl EventLoop {
                 r.delay = Duration::from_millis(500);
             }
             r.next = now + r.delay;
+        }
+        if now >= self.next_kad_bootstrap && self.swarm.connected_peers().next().is_some() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            self.next_kad_bootstrap = now + KAD_BOOTSTRAP_INTERVAL;
         }
         for peer in self.peers.stalled(LIVENESS_TIMEOUT) {
             tracing::info!(%peer, "peer stopped answering; disconnecting");
@@ -196,6 +205,14 @@ impl EventLoop {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
+                // A member beyond the first hop, learned through Kademlia: connect to it.
+                if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) => {
+                    if let Some(addr) = addresses.iter().next() {
+                        tracing::debug!(%peer, %addr, "found by Kademlia");
+                        let _ = self.swarm.dial(addr.clone());
+                    }
+                }
             SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => self.on_control(e),
             _ => {}
         }

@@ -1,6 +1,7 @@
 //! Cluster networking over libp2p: one [`EventLoop`] owns the Swarm, a cloneable [`Client`] sends it commands
 //! (rust-libp2p's file-sharing example).
 //!
+//! - [`config`]: the optional `config.toml` (listen addresses, bootstrap list, mDNS, allowlist).
 //! - [`keys`]: the node identity and the cluster key, on disk and on the command line.
 //! - [`swarm`]: TCP + pre-shared key + Noise + Yamux, and the behaviours (identify, ping, mDNS, Kademlia, control).
 //! - [`event_loop`]: the loop that owns the Swarm, answers the control protocol, keeps the peer table.
@@ -8,6 +9,7 @@
 //! - [`peers`]: the peer table and its live view.
 
 pub mod client;
+pub mod config;
 pub mod event_loop;
 pub mod keys;
 pub mod peers;
