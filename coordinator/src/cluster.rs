@@ -16,6 +16,8 @@ use serde::Serialize;
 pub struct Member {
     pub peer_id: String,
     pub addrs: Vec<String>,
+    /// Remote addresses of the coordinator's open connections to it.
+    pub via: Vec<String>,
     pub capabilities: Option<Capabilities>,
     /// Round-trip time measured by ping, in microseconds.
     pub rtt_us: Option<u64>,
@@ -82,6 +84,7 @@ pub async fn members(client: &Client, wait: Duration, measure: bool) -> Vec<Memb
         out.push(Member {
             peer_id: p.peer_id,
             addrs: p.addrs,
+            via: p.via,
             capabilities: p.capabilities,
             rtt_us: p.rtt_us,
             bandwidth_mbps,

@@ -68,7 +68,8 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 pub struct ServeArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Address to listen on (repeatable) [default: config.toml's, else /ip4/0.0.0.0/tcp/0]
+    /// Address to listen on (repeatable) [default: config.toml's, else /ip4/0.0.0.0/tcp/0 and
+    /// /ip4/0.0.0.0/udp/0/quic-v1]
     #[arg(long)]
     pub listen: Vec<Multiaddr>,
     /// A peer to dial and keep dialing, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; adds to config.toml's
@@ -140,7 +141,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let listen = match (args.listen.is_empty(), file.listen.is_empty()) {
             (false, _) => args.listen.clone(),
             (true, false) => file.listen.clone(),
-            (true, true) => vec!["/ip4/0.0.0.0/tcp/0".parse()?],
+            (true, true) => vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
         };
         let cfg = NetConfig {
             identity: identity.clone(),

@@ -17,6 +17,8 @@ impl Drop for Proc {
     }
 }
 
+/// A workspace binary. `cargo test --workspace` (the README's test command) rebuilds it; `cargo test -p
+/// edge-tests` alone does not, and would run a stale one.
 fn bin(name: &str) -> PathBuf {
     // tests run from target/<profile>/deps; the binaries sit one level up.
     let exe = std::env::current_exe().unwrap();
@@ -43,6 +45,8 @@ fn new_key() -> String {
 struct Node {
     proc: Proc,
     addr: String,
+    /// The QUIC address, for members started with [`start_node_quic`].
+    quic: Option<String>,
     peer_id: String,
     _dir: TempDir,
 }
@@ -56,11 +60,20 @@ impl Drop for TempDir {
 }
 
 fn start_node(key: &str, peers: &[&str]) -> Node {
-    start_node_with_config(key, peers, &[])
+    start(key, peers, &[], false)
 }
 
-/// A member whose `config.toml` lists `bootstrap` (besides the `--peer` flags).
+/// A member listening on TCP and QUIC.
+fn start_node_quic(key: &str) -> Node {
+    start(key, &[], &[], true)
+}
+
 fn start_node_with_config(key: &str, peers: &[&str], bootstrap: &[&str]) -> Node {
+    start(key, peers, bootstrap, false)
+}
+
+/// A member; its `config.toml` lists `bootstrap` (besides the `--peer` flags).
+fn start(key: &str, peers: &[&str], bootstrap: &[&str], quic: bool) -> Node {
     let dir = temp_dir("node");
     if !bootstrap.is_empty() {
         let list: Vec<String> = bootstrap.iter().map(|a| format!("{a:?}")).collect();
@@ -76,6 +89,9 @@ fn start_node_with_config(key: &str, peers: &[&str], bootstrap: &[&str]) -> Node
     for p in peers {
         cmd.args(["--peer", p]);
     }
+    if quic {
+        cmd.args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    }
     let mut child = cmd.spawn().expect("start edge-node serve");
     let stdout = child.stdout.take().unwrap();
     let proc = Proc(child);
@@ -88,21 +104,30 @@ fn start_node_with_config(key: &str, peers: &[&str], bootstrap: &[&str]) -> Node
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("edge-node printed no listening address in 60 s");
+    let first = rx.recv_timeout(Duration::from_secs(60)).expect("edge-node printed no listening address in 60 s");
+    let mut addrs = vec![first];
+    if quic {
+        addrs.push(rx.recv_timeout(Duration::from_secs(10)).expect("a second (QUIC) listening address"));
+    }
+    let addr = addrs.iter().find(|a| a.contains("/tcp/")).expect("a TCP address").clone();
+    let quic = addrs.iter().find(|a| a.contains("/quic-v1")).cloned();
     let peer_id = addr.rsplit('/').next().unwrap().to_string();
-    Node { proc, addr, peer_id, _dir: TempDir(dir) }
+    Node { proc, addr, quic, peer_id, _dir: TempDir(dir) }
 }
 
 /// `edge-coord peers --json` from `peer` with `key`: the members it lists.
 fn coord_peers(key: &str, peer: &str, wait: f64) -> Vec<serde_json::Value> {
+    coord_peers_from(key, &[peer], wait)
+}
+
+fn coord_peers_from(key: &str, peers: &[&str], wait: f64) -> Vec<serde_json::Value> {
     let dir = TempDir(temp_dir("coord"));
-    let out = Command::new(bin("edge-coord"))
-        .args(["peers", "--json", "--no-mdns", "--peer", peer, "--wait", &wait.to_string()])
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .env("EDGE_CLUSTER_KEY", key)
-        .output()
-        .expect("run edge-coord peers");
+    let mut cmd = Command::new(bin("edge-coord"));
+    cmd.args(["peers", "--json", "--no-mdns", "--wait", &wait.to_string()]);
+    for p in peers {
+        cmd.args(["--peer", p]);
+    }
+    let out = cmd.arg("--data-dir").arg(&dir.0).env("EDGE_CLUSTER_KEY", key).output().expect("run edge-coord peers");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("peers --json prints a list")
 }
@@ -169,4 +194,20 @@ fn a_killed_node_disappears_from_the_cluster() {
         assert!(start.elapsed() < bound, "the killed node was still listed after {:?}", start.elapsed());
     }
     drop((a.proc, b.proc));
+}
+
+#[test]
+fn quic_is_open_only_to_members_that_proved_the_key_over_tcp() {
+    let key = new_key();
+    let a = start_node_quic(&key);
+    let quic = a.quic.clone().unwrap();
+    // A stranger over QUIC is refused when the connection is established: no identify, no control protocol.
+    assert!(coord_peers(&new_key(), &quic, 1.5).is_empty());
+    // A key holder cannot make first contact over QUIC either: the key is proven over TCP.
+    assert!(coord_peers(&key, &quic, 1.5).is_empty());
+    // Once it has, QUIC is a second path to the same member.
+    let members = coord_peers_from(&key, &[&a.addr, &quic], 4.0);
+    assert_eq!(ids(&members), vec![a.peer_id.clone()]);
+    let via: Vec<&str> = members[0]["via"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(via.iter().any(|v| v.contains("/quic-v1")) && via.iter().any(|v| v.contains("/tcp/")), "{via:?}");
 }

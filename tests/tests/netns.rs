@@ -34,6 +34,8 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
+/// A workspace binary. `cargo test --workspace` (the README's test command) rebuilds it; `cargo test -p
+/// edge-tests` alone does not, and would run a stale one.
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().join(name)

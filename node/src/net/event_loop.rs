@@ -102,7 +102,13 @@ impl EventLoop {
             if r.next > now {
                 continue;
             }
-            if !r.peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+            // Satisfied by an open connection over this very address (a QUIC address is kept apart from TCP).
+            let want = without_p2p(&r.addr);
+            let connected = r
+                .peer
+                .and_then(|p| self.peers.get(&p))
+                .is_some_and(|s| s.connections.values().any(|a| without_p2p(a) == want));
+            if !connected {
                 if let Err(e) = self.swarm.dial(r.addr.clone()) {
                     tracing::debug!(addr = %r.addr, cause = %e, "dial failed");
                 }
@@ -147,19 +153,20 @@ impl EventLoop {
                 let me = *self.swarm.local_peer_id();
                 tracing::info!(%address, "listening on {address}/p2p/{me}");
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 if self.allow.as_ref().is_some_and(|a| !a.contains(&peer_id)) {
                     tracing::warn!(peer = %peer_id, "peer is not on the allowlist; disconnecting");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
                 let e = self.peers.entry(peer_id);
-                e.connections = num_established.get() as usize;
+                e.connections.insert(connection_id, endpoint.get_remote_address().clone());
                 e.last_seen = Instant::now();
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address();
                     self.peers.add_addr(peer_id, addr.clone());
-                    for r in self.redial.iter_mut().filter(|r| r.peer.is_none() && &r.addr == addr) {
+                    let bare = without_p2p(addr);
+                    for r in self.redial.iter_mut().filter(|r| r.peer.is_none() && without_p2p(&r.addr) == bare) {
                         r.peer = Some(peer_id);
                     }
                 }
@@ -169,9 +176,9 @@ impl EventLoop {
                     self.auto_caps.insert(id, peer_id);
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
                 let e = self.peers.entry(peer_id);
-                e.connections = num_established as usize;
+                e.connections.remove(&connection_id);
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "disconnected");
                     e.caps = None;
@@ -291,6 +298,11 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// The address without its `/p2p/...` part.
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
 }
 
 /// The peer id in a `/p2p/...` suffix.

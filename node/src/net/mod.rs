@@ -2,8 +2,9 @@
 //! (rust-libp2p's file-sharing example).
 //!
 //! - [`config`]: the optional `config.toml` (listen addresses, bootstrap list, mDNS, allowlist).
+//! - [`gate`]: QUIC connections only from peers that proved the cluster key over TCP.
 //! - [`keys`]: the node identity and the cluster key, on disk and on the command line.
-//! - [`swarm`]: TCP + pre-shared key + Noise + Yamux, and the behaviours (identify, ping, mDNS, Kademlia, control).
+//! - [`swarm`]: TCP + pre-shared key + Noise + Yamux, QUIC, and the behaviours (identify, ping, mDNS, Kademlia, control).
 //! - [`event_loop`]: the loop that owns the Swarm, answers the control protocol, keeps the peer table.
 //! - [`client`]: the handle to it.
 //! - [`peers`]: the peer table and its live view.
@@ -11,6 +12,7 @@
 pub mod client;
 pub mod config;
 pub mod event_loop;
+pub mod gate;
 pub mod keys;
 pub mod peers;
 pub mod swarm;

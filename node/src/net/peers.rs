@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use edge_protocol::capability::{Capabilities, SignedCapabilities};
+use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
 pub struct PeerState {
     pub addrs: Vec<Multiaddr>,
-    pub connections: usize,
+    /// Open connections and the remote address of each.
+    pub connections: HashMap<ConnectionId, Multiaddr>,
     pub caps: Option<(Capabilities, SignedCapabilities)>,
     pub rtt: Option<Duration>,
     pub last_seen: Instant,
@@ -23,6 +25,8 @@ pub struct PeerState {
 pub struct PeerSnapshot {
     pub peer_id: String,
     pub addrs: Vec<String>,
+    /// Remote addresses of the open connections (which transports are in use).
+    pub via: Vec<String>,
     pub capabilities: Option<Capabilities>,
     pub rtt_us: Option<u64>,
     pub last_seen_ms: u64,
@@ -37,7 +41,7 @@ impl PeerTable {
     pub fn entry(&mut self, peer: PeerId) -> &mut PeerState {
         self.peers.entry(peer).or_insert_with(|| PeerState {
             addrs: Vec::new(),
-            connections: 0,
+            connections: HashMap::new(),
             caps: None,
             rtt: None,
             last_seen: Instant::now(),
@@ -61,14 +65,14 @@ impl PeerTable {
 
     /// Peers that are connected and answered within `timeout`.
     pub fn live(&self, timeout: Duration) -> impl Iterator<Item = (&PeerId, &PeerState)> {
-        self.peers.iter().filter(move |(_, s)| s.connections > 0 && s.last_seen.elapsed() <= timeout)
+        self.peers.iter().filter(move |(_, s)| !s.connections.is_empty() && s.last_seen.elapsed() <= timeout)
     }
 
     /// Connected peers that stopped answering (to be disconnected).
     pub fn stalled(&self, timeout: Duration) -> Vec<PeerId> {
         self.peers
             .iter()
-            .filter(|(_, s)| s.connections > 0 && s.last_seen.elapsed() > timeout)
+            .filter(|(_, s)| !s.connections.is_empty() && s.last_seen.elapsed() > timeout)
             .map(|(p, _)| *p)
             .collect()
     }
@@ -79,6 +83,11 @@ impl PeerTable {
             .map(|(p, s)| PeerSnapshot {
                 peer_id: p.to_string(),
                 addrs: s.addrs.iter().map(|a| a.to_string()).collect(),
+                via: {
+                    let mut v: Vec<String> = s.connections.values().map(|a| a.to_string()).collect();
+                    v.sort();
+                    v
+                },
                 capabilities: s.caps.as_ref().map(|c| c.0.clone()),
                 rtt_us: s.rtt.map(|d| d.as_micros() as u64),
                 last_seen_ms: s.last_seen.elapsed().as_millis() as u64,

@@ -1,9 +1,7 @@
 //! The libp2p stack: TCP wrapped in the cluster's pre-shared key (pnet: a peer without the key fails the
-//! very first handshake and sees nothing), then Noise and Yamux; and the behaviours every member runs:
-//! identify, ping (liveness and round-trip time), mDNS (optional), Kademlia and the control protocol.
-//!
-//! QUIC is not enabled: pnet can only wrap byte streams, so a QUIC listener would let strangers reach the
-//! Noise/TLS layer without the cluster key. It needs an application-level key check first.
+//! very first handshake and sees nothing), then Noise and Yamux; QUIC beside it, open only to peers that proved
+//! the key over TCP ([`super::gate`]); and the behaviours every member runs: identify, ping (liveness and
+//! round-trip time), mDNS (optional), Kademlia and the control protocol.
 
 use std::time::Duration;
 
@@ -23,6 +21,8 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First: it refuses QUIC connections from peers without the key before any other handler is created.
+    pub gate: super::gate::KeyGate,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -39,6 +39,7 @@ pub fn build_swarm(key: Keypair, psk: PreSharedKey, mdns: bool) -> Result<Swarm<
     let err = |e: &dyn std::fmt::Display| SwarmError(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
+        .with_quic()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             let noise = noise::Config::new(key)?;
             Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
@@ -60,6 +61,7 @@ pub fn build_swarm(key: Keypair, psk: PreSharedKey, mdns: bool) -> Result<Swarm<
             kad.set_mode(Some(kad::Mode::Server));
             let version = format!("edge-node/{}", env!("CARGO_PKG_VERSION"));
             Ok(Behaviour {
+                gate: super::gate::KeyGate::default(),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/edge-infer/1".into(), key.public()).with_agent_version(version),
                 ),
