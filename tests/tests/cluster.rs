@@ -74,13 +74,26 @@ fn start_node_with_config(key: &str, peers: &[&str], bootstrap: &[&str]) -> Node
 
 /// A member; its `config.toml` lists `bootstrap` (besides the `--peer` flags).
 fn start(key: &str, peers: &[&str], bootstrap: &[&str], quic: bool) -> Node {
-    let dir = temp_dir("node");
+    start_in(key, peers, bootstrap, quic, &[], 0, temp_dir("node"))
+}
+
+/// A member with extra `serve` flags, a TCP port (0: any) and a given data directory.
+fn start_in(
+    key: &str,
+    peers: &[&str],
+    bootstrap: &[&str],
+    quic: bool,
+    extra: &[&str],
+    port: u16,
+    dir: PathBuf,
+) -> Node {
     if !bootstrap.is_empty() {
         let list: Vec<String> = bootstrap.iter().map(|a| format!("{a:?}")).collect();
         std::fs::write(dir.join("config.toml"), format!("bootstrap = [{}]\nmdns = false\n", list.join(", "))).unwrap();
     }
     let mut cmd = Command::new(bin("edge-node"));
-    cmd.args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--backend", "cpu", "--memory", "1000000000"])
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    cmd.args(["serve", "--listen", &listen, "--no-mdns", "--backend", "cpu", "--memory", "1000000000"])
         .arg("--data-dir")
         .arg(&dir)
         .env("EDGE_CLUSTER_KEY", key)
@@ -92,6 +105,7 @@ fn start(key: &str, peers: &[&str], bootstrap: &[&str], quic: bool) -> Node {
     if quic {
         cmd.args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
     }
+    cmd.args(extra);
     let mut child = cmd.spawn().expect("start edge-node serve");
     let stdout = child.stdout.take().unwrap();
     let proc = Proc(child);
@@ -210,4 +224,70 @@ fn quic_is_open_only_to_members_that_proved_the_key_over_tcp() {
     assert_eq!(ids(&members), vec![a.peer_id.clone()]);
     let via: Vec<&str> = members[0]["via"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(via.iter().any(|v| v.contains("/quic-v1")) && via.iter().any(|v| v.contains("/tcp/")), "{via:?}");
+}
+
+#[test]
+fn only_allowlisted_peers_stay_connected() {
+    let key = new_key();
+    let b = start_node(&key, &[]);
+    // `a` admits only `b`: the coordinator holds the key but is not on the list.
+    let a = start_in(&key, &[&b.addr], &[], false, &["--allow", &b.peer_id], 0, temp_dir("node"));
+    assert!(coord_peers(&key, &a.addr, 1.5).is_empty(), "a disconnects the coordinator");
+    // Through `b` (no allowlist) the coordinator learns of `a` and dials it, and `a` refuses it again.
+    let via_b = coord_peers(&key, &b.addr, 3.0);
+    assert_eq!(ids(&via_b), vec![b.peer_id.clone()], "{via_b:#?}");
+}
+
+#[test]
+fn a_restarted_member_is_redialed_and_rejoins() {
+    let key = new_key();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = temp_dir("restart");
+    let a = start_in(&key, &[], &[], false, &[], port, dir.clone());
+    let a_addr = a.addr.clone();
+    let b = start_node(&key, &[&a_addr]);
+    assert_eq!(coord_peers(&key, &b.addr, 2.0).len(), 2);
+    let a_id = a.peer_id.clone();
+    drop(a.proc); // killed
+    std::mem::forget(a._dir); // keep its data dir (identity): the restarted member owns it from here
+    assert_eq!(ids(&coord_peers(&key, &b.addr, 1.0)), vec![b.peer_id.clone()]);
+    // Same identity, same port: b's backoff redial finds it again.
+    let a2 = start_in(&key, &[], &[], false, &[], port, dir);
+    assert_eq!(a2.peer_id, a_id, "the identity persists in the data dir");
+    let start = Instant::now();
+    loop {
+        if ids(&coord_peers(&key, &b.addr, 1.0)).contains(&a_id) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(25), "b did not reconnect to the restarted member");
+    }
+}
+
+#[test]
+fn init_and_cluster_key_print_usable_keys() {
+    let dir = TempDir(temp_dir("init"));
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("edge-node")).arg("init").arg("--data-dir").arg(&dir.0).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let field =
+        |out: &str, name: &str| out.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap();
+    let first = run(&[]);
+    let (id, key) = (field(&first, "peer id"), field(&first, "cluster key"));
+    assert_eq!(key.len(), 64);
+    let again = run(&[]);
+    assert_eq!((field(&again, "peer id"), field(&again, "cluster key")), (id.clone(), key), "init keeps both");
+    let out = Command::new(bin("edge-coord")).arg("cluster-key").output().unwrap();
+    let new = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(new.len() == 64 && new.chars().all(|c| c.is_ascii_hexdigit()), "{new}");
+    let joined = run(&["--cluster-key", &new]);
+    assert_eq!(field(&joined, "cluster key"), new, "init stores a given key");
+    assert_eq!(field(&joined, "peer id"), id);
+    let bad = Command::new(bin("edge-node"))
+        .args(["init", "--cluster-key", "xyz", "--data-dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invalid cluster key"));
 }
