@@ -1,6 +1,6 @@
 //! The coordinator's view of the cluster: it joins as a member (same key, same stack), dials what it is given,
 //! learns the rest from its peers (the control protocol's peer list) and measures each link: round-trip time from
-//! ping and bandwidth from a timed probe (1 MiB up, 1 MiB down). The planner takes this view as input.
+//! ping and bandwidth from a timed echo (1 MiB up, 1 MiB down) over a dedicated bulk stream. The planner takes this view as input.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -61,15 +61,14 @@ pub async fn discover(client: &Client, wait: Duration) -> Vec<PeerSnapshot> {
     client.peers().await.unwrap_or_default().into_iter().filter(|p| p.capabilities.is_some()).collect()
 }
 
-/// Measures the bandwidth to `peer` with one probe round trip.
+/// Measures the bandwidth to `peer` over a dedicated bulk stream (1 MiB each way).
 pub async fn measure_bandwidth(client: &Client, peer: PeerId) -> Option<f64> {
-    let req = ControlRequest::Probe { payload: vec![0; PROBE_BYTES], reply_bytes: PROBE_BYTES as u32 };
-    let t = Instant::now();
-    match tokio::time::timeout(Duration::from_secs(10), client.request(peer, req)).await {
-        Ok(Ok(ControlResponse::Probe { payload })) if payload.len() == PROBE_BYTES => {
-            Some((2 * PROBE_BYTES) as f64 / t.elapsed().as_secs_f64() / 1e6)
+    match edge_node::net::bulk::measure_bandwidth(client, peer, PROBE_BYTES as u32).await {
+        Ok(mbps) => Some(mbps),
+        Err(e) => {
+            tracing::warn!(%peer, cause = %e, "bandwidth not measured");
+            None
         }
-        _ => None,
     }
 }
 

@@ -155,6 +155,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let (client, event_loop) = net::new(cfg)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(event_loop.run(stop_rx));
+        let bulk = tokio::spawn(net::bulk::serve(client.clone()));
 
         // Wait (bounded) for the listeners, then advertise them in the signed record.
         let mut addrs = Vec::new();
@@ -199,6 +200,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             _ = term.recv() => {},
         }
         let _ = stop_tx.send(true);
+        bulk.abort();
         let _ = task.await;
         anyhow::Ok(())
     })

@@ -5,11 +5,13 @@
 //! - [`shard`]: what a shard is (a layer range, with or without embedding and head).
 //! - [`capability`]: the signed, versioned capability record a node advertises ([`SignedCapabilities`]).
 //! - [`control`]: the control protocol ([`CONTROL_PROTOCOL`]): capability records, peer lists, link probes.
+//! - [`bulk`]: dedicated streams for bulk data ([`bulk::BULK_PROTOCOL`]): bounded length-prefixed frames.
 //! - [`codec`]: the libp2p request-response codec ([`BincodeCodec`], [`ControlCodec`]) with per-direction limits.
 //!
 //! Every libp2p protocol name ends with `/`[`PROTOCOL_VERSION`] (checked at compile time); every read has a hard
 //! size limit; `tests/golden.rs` pins the bytes of each message so an accidental wire change fails a test.
 
+pub mod bulk;
 pub mod capability;
 pub mod codec;
 pub mod control;

@@ -14,11 +14,17 @@ use super::NetError;
 pub struct Client {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) peer_id: PeerId,
+    pub(super) streams: libp2p_stream::Control,
 }
 
 impl Client {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Opens and accepts dedicated streams (bulk data) directly, without going through the event loop.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {

@@ -7,8 +7,10 @@
 //! - [`swarm`]: TCP + pre-shared key + Noise + Yamux, QUIC, and the behaviours (identify, ping, mDNS, Kademlia, control).
 //! - [`event_loop`]: the loop that owns the Swarm, answers the control protocol, keeps the peer table.
 //! - [`client`]: the handle to it.
+//! - [`bulk`]: dedicated streams: serving them and measuring a link with one.
 //! - [`peers`]: the peer table and its live view.
 
+pub mod bulk;
 pub mod client;
 pub mod config;
 pub mod event_loop;
@@ -67,6 +69,7 @@ pub fn new(cfg: NetConfig) -> Result<(Client, EventLoop), NetError> {
         swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen { addr, reason: e.to_string() })?;
     }
     let (tx, rx) = mpsc::channel(64);
+    let streams = swarm.behaviour().stream.new_control();
     let event_loop = EventLoop::new(swarm, rx, cfg.capabilities, cfg.allow, cfg.bootstrap);
-    Ok((Client { tx, peer_id }, event_loop))
+    Ok((Client { tx, peer_id, streams }, event_loop))
 }

@@ -1,7 +1,7 @@
 //! The libp2p stack: TCP wrapped in the cluster's pre-shared key (pnet: a peer without the key fails the
 //! very first handshake and sees nothing), then Noise and Yamux; QUIC beside it, open only to peers that proved
 //! the key over TCP ([`super::gate`]); and the behaviours every member runs: identify, ping (liveness and
-//! round-trip time), mDNS (optional), Kademlia and the control protocol.
+//! round-trip time), mDNS (optional), Kademlia, the control protocol and dedicated bulk streams.
 
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub control: request_response::Behaviour<ControlCodec>,
+    /// Dedicated streams for bulk data ([`edge_protocol::bulk`]).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ pub fn build_swarm(key: Keypair, psk: PreSharedKey, mdns: bool) -> Result<Swarm<
                         .with_request_timeout(Duration::from_secs(10))
                         .with_max_concurrent_streams(64),
                 ),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| err(&e))?
