@@ -127,81 +127,132 @@ fn measure(dir: &std::path::Path, backend: Backend) -> anyhow::Result<(SelfBench
     Ok((bench.unwrap_or_else(self_benchmark_cpu), device_type))
 }
 
+/// How a member runs (what `serve` gets from its flags and config file).
+pub struct MemberOptions {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub allow: Vec<PeerId>,
+    pub backend: Backend,
+    pub memory: Option<u64>,
+}
+
+/// A member running on the current tokio runtime: its network, bulk-stream server and signed record.
+pub struct RunningMember {
+    pub client: net::Client,
+    pub addrs: Vec<Multiaddr>,
+    pub capabilities: Capabilities,
+    stop: tokio::sync::watch::Sender<bool>,
+    event_loop: tokio::task::JoinHandle<()>,
+    bulk: tokio::task::JoinHandle<Result<(), net::NetError>>,
+}
+
+impl RunningMember {
+    /// The addresses to reach it, with its peer id.
+    pub fn dial_addrs(&self) -> Vec<Multiaddr> {
+        let me = self.client.peer_id();
+        self.addrs.iter().map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me))).collect()
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.bulk.abort();
+        let _ = self.event_loop.await;
+    }
+}
+
+/// Starts a member with the identity in `dir`: measures the device (cached), joins the network, serves bulk
+/// streams and advertises its signed capability record. Used by `edge-node serve` and by a coordinator that runs
+/// a local node in its own process.
+pub async fn start_member(
+    dir: &std::path::Path,
+    cluster_key: libp2p::pnet::PreSharedKey,
+    o: MemberOptions,
+) -> anyhow::Result<RunningMember> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let identity = keys::load_or_create_identity(dir)?;
+    let (bench, device_type) = {
+        let (dir, backend) = (dir.to_owned(), o.backend);
+        tokio::task::spawn_blocking(move || measure(&dir, backend)).await??
+    };
+    let cfg = NetConfig {
+        identity: identity.clone(),
+        cluster_key,
+        listen: o.listen,
+        bootstrap: o.bootstrap,
+        mdns: o.mdns,
+        allow: (!o.allow.is_empty()).then(|| o.allow.into_iter().collect()),
+        capabilities: None,
+    };
+    let (client, event_loop) = net::new(cfg)?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let event_loop = tokio::spawn(event_loop.run(stop_rx));
+    let bulk = tokio::spawn(net::bulk::serve(client.clone()));
+
+    // Wait (bounded) for the listeners, then advertise them in the signed record.
+    let mut addrs = Vec::new();
+    for _ in 0..50 {
+        addrs = client.listen_addrs().await?;
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let capabilities = Capabilities {
+        peer_id: client.peer_id().to_string(),
+        version: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64),
+        agent: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
+        adapter: bench.adapter.clone(),
+        device_type,
+        backend: format!("{:?}", o.backend).to_lowercase(),
+        memory_bytes: o.memory.unwrap_or_else(available_memory),
+        gemv_gbps: bench.gemv_gbps,
+        dispatch_us: bench.dispatch_us,
+        shards: Vec::new(),
+        load: 0,
+        listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+    };
+    client.set_capabilities(SignedCapabilities::sign(&capabilities, &identity)?).await?;
+    Ok(RunningMember { client, addrs, capabilities, stop, event_loop, bulk })
+}
+
 /// `edge-node serve`: joins the cluster and serves until Ctrl-C or SIGTERM.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let dir = args.cluster.dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let identity = keys::load_or_create_identity(&dir)?;
     let cluster_key = keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;
     let file = crate::net::config::FileConfig::load(&dir)?;
-    let (bench, device_type) = measure(&dir, args.backend)?;
+    let listen = match (args.listen.is_empty(), file.listen.is_empty()) {
+        (false, _) => args.listen.clone(),
+        (true, false) => file.listen.clone(),
+        (true, true) => vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
+    };
+    let opts = MemberOptions {
+        listen,
+        bootstrap: file.bootstrap.iter().chain(&args.peer).cloned().collect(),
+        mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+        allow: file.allow.iter().chain(&args.allow).copied().collect(),
+        backend: args.backend,
+        memory: args.memory,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let allow: Vec<PeerId> = file.allow.iter().chain(&args.allow).copied().collect();
-        let listen = match (args.listen.is_empty(), file.listen.is_empty()) {
-            (false, _) => args.listen.clone(),
-            (true, false) => file.listen.clone(),
-            (true, true) => vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
-        };
-        let cfg = NetConfig {
-            identity: identity.clone(),
-            cluster_key,
-            listen,
-            bootstrap: file.bootstrap.iter().chain(&args.peer).cloned().collect(),
-            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
-            allow: (!allow.is_empty()).then(|| allow.into_iter().collect()),
-            capabilities: None,
-        };
-        let (client, event_loop) = net::new(cfg)?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(event_loop.run(stop_rx));
-        let bulk = tokio::spawn(net::bulk::serve(client.clone()));
-
-        // Wait (bounded) for the listeners, then advertise them in the signed record.
-        let mut addrs = Vec::new();
-        for _ in 0..50 {
-            addrs = client.listen_addrs().await?;
-            if !addrs.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let me = client.peer_id();
-        let caps = Capabilities {
-            peer_id: me.to_string(),
-            version: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64),
-            agent: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
-            adapter: bench.adapter.clone(),
-            device_type,
-            backend: format!("{:?}", args.backend).to_lowercase(),
-            memory_bytes: args.memory.unwrap_or_else(available_memory),
-            gemv_gbps: bench.gemv_gbps,
-            dispatch_us: bench.dispatch_us,
-            shards: Vec::new(),
-            load: 0,
-            listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
-        };
-        client.set_capabilities(SignedCapabilities::sign(&caps, &identity)?).await?;
-        for a in &addrs {
-            println!("listening {a}/p2p/{me}");
+        let member = start_member(&dir, cluster_key, opts).await?;
+        for a in member.dial_addrs() {
+            println!("listening {a}");
         }
         use std::io::Write;
         std::io::stdout().flush()?;
+        let c = &member.capabilities;
         eprintln!(
-            "edge-node {me}: {} ({}), GEMV {:.2} GB/s, dispatch {:.0} us; Ctrl-C to stop",
-            caps.adapter, caps.backend, caps.gemv_gbps, caps.dispatch_us
+            "edge-node {}: {} ({}), GEMV {:.2} GB/s, dispatch {:.0} us; Ctrl-C to stop",
+            c.peer_id, c.adapter, c.backend, c.gemv_gbps, c.dispatch_us
         );
-
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
-        let _ = stop_tx.send(true);
-        bulk.abort();
-        let _ = task.await;
+        member.stop().await;
         anyhow::Ok(())
     })
 }

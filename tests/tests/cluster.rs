@@ -291,3 +291,19 @@ fn init_and_cluster_key_print_usable_keys() {
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invalid cluster key"));
 }
+
+#[test]
+fn the_coordinator_can_run_a_local_member_for_a_one_machine_cluster() {
+    let dir = TempDir(temp_dir("local"));
+    let out = Command::new(bin("edge-coord"))
+        .args(["peers", "--json", "--no-mdns", "--wait", "1.5", "--local-node", "--backend", "cpu"])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("EDGE_CLUSTER_KEY", new_key())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let members: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members.len(), 1, "{members:#?}");
+    assert_eq!(members[0]["capabilities"]["backend"], "cpu");
+}

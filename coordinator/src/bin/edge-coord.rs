@@ -34,6 +34,12 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also run a member in this process (a one-machine cluster), on 127.0.0.1.
+        #[arg(long)]
+        local_node: bool,
+        /// Backend of the local member.
+        #[arg(long, value_enum, default_value_t = edge_node::backend::Backend::Wgpu, requires = "local_node")]
+        backend: edge_node::backend::Backend,
     },
     /// Create a new cluster key and print it (64 hex digits); --save stores it in the data directory.
     ClusterKey {
@@ -76,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Peers { cluster, peer, wait, no_mdns, no_measure, json } => {
+        Command::Peers { cluster, peer, wait, no_mdns, no_measure, json, local_node, backend } => {
             anyhow::ensure!((0.0..=600.0).contains(&wait), "--wait must be between 0 and 600 seconds");
             let dir = coord_dir(&cluster.data_dir);
             let identity = edge_node::net::keys::load_or_create_identity(&dir)?;
@@ -84,6 +90,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let file = edge_node::net::config::FileConfig::load(&dir)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let members = rt.block_on(async move {
+                let local = if local_node {
+                    let opts = edge_node::serve::MemberOptions {
+                        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+                        bootstrap: Vec::new(),
+                        mdns: false,
+                        allow: Vec::new(),
+                        backend,
+                        memory: None,
+                    };
+                    Some(edge_node::serve::start_member(&dir.join("local-node"), cluster_key, opts).await?)
+                } else {
+                    None
+                };
+                let peer: Vec<libp2p::Multiaddr> =
+                    peer.into_iter().chain(local.iter().flat_map(|m| m.dial_addrs())).collect();
                 let cfg = edge_node::net::NetConfig {
                     identity,
                     cluster_key,
@@ -100,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     edge_coord::cluster::members(&client, std::time::Duration::from_secs_f64(wait), !no_measure).await;
                 let _ = stop.send(true);
                 let _ = task.await;
+                if let Some(m) = local {
+                    m.stop().await;
+                }
                 anyhow::Ok(members)
             })?;
             if json {
