@@ -21,3 +21,48 @@ pub fn smollm2() -> LoadedModel {
         std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model);
     LoadedModel::open(&path).unwrap_or_else(|e| panic!("{e:#} (run `bash scripts/setup.sh`)"))
 }
+
+/// A child process killed (and reaped) on drop, also when a test fails.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A workspace binary. `cargo test --workspace` (the README's test command) rebuilds it; `cargo test -p
+/// edge-tests` alone does not, and would run a stale one.
+pub fn bin(name: &str) -> std::path::PathBuf {
+    // Tests run from target/<profile>/deps; the binaries sit one level up.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} not built (run the workspace tests: cargo test --release --workspace)", path.display());
+    path
+}
+
+/// Spawns `cmd` (an `edge-node serve`, maybe wrapped in `ip netns exec`) with stdout piped and returns it with the
+/// first `n` addresses it prints as `listening ADDR`, waiting at most `timeout`.
+pub fn spawn_member(mut cmd: std::process::Command, n: usize, timeout: std::time::Duration) -> (Proc, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("start edge-node serve");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let addrs = (0..n)
+        .map(|_| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            rx.recv_timeout(left).expect("edge-node printed no listening address in time")
+        })
+        .collect();
+    (proc, addrs)
+}

@@ -15,14 +15,7 @@ use crate::net::{self, keys, NetConfig};
 /// Where a node keeps its identity, cluster key and caches: `$EDGE_DATA_DIR`, else
 /// `$XDG_DATA_HOME/edge-infer/node`, else `~/.local/share/edge-infer/node`.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("EDGE_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("edge-infer").join("node")
+    crate::setup::user_dir("EDGE_DATA_DIR", "XDG_DATA_HOME", ".local/share", "node")
 }
 
 #[derive(Debug, Clone, clap::Args)]

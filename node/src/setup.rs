@@ -34,14 +34,19 @@ pub enum SetupError {
 }
 
 pub fn models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("EDGE_MODELS_DIR") {
+    user_dir("EDGE_MODELS_DIR", "XDG_CACHE_HOME", ".cache", "models")
+}
+
+/// A per-user directory: `$override_var`, else `$xdg_var/edge-infer/<leaf>`, else `~/<home_rel>/edge-infer/<leaf>`.
+pub fn user_dir(override_var: &str, xdg_var: &str, home_rel: &str, leaf: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os(override_var) {
         return PathBuf::from(d);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    let base = std::env::var_os(xdg_var)
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("edge-infer").join("models")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(home_rel)))
+        .unwrap_or_else(|| PathBuf::from(home_rel));
+    base.join("edge-infer").join(leaf)
 }
 
 /// Path of the default model (it may not exist yet).

@@ -1,31 +1,11 @@
 //! A cluster of real processes on 127.0.0.1 (explicit dials: mDNS never runs on loopback): three `edge-node serve`
 //! members and the coordinator CLI. Every process is killed when its guard drops, also when a test fails.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A workspace binary. `cargo test --workspace` (the README's test command) rebuilds it; `cargo test -p
-/// edge-tests` alone does not, and would run a stale one.
-fn bin(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps; the binaries sit one level up.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(path.exists(), "{} not built (run the workspace tests: cargo test --release --workspace)", path.display());
-    path
-}
+use edge_tests::{bin, spawn_member, Proc};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edge-cluster-{}-{tag}-{}", std::process::id(), rand_suffix()));
@@ -106,23 +86,7 @@ fn start_in(
         cmd.args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
     }
     cmd.args(extra);
-    let mut child = cmd.spawn().expect("start edge-node serve");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    // Read the first "listening" line on a thread so the wait is bounded.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening ") {
-                let _ = tx.send(addr.to_string());
-            }
-        }
-    });
-    let first = rx.recv_timeout(Duration::from_secs(60)).expect("edge-node printed no listening address in 60 s");
-    let mut addrs = vec![first];
-    if quic {
-        addrs.push(rx.recv_timeout(Duration::from_secs(10)).expect("a second (QUIC) listening address"));
-    }
+    let (proc, addrs) = spawn_member(cmd, if quic { 2 } else { 1 }, Duration::from_secs(60));
     let addr = addrs.iter().find(|a| a.contains("/tcp/")).expect("a TCP address").clone();
     let quic = addrs.iter().find(|a| a.contains("/quic-v1")).cloned();
     let peer_id = addr.rsplit('/').next().unwrap().to_string();

@@ -3,11 +3,10 @@
 //! three by multicast. Every namespace and process is removed when the test ends, also on failure. Where
 //! `ip netns` is not permitted the test says so and does nothing.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use edge_tests::{bin, spawn_member};
 
 /// Namespaces created by this test, deleted on drop (which also removes their veth ends and the bridge).
 struct Namespaces(Vec<String>);
@@ -20,26 +19,12 @@ impl Drop for Namespaces {
     }
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// A workspace binary. `cargo test --workspace` (the README's test command) rebuilds it; `cargo test -p
-/// edge-tests` alone does not, and would run a stale one.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
 
 #[test]
 fn mdns_discovers_members_across_namespaces() {
@@ -72,28 +57,17 @@ fn mdns_discovers_members_across_namespaces() {
     let mut ids = Vec::new();
     for ns in &members[..3] {
         let dir = data.join(ns);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
             .arg(bin("edge-node"))
             .args(["serve", "--listen", "/ip4/0.0.0.0/tcp/0", "--backend", "cpu", "--memory", "1000000000"])
             .arg("--data-dir")
             .arg(&dir)
             .env("EDGE_CLUSTER_KEY", &key)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start edge-node in a namespace");
-        let stdout = child.stdout.take().unwrap();
-        nodes.push(Proc(child));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("a member printed no listening address");
+            .stderr(Stdio::null());
+        let (proc, addrs) = spawn_member(cmd, 1, Duration::from_secs(60));
+        nodes.push(proc);
+        let addr = &addrs[0];
         ids.push(addr.rsplit('/').next().unwrap().to_string());
     }
 
