@@ -133,15 +133,16 @@ pub struct InfoArgs {
 /// `edge-node info`: what a model file holds.
 pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
     let m = args.model.open()?;
+    let mut out = std::io::stdout().lock();
     let c = &m.config;
-    println!("architecture   {}", c.arch);
-    println!("layers         {}", c.n_layers);
-    println!("dim / ffn      {} / {}", c.dim, c.ffn_dim);
-    println!("heads / kv     {} / {} (head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
-    println!("vocab          {}", c.vocab);
-    println!("context        {}", c.context);
-    println!("rope           {:?}, theta {}", c.rope, c.rope_theta);
-    println!("tied head      {}", c.tied_embeddings);
+    writeln!(out, "architecture   {}", c.arch)?;
+    writeln!(out, "layers         {}", c.n_layers)?;
+    writeln!(out, "dim / ffn      {} / {}", c.dim, c.ffn_dim)?;
+    writeln!(out, "heads / kv     {} / {} (head dim {})", c.n_heads, c.n_kv_heads, c.head_dim)?;
+    writeln!(out, "vocab          {}", c.vocab)?;
+    writeln!(out, "context        {}", c.context)?;
+    writeln!(out, "rope           {:?}, theta {}", c.rope, c.rope_theta)?;
+    writeln!(out, "tied head      {}", c.tied_embeddings)?;
     let mut types = std::collections::BTreeMap::<String, (usize, u64)>::new();
     for t in &m.gguf.tensors {
         let e = types.entry(format!("{:?}", t.ty)).or_default();
@@ -149,7 +150,7 @@ pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
         e.1 += t.size;
     }
     for (ty, (n, bytes)) in types {
-        println!("tensors {ty:<6} {n:>4} tensors, {}", human_bytes(bytes));
+        writeln!(out, "tensors {ty:<6} {n:>4} tensors, {}", human_bytes(bytes))?;
     }
     Ok(())
 }
@@ -170,10 +171,16 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The process exit status for a command's result; a failure prints its whole cause chain.
+/// The process exit status for a command's result; a failure prints its whole cause chain. Output cut short by
+/// its reader (`edge-node info | head`: a broken pipe) is a normal end, not an error.
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    let broken_pipe = |e: &anyhow::Error| {
+        e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -129,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&members)?);
             } else {
-                print_members(&members);
+                print_members(&members)?;
             }
             Ok(())
         }
@@ -142,42 +142,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let h = edge_node::commands::human_bytes;
-            println!("model            {} ({} layers, context {})", d.arch, d.n_layers, d.context);
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "model            {} ({} layers, context {})", d.arch, d.n_layers, d.context)?;
             let tied = if d.tied_embeddings { " (tied to the embedding)" } else { "" };
-            println!(
+            writeln!(
+                out,
                 "weights          {} total: embedding {}, head {}{tied}",
                 h(d.total_weight_bytes()),
                 h(d.embed_bytes),
                 h(d.head_bytes)
-            );
+            )?;
             let (lo, hi) = (
                 d.layer_weight_bytes.iter().min().copied().unwrap_or(0),
                 d.layer_weight_bytes.iter().max().copied().unwrap_or(0),
             );
-            println!("per layer        {} .. {}", h(lo), h(hi));
-            println!("kv cache         {} per token per layer", h(d.kv_bytes_per_token_per_layer));
-            println!("hidden state     {} per token (what a pipeline hop carries)", h(d.activation_bytes_per_token));
-            println!("compute          {:.1} MFLOP per token per layer", d.flops_per_token_per_layer as f64 / 1e6);
+            writeln!(out, "per layer        {} .. {}", h(lo), h(hi))?;
+            writeln!(out, "kv cache         {} per token per layer", h(d.kv_bytes_per_token_per_layer))?;
+            writeln!(
+                out,
+                "hidden state     {} per token (what a pipeline hop carries)",
+                h(d.activation_bytes_per_token)
+            )?;
+            writeln!(
+                out,
+                "compute          {:.1} MFLOP per token per layer",
+                d.flops_per_token_per_layer as f64 / 1e6
+            )?;
             Ok(())
         }
     }
 }
 
-fn print_members(members: &[edge_coord::cluster::Member]) {
+fn print_members(members: &[edge_coord::cluster::Member]) -> std::io::Result<()> {
     if members.is_empty() {
         eprintln!("no members answered (check --peer addresses and the cluster key)");
-        return;
+        return Ok(());
     }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     let h = edge_node::commands::human_bytes;
-    println!(
+    writeln!(
+        out,
         "{:<14} {:<28} {:<36} {:>10} {:>9} {:>9} {:>11} {:>9}",
         "PEER", "ADDRESS", "ADAPTER", "MEMORY", "GEMV GB/s", "RTT ms", "LINK MB/s", "SEEN ms"
-    );
+    )?;
     for m in members {
         let c = m.capabilities.as_ref();
         let short = m.peer_id.get(m.peer_id.len().saturating_sub(12)..).unwrap_or(&m.peer_id);
         let adapter = c.map_or("-".to_string(), |c| format!("{} [{}]", c.adapter, c.backend));
-        println!(
+        writeln!(
+            out,
             "..{:<12} {:<28} {:<36.36} {:>10} {:>9} {:>9} {:>11} {:>9}",
             short,
             m.addrs.first().map_or("-", |a| a.split("/p2p/").next().unwrap_or(a)),
@@ -187,6 +202,7 @@ fn print_members(members: &[edge_coord::cluster::Member]) {
             m.rtt_us.map_or("-".into(), |r| format!("{:.2}", r as f64 / 1e3)),
             m.bandwidth_mbps.map_or("-".into(), |b| format!("{b:.0}")),
             m.last_seen_ms
-        );
+        )?;
     }
+    Ok(())
 }
