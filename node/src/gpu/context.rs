@@ -105,6 +105,28 @@ impl GpuContext {
         self.submits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Seconds per repetition of the work `record` puts in a compute pass: once to warm up (pipelines compile on
+    /// first use), then `reps` times in one pass, one submit, timed to completion.
+    pub fn time_pass(&self, reps: u32, record: impl Fn(&mut wgpu::ComputePass<'_>)) -> Result<f64, ShardError> {
+        let run = |reps: u32| -> Result<f64, ShardError> {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    record(&mut pass);
+                }
+            }
+            let t = std::time::Instant::now();
+            self.submit(enc);
+            self.wait()?;
+            self.check()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run(1)?;
+        let reps = reps.max(1);
+        Ok(run(reps)? / reps as f64)
+    }
+
     /// Waits for all submitted work.
     pub fn wait(&self) -> Result<(), ShardError> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ShardError::Gpu(e.to_string()))?;

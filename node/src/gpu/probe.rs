@@ -213,22 +213,7 @@ impl Probe {
     ) -> Result<f64, ShardError> {
         let (secs, _) = self.matmul_with(ty, rows, cols, weights, x, o, |d, n, _| {
             let dims = StepDims { n_tok: n as u32, head_n: 0, head_row0: 0, align: self.align() };
-            let run = |reps: u32| -> Result<f64, ShardError> {
-                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    for _ in 0..reps {
-                        d.iter().for_each(|d| d.record(&mut pass, dims));
-                    }
-                }
-                let t = std::time::Instant::now();
-                self.ctx.submit(enc);
-                self.ctx.wait()?;
-                self.ctx.check()?;
-                Ok(t.elapsed().as_secs_f64())
-            };
-            run(1)?;
-            Ok(run(reps.max(1))? / reps.max(1) as f64)
+            self.ctx.time_pass(reps, |pass| d.iter().for_each(|d| d.record(pass, dims)))
         })?;
         Ok(secs)
     }

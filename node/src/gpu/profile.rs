@@ -70,27 +70,12 @@ impl GpuShard {
         ];
         let mut out = Vec::new();
         for (kernel, ds) in kinds.into_iter().filter(|(_, ds)| !ds.is_empty()) {
-            let run = |reps: u32| -> Result<f64, ShardError> {
-                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    for _ in 0..reps {
-                        ds.iter().for_each(|d| d.record(&mut pass, dims));
-                    }
-                }
-                let t = Instant::now();
-                self.ctx.submit(enc);
-                self.ctx.wait()?;
-                self.ctx.check()?;
-                Ok(t.elapsed().as_secs_f64())
-            };
-            run(1)?; // compile the pipelines
-            let secs = run(reps)?;
+            let secs = self.ctx.time_pass(reps, |pass| ds.iter().for_each(|d| d.record(pass, dims)))?;
             out.push(KernelTiming {
                 kernel,
                 dispatches: ds.len(),
                 weight_bytes: ds.iter().map(|d| d.weight_bytes).sum(),
-                micros: secs * 1e6 / reps as f64,
+                micros: secs * 1e6,
             });
         }
         Ok(out)
@@ -107,25 +92,12 @@ pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64, reps: u32) -> Result<f64, Sh
     let bg = bind(ctx, &p, &[&src, &dst]);
     let groups = (bytes / 16).div_ceil(64) as u32;
     let (x, y) = (groups.min(1024), groups.div_ceil(1024));
-    let run = |reps: u32| -> Result<f64, ShardError> {
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&p.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            for _ in 0..reps {
-                pass.dispatch_workgroups(x, y, 1);
-            }
-        }
-        let t = Instant::now();
-        ctx.submit(enc);
-        ctx.wait()?;
-        ctx.check()?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    run(1)?;
-    let secs = run(reps)?;
-    Ok(bytes as f64 * reps as f64 / secs / 1e9)
+    let secs = ctx.time_pass(reps, |pass| {
+        pass.set_pipeline(&p.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    })?;
+    Ok(bytes as f64 / secs / 1e9)
 }
 
 /// What a node measures about its device at start: GEMV bandwidth on a Q4_1 matrix the size of a large layer
