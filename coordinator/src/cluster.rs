@@ -6,24 +6,18 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use edge_node::net::{Client, PeerSnapshot};
-use edge_protocol::capability::Capabilities;
 use edge_protocol::control::{ControlRequest, ControlResponse};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 
-/// A cluster member as the planner sees it.
+/// A cluster member as the planner sees it: the live view of the peer (capabilities, ping round-trip time)
+/// and the link bandwidth measured over a bulk stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct Member {
-    pub peer_id: String,
-    pub addrs: Vec<String>,
-    /// Remote addresses of the coordinator's open connections to it.
-    pub via: Vec<String>,
-    pub capabilities: Option<Capabilities>,
-    /// Round-trip time measured by ping, in microseconds.
-    pub rtt_us: Option<u64>,
-    /// Bandwidth measured by a probe round trip (bytes moved both ways / time), in MB/s.
+    #[serde(flatten)]
+    pub peer: PeerSnapshot,
+    /// Bytes moved both ways by an echo over a bulk stream / time, in MB/s.
     pub bandwidth_mbps: Option<f64>,
-    pub last_seen_ms: u64,
 }
 
 /// Bytes sent each way by the bandwidth probe.
@@ -80,15 +74,7 @@ pub async fn members(client: &Client, wait: Duration, measure: bool) -> Vec<Memb
             (true, Ok(peer)) => measure_bandwidth(client, peer).await,
             _ => None,
         };
-        out.push(Member {
-            peer_id: p.peer_id,
-            addrs: p.addrs,
-            via: p.via,
-            capabilities: p.capabilities,
-            rtt_us: p.rtt_us,
-            bandwidth_mbps,
-            last_seen_ms: p.last_seen_ms,
-        });
+        out.push(Member { peer: p, bandwidth_mbps });
     }
     out
 }

@@ -21,6 +21,8 @@ pub enum Backend {
 
 /// A model opened from disk, ready to be sharded.
 pub struct LoadedModel {
+    /// The file it was opened from.
+    pub path: std::path::PathBuf,
     pub gguf: Gguf,
     pub config: ModelConfig,
 }
@@ -31,7 +33,7 @@ impl LoadedModel {
         crate::setup::check_model(path)?;
         let gguf = Gguf::open(path)?;
         let config = ModelConfig::from_gguf(&gguf)?;
-        Ok(LoadedModel { gguf, config })
+        Ok(LoadedModel { path: path.to_owned(), gguf, config })
     }
 
     /// Loads the model as consecutive shards cut at `cuts` (empty: one shard) on one backend.

@@ -43,7 +43,7 @@ Each step made computers smaller, cheaper and more reliable, until they fit in a
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let m = args.model.open()?;
-    let model_path = crate::setup::resolve_model(args.model.model.as_deref())?;
+    let model_path = &m.path;
     let tok = Tokenizer::from_gguf(&m.gguf)?;
     let mut prompt = Vec::new();
     while prompt.len() < args.prompt_tokens {
@@ -121,7 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut chain = m.shards(Backend::Cpu, &[], &GpuOptions::default())?;
         Some(generate(&mut chain, &request(args.cpu_tokens.max(2)), |_| true)?.1)
     };
-    let llama = if args.no_llama_cpp { None } else { llama_cpp(&model_path, &prompt, args.tokens) };
+    let llama = if args.no_llama_cpp { None } else { llama_cpp(model_path, &prompt, args.tokens) };
 
     println!("\nend to end (greedy):");
     println!("  {:<28} {:>14} {:>14}", "backend", "prefill tok/s", "decode tok/s");

@@ -187,7 +187,8 @@ fn print_members(members: &[edge_coord::cluster::Member]) -> std::io::Result<()>
         "{:<14} {:<28} {:<36} {:>10} {:>9} {:>9} {:>11} {:>9}",
         "PEER", "ADDRESS", "ADAPTER", "MEMORY", "GEMV GB/s", "RTT ms", "LINK MB/s", "SEEN ms"
     )?;
-    for m in members {
+    for member in members {
+        let m = &member.peer;
         let c = m.capabilities.as_ref();
         let short = m.peer_id.get(m.peer_id.len().saturating_sub(12)..).unwrap_or(&m.peer_id);
         let adapter = c.map_or("-".to_string(), |c| format!("{} [{}]", c.adapter, c.backend));
@@ -200,7 +201,7 @@ fn print_members(members: &[edge_coord::cluster::Member]) -> std::io::Result<()>
             c.map_or("-".into(), |c| h(c.memory_bytes)),
             c.map_or("-".into(), |c| format!("{:.2}", c.gemv_gbps)),
             m.rtt_us.map_or("-".into(), |r| format!("{:.2}", r as f64 / 1e3)),
-            m.bandwidth_mbps.map_or("-".into(), |b| format!("{b:.0}")),
+            member.bandwidth_mbps.map_or("-".into(), |b| format!("{b:.0}")),
             m.last_seen_ms
         )?;
     }

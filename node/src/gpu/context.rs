@@ -89,11 +89,6 @@ impl GpuContext {
         self.pipes.get(self, key)
     }
 
-    /// Number of distinct pipelines compiled on this device.
-    pub fn pipeline_count(&self) -> usize {
-        self.pipes.len()
-    }
-
     /// Submits one command buffer (counted, for the benchmark's submits-per-token figure).
     pub fn submit(&self, enc: wgpu::CommandEncoder) {
         self.submits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -93,14 +93,6 @@ impl PipelineCache {
         let p = std::sync::Arc::new(build(ctx, key, layout));
         self.map.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_insert(p).clone()
     }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The full WGSL text of a pipeline.

@@ -74,11 +74,6 @@ impl Probe {
         &self.ctx
     }
 
-    /// Pipelines built so far on this device (each one a JIT compile on lavapipe).
-    pub fn pipeline_count(&self) -> usize {
-        self.ctx.pipeline_count()
-    }
-
     fn pipeline(&self, kernel: Kernel, quant: Option<GgmlType>, consts: Vec<(&'static str, String)>) -> Arc<Pipeline> {
         self.ctx.pipeline(&PipelineKey { kernel, quant, consts, entry: "main" })
     }

@@ -78,7 +78,6 @@ pub struct GpuShard {
     pub(super) layers: Vec<GpuLayer>,
     pub(super) head: Vec<Dispatch>, // norm + head matmul chunks, argmax
     pub(super) seqs: Sequences<GpuSeq>,
-    weight_bytes: u64,
 }
 
 impl GpuShard {
@@ -160,7 +159,6 @@ impl GpuShard {
             layers: Vec::new(),
             head: Vec::new(),
             seqs: Sequences::default(),
-            weight_bytes: 0,
         };
         let vector = |info: &TensorInfo| ctx.uniform_view(&info.name, g.data(info));
 
@@ -288,7 +286,6 @@ impl GpuShard {
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.logits, &me.act.argmax]);
             me.head.push(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Argmax, weight_bytes: 0 });
         }
-        me.weight_bytes = t.weight_bytes();
         ctx.wait()?;
         ctx.check()?;
         Ok(me)
@@ -367,24 +364,10 @@ impl GpuShard {
             .collect())
     }
 
-    /// Device memory held by the weights.
-    pub fn weight_bytes(&self) -> u64 {
-        self.weight_bytes
-    }
-
-    /// Number of distinct pipelines built on this shard's device (each one a JIT compile on lavapipe).
-    pub fn pipeline_count(&self) -> usize {
-        self.ctx.pipeline_count()
-    }
-
     /// Dispatches recorded for one step of one sequence: (per layer, embedding + head).
     pub fn dispatch_counts(&self) -> (usize, usize) {
         let per_layer = self.layers.first().map_or(0, |l| l.qkv.len() + 2 + l.o.len() + l.gate_up.len() + l.down.len());
         (per_layer, self.embed.iter().count() + self.head.len())
-    }
-
-    pub fn context(&self) -> &Arc<GpuContext> {
-        &self.ctx
     }
 
     /// Runs `n` positions of `seq` in one submit; reads back `read` bytes of the result buffer.
