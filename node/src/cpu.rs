@@ -7,7 +7,7 @@ use edge_protocol::ShardSpec;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
-use crate::shard::{check_input, HeadOutput, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{check_input, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
 
 /// One sequence's KV cache for the layers of this shard.
 struct KvCache {
@@ -61,8 +61,15 @@ impl CpuShard {
 }
 
 impl Weights {
-    /// One position through the shard's layers. `x` (dim) is the residual stream, updated in place.
-    fn forward_position(&self, kv: &mut KvCache, pos: usize, x: &mut [f32]) {
+    /// One position through the shard's layers. `x` (dim) is the residual stream, updated in place. A
+    /// tensor-parallel slice adds the other members' partial sums through `reduce` before each residual add.
+    fn forward_position(
+        &self,
+        kv: &mut KvCache,
+        pos: usize,
+        x: &mut [f32],
+        reduce: &mut dyn Reducer,
+    ) -> Result<(), ShardError> {
         let c = &self.cfg;
         let (dim, hd, kv_dim) = (c.dim, c.head_dim, c.kv_dim());
         let q_dim = c.n_heads * hd;
@@ -111,6 +118,7 @@ impl Weights {
                 }
             }
             matvec(&self.gguf, &lt.wo, &att_out, &mut delta);
+            reduce.all_reduce(&mut delta)?;
             x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
 
             // Feed-forward (SwiGLU): x += W_down · (silu(W_gate·norm(x)) * (W_up·norm(x)))
@@ -119,8 +127,10 @@ impl Weights {
             matvec(&self.gguf, &lt.w_up, &xb, &mut up);
             gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
             matvec(&self.gguf, &lt.w_down, &gate, &mut delta);
+            reduce.all_reduce(&mut delta)?;
             x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
         }
+        Ok(())
     }
 
     /// Final norm and output head: logits (vocab) for one position.
@@ -178,7 +188,13 @@ impl Shard for CpuShard {
         self.seqs.truncate(seq, len)
     }
 
-    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
+    fn forward_reduce(
+        &mut self,
+        seq: SeqId,
+        input: ShardInput<'_>,
+        want: HeadOutput,
+        reduce: &mut dyn Reducer,
+    ) -> Result<ShardOutput, ShardError> {
         let w = &self.w;
         let spec = w.t.spec;
         let n = check_input(&spec, &w.cfg, &input)?;
@@ -192,7 +208,7 @@ impl Shard for CpuShard {
                 ShardInput::Tokens(t) => w.embed(t[i]),
                 ShardInput::Hidden(h) => h[i * dim..(i + 1) * dim].to_vec(),
             };
-            w.forward_position(&mut s.kv, s.len, &mut x);
+            w.forward_position(&mut s.kv, s.len, &mut x, reduce)?;
             s.len += 1;
             if !spec.head {
                 hidden.extend_from_slice(&x);

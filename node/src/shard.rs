@@ -65,6 +65,23 @@ pub enum ShardError {
     Gpu(String),
 }
 
+/// Tensor parallelism: a member holding a slice of every layer's heads and FFN columns computes partial sums of
+/// each attention and FFN output; `all_reduce` adds the other members' partials to its own, in place, so every
+/// member continues with the same residual stream. Called twice per layer (attention, then FFN) with
+/// `(n_tokens, dim)` values, in the same order on every member.
+pub trait Reducer {
+    fn all_reduce(&mut self, partial: &mut [f32]) -> Result<(), ShardError>;
+}
+
+/// The reducer of a shard that holds whole layers: its partial sums are the whole sums.
+pub struct NoReduce;
+
+impl Reducer for NoReduce {
+    fn all_reduce(&mut self, _: &mut [f32]) -> Result<(), ShardError> {
+        Ok(())
+    }
+}
+
 pub trait Shard {
     fn spec(&self) -> ShardSpec;
     fn config(&self) -> &ModelConfig;
@@ -80,7 +97,18 @@ pub trait Shard {
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError>;
     /// Runs the shard over the next positions of `seq`. A shard without the head returns
     /// [`ShardOutput::Hidden`] whatever `want` says.
-    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError>;
+    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
+        self.forward_reduce(seq, input, want, &mut NoReduce)
+    }
+    /// [`Shard::forward`] for a member of a tensor-parallel stage: `reduce` sums the partial results with the
+    /// other members' after each attention and FFN block (a shard of whole layers never calls it).
+    fn forward_reduce(
+        &mut self,
+        seq: SeqId,
+        input: ShardInput<'_>,
+        want: HeadOutput,
+        reduce: &mut dyn Reducer,
+    ) -> Result<ShardOutput, ShardError>;
 }
 
 /// One sequence on a shard: the backend's KV state, the positions it holds and the positions it may hold.

@@ -24,7 +24,7 @@ pub use control::{
     ControlRequest, ControlResponse, PeerInfo, CONTROL_PROTOCOL, MAX_CONTROL_REQUEST, MAX_CONTROL_RESPONSE,
     MAX_PROBE_BYTES,
 };
-pub use shard::ShardSpec;
+pub use shard::{LayerSlice, ShardSpec};
 pub use wire::{decode, encode, WireError};
 
 /// Protocol version, part of every libp2p protocol name.

@@ -55,6 +55,39 @@ impl ShardSpec {
     }
 }
 
+/// The part of every layer a member of a tensor-parallel stage holds: a range of whole key/value heads (with the
+/// query heads that share them) and a range of FFN columns. `[start, end)` ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LayerSlice {
+    pub kv_heads: (u32, u32),
+    pub ffn: (u32, u32),
+}
+
+impl LayerSlice {
+    /// Checks the slice against a model with `n_kv_heads` key/value heads and `ffn_dim` FFN columns, split in
+    /// blocks of `ffn_block` columns.
+    pub fn validate(&self, n_kv_heads: u32, ffn_dim: u32, ffn_block: u32) -> Result<(), String> {
+        let (k0, k1) = self.kv_heads;
+        let (f0, f1) = self.ffn;
+        if k0 >= k1 || k1 > n_kv_heads {
+            return Err(format!("kv heads {k0}..{k1} do not fit a model with {n_kv_heads}"));
+        }
+        if f0 >= f1 || f1 > ffn_dim {
+            return Err(format!("ffn columns {f0}..{f1} do not fit a model with {ffn_dim}"));
+        }
+        if ffn_block == 0 || f0 % ffn_block != 0 || (f1 % ffn_block != 0 && f1 != ffn_dim) {
+            return Err(format!("ffn columns {f0}..{f1} are not on {ffn_block}-column block boundaries"));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for LayerSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kv heads {}..{}, ffn {}..{}", self.kv_heads.0, self.kv_heads.1, self.ffn.0, self.ffn.1)
+    }
+}
+
 impl std::fmt::Display for ShardSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "layers {}..{}", self.layer_start, self.layer_end)?;

@@ -10,7 +10,7 @@ use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
-use crate::shard::{check_input, HeadOutput, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{check_input, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
@@ -98,6 +98,9 @@ impl GpuShard {
                 c.dim,
                 align / 4
             )));
+        }
+        if c.partial_layers {
+            return Err(ShardError::Gpu("tensor-parallel slices are not supported by the wgpu backend yet".into()));
         }
         if c.head_dim > 128 || !c.head_dim.is_multiple_of(4) {
             return Err(ShardError::Gpu(format!(
@@ -525,7 +528,13 @@ impl Shard for GpuShard {
         self.seqs.truncate(seq, len)
     }
 
-    fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
+    fn forward_reduce(
+        &mut self,
+        seq: SeqId,
+        input: ShardInput<'_>,
+        want: HeadOutput,
+        _reduce: &mut dyn Reducer,
+    ) -> Result<ShardOutput, ShardError> {
         let n = check_input(&self.spec, &self.cfg, &input)?;
         self.seqs.with_room(seq, n)?;
         let dim = self.cfg.dim;

@@ -33,6 +33,9 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// The output head shares the token embedding matrix.
     pub tied_embeddings: bool,
+    /// The file holds a tensor-parallel slice of every layer (`edge.partial_layers`): the attention and FFN
+    /// outputs are partial sums that the members of the stage add up (see [`crate::shard::Reducer`]).
+    pub partial_layers: bool,
 }
 
 impl ModelConfig {
@@ -61,15 +64,23 @@ impl ModelConfig {
         if n_layers == 0 || n_layers > 1024 || dim == 0 || dim > 65536 || ffn_dim == 0 || ffn_dim > 1 << 20 {
             return bad(format!("implausible shape: {n_layers} layers, dim {dim}, ffn {ffn_dim}"));
         }
-        if n_heads == 0 || n_kv_heads == 0 || !dim.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
+        // `attention.key_length` (llama.cpp's name) when set: a tensor-parallel slice holds fewer heads than
+        // dim / head_dim.
+        let key_length = g.get(&key("attention.key_length")).and_then(|v| v.as_u64());
+        if n_heads == 0
+            || n_kv_heads == 0
+            || !n_heads.is_multiple_of(n_kv_heads)
+            || (key_length.is_none() && !dim.is_multiple_of(n_heads))
+        {
             return bad(format!("{n_heads} heads / {n_kv_heads} kv heads do not divide dim {dim}"));
         }
-        let head_dim = dim / n_heads;
-        if !head_dim.is_multiple_of(2) || head_dim > 256 {
+        let head_dim = key_length.map_or(dim / n_heads, |k| k as usize);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > 256 {
             return bad(format!("head dim {head_dim} (must be even, at most 256)"));
         }
         let tied_embeddings = !g.has("output.weight");
         let qkv_bias = g.has("blk.0.attn_q.bias");
+        let partial_layers = g.get("edge.partial_layers").and_then(|v| v.as_bool()).unwrap_or(false);
         Ok(ModelConfig {
             arch,
             n_layers,
@@ -85,6 +96,7 @@ impl ModelConfig {
             rope,
             qkv_bias,
             tied_embeddings,
+            partial_layers,
         })
     }
 
