@@ -66,3 +66,93 @@ pub fn spawn_member(mut cmd: std::process::Command, n: usize, timeout: std::time
         .collect();
     (proc, addrs)
 }
+
+/// A fresh directory under the system temp dir (not removed: wrap it in [`TempDir`] for that).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let d = std::env::temp_dir().join(format!("edge-test-{}-{tag}-{}", std::process::id(), nanos % 1_000_000_007));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new random cluster key, hex.
+pub fn new_key() -> String {
+    edge_node::net::keys::cluster_key_hex(&edge_node::net::keys::new_cluster_key())
+}
+
+/// How to start a member with [`Node::start`].
+#[derive(Default)]
+pub struct NodeSpec<'a> {
+    pub peers: &'a [&'a str],
+    /// Written to its `config.toml` as the bootstrap list.
+    pub bootstrap: &'a [&'a str],
+    /// Also listen on QUIC.
+    pub quic: bool,
+    /// More `serve` flags.
+    pub extra: &'a [&'a str],
+    /// TCP port (0: any).
+    pub port: u16,
+    /// Data directory (default: a new temporary one, removed with the node).
+    pub dir: Option<std::path::PathBuf>,
+    /// `cpu` (default: starts fast) or `wgpu`.
+    pub backend: Option<&'a str>,
+}
+
+/// A member started with `edge-node serve` on 127.0.0.1; `addr` ends in `/p2p/<peer id>`. Killed on drop.
+pub struct Node {
+    pub proc: Proc,
+    pub addr: String,
+    /// The QUIC address, when started with `quic`.
+    pub quic: Option<String>,
+    pub peer_id: String,
+    pub dir: std::path::PathBuf,
+    _temp: Option<TempDir>,
+}
+
+impl Node {
+    pub fn start(key: &str, spec: NodeSpec<'_>) -> Node {
+        use std::process::{Command, Stdio};
+        let (dir, temp) = match spec.dir {
+            Some(d) => (d, None),
+            None => {
+                let d = temp_dir("node");
+                (d.clone(), Some(TempDir(d)))
+            }
+        };
+        if !spec.bootstrap.is_empty() {
+            let list: Vec<String> = spec.bootstrap.iter().map(|a| format!("{a:?}")).collect();
+            std::fs::write(dir.join("config.toml"), format!("bootstrap = [{}]\nmdns = false\n", list.join(", ")))
+                .unwrap();
+        }
+        let mut cmd = Command::new(bin("edge-node"));
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", spec.port);
+        let backend = spec.backend.unwrap_or("cpu");
+        cmd.args(["serve", "--listen", &listen, "--no-mdns", "--backend", backend, "--memory", "1000000000"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("EDGE_CLUSTER_KEY", key)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("EDGE_TEST_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() });
+        for p in spec.peers {
+            cmd.args(["--peer", p]);
+        }
+        if spec.quic {
+            cmd.args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+        }
+        cmd.args(spec.extra);
+        let (proc, addrs) = spawn_member(cmd, if spec.quic { 2 } else { 1 }, std::time::Duration::from_secs(120));
+        let addr = addrs.iter().find(|a| a.contains("/tcp/")).expect("a TCP address").clone();
+        let quic = addrs.iter().find(|a| a.contains("/quic-v1")).cloned();
+        let peer_id = addr.rsplit('/').next().unwrap().to_string();
+        Node { proc, addr, quic, peer_id, dir, _temp: temp }
+    }
+}

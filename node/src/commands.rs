@@ -25,10 +25,9 @@ impl ModelArgs {
     }
 }
 
+/// What to generate: the prompt, how long, how to sample. Shared by `edge-node generate` and `edge-coord run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+pub struct PromptArgs {
     /// The prompt text.
     #[arg(long, short = 'p')]
     pub prompt: String,
@@ -56,38 +55,63 @@ pub struct GenerateArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print the token ids after the text (for scripts and tests).
+    #[arg(long)]
+    pub print_ids: bool,
+}
+
+/// A prompt made ready to run: token ids, context, sampling and the end-of-generation tokens.
+pub struct PreparedPrompt {
+    pub ids: Vec<u32>,
+    pub context: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<u32>,
+}
+
+impl PromptArgs {
+    /// Tokenizes (with the chat template for --chat) and checks every parameter against the model.
+    pub fn prepare(&self, tok: &Tokenizer, cfg: &crate::model::ModelConfig) -> anyhow::Result<PreparedPrompt> {
+        let ids = if self.chat {
+            let mut msgs = Vec::new();
+            if let Some(s) = &self.system {
+                msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+            }
+            msgs.push(ChatMessage { role: "user".into(), content: self.prompt.clone() });
+            tok.encode_with_special(&tok.chat_prompt(&msgs))?
+        } else {
+            tok.encode(&self.prompt)?
+        };
+        let context = self.ctx.unwrap_or(cfg.context.min(4096));
+        if context == 0 || context > cfg.context {
+            anyhow::bail!("--ctx must be between 1 and the model's context length {}", cfg.context);
+        }
+        let sampling =
+            SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let stop: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
+        Ok(PreparedPrompt { ids, context, sampling, stop })
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
     pub backend: Backend,
     /// Run the model as an in-process pipeline cut before these layers, e.g. `10,20` (for testing shards).
     #[arg(long, value_delimiter = ',')]
     pub split: Vec<u32>,
-    /// Print the token ids after the text (for scripts and tests).
-    #[arg(long)]
-    pub print_ids: bool,
 }
 
 /// `edge-node generate`: streams text to stdout, timings to stderr.
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let m = args.model.open()?;
     let tok = Tokenizer::from_gguf(&m.gguf)?;
-    let prompt = if args.chat {
-        let mut msgs = Vec::new();
-        if let Some(s) = &args.system {
-            msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
-        }
-        msgs.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
-        tok.encode_with_special(&tok.chat_prompt(&msgs))?
-    } else {
-        tok.encode(&args.prompt)?
-    };
-    let context = args.ctx.unwrap_or(m.config.context.min(4096));
-    if context == 0 || context > m.config.context {
-        anyhow::bail!("--ctx must be between 1 and the model's context length {}", m.config.context);
-    }
-    let sampling =
-        SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
-    sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let PreparedPrompt { ids: prompt, context, sampling, stop } = args.prompt.prepare(&tok, &m.config)?;
     let mut chain = m.shards(args.backend, &args.split, &GpuOptions::default())?;
     eprintln!(
         "model {} ({} layers, {}), {} shard(s) on {}, prompt {} tokens",
@@ -98,19 +122,18 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         chain[0].backend_name(),
         prompt.len()
     );
-    let stop: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
-    let req = GenerateRequest { prompt, max_tokens: args.tokens, context, sampling, stop };
+    let req = GenerateRequest { prompt, max_tokens: args.prompt.tokens, context, sampling, stop };
     let mut stream = TextStream::new(&tok);
     let mut stdout = std::io::stdout().lock();
-    if !args.chat {
-        write!(stdout, "{}", args.prompt)?;
+    if !args.prompt.chat {
+        write!(stdout, "{}", args.prompt.prompt)?;
     }
     let (ids, stats) = run_generation(&mut chain, &req, |t| {
         let text = stream.push(t);
         write!(stdout, "{text}").and_then(|_| stdout.flush()).is_ok()
     })?;
     writeln!(stdout, "{}", stream.finish())?;
-    if args.print_ids {
+    if args.prompt.print_ids {
         writeln!(stdout, "ids: {ids:?}")?;
     }
     eprintln!(

@@ -61,76 +61,99 @@ impl CpuShard {
 }
 
 impl Weights {
-    /// One position through the shard's layers. `x` (dim) is the residual stream, updated in place. A
-    /// tensor-parallel slice adds the other members' partial sums through `reduce` before each residual add.
-    fn forward_position(
+    /// Positions `pos0 .. pos0 + n` through the shard's layers, layer by layer. `x` `(n, dim)` is the residual
+    /// stream, updated in place. Each sub-block's output goes to `delta` `(n, dim)` first: a tensor-parallel slice
+    /// adds the other members' partial sums to it through `reduce` (twice per layer, as the trait says) before
+    /// the residual add.
+    fn forward_layers(
         &self,
         kv: &mut KvCache,
-        pos: usize,
+        pos0: usize,
         x: &mut [f32],
         reduce: &mut dyn Reducer,
     ) -> Result<(), ShardError> {
-        let c = &self.cfg;
-        let (dim, hd, kv_dim) = (c.dim, c.head_dim, c.kv_dim());
-        let q_dim = c.n_heads * hd;
-        let group = c.n_heads / c.n_kv_heads;
-        let mut xb = vec![0.0; dim]; // (dim) normed input of a sub-block
-        let mut q = vec![0.0; q_dim]; // (n_heads * head_dim)
-        let mut k = vec![0.0; kv_dim]; // (kv_dim)
-        let mut v = vec![0.0; kv_dim]; // (kv_dim)
-        let mut att_out = vec![0.0; q_dim]; // (n_heads * head_dim)
-        let mut scores = vec![0.0; pos + 1]; // (pos + 1)
-        let mut delta = vec![0.0; dim]; // (dim) output of a sub-block, added to x
-        let mut gate = vec![0.0; c.ffn_dim]; // (ffn_dim)
-        let mut up = vec![0.0; c.ffn_dim]; // (ffn_dim)
-
-        for (li, (lt, lv)) in self.t.layers.iter().zip(&self.vectors).enumerate() {
-            // Attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
-            rmsnorm(&mut xb, x, &lv.attn_norm, c.rms_eps);
-            matvec(&self.gguf, &lt.wq, &xb, &mut q);
-            matvec(&self.gguf, &lt.wk, &xb, &mut k);
-            matvec(&self.gguf, &lt.wv, &xb, &mut v);
-            add_bias(&mut q, &lv.bias_q);
-            add_bias(&mut k, &lv.bias_k);
-            add_bias(&mut v, &lv.bias_v);
-            rope(&mut q, pos, hd, c.rope_theta, c.rope);
-            rope(&mut k, pos, hd, c.rope_theta, c.rope);
-
-            let layer_off = li * kv.capacity * kv_dim;
-            let row = layer_off + pos * kv_dim;
-            kv.k[row..row + kv_dim].copy_from_slice(&k);
-            kv.v[row..row + kv_dim].copy_from_slice(&v);
-
-            let scale = 1.0 / (hd as f32).sqrt();
-            for h in 0..c.n_heads {
-                let qh = &q[h * hd..(h + 1) * hd];
-                let kvh = h / group; // grouped-query attention: heads share K/V
-                for (t, s) in scores.iter_mut().enumerate() {
-                    let kt = &kv.k[layer_off + t * kv_dim + kvh * hd..][..hd];
-                    *s = dot(qh, kt) * scale;
-                }
-                softmax(&mut scores);
-                let out = &mut att_out[h * hd..(h + 1) * hd];
-                out.fill(0.0);
-                for (t, &a) in scores.iter().enumerate() {
-                    let vt = &kv.v[layer_off + t * kv_dim + kvh * hd..][..hd];
-                    out.iter_mut().zip(vt).for_each(|(o, &vv)| *o += a * vv);
-                }
+        let dim = self.cfg.dim;
+        let mut delta = vec![0.0; x.len()]; // (n, dim)
+        for li in 0..self.t.layers.len() {
+            // Attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)). Positions go in
+            // order, so each one attends to the K/V the earlier ones just wrote.
+            for (i, (xi, di)) in x.chunks_exact(dim).zip(delta.chunks_exact_mut(dim)).enumerate() {
+                self.attention(li, kv, pos0 + i, xi, di);
             }
-            matvec(&self.gguf, &lt.wo, &att_out, &mut delta);
             reduce.all_reduce(&mut delta)?;
             x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
 
-            // Feed-forward (SwiGLU): x += W_down · (silu(W_gate·norm(x)) * (W_up·norm(x)))
-            rmsnorm(&mut xb, x, &lv.ffn_norm, c.rms_eps);
-            matvec(&self.gguf, &lt.w_gate, &xb, &mut gate);
-            matvec(&self.gguf, &lt.w_up, &xb, &mut up);
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
-            matvec(&self.gguf, &lt.w_down, &gate, &mut delta);
+            // Feed-forward: x += W_down · (silu(W_gate·norm(x)) * (W_up·norm(x)))
+            for (xi, di) in x.chunks_exact(dim).zip(delta.chunks_exact_mut(dim)) {
+                self.ffn(li, xi, di);
+            }
             reduce.all_reduce(&mut delta)?;
             x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
         }
         Ok(())
+    }
+
+    /// The attention block of layer `li` for one position: writes the position's K and V to the cache and
+    /// `out` (dim) = Wo · attention. Query and output widths are `n_heads * head_dim`, which for a tensor-parallel
+    /// slice is less than `dim`.
+    fn attention(&self, li: usize, kv: &mut KvCache, pos: usize, x: &[f32], out: &mut [f32]) {
+        let (c, lt, lv) = (&self.cfg, &self.t.layers[li], &self.vectors[li]);
+        let (hd, kv_dim, q_dim) = (c.head_dim, c.kv_dim(), c.n_heads * c.head_dim);
+        let group = c.n_heads / c.n_kv_heads;
+        let mut xb = vec![0.0; c.dim]; // (dim) normed input
+        let mut q = vec![0.0; q_dim]; // (n_heads * head_dim)
+        let mut k = vec![0.0; kv_dim]; // (kv_dim)
+        let mut v = vec![0.0; kv_dim]; // (kv_dim)
+        let mut att = vec![0.0; q_dim]; // (n_heads * head_dim) attention output
+        let mut scores = vec![0.0; pos + 1]; // (pos + 1)
+
+        rmsnorm(&mut xb, x, &lv.attn_norm, c.rms_eps);
+        matvec(&self.gguf, &lt.wq, &xb, &mut q);
+        matvec(&self.gguf, &lt.wk, &xb, &mut k);
+        matvec(&self.gguf, &lt.wv, &xb, &mut v);
+        add_bias(&mut q, &lv.bias_q);
+        add_bias(&mut k, &lv.bias_k);
+        add_bias(&mut v, &lv.bias_v);
+        rope(&mut q, pos, hd, c.rope_theta, c.rope);
+        rope(&mut k, pos, hd, c.rope_theta, c.rope);
+
+        let layer_off = li * kv.capacity * kv_dim;
+        let row = layer_off + pos * kv_dim;
+        kv.k[row..row + kv_dim].copy_from_slice(&k);
+        kv.v[row..row + kv_dim].copy_from_slice(&v);
+
+        let scale = 1.0 / (hd as f32).sqrt();
+        for h in 0..c.n_heads {
+            let qh = &q[h * hd..(h + 1) * hd];
+            let kvh = h / group; // grouped-query attention: heads share K/V
+            for (t, s) in scores.iter_mut().enumerate() {
+                let kt = &kv.k[layer_off + t * kv_dim + kvh * hd..][..hd];
+                *s = dot(qh, kt) * scale;
+            }
+            softmax(&mut scores);
+            let o = &mut att[h * hd..(h + 1) * hd];
+            o.fill(0.0);
+            for (t, &a) in scores.iter().enumerate() {
+                let vt = &kv.v[layer_off + t * kv_dim + kvh * hd..][..hd];
+                o.iter_mut().zip(vt).for_each(|(o, &vv)| *o += a * vv);
+            }
+        }
+        matvec(&self.gguf, &lt.wo, &att, out);
+    }
+
+    /// The feed-forward block (SwiGLU) of layer `li` for one position:
+    /// `out` (dim) = W_down · (silu(W_gate·norm(x)) * (W_up·norm(x))). The inner width is the shard's `ffn_dim`
+    /// (a tensor-parallel slice holds some of the columns).
+    fn ffn(&self, li: usize, x: &[f32], out: &mut [f32]) {
+        let (c, lt, lv) = (&self.cfg, &self.t.layers[li], &self.vectors[li]);
+        let mut xb = vec![0.0; c.dim]; // (dim) normed input
+        let mut gate = vec![0.0; c.ffn_dim]; // (ffn_dim)
+        let mut up = vec![0.0; c.ffn_dim]; // (ffn_dim)
+        rmsnorm(&mut xb, x, &lv.ffn_norm, c.rms_eps);
+        matvec(&self.gguf, &lt.w_gate, &xb, &mut gate);
+        matvec(&self.gguf, &lt.w_up, &xb, &mut up);
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+        matvec(&self.gguf, &lt.w_down, &gate, out);
     }
 
     /// Final norm and output head: logits (vocab) for one position.
@@ -200,30 +223,27 @@ impl Shard for CpuShard {
         let n = check_input(&spec, &w.cfg, &input)?;
         let dim = w.cfg.dim;
         let s = self.seqs.with_room(seq, n)?;
-        let mut hidden = Vec::with_capacity(n * dim); // (n, dim)
+        let mut x = match input {
+            ShardInput::Tokens(t) => t.iter().flat_map(|&t| w.embed(t)).collect(),
+            ShardInput::Hidden(h) => h.to_vec(),
+        }; // (n, dim)
+        w.forward_layers(&mut s.kv, s.len, &mut x, reduce)?;
+        s.len += n;
         let mut tokens = Vec::new();
         let mut logits = Vec::new();
-        for i in 0..n {
-            let mut x = match input {
-                ShardInput::Tokens(t) => w.embed(t[i]),
-                ShardInput::Hidden(h) => h[i * dim..(i + 1) * dim].to_vec(),
-            };
-            w.forward_position(&mut s.kv, s.len, &mut x, reduce)?;
-            s.len += 1;
-            if !spec.head {
-                hidden.extend_from_slice(&x);
-                continue;
-            }
-            let last = i == n - 1;
-            match want {
-                HeadOutput::ArgmaxAll => tokens.push(argmax(&w.head(&x))),
-                HeadOutput::ArgmaxLast if last => tokens.push(argmax(&w.head(&x))),
-                HeadOutput::LogitsLast if last => logits = w.head(&x),
-                _ => {}
+        if spec.head {
+            for (i, xi) in x.chunks_exact(dim).enumerate() {
+                let last = i == n - 1;
+                match want {
+                    HeadOutput::ArgmaxAll => tokens.push(argmax(&w.head(xi))),
+                    HeadOutput::ArgmaxLast if last => tokens.push(argmax(&w.head(xi))),
+                    HeadOutput::LogitsLast if last => logits = w.head(xi),
+                    _ => {}
+                }
             }
         }
         Ok(if !spec.head {
-            ShardOutput::Hidden(hidden)
+            ShardOutput::Hidden(x)
         } else if want == HeadOutput::LogitsLast {
             ShardOutput::Logits(logits)
         } else {

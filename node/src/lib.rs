@@ -15,6 +15,7 @@
 //! - [`bench`]: the `edge-node bench` measurements.
 //! - [`commands`]: the `generate` and `info` subcommands (the binary only parses arguments).
 //! - [`serve`]: `edge-node init` and `serve`: a device joins the cluster and advertises what it can do.
+//! - [`stage`]: a node's part of a plan: shipped tensors (cached by hash), the stage worker, pipes to neighbours.
 //! - [`setup`]: where models live and the errors that tell a user how to fetch them.
 
 pub mod backend;
@@ -32,4 +33,5 @@ pub mod sampler;
 pub mod serve;
 pub mod setup;
 pub mod shard;
+pub mod stage;
 pub mod tokenizer;

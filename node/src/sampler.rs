@@ -4,39 +4,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SamplingParams {
-    /// 0 means greedy (argmax); higher values flatten the distribution.
-    pub temperature: f32,
-    /// Keep only the k most likely tokens (0 = no limit).
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches p (1 = no limit).
-    pub top_p: f32,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
-    }
-}
-
-impl SamplingParams {
-    pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
-    }
-
-    /// Rejects values that have no meaning (negative temperature, top-p outside (0, 1]).
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
-        }
-        Ok(())
-    }
-}
+pub use edge_protocol::stage::SamplingParams;
 
 pub struct Sampler {
     params: SamplingParams,

@@ -1,5 +1,6 @@
 //! `edge-node init` and `edge-node serve`: a device joins the cluster. `serve` measures the device once (cached),
-//! signs its capability record, and runs the network until Ctrl-C or SIGTERM.
+//! signs its capability record, serves bulk and stage streams (the coordinator ships it stages to run), and runs
+//! until Ctrl-C or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -138,6 +139,7 @@ pub struct RunningMember {
     stop: tokio::sync::watch::Sender<bool>,
     event_loop: tokio::task::JoinHandle<()>,
     bulk: tokio::task::JoinHandle<Result<(), net::NetError>>,
+    stages: tokio::task::JoinHandle<Result<(), net::NetError>>,
 }
 
 impl RunningMember {
@@ -150,6 +152,7 @@ impl RunningMember {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         self.bulk.abort();
+        self.stages.abort();
         let _ = self.event_loop.await;
     }
 }
@@ -181,6 +184,7 @@ pub async fn start_member(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let event_loop = tokio::spawn(event_loop.run(stop_rx));
     let bulk = tokio::spawn(net::bulk::serve(client.clone()));
+    let stages = tokio::spawn(crate::stage::StageServer::new(client.clone(), dir, o.backend)?.serve());
 
     // Wait (bounded) for the listeners, then advertise them in the signed record.
     let mut addrs = Vec::new();
@@ -206,7 +210,7 @@ pub async fn start_member(
         listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
     };
     client.set_capabilities(SignedCapabilities::sign(&capabilities, &identity)?).await?;
-    Ok(RunningMember { client, addrs, capabilities, stop, event_loop, bulk })
+    Ok(RunningMember { client, addrs, capabilities, stop, event_loop, bulk, stages })
 }
 
 /// `edge-node serve`: joins the cluster and serves until Ctrl-C or SIGTERM.

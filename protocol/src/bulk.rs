@@ -77,6 +77,19 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Bu
     Ok(req)
 }
 
+/// Writes one message as one frame (bincode, at most `max` bytes) and flushes.
+pub async fn write_msg<W: AsyncWrite + Unpin, T: serde::Serialize>(w: &mut W, msg: &T, max: usize) -> std::io::Result<()> {
+    let bytes = crate::encode(msg, max.min(MAX_FRAME)).map_err(|e| invalid(e.to_string()))?;
+    write_frame(w, &bytes).await?;
+    w.flush().await
+}
+
+/// Reads one message frame of at most `max` bytes.
+pub async fn read_msg<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(r: &mut R, max: usize) -> std::io::Result<T> {
+    let frame = read_frame(r, max).await?;
+    crate::decode(&frame, max.min(MAX_FRAME)).map_err(|e| invalid(e.to_string()))
+}
+
 /// Sends `n` bytes as frames of at most 1 MiB.
 pub async fn send_bytes<W: AsyncWrite + Unpin>(w: &mut W, mut n: usize) -> std::io::Result<()> {
     let chunk = vec![0u8; n.min(1 << 20)];

@@ -6,6 +6,8 @@
 //! - [`capability`]: the signed, versioned capability record a node advertises ([`SignedCapabilities`]).
 //! - [`control`]: the control protocol ([`CONTROL_PROTOCOL`]): capability records, peer lists, link probes.
 //! - [`bulk`]: dedicated streams for bulk data ([`bulk::BULK_PROTOCOL`]): bounded length-prefixed frames.
+//! - [`stage`]: running a plan ([`stage::STAGE_PROTOCOL`]): sessions that ship and drive a stage, pipes between
+//!   stages for hidden states, sampled tokens and tensor-parallel partial sums.
 //! - [`codec`]: the libp2p request-response codec ([`BincodeCodec`], [`ControlCodec`]) with per-direction limits.
 //!
 //! Every libp2p protocol name ends with `/`[`PROTOCOL_VERSION`] (checked at compile time); every read has a hard
@@ -16,6 +18,7 @@ pub mod capability;
 pub mod codec;
 pub mod control;
 pub mod shard;
+pub mod stage;
 pub mod wire;
 
 pub use capability::{Capabilities, HeldShard, SignedCapabilities};

@@ -1,96 +1,23 @@
 //! A cluster of real processes on 127.0.0.1 (explicit dials: mDNS never runs on loopback): three `edge-node serve`
 //! members and the coordinator CLI. Every process is killed when its guard drops, also when a test fails.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_tests::{bin, spawn_member, Proc};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-cluster-{}-{tag}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
-}
-
-fn new_key() -> String {
-    edge_node::net::keys::cluster_key_hex(&edge_node::net::keys::new_cluster_key())
-}
-
-/// A member started with `edge-node serve`; `addr` ends in `/p2p/<peer id>`.
-struct Node {
-    proc: Proc,
-    addr: String,
-    /// The QUIC address, for members started with [`start_node_quic`].
-    quic: Option<String>,
-    peer_id: String,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, TempDir};
 
 fn start_node(key: &str, peers: &[&str]) -> Node {
-    start(key, peers, &[], false)
+    Node::start(key, NodeSpec { peers, ..Default::default() })
 }
 
 /// A member listening on TCP and QUIC.
 fn start_node_quic(key: &str) -> Node {
-    start(key, &[], &[], true)
+    Node::start(key, NodeSpec { quic: true, ..Default::default() })
 }
 
+/// A member whose `config.toml` lists `bootstrap` (besides the `--peer` flags).
 fn start_node_with_config(key: &str, peers: &[&str], bootstrap: &[&str]) -> Node {
-    start(key, peers, bootstrap, false)
-}
-
-/// A member; its `config.toml` lists `bootstrap` (besides the `--peer` flags).
-fn start(key: &str, peers: &[&str], bootstrap: &[&str], quic: bool) -> Node {
-    start_in(key, peers, bootstrap, quic, &[], 0, temp_dir("node"))
-}
-
-/// A member with extra `serve` flags, a TCP port (0: any) and a given data directory.
-fn start_in(
-    key: &str,
-    peers: &[&str],
-    bootstrap: &[&str],
-    quic: bool,
-    extra: &[&str],
-    port: u16,
-    dir: PathBuf,
-) -> Node {
-    if !bootstrap.is_empty() {
-        let list: Vec<String> = bootstrap.iter().map(|a| format!("{a:?}")).collect();
-        std::fs::write(dir.join("config.toml"), format!("bootstrap = [{}]\nmdns = false\n", list.join(", "))).unwrap();
-    }
-    let mut cmd = Command::new(bin("edge-node"));
-    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-    cmd.args(["serve", "--listen", &listen, "--no-mdns", "--backend", "cpu", "--memory", "1000000000"])
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("EDGE_CLUSTER_KEY", key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for p in peers {
-        cmd.args(["--peer", p]);
-    }
-    if quic {
-        cmd.args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
-    }
-    cmd.args(extra);
-    let (proc, addrs) = spawn_member(cmd, if quic { 2 } else { 1 }, Duration::from_secs(60));
-    let addr = addrs.iter().find(|a| a.contains("/tcp/")).expect("a TCP address").clone();
-    let quic = addrs.iter().find(|a| a.contains("/quic-v1")).cloned();
-    let peer_id = addr.rsplit('/').next().unwrap().to_string();
-    Node { proc, addr, quic, peer_id, _dir: TempDir(dir) }
+    Node::start(key, NodeSpec { peers, bootstrap, ..Default::default() })
 }
 
 /// `edge-coord peers --json` from `peer` with `key`: the members it lists.
@@ -195,7 +122,7 @@ fn only_allowlisted_peers_stay_connected() {
     let key = new_key();
     let b = start_node(&key, &[]);
     // `a` admits only `b`: the coordinator holds the key but is not on the list.
-    let a = start_in(&key, &[&b.addr], &[], false, &["--allow", &b.peer_id], 0, temp_dir("node"));
+    let a = Node::start(&key, NodeSpec { peers: &[&b.addr], extra: &["--allow", &b.peer_id], ..Default::default() });
     assert!(coord_peers(&key, &a.addr, 1.5).is_empty(), "a disconnects the coordinator");
     // Through `b` (no allowlist) the coordinator learns of `a` and dials it, and `a` refuses it again.
     let via_b = coord_peers(&key, &b.addr, 3.0);
@@ -207,16 +134,16 @@ fn a_restarted_member_is_redialed_and_rejoins() {
     let key = new_key();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = temp_dir("restart");
-    let a = start_in(&key, &[], &[], false, &[], port, dir.clone());
+    let _cleanup = TempDir(dir.clone()); // the member's identity outlives its first process
+    let a = Node::start(&key, NodeSpec { port, dir: Some(dir.clone()), ..Default::default() });
     let a_addr = a.addr.clone();
     let b = start_node(&key, &[&a_addr]);
     assert_eq!(coord_peers(&key, &b.addr, 2.0).len(), 2);
     let a_id = a.peer_id.clone();
     drop(a.proc); // killed
-    std::mem::forget(a._dir); // keep its data dir (identity): the restarted member owns it from here
     assert_eq!(ids(&coord_peers(&key, &b.addr, 1.0)), vec![b.peer_id.clone()]);
     // Same identity, same port: b's backoff redial finds it again.
-    let a2 = start_in(&key, &[], &[], false, &[], port, dir);
+    let a2 = Node::start(&key, NodeSpec { port, dir: Some(dir), ..Default::default() });
     assert_eq!(a2.peer_id, a_id, "the identity persists in the data dir");
     let start = Instant::now();
     loop {

@@ -6,6 +6,7 @@
 //! - [`weights`]: repacking GGML blocks into the kernels' layout, chunked to fit storage bindings.
 //! - [`profile`]: kernel timings and the copy-bandwidth yardstick for `edge-node bench`.
 //! - [`shard`]: [`GpuShard`], the executor.
+//! - `tensor_parallel`: the step of a tensor-parallel member (partial sums reduced between the blocks of a layer).
 
 pub mod context;
 mod dispatch;
@@ -13,6 +14,7 @@ pub mod kernels;
 pub mod probe;
 pub mod profile;
 pub mod shard;
+mod tensor_parallel;
 pub mod weights;
 
 pub use context::GpuContext;

@@ -3,6 +3,10 @@
 //!
 //! Per layer: fused norm+QKV matmul, RoPE + KV write, attention, O matmul + residual, fused norm+gate/up+SwiGLU,
 //! down matmul + residual: 6 dispatches (more only when q/k/v types differ or a matrix is chunked).
+//!
+//! A member of a tensor-parallel stage (`cfg.partial_layers`) runs the same kernels, but its O and down matmuls
+//! write partial sums to their own buffer instead of adding to the residual stream: the stage sums them between
+//! the blocks, on the host (see `tensor_parallel.rs`).
 
 use std::sync::Arc;
 
@@ -37,25 +41,27 @@ impl Default for GpuOptions {
 
 /// Device buffers for one step's activations, shared by all sequences.
 pub(super) struct Activations {
-    tokens: wgpu::Buffer,     // (max_step) u32
-    x: wgpu::Buffer,          // (max_step, dim) residual stream
-    qkv: wgpu::Buffer,        // (max_step, q_dim + 2 kv_dim)
-    q: wgpu::Buffer,          // (max_step, q_dim) after RoPE
-    att: wgpu::Buffer,        // (max_step, q_dim) attention output
-    h: wgpu::Buffer,          // (max_step, ffn_dim) SwiGLU output
-    logits: wgpu::Buffer,     // (max_step, vocab)
-    argmax: wgpu::Buffer,     // (max_step) u32
-    staging: wgpu::Buffer,    // readback
-    dummy: wgpu::Buffer,      // bound where a kernel's optional storage input is unused
-    dummy_view: wgpu::Buffer, // bound where a kernel's optional uniform view is unused
-    groups: wgpu::Buffer,     // entry g (at g * align bytes) holds g: which token group a matmul dispatch serves
+    pub(super) tokens: wgpu::Buffer,  // (max_step) u32
+    pub(super) x: wgpu::Buffer,       // (max_step, dim) residual stream
+    qkv: wgpu::Buffer,                // (max_step, q_dim + 2 kv_dim)
+    q: wgpu::Buffer,                  // (max_step, q_dim) after RoPE
+    att: wgpu::Buffer,                // (max_step, q_dim) attention output
+    h: wgpu::Buffer,                  // (max_step, ffn_dim) SwiGLU output
+    pub(super) partial: wgpu::Buffer, // (max_step, dim) O / down partial sums of a tensor-parallel member
+    logits: wgpu::Buffer,             // (max_step, vocab)
+    argmax: wgpu::Buffer,             // (max_step) u32
+    staging: wgpu::Buffer,            // readback
+    dummy: wgpu::Buffer,              // bound where a kernel's optional storage input is unused
+    dummy_view: wgpu::Buffer,         // bound where a kernel's optional uniform view is unused
+    /// Entry g (at g * align bytes) holds g: which token group a matmul dispatch serves.
+    groups: wgpu::Buffer,
 }
 
 pub(super) struct GpuLayer {
     pub(super) qkv: Vec<Dispatch>,     // norm + q/k/v projections
-    pub(super) o: Vec<Dispatch>,       // output projection + residual
+    pub(super) o: Vec<Dispatch>,       // output projection + residual (tensor-parallel: into `partial`)
     pub(super) gate_up: Vec<Dispatch>, // norm + gate/up + SwiGLU
-    pub(super) down: Vec<Dispatch>,    // down projection + residual
+    pub(super) down: Vec<Dispatch>,    // down projection + residual (tensor-parallel: into `partial`)
 }
 
 /// A sequence's KV cache (one buffer per layer) and the bind groups that read it.
@@ -89,8 +95,11 @@ impl GpuShard {
         spec: ShardSpec,
         opts: GpuOptions,
     ) -> Result<GpuShard, ShardError> {
-        let t = ShardTensors::resolve(g, cfg, spec)?;
         let c = cfg;
+        if c.partial_layers {
+            check_slice(c)?;
+        }
+        let t = ShardTensors::resolve(g, cfg, spec)?;
         let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
         if !(c.dim * 4).is_multiple_of(align) {
             return Err(ShardError::Gpu(format!(
@@ -98,9 +107,6 @@ impl GpuShard {
                 c.dim,
                 align / 4
             )));
-        }
-        if c.partial_layers {
-            return Err(ShardError::Gpu("tensor-parallel slices are not supported by the wgpu backend yet".into()));
         }
         if c.head_dim > 128 || !c.head_dim.is_multiple_of(4) {
             return Err(ShardError::Gpu(format!(
@@ -138,6 +144,7 @@ impl GpuShard {
                 }
                 ctx.uniform_view("groups", &entries)
             },
+            partial: ctx.storage("partial", if c.partial_layers { m * c.dim as u64 * f } else { 16 }),
         };
         let step = ctx.uniform("step", &StepParams { n_tok: 0, pos0: 0, head_n: 0, head_row0: 0 });
         let rope_params = ctx.uniform(
@@ -241,7 +248,10 @@ impl GpuShard {
             let wo = GpuMatrix::concat(&ctx, g, &[&lt.wo], max_binding);
             let gate_up = GpuMatrix::pair(&ctx, g, &lt.w_gate, &lt.w_up, max_binding);
             let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
-            let o = me.matmul(&wo, MatmulIo::residual(&me.act.att, &me.act.x, c.dim))?;
+            // Whole layers add the O and down outputs to the residual stream; a tensor-parallel slice keeps its
+            // partial sums apart until the stage has added them up.
+            let (out, residual) = if c.partial_layers { (&me.act.partial, false) } else { (&me.act.x, true) };
+            let o = me.matmul(&wo, MatmulIo::output(&me.act.att, out, residual, c.dim))?;
             let gate_up = me.matmul(
                 &gate_up,
                 MatmulIo {
@@ -256,7 +266,7 @@ impl GpuShard {
                     out_stride: c.ffn_dim,
                 },
             )?;
-            let down = me.matmul(&down, MatmulIo::residual(&me.act.h, &me.act.x, c.dim))?;
+            let down = me.matmul(&down, MatmulIo::output(&me.act.h, out, residual, c.dim))?;
             me.layers.push(GpuLayer { qkv, o, gate_up, down });
         }
 
@@ -373,7 +383,7 @@ impl GpuShard {
         (per_layer, self.embed.iter().count() + self.head.len())
     }
 
-    /// Runs `n` positions of `seq` in one submit; reads back `read` bytes of the result buffer.
+    /// Runs `n` positions of `seq` in one submit; reads back the result (hidden state, tokens or logits).
     fn step(
         &mut self,
         seq: SeqId,
@@ -381,6 +391,32 @@ impl GpuShard {
         head: Option<HeadOutput>,
     ) -> Result<Option<Vec<u8>>, ShardError> {
         let s = self.seqs.get(seq)?;
+        let dims = self.begin_step(s.len, input, head);
+        match input {
+            ShardInput::Tokens(t) => self.ctx.queue.write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(t)),
+            ShardInput::Hidden(h) => self.ctx.queue.write_buffer(&self.act.x, 0, bytemuck::cast_slice(h)),
+        }
+        let embed = match input {
+            ShardInput::Tokens(_) => self.embed.as_ref(),
+            ShardInput::Hidden(_) => None,
+        };
+        let layers = self.layers.iter().enumerate().flat_map(|(l, layer)| {
+            let attention = [&s.kv.rope[l], &s.kv.attention[l]];
+            layer.qkv.iter().chain(attention).chain(&layer.o).chain(&layer.gate_up).chain(&layer.down)
+        });
+        let head_dispatches = if head.is_some() { &self.head[..] } else { &[] };
+        let read = match head {
+            None if !self.spec.head => Some(self.hidden_bytes(dims)),
+            None => None,
+            Some(h) => Some(self.head_bytes(h, dims)),
+        };
+        let out = self.submit(dims, embed.into_iter().chain(layers).chain(head_dispatches), read)?;
+        self.seqs.get_mut(seq)?.len += dims.n_tok as usize;
+        Ok(out)
+    }
+
+    /// Writes the step's parameters (`n` positions from `pos0`) and returns the sizes its dispatches need.
+    pub(super) fn begin_step(&self, pos0: usize, input: ShardInput<'_>, head: Option<HeadOutput>) -> StepDims {
         let n = match input {
             ShardInput::Tokens(t) => t.len(),
             ShardInput::Hidden(h) => h.len() / self.cfg.dim,
@@ -391,59 +427,74 @@ impl GpuShard {
             None => (0, 0),
         };
         let params =
-            StepParams { n_tok: n as u32, pos0: s.len as u32, head_n: head_n as u32, head_row0: head_row0 as u32 };
-        let q = &self.ctx.queue;
-        q.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
-        match input {
-            ShardInput::Tokens(t) => q.write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(t)),
-            ShardInput::Hidden(h) => q.write_buffer(&self.act.x, 0, bytemuck::cast_slice(h)),
+            StepParams { n_tok: n as u32, pos0: pos0 as u32, head_n: head_n as u32, head_row0: head_row0 as u32 };
+        self.ctx.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
+        StepDims {
+            n_tok: n as u32,
+            head_n: head_n as u32,
+            head_row0: head_row0 as u32,
+            align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16),
         }
+    }
+
+    /// The residual stream of the step's positions, `(n, dim)` floats.
+    pub(super) fn hidden_bytes(&self, dims: StepDims) -> (&wgpu::Buffer, u64) {
+        (&self.act.x, dims.n_tok as u64 * self.cfg.dim as u64 * 4)
+    }
+
+    /// What the head leaves for `want`: the last logits or the argmax tokens.
+    pub(super) fn head_bytes(&self, want: HeadOutput, dims: StepDims) -> (&wgpu::Buffer, u64) {
+        match want {
+            HeadOutput::LogitsLast => (&self.act.logits, self.cfg.vocab as u64 * 4),
+            _ => (&self.act.argmax, dims.head_n as u64 * 4),
+        }
+    }
+
+    /// Records `dispatches` in one compute pass, copies `read` (a buffer and a byte count) to the staging buffer,
+    /// submits once and waits: returns the bytes read back.
+    pub(super) fn submit<'d>(
+        &self,
+        dims: StepDims,
+        dispatches: impl IntoIterator<Item = &'d Dispatch>,
+        read: Option<(&wgpu::Buffer, u64)>,
+    ) -> Result<Option<Vec<u8>>, ShardError> {
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("shard"), timestamp_writes: None });
-            let dims = StepDims {
-                n_tok: n as u32,
-                head_n: head_n as u32,
-                head_row0: head_row0 as u32,
-                align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16),
-            };
-            if let (Some(e), ShardInput::Tokens(_)) = (&self.embed, input) {
-                e.record(&mut pass, dims);
-            }
-            for (l, layer) in self.layers.iter().enumerate() {
-                layer.qkv.iter().for_each(|d| d.record(&mut pass, dims));
-                s.kv.rope[l].record(&mut pass, dims);
-                s.kv.attention[l].record(&mut pass, dims);
-                let rest = layer.o.iter().chain(&layer.gate_up).chain(&layer.down);
-                rest.for_each(|d| d.record(&mut pass, dims));
-            }
-            if head.is_some() {
-                self.head.iter().for_each(|d| d.record(&mut pass, dims));
-            }
+            dispatches.into_iter().for_each(|d| d.record(&mut pass, dims));
         }
-        let f = 4u64;
-        let read = match head {
-            None if !self.spec.head => Some((&self.act.x, n as u64 * self.cfg.dim as u64 * f)),
-            None => None,
-            Some(HeadOutput::LogitsLast) => Some((&self.act.logits, self.cfg.vocab as u64 * f)),
-            Some(_) => Some((&self.act.argmax, head_n as u64 * 4)),
-        };
         if let Some((src, bytes)) = read {
             enc.copy_buffer_to_buffer(src, 0, &self.act.staging, 0, bytes);
         }
         self.ctx.submit(enc);
-        let out = match read {
-            Some((_, bytes)) => Some(self.ctx.read_back(&self.act.staging, bytes)?),
+        match read {
+            Some((_, bytes)) => Ok(Some(self.ctx.read_back(&self.act.staging, bytes)?)),
             None => {
                 self.ctx.wait()?;
                 self.ctx.check()?;
-                None
+                Ok(None)
             }
-        };
-        self.seqs.get_mut(seq)?.len += n;
-        Ok(out)
+        }
     }
+}
+
+/// The shapes a tensor-parallel slice must have for these kernels: the O and down matmuls read their inputs
+/// (the slice's heads, its FFN columns) in blocks of 32.
+fn check_slice(c: &ModelConfig) -> Result<(), ShardError> {
+    let widths = [
+        ("output", c.n_heads * c.head_dim, format!("{} query heads of {}", c.n_heads, c.head_dim)),
+        ("down", c.ffn_dim, "the FFN columns of the slice".to_string()),
+    ];
+    for (proj, cols, what) in widths {
+        if !cols.is_multiple_of(32) {
+            return Err(ShardError::Gpu(format!(
+                "unsupported tensor-parallel slice: the {proj} projection's input width {cols} ({what}) is not a \
+                 multiple of 32, which the matmul kernels need"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Inputs and outputs of one matmul.
@@ -461,8 +512,9 @@ struct MatmulIo<'a> {
 }
 
 impl<'a> MatmulIo<'a> {
-    fn residual(x: &'a wgpu::Buffer, y: &'a wgpu::Buffer, out_stride: usize) -> Self {
-        MatmulIo { x, y, gamma: None, bias: None, residual: true, swiglu: false, head: false, col_off: 0, out_stride }
+    /// A projection back to the model width (O, down): `y (+)= W · x`.
+    fn output(x: &'a wgpu::Buffer, y: &'a wgpu::Buffer, residual: bool, out_stride: usize) -> Self {
+        MatmulIo { x, y, gamma: None, bias: None, residual, swiglu: false, head: false, col_off: 0, out_stride }
     }
 }
 
@@ -533,7 +585,7 @@ impl Shard for GpuShard {
         seq: SeqId,
         input: ShardInput<'_>,
         want: HeadOutput,
-        _reduce: &mut dyn Reducer,
+        reduce: &mut dyn Reducer,
     ) -> Result<ShardOutput, ShardError> {
         let n = check_input(&self.spec, &self.cfg, &input)?;
         self.seqs.with_room(seq, n)?;
@@ -559,7 +611,11 @@ impl Shard for GpuShard {
                 _ if end == n => Some(want),
                 _ => None,
             };
-            let out = self.step(seq, part, head)?;
+            let out = if self.cfg.partial_layers {
+                self.step_partial(seq, part, head, reduce)?
+            } else {
+                self.step(seq, part, head)?
+            };
             match (head, out) {
                 (None, Some(b)) => hidden.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&b)),
                 (Some(HeadOutput::LogitsLast), Some(b)) => last = bytemuck::pod_collect_to_vec::<u8, f32>(&b),

@@ -1,0 +1,175 @@
+//! Running a node's part of a plan ([`edge_protocol::stage`]): the coordinator opens a session, ships the stage's
+//! tensors (only those not already in the [`store`]), the node loads them on its backend and starts a
+//! [`worker`] thread; after wiring, hidden states, tokens and partial sums flow over pipes between nodes.
+//!
+//! - [`store`]: the content-addressed tensor cache (resumable, verified).
+//! - [`session`]: one coordinator session: load, wire, start/cancel sequences, report.
+//! - [`worker`]: the thread that owns the loaded shard and runs steps.
+
+pub mod session;
+pub mod store;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_protocol::bulk::{read_msg, write_msg};
+use edge_protocol::stage::{MemberRef, PipeMsg, PlanId, StageOpen, MAX_STAGE_FRAME, STAGE_PROTOCOL};
+use futures::StreamExt;
+use libp2p::{PeerId, StreamProtocol};
+
+use crate::backend::Backend;
+use crate::gpu::GpuContext;
+use crate::net::{Client, NetError};
+use crate::shard::ShardError;
+
+use worker::Work;
+
+/// Most plans a node serves at once (one stage member each).
+pub const MAX_PLANS: usize = 8;
+/// How long an incoming pipe waits for its plan to be wired here.
+const PIPE_WAIT: Duration = Duration::from_secs(10);
+
+/// A stage member this node holds.
+struct Hosted {
+    me: MemberRef,
+    work: std::sync::mpsc::Sender<Work>,
+    /// Peers allowed to open pipes into it, with the member they must claim to be (set when wired).
+    accept: Mutex<Option<HashMap<PeerId, Option<MemberRef>>>>,
+}
+
+/// Everything the stage protocol needs on a node.
+pub struct StageServer {
+    client: Client,
+    store: store::TensorStore,
+    dir: PathBuf,
+    backend: Backend,
+    gpu: Mutex<Option<Arc<GpuContext>>>,
+    hosted: Mutex<HashMap<PlanId, Arc<Hosted>>>,
+}
+
+impl StageServer {
+    pub fn new(client: Client, dir: &std::path::Path, backend: Backend) -> Result<Arc<StageServer>, store::StoreError> {
+        Ok(Arc::new(StageServer {
+            client,
+            store: store::TensorStore::open(dir)?,
+            dir: dir.to_owned(),
+            backend,
+            gpu: Mutex::new(None),
+            hosted: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The node's GPU context, created on first use and shared by its stages.
+    fn gpu(&self) -> Result<Arc<GpuContext>, ShardError> {
+        let mut g = self.gpu.lock().expect("gpu lock");
+        if let Some(ctx) = g.as_ref() {
+            return Ok(ctx.clone());
+        }
+        let ctx = GpuContext::new()?;
+        *g = Some(ctx.clone());
+        Ok(ctx)
+    }
+
+    fn hosted(&self, plan: &PlanId) -> Option<Arc<Hosted>> {
+        self.hosted.lock().expect("hosted lock").get(plan).cloned()
+    }
+
+    /// Serves stage streams until the network stops. Spawn it next to the event loop.
+    pub async fn serve(self: Arc<Self>) -> Result<(), NetError> {
+        let mut incoming = self
+            .client
+            .streams()
+            .accept(StreamProtocol::new(STAGE_PROTOCOL))
+            .map_err(|_| NetError::Request("stage protocol already served".into()))?;
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let open = tokio::time::timeout(Duration::from_secs(10), read_msg::<_, StageOpen>(&mut stream, 256));
+                match open.await {
+                    Ok(Ok(StageOpen::Session { plan })) => session::run(me, peer, plan, stream).await,
+                    Ok(Ok(StageOpen::Pipe { plan, from })) => me.pipe_in(peer, plan, from, stream).await,
+                    Ok(Err(e)) => tracing::info!(%peer, cause = %e, "refused a stage stream"),
+                    Err(_) => tracing::info!(%peer, "stage stream sent no header"),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// An incoming pipe: checked against the plan's wiring, then every message goes to the worker's queue.
+    async fn pipe_in(&self, peer: PeerId, plan: PlanId, from: MemberRef, mut stream: libp2p::Stream) {
+        let deadline = Instant::now() + PIPE_WAIT;
+        let hosted = loop {
+            let h = self.hosted(&plan);
+            let wired = h.as_ref().is_some_and(|h| h.accept.lock().expect("accept lock").is_some());
+            if wired || Instant::now() > deadline {
+                break h;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Some(hosted) = hosted else {
+            tracing::info!(%peer, "refused a pipe into a plan this node does not hold");
+            return;
+        };
+        let allowed = hosted
+            .accept
+            .lock()
+            .expect("accept lock")
+            .as_ref()
+            .and_then(|a| a.get(&peer).copied())
+            .is_some_and(|claim| claim.is_none_or(|m| m == from));
+        if !allowed {
+            tracing::warn!(%peer, "refused a pipe from a peer outside the plan's wiring");
+            return;
+        }
+        loop {
+            match read_msg::<_, PipeMsg>(&mut stream, MAX_STAGE_FRAME).await {
+                Ok(msg) => {
+                    if let Err(e) = msg.validate() {
+                        tracing::warn!(%peer, cause = %e, "dropped an invalid pipe message; closing the pipe");
+                        break;
+                    }
+                    if hosted.work.send(Work::Pipe { from, msg }).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, cause = %e, "pipe closed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Opens a pipe to `peer` as member `me` of `plan`; returns the queue that feeds it.
+    async fn pipe_out(
+        &self,
+        peer: PeerId,
+        plan: PlanId,
+        me: MemberRef,
+    ) -> Result<tokio::sync::mpsc::Sender<PipeMsg>, NetError> {
+        let mut control = self.client.streams();
+        let err = |e: &dyn std::fmt::Display| NetError::Request(format!("pipe to {peer}: {e}"));
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            control.open_stream(peer, StreamProtocol::new(STAGE_PROTOCOL)),
+        )
+        .await
+        .map_err(|_| err(&"timed out"))?
+        .map_err(|e| err(&e))?;
+        write_msg(&mut stream, &StageOpen::Pipe { plan, from: me }, 256).await.map_err(|e| err(&e))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<PipeMsg>(64);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = write_msg(&mut stream, &msg, MAX_STAGE_FRAME).await {
+                    tracing::warn!(%peer, cause = %e, "pipe write failed");
+                    break;
+                }
+            }
+        });
+        Ok(tx)
+    }
+}

@@ -1,0 +1,340 @@
+//! The thread that owns a loaded stage: it takes steps in arrival order from one queue, runs them on the shard,
+//! and sends the results on (hidden states to the next stage; sampled tokens to the coordinator and around the
+//! ring to the first stage). A tensor-parallel member's leader (member 0) forwards every step to the other
+//! members first, so all members run the same steps in the same order, and exchanges partial sums with them
+//! inside [`Shard::forward_reduce`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, MAX_STAGE_FRAME};
+
+use crate::sampler::Sampler;
+use crate::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput};
+
+/// How long a tensor-parallel member waits for the others' partial sums before failing the step.
+pub const REDUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a stage's results go; set by the session when the plan is wired.
+pub struct Outbox {
+    pub coordinator: tokio::sync::mpsc::UnboundedSender<NodeMsg>,
+    /// The next stage's leader (None: the ring comes back to this very member: a one-stage plan).
+    pub next: Option<tokio::sync::mpsc::Sender<PipeMsg>>,
+    /// The other members of a tensor-parallel stage, by member index (None at this member's own index).
+    pub group: Vec<Option<tokio::sync::mpsc::Sender<PipeMsg>>>,
+}
+
+pub enum Work {
+    /// A message from a pipe (or from this worker to itself around a one-stage ring).
+    Pipe { from: MemberRef, msg: PipeMsg },
+    /// From the coordinator (first stage's leader): start a sequence.
+    Start { seq: u64, prompt: Vec<u32>, params: JobParams },
+    /// From the coordinator: stop a sequence early.
+    Cancel { seq: u64 },
+    /// The plan is wired: where results go from now on.
+    Wired(Outbox),
+    /// The session ended: free everything.
+    Shutdown,
+}
+
+#[derive(Default)]
+struct SeqState {
+    job: Option<JobParams>,
+    sampler: Option<Sampler>,
+    generated: u32,
+    steps: u32,
+    compute: Duration,
+    prefill: Duration,
+    cancelled: bool,
+}
+
+pub struct Worker {
+    shard: Box<dyn Shard + Send>,
+    me: MemberRef,
+    rx: Receiver<Work>,
+    queue: VecDeque<Work>,
+    /// Partial sums received from each group member, oldest first.
+    partials: Vec<VecDeque<Vec<f32>>>,
+    out: Option<Outbox>,
+    seqs: HashMap<u64, SeqState>,
+}
+
+impl Worker {
+    pub fn new(shard: Box<dyn Shard + Send>, me: MemberRef, rx: Receiver<Work>) -> Worker {
+        Worker {
+            shard,
+            me,
+            rx,
+            queue: VecDeque::new(),
+            partials: Vec::new(),
+            out: None,
+            seqs: HashMap::new(),
+        }
+    }
+
+    fn leader(&self) -> bool {
+        self.me.member == 0
+    }
+
+    /// Runs until the session ends.
+    pub fn run(mut self) {
+        loop {
+            let work = match self.queue.pop_front() {
+                Some(w) => w,
+                None => match self.rx.recv() {
+                    Ok(w) => w,
+                    Err(_) => break,
+                },
+            };
+            match work {
+                Work::Shutdown => break,
+                Work::Wired(out) => {
+                    self.partials = vec![VecDeque::new(); out.group.len()];
+                    self.out = Some(out);
+                }
+                Work::Start { seq, prompt, params } => self.start(seq, prompt, params),
+                Work::Cancel { seq } => {
+                    if let Some(s) = self.seqs.get_mut(&seq) {
+                        s.cancelled = true;
+                    }
+                }
+                Work::Pipe { msg: PipeMsg::Partial { data, .. }, from } => {
+                    if let Some(q) = self.partials.get_mut(from.member as usize) {
+                        q.push_back(data);
+                    }
+                }
+                Work::Pipe { msg: PipeMsg::Close { seq }, .. } => self.close(seq),
+                Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. } => {
+                    if let Err(e) = self.step(seq, job, input, sample) {
+                        self.fail(seq, e);
+                    }
+                }
+            }
+        }
+        tracing::debug!(stage = self.me.stage, member = self.me.member, "stage worker stopped");
+    }
+
+    fn report(&self, msg: NodeMsg) {
+        if let Some(out) = &self.out {
+            let _ = out.coordinator.send(msg);
+        }
+    }
+
+    /// Sends to the next stage (or to this worker itself around a one-stage ring).
+    fn send_next(&mut self, msg: PipeMsg) {
+        match self.out.as_ref().and_then(|o| o.next.clone()) {
+            Some(tx) => {
+                if tx.blocking_send(msg).is_err() {
+                    tracing::warn!("the pipe to the next stage is closed");
+                }
+            }
+            None => self.queue.push_back(Work::Pipe { from: self.me, msg }),
+        }
+    }
+
+    fn fail(&mut self, seq: u64, e: ShardError) {
+        tracing::warn!(seq, cause = %e, "step failed");
+        self.report(NodeMsg::Error { seq: Some(seq), message: e.to_string() });
+        self.shard.close_sequence(seq);
+        self.seqs.remove(&seq);
+    }
+
+    /// The first stage's leader turns a prompt into steps: one per chunk that fits a frame (usually one).
+    fn start(&mut self, seq: u64, prompt: Vec<u32>, params: JobParams) {
+        let dim = self.shard.config().dim;
+        let chunk = (MAX_STAGE_FRAME / 2 / (dim * 4)).clamp(1, 4096);
+        let n = prompt.len().div_ceil(chunk);
+        for (i, c) in prompt.chunks(chunk).enumerate() {
+            let job = (i == 0).then(|| params.clone());
+            let msg = PipeMsg::Step { seq, job, input: StepInput::Tokens(c.to_vec()), sample: i + 1 == n };
+            self.queue.push_back(Work::Pipe { from: self.me, msg });
+        }
+    }
+
+    fn close(&mut self, seq: u64) {
+        self.to_group(&PipeMsg::Close { seq });
+        self.shard.close_sequence(seq);
+        if let Some(s) = self.seqs.remove(&seq) {
+            if self.leader() {
+                self.report(NodeMsg::SeqStats {
+                    seq,
+                    steps: s.steps,
+                    compute_us: s.compute.as_micros() as u64,
+                    prefill_us: s.prefill.as_micros() as u64,
+                });
+            }
+        }
+        if self.leader() && !self.shard.spec().head {
+            self.send_next(PipeMsg::Close { seq });
+        }
+    }
+
+    /// The leader forwards what it runs to the other members of its stage.
+    fn to_group(&self, msg: &PipeMsg) {
+        if !self.leader() {
+            return;
+        }
+        if let Some(out) = &self.out {
+            for tx in out.group.iter().flatten() {
+                let _ = tx.blocking_send(msg.clone());
+            }
+        }
+    }
+
+    fn step(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) -> Result<(), ShardError> {
+        let spec = self.shard.spec();
+        if spec.embed && self.seqs.get(&seq).is_some_and(|s| s.cancelled) {
+            // A cancelled sequence stops at the first stage: close it down the pipeline instead.
+            self.close(seq);
+            return Ok(());
+        }
+        self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
+        if let Some(job) = &job {
+            self.shard.open_sequence(seq, job.capacity as usize)?;
+            let sampler = (spec.head && !job.sampling.is_greedy()).then(|| Sampler::new(job.sampling));
+            self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, ..Default::default() });
+        }
+        let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        let greedy = state.sampler.is_none();
+        let prefill = state.steps == 0 || !sample;
+        let want = if greedy { HeadOutput::ArgmaxLast } else { HeadOutput::LogitsLast };
+        let t = Instant::now();
+        let out = {
+            let mut reduce = GroupReduce {
+                me: self.me.member as usize,
+                seq,
+                group: self.out.as_ref().map(|o| &o.group[..]).unwrap_or(&[]),
+                rx: &self.rx,
+                queue: &mut self.queue,
+                partials: &mut self.partials,
+            };
+            let input = match &input {
+                StepInput::Tokens(t) => ShardInput::Tokens(t),
+                StepInput::Hidden(h) => ShardInput::Hidden(h),
+            };
+            self.shard.forward_reduce(seq, input, want, &mut reduce)?
+        };
+        let elapsed = t.elapsed();
+        let state = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        state.steps += 1;
+        state.compute += elapsed;
+        if prefill {
+            state.prefill += elapsed;
+        }
+        if !self.leader() {
+            return Ok(());
+        }
+        match out {
+            ShardOutput::Hidden(h) => {
+                self.send_next(PipeMsg::Step { seq, job, input: StepInput::Hidden(h), sample });
+                Ok(())
+            }
+            _ if !sample => Ok(()),
+            out => self.sampled(seq, out),
+        }
+    }
+
+    /// The last stage's leader picked a token: report it, and either feed it back to the first stage or end.
+    fn sampled(&mut self, seq: u64, out: ShardOutput) -> Result<(), ShardError> {
+        let len = self.shard.sequence_len(seq)?;
+        let state = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        let token = match (out, &mut state.sampler) {
+            (ShardOutput::Tokens(t), _) => *t.last().ok_or_else(|| ShardError::BadInput("no token".into()))?,
+            (ShardOutput::Logits(l), Some(s)) => s.sample(&l),
+            _ => return Err(ShardError::BadInput("the head produced nothing to sample".into())),
+        };
+        let job = state.job.as_ref().ok_or(ShardError::UnknownSequence(seq))?;
+        let index = state.generated;
+        let finish = if job.stop.contains(&token) {
+            Some(Finish::Stop)
+        } else if index + 1 >= job.max_tokens {
+            Some(Finish::Length)
+        } else if len >= job.capacity as usize {
+            Some(Finish::Context)
+        } else {
+            None
+        };
+        let emitted = (finish != Some(Finish::Stop)).then_some(token);
+        state.generated += emitted.is_some() as u32;
+        self.report(NodeMsg::Token { seq, index, token: emitted, finish });
+        match finish {
+            None => self.send_next(PipeMsg::Step { seq, job: None, input: StepInput::Tokens(vec![token]), sample: true }),
+            // The ring carries the close to the first stage, which sends it down the pipeline back to here.
+            Some(_) if self.shard.spec().embed => self.close(seq),
+            Some(_) => self.send_next(PipeMsg::Close { seq }),
+        }
+        Ok(())
+    }
+}
+
+/// The all-reduce of a tensor-parallel member: send the partial to every other member, collect theirs (queueing
+/// any other work that arrives meanwhile), and sum all of them in member order so every member gets the very
+/// same floats.
+struct GroupReduce<'a> {
+    me: usize,
+    seq: u64,
+    group: &'a [Option<tokio::sync::mpsc::Sender<PipeMsg>>],
+    rx: &'a Receiver<Work>,
+    queue: &'a mut VecDeque<Work>,
+    partials: &'a mut Vec<VecDeque<Vec<f32>>>,
+}
+
+impl Reducer for GroupReduce<'_> {
+    fn all_reduce(&mut self, partial: &mut [f32]) -> Result<(), ShardError> {
+        let k = self.group.len();
+        if k <= 1 {
+            return Ok(());
+        }
+        for tx in self.group.iter().flatten() {
+            let msg = PipeMsg::Partial { seq: self.seq, data: partial.to_vec() };
+            tx.blocking_send(msg).map_err(|_| ShardError::BadInput("a tensor-parallel peer went away".into()))?;
+        }
+        let deadline = Instant::now() + REDUCE_TIMEOUT;
+        let mut parts: Vec<Option<Vec<f32>>> = vec![None; k];
+        loop {
+            for (j, p) in parts.iter_mut().enumerate() {
+                if j != self.me && p.is_none() {
+                    *p = self.partials[j].pop_front();
+                }
+            }
+            if parts.iter().enumerate().all(|(j, p)| j == self.me || p.is_some()) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Work::Pipe { from, msg: PipeMsg::Partial { data, .. } }) => {
+                    if let Some(q) = self.partials.get_mut(from.member as usize) {
+                        q.push_back(data);
+                    }
+                }
+                Ok(other) => self.queue.push_back(other),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(ShardError::BadInput("timed out waiting for tensor-parallel partial sums".into()))
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(ShardError::BadInput("stage stopped".into())),
+            }
+        }
+        let mine = partial.to_vec();
+        partial.fill(0.0);
+        for (j, p) in parts.iter().enumerate() {
+            let p = if j == self.me { &mine } else { p.as_ref().expect("collected above") };
+            if p.len() != partial.len() {
+                return Err(ShardError::BadInput(format!("partial sum of {} floats, expected {}", p.len(), mine.len())));
+            }
+            partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    }
+}
+
+/// Starts the worker thread; returns its queue.
+pub fn spawn(shard: Box<dyn Shard + Send>, me: MemberRef) -> Sender<Work> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = Worker::new(shard, me, rx);
+    std::thread::Builder::new()
+        .name(format!("stage-{}-{}", me.stage, me.member))
+        .spawn(move || worker.run())
+        .expect("spawning a thread");
+    tx
+}

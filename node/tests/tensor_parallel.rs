@@ -1,0 +1,445 @@
+//! Tensor parallelism on the real model: a stage's layers split across members by KV-head groups and FFN
+//! columns (`model::stage::stage_image` with a `LayerSlice`), the members run in lockstep on threads of this
+//! process and add up their partial sums through an in-process [`Reducer`]. Both backends must give the unsliced
+//! model's greedy tokens and (close to) its hidden states.
+//!
+//! # Tolerances
+//! A member computes `Wo · att` and `W_down · h` over its slice of the inputs, and the stage adds the slices: the
+//! same products as the whole matmul, summed in another order. So the hidden states differ from the unsliced
+//! model's by f32 reordering noise that the 30 layers carry along (printed by every test), held here to
+//! `HIDDEN_TOL` of each position's largest hidden value: far below what a wrong head, column or missing partial
+//! does (that is O(1), see `a_partial_shard_needs_the_reduction`). Every member of a stage sums the partials in
+//! member order, so all members hold bit-identical residual streams, which the tests check exactly.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_node::cpu::CpuShard;
+use edge_node::gguf::{parse_bytes, Gguf, Value};
+use edge_node::gguf_writer::GgufWriter;
+use edge_node::gpu::{GpuContext, GpuOptions, GpuShard};
+use edge_node::model::stage::stage_image;
+use edge_node::model::ModelConfig;
+use edge_node::quant::GgmlType;
+use edge_node::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput};
+use edge_protocol::{LayerSlice, ShardSpec};
+
+/// Two members: KV heads 0..2 and 2..3 (6 and 3 query heads), FFN columns split 2:1.
+const TWO_WAY: [LayerSlice; 2] =
+    [LayerSlice { kv_heads: (0, 2), ffn: (0, 1024) }, LayerSlice { kv_heads: (2, 3), ffn: (1024, 1536) }];
+/// Three members: one KV head (3 query heads, O input width 192) each, FFN columns split unevenly in 32-column
+/// blocks (736, 480, 320).
+const THREE_WAY: [LayerSlice; 3] = [
+    LayerSlice { kv_heads: (0, 1), ffn: (0, 736) },
+    LayerSlice { kv_heads: (1, 2), ffn: (736, 1216) },
+    LayerSlice { kv_heads: (2, 3), ffn: (1216, 1536) },
+];
+
+/// Hidden states (per position) and logits of a stage against the unsliced model, relative to the largest
+/// value (see the module comment; measured below 2e-6 on this machine).
+const HIDDEN_TOL: f32 = 1e-4;
+/// Greedy tokens decoded after the prompt.
+const DECODE: usize = 16;
+
+// ---------------------------------------------------------------------------------------------------------------
+// The in-process stage: a reducer shared by k member threads
+
+/// How long a member waits for the others before it gives up (a bug must fail the test, not hang it).
+const REDUCE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The members of one stage meeting at every `all_reduce`. Round r holds each member's r-th partial; every
+/// member sums all of them in member order (so every member gets the same bits) and the round is dropped once
+/// all have read it.
+struct Stage {
+    k: usize,
+    state: Mutex<StageState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct StageState {
+    rounds: HashMap<u64, Round>,
+    /// Members whose thread has ended: a round they did not join can never complete.
+    left: usize,
+}
+
+struct Round {
+    partials: Vec<Option<Vec<f32>>>,
+    unread: usize,
+}
+
+/// One member's side of the stage.
+struct Member {
+    stage: Arc<Stage>,
+    index: usize,
+    /// `all_reduce` calls so far.
+    rounds: u64,
+}
+
+impl Reducer for Member {
+    fn all_reduce(&mut self, partial: &mut [f32]) -> Result<(), ShardError> {
+        let stage = &*self.stage;
+        let fail =
+            |why: String| Err(ShardError::BadInput(format!("member {} round {}: {why}", self.index, self.rounds)));
+        let mut st = stage.state.lock().unwrap();
+        let round =
+            st.rounds.entry(self.rounds).or_insert_with(|| Round { partials: vec![None; stage.k], unread: stage.k });
+        round.partials[self.index] = Some(partial.to_vec());
+        stage.cv.notify_all();
+        let deadline = Instant::now() + REDUCE_TIMEOUT;
+        while st.rounds[&self.rounds].partials.iter().any(Option::is_none) {
+            let now = Instant::now();
+            if st.left > 0 || now >= deadline {
+                return fail("the other members did not all take part".into());
+            }
+            st = stage.cv.wait_timeout(st, deadline - now).unwrap().0;
+        }
+        let round = st.rounds.get_mut(&self.rounds).unwrap();
+        let mut total = vec![0.0f32; partial.len()];
+        for p in round.partials.iter().flatten() {
+            if p.len() != total.len() {
+                return fail(format!("partials of {} and {} floats", p.len(), total.len()));
+            }
+            total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
+        round.unread -= 1;
+        if round.unread == 0 {
+            st.rounds.remove(&self.rounds);
+        }
+        partial.copy_from_slice(&total);
+        self.rounds += 1;
+        Ok(())
+    }
+}
+
+/// Marks a member as gone when its thread ends, however it ends.
+struct Leave(Arc<Stage>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).left += 1;
+        self.0.cv.notify_all();
+    }
+}
+
+/// Runs `f` on every member at once, one thread each, with one stage between them; returns each member's result
+/// and its number of `all_reduce` calls.
+fn lockstep<S: Shard + Send, T: Send>(
+    members: &mut [S],
+    f: impl Fn(&mut S, &mut dyn Reducer) -> Result<T, ShardError> + Sync,
+) -> Vec<(T, u64)> {
+    let stage = Arc::new(Stage { k: members.len(), state: Default::default(), cv: Condvar::new() });
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = members
+            .iter_mut()
+            .enumerate()
+            .map(|(index, shard)| {
+                let (stage, f) = (stage.clone(), &f);
+                scope.spawn(move || {
+                    let _leave = Leave(stage.clone());
+                    let mut member = Member { stage, index, rounds: 0 };
+                    let out = f(shard, &mut member);
+                    out.map(|o| (o, member.rounds))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.join().unwrap().unwrap_or_else(|e| panic!("member {i}: {e}")))
+            .collect()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Members, outputs and comparisons
+
+/// The stage images of `spec` for each slice, rebuilt as models (what a node loads).
+fn member_models(g: &Gguf, cfg: &ModelConfig, spec: ShardSpec, slices: &[LayerSlice]) -> Vec<(Gguf, ModelConfig)> {
+    slices
+        .iter()
+        .map(|s| {
+            let img = stage_image(g, cfg, spec, Some(*s)).unwrap();
+            let m = parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
+            let c = ModelConfig::from_gguf(&m).unwrap();
+            assert!(c.partial_layers);
+            (m, c)
+        })
+        .collect()
+}
+
+fn gpu_members(
+    ctx: &Arc<GpuContext>,
+    models: &[(Gguf, ModelConfig)],
+    spec: ShardSpec,
+    opts: &GpuOptions,
+) -> Vec<GpuShard> {
+    models.iter().map(|(m, c)| GpuShard::load(ctx.clone(), m, c, spec, opts.clone()).unwrap()).collect()
+}
+
+fn hidden(out: ShardOutput) -> Vec<f32> {
+    match out {
+        ShardOutput::Hidden(h) => h,
+        other => panic!("expected hidden states, got {other:?}"),
+    }
+}
+
+fn tokens(out: ShardOutput) -> Vec<u32> {
+    match out {
+        ShardOutput::Tokens(t) => t,
+        other => panic!("expected tokens, got {other:?}"),
+    }
+}
+
+/// Largest absolute difference, and the largest absolute value of `want`.
+fn max_diff(got: &[f32], want: &[f32]) -> (f32, f32) {
+    assert_eq!(got.len(), want.len());
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    (diff, want.iter().map(|v| v.abs()).fold(0.0, f32::max))
+}
+
+/// Every member returned the same thing (they hold the same residual stream, bit for bit).
+fn same_on_every_member<T: PartialEq + std::fmt::Debug>(outs: Vec<(T, u64)>) -> (T, u64) {
+    let mut outs = outs.into_iter();
+    let first = outs.next().unwrap();
+    for (i, o) in outs.enumerate() {
+        assert!(o == first, "member {} differs from member 0", i + 1);
+    }
+    first
+}
+
+/// Each position's hidden state against the unsliced one, relative to that position's largest value (the
+/// first position's residual stream is ~100x larger than the others', so one scale for all would hide them).
+fn check_hidden(what: &str, got: &[f32], want: &[f32], dim: usize) {
+    assert_eq!(got.len(), want.len());
+    let (mut worst, mut abs) = (0.0f32, 0.0f32);
+    for (g, w) in got.chunks_exact(dim).zip(want.chunks_exact(dim)) {
+        let (diff, scale) = max_diff(g, w);
+        worst = worst.max(diff / scale);
+        abs = abs.max(diff);
+    }
+    println!("{what}: max abs diff {abs:.3e}, largest relative to its position's largest value {worst:.2e}");
+    assert!(worst <= HIDDEN_TOL, "{what}: hidden states differ by {worst:e} of their scale");
+}
+
+/// The greedy run both backends' stages are checked with: the prompt with `ArgmaxAll` (its last token is the
+/// first generated), `DECODE - 1` steps with `ArgmaxLast`, then one step with `LogitsLast`.
+#[derive(Debug, PartialEq)]
+struct Greedy {
+    prompt_argmax: Vec<u32>,
+    generated: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+fn greedy(shard: &mut dyn Shard, reduce: &mut dyn Reducer) -> Result<Greedy, ShardError> {
+    shard.open_sequence(1, common::REFERENCE_IDS.len() + DECODE + 1)?;
+    let prompt_argmax =
+        tokens(shard.forward_reduce(1, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::ArgmaxAll, reduce)?);
+    let mut generated = vec![*prompt_argmax.last().unwrap()];
+    while generated.len() < DECODE {
+        let out = shard.forward_reduce(
+            1,
+            ShardInput::Tokens(&generated[generated.len() - 1..]),
+            HeadOutput::ArgmaxLast,
+            reduce,
+        )?;
+        generated.extend(tokens(out));
+    }
+    let logits =
+        match shard.forward_reduce(1, ShardInput::Tokens(&generated[DECODE - 1..]), HeadOutput::LogitsLast, reduce)? {
+            ShardOutput::Logits(l) => l,
+            other => panic!("expected logits, got {other:?}"),
+        };
+    shard.close_sequence(1);
+    Ok(Greedy { prompt_argmax, generated, logits })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tests
+
+/// CPU reference: 2- and 3-way stages of the whole layer stack give the unsliced model's hidden states for the
+/// prompt (members bit-identical), and the known argmax sequence through the (replicated) head.
+#[test]
+fn cpu_stages_match_the_whole_model() {
+    let (g, cfg) = common::smollm2();
+    let body = ShardSpec { layer_start: 0, layer_end: 30, embed: true, head: false };
+    let head_spec = ShardSpec { layer_start: 30, layer_end: 30, embed: false, head: true };
+    let prompt = ShardInput::Tokens(&common::REFERENCE_IDS);
+    let mut head = CpuShard::load(&g, &cfg, head_spec).unwrap();
+    let mut argmax = |seq, h: &[f32]| {
+        head.open_sequence(seq, 64).unwrap();
+        tokens(head.forward(seq, ShardInput::Hidden(h), HeadOutput::ArgmaxAll).unwrap())
+    };
+
+    let mut whole = CpuShard::load(&g, &cfg, body).unwrap();
+    whole.open_sequence(1, 64).unwrap();
+    let want = hidden(whole.forward(1, prompt, HeadOutput::ArgmaxAll).unwrap());
+    assert_eq!(argmax(1, &want), common::REFERENCE_ARGMAX);
+
+    for (name, slices) in [("2-way", &TWO_WAY[..]), ("3-way", &THREE_WAY[..])] {
+        let models = member_models(&g, &cfg, body, slices);
+        let mut members: Vec<CpuShard> = models.iter().map(|(m, c)| CpuShard::load(m, c, body).unwrap()).collect();
+        let outs = lockstep(&mut members, |shard, reduce| {
+            shard.open_sequence(1, 64)?;
+            shard.forward_reduce(1, prompt, HeadOutput::ArgmaxAll, reduce).map(hidden)
+        });
+        let (got, rounds) = same_on_every_member(outs);
+        assert_eq!(rounds, 60, "{name}: two reductions per layer for the step");
+        check_hidden(&format!("cpu {name}"), &got, &want, cfg.dim);
+        assert_eq!(argmax(slices.len() as u64 + 1, &got), common::REFERENCE_ARGMAX, "{name}");
+    }
+}
+
+/// wgpu: 2- and 3-way stages of the whole model (embedding and head on every member) give the known argmax
+/// sequence over the prompt and the unsliced shard's 16 greedy tokens and last logits. The 3-way stage runs the
+/// prompt in steps of 4 positions.
+#[test]
+fn wgpu_stages_match_the_whole_model() {
+    let (g, cfg) = common::smollm2();
+    let ctx = GpuContext::new().unwrap();
+    let spec = ShardSpec::whole(30);
+    let mut whole = GpuShard::load(ctx.clone(), &g, &cfg, spec, GpuOptions::default()).unwrap();
+    let want = greedy(&mut whole, &mut edge_node::shard::NoReduce).unwrap();
+    drop(whole);
+    assert_eq!(want.prompt_argmax, common::REFERENCE_ARGMAX);
+    println!("unsliced wgpu greedy tokens: {:?}", want.generated);
+
+    let chunked = GpuOptions { max_step_tokens: 4, ..GpuOptions::default() };
+    for (name, slices, opts, steps) in
+        [("2-way", &TWO_WAY[..], GpuOptions::default(), 1 + DECODE), ("3-way", &THREE_WAY[..], chunked, 3 + DECODE)]
+    {
+        let mut members = gpu_members(&ctx, &member_models(&g, &cfg, spec, slices), spec, &opts);
+        let t = Instant::now();
+        let outs = lockstep(&mut members, |shard, reduce| greedy(shard, reduce));
+        println!("wgpu {name}: prompt and {DECODE} tokens in {:.2?}", t.elapsed());
+        let (got, rounds) = same_on_every_member(outs);
+        assert_eq!(rounds, 60 * steps as u64, "{name}: two reductions per layer and step");
+        assert_eq!(got.prompt_argmax, common::REFERENCE_ARGMAX, "{name}");
+        assert_eq!(got.generated, want.generated, "{name}");
+        let (diff, scale) = max_diff(&got.logits, &want.logits);
+        println!("wgpu {name}: last logits max abs diff {diff:.3e} (largest |logit| {scale:.1})");
+        assert!(diff <= HIDDEN_TOL * scale, "{name}: logits differ by {diff}");
+    }
+}
+
+/// wgpu: a 3-way stage in the middle of a pipeline (layers 10..20, no embedding or head, hidden states in from the
+/// unsliced first shard) matches the unsliced middle shard, for the prompt and for one decode step.
+#[test]
+fn wgpu_middle_stage_matches_the_whole_stage() {
+    let (g, cfg) = common::smollm2();
+    let ctx = GpuContext::new().unwrap();
+    let opts = GpuOptions::default();
+    let [first, mid, _] = ShardSpec::split(30, &[10, 20])[..] else { unreachable!() };
+    let mut first = GpuShard::load(ctx.clone(), &g, &cfg, first, opts.clone()).unwrap();
+    let mut whole_mid = GpuShard::load(ctx.clone(), &g, &cfg, mid, opts.clone()).unwrap();
+    let mut members = gpu_members(&ctx, &member_models(&g, &cfg, mid, &THREE_WAY), mid, &opts);
+    for s in [&mut first, &mut whole_mid] {
+        s.open_sequence(1, 32).unwrap();
+    }
+    for m in &mut members {
+        m.open_sequence(1, 32).unwrap();
+    }
+    let last = common::REFERENCE_ARGMAX[10];
+    for (what, step) in [("prompt", &common::REFERENCE_IDS[..]), ("decode step", &[last][..])] {
+        let h = hidden(first.forward(1, ShardInput::Tokens(step), HeadOutput::ArgmaxLast).unwrap());
+        let want = hidden(whole_mid.forward(1, ShardInput::Hidden(&h), HeadOutput::ArgmaxLast).unwrap());
+        let outs = lockstep(&mut members, |shard, reduce| {
+            shard.forward_reduce(1, ShardInput::Hidden(&h), HeadOutput::ArgmaxLast, reduce).map(hidden)
+        });
+        let (got, rounds) = same_on_every_member(outs);
+        assert_eq!(rounds, 20);
+        check_hidden(&format!("wgpu middle 3-way, {what}"), &got, &want, cfg.dim);
+    }
+    for m in &members {
+        assert_eq!(m.sequence_len(1).unwrap(), 12);
+    }
+}
+
+/// A member alone (plain `forward`, nothing added to its partial sums) is not the model: the reduction is what
+/// the matching tests above depend on, on both backends.
+#[test]
+fn a_partial_shard_needs_the_reduction() {
+    let (g, cfg) = common::smollm2();
+    let spec = ShardSpec::whole(30);
+    let (m, c) = &member_models(&g, &cfg, spec, &TWO_WAY[..1])[0];
+    let ctx = GpuContext::new().unwrap();
+    let mut gpu = GpuShard::load(ctx, m, c, spec, GpuOptions::default()).unwrap();
+    gpu.open_sequence(1, 32).unwrap();
+    let got = tokens(gpu.forward(1, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::ArgmaxAll).unwrap());
+    println!("wgpu member 0 alone: {got:?}");
+    assert_ne!(got, common::REFERENCE_ARGMAX);
+
+    // CPU: three positions through the layers, against the unsliced hidden states.
+    let body = ShardSpec { layer_start: 0, layer_end: 30, embed: true, head: false };
+    let prefix = ShardInput::Tokens(&common::REFERENCE_IDS[..3]);
+    let mut whole = CpuShard::load(&g, &cfg, body).unwrap();
+    whole.open_sequence(1, 8).unwrap();
+    let want = hidden(whole.forward(1, prefix, HeadOutput::ArgmaxAll).unwrap());
+    let (m, c) = &member_models(&g, &cfg, body, &TWO_WAY[..1])[0];
+    let mut cpu = CpuShard::load(m, c, body).unwrap();
+    cpu.open_sequence(1, 8).unwrap();
+    let got = hidden(cpu.forward(1, prefix, HeadOutput::ArgmaxAll).unwrap());
+    let (diff, scale) = max_diff(&got, &want);
+    println!("cpu member 0 alone: max abs diff {diff:.3e} (largest |hidden| {scale:.1})");
+    assert!(diff > 0.1 * scale, "a lone member's hidden states should be far from the model's");
+}
+
+/// Slices that do not fit the model or its blocks are refused when the stage is cut, and a slice the wgpu
+/// kernels cannot run (an output projection input of 16 values) is refused when it is loaded, with the reason.
+#[test]
+fn bad_slices_are_refused_clearly() {
+    let (g, cfg) = common::smollm2();
+    let spec = ShardSpec::whole(30);
+    let err = |slice| stage_image(&g, &cfg, spec, Some(slice)).expect_err("refused").to_string();
+    let e = err(LayerSlice { kv_heads: (0, 1), ffn: (0, 100) });
+    assert!(e.contains("block boundaries"), "{e}");
+    let e = err(LayerSlice { kv_heads: (2, 4), ffn: (0, 512) });
+    assert!(e.contains("kv heads 2..4 do not fit"), "{e}");
+
+    // A tiny F32 model with heads of 16: one KV head (and its one query head) is 16 columns of attn_output.
+    let tiny = parse_bytes(&tiny_model()).unwrap();
+    let tiny_cfg = ModelConfig::from_gguf(&tiny).unwrap();
+    let spec = ShardSpec::whole(1);
+    let img = stage_image(&tiny, &tiny_cfg, spec, Some(LayerSlice { kv_heads: (0, 1), ffn: (0, 32) })).unwrap();
+    let m = parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
+    let c = ModelConfig::from_gguf(&m).unwrap();
+    let ctx = GpuContext::new().unwrap();
+    let e = GpuShard::load(ctx, &m, &c, spec, GpuOptions::default()).err().expect("refused").to_string();
+    println!("{e}");
+    assert!(e.contains("unsupported tensor-parallel slice") && e.contains("output projection"), "{e}");
+    let e = CpuShard::load(&m, &c, spec).err().expect("refused").to_string();
+    assert!(e.contains("not a multiple of 32"), "{e}");
+}
+
+/// One layer, dim 64, 4 heads / 4 KV heads of 16, FFN 64, vocab 40, all F32.
+fn tiny_model() -> Vec<u8> {
+    let (d, hd, nh, f, v) = (64u64, 16u64, 4u64, 64u64, 40u64);
+    let mut w = GgufWriter::new()
+        .kv("general.architecture", Value::Str("llama".into()))
+        .kv("llama.block_count", Value::U32(1))
+        .kv("llama.embedding_length", Value::U32(d as u32))
+        .kv("llama.attention.head_count", Value::U32(nh as u32))
+        .kv("llama.attention.head_count_kv", Value::U32(nh as u32))
+        .kv("llama.feed_forward_length", Value::U32(f as u32))
+        .kv("llama.context_length", Value::U32(64))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+    let mat = |rows: u64, cols: u64| -> Vec<u8> {
+        (0..rows * cols).flat_map(|i| (((i * 37) % 101) as f32 / 101.0 - 0.5).to_le_bytes()).collect()
+    };
+    w = w
+        .tensor("token_embd.weight", &[d, v], GgmlType::F32, mat(v, d))
+        .tensor("blk.0.attn_norm.weight", &[d], GgmlType::F32, mat(1, d))
+        .tensor("blk.0.attn_q.weight", &[d, nh * hd], GgmlType::F32, mat(nh * hd, d))
+        .tensor("blk.0.attn_k.weight", &[d, nh * hd], GgmlType::F32, mat(nh * hd, d))
+        .tensor("blk.0.attn_v.weight", &[d, nh * hd], GgmlType::F32, mat(nh * hd, d))
+        .tensor("blk.0.attn_output.weight", &[nh * hd, d], GgmlType::F32, mat(d, nh * hd))
+        .tensor("blk.0.ffn_norm.weight", &[d], GgmlType::F32, mat(1, d))
+        .tensor("blk.0.ffn_gate.weight", &[d, f], GgmlType::F32, mat(f, d))
+        .tensor("blk.0.ffn_up.weight", &[d, f], GgmlType::F32, mat(f, d))
+        .tensor("blk.0.ffn_down.weight", &[f, d], GgmlType::F32, mat(d, f))
+        .tensor("output_norm.weight", &[d], GgmlType::F32, mat(1, d));
+    w.to_bytes().unwrap()
+}

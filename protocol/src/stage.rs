@@ -1,0 +1,331 @@
+//! The stage protocol ([`STAGE_PROTOCOL`]): everything that runs a plan. Dedicated libp2p streams carrying
+//! [`crate::bulk`] frames (u32 length, then bincode), of two kinds, named by the first frame ([`StageOpen`]):
+//!
+//! - a **session** (coordinator -> node, one per stage member of a plan): the coordinator sends [`SessionMsg`]s
+//!   (load this stage: [`Manifest`] + tensor [`SessionMsg::Data`]; [`SessionMsg::Wire`] to its neighbours; start
+//!   and cancel sequences) and the node answers with [`NodeMsg`]s (which tensors it still needs, loaded, wired,
+//!   sampled tokens, per-sequence timings, errors). The stage lives as long as its session: when the stream
+//!   closes the node frees it.
+//! - a **pipe** (node -> node, opened after wiring): [`PipeMsg`]s — hidden states to the next stage, sampled
+//!   tokens around the ring back to the first stage, and the partial sums of a tensor-parallel stage. Data never
+//!   passes through the coordinator.
+//!
+//! Nothing here is code or a graph: the node only accepts tensors for the layer range and slice it is told,
+//! checks each against its blake3 hash, and refuses anything larger than the limits below.
+
+use serde::{Deserialize, Serialize};
+
+use crate::shard::{LayerSlice, ShardSpec};
+use crate::wire::{check_len, check_str, WireError};
+
+/// The stage protocol name.
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/1";
+const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
+
+/// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
+pub const MAX_STAGE_FRAME: usize = crate::bulk::MAX_FRAME;
+/// Largest piece of tensor data in one [`SessionMsg::Data`].
+pub const MAX_DATA_CHUNK: usize = 1 << 20;
+/// Most tensors in one stage.
+pub const MAX_TENSORS: usize = 8192;
+/// Largest stage metadata (a tensor-less GGUF).
+pub const MAX_METADATA: usize = 1 << 20;
+/// Longest tensor name (GGUF's own limit is 64).
+pub const MAX_TENSOR_NAME: usize = 256;
+/// Most tokens in a prompt or a step.
+pub const MAX_TOKENS: usize = 1 << 20;
+/// Most members of a tensor-parallel stage, and most stop tokens of a job.
+pub const MAX_GROUP: usize = 64;
+pub const MAX_STOP_TOKENS: usize = 64;
+/// Longest error message.
+pub const MAX_ERROR: usize = 4096;
+
+/// Names a plan (random, chosen by the coordinator).
+pub type PlanId = [u8; 16];
+/// blake3 hash.
+pub type Hash = [u8; 32];
+
+/// The first frame of a stage stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageOpen {
+    /// Coordinator -> node: a session for this node's part of `plan`.
+    Session { plan: PlanId },
+    /// Node -> node: a pipe into this node's part of `plan`, from the stage member `from` (stage, member index).
+    Pipe { plan: PlanId, from: MemberRef },
+}
+
+/// A stage member within a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberRef {
+    pub stage: u32,
+    pub member: u32,
+}
+
+/// One tensor of a stage: what it is and the hash of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    /// GGML type id.
+    pub ty: u32,
+    /// Innermost first.
+    pub dims: Vec<u64>,
+    pub size: u64,
+    pub hash: Hash,
+}
+
+/// Everything a node needs to hold its part of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// blake3 of the model file the stage is cut from.
+    pub model: Hash,
+    pub me: MemberRef,
+    pub spec: ShardSpec,
+    /// Set for a member of a tensor-parallel stage.
+    pub slice: Option<LayerSlice>,
+    /// The stage's metadata as a GGUF file without tensors.
+    #[serde(with = "crate::wire::bytes")]
+    pub metadata: Vec<u8>,
+    pub tensors: Vec<TensorEntry>,
+    /// Sequences the stage must be able to hold at once, each of `context` positions.
+    pub sequences: u32,
+    pub context: u32,
+}
+
+impl Manifest {
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_len("metadata", self.metadata.len(), MAX_METADATA)?;
+        check_len("tensor list", self.tensors.len(), MAX_TENSORS)?;
+        for t in &self.tensors {
+            check_str("tensor name", &t.name, MAX_TENSOR_NAME)?;
+            check_len("tensor dims", t.dims.len(), 4)?;
+        }
+        if self.sequences == 0 || self.context == 0 {
+            return Err(WireError::Invalid("a stage must hold at least one sequence of one position".into()));
+        }
+        Ok(())
+    }
+
+    /// Bytes of tensor data.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.size).sum()
+    }
+}
+
+/// Sampling parameters of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax); higher values flatten the distribution.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = no limit).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = no limit).
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Rejects values that have no meaning (negative temperature, top-p outside (0, 1]).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// What the last stage needs to know about a sequence to sample it and know when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobParams {
+    /// Positions the sequence may hold (prompt + generated).
+    pub capacity: u32,
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+    /// Tokens that end generation (not emitted).
+    pub stop: Vec<u32>,
+}
+
+impl JobParams {
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_len("stop tokens", self.stop.len(), MAX_STOP_TOKENS)?;
+        self.sampling.validate().map_err(WireError::Invalid)?;
+        if self.capacity == 0 {
+            return Err(WireError::Invalid("capacity 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Finish {
+    /// A stop token (not emitted).
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The sequence's context is full.
+    Context,
+    /// The coordinator cancelled it.
+    Cancelled,
+}
+
+/// Coordinator -> node, on a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionMsg {
+    /// Hold this stage. The node answers [`NodeMsg::Need`].
+    Load(Manifest),
+    /// Bytes `offset..offset + data.len()` of tensor `tensor` (an index into the manifest's list).
+    Data {
+        tensor: u32,
+        offset: u64,
+        #[serde(with = "crate::wire::bytes")]
+        data: Vec<u8>,
+    },
+    /// Open pipes: to `next` (the leader of the next stage; for the last stage, the first stage's leader: the
+    /// ring that carries sampled tokens back), and within a tensor-parallel stage to every other member of
+    /// `group` (peer ids in member order; one entry for a plain stage). `upstream` is the leader that sends
+    /// into this stage (the previous stage's; the last stage's for the first); pipes from anyone else are
+    /// refused. Answered with [`NodeMsg::Wired`].
+    Wire { next: Option<String>, upstream: Option<String>, group: Vec<String> },
+    /// Start a sequence (to the first stage's leader): prefill `prompt`, then generate.
+    Start { seq: u64, prompt: Vec<u32>, params: JobParams },
+    /// Stop a sequence early (to the first stage's leader).
+    Cancel { seq: u64 },
+}
+
+impl SessionMsg {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            SessionMsg::Load(m) => m.validate(),
+            SessionMsg::Data { data, .. } => check_len("data chunk", data.len(), MAX_DATA_CHUNK),
+            SessionMsg::Wire { next, upstream, group } => {
+                check_len("group", group.len(), MAX_GROUP)?;
+                next.iter().chain(upstream).chain(group).try_for_each(|p| check_str("peer id", p, 128))
+            }
+            SessionMsg::Start { prompt, params, .. } => {
+                check_len("prompt", prompt.len(), MAX_TOKENS)?;
+                if prompt.is_empty() {
+                    return Err(WireError::Invalid("empty prompt".into()));
+                }
+                params.validate()
+            }
+            SessionMsg::Cancel { .. } => Ok(()),
+        }
+    }
+}
+
+/// Node -> coordinator, on a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeMsg {
+    /// The tensors still missing, each with the bytes already held (resume from there). Empty: all cached.
+    Need { tensors: Vec<(u32, u64)> },
+    /// The stage is loaded and ready to be wired.
+    Loaded { backend: String, load_ms: u32, received_bytes: u64 },
+    /// Pipes are open.
+    Wired,
+    /// From the last stage's leader: the `index`-th generated token of `seq` (None when the sequence ended on a
+    /// stop token), and whether the sequence ended.
+    Token { seq: u64, index: u32, token: Option<u32>, finish: Option<Finish> },
+    /// From every stage's leader when a sequence closes: how long the stage computed for it.
+    SeqStats { seq: u64, steps: u32, compute_us: u64, prefill_us: u64 },
+    /// The stage (seq None) or one sequence failed.
+    Error { seq: Option<u64>, message: String },
+}
+
+impl NodeMsg {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            NodeMsg::Need { tensors } => check_len("need list", tensors.len(), MAX_TENSORS),
+            NodeMsg::Loaded { backend, .. } => check_str("backend", backend, 256),
+            NodeMsg::Error { message, .. } => check_str("error", message, MAX_ERROR),
+            NodeMsg::Wired | NodeMsg::Token { .. } | NodeMsg::SeqStats { .. } => Ok(()),
+        }
+    }
+}
+
+/// What a step carries into a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StepInput {
+    Tokens(Vec<u32>),
+    /// `(n_tokens, dim)` hidden states.
+    Hidden(Vec<f32>),
+}
+
+/// Node -> node, on a pipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PipeMsg {
+    /// The next positions of `seq`. `job` rides along with a sequence's first step (each stage opens the
+    /// sequence then); `sample` marks the step after which the last stage samples a token (the last chunk of a
+    /// prompt, and every decode step).
+    Step { seq: u64, job: Option<JobParams>, input: StepInput, sample: bool },
+    /// Free `seq` (travels the pipeline from the first stage to the last).
+    Close { seq: u64 },
+    /// A tensor-parallel member's partial sums for the current block of the current step.
+    Partial { seq: u64, data: Vec<f32> },
+}
+
+impl PipeMsg {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            PipeMsg::Step { job, input, .. } => {
+                if let Some(j) = job {
+                    j.validate()?;
+                }
+                match input {
+                    StepInput::Tokens(t) if t.is_empty() => Err(WireError::Invalid("empty step".into())),
+                    StepInput::Hidden(h) if h.is_empty() => Err(WireError::Invalid("empty step".into())),
+                    _ => Ok(()),
+                }
+            }
+            PipeMsg::Close { .. } | PipeMsg::Partial { .. } => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked() {
+        let params = JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![2] };
+        assert!(params.validate().is_ok());
+        assert!(JobParams { stop: vec![0; MAX_STOP_TOKENS + 1], ..params.clone() }.validate().is_err());
+        let bad_sampling = SamplingParams { top_p: 0.0, ..SamplingParams::default() };
+        assert!(JobParams { sampling: bad_sampling, ..params.clone() }.validate().is_err());
+        assert!(SessionMsg::Start { seq: 1, prompt: vec![], params: params.clone() }.validate().is_err());
+        assert!(SessionMsg::Data { tensor: 0, offset: 0, data: vec![0; MAX_DATA_CHUNK + 1] }.validate().is_err());
+        let step = |input| PipeMsg::Step { seq: 1, job: None, input, sample: true };
+        assert!(step(StepInput::Tokens(vec![])).validate().is_err());
+        assert!(step(StepInput::Hidden(vec![0.0; 4])).validate().is_ok());
+        let wire = SessionMsg::Wire { next: None, upstream: None, group: vec!["p".into(); MAX_GROUP + 1] };
+        assert!(wire.validate().is_err());
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = PipeMsg::Step {
+            seq: 7,
+            job: Some(JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![] }),
+            input: StepInput::Hidden(vec![1.5, -2.0]),
+            sample: false,
+        };
+        let bytes = crate::encode(&m, MAX_STAGE_FRAME).unwrap();
+        assert_eq!(crate::decode::<PipeMsg>(&bytes, MAX_STAGE_FRAME).unwrap(), m);
+        let open = StageOpen::Pipe { plan: [3; 16], from: MemberRef { stage: 1, member: 0 } };
+        let bytes = crate::encode(&open, 256).unwrap();
+        assert_eq!(crate::decode::<StageOpen>(&bytes, 256).unwrap(), open);
+    }
+}
