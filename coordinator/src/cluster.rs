@@ -78,3 +78,90 @@ pub async fn members(client: &Client, wait: Duration, measure: bool) -> Vec<Memb
     }
     out
 }
+
+/// How the coordinator joins the cluster (the flags `peers`, `plan` and `run` share).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub cluster: edge_node::serve::ClusterArgs,
+    /// A member to start from, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; adds to the bootstrap list in
+    /// DATA_DIR/config.toml).
+    #[arg(long)]
+    pub peer: Vec<Multiaddr>,
+    /// How long to discover, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub wait: f64,
+    /// Do not discover members with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Also run a member in this process (a one-machine cluster), on 127.0.0.1.
+    #[arg(long)]
+    pub local_node: bool,
+    /// Backend of the local member.
+    #[arg(long, value_enum, default_value_t = edge_node::backend::Backend::Wgpu, requires = "local_node")]
+    pub backend: edge_node::backend::Backend,
+}
+
+/// The coordinator's data directory: the one given, else the node's default with `coord` in place of `node`.
+pub fn coord_dir(given: &Option<std::path::PathBuf>) -> std::path::PathBuf {
+    given.clone().unwrap_or_else(|| edge_node::serve::default_data_dir().with_file_name("coord"))
+}
+
+/// The coordinator as a cluster member (no capability record, no stages), plus the optional in-process node.
+pub struct Joined {
+    pub client: Client,
+    pub local: Option<edge_node::serve::RunningMember>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Joined {
+    pub fn wait(args: &JoinArgs) -> anyhow::Result<Duration> {
+        anyhow::ensure!((0.0..=600.0).contains(&args.wait), "--wait must be between 0 and 600 seconds");
+        Ok(Duration::from_secs_f64(args.wait))
+    }
+
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if let Some(m) = self.local {
+            m.stop().await;
+        }
+    }
+}
+
+/// Joins the cluster as the coordinator (identity and key from the data directory or flags).
+pub async fn join(args: &JoinArgs) -> anyhow::Result<Joined> {
+    Joined::wait(args)?;
+    let dir = coord_dir(&args.cluster.data_dir);
+    let identity = edge_node::net::keys::load_or_create_identity(&dir)?;
+    let cluster_key = edge_node::net::keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;
+    let file = edge_node::net::config::FileConfig::load(&dir)?;
+    let local = if args.local_node {
+        let opts = edge_node::serve::MemberOptions {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: Vec::new(),
+            mdns: false,
+            allow: Vec::new(),
+            backend: args.backend,
+            memory: None,
+        };
+        Some(edge_node::serve::start_member(&dir.join("local-node"), cluster_key, opts).await?)
+    } else {
+        None
+    };
+    let peers = args.peer.iter().cloned().chain(local.iter().flat_map(|m| m.dial_addrs()));
+    let cfg = edge_node::net::NetConfig {
+        identity,
+        cluster_key,
+        listen: vec!["/ip4/0.0.0.0/tcp/0".parse()?],
+        bootstrap: file.bootstrap.into_iter().chain(peers).collect(),
+        mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+        allow: (!file.allow.is_empty()).then(|| file.allow.into_iter().collect()),
+        capabilities: None,
+    };
+    let (client, event_loop) = edge_node::net::new(cfg)?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(event_loop.run(stop_rx));
+    Ok(Joined { client, local, stop, task })
+}

@@ -1,15 +1,29 @@
 //! What the planner needs to know about a model: how big each layer is, what a token costs in KV cache and
-//! compute, and how big the hidden state is that crosses a pipeline hop. Built from the GGUF header alone.
+//! compute, how big the hidden state is that crosses a pipeline hop, and the shapes a tensor-parallel split
+//! follows. Built from the GGUF header alone ([`ModelDescription::from_gguf`]), or from a shape for tests and the
+//! simulator ([`ModelDescription::synthetic`]).
 
 use edge_node::gguf::Gguf;
 use edge_node::model::{ModelConfig, ShardTensors};
+use edge_node::quant::GgmlType;
 use edge_protocol::ShardSpec;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelDescription {
     pub arch: String,
     pub n_layers: usize,
+    /// Model width (hidden size).
+    pub dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// FFN inner width (columns of the down projection).
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    /// Granularity of a tensor-parallel FFN column split: the GGML block size of the FFN down matrix's type, at
+    /// least 32 (32 for Q4_0/Q4_1/Q8_0, 256 for K-quants).
+    pub ffn_block: usize,
     /// Weight bytes of each transformer layer, as stored (quantized).
     pub layer_weight_bytes: Vec<u64>,
     /// Token embedding table (first stage).
@@ -46,9 +60,17 @@ impl ModelDescription {
         let head_bytes = all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, |t| t.size);
         let q = cfg.n_heads * cfg.head_dim;
         let params = cfg.dim * (q + 2 * cfg.kv_dim()) + q * cfg.dim + 3 * cfg.dim * cfg.ffn_dim;
+        let ffn_block = all.layers.first().map_or(32, |l| l.w_down.ty.block().0.max(32));
         Ok(ModelDescription {
             arch: cfg.arch.clone(),
             n_layers: cfg.n_layers,
+            dim: cfg.dim,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            ffn_dim: cfg.ffn_dim,
+            vocab: cfg.vocab,
+            ffn_block,
             layer_weight_bytes,
             embed_bytes,
             head_bytes,
@@ -60,9 +82,94 @@ impl ModelDescription {
         })
     }
 
+    /// A llama-style model of the given shape with every matrix (embedding included) stored as `weights` and f32
+    /// norms, tied embeddings and no biases: what [`ModelDescription::from_gguf`] would report for such a file.
+    /// With `ModelShape::SMOLLM2_135M` and `GgmlType::Q4_1` the layers match the real SmolLM2 file byte for byte
+    /// (its embedding is Q8_0 there). Fields are public: tests adjust them by hand.
+    pub fn synthetic(shape: ModelShape, weights: GgmlType) -> ModelDescription {
+        let s = shape;
+        let (per_block, block_bytes) = weights.block();
+        let bytes = |n: usize| (n.div_ceil(per_block) * block_bytes) as u64;
+        let (q, kv) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let layer =
+            bytes(s.dim * (q + 2 * kv)) + bytes(q * s.dim) + bytes(3 * s.ffn_dim * s.dim) + 2 * s.dim as u64 * 4;
+        let embed = bytes(s.vocab * s.dim);
+        let params = s.dim * (q + 2 * kv) + q * s.dim + 3 * s.dim * s.ffn_dim;
+        ModelDescription {
+            arch: "llama".into(),
+            n_layers: s.n_layers,
+            dim: s.dim,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            ffn_dim: s.ffn_dim,
+            vocab: s.vocab,
+            ffn_block: per_block.max(32),
+            layer_weight_bytes: vec![layer; s.n_layers],
+            embed_bytes: embed,
+            head_bytes: embed + s.dim as u64 * 4,
+            tied_embeddings: true,
+            kv_bytes_per_token_per_layer: (2 * kv * 4) as u64,
+            activation_bytes_per_token: (s.dim * 4) as u64,
+            flops_per_token_per_layer: 2 * params as u64,
+            context: s.context,
+        }
+    }
+
+    /// Width of the query projection (`n_heads * head_dim`).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of the key (and of the value) projection (`n_kv_heads * head_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// The attention projections' share of a layer's weights (q, k, v, o against gate, up, down), by parameter
+    /// count; what a tensor-parallel member holding some heads and some FFN columns reads is estimated with it.
+    pub fn attention_weight_fraction(&self) -> f64 {
+        let (q, kv) = (self.q_dim() as f64, self.kv_dim() as f64);
+        let d = self.dim as f64;
+        let attn = d * (q + 2.0 * kv) + q * d;
+        let ffn = 3.0 * d * self.ffn_dim as f64;
+        if attn + ffn > 0.0 {
+            attn / (attn + ffn)
+        } else {
+            0.5
+        }
+    }
+
     /// Bytes of distinct weights (a tied head counted once).
     pub fn total_weight_bytes(&self) -> u64 {
         let head = if self.tied_embeddings { self.head_bytes - self.embed_bytes } else { self.head_bytes };
         self.layer_weight_bytes.iter().sum::<u64>() + self.embed_bytes + head
     }
+}
+
+/// The shape of a llama-style model, for [`ModelDescription::synthetic`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelShape {
+    pub n_layers: usize,
+    pub dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    pub context: usize,
+}
+
+impl ModelShape {
+    /// SmolLM2-135M: 30 layers, d=576, 9 q / 3 kv heads of 64, FFN 1536, vocab 49152, context 8192.
+    pub const SMOLLM2_135M: ModelShape = ModelShape {
+        n_layers: 30,
+        dim: 576,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        ffn_dim: 1536,
+        vocab: 49152,
+        context: 8192,
+    };
 }

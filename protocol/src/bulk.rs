@@ -78,14 +78,21 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Bu
 }
 
 /// Writes one message as one frame (bincode, at most `max` bytes) and flushes.
-pub async fn write_msg<W: AsyncWrite + Unpin, T: serde::Serialize>(w: &mut W, msg: &T, max: usize) -> std::io::Result<()> {
+pub async fn write_msg<W: AsyncWrite + Unpin, T: serde::Serialize>(
+    w: &mut W,
+    msg: &T,
+    max: usize,
+) -> std::io::Result<()> {
     let bytes = crate::encode(msg, max.min(MAX_FRAME)).map_err(|e| invalid(e.to_string()))?;
     write_frame(w, &bytes).await?;
     w.flush().await
 }
 
 /// Reads one message frame of at most `max` bytes.
-pub async fn read_msg<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(r: &mut R, max: usize) -> std::io::Result<T> {
+pub async fn read_msg<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<T> {
     let frame = read_frame(r, max).await?;
     crate::decode(&frame, max.min(MAX_FRAME)).map_err(|e| invalid(e.to_string()))
 }

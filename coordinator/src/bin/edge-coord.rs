@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edge_coord::cluster::JoinArgs;
 
 /// Coordinator of an edge inference cluster: plans how a model is split over the nodes and runs jobs on them.
 #[derive(Parser)]
@@ -17,29 +19,13 @@ enum Command {
     /// List the cluster: every member reachable from the given peers, with its capabilities and measured links.
     Peers {
         #[command(flatten)]
-        cluster: edge_node::serve::ClusterArgs,
-        /// A member to start from, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; adds to the bootstrap list in
-        /// DATA_DIR/config.toml).
-        #[arg(long)]
-        peer: Vec<libp2p::Multiaddr>,
-        /// How long to discover, in seconds.
-        #[arg(long, default_value_t = 3.0)]
-        wait: f64,
-        /// Do not discover members with mDNS.
-        #[arg(long)]
-        no_mdns: bool,
+        discover: JoinArgs,
         /// Skip the bandwidth probe (1 MiB each way per member).
         #[arg(long)]
         no_measure: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Also run a member in this process (a one-machine cluster), on 127.0.0.1.
-        #[arg(long)]
-        local_node: bool,
-        /// Backend of the local member.
-        #[arg(long, value_enum, default_value_t = edge_node::backend::Backend::Wgpu, requires = "local_node")]
-        backend: edge_node::backend::Backend,
     },
     /// Create a new cluster key and print it (64 hex digits); --save stores it in the data directory.
     ClusterKey {
@@ -58,16 +44,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plan the model over the cluster, ship each node its stage (only what its cache lacks), generate, stream the
+    /// text, and print measured speed next to the plan's prediction.
+    Run(Box<edge_coord::run::RunArgs>),
+    /// Plan how a model is split over the cluster (pipeline stages, tensor-parallel groups) and print the
+    /// predicted token latency and throughput. The cluster is discovered like `peers` does, or read from --nodes.
+    Plan {
+        /// GGUF model file [default: the model fetched by scripts/setup.sh]
+        #[arg(long, short = 'm', env = "EDGE_MODEL")]
+        model: Option<PathBuf>,
+        /// Positions each sequence may hold (capped at the model's context).
+        #[arg(long, default_value_t = 2048)]
+        context: usize,
+        /// Concurrent sequences: 1 plans for latency, more for throughput.
+        #[arg(long, default_value_t = 1)]
+        sequences: usize,
+        /// Tensor parallelism: auto, off, or K (the whole model as one stage over the K fastest nodes).
+        #[arg(long, default_value = "auto")]
+        tensor_parallel: edge_coord::plan::TpMode,
+        /// Plan offline for the nodes in this JSON file (an array of node profiles) instead of discovering them.
+        #[arg(long, conflicts_with_all = ["peer", "local_node"])]
+        nodes: Option<PathBuf>,
+        #[command(flatten)]
+        discover: JoinArgs,
+        /// Print JSON (the nodes and the plan) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     edge_node::commands::init_tracing();
     edge_node::commands::exit_code(run(Cli::parse()))
-}
-
-/// The coordinator's data directory: the one given, else the node's default with `coord` in place of `node`.
-fn coord_dir(given: &Option<std::path::PathBuf>) -> std::path::PathBuf {
-    given.clone().unwrap_or_else(|| edge_node::serve::default_data_dir().with_file_name("coord"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -77,59 +85,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = keys::new_cluster_key();
             println!("{}", keys::cluster_key_hex(&key));
             if save {
-                let path = keys::save_cluster_key(&key, &coord_dir(&data_dir))?;
+                let path = keys::save_cluster_key(&key, &edge_coord::cluster::coord_dir(&data_dir))?;
                 eprintln!("saved in {}", path.display());
             }
             Ok(())
         }
-        Command::Peers { cluster, peer, wait, no_mdns, no_measure, json, local_node, backend } => {
-            anyhow::ensure!((0.0..=600.0).contains(&wait), "--wait must be between 0 and 600 seconds");
-            let dir = coord_dir(&cluster.data_dir);
-            let identity = edge_node::net::keys::load_or_create_identity(&dir)?;
-            let cluster_key = edge_node::net::keys::load_cluster_key(cluster.cluster_key.as_deref(), &dir)?;
-            let file = edge_node::net::config::FileConfig::load(&dir)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let members = rt.block_on(async move {
-                let local = if local_node {
-                    let opts = edge_node::serve::MemberOptions {
-                        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-                        bootstrap: Vec::new(),
-                        mdns: false,
-                        allow: Vec::new(),
-                        backend,
-                        memory: None,
-                    };
-                    Some(edge_node::serve::start_member(&dir.join("local-node"), cluster_key, opts).await?)
-                } else {
-                    None
-                };
-                let peer: Vec<libp2p::Multiaddr> =
-                    peer.into_iter().chain(local.iter().flat_map(|m| m.dial_addrs())).collect();
-                let cfg = edge_node::net::NetConfig {
-                    identity,
-                    cluster_key,
-                    listen: vec!["/ip4/0.0.0.0/tcp/0".parse()?],
-                    bootstrap: file.bootstrap.into_iter().chain(peer).collect(),
-                    mdns: !no_mdns && file.mdns.unwrap_or(true),
-                    allow: (!file.allow.is_empty()).then(|| file.allow.into_iter().collect()),
-                    capabilities: None,
-                };
-                let (client, event_loop) = edge_node::net::new(cfg)?;
-                let (stop, stop_rx) = tokio::sync::watch::channel(false);
-                let task = tokio::spawn(event_loop.run(stop_rx));
-                let members =
-                    edge_coord::cluster::members(&client, std::time::Duration::from_secs_f64(wait), !no_measure).await;
-                let _ = stop.send(true);
-                let _ = task.await;
-                if let Some(m) = local {
-                    m.stop().await;
-                }
-                anyhow::Ok(members)
-            })?;
+        Command::Run(args) => edge_coord::run::main(&args),
+        Command::Peers { discover, no_measure, json } => {
+            let members = discover_members(discover, !no_measure)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&members)?);
             } else {
                 print_members(&members)?;
+            }
+            Ok(())
+        }
+        Command::Plan { model, context, sequences, tensor_parallel, nodes, discover, json } => {
+            let path = edge_node::setup::resolve_model(model.as_deref())?;
+            let m = edge_node::backend::LoadedModel::open(&path)?;
+            let d = edge_coord::ModelDescription::from_gguf(&m.gguf, &m.config)?;
+            let profiles: Vec<edge_coord::plan::NodeProfile> = match nodes {
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading the node profiles in {}", file.display()))?;
+                    serde_json::from_str(&text).with_context(|| {
+                        format!("{} is not a JSON array of node profiles (id, memory_bytes, gemv_gbps, dispatch_us, link: {{latency_us, bandwidth_mbps}})", file.display())
+                    })?
+                }
+                None => {
+                    let members = discover_members(discover, true)?;
+                    anyhow::ensure!(
+                        !members.is_empty(),
+                        "no members answered (check --peer addresses and the cluster key), or use --nodes FILE"
+                    );
+                    members.iter().filter_map(edge_coord::plan::NodeProfile::from_member).collect()
+                }
+            };
+            if context > d.context {
+                eprintln!("context {context} capped at the model's {}", d.context);
+            }
+            let req = edge_coord::plan::PlanRequest { context: context.min(d.context), sequences, tensor_parallel };
+            let plan = edge_coord::plan::plan(&d, &profiles, &req)?;
+            if json {
+                let v = serde_json::json!({ "request": req, "nodes": profiles, "plan": plan });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "plan for {} ({} layers) on {} nodes, context {}, {} sequence{}, tensor parallel {}",
+                    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+                    d.n_layers,
+                    profiles.len(),
+                    req.context,
+                    req.sequences,
+                    if req.sequences == 1 { "" } else { "s" },
+                    req.tensor_parallel
+                );
+                print!("{}", plan.describe(&profiles));
             }
             Ok(())
         }
@@ -172,6 +183,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Joins the cluster (plus a local member with --local-node) and returns the members, with their links
+/// measured when `measure`.
+fn discover_members(d: JoinArgs, measure: bool) -> anyhow::Result<Vec<edge_coord::cluster::Member>> {
+    let wait = edge_coord::cluster::Joined::wait(&d)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let joined = edge_coord::cluster::join(&d).await?;
+        let members = edge_coord::cluster::members(&joined.client, wait, measure).await;
+        joined.leave().await;
+        anyhow::Ok(members)
+    })
 }
 
 fn print_members(members: &[edge_coord::cluster::Member]) -> std::io::Result<()> {

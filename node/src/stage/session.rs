@@ -101,8 +101,8 @@ async fn serve<R: AsyncRead + Unpin>(
         }
         received += data.len() as u64;
         let (s, m) = (server.clone(), manifest.clone());
-        let done = tokio::task::spawn_blocking(move || s.store.write(&m.tensors[tensor as usize], offset, &data))
-            .await??;
+        let done =
+            tokio::task::spawn_blocking(move || s.store.write(&m.tensors[tensor as usize], offset, &data)).await??;
         if done {
             missing.remove(&tensor);
         }

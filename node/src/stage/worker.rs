@@ -62,15 +62,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(shard: Box<dyn Shard + Send>, me: MemberRef, rx: Receiver<Work>) -> Worker {
-        Worker {
-            shard,
-            me,
-            rx,
-            queue: VecDeque::new(),
-            partials: Vec::new(),
-            out: None,
-            seqs: HashMap::new(),
-        }
+        Worker { shard, me, rx, queue: VecDeque::new(), partials: Vec::new(), out: None, seqs: HashMap::new() }
     }
 
     fn leader(&self) -> bool {
@@ -259,7 +251,9 @@ impl Worker {
         state.generated += emitted.is_some() as u32;
         self.report(NodeMsg::Token { seq, index, token: emitted, finish });
         match finish {
-            None => self.send_next(PipeMsg::Step { seq, job: None, input: StepInput::Tokens(vec![token]), sample: true }),
+            None => {
+                self.send_next(PipeMsg::Step { seq, job: None, input: StepInput::Tokens(vec![token]), sample: true })
+            }
             // The ring carries the close to the first stage, which sends it down the pipeline back to here.
             Some(_) if self.shard.spec().embed => self.close(seq),
             Some(_) => self.send_next(PipeMsg::Close { seq }),
@@ -320,7 +314,11 @@ impl Reducer for GroupReduce<'_> {
         for (j, p) in parts.iter().enumerate() {
             let p = if j == self.me { &mine } else { p.as_ref().expect("collected above") };
             if p.len() != partial.len() {
-                return Err(ShardError::BadInput(format!("partial sum of {} floats, expected {}", p.len(), mine.len())));
+                return Err(ShardError::BadInput(format!(
+                    "partial sum of {} floats, expected {}",
+                    p.len(),
+                    mine.len()
+                )));
             }
             partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }

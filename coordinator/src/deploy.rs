@@ -1,0 +1,310 @@
+//! Putting a plan on the cluster: a session per stage member, each sent a [`Manifest`] of exactly the tensors of
+//! its stage (blake3 per tensor); the node answers with what its cache lacks, which is all that is sent (resuming
+//! an interrupted transfer), with a progress bar per node; then every member is wired to its neighbours.
+//! The [`Deployment`] then starts sequences on the first stage and receives tokens and timings from the nodes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use edge_node::backend::LoadedModel;
+use edge_node::gguf_writer::GgufWriter;
+use edge_node::model::stage::{stage_image, StageImage};
+use edge_node::net::Client;
+use edge_protocol::bulk::{read_msg, write_msg};
+use edge_protocol::stage::{
+    Hash, JobParams, Manifest, MemberRef, NodeMsg, PlanId, SessionMsg, StageOpen, TensorEntry, MAX_DATA_CHUNK,
+    MAX_STAGE_FRAME, STAGE_PROTOCOL,
+};
+use edge_protocol::{LayerSlice, ShardSpec};
+use futures::io::WriteHalf;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::mpsc;
+
+/// One stage as deployed: its layers and its members (one, or a tensor-parallel group in member order).
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub spec: ShardSpec,
+    pub members: Vec<(PeerId, Option<LayerSlice>)>,
+}
+
+/// What loading a member cost.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub member: MemberRef,
+    pub peer: PeerId,
+    pub backend: String,
+    pub sent_bytes: u64,
+    pub stage_bytes: u64,
+    pub load_ms: u32,
+}
+
+/// How long a node may take to answer each phase.
+const NEED_TIMEOUT: Duration = Duration::from_secs(120);
+const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+const WIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Session {
+    member: MemberRef,
+    peer: PeerId,
+    w: WriteHalf<libp2p::Stream>,
+}
+
+impl Session {
+    async fn send(&mut self, msg: &SessionMsg) -> anyhow::Result<()> {
+        write_msg(&mut self.w, msg, MAX_STAGE_FRAME).await.with_context(|| format!("sending to {}", self.peer))
+    }
+}
+
+/// A plan running on the cluster.
+pub struct Deployment {
+    pub plan: PlanId,
+    pub stages: Vec<Assignment>,
+    pub loads: Vec<LoadReport>,
+    sessions: Vec<Session>,
+    events: mpsc::UnboundedReceiver<(MemberRef, NodeMsg)>,
+}
+
+/// The stage image and manifest of one member.
+struct Prepared<'a> {
+    image: StageImage<'a>,
+    manifest: Manifest,
+}
+
+fn prepare<'a>(
+    model: &'a LoadedModel,
+    model_hash: Hash,
+    me: MemberRef,
+    spec: ShardSpec,
+    slice: Option<LayerSlice>,
+    sequences: u32,
+    context: u32,
+) -> anyhow::Result<Prepared<'a>> {
+    let image = stage_image(&model.gguf, &model.config, spec, slice)?;
+    let mut meta = GgufWriter::new();
+    for (k, v) in &image.kv {
+        meta = meta.kv(k.clone(), v.clone());
+    }
+    let tensors = image
+        .tensors
+        .iter()
+        .map(|t| TensorEntry {
+            name: t.name.clone(),
+            ty: t.ty.id(),
+            dims: t.dims.clone(),
+            size: t.data.len() as u64,
+            hash: *blake3::hash(&t.data).as_bytes(),
+        })
+        .collect();
+    let manifest =
+        Manifest { model: model_hash, me, spec, slice, metadata: meta.to_bytes()?, tensors, sequences, context };
+    Ok(Prepared { image, manifest })
+}
+
+/// blake3 of the model file (names the model in every manifest).
+pub fn model_hash(model: &LoadedModel) -> Hash {
+    *blake3::hash(model.gguf.bytes()).as_bytes()
+}
+
+async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<(MemberRef, NodeMsg)>,
+    deadline: Instant,
+    what: &str,
+) -> anyhow::Result<(MemberRef, NodeMsg)> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, events.recv()).await {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) => bail!("every session closed while {what}"),
+        Err(_) => bail!("timed out while {what}"),
+    }
+}
+
+/// Ships and loads `stages` on their members and wires them into a pipeline. `sequences` x `context` is what
+/// each stage must be able to hold at once.
+pub async fn deploy(
+    client: &Client,
+    model: &LoadedModel,
+    stages: Vec<Assignment>,
+    sequences: u32,
+    context: u32,
+    progress: &indicatif::MultiProgress,
+) -> anyhow::Result<Deployment> {
+    anyhow::ensure!(!stages.is_empty(), "empty plan");
+    let plan: PlanId = rand::random();
+    let model_hash = {
+        let m = model.gguf.clone();
+        tokio::task::spawn_blocking(move || *blake3::hash(m.bytes()).as_bytes()).await?
+    };
+    let mut prepared = Vec::new();
+    for (s, a) in stages.iter().enumerate() {
+        for (j, (_, slice)) in a.members.iter().enumerate() {
+            let me = MemberRef { stage: s as u32, member: j as u32 };
+            prepared.push(prepare(model, model_hash, me, a.spec, *slice, sequences, context)?);
+        }
+    }
+
+    // Open a session per member; a reader task per session forwards what the node says.
+    let (tx, events) = mpsc::unbounded_channel();
+    let mut sessions = Vec::new();
+    for (s, a) in stages.iter().enumerate() {
+        for (j, (peer, _)) in a.members.iter().enumerate() {
+            let member = MemberRef { stage: s as u32, member: j as u32 };
+            let mut stream = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.streams().open_stream(*peer, StreamProtocol::new(STAGE_PROTOCOL)),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("{peer}: timed out opening a session"))?
+            .with_context(|| format!("{peer}: opening a session"))?;
+            write_msg(&mut stream, &StageOpen::Session { plan }, 256).await?;
+            let (mut r, w) = stream.split();
+            let tx = tx.clone();
+            let peer_id = *peer;
+            tokio::spawn(async move {
+                loop {
+                    match read_msg::<_, NodeMsg>(&mut r, MAX_STAGE_FRAME).await {
+                        Ok(msg) if msg.validate().is_ok() => {
+                            if tx.send((member, msg)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => tracing::warn!(peer = %peer_id, "dropped an invalid message"),
+                        Err(e) => {
+                            let message = format!("session with {peer_id} ended: {e}");
+                            let _ = tx.send((member, NodeMsg::Error { seq: None, message }));
+                            break;
+                        }
+                    }
+                }
+            });
+            sessions.push(Session { member, peer: *peer, w });
+        }
+    }
+    let mut d = Deployment { plan, stages, loads: Vec::new(), sessions, events };
+
+    // Load: manifests out, needs back.
+    for (sess, p) in d.sessions.iter_mut().zip(&prepared) {
+        sess.send(&SessionMsg::Load(p.manifest.clone())).await?;
+    }
+    let mut needs: Vec<Option<Vec<(u32, u64)>>> = vec![None; d.sessions.len()];
+    let deadline = Instant::now() + NEED_TIMEOUT;
+    while needs.iter().any(|n| n.is_none()) {
+        let (m, msg) = next_event(&mut d.events, deadline, "checking node caches").await?;
+        match msg {
+            NodeMsg::Need { tensors } => needs[d.index(m)?] = Some(tensors),
+            NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
+            other => bail!("unexpected {other:?} while loading"),
+        }
+    }
+
+    // Ship what is missing, all members at once, a progress bar each.
+    let style =
+        indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let mut sent = vec![0u64; d.sessions.len()];
+    let sends =
+        d.sessions.iter_mut().zip(&prepared).zip(&needs).zip(sent.iter_mut()).map(|(((sess, p), need), sent)| {
+            let need = need.clone().unwrap_or_default();
+            let total: u64 = need.iter().map(|(i, have)| p.image.tensors[*i as usize].data.len() as u64 - have).sum();
+            let bar = progress.add(indicatif::ProgressBar::new(total));
+            bar.set_style(style.clone());
+            let peer = sess.peer.to_string();
+            bar.set_prefix(format!("..{} stage {}", &peer[peer.len().saturating_sub(8)..], sess.member.stage));
+            async move {
+                for (i, have) in need {
+                    let data = &p.image.tensors[i as usize].data;
+                    let mut off = have as usize;
+                    while off < data.len() {
+                        let end = (off + MAX_DATA_CHUNK).min(data.len());
+                        let msg = SessionMsg::Data { tensor: i, offset: off as u64, data: data[off..end].to_vec() };
+                        sess.send(&msg).await?;
+                        bar.inc((end - off) as u64);
+                        *sent += (end - off) as u64;
+                        off = end;
+                    }
+                }
+                bar.finish();
+                anyhow::Ok(())
+            }
+        });
+    futures::future::try_join_all(sends).await?;
+
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let mut loads: Vec<Option<LoadReport>> = vec![None; d.sessions.len()];
+    while loads.iter().any(|l| l.is_none()) {
+        let (m, msg) = next_event(&mut d.events, deadline, "loading stages").await?;
+        let i = d.index(m)?;
+        match msg {
+            NodeMsg::Loaded { backend, load_ms, .. } => {
+                loads[i] = Some(LoadReport {
+                    member: m,
+                    peer: d.sessions[i].peer,
+                    backend,
+                    sent_bytes: sent[i],
+                    stage_bytes: prepared[i].manifest.bytes(),
+                    load_ms,
+                })
+            }
+            NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
+            other => bail!("unexpected {other:?} while loading"),
+        }
+    }
+    d.loads = loads.into_iter().flatten().collect();
+
+    // Wire: each leader to the next stage's leader (the last to the first: the ring), groups among themselves.
+    let n = d.stages.len();
+    for i in 0..d.sessions.len() {
+        let m = d.sessions[i].member;
+        let s = m.stage as usize;
+        let leader = |s: usize| d.stages[s].members[0].0.to_string();
+        let msg = SessionMsg::Wire {
+            next: (m.member == 0).then(|| leader((s + 1) % n)),
+            upstream: (m.member == 0).then(|| leader((s + n - 1) % n)),
+            group: d.stages[s].members.iter().map(|(p, _)| p.to_string()).collect(),
+        };
+        d.sessions[i].send(&msg).await?;
+    }
+    let deadline = Instant::now() + WIRE_TIMEOUT;
+    let mut wired = vec![false; d.sessions.len()];
+    while wired.iter().any(|w| !w) {
+        let (m, msg) = next_event(&mut d.events, deadline, "wiring stages").await?;
+        match msg {
+            NodeMsg::Wired => wired[d.index(m)?] = true,
+            NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
+            other => bail!("unexpected {other:?} while wiring"),
+        }
+    }
+    Ok(d)
+}
+
+impl Deployment {
+    fn index(&self, m: MemberRef) -> anyhow::Result<usize> {
+        self.sessions.iter().position(|s| s.member == m).context("message from an unknown member")
+    }
+
+    /// Starts a sequence on the first stage.
+    pub async fn start(&mut self, seq: u64, prompt: Vec<u32>, params: JobParams) -> anyhow::Result<()> {
+        self.sessions[0].send(&SessionMsg::Start { seq, prompt, params }).await
+    }
+
+    /// Stops a sequence early.
+    pub async fn cancel(&mut self, seq: u64) -> anyhow::Result<()> {
+        self.sessions[0].send(&SessionMsg::Cancel { seq }).await
+    }
+
+    /// The next thing a node said (None when every session has ended).
+    pub async fn event(&mut self, timeout: Duration) -> anyhow::Result<Option<(MemberRef, NodeMsg)>> {
+        match tokio::time::timeout(timeout, self.events.recv()).await {
+            Ok(e) => Ok(e),
+            Err(_) => bail!("no word from the cluster for {} s", timeout.as_secs()),
+        }
+    }
+
+    /// Closes every session: the nodes free their stages (their tensor caches stay).
+    pub async fn close(mut self) {
+        for s in &mut self.sessions {
+            let _ = s.w.close().await;
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The cost model of the planner, as documented in [`super`]: stage times, stage memory, links and the
+//! tensor-parallel split. Every function here is pure; the DP ([`super::pipeline`]) and [`super::predict`] both
+//! call them, so a plan's prediction is the model's number for it.
+
+use super::{NodeProfile, PlanRequest};
+use crate::ModelDescription;
+
+/// Fixed cost of one step of a stage: one submit and one readback (us).
+pub const STEP_OVERHEAD_US: f64 = 100.0;
+/// Synchronisation cost of a tensor-parallel half-layer: the partial sums are read back, exchanged and the next
+/// half submitted (us); paid twice per layer (after attention, after the FFN).
+pub const TP_SYNC_US: f64 = 150.0;
+/// Kernel dispatches per transformer layer (see the README's structure targets).
+pub const DISPATCHES_PER_LAYER: f64 = 6.0;
+/// Dispatches of the embedding lookup.
+pub const EMBED_DISPATCHES: f64 = 1.0;
+/// Dispatches of the final norm and the output head.
+pub const HEAD_DISPATCHES: f64 = 2.0;
+/// Share of a node's reported memory (`MemAvailable` of the member) the planner lets a stage use.
+pub const USABLE_MEMORY_FRACTION: f64 = 0.9;
+/// Most tokens one step of a stage processes (prefill chunks): sizes the activation workspace.
+pub const MAX_STEP_TOKENS: u64 = 256;
+/// Rows of logits the head produces per step (sizes the head's workspace).
+pub const HEAD_ROWS: u64 = 32;
+/// Most members of a tensor-parallel group the planner considers in `TpMode::Auto`.
+pub const MAX_TENSOR_PARALLEL: usize = 8;
+/// Tokens in flight per step in decode (one sequence's next token).
+pub const DECODE_TOKENS: u64 = 1;
+
+/// Bytes of a node's memory a plan may use.
+pub fn usable_memory(memory_bytes: u64) -> u64 {
+    (memory_bytes as f64 * USABLE_MEMORY_FRACTION).floor() as u64
+}
+
+/// The smallest `memory_bytes` whose [`usable_memory`] is at least `usable` (tests build nodes with it).
+pub fn memory_for_usable(usable: u64) -> u64 {
+    let mut m = (usable as f64 / USABLE_MEMORY_FRACTION).ceil() as u64;
+    while usable_memory(m) < usable {
+        m += 1;
+    }
+    while m > 0 && usable_memory(m - 1) >= usable {
+        m -= 1;
+    }
+    m
+}
+
+/// The model and request, with prefix sums of the layer bytes: what every cost formula needs.
+#[derive(Debug, Clone)]
+pub struct CostModel<'a> {
+    pub model: &'a ModelDescription,
+    pub context: usize,
+    pub sequences: usize,
+    prefix: Vec<u64>,
+}
+
+impl<'a> CostModel<'a> {
+    pub fn new(model: &'a ModelDescription, req: &PlanRequest) -> CostModel<'a> {
+        let mut prefix = Vec::with_capacity(model.layer_weight_bytes.len() + 1);
+        prefix.push(0u64);
+        for &b in &model.layer_weight_bytes {
+            prefix.push(prefix.last().unwrap().saturating_add(b));
+        }
+        CostModel { model, context: req.context, sequences: req.sequences, prefix }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.prefix.len() - 1
+    }
+
+    /// Weight bytes of layers `[a, b)`.
+    pub fn layer_bytes(&self, a: usize, b: usize) -> u64 {
+        self.prefix[b] - self.prefix[a]
+    }
+
+    /// Mean weight bytes of a layer (the DP's per-layer figure; exact when all layers are the same size).
+    pub fn mean_layer_bytes(&self) -> f64 {
+        if self.n_layers() == 0 {
+            0.0
+        } else {
+            self.prefix[self.n_layers()] as f64 / self.n_layers() as f64
+        }
+    }
+
+    /// KV cache bytes one decode step reads per layer: the cache of one sequence, half full on average.
+    pub fn kv_read_bytes_per_layer(&self) -> f64 {
+        self.model.kv_bytes_per_token_per_layer as f64 * self.context as f64 / 2.0
+    }
+
+    /// KV cache bytes a stage holds per layer: `context` positions for each of `sequences` sequences.
+    pub fn kv_cache_bytes_per_layer(&self) -> u64 {
+        self.model
+            .kv_bytes_per_token_per_layer
+            .saturating_mul(self.context as u64)
+            .saturating_mul(self.sequences as u64)
+    }
+
+    /// Activation workspace of a stage: `MAX_STEP_TOKENS x (x + qkv + q + attention + ffn + staging) x 4` bytes,
+    /// plus `HEAD_ROWS x vocab x 4` of logits on a head stage.
+    pub fn workspace_bytes(&self, head: bool) -> u64 {
+        let m = self.model;
+        let per_token = 2 * m.dim + (m.q_dim() + 2 * m.kv_dim()) + m.q_dim() + m.q_dim() + m.ffn_dim;
+        let logits = if head { HEAD_ROWS * m.vocab as u64 * 4 } else { 0 };
+        MAX_STEP_TOKENS * per_token as u64 * 4 + logits
+    }
+
+    /// Memory of a stage of whole layers `[a, b)` on one node.
+    pub fn stage_memory(&self, a: usize, b: usize, embed: bool, head: bool) -> u64 {
+        let m = self.model;
+        self.layer_bytes(a, b)
+            + if embed { m.embed_bytes } else { 0 }
+            + if head { m.head_bytes } else { 0 }
+            + self.kv_cache_bytes_per_layer().saturating_mul((b - a) as u64)
+            + self.workspace_bytes(head)
+    }
+
+    /// The one-way cost of a node's own link for one hop (us): latency plus the hidden state over its bandwidth.
+    /// A hop `a -> b` costs `link_us(a) + link_us(b)`.
+    pub fn link_us(&self, n: &NodeProfile) -> f64 {
+        n.link.latency_us + (self.model.activation_bytes_per_token * DECODE_TOKENS) as f64 / n.link.bandwidth_mbps
+    }
+
+    /// Time (us) of one layer of `bytes` weights on node `n`: weights and KV read at GEMV bandwidth, dispatches.
+    pub fn node_layer_us(&self, n: &NodeProfile, bytes: f64) -> f64 {
+        (bytes + self.kv_read_bytes_per_layer()) / (n.gemv_gbps * 1e3) + DISPATCHES_PER_LAYER * n.dispatch_us
+    }
+
+    /// Embedding lookup on node `n` (us).
+    pub fn embed_us(&self, n: &NodeProfile) -> f64 {
+        EMBED_DISPATCHES * n.dispatch_us
+    }
+
+    /// Final norm and head on node `n` (us).
+    pub fn head_us(&self, n: &NodeProfile) -> f64 {
+        self.model.head_bytes as f64 / (n.gemv_gbps * 1e3) + HEAD_DISPATCHES * n.dispatch_us
+    }
+
+    /// Compute time (us) of one decode step of whole layers `[a, b)` on node `n`.
+    pub fn node_stage_us(&self, n: &NodeProfile, a: usize, b: usize, embed: bool, head: bool) -> f64 {
+        let layers = (b - a) as f64;
+        (self.layer_bytes(a, b) as f64 + self.kv_read_bytes_per_layer() * layers) / (n.gemv_gbps * 1e3)
+            + DISPATCHES_PER_LAYER * layers * n.dispatch_us
+            + if embed { self.embed_us(n) } else { 0.0 }
+            + if head { self.head_us(n) } else { 0.0 }
+            + STEP_OVERHEAD_US
+    }
+}
+
+/// One member's part of every layer of a tensor-parallel stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TpShare {
+    /// Index into the nodes.
+    pub node: usize,
+    /// Key/value heads `[start, end)` (with their query heads).
+    pub kv_heads: (u32, u32),
+    /// FFN columns `[start, end)`.
+    pub ffn: (u32, u32),
+}
+
+/// A tensor-parallel group: its members' shares and the derived costs.
+#[derive(Debug, Clone)]
+pub struct TpGroup {
+    pub shares: Vec<TpShare>,
+    /// Fraction of a layer's weight bytes each member reads.
+    weight_share: Vec<f64>,
+    /// Fraction of the KV heads each member holds.
+    kv_share: Vec<f64>,
+    /// One all-reduce of a `dim` hidden state (us).
+    pub allreduce_us: f64,
+    /// The group's link term: its leader's (member 0 receives the stage input and sends its output).
+    pub link_us: f64,
+}
+
+impl TpGroup {
+    /// Splits the model over `members` (node indices, in member order): each gets a contiguous range of whole kv
+    /// heads (at least one), heads going one by one to the member with the fewest heads per GB/s, then a contiguous
+    /// range of FFN blocks (at least one), blocks going one by one to the member whose layer time stays lowest.
+    pub fn split(cost: &CostModel, nodes: &[NodeProfile], members: &[usize]) -> Result<Vec<TpShare>, String> {
+        let m = cost.model;
+        let k = members.len();
+        let (heads, ffn, block) = (m.n_kv_heads, m.ffn_dim, m.ffn_block.max(1));
+        let blocks = ffn.div_ceil(block);
+        if k < 2 {
+            return Err("a tensor-parallel stage needs at least 2 nodes".into());
+        }
+        if k > heads {
+            return Err(format!("the model has only {heads} key/value heads: at most {heads} members"));
+        }
+        if k > blocks {
+            return Err(format!("the FFN has only {blocks} blocks of {block} columns: at most {blocks} members"));
+        }
+        let g: Vec<f64> = members.iter().map(|&i| nodes[i].gemv_gbps).collect();
+        let mut h = vec![1usize; k];
+        for _ in k..heads {
+            let i = argmin((0..k).map(|i| (h[i] + 1) as f64 / g[i]));
+            h[i] += 1;
+        }
+        let attn = m.attention_weight_fraction();
+        let w = cost.mean_layer_bytes();
+        let kv_read = cost.kv_read_bytes_per_layer();
+        let layer_us = |i: usize, f_blocks: usize| {
+            let cols = (f_blocks * block).min(ffn) as f64;
+            let share = attn * h[i] as f64 / heads as f64 + (1.0 - attn) * cols / ffn.max(1) as f64;
+            let n = &nodes[members[i]];
+            (w * share + kv_read * h[i] as f64 / heads as f64) / (n.gemv_gbps * 1e3)
+                + DISPATCHES_PER_LAYER * n.dispatch_us
+        };
+        let mut f = vec![1usize; k];
+        for _ in k..blocks {
+            let i = argmin((0..k).map(|i| layer_us(i, f[i] + 1)));
+            f[i] += 1;
+        }
+        let (mut h0, mut f0) = (0usize, 0usize);
+        Ok((0..k)
+            .map(|i| {
+                let kv_heads = (h0 as u32, (h0 + h[i]) as u32);
+                let cols = (f0 * block, ((f0 + f[i]) * block).min(ffn));
+                h0 += h[i];
+                f0 += f[i];
+                TpShare { node: members[i], kv_heads, ffn: (cols.0 as u32, cols.1 as u32) }
+            })
+            .collect())
+    }
+
+    pub fn new(cost: &CostModel, nodes: &[NodeProfile], shares: Vec<TpShare>) -> TpGroup {
+        let m = cost.model;
+        let attn = m.attention_weight_fraction();
+        let heads = m.n_kv_heads.max(1) as f64;
+        let ffn = m.ffn_dim.max(1) as f64;
+        let kv_share: Vec<f64> = shares.iter().map(|s| (s.kv_heads.1 - s.kv_heads.0) as f64 / heads).collect();
+        let weight_share = shares
+            .iter()
+            .zip(&kv_share)
+            .map(|(s, kv)| attn * kv + (1.0 - attn) * (s.ffn.1 - s.ffn.0) as f64 / ffn)
+            .collect();
+        let k = shares.len() as f64;
+        let reduce_bytes = (m.dim as u64 * 4 * DECODE_TOKENS) as f64 * (k - 1.0);
+        let allreduce_us = shares
+            .iter()
+            .map(|s| {
+                let l = &nodes[s.node].link;
+                2.0 * l.latency_us + reduce_bytes / l.bandwidth_mbps
+            })
+            .fold(0.0, f64::max);
+        let link_us = shares.first().map_or(0.0, |s| cost.link_us(&nodes[s.node]));
+        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us }
+    }
+
+    /// The leader forwarding the stage input to the other members (us): token ids on the first stage (4 bytes
+    /// each), the hidden state otherwise; `k - 1` copies leave over the leader's link.
+    pub fn broadcast_us(&self, cost: &CostModel, nodes: &[NodeProfile], embed: bool) -> f64 {
+        let Some(leader) = self.shares.first().map(|s| &nodes[s.node].link) else { return 0.0 };
+        let bytes = if embed {
+            (4 * DECODE_TOKENS) as f64
+        } else {
+            (cost.model.activation_bytes_per_token * DECODE_TOKENS) as f64
+        };
+        let copies = (self.shares.len() - 1) as f64;
+        self.shares[1..]
+            .iter()
+            .map(|s| {
+                let l = &nodes[s.node].link;
+                leader.latency_us + l.latency_us + bytes * copies / leader.bandwidth_mbps + bytes / l.bandwidth_mbps
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Time (us) of one layer of `bytes` weights: the slowest member, two all-reduces and two syncs.
+    pub fn layer_us(&self, cost: &CostModel, nodes: &[NodeProfile], bytes: f64) -> f64 {
+        let kv_read = cost.kv_read_bytes_per_layer();
+        let slowest = self
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n = &nodes[s.node];
+                (bytes * self.weight_share[i] + kv_read * self.kv_share[i]) / (n.gemv_gbps * 1e3)
+                    + DISPATCHES_PER_LAYER * n.dispatch_us
+            })
+            .fold(0.0, f64::max);
+        slowest + 2.0 * (self.allreduce_us + TP_SYNC_US)
+    }
+
+    /// Embedding lookup (replicated on every member; us).
+    pub fn embed_us(&self, cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
+        self.shares.iter().map(|s| cost.embed_us(&nodes[s.node])).fold(0.0, f64::max)
+    }
+
+    /// Head (replicated on every member; us).
+    pub fn head_us(&self, cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
+        self.shares.iter().map(|s| cost.head_us(&nodes[s.node])).fold(0.0, f64::max)
+    }
+
+    /// Compute time (us) of one decode step of layers `[a, b)`.
+    pub fn stage_us(
+        &self,
+        cost: &CostModel,
+        nodes: &[NodeProfile],
+        a: usize,
+        b: usize,
+        embed: bool,
+        head: bool,
+    ) -> f64 {
+        (a..b).map(|l| self.layer_us(cost, nodes, cost.model.layer_weight_bytes[l] as f64)).sum::<f64>()
+            + if embed { self.embed_us(cost, nodes) } else { 0.0 }
+            + if head { self.head_us(cost, nodes) } else { 0.0 }
+            + self.broadcast_us(cost, nodes, embed)
+            + STEP_OVERHEAD_US
+    }
+
+    /// Memory of member `i` for `layers` layers holding `weight_bytes` of whole-layer weights.
+    pub fn member_memory(
+        &self,
+        cost: &CostModel,
+        i: usize,
+        weight_bytes: u64,
+        layers: usize,
+        embed: bool,
+        head: bool,
+    ) -> u64 {
+        let m = cost.model;
+        let s = &self.shares[i];
+        let kv = cost.kv_cache_bytes_per_layer().saturating_mul(layers as u64) / m.n_kv_heads.max(1) as u64
+            * (s.kv_heads.1 - s.kv_heads.0) as u64;
+        (weight_bytes as f64 * self.weight_share[i]).ceil() as u64
+            + kv
+            + if embed { m.embed_bytes } else { 0 }
+            + if head { m.head_bytes } else { 0 }
+            + cost.workspace_bytes(head)
+    }
+}
+
+/// Index of the smallest value (the first one on ties).
+fn argmin(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::INFINITY);
+    for (i, v) in values.enumerate() {
+        if v < best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}

@@ -1,0 +1,267 @@
+//! `edge-coord run`: plan the model over the members found, ship each its stage, run the prompt (or several
+//! copies at once), stream the text, and print what was measured next to what the planner predicted.
+
+use std::io::Write;
+
+use anyhow::Context;
+use edge_node::commands::{ModelArgs, PreparedPrompt, PromptArgs};
+use edge_node::tokenizer::{TextStream, Tokenizer};
+use edge_protocol::stage::JobParams;
+use libp2p::PeerId;
+
+use crate::cluster::{self, JoinArgs};
+use crate::deploy::{self, Assignment};
+use crate::job::{self, Job, Outcome};
+use crate::plan::{self, NodeProfile, Plan, PlanRequest};
+use crate::ModelDescription;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub join: JoinArgs,
+    /// Run this many copies of the prompt at once (they share the pipeline: each stage works on a different
+    /// sequence at the same time).
+    #[arg(long, default_value_t = 1)]
+    pub sequences: usize,
+    /// Tensor parallelism: `auto` (the planner decides), `off`, or K to run the whole model as one stage split
+    /// across K nodes.
+    #[arg(long, default_value = "auto")]
+    pub tensor_parallel: plan::TpMode,
+    /// Force a pipeline of exactly this many stages (even layer split over that many members) instead of the
+    /// planner's choice.
+    #[arg(long)]
+    pub stages: Option<usize>,
+    /// Print a JSON report (tokens, timings, plan) on stdout instead of the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything a run measured, next to the plan.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub plan: Plan,
+    pub nodes: Vec<NodeProfile>,
+    pub outcomes: Vec<Outcome>,
+    pub loads: Vec<LoadSummary>,
+    /// Decode tokens per second of all sequences together.
+    pub aggregate_tps: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct LoadSummary {
+    pub stage: u32,
+    pub member: u32,
+    pub peer: String,
+    pub backend: String,
+    pub sent_bytes: u64,
+    pub stage_bytes: u64,
+    pub load_ms: u32,
+}
+
+/// The plan's stages as deployments: a whole-layer stage has one member and no slice.
+pub fn assignments(plan: &Plan, desc: &ModelDescription, nodes: &[NodeProfile]) -> anyhow::Result<Vec<Assignment>> {
+    plan.stages
+        .iter()
+        .map(|s| {
+            let members = s
+                .members
+                .iter()
+                .map(|m| {
+                    let peer: PeerId = nodes[m.node].id.parse().context("node id is not a peer id")?;
+                    Ok((peer, m.slice(desc)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Assignment { spec: s.spec(), members })
+        })
+        .collect()
+}
+
+/// A pipeline of `k` stages over the first `k` nodes, layers split as evenly as possible (for tests and
+/// benchmarks that need a given shape), with the planner's prediction for it.
+pub fn even_pipeline(
+    desc: &ModelDescription,
+    nodes: &[NodeProfile],
+    req: &PlanRequest,
+    k: usize,
+) -> anyhow::Result<Plan> {
+    let n = desc.n_layers;
+    anyhow::ensure!(
+        k >= 1 && k <= nodes.len() && k <= n,
+        "--stages {k}: there are {} nodes and {n} layers",
+        nodes.len()
+    );
+    let cuts: Vec<u32> = (1..k).map(|i| (i * n / k) as u32).collect();
+    let stages: Vec<plan::Stage> = edge_protocol::ShardSpec::split(n as u32, &cuts)
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| plan::Stage {
+            layer_start: spec.layer_start,
+            layer_end: spec.layer_end,
+            embed: spec.embed,
+            head: spec.head,
+            members: vec![plan::StageMember {
+                node: i,
+                kv_heads: (0, desc.n_kv_heads as u32),
+                ffn: (0, desc.ffn_dim as u32),
+                memory_bytes: 0,
+            }],
+            compute_us: 0.0,
+        })
+        .collect();
+    let prediction = plan::predict(desc, nodes, req, &stages);
+    let stages =
+        stages.into_iter().zip(&prediction.stage_us).map(|(s, &us)| plan::Stage { compute_us: us, ..s }).collect();
+    Ok(Plan { stages, prediction })
+}
+
+pub fn main(args: &RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=64).contains(&args.sequences), "--sequences must be between 1 and 64");
+    let m = args.model.open()?;
+    let tok = Tokenizer::from_gguf(&m.gguf)?;
+    let PreparedPrompt { ids, context, sampling, stop } = args.prompt.prepare(&tok, &m.config)?;
+    anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
+    anyhow::ensure!(
+        ids.len() < context,
+        "the prompt is {} tokens but the context holds {context}; shorten it or raise --ctx",
+        ids.len()
+    );
+    let capacity = context.min(ids.len() + args.prompt.tokens);
+    let desc = ModelDescription::from_gguf(&m.gguf, &m.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let report = rt.block_on(async {
+        let joined = cluster::join(&args.join).await?;
+        let result = async {
+            let members = cluster::members(&joined.client, cluster::Joined::wait(&args.join)?, true).await;
+            anyhow::ensure!(!members.is_empty(), "no members answered (check --peer addresses and the cluster key)");
+            let nodes: Vec<NodeProfile> = members.iter().filter_map(NodeProfile::from_member).collect();
+            let req =
+                PlanRequest { context: capacity, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
+            let plan = match args.stages {
+                Some(k) => even_pipeline(&desc, &nodes, &req, k)?,
+                None => plan::plan(&desc, &nodes, &req)?,
+            };
+            eprintln!("{}", plan.describe(&nodes));
+            let progress = indicatif::MultiProgress::new();
+            if args.json {
+                progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let stages = assignments(&plan, &desc, &nodes)?;
+            let mut d =
+                deploy::deploy(&joined.client, &m, stages, args.sequences as u32, capacity as u32, &progress).await?;
+            let loads = d
+                .loads
+                .iter()
+                .map(|l| LoadSummary {
+                    stage: l.member.stage,
+                    member: l.member.member,
+                    peer: l.peer.to_string(),
+                    backend: l.backend.clone(),
+                    sent_bytes: l.sent_bytes,
+                    stage_bytes: l.stage_bytes,
+                    load_ms: l.load_ms,
+                })
+                .collect();
+            let params = JobParams { capacity: capacity as u32, max_tokens: args.prompt.tokens as u32, sampling, stop };
+            let jobs = (0..args.sequences).map(|_| Job { prompt: ids.clone(), params: params.clone() }).collect();
+            let mut stream = TextStream::new(&tok);
+            let mut stdout = std::io::stdout().lock();
+            let stream_text = !args.json && args.sequences == 1;
+            if stream_text && !args.prompt.chat {
+                let _ = write!(stdout, "{}", args.prompt.prompt);
+            }
+            let t = std::time::Instant::now();
+            let outcomes = job::run(&mut d, jobs, |_, token| {
+                if stream_text {
+                    let _ = write!(stdout, "{}", stream.push(token));
+                    let _ = stdout.flush();
+                }
+            })
+            .await;
+            let wall = t.elapsed();
+            d.close().await;
+            let outcomes = outcomes?;
+            if stream_text {
+                writeln!(stdout, "{}", stream.finish())?;
+            }
+            let generated: usize = outcomes.iter().map(|o| o.tokens.len().saturating_sub(1)).sum();
+            let decode_wall = wall.saturating_sub(outcomes.iter().map(|o| o.first_token).max().unwrap_or_default());
+            let aggregate_tps = generated as f64 / decode_wall.as_secs_f64().max(1e-9);
+            anyhow::Ok(Report { plan, nodes, outcomes, loads, aggregate_tps })
+        }
+        .await;
+        joined.leave().await;
+        result
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        if args.sequences > 1 {
+            for (i, o) in report.outcomes.iter().enumerate() {
+                println!("[{i}] {}", tok.decode(&o.tokens));
+            }
+        }
+        if args.prompt.print_ids {
+            for o in &report.outcomes {
+                println!("ids: {:?}", o.tokens);
+            }
+        }
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Measured next to predicted, on stderr.
+fn print_report(r: &Report) {
+    let p = &r.plan.prediction;
+    let h = edge_node::commands::human_bytes;
+    for l in &r.loads {
+        eprintln!(
+            "stage {} member {} on ..{}: {} sent of {} ({}), loaded in {} ms",
+            l.stage,
+            l.member,
+            &l.peer[l.peer.len().saturating_sub(8)..],
+            h(l.sent_bytes),
+            h(l.stage_bytes),
+            l.backend,
+            l.load_ms
+        );
+    }
+    let Some(o) = r.outcomes.first() else { return };
+    let tok_ms = if o.tokens.len() > 1 { o.decode.as_secs_f64() * 1e3 / (o.tokens.len() - 1) as f64 } else { 0.0 };
+    eprintln!(
+        "measured:  first token {:.0} ms | decode {:.1} tok/s per sequence ({tok_ms:.2} ms/token) | {:.1} tok/s for {} sequence(s)",
+        o.first_token.as_secs_f64() * 1e3,
+        o.decode_tps(),
+        r.aggregate_tps,
+        r.outcomes.len()
+    );
+    eprintln!(
+        "predicted: decode {:.1} tok/s per sequence ({:.2} ms/token) | {:.1} tok/s for {} sequence(s)",
+        p.tokens_per_s,
+        p.token_latency_us / 1e3,
+        p.throughput_tokens_per_s,
+        p.sequences
+    );
+    let mut compute_ms = 0.0;
+    for (s, st) in o.stages.iter().enumerate() {
+        let measured = st.decode_step_us().map(|us| us / 1e3);
+        compute_ms += measured.unwrap_or(0.0);
+        eprintln!(
+            "  stage {s}: compute {} ms/token, predicted {:.2}",
+            measured.map_or("-".into(), |m| format!("{m:.2}")),
+            p.stage_us.get(s).copied().unwrap_or(0.0) / 1e3
+        );
+    }
+    let hops = if o.stages.len() > 1 { o.stages.len() } else { 0 };
+    if hops > 0 && o.tokens.len() > 1 {
+        let per_hop = ((tok_ms - compute_ms) / hops as f64).max(0.0);
+        let predicted = p.hop_us.iter().sum::<f64>() / p.hop_us.len().max(1) as f64 / 1e3;
+        eprintln!(
+            "  network: {per_hop:.2} ms per hop over {hops} hops (token time minus stage compute), predicted {predicted:.2}"
+        );
+    }
+}

@@ -1,0 +1,741 @@
+//! The planner on hand-checked cases, against a brute-force search, at cluster scale, and through the CLI.
+//!
+//! Most cases use a toy model whose costs are easy to work out by hand (see `toy`): 10 layers of 1,000,000 bytes,
+//! embedding and head of 500,000 bytes, 1000 bytes of KV per token per layer, a 1000-byte hidden state, and
+//! nodes of 1 GB/s GEMV, 10 us dispatches and links of 100 us / 100 MB/s. At context 100:
+//! - one layer on a 1 GB/s node: (1,000,000 + 1000 x 100/2) / 1e3 + 6 x 10 = 1110 us;
+//! - embedding: 1 dispatch = 10 us; head: 500,000 / 1e3 + 2 x 10 = 520 us; every stage: + 100 us (step);
+//! - a node's link term: 100 + 1000 / 100 = 110 us; a hop between two such nodes: 220 us;
+//! - workspace: 256 x (2 x 64 + (64 + 2 x 32) + 64 + 64 + 128) x 4 = 524,288 bytes, + 32 x 256 x 4 = 32,768 on
+//!   the head stage; KV cache: 1000 x 100 x sequences bytes per layer.
+
+use std::process::Command;
+use std::time::Instant;
+
+use edge_coord::model_desc::ModelShape;
+use edge_coord::plan::cost::{memory_for_usable, usable_memory, CostModel, TpGroup};
+use edge_coord::plan::{
+    plan, predict, LinkProfile, NodeProfile, Plan, PlanError, PlanRequest, Stage, StageMember, TpMode,
+};
+use edge_coord::ModelDescription;
+use edge_node::quant::GgmlType;
+use proptest::prelude::*;
+
+fn toy(layers: usize) -> ModelDescription {
+    ModelDescription {
+        arch: "llama".into(),
+        n_layers: layers,
+        dim: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 128,
+        vocab: 256,
+        ffn_block: 32,
+        layer_weight_bytes: vec![1_000_000; layers],
+        embed_bytes: 500_000,
+        head_bytes: 500_000,
+        tied_embeddings: false,
+        kv_bytes_per_token_per_layer: 1000,
+        activation_bytes_per_token: 1000,
+        flops_per_token_per_layer: 0,
+        context: 1000,
+    }
+}
+
+/// A node with `usable` bytes the planner may use.
+fn node(id: &str, usable: u64, gemv_gbps: f64) -> NodeProfile {
+    NodeProfile {
+        id: id.into(),
+        memory_bytes: memory_for_usable(usable),
+        gemv_gbps,
+        dispatch_us: 10.0,
+        link: LinkProfile { latency_us: 100.0, bandwidth_mbps: 100.0 },
+    }
+}
+
+fn req(context: usize, sequences: usize) -> PlanRequest {
+    PlanRequest { context, sequences, tensor_parallel: TpMode::Off }
+}
+
+/// `(node, start, end)` of each stage of a plan of whole layers.
+fn layout(p: &Plan) -> Vec<(usize, u32, u32)> {
+    p.stages
+        .iter()
+        .map(|s| {
+            assert_eq!(s.members.len(), 1, "{p:?}");
+            (s.members[0].node, s.layer_start, s.layer_end)
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Checks that a plan is well formed: stages cover the layers in order, embed first, head last, every member's
+/// memory within its node's usable memory, no node used twice.
+fn check_plan(model: &ModelDescription, nodes: &[NodeProfile], p: &Plan) {
+    let mut at = 0;
+    let mut used = Vec::new();
+    for (i, s) in p.stages.iter().enumerate() {
+        assert_eq!(s.layer_start, at, "{p:?}");
+        assert!(s.layer_end > s.layer_start, "{p:?}");
+        assert_eq!(s.embed, i == 0);
+        assert_eq!(s.head, i + 1 == p.stages.len());
+        at = s.layer_end;
+        for m in &s.members {
+            assert!(m.memory_bytes <= usable_memory(nodes[m.node].memory_bytes), "{m:?} on {:?}", nodes[m.node]);
+            assert!(!used.contains(&m.node), "node {} used twice: {p:?}", m.node);
+            used.push(m.node);
+        }
+    }
+    assert_eq!(at as usize, model.n_layers);
+}
+
+#[test]
+fn one_fast_node_that_fits_runs_alone() {
+    // Whole model on the 2 GB/s node: 10 x (1,050,000 / 2e3 + 60) + 10 + (500,000 / 2e3 + 20) + 100 = 6230 us.
+    // Split with the 1 GB/s node the best is 7 + 3 layers: (7 x 585 + 10 + 100) + (3 x 1110 + 520 + 100) + 2 x 220
+    // = 8595 us: slower, so the slow node is left out.
+    let model = toy(10);
+    let nodes = [node("slow", 100_000_000, 1.0), node("fast", 100_000_000, 2.0)];
+    let p = plan(&model, &nodes, &req(100, 1)).unwrap();
+    assert_eq!(layout(&p), vec![(1, 0, 10)]);
+    assert!(close(p.prediction.token_latency_us, 6230.0), "{:?}", p.prediction);
+    assert!(p.prediction.hop_us.is_empty());
+    assert!(close(p.prediction.tokens_per_s, 1e6 / 6230.0));
+}
+
+#[test]
+fn a_slow_node_is_left_out_of_a_split() {
+    // Neither fast node holds the model (at most 6 layers, see `two_equal_nodes_split_evenly`); the slow one could,
+    // at 0.05 GB/s: 10 x (1,050,000 / 50 + 60) + ... > 200 ms. The two fast ones: 12,270 us (see below).
+    let model = toy(10);
+    let nodes = [node("a", 7_700_000, 1.0), node("slow", 1_000_000_000, 0.05), node("b", 7_700_000, 1.0)];
+    let p = plan(&model, &nodes, &req(100, 1)).unwrap();
+    check_plan(&model, &nodes, &p);
+    let used: Vec<usize> = layout(&p).iter().map(|s| s.0).collect();
+    assert_eq!(used, vec![0, 2], "{p:?}");
+    assert!(close(p.prediction.token_latency_us, 12_270.0), "{:?}", p.prediction);
+}
+
+#[test]
+fn two_equal_nodes_split_evenly() {
+    // Memory: 7,700,000 usable holds 6 layers and not 7 in either end stage:
+    //   first 6: 6,000,000 + 500,000 (embed) + 6 x 100,000 (KV) + 524,288 = 7,624,288 <= 7,700,000
+    //   last 6:  6,000,000 + 500,000 (head) + 600,000 + 524,288 + 32,768 = 7,657,056 <= 7,700,000
+    //   first 7: 7,000,000 + 500,000 + 700,000 + 524,288 = 8,724,288 > 7,700,000; the whole model even more.
+    // Latency does not depend on the split between equal nodes:
+    //   (a x 1110 + 10 + 100) + (b x 1110 + 520 + 100) + 2 hops x 220 = 11,100 + 730 + 440 = 12,270 us.
+    let model = toy(10);
+    let nodes = [node("a", 7_700_000, 1.0), node("b", 7_700_000, 1.0)];
+    let p = plan(&model, &nodes, &req(100, 1)).unwrap();
+    check_plan(&model, &nodes, &p);
+    let l = layout(&p);
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0].0, 0, "the lower index takes the first stage");
+    assert!((4..=6).contains(&(l[0].2 - l[0].1)) && (4..=6).contains(&(l[1].2 - l[1].1)), "{l:?}");
+    assert!(close(p.prediction.token_latency_us, 12_270.0), "{:?}", p.prediction);
+    assert_eq!(p.prediction.hop_us, vec![220.0, 220.0]);
+
+    // Two sequences: the split balances the occupancies (stage + 2 x 110 us of its own link):
+    //   5 + 5: 5 x 1110 + 110 + 220 = 5880 and 5 x 1110 + 620 + 220 = 6390 -> bottleneck 6390
+    //   6 + 4: 6990 and 5280 -> 6990;  4 + 6: 4770 and 7500 -> 7500.
+    // Throughput = min(2 x 1e6 / 12,270 = 163.0, 1e6 / 6390 = 156.5) = 156.5 tok/s.
+    let p = plan(&model, &nodes, &req(100, 2)).unwrap();
+    assert_eq!(layout(&p), vec![(0, 0, 5), (1, 5, 10)]);
+    assert!(close(p.prediction.bottleneck_us, 6390.0), "{:?}", p.prediction);
+    assert!(close(p.prediction.throughput_tokens_per_s, 1e6 / 6390.0), "{:?}", p.prediction);
+    assert!(close(p.prediction.token_latency_us, 12_270.0));
+    assert_eq!(p.prediction.stage_us, vec![5660.0, 6170.0]);
+}
+
+#[test]
+fn the_faster_node_gets_more_layers() {
+    // 2 GB/s (a) and 1 GB/s (b), four sequences (throughput). Per layer: a 1,050,000 / 2e3 + 60 = 585 us, b 1110.
+    // Occupancies with a first: a 585 x + 10 + 100 + 220, b 1110 y + 520 + 100 + 220:
+    //   7 + 3: 4425 / 4170 -> 4425;  6 + 4: 3840 / 5280;  8 + 2: 5010 / 3060.
+    // With b first (a carries the head, 500,000 / 2e3 + 20 = 270 us): 7 + 3 -> a 4685, 6 + 4 -> b 4770: worse.
+    // The single stage on a (6230 us, see above) gives 160.5 tok/s; the split 1e6 / 4425 = 226.0.
+    let model = toy(10);
+    let nodes = [node("b", 100_000_000, 1.0), node("a", 100_000_000, 2.0)];
+    let p = plan(&model, &nodes, &req(100, 4)).unwrap();
+    check_plan(&model, &nodes, &p);
+    assert_eq!(layout(&p), vec![(1, 0, 7), (0, 7, 10)]);
+    assert!(close(p.prediction.bottleneck_us, 4425.0), "{:?}", p.prediction);
+    assert!(close(p.prediction.throughput_tokens_per_s, 1e6 / 4425.0));
+    assert!(close(p.prediction.token_latency_us, 4425.0 + 4170.0));
+}
+
+#[test]
+fn sequences_prefer_more_stages_when_it_raises_throughput() {
+    // One node holds everything: alone, 10 x 1110 + 10 + 520 + 100 = 11,730 us, 85.3 tok/s whatever the load.
+    // With a second equal node and 8 sequences, 5 + 5 layers: bottleneck 6390 us -> 156.5 tok/s (latency 12,270 us,
+    // 8 x 1e6 / 12,270 = 652 tok/s is not the limit). For one sequence the single stage stays best.
+    let model = toy(10);
+    let nodes = [node("a", 100_000_000, 1.0), node("b", 100_000_000, 1.0)];
+    let one = plan(&model, &nodes, &req(100, 1)).unwrap();
+    assert_eq!(layout(&one), vec![(0, 0, 10)]);
+    assert!(close(one.prediction.token_latency_us, 11_730.0));
+    let many = plan(&model, &nodes, &req(100, 8)).unwrap();
+    assert_eq!(layout(&many), vec![(0, 0, 5), (1, 5, 10)]);
+    assert!(close(many.prediction.throughput_tokens_per_s, 1e6 / 6390.0), "{:?}", many.prediction);
+    let single_for_eight = predict(&model, &nodes, &req(100, 8), &one.stages);
+    assert!(close(single_for_eight.throughput_tokens_per_s, 1e6 / 11_730.0));
+    assert!(many.prediction.throughput_tokens_per_s > single_for_eight.throughput_tokens_per_s);
+}
+
+#[test]
+fn memory_limits_are_respected() {
+    // The 4 GB/s node has room for exactly 3 layers with the head (3,000,000 + 500,000 + 300,000 + 524,288 +
+    // 32,768 = 4,357,056) and 3 with the embedding (4,324,288; 4 would need 5,424,288). Latency wants as many
+    // layers as possible on it: it gets exactly 3.
+    let model = toy(10);
+    let nodes = [node("big", 100_000_000, 1.0), node("fast", 4_357_056, 4.0)];
+    let p = plan(&model, &nodes, &req(100, 1)).unwrap();
+    check_plan(&model, &nodes, &p);
+    let fast: Vec<_> = layout(&p).into_iter().filter(|s| s.0 == 1).collect();
+    assert_eq!(fast.len(), 1, "{p:?}");
+    assert_eq!(fast[0].2 - fast[0].1, 3, "{p:?}");
+    // One byte less than 3 layers with the embedding need: at most 2 layers at either end.
+    let nodes = [node("big", 100_000_000, 1.0), node("fast", 4_324_287, 4.0)];
+    let p = plan(&model, &nodes, &req(100, 1)).unwrap();
+    check_plan(&model, &nodes, &p);
+    let fast: Vec<_> = layout(&p).into_iter().filter(|s| s.0 == 1).collect();
+    assert!(fast.iter().all(|s| s.2 - s.1 <= 2), "{p:?}");
+}
+
+#[test]
+fn a_cluster_too_small_is_an_error_with_the_numbers() {
+    // Needed: 10,000,000 + 500,000 + 500,000 + 10 x 100,000 (KV) + 524,288 + 32,768 = 12,557,056 bytes;
+    // available: 2 x 3,000,000 usable.
+    let model = toy(10);
+    let nodes = [node("a", 3_000_000, 1.0), node("b", 3_000_000, 1.0)];
+    let err = plan(&model, &nodes, &req(100, 1)).unwrap_err();
+    let PlanError::DoesNotFit { needed_bytes, available_bytes, nodes: n, .. } = &err else { panic!("{err:?}") };
+    assert_eq!((*needed_bytes, *available_bytes, *n), (12_557_056, 6_000_000, 2));
+    let msg = err.to_string();
+    assert!(msg.contains("does not fit in the cluster's memory") && msg.contains("12.0 MiB"), "{msg}");
+    assert!(msg.contains("5.7 MiB") && msg.contains("100 positions x 1 sequences"), "{msg}");
+
+    // Enough memory in total, but every node is too small for one layer and a workspace.
+    let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"), 1_500_000, 1.0)).collect();
+    let msg = plan(&model, &nodes, &req(100, 1)).unwrap_err().to_string();
+    assert!(msg.contains("no split into stages fits"), "{msg}");
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let model = toy(10);
+    let nodes = [node("a", 100_000_000, 1.0)];
+    assert_eq!(plan(&model, &[], &req(100, 1)).unwrap_err(), PlanError::NoNodes);
+    assert_eq!(plan(&model, &nodes, &req(100, 0)).unwrap_err(), PlanError::NoSequences);
+    assert_eq!(plan(&model, &nodes, &req(0, 1)).unwrap_err(), PlanError::BadContext { context: 0, max: 1000 });
+    assert_eq!(plan(&model, &nodes, &req(1001, 1)).unwrap_err(), PlanError::BadContext { context: 1001, max: 1000 });
+    let mut bad = nodes[0].clone();
+    bad.gemv_gbps = 0.0;
+    assert!(matches!(plan(&model, &[bad], &req(100, 1)), Err(PlanError::BadNode { .. })));
+    assert_eq!("auto".parse::<TpMode>(), Ok(TpMode::Auto));
+    assert_eq!("off".parse::<TpMode>(), Ok(TpMode::Off));
+    assert_eq!("3".parse::<TpMode>(), Ok(TpMode::Force(3)));
+    assert!("two".parse::<TpMode>().is_err());
+}
+
+// ---- brute force ----
+
+/// Every ordered choice of distinct nodes and every split of the layers among them: the best value
+/// (`max(latency / sequences, bottleneck)`, i.e. 1 / throughput; the latency for one sequence), or None.
+fn brute_force(model: &ModelDescription, nodes: &[NodeProfile], r: &PlanRequest) -> Option<(f64, Plan)> {
+    brute_force_with(model, nodes, r, None)
+}
+
+/// [`brute_force`] where `group` (if any) is one more unit that runs a stage tensor-parallel, its members not
+/// available as single nodes.
+fn brute_force_with(
+    model: &ModelDescription,
+    nodes: &[NodeProfile],
+    r: &PlanRequest,
+    group: Option<&TpGroup>,
+) -> Option<(f64, Plan)> {
+    let cost = CostModel::new(model, r);
+    let l = model.n_layers;
+    let in_group = |n: usize| group.is_some_and(|g| g.shares.iter().any(|s| s.node == n));
+    let units = nodes.len() + group.is_some() as usize;
+    let mut best: Option<(f64, Plan)> = None;
+    let mut seq = Vec::new();
+    fn orders(n: usize, max_len: usize, seq: &mut Vec<usize>, f: &mut dyn FnMut(&[usize])) {
+        if !seq.is_empty() {
+            f(seq);
+        }
+        if seq.len() == max_len {
+            return;
+        }
+        for i in 0..n {
+            if !seq.contains(&i) {
+                seq.push(i);
+                orders(n, max_len, seq, f);
+                seq.pop();
+            }
+        }
+    }
+    fn splits(l: usize, parts: usize, cur: &mut Vec<usize>, f: &mut dyn FnMut(&[usize])) {
+        let used: usize = cur.iter().sum();
+        if cur.len() + 1 == parts {
+            if l > used {
+                cur.push(l - used);
+                f(cur);
+                cur.pop();
+            }
+            return;
+        }
+        for m in 1..l.saturating_sub(used) {
+            cur.push(m);
+            splits(l, parts, cur, f);
+            cur.pop();
+        }
+    }
+    orders(units, l, &mut seq, &mut |order| {
+        splits(l, order.len(), &mut Vec::new(), &mut |lens| {
+            let mut stages = Vec::new();
+            let mut a = 0;
+            for (&n, &m) in order.iter().zip(lens) {
+                let (embed, head) = (a == 0, a + m == l);
+                if n == nodes.len() {
+                    let g = group.unwrap();
+                    let mut members = Vec::new();
+                    for (i, sh) in g.shares.iter().enumerate() {
+                        let memory_bytes = g.member_memory(&cost, i, cost.layer_bytes(a, a + m), m, embed, head);
+                        if memory_bytes > usable_memory(nodes[sh.node].memory_bytes) {
+                            return;
+                        }
+                        members.push(StageMember { node: sh.node, kv_heads: sh.kv_heads, ffn: sh.ffn, memory_bytes });
+                    }
+                    let (layer_start, layer_end) = (a as u32, (a + m) as u32);
+                    stages.push(Stage { layer_start, layer_end, embed, head, members, compute_us: 0.0 });
+                    a += m;
+                    continue;
+                }
+                if in_group(n) {
+                    return;
+                }
+                let memory_bytes = cost.stage_memory(a, a + m, embed, head);
+                if memory_bytes > usable_memory(nodes[n].memory_bytes) {
+                    return;
+                }
+                stages.push(Stage {
+                    layer_start: a as u32,
+                    layer_end: (a + m) as u32,
+                    embed,
+                    head,
+                    members: vec![StageMember {
+                        node: n,
+                        kv_heads: (0, model.n_kv_heads as u32),
+                        ffn: (0, model.ffn_dim as u32),
+                        memory_bytes,
+                    }],
+                    compute_us: 0.0,
+                });
+                a += m;
+            }
+            let p = predict(model, nodes, r, &stages);
+            let v = 1e6 / p.throughput_tokens_per_s;
+            if best.as_ref().is_none_or(|b| v < b.0) {
+                best = Some((v, Plan { stages, prediction: p }));
+            }
+        })
+    });
+    best
+}
+
+fn arb_node() -> impl Strategy<Value = NodeProfile> {
+    (0.2f64..1.3, 0.5f64..8.0, 0.0f64..50.0, 0.0f64..2000.0, 1.0f64..1000.0).prop_map(|(mem, g, d, lat, bw)| {
+        NodeProfile {
+            id: String::new(),
+            memory_bytes: (mem * 1e7) as u64, // scaled to the model below
+            gemv_gbps: g,
+            dispatch_us: d,
+            link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
+        }
+    })
+}
+
+fn arb_case(uniform: bool) -> impl Strategy<Value = (ModelDescription, Vec<NodeProfile>, PlanRequest)> {
+    (
+        2usize..=8,
+        prop::collection::vec(100_000u64..3_000_000, 8),
+        0u64..3_000_000,
+        0u64..3_000_000,
+        0u64..3000,
+        1u64..100_000,
+        prop::collection::vec(arb_node(), 1..=4),
+        1usize..=1000,
+        1usize..=8,
+    )
+        .prop_map(move |(l, sizes, embed, head, kv, act, mut nodes, context, sequences)| {
+            let mut m = toy(l);
+            m.layer_weight_bytes = if uniform { vec![sizes[0]; l] } else { sizes[..l].to_vec() };
+            (m.embed_bytes, m.head_bytes, m.kv_bytes_per_token_per_layer, m.activation_bytes_per_token) =
+                (embed, head, kv, act);
+            // Node memory: 0.2..1.3 x what the whole model needs on one node.
+            let cost = CostModel::new(&m, &req(context, sequences));
+            let whole = cost.stage_memory(0, l, true, true) as f64;
+            for (i, n) in nodes.iter_mut().enumerate() {
+                n.id = format!("n{i}");
+                n.memory_bytes = memory_for_usable((n.memory_bytes as f64 / 1e7 * whole) as u64);
+            }
+            (m, nodes, req(context, sequences))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// With layers of equal size the search is exact: the plan's value equals the brute force's best, for one
+    /// sequence (latency) and for several (throughput), and both agree on when nothing fits.
+    #[test]
+    fn the_search_equals_brute_force((model, nodes, r) in arb_case(true)) {
+        let got = plan(&model, &nodes, &r);
+        let want = brute_force(&model, &nodes, &r);
+        match (got, want) {
+            (Ok(p), Some((v, best))) => {
+                check_plan(&model, &nodes, &p);
+                let pv = 1e6 / p.prediction.throughput_tokens_per_s;
+                prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
+                let again = predict(&model, &nodes, &r, &p.stages);
+                prop_assert_eq!(again, p.prediction.clone());
+            }
+            (Err(PlanError::DoesNotFit { .. }), None) => {}
+            (got, want) => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),
+        }
+    }
+
+    /// With layers of different sizes plans still fit, and are found whenever one exists.
+    #[test]
+    fn plans_fit_with_mixed_layer_sizes((model, nodes, r) in arb_case(false)) {
+        let got = plan(&model, &nodes, &r);
+        let want = brute_force(&model, &nodes, &r);
+        match (&got, &want) {
+            (Ok(p), Some((v, _))) => {
+                check_plan(&model, &nodes, p);
+                prop_assert!(1e6 / p.prediction.throughput_tokens_per_s >= v * (1.0 - 1e-9));
+            }
+            (Err(PlanError::DoesNotFit { .. }), None) => {}
+            // The DP sizes middle stages for the largest window of layers: it may miss a plan that fits only
+            // because its middle stages hold small layers.
+            (Err(PlanError::DoesNotFit { .. }), Some(_)) => {}
+            _ => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),
+        }
+    }
+}
+
+/// The k fastest nodes (GEMV bandwidth, then memory, then index), in index order: the planner's TP candidates.
+fn fastest(nodes: &[NodeProfile], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|&a, &b| {
+        (nodes[b].gemv_gbps, nodes[b].memory_bytes, b)
+            .partial_cmp(&(nodes[a].gemv_gbps, nodes[a].memory_bytes, a))
+            .unwrap()
+    });
+    order.truncate(k);
+    order.sort_unstable();
+    order
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// `TpMode::Auto` is exact too over its search space: whole-layer plans, and plans in which a group of the k
+    /// fastest nodes runs one stage tensor-parallel (k = 2..=min(n_kv_heads, nodes)).
+    #[test]
+    fn auto_equals_brute_force_with_groups((mut model, nodes, mut r) in arb_case(true), fast_links in any::<bool>()) {
+        (model.n_heads, model.n_kv_heads) = (8, 4);
+        r.tensor_parallel = TpMode::Auto;
+        let mut nodes = nodes;
+        if fast_links {
+            // Fast links and slow nodes: where tensor parallelism pays.
+            for n in &mut nodes {
+                n.gemv_gbps /= 20.0;
+                n.link = LinkProfile { latency_us: n.link.latency_us / 1000.0, bandwidth_mbps: n.link.bandwidth_mbps * 1000.0 };
+            }
+        }
+        let cost = CostModel::new(&model, &r);
+        let mut want = brute_force(&model, &nodes, &r);
+        for k in 2..=nodes.len().min(model.n_kv_heads) {
+            let shares = TpGroup::split(&cost, &nodes, &fastest(&nodes, k)).unwrap();
+            let g = TpGroup::new(&cost, &nodes, shares);
+            if let Some(c) = brute_force_with(&model, &nodes, &r, Some(&g)) {
+                if want.as_ref().is_none_or(|w| c.0 < w.0) {
+                    want = Some(c);
+                }
+            }
+        }
+        match (plan(&model, &nodes, &r), want) {
+            (Ok(p), Some((v, best))) => {
+                check_plan(&model, &nodes, &p);
+                let pv = 1e6 / p.prediction.throughput_tokens_per_s;
+                prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
+                prop_assert_eq!(predict(&model, &nodes, &r, &p.stages), p.prediction.clone());
+            }
+            (Err(PlanError::DoesNotFit { .. }), None) => {}
+            (got, want) => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),
+        }
+    }
+}
+
+// ---- tensor parallel ----
+
+fn smollm2() -> ModelDescription {
+    ModelDescription::synthetic(ModelShape::SMOLLM2_135M, GgmlType::Q4_1)
+}
+
+fn tp_node(id: &str, memory: u64, gemv_gbps: f64, latency_us: f64, bandwidth_mbps: f64) -> NodeProfile {
+    NodeProfile {
+        id: id.into(),
+        memory_bytes: memory,
+        gemv_gbps,
+        dispatch_us: 1.0,
+        link: LinkProfile { latency_us, bandwidth_mbps },
+    }
+}
+
+#[test]
+fn forced_tensor_parallel_splits_whole_heads_and_ffn_blocks() {
+    let model = smollm2();
+    let nodes = [tp_node("a", 1 << 30, 2.0, 100.0, 100.0), tp_node("b", 1 << 30, 2.0, 100.0, 100.0)];
+    let r = PlanRequest { context: 2048, sequences: 1, tensor_parallel: TpMode::Force(2) };
+    let p = plan(&model, &nodes, &r).unwrap();
+    assert_eq!(p.stages.len(), 1);
+    let s = &p.stages[0];
+    assert!(s.embed && s.head && s.is_tensor_parallel());
+    assert_eq!((s.layer_start, s.layer_end), (0, 30));
+    assert_eq!(s.spec(), edge_protocol::ShardSpec::whole(30));
+    let m = &s.members;
+    assert_eq!(m.len(), 2);
+    // 3 kv heads over 2 equal nodes: 2 + 1, whole groups (3 query heads each).
+    assert_eq!((m[0].node, m[0].kv_heads, m[1].node, m[1].kv_heads), (0, (0, 2), 1, (2, 3)));
+    // FFN columns in blocks of 32, contiguous, covering 0..1536; the member with one head takes more columns.
+    assert_eq!((m[0].ffn.0, m[0].ffn.1, m[1].ffn.0, m[1].ffn.1 as usize), (0, m[1].ffn.0, m[0].ffn.1, 1536));
+    assert!(m.iter().all(|x| x.ffn.0 % 32 == 0 && x.ffn.1 % 32 == 0 && x.ffn.1 > x.ffn.0));
+    assert!(m[1].ffn.1 - m[1].ffn.0 > m[0].ffn.1 - m[0].ffn.0, "{m:?}");
+    let slice = m[0].slice(&model).unwrap();
+    assert_eq!((slice.kv_heads, slice.ffn), (m[0].kv_heads, m[0].ffn));
+    // Embedding and head are on both: each holds more than half the weights.
+    assert!(m.iter().all(|x| x.memory_bytes > model.embed_bytes + model.head_bytes));
+    // The prediction has no hops; the stage time includes 2 all-reduces and 2 syncs per layer:
+    // all-reduce = 2 x 100 + 576 x 4 x 1 / 100 = 223.04 us.
+    assert!(p.prediction.hop_us.is_empty());
+    assert!(s.compute_us > 30.0 * 2.0 * (223.04 + 150.0), "{}", s.compute_us);
+}
+
+#[test]
+fn forced_tensor_parallel_errors() {
+    let model = smollm2();
+    let big = |id: &str| tp_node(id, 1 << 30, 2.0, 100.0, 100.0);
+    let nodes: Vec<_> = (0..4).map(|i| big(&format!("n{i}"))).collect();
+    let force = |k| PlanRequest { context: 2048, sequences: 1, tensor_parallel: TpMode::Force(k) };
+    let msg = plan(&model, &nodes, &force(4)).unwrap_err().to_string();
+    assert!(msg.contains("only 3 key/value heads"), "{msg}");
+    let msg = plan(&model, &nodes[..2], &force(3)).unwrap_err().to_string();
+    assert!(msg.contains("only 2 nodes"), "{msg}");
+    assert!(matches!(plan(&model, &nodes, &force(1)), Err(PlanError::BadTensorParallel { k: 1, .. })));
+    let small: Vec<_> = (0..2).map(|i| tp_node(&format!("s{i}"), 100 << 20, 2.0, 100.0, 100.0)).collect();
+    let msg = plan(&model, &small, &force(2)).unwrap_err().to_string();
+    assert!(msg.contains("needs") && msg.contains("usable"), "{msg}");
+}
+
+/// Two slow (compute-bound) nodes that cannot hold SmolLM2 alone (about 125 MB at context 256 with a Q4_1
+/// embedding), each with room for about half of every layer plus a copy of the embedding and head (about 90 MB).
+/// Usable: 108 MB each.
+fn tp_case(latency_us: f64, bandwidth_mbps: f64) -> (ModelDescription, Vec<NodeProfile>, PlanRequest) {
+    let model = smollm2();
+    let nodes = (0..2).map(|i| tp_node(&format!("n{i}"), 120_000_000, 0.5, latency_us, bandwidth_mbps)).collect();
+    (model, nodes, PlanRequest { context: 256, sequences: 1, tensor_parallel: TpMode::Auto })
+}
+
+#[test]
+fn auto_picks_tensor_parallel_on_fast_links_and_slow_nodes() {
+    // Per layer at 0.5 GB/s a node spends 2,216,448 / 500 = 4433 us on weights; halving it saves ~2200 us, far more
+    // than 2 all-reduces (2 x 1 + 2304 / 100,000 us) and 2 syncs (150 us) cost.
+    let (model, nodes, r) = tp_case(1.0, 100_000.0);
+    let auto = plan(&model, &nodes, &r).unwrap();
+    check_plan(&model, &nodes, &auto);
+    assert!(auto.stages.iter().any(|s| s.is_tensor_parallel()), "{auto:?}");
+    let off = plan(&model, &nodes, &PlanRequest { tensor_parallel: TpMode::Off, ..r }).unwrap();
+    assert!(off.stages.iter().all(|s| !s.is_tensor_parallel()));
+    assert!(auto.prediction.token_latency_us < 0.8 * off.prediction.token_latency_us, "{auto:?}\n{off:?}");
+}
+
+#[test]
+fn auto_keeps_whole_layers_on_slow_links() {
+    // Each all-reduce costs 2 x 5000 + 2304 / 10 = 10,230 us, twice per layer: far more than half a layer.
+    let (model, nodes, r) = tp_case(5000.0, 10.0);
+    let auto = plan(&model, &nodes, &r).unwrap();
+    check_plan(&model, &nodes, &auto);
+    assert!(auto.stages.iter().all(|s| !s.is_tensor_parallel()), "{auto:?}");
+    assert_eq!(auto.stages.len(), 2);
+}
+
+// ---- scale ----
+
+/// 1,024 nodes of four profiles (phones to desktops) with various links.
+fn big_cluster(memory_scale: u64) -> Vec<NodeProfile> {
+    let profiles = [
+        (1u64, 1.0, 40.0, 2000.0, 20.0),
+        (2, 2.5, 30.0, 1000.0, 50.0),
+        (4, 6.0, 20.0, 300.0, 120.0),
+        (16, 20.0, 10.0, 100.0, 1000.0),
+    ];
+    (0..1024)
+        .map(|i| {
+            let (mem, g, d, lat, bw) = profiles[i * 7 % 4];
+            NodeProfile {
+                id: format!("node-{i:04}"),
+                memory_bytes: mem * memory_scale,
+                gemv_gbps: g,
+                dispatch_us: d,
+                link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
+            }
+        })
+        .collect()
+}
+
+fn timed_plan(model: &ModelDescription, nodes: &[NodeProfile], r: &PlanRequest) -> Plan {
+    let t = Instant::now();
+    let p = plan(model, nodes, r).unwrap();
+    let dt = t.elapsed();
+    eprintln!(
+        "{} layers, {} nodes, {} sequences, tp {}: {} stages on {} nodes, {:.1} tok/s, planned in {:.1} ms",
+        model.n_layers,
+        nodes.len(),
+        r.sequences,
+        r.tensor_parallel,
+        p.stages.len(),
+        p.nodes_used(),
+        p.prediction.throughput_tokens_per_s,
+        dt.as_secs_f64() * 1e3
+    );
+    assert!(dt.as_secs_f64() < 5.0, "planning took {dt:?}");
+    check_plan(model, nodes, &p);
+    p
+}
+
+#[test]
+fn a_thousand_nodes_plan_quickly() {
+    let small = smollm2();
+    let nodes = big_cluster(16 << 20);
+    for sequences in [1, 16] {
+        for tp in [TpMode::Off, TpMode::Auto] {
+            timed_plan(&small, &nodes, &PlanRequest { context: 2048, sequences, tensor_parallel: tp });
+        }
+    }
+    // A 70B-class shape: 80 layers of ~0.45 GB (Q4_0), ~38 GB in all.
+    let shape = ModelShape {
+        n_layers: 80,
+        dim: 8192,
+        n_heads: 64,
+        n_kv_heads: 8,
+        head_dim: 128,
+        ffn_dim: 28672,
+        vocab: 128256,
+        context: 8192,
+    };
+    let large = ModelDescription::synthetic(shape, GgmlType::Q4_0);
+    let nodes = big_cluster(1 << 30);
+    for sequences in [1, 16] {
+        for tp in [TpMode::Off, TpMode::Auto] {
+            let p = timed_plan(&large, &nodes, &PlanRequest { context: 4096, sequences, tensor_parallel: tp });
+            assert!(p.nodes_used() > 1, "38 GB do not fit one node");
+        }
+    }
+    // Every node different.
+    let mut nodes = big_cluster(1 << 30);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.gemv_gbps *= 1.0 + i as f64 / 1024.0;
+        n.memory_bytes += i as u64 * (1 << 20);
+    }
+    timed_plan(&large, &nodes, &PlanRequest { context: 4096, sequences: 16, tensor_parallel: TpMode::Auto });
+}
+
+// ---- the real model and the CLI ----
+
+fn model_path() -> String {
+    let path = std::env::var("EDGE_MODEL").unwrap_or_else(|_| edge_node::setup::default_model().display().to_string());
+    edge_node::setup::check_model(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+#[test]
+fn the_description_of_smollm2_has_the_split_shapes() {
+    let m = edge_node::backend::LoadedModel::open(std::path::Path::new(&model_path())).unwrap();
+    let d = ModelDescription::from_gguf(&m.gguf, &m.config).unwrap();
+    assert_eq!((d.dim, d.n_heads, d.n_kv_heads, d.head_dim, d.ffn_dim, d.vocab), (576, 9, 3, 64, 1536, 49152));
+    assert_eq!(d.ffn_block, 32); // Q4_1
+                                 // The synthetic shape has the same layers (its embedding is Q4_1 where the file's is Q8_0).
+    let s = smollm2();
+    assert_eq!(d.layer_weight_bytes, s.layer_weight_bytes);
+    assert_eq!(
+        (d.kv_bytes_per_token_per_layer, d.activation_bytes_per_token, d.flops_per_token_per_layer),
+        (s.kv_bytes_per_token_per_layer, s.activation_bytes_per_token, s.flops_per_token_per_layer)
+    );
+}
+
+fn write_nodes(name: &str, nodes: &[NodeProfile]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("edge-plan-{}-{name}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_vec(nodes).unwrap()).unwrap();
+    path
+}
+
+fn edge_coord(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-coord")).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_plans_from_a_nodes_file() {
+    // SmolLM2 at context 2048 needs about 230 MB on one node (94 MB of it KV cache); two nodes of 150 MB must
+    // split it.
+    let model = model_path();
+    let nodes: Vec<_> = ["alpha", "beta"].iter().map(|id| tp_node(id, 150_000_000, 2.0, 200.0, 100.0)).collect();
+    let file = write_nodes("split", &nodes);
+    let out = edge_coord(&["plan", "--nodes", file.to_str().unwrap(), "--model", &model]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let embed = lines.iter().find(|l| l.contains("+embed")).unwrap_or_else(|| panic!("{stdout}"));
+    let head = lines.iter().find(|l| l.contains("+head")).unwrap_or_else(|| panic!("{stdout}"));
+    assert_ne!(embed, head, "{stdout}");
+    assert!(embed.starts_with("0 ") && embed.contains(" 0..") && embed.contains("alpha"), "{stdout}");
+    assert!(head.starts_with("1 ") && head.contains("..30 +head") && head.contains("beta"), "{stdout}");
+    assert!(stdout.contains("hops (ms)") && stdout.contains("token latency") && stdout.contains("tok/s"));
+
+    let args = ["--json", "--context", "1024", "--sequences", "2"];
+    let out = edge_coord(&[&["plan", "--nodes", file.to_str().unwrap(), "--model", &model][..], &args].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p: Plan = serde_json::from_value(v["plan"].clone()).unwrap();
+    assert_eq!(p.stages.len(), 2);
+    assert_eq!(
+        (p.stages[0].layer_start, p.stages[0].layer_end, p.stages[1].layer_end),
+        (0, p.stages[1].layer_start, 30)
+    );
+    assert_eq!(p.prediction.sequences, 2);
+    assert_eq!(v["request"]["context"], 1024);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn cli_reports_a_cluster_too_small() {
+    let model = model_path();
+    let nodes: Vec<_> = ["alpha", "beta"].iter().map(|id| tp_node(id, 50_000_000, 2.0, 200.0, 100.0)).collect();
+    let file = write_nodes("small", &nodes);
+    let out = edge_coord(&["plan", "--nodes", file.to_str().unwrap(), "--model", &model]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("does not fit in the cluster's memory") && stderr.contains("needs"), "{stderr}");
+    assert!(stderr.contains("the 2 nodes offer 85.8 MiB"), "{stderr}");
+    let out = edge_coord(&["plan", "--nodes", "/nonexistent/nodes.json", "--model", &model]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nodes.json"));
+    let _ = std::fs::remove_file(file);
+}

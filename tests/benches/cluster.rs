@@ -1,0 +1,80 @@
+//! Distributed decode benchmark (not a test): real `edge-node serve` processes on 127.0.0.1 (wgpu) and
+//! `edge-coord run`, printing decode tok/s for 1, 2 and 3 pipeline stages and for 4 concurrent sequences on 3
+//! stages, each as a ratio against one node measured in the same run.
+//!
+//! `cargo bench -p edge-tests --bench cluster` (after a workspace build: it runs the built binaries).
+//! Targets (issue #4): 3-stage pipeline >= 0.9x one node for one sequence (<= 1 ms added per hop); 4 concurrent
+//! sequences on 3 stages >= 2x the one-sequence throughput.
+
+use std::process::Command;
+
+use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, TempDir, REFERENCE_PROMPT};
+
+struct Run {
+    per_sequence_tps: f64,
+    aggregate_tps: f64,
+    ms_per_token: f64,
+    predicted_tps: f64,
+}
+
+fn run(key: &str, nodes: &[&Node], stages: usize, sequences: usize, tokens: usize) -> Run {
+    let dir = TempDir(temp_dir("bench-coord"));
+    let mut cmd = Command::new(bin("edge-coord"));
+    cmd.args(["run", "--json", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "--tensor-parallel", "off"]);
+    cmd.args(["-n", &tokens.to_string(), "--stages", &stages.to_string(), "--sequences", &sequences.to_string()]);
+    for n in nodes {
+        cmd.args(["--peer", &n.addr]);
+    }
+    let out = cmd.arg("--data-dir").arg(&dir.0).env("EDGE_CLUSTER_KEY", key).output().expect("run edge-coord");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let outcomes = r["outcomes"].as_array().unwrap();
+    let decode_s =
+        |o: &serde_json::Value| o["decode"]["secs"].as_f64().unwrap() + o["decode"]["nanos"].as_f64().unwrap() / 1e9;
+    let n = |o: &serde_json::Value| o["tokens"].as_array().unwrap().len().saturating_sub(1) as f64;
+    let per_sequence_tps = outcomes.iter().map(|o| n(o) / decode_s(o)).sum::<f64>() / outcomes.len() as f64;
+    Run {
+        per_sequence_tps,
+        aggregate_tps: r["aggregate_tps"].as_f64().unwrap(),
+        ms_per_token: 1e3 / per_sequence_tps,
+        predicted_tps: r["plan"]["prediction"]["tokens_per_s"].as_f64().unwrap_or(0.0),
+    }
+}
+
+fn main() {
+    let tokens = 64;
+    let key = new_key();
+    let a = Node::start(&key, NodeSpec { backend: Some("wgpu"), ..Default::default() });
+    let b = Node::start(&key, NodeSpec { peers: &[&a.addr], backend: Some("wgpu"), ..Default::default() });
+    let c = Node::start(&key, NodeSpec { peers: &[&a.addr], backend: Some("wgpu"), ..Default::default() });
+    let nodes = [&a, &b, &c];
+    // Warm every node's cache and pipelines once.
+    run(&key, &nodes, 3, 1, 4);
+    let one = run(&key, &nodes, 1, 1, tokens);
+    let two = run(&key, &nodes, 2, 1, tokens);
+    let three = run(&key, &nodes, 3, 1, tokens);
+    let four_seq = run(&key, &nodes, 3, 4, tokens);
+    println!("decode, SmolLM2-135M Q4_1, wgpu (lavapipe), {tokens} tokens, nodes on 127.0.0.1 (same run):");
+    println!("{:<34} {:>10} {:>10} {:>12} {:>10}", "configuration", "tok/s", "ms/token", "vs 1 node", "predicted");
+    let row = |name: &str, r: &Run, tps: f64| {
+        println!(
+            "{name:<34} {tps:>10.1} {:>10.2} {:>11.2}x {:>10.1}",
+            r.ms_per_token,
+            tps / one.per_sequence_tps,
+            r.predicted_tps
+        );
+    };
+    row("1 node, 1 sequence", &one, one.per_sequence_tps);
+    row("2-stage pipeline, 1 sequence", &two, two.per_sequence_tps);
+    row("3-stage pipeline, 1 sequence", &three, three.per_sequence_tps);
+    row("3-stage pipeline, 4 sequences (sum)", &four_seq, four_seq.aggregate_tps);
+    println!(
+        "added latency per hop (3 stages vs 1 node): {:.2} ms (target <= 1 ms)",
+        (three.ms_per_token - one.ms_per_token) / 3.0
+    );
+    println!(
+        "3-stage / 1 node: {:.2}x (target >= 0.9x); 4 sequences / 1 sequence on 3 stages: {:.2}x (target >= 2x)",
+        three.per_sequence_tps / one.per_sequence_tps,
+        four_seq.aggregate_tps / three.per_sequence_tps
+    );
+}
