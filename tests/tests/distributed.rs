@@ -52,3 +52,30 @@ fn pipelines_of_one_two_and_three_stages_generate_the_single_node_tokens() {
     assert_eq!(sent_bytes(&again), 0, "{:#?}", again["loads"]);
     assert_eq!(tokens(&again, 0), GREEDY_32);
 }
+
+#[test]
+fn a_tensor_parallel_stage_and_concurrent_sequences_generate_the_single_node_tokens() {
+    let key = new_key();
+    let a = gpu_node(&key, &[]);
+    let b = gpu_node(&key, &[&a.addr]);
+    let c = gpu_node(&key, &[&a.addr]);
+    let nodes = [&a, &b, &c];
+    for k in ["2", "3"] {
+        let report = run(&key, &nodes, &["--tensor-parallel", k]).unwrap_or_else(|e| panic!("{k}-way: {e}"));
+        let stages = report["plan"]["stages"].as_array().unwrap();
+        assert_eq!(stages.len(), 1, "one stage");
+        assert_eq!(stages[0]["members"].as_array().unwrap().len().to_string(), k, "split over {k} nodes");
+        assert_eq!(tokens(&report, 0), GREEDY_32, "{k}-way tensor parallel");
+    }
+    // Four sequences at once through a three-stage pipeline: every one gets the greedy tokens.
+    let report = run(&key, &nodes, &["--stages", "3", "--sequences", "4"]).unwrap();
+    for i in 0..4 {
+        assert_eq!(tokens(&report, i), GREEDY_32, "sequence {i}");
+    }
+    // A prompt longer than the context is refused before anything is shipped.
+    let err = run(&key, &nodes, &["--ctx", "8"]).unwrap_err();
+    assert!(err.contains("the prompt is 11 tokens but the context holds 8"), "{err}");
+    // More tensor-parallel members than the model has key/value heads: a planning error, not a crash.
+    let err = run(&key, &nodes, &["--tensor-parallel", "4"]).unwrap_err();
+    assert!(err.contains("tensor"), "{err}");
+}

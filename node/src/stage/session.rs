@@ -202,9 +202,32 @@ impl StageServer {
         if cfg.partial_layers != m.slice.is_some() {
             bail!("the stage metadata and the manifest disagree about tensor parallelism");
         }
-        Ok(match self.backend {
+        let mut shard: Box<dyn Shard + Send> = match self.backend {
             Backend::Wgpu => Box::new(GpuShard::load(self.gpu()?, &g, &cfg, m.spec, GpuOptions::default())?),
             Backend::Cpu => Box::new(CpuShard::load(&g, &cfg, m.spec)?),
-        })
+        };
+        if self.backend == Backend::Wgpu {
+            warm_up(&mut *shard)?;
+        }
+        Ok(shard)
     }
+}
+
+/// Runs a throwaway two-position prompt and one decode step, so the kernels' first-use compilation (tens of
+/// milliseconds each on lavapipe) happens at load and not inside the first job's timings.
+fn warm_up(shard: &mut dyn Shard) -> Result<(), crate::shard::ShardError> {
+    use crate::shard::{HeadOutput, ShardInput};
+    const SEQ: u64 = u64::MAX;
+    let dim = shard.config().dim;
+    shard.open_sequence(SEQ, 4)?;
+    let result = (|| {
+        for n in [2, 1] {
+            let (tokens, hidden) = (vec![0u32; n], vec![0f32; n * dim]);
+            let input = if shard.spec().embed { ShardInput::Tokens(&tokens) } else { ShardInput::Hidden(&hidden) };
+            shard.forward(SEQ, input, HeadOutput::ArgmaxLast)?;
+        }
+        Ok(())
+    })();
+    shard.close_sequence(SEQ);
+    result
 }
