@@ -105,6 +105,8 @@ pub struct NodeSpec<'a> {
     pub dir: Option<std::path::PathBuf>,
     /// `cpu` (default: starts fast) or `wgpu`.
     pub backend: Option<&'a str>,
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// A member started with `edge-node serve` on 127.0.0.1; `addr` ends in `/p2p/<peer id>`. Killed on drop.
@@ -149,6 +151,7 @@ impl Node {
             cmd.args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
         }
         cmd.args(spec.extra);
+        cmd.envs(spec.env.iter().copied());
         let (proc, addrs) = spawn_member(cmd, if spec.quic { 2 } else { 1 }, std::time::Duration::from_secs(120));
         let addr = addrs.iter().find(|a| a.contains("/tcp/")).expect("a TCP address").clone();
         let quic = addrs.iter().find(|a| a.contains("/quic-v1")).cloned();

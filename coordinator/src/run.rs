@@ -95,7 +95,19 @@ pub fn even_pipeline(
         nodes.len()
     );
     let cuts: Vec<u32> = (1..k).map(|i| (i * n / k) as u32).collect();
-    let stages: Vec<plan::Stage> = edge_protocol::ShardSpec::split(n as u32, &cuts)
+    let cost = plan::cost::CostModel::new(desc, req);
+    let specs = edge_protocol::ShardSpec::split(n as u32, &cuts);
+    for (i, spec) in specs.iter().enumerate() {
+        let (a, b) = (spec.layer_start as usize, spec.layer_end as usize);
+        let need = cost.stage_memory(a, b, spec.embed, spec.head);
+        let have = plan::cost::usable_memory(nodes[i].memory_bytes);
+        anyhow::ensure!(
+            need <= have,
+            "--stages {k}: stage {i} needs {need} bytes, node {} can use {have}",
+            nodes[i].id
+        );
+    }
+    let stages: Vec<plan::Stage> = specs
         .into_iter()
         .enumerate()
         .map(|(i, spec)| plan::Stage {
@@ -107,7 +119,12 @@ pub fn even_pipeline(
                 node: i,
                 kv_heads: (0, desc.n_kv_heads as u32),
                 ffn: (0, desc.ffn_dim as u32),
-                memory_bytes: 0,
+                memory_bytes: cost.stage_memory(
+                    spec.layer_start as usize,
+                    spec.layer_end as usize,
+                    spec.embed,
+                    spec.head,
+                ),
             }],
             compute_us: 0.0,
         })
