@@ -107,6 +107,8 @@ pub struct NodeSpec<'a> {
     pub backend: Option<&'a str>,
     /// Extra environment variables.
     pub env: &'a [(&'a str, &'a str)],
+    /// `--memory` in bytes (default 1 GB).
+    pub memory: Option<u64>,
 }
 
 /// A member started with `edge-node serve` on 127.0.0.1; `addr` ends in `/p2p/<peer id>`. Killed on drop.
@@ -138,7 +140,8 @@ impl Node {
         let mut cmd = Command::new(bin("edge-node"));
         let listen = format!("/ip4/127.0.0.1/tcp/{}", spec.port);
         let backend = spec.backend.unwrap_or("cpu");
-        cmd.args(["serve", "--listen", &listen, "--no-mdns", "--backend", backend, "--memory", "1000000000"])
+        let memory = spec.memory.unwrap_or(1_000_000_000).to_string();
+        cmd.args(["serve", "--listen", &listen, "--no-mdns", "--backend", backend, "--memory", &memory])
             .arg("--data-dir")
             .arg(&dir)
             .env("EDGE_CLUSTER_KEY", key)

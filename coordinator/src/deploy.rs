@@ -63,6 +63,8 @@ pub struct Deployment {
     pub loads: Vec<LoadReport>,
     sessions: Vec<Session>,
     events: mpsc::UnboundedReceiver<(MemberRef, NodeMsg)>,
+    /// Members whose session stream broke (the node died, restarted or dropped the connection).
+    lost: std::sync::Arc<std::sync::Mutex<Vec<MemberRef>>>,
 }
 
 /// The stage image and manifest of one member.
@@ -145,6 +147,7 @@ pub async fn deploy(
 
     // Open a session per member; a reader task per session forwards what the node says.
     let (tx, events) = mpsc::unbounded_channel();
+    let lost = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut sessions = Vec::new();
     for (s, a) in stages.iter().enumerate() {
         for (j, (peer, _)) in a.members.iter().enumerate() {
@@ -159,6 +162,7 @@ pub async fn deploy(
             write_msg(&mut stream, &StageOpen::Session { plan }, 256).await?;
             let (mut r, w) = stream.split();
             let tx = tx.clone();
+            let lost = lost.clone();
             let peer_id = *peer;
             tokio::spawn(async move {
                 loop {
@@ -170,6 +174,7 @@ pub async fn deploy(
                         }
                         Ok(_) => tracing::warn!(peer = %peer_id, "dropped an invalid message"),
                         Err(e) => {
+                            lost.lock().expect("lost lock").push(member);
                             let message = format!("session with {peer_id} ended: {e}");
                             let _ = tx.send((member, NodeMsg::Error { seq: None, message }));
                             break;
@@ -180,7 +185,7 @@ pub async fn deploy(
             sessions.push(Session { member, peer: *peer, w });
         }
     }
-    let mut d = Deployment { plan, stages, loads: Vec::new(), sessions, events };
+    let mut d = Deployment { plan, stages, loads: Vec::new(), sessions, events, lost };
 
     // Load: manifests out, needs back.
     for (sess, p) in d.sessions.iter_mut().zip(&prepared) {
@@ -281,6 +286,22 @@ pub async fn deploy(
 impl Deployment {
     fn index(&self, m: MemberRef) -> anyhow::Result<usize> {
         self.sessions.iter().position(|s| s.member == m).context("message from an unknown member")
+    }
+
+    /// The first stage's leader (where sequences start).
+    pub fn first(&self) -> MemberRef {
+        self.sessions[0].member
+    }
+
+    /// The peer running a stage member.
+    pub fn peer(&self, m: MemberRef) -> Option<PeerId> {
+        self.sessions.iter().find(|s| s.member == m).map(|s| s.peer)
+    }
+
+    /// The peers whose session broke so far.
+    pub fn lost_peers(&self) -> Vec<PeerId> {
+        let lost = self.lost.lock().expect("lost lock").clone();
+        lost.into_iter().filter_map(|m| self.peer(m)).collect()
     }
 
     /// Starts a sequence on the first stage.

@@ -1,12 +1,15 @@
-//! Running sequences on a [`Deployment`]: all of them are started at once (the stages then work on different
-//! sequences at the same time), tokens are handed to the caller as the last stage reports them, and each stage's
-//! compute time per sequence is collected for the measured-vs-predicted report.
+//! Running sequences on a [`Deployment`]: all unfinished ones are started at once (the stages then work on
+//! different sequences at the same time), tokens are handed to the caller as the last stage reports them, and each
+//! stage's compute time per sequence is collected for the measured-vs-predicted report.
+//!
+//! Progress lives in the caller's [`Outcome`]s, so when a stage fails ([`Failure`]) the same jobs can be run again
+//! on a new deployment: each resumes from its prompt plus the tokens it already has (the new stages rebuild the KV
+//! cache by prefilling them) and its sampler skips the draws already made.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use edge_protocol::stage::{Finish, JobParams, NodeMsg};
+use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg};
 
 use crate::deploy::Deployment;
 
@@ -33,16 +36,23 @@ impl StageTime {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a job has produced so far.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Outcome {
     pub tokens: Vec<u32>,
     pub finish: Option<Finish>,
-    /// From start to the first token.
+    /// From the first start to the first token.
     pub first_token: Duration,
     /// From the first token to the last.
     pub decode: Duration,
-    /// Per stage (leader's view).
+    /// Per stage of the deployment that finished it (leader's view).
     pub stages: Vec<StageTime>,
+    /// Times the job was resumed on a new plan after a failure.
+    pub resumed: u32,
+    #[serde(skip)]
+    started_at: Option<Instant>,
+    #[serde(skip)]
+    first_at: Option<Instant>,
 }
 
 impl Outcome {
@@ -51,89 +61,123 @@ impl Outcome {
     }
 }
 
-/// How long the cluster may stay silent while sequences are running.
-pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Why a run stopped before every job finished.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// The stage member that failed, when known.
+    pub member: Option<MemberRef>,
+    pub message: String,
+    /// Whether running again on other nodes may help (a stage or node failed), or not (the job itself is bad).
+    pub retry: bool,
+}
 
-/// Runs `jobs` concurrently; `on_token(job index, token)` sees every generated token as it arrives.
+/// How long running sequences may go without a word from the cluster before the run counts as stalled.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The job as it resumes from `o`: prompt plus the tokens generated so far, the rest of the budget.
+fn resumed(job: &Job, o: &Outcome) -> Job {
+    let done = o.tokens.len() as u32;
+    let mut prompt = job.prompt.clone();
+    prompt.extend_from_slice(&o.tokens);
+    let params = JobParams {
+        max_tokens: job.params.max_tokens.saturating_sub(done),
+        skip_draws: job.params.skip_draws + done,
+        ..job.params.clone()
+    };
+    Job { prompt, params }
+}
+
+/// Runs every unfinished job of `state` (same length as `jobs`) on `d`; `on_token(job index, token)` sees each
+/// new token as it arrives.
 pub async fn run(
     d: &mut Deployment,
-    jobs: Vec<Job>,
+    jobs: &[Job],
+    state: &mut [Outcome],
     mut on_token: impl FnMut(usize, u32),
-) -> anyhow::Result<Vec<Outcome>> {
+) -> Result<(), Failure> {
+    let fail = |member, message: String| Failure { member, message, retry: true };
     let base: u64 = rand::random::<u64>() >> 16 << 16;
     let n_stages = d.stages.len();
-    let t0 = Instant::now();
-    let mut out: Vec<Outcome> = jobs
-        .iter()
-        .map(|_| Outcome {
-            tokens: Vec::new(),
-            finish: None,
-            first_token: Duration::ZERO,
-            decode: Duration::ZERO,
-            stages: vec![StageTime::default(); n_stages],
-        })
-        .collect();
-    let mut stats_seen: HashMap<u64, usize> = HashMap::new();
-    for (i, job) in jobs.into_iter().enumerate() {
-        d.start(base + i as u64, job.prompt, job.params).await?;
-    }
-    let n_jobs = out.len();
-    let index = |seq: u64| -> anyhow::Result<usize> {
-        let i = seq.wrapping_sub(base) as usize;
-        if seq < base || i >= n_jobs {
-            bail!("a node reported an unknown sequence {seq}");
+    let now = Instant::now();
+    let mut running = 0usize;
+    for (i, (job, o)) in jobs.iter().zip(state.iter_mut()).enumerate() {
+        o.started_at.get_or_insert(now);
+        if o.finish.is_some() {
+            continue;
         }
-        Ok(i)
+        if o.tokens.len() as u32 >= job.params.max_tokens {
+            o.finish = Some(Finish::Length);
+            continue;
+        }
+        if job.prompt.len() + o.tokens.len() >= job.params.capacity as usize {
+            o.finish = Some(Finish::Context);
+            continue;
+        }
+        o.stages = vec![StageTime::default(); n_stages];
+        if !o.tokens.is_empty() {
+            o.resumed += 1;
+        }
+        let j = resumed(job, o);
+        d.start(base + i as u64, j.prompt, j.params).await.map_err(|e| fail(Some(d.first()), format!("{e:#}")))?;
+        running += 1;
+    }
+    let n_jobs = state.len();
+    let index = |seq: u64| -> Option<usize> {
+        let i = seq.wrapping_sub(base) as usize;
+        (seq >= base && i < n_jobs).then_some(i)
     };
-    let mut started = vec![t0; out.len()];
+    let mut stats_seen: HashMap<u64, usize> = HashMap::new();
     let mut finished_at: Option<Instant> = None;
     loop {
-        let all_finished = out.iter().all(|o| o.finish.is_some());
-        let all_stats = stats_seen.values().sum::<usize>() == out.len() * n_stages;
+        let all_finished = state.iter().all(|o| o.finish.is_some());
+        let all_stats = stats_seen.values().sum::<usize>() >= running * n_stages;
         if all_finished && (all_stats || finished_at.is_some_and(|t| t.elapsed() > Duration::from_secs(5))) {
-            break;
+            return Ok(());
         }
-        let wait = if all_finished { Duration::from_secs(5) } else { SILENCE_TIMEOUT };
+        let wait = if all_finished { Duration::from_secs(5) } else { STALL_TIMEOUT };
         let event = match d.event(wait).await {
             Ok(Some(e)) => e,
-            Ok(None) => bail!("the cluster closed every session"),
-            Err(_) if all_finished => break, // timings are optional
-            Err(e) => return Err(e),
+            Ok(None) => return Err(fail(None, "the cluster closed every session".into())),
+            Err(_) if all_finished => return Ok(()), // timings are optional
+            Err(e) => return Err(fail(None, format!("{e:#}"))),
         };
         match event {
             (_, NodeMsg::Token { seq, token, finish, .. }) => {
-                let i = index(seq)?;
-                let o = &mut out[i];
+                let Some(i) = index(seq) else { continue };
+                let o = &mut state[i];
                 let now = Instant::now();
-                if o.tokens.is_empty() && token.is_some() {
-                    o.first_token = now - t0;
-                    started[i] = now;
-                }
                 if let Some(t) = token {
+                    let first = *o.first_at.get_or_insert(now);
+                    if o.tokens.is_empty() {
+                        o.first_token = now - o.started_at.unwrap_or(now);
+                    }
                     o.tokens.push(t);
+                    o.decode = now - first;
                     on_token(i, t);
                 }
-                o.decode = now - started[i];
                 if finish.is_some() {
                     o.finish = finish;
-                    if out.iter().all(|o| o.finish.is_some()) {
+                    if state.iter().all(|o| o.finish.is_some()) {
                         finished_at = Some(now);
                     }
                 }
             }
             (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us }) => {
-                let i = index(seq)?;
-                if let Some(s) = out[i].stages.get_mut(m.stage as usize) {
+                let Some(i) = index(seq) else { continue };
+                if let Some(s) = state[i].stages.get_mut(m.stage as usize) {
                     *s = StageTime { steps, compute_us, prefill_us };
                     *stats_seen.entry(seq).or_default() += 1;
                 }
             }
             (m, NodeMsg::Error { seq, message }) => {
-                let which = seq.map_or(String::new(), |s| format!(" (sequence {})", s.wrapping_sub(base)));
-                bail!("stage {} member {}{which}: {message}", m.stage, m.member)
+                let which = seq.and_then(index).map_or(String::new(), |i| format!(" (sequence {i})"));
+                // A refused input (context, vocabulary) fails the same way anywhere; a lost stage does not.
+                let retry = !message.contains("context full") && !message.contains("bad input");
+                let message = format!("stage {} member {}{which}: {message}", m.stage, m.member);
+                return Err(Failure { member: Some(m), message, retry });
             }
             (_, other) => tracing::debug!(?other, "ignored"),
         }
     }
-    Ok(out)
 }

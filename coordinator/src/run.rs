@@ -1,6 +1,7 @@
 //! `edge-coord run`: plan the model over the members found, ship each its stage, run the prompt (or several
 //! copies at once), stream the text, and print what was measured next to what the planner predicted.
 
+use std::collections::HashSet;
 use std::io::Write;
 
 use anyhow::Context;
@@ -61,6 +62,23 @@ pub struct LoadSummary {
     pub stage_bytes: u64,
     pub load_ms: u32,
 }
+
+impl From<&deploy::LoadReport> for LoadSummary {
+    fn from(l: &deploy::LoadReport) -> LoadSummary {
+        LoadSummary {
+            stage: l.member.stage,
+            member: l.member.member,
+            peer: l.peer.to_string(),
+            backend: l.backend.clone(),
+            sent_bytes: l.sent_bytes,
+            stage_bytes: l.stage_bytes,
+            load_ms: l.load_ms,
+        }
+    }
+}
+
+/// Times a run re-plans after losing a node before it gives up.
+pub const MAX_RECOVERIES: u32 = 3;
 
 /// The plan's stages as deployments: a whole-layer stage has one member and no slice.
 pub fn assignments(plan: &Plan, desc: &ModelDescription, nodes: &[NodeProfile]) -> anyhow::Result<Vec<Assignment>> {
@@ -152,58 +170,95 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
     let report = rt.block_on(async {
         let joined = cluster::join(&args.join).await?;
         let result = async {
-            let members = cluster::members(&joined.client, cluster::Joined::wait(&args.join)?, true).await;
-            anyhow::ensure!(!members.is_empty(), "no members answered (check --peer addresses and the cluster key)");
-            let nodes: Vec<NodeProfile> = members.iter().filter_map(NodeProfile::from_member).collect();
+            let wait = cluster::Joined::wait(&args.join)?;
             let req =
                 PlanRequest { context: capacity, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
-            let plan = match args.stages {
-                Some(k) => even_pipeline(&desc, &nodes, &req, k)?,
-                None => plan::plan(&desc, &nodes, &req)?,
+            let params = JobParams {
+                capacity: capacity as u32,
+                max_tokens: args.prompt.tokens as u32,
+                sampling,
+                stop,
+                skip_draws: 0,
             };
-            eprintln!("{}", plan.describe(&nodes));
-            let progress = indicatif::MultiProgress::new();
-            if args.json {
-                progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let stages = assignments(&plan, &desc, &nodes)?;
-            let mut d =
-                deploy::deploy(&joined.client, &m, stages, args.sequences as u32, capacity as u32, &progress).await?;
-            let loads = d
-                .loads
-                .iter()
-                .map(|l| LoadSummary {
-                    stage: l.member.stage,
-                    member: l.member.member,
-                    peer: l.peer.to_string(),
-                    backend: l.backend.clone(),
-                    sent_bytes: l.sent_bytes,
-                    stage_bytes: l.stage_bytes,
-                    load_ms: l.load_ms,
-                })
-                .collect();
-            let params = JobParams { capacity: capacity as u32, max_tokens: args.prompt.tokens as u32, sampling, stop };
-            let jobs = (0..args.sequences).map(|_| Job { prompt: ids.clone(), params: params.clone() }).collect();
+            let jobs: Vec<Job> =
+                (0..args.sequences).map(|_| Job { prompt: ids.clone(), params: params.clone() }).collect();
+            let mut state = vec![Outcome::default(); jobs.len()];
             let mut stream = TextStream::new(&tok);
             let mut stdout = std::io::stdout().lock();
             let stream_text = !args.json && args.sequences == 1;
             if stream_text && !args.prompt.chat {
                 let _ = write!(stdout, "{}", args.prompt.prompt);
             }
+            let progress = indicatif::MultiProgress::new();
+            if args.json {
+                progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
             let t = std::time::Instant::now();
-            let outcomes = job::run(&mut d, jobs, |_, token| {
-                if stream_text {
-                    let _ = write!(stdout, "{}", stream.push(token));
-                    let _ = stdout.flush();
+            let mut excluded: HashSet<String> = HashSet::new();
+            let mut attempt = 0;
+            let (plan, nodes, loads) = loop {
+                // Plan on the members alive now (after a loss, without the nodes that failed).
+                let members = cluster::members(&joined.client, wait, true).await;
+                let nodes: Vec<NodeProfile> =
+                    members.iter().filter_map(NodeProfile::from_member).filter(|n| !excluded.contains(&n.id)).collect();
+                anyhow::ensure!(!nodes.is_empty(), "no members answered (check --peer addresses and the cluster key)");
+                let planned = match args.stages {
+                    Some(k) if attempt > 0 => even_pipeline(&desc, &nodes, &req, k.min(nodes.len())),
+                    Some(k) => even_pipeline(&desc, &nodes, &req, k),
+                    None => plan::plan(&desc, &nodes, &req).map_err(anyhow::Error::from),
+                };
+                let plan = match planned {
+                    Ok(p) => p,
+                    Err(e) if attempt > 0 => anyhow::bail!("no set of the remaining nodes can run the model: {e:#}"),
+                    Err(e) => return Err(e),
+                };
+                eprintln!("{}", plan.describe(&nodes));
+                let stages = assignments(&plan, &desc, &nodes)?;
+                let deployed =
+                    deploy::deploy(&joined.client, &m, stages, args.sequences as u32, capacity as u32, &progress).await;
+                let mut d = match deployed {
+                    Ok(d) => d,
+                    Err(e) if attempt < MAX_RECOVERIES => {
+                        eprintln!("warning: deploying failed ({e:#}); planning again");
+                        attempt += 1;
+                        tokio::time::sleep(edge_node::net::event_loop::LIVENESS_TIMEOUT).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let loads: Vec<LoadSummary> = d.loads.iter().map(LoadSummary::from).collect();
+                let r = job::run(&mut d, &jobs, &mut state, |_, token| {
+                    if stream_text {
+                        let _ = write!(stdout, "{}", stream.push(token));
+                        let _ = stdout.flush();
+                    }
+                })
+                .await;
+                if r.is_err() {
+                    // Give the other sessions a moment to report their own breakage.
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
-            })
-            .await;
+                let lost = d.lost_peers();
+                d.close().await;
+                match r {
+                    Ok(()) => break (plan, nodes, loads),
+                    Err(f) if !f.retry || attempt >= MAX_RECOVERIES => return Err(f.into()),
+                    Err(f) => {
+                        let done: usize = state.iter().map(|o| o.tokens.len()).sum();
+                        eprintln!(
+                            "\nwarning: {f}; {done} token(s) kept, re-planning without {} lost node(s) and replaying",
+                            lost.len()
+                        );
+                        excluded.extend(lost.iter().map(|p| p.to_string()));
+                        attempt += 1;
+                    }
+                }
+            };
             let wall = t.elapsed();
-            d.close().await;
-            let outcomes = outcomes?;
             if stream_text {
                 writeln!(stdout, "{}", stream.finish())?;
             }
+            let outcomes = state;
             let generated: usize = outcomes.iter().map(|o| o.tokens.len().saturating_sub(1)).sum();
             let decode_wall = wall.saturating_sub(outcomes.iter().map(|o| o.first_token).max().unwrap_or_default());
             let aggregate_tps = generated as f64 / decode_wall.as_secs_f64().max(1e-9);

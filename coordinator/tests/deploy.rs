@@ -65,14 +65,20 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
             Assignment { spec: specs[0], members: vec![(a.client.peer_id(), None)] },
             Assignment { spec: specs[1], members: vec![(b.client.peer_id(), None)] },
         ];
-        let params =
-            JobParams { capacity: 64, max_tokens: n as u32, sampling: SamplingParams::default(), stop: vec![] };
+        let params = JobParams {
+            capacity: 64,
+            max_tokens: n as u32,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            skip_draws: 0,
+        };
         let jobs = vec![Job { prompt: PROMPT.to_vec(), params: params.clone() }; 2];
         let progress = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
 
         let mut d = deploy(&coord.client, &m, stages.clone(), 2, 64, &progress).await.unwrap();
         assert!(d.loads.iter().all(|l| l.sent_bytes == l.stage_bytes && l.sent_bytes > 0), "{:?}", d.loads);
-        let out = job::run(&mut d, jobs.clone(), |_, _| {}).await.unwrap();
+        let mut out = vec![job::Outcome::default(); 2];
+        job::run(&mut d, &jobs, &mut out, |_, _| {}).await.unwrap();
         d.close().await;
         for o in &out {
             assert_eq!(o.tokens, local, "two sequences at once through two stages");
@@ -83,7 +89,8 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
         // The same stages again: nothing to send.
         let mut d = deploy(&coord.client, &m, stages.clone(), 1, 64, &progress).await.unwrap();
         assert!(d.loads.iter().all(|l| l.sent_bytes == 0), "{:?}", d.loads);
-        let out = job::run(&mut d, jobs[..1].to_vec(), |_, _| {}).await.unwrap();
+        let mut out = vec![job::Outcome::default()];
+        job::run(&mut d, &jobs[..1], &mut out, |_, _| {}).await.unwrap();
         assert_eq!(out[0].tokens, local);
         d.close().await;
 
@@ -100,7 +107,8 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
         let mut d = deploy(&coord.client, &m, stages, 1, 64, &progress).await.unwrap();
         let resent: u64 = d.loads.iter().map(|l| l.sent_bytes).sum();
         assert_eq!(resent, bytes.len() as u64, "exactly the corrupted tensor is sent again");
-        let out = job::run(&mut d, jobs[..1].to_vec(), |_, _| {}).await.unwrap();
+        let mut out = vec![job::Outcome::default()];
+        job::run(&mut d, &jobs[..1], &mut out, |_, _| {}).await.unwrap();
         assert_eq!(out[0].tokens, local);
         d.close().await;
         for m in [a, b, coord] {

@@ -20,6 +20,16 @@ impl Sampler {
         &self.params
     }
 
+    /// Advances the random stream past `n` draws (each non-greedy [`Sampler::sample`] makes exactly one), so a
+    /// sequence resumed elsewhere continues where it was.
+    pub fn skip(&mut self, n: u32) {
+        if !self.params.is_greedy() {
+            for _ in 0..n {
+                let _ = self.rng.random::<f32>();
+            }
+        }
+    }
+
     /// Picks a token from the logits of one position.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;

@@ -155,6 +155,9 @@ pub struct JobParams {
     pub sampling: SamplingParams,
     /// Tokens that end generation (not emitted).
     pub stop: Vec<u32>,
+    /// Random draws the sampler already made for this sequence: a sequence replayed on a new plan after a node
+    /// loss continues the same random stream (0 for a new sequence).
+    pub skip_draws: u32,
 }
 
 impl JobParams {
@@ -300,7 +303,8 @@ mod tests {
 
     #[test]
     fn bounds_are_checked() {
-        let params = JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![2] };
+        let params =
+            JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![2], skip_draws: 0 };
         assert!(params.validate().is_ok());
         assert!(JobParams { stop: vec![0; MAX_STOP_TOKENS + 1], ..params.clone() }.validate().is_err());
         let bad_sampling = SamplingParams { top_p: 0.0, ..SamplingParams::default() };
@@ -318,7 +322,13 @@ mod tests {
     fn messages_round_trip() {
         let m = PipeMsg::Step {
             seq: 7,
-            job: Some(JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![] }),
+            job: Some(JobParams {
+                capacity: 8,
+                max_tokens: 4,
+                sampling: SamplingParams::default(),
+                stop: vec![],
+                skip_draws: 0,
+            }),
             input: StepInput::Hidden(vec![1.5, -2.0]),
             sample: false,
         };

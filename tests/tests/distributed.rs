@@ -79,3 +79,85 @@ fn a_tensor_parallel_stage_and_concurrent_sequences_generate_the_single_node_tok
     let err = run(&key, &nodes, &["--tensor-parallel", "4"]).unwrap_err();
     assert!(err.contains("tensor"), "{err}");
 }
+
+/// `edge-coord run` in text mode (the way a user sees it): stdout, stderr and success.
+fn run_text(key: &str, first: &Node, extra: &[&str], mut during: impl FnMut(&str)) -> (String, String, bool) {
+    use std::io::Read;
+    let dir = TempDir(temp_dir("coord"));
+    let mut child = Command::new(bin("edge-coord"))
+        .args(["run", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "--print-ids", "--peer", &first.addr])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("EDGE_CLUSTER_KEY", key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run edge-coord");
+    let mut err_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match out_pipe.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                during(&String::from_utf8_lossy(&out));
+            }
+        }
+    }
+    let ok = child.wait().unwrap().success();
+    (String::from_utf8_lossy(&out).into_owned(), stderr.join().unwrap(), ok)
+}
+
+#[test]
+fn a_node_killed_mid_generation_is_replaced_and_the_text_is_the_same() {
+    let key = new_key();
+    let a = gpu_node(&key, &[]);
+    let mut b = gpu_node(&key, &[&a.addr]);
+    let c = gpu_node(&key, &[&a.addr]);
+    let flags = ["--stages", "3", "-n", "64"];
+    let (want, err, ok) = run_text(&key, &a, &flags, |_| {});
+    assert!(ok, "{err}");
+    assert!(want.contains("ids: ["), "{want}");
+    // Again, and kill the middle node once some text has streamed: the coordinator notices, re-plans on the two
+    // nodes left, ships what they lack, replays the sequence and carries on.
+    let mut killed = false;
+    let (got, err, ok) = run_text(&key, &a, &flags, |text| {
+        if !killed && text.len() > REFERENCE_PROMPT.len() + 40 {
+            let _ = b.proc.0.kill();
+            killed = true;
+        }
+    });
+    assert!(killed, "generation ended before the kill: {got}");
+    assert!(ok, "the run failed instead of recovering: {err}");
+    assert!(err.contains("warning:") && err.contains("re-planning"), "the user is told: {err}");
+    assert_eq!(got, want, "the final text and ids equal an uninterrupted run's\n{err}");
+    drop(c);
+}
+
+#[test]
+fn losing_nodes_until_the_model_cannot_fit_is_a_clear_error() {
+    let key = new_key();
+    // Two members that can hold the model together (112 MB each) but not alone (it needs ~141 MB).
+    let spec = |peers| NodeSpec { peers, backend: Some("wgpu"), memory: Some(112_000_000), ..Default::default() };
+    let a = Node::start(&key, spec(&[]));
+    let mut b = Node::start(&key, spec(&[&a.addr]));
+    let mut killed = false;
+    let (_, err, ok) = run_text(&key, &a, &["-n", "200", "--ctx", "211"], |text| {
+        if !killed && text.len() > REFERENCE_PROMPT.len() + 20 {
+            let _ = b.proc.0.kill();
+            killed = true;
+        }
+    });
+    assert!(killed);
+    assert!(!ok, "cannot succeed on two small nodes");
+    assert!(err.contains("no set of the remaining nodes can run the model"), "{err}");
+    assert!(err.contains("does not fit"), "{err}");
+}

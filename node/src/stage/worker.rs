@@ -184,7 +184,11 @@ impl Worker {
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
         if let Some(job) = &job {
             self.shard.open_sequence(seq, job.capacity as usize)?;
-            let sampler = (spec.head && !job.sampling.is_greedy()).then(|| Sampler::new(job.sampling));
+            let sampler = (spec.head && !job.sampling.is_greedy()).then(|| {
+                let mut s = Sampler::new(job.sampling);
+                s.skip(job.skip_draws);
+                s
+            });
             self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, ..Default::default() });
         }
         let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
@@ -301,6 +305,10 @@ impl Reducer for GroupReduce<'_> {
                     if let Some(q) = self.partials.get_mut(from.member as usize) {
                         q.push_back(data);
                     }
+                }
+                Ok(Work::Shutdown) => {
+                    self.queue.push_front(Work::Shutdown);
+                    return Err(ShardError::BadInput("stage stopped".into()));
                 }
                 Ok(other) => self.queue.push_back(other),
                 Err(RecvTimeoutError::Timeout) => {
