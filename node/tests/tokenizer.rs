@@ -200,3 +200,28 @@ fn streaming_matches_decode() {
     out.push_str(&stream.finish());
     assert_eq!(out, t.decode(&[&cut[..], &[partial]].concat()));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Random bytes (as text, with and without special-token parsing) and random ids never panic, and text
+    /// without control characters decodes back to itself.
+    #[test]
+    fn random_input_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+                                 ids in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..64)) {
+        let t = tokenizer();
+        let text = String::from_utf8_lossy(&bytes);
+        let enc = t.encode(&text).expect("any text encodes");
+        let _ = t.encode_with_special(&text);
+        let plain = enc.iter().copied().filter(|&id| id != 1 || !t.adds_bos()).collect::<Vec<_>>();
+        // The vocabulary has no tokens for most control characters (llama.cpp drops them too).
+        if !text.chars().any(char::is_control) {
+            proptest::prop_assert_eq!(t.decode(&plain), text.to_string());
+        }
+        let _ = t.decode(&ids);
+        let mut s = TextStream::new(t);
+        let mut streamed: String = ids.iter().map(|&id| s.push(id)).collect();
+        streamed.push_str(&s.finish());
+        proptest::prop_assert_eq!(streamed, t.decode(&ids));
+    }
+}

@@ -6,6 +6,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use edge_protocol::capability::MAX_CAPABILITIES_RECORD;
+use edge_protocol::stage::{
+    JobParams, Manifest, MemberRef, NodeMsg, PipeMsg, SamplingParams, SessionMsg, StageOpen, StepInput, TensorEntry,
+    MAX_STAGE_FRAME,
+};
+use edge_protocol::LayerSlice;
 use edge_protocol::{
     decode, encode, Capabilities, ControlCodec, ControlRequest, ControlResponse, HeldShard, PeerInfo, ShardSpec,
     SignedCapabilities, WireError, MAX_CONTROL_REQUEST, MAX_CONTROL_RESPONSE,
@@ -147,6 +152,44 @@ fn truncations_fail() {
     every_truncation_fails(&ControlResponse::Error("refused".into()), MAX_CONTROL_RESPONSE);
 }
 
+fn sample_job() -> JobParams {
+    JobParams { capacity: 64, max_tokens: 9, sampling: SamplingParams::default(), stop: vec![2, 3], skip_draws: 4 }
+}
+
+fn sample_manifest() -> Manifest {
+    Manifest {
+        model: [7; 32],
+        me: MemberRef { stage: 1, member: 2 },
+        spec: ShardSpec { layer_start: 3, layer_end: 9, embed: false, head: true },
+        slice: Some(LayerSlice { kv_heads: (1, 2), ffn: (32, 96) }),
+        metadata: vec![0x47, 0x47, 0x55, 0x46, 3, 0, 0, 0],
+        tensors: vec![TensorEntry {
+            name: "blk.3.attn_q.weight".into(),
+            ty: 3,
+            dims: vec![576, 192],
+            size: 69120,
+            hash: [9; 32],
+        }],
+        sequences: 2,
+        context: 128,
+    }
+}
+
+#[test]
+fn stage_messages_truncated_fail() {
+    let max = MAX_STAGE_FRAME;
+    every_truncation_fails(&StageOpen::Pipe { plan: [1; 16], from: MemberRef { stage: 2, member: 0 } }, 256);
+    every_truncation_fails(&SessionMsg::Load(sample_manifest()), max);
+    every_truncation_fails(&SessionMsg::Data { tensor: 3, offset: 1 << 40, data: vec![5; 700] }, max);
+    every_truncation_fails(&SessionMsg::Start { seq: 1 << 50, prompt: vec![1, 2, 3], params: sample_job() }, max);
+    every_truncation_fails(&SessionMsg::Wire { next: Some("a".into()), upstream: None, group: vec!["b".into()] }, max);
+    every_truncation_fails(&NodeMsg::Need { tensors: vec![(1, 77), (4, 0)] }, max);
+    every_truncation_fails(&NodeMsg::Token { seq: 5, index: 2, token: Some(9), finish: None }, max);
+    let step = PipeMsg::Step { seq: 3, job: Some(sample_job()), input: StepInput::Hidden(vec![0.5; 40]), sample: true };
+    every_truncation_fails(&step, max);
+    every_truncation_fails(&PipeMsg::Partial { seq: 3, data: vec![1.0; 20] }, max);
+}
+
 #[test]
 fn oversized_inputs_are_refused_before_decoding() {
     let bytes = encode(&ControlRequest::Probe { payload: vec![0; 100], reply_bytes: 0 }, 1024).unwrap();
@@ -227,10 +270,31 @@ proptest! {
 
     /// Random bytes behind a valid variant tag reach deeper into each decoder.
     #[test]
-    fn tagged_random_bytes_never_panic(tag in 0u8..5, bytes in vec(any::<u8>(), 0..256)) {
+    fn tagged_random_bytes_never_panic(tag in 0u8..7, bytes in vec(any::<u8>(), 0..256)) {
         let input = [&[tag][..], &bytes].concat();
         let _ = decode_garbage::<ControlRequest>(&input, MAX_CONTROL_REQUEST);
         let _ = decode_garbage::<ControlResponse>(&input, MAX_CONTROL_RESPONSE);
+        let _ = decode_garbage::<StageOpen>(&input, 256);
+        let _ = decode_garbage::<SessionMsg>(&input, MAX_STAGE_FRAME);
+        let _ = decode_garbage::<NodeMsg>(&input, MAX_STAGE_FRAME);
+        let _ = decode_garbage::<PipeMsg>(&input, MAX_STAGE_FRAME);
+    }
+
+    /// Stage messages that decode from garbage are still checked: validation either accepts or refuses, never
+    /// panics, and a decoded message re-encodes within the frame limit.
+    #[test]
+    fn stage_garbage_decodes_into_checked_messages(tag in 0u8..7, bytes in vec(any::<u8>(), 0..512)) {
+        let input = [&[tag][..], &bytes].concat();
+        if let Ok(m) = decode_garbage::<SessionMsg>(&input, MAX_STAGE_FRAME) {
+            let _ = m.validate();
+            prop_assert!(encode(&m, MAX_STAGE_FRAME).is_ok());
+        }
+        if let Ok(m) = decode_garbage::<PipeMsg>(&input, MAX_STAGE_FRAME) {
+            let _ = m.validate();
+        }
+        if let Ok(m) = decode_garbage::<NodeMsg>(&input, MAX_STAGE_FRAME) {
+            let _ = m.validate();
+        }
     }
 
     /// Flipping bytes of valid encodings never panics, and a signed record with any byte changed never verifies.
