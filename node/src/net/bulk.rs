@@ -13,6 +13,8 @@ use super::{Client, NetError};
 
 /// Streams served at once; more wait (a peer cannot exhaust the node).
 pub const MAX_CONCURRENT_STREAMS: usize = 8;
+/// Bulk streams one peer may have open at once.
+pub const MAX_STREAMS_PER_PEER: usize = 2;
 /// A stream that has not finished by then is dropped.
 pub const STREAM_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -23,7 +25,12 @@ pub async fn serve(client: Client) -> Result<(), NetError> {
         .accept(StreamProtocol::new(BULK_PROTOCOL))
         .map_err(|_| NetError::Request("bulk protocol already served".into()))?;
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
+    let per_peer = super::limits::PerPeer::new(MAX_STREAMS_PER_PEER);
     while let Some((peer, mut stream)) = incoming.next().await {
+        let Some(peer_slot) = per_peer.try_acquire(peer) else {
+            tracing::info!(%peer, "refused a bulk stream: too many open from this peer");
+            continue;
+        };
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         tokio::spawn(async move {
             let work = async {
@@ -36,7 +43,7 @@ pub async fn serve(client: Client) -> Result<(), NetError> {
                 Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "bulk stream failed"),
                 Err(_) => tracing::debug!(%peer, "bulk stream timed out"),
             }
-            drop(permit);
+            drop((permit, peer_slot));
         });
     }
     Ok(())

@@ -48,7 +48,12 @@ pub struct EventLoop {
     allow: Option<HashSet<PeerId>>,
     redial: Vec<Redial>,
     next_kad_bootstrap: Instant,
+    /// Control requests answered per peer per second.
+    rate: super::limits::RateLimit,
 }
+
+/// Control requests one peer may make per second; more are answered with an error.
+pub const MAX_CONTROL_REQUESTS_PER_SECOND: u32 = 50;
 
 /// How often Kademlia walks the network for members beyond the first hop.
 const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
@@ -76,6 +81,7 @@ impl EventLoop {
             allow,
             redial,
             next_kad_bootstrap: now + Duration::from_secs(2),
+            rate: super::limits::RateLimit::new(MAX_CONTROL_REQUESTS_PER_SECOND),
         }
     }
 
@@ -230,7 +236,11 @@ impl EventLoop {
         match event {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
                 self.peers.seen(peer);
-                let response = self.answer(request);
+                let response = if self.rate.allow(peer) {
+                    self.answer(request)
+                } else {
+                    ControlResponse::Error("busy: too many requests from this peer".into())
+                };
                 if self.swarm.behaviour_mut().control.send_response(channel, response).is_err() {
                     tracing::debug!(%peer, "response not sent: the peer went away");
                 }

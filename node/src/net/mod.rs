@@ -9,6 +9,7 @@
 //! - [`client`]: the handle to it.
 //! - [`bulk`]: dedicated streams: serving them and measuring a link with one.
 //! - [`peers`]: the peer table and its live view.
+//! - [`limits`]: per-peer stream and request-rate limits.
 
 pub mod bulk;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod event_loop;
 pub mod gate;
 pub mod keys;
+pub mod limits;
 pub mod peers;
 pub mod swarm;
 

@@ -29,6 +29,8 @@ use worker::Work;
 
 /// Most plans a node serves at once (one stage member each).
 pub const MAX_PLANS: usize = 8;
+/// Stage streams (sessions and pipes) one peer may have open at once.
+pub const MAX_STREAMS_PER_PEER: usize = 32;
 /// How long an incoming pipe waits for its plan to be wired here.
 const PIPE_WAIT: Duration = Duration::from_secs(10);
 
@@ -84,9 +86,15 @@ impl StageServer {
             .streams()
             .accept(StreamProtocol::new(STAGE_PROTOCOL))
             .map_err(|_| NetError::Request("stage protocol already served".into()))?;
+        let per_peer = crate::net::limits::PerPeer::new(MAX_STREAMS_PER_PEER);
         while let Some((peer, mut stream)) = incoming.next().await {
+            let Some(slot) = per_peer.try_acquire(peer) else {
+                tracing::info!(%peer, "refused a stage stream: too many open from this peer");
+                continue;
+            };
             let me = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let open = tokio::time::timeout(Duration::from_secs(10), read_msg::<_, StageOpen>(&mut stream, 256));
                 match open.await {
                     Ok(Ok(StageOpen::Session { plan })) => session::run(me, peer, plan, stream).await,
@@ -102,10 +110,11 @@ impl StageServer {
     /// An incoming pipe: checked against the plan's wiring, then every message goes to the worker's queue.
     async fn pipe_in(&self, peer: PeerId, plan: PlanId, from: MemberRef, mut stream: libp2p::Stream) {
         let deadline = Instant::now() + PIPE_WAIT;
+        // A pipe may arrive just before its plan's wiring reaches this node (the plan is loaded by then).
         let hosted = loop {
             let h = self.hosted(&plan);
             let wired = h.as_ref().is_some_and(|h| h.accept.lock().expect("accept lock").is_some());
-            if wired || Instant::now() > deadline {
+            if wired || h.is_none() || Instant::now() > deadline {
                 break h;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
