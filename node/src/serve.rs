@@ -184,7 +184,6 @@ pub async fn start_member(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let event_loop = tokio::spawn(event_loop.run(stop_rx));
     let bulk = tokio::spawn(net::bulk::serve(client.clone()));
-    let stages = tokio::spawn(crate::stage::StageServer::new(client.clone(), dir, o.backend)?.serve());
 
     // Wait (bounded) for the listeners, then advertise them in the signed record.
     let mut addrs = Vec::new();
@@ -210,6 +209,26 @@ pub async fn start_member(
         listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
     };
     client.set_capabilities(SignedCapabilities::sign(&capabilities, &identity)?).await?;
+    // The record follows what the node holds: re-signed whenever a stage is loaded or freed.
+    let publish: crate::stage::Publisher = {
+        let (client, base, identity) = (client.clone(), capabilities.clone(), identity.clone());
+        let version = std::sync::atomic::AtomicU64::new(capabilities.version);
+        Box::new(move |held| {
+            let caps = Capabilities {
+                version: version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                load: held.len() as u32,
+                shards: held,
+                ..base.clone()
+            };
+            match SignedCapabilities::sign(&caps, &identity) {
+                Ok(signed) => {
+                    let _ = client.try_set_capabilities(signed);
+                }
+                Err(e) => tracing::warn!(cause = %e, "capability record not re-signed"),
+            }
+        })
+    };
+    let stages = tokio::spawn(crate::stage::StageServer::new(client.clone(), dir, o.backend, Some(publish))?.serve());
     Ok(RunningMember { client, addrs, capabilities, stop, event_loop, bulk, stages })
 }
 

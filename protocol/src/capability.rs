@@ -53,7 +53,7 @@ pub struct Capabilities {
     pub dispatch_us: f32,
     /// Shards in the node's cache.
     pub shards: Vec<HeldShard>,
-    /// Sequences running now.
+    /// Plans whose stages the node runs now (each a coordinator session).
     pub load: u32,
     /// Multiaddresses the node listens on (without the `/p2p/` suffix).
     pub listen_addrs: Vec<String>,

@@ -161,3 +161,78 @@ fn losing_nodes_until_the_model_cannot_fit_is_a_clear_error() {
     assert!(err.contains("no set of the remaining nodes can run the model"), "{err}");
     assert!(err.contains("does not fit"), "{err}");
 }
+
+/// `edge-coord peers --json` through `peer`: (peer id, load, shards held) of each member.
+fn held(key: &str, peer: &Node) -> Vec<(String, u64, usize)> {
+    let dir = TempDir(temp_dir("peers"));
+    let out = Command::new(bin("edge-coord"))
+        .args(["peers", "--json", "--no-mdns", "--no-measure", "--wait", "1", "--peer", &peer.addr])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("EDGE_CLUSTER_KEY", key)
+        .output()
+        .unwrap();
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.iter()
+        .map(|m| {
+            let c = &m["capabilities"];
+            (m["peer_id"].as_str().unwrap().into(), c["load"].as_u64().unwrap(), c["shards"].as_array().unwrap().len())
+        })
+        .collect()
+}
+
+#[test]
+fn restarts_keep_caches_and_a_killed_coordinator_frees_its_stages() {
+    use std::io::Read;
+    let key = new_key();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a_dir = temp_dir("restart");
+    let _cleanup = TempDir(a_dir.clone());
+    let a = Node::start(&key, NodeSpec { port, dir: Some(a_dir.clone()), backend: Some("wgpu"), ..Default::default() });
+    let b = gpu_node(&key, &[&a.addr]);
+    let first = run(&key, &[&a, &b], &["--stages", "2"]).unwrap();
+    assert!(sent_bytes(&first) > 0);
+
+    // A coordinator killed in the middle of a job: its sessions break and the nodes free its stages.
+    let dir = TempDir(temp_dir("coord"));
+    let mut coord = Command::new(bin("edge-coord"))
+        .args(["run", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "-n", "400", "--stages", "2"])
+        .args(["--peer", &a.addr, "--peer", &b.addr])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("EDGE_CLUSTER_KEY", &key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = coord.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while seen.len() < REFERENCE_PROMPT.len() + 20 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "the run ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(held(&key, &a).iter().all(|(_, load, shards)| *load == 1 && *shards == 1), "both run a stage");
+    coord.kill().unwrap();
+    coord.wait().unwrap();
+    let start = std::time::Instant::now();
+    while !held(&key, &a).iter().all(|(_, load, shards)| *load == 0 && *shards == 0) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "stages not freed: {:?}", held(&key, &a));
+    }
+    // The next coordinator finds them ready, with every tensor still cached.
+    let again = run(&key, &[&a, &b], &["--stages", "2"]).unwrap();
+    assert_eq!(sent_bytes(&again), 0);
+    assert_eq!(tokens(&again, 0), GREEDY_32);
+
+    // A node restarted with its data directory: same identity, same address, cache intact, used again.
+    let a_id = a.peer_id.clone();
+    drop(a);
+    let a = Node::start(&key, NodeSpec { port, dir: Some(a_dir), backend: Some("wgpu"), ..Default::default() });
+    assert_eq!(a.peer_id, a_id);
+    let after = run(&key, &[&a, &b], &["--stages", "2"]).unwrap();
+    assert_eq!(sent_bytes(&after), 0, "{:#?}", after["loads"]);
+    assert_eq!(tokens(&after, 0), GREEDY_32);
+    let used: Vec<&str> = after["loads"].as_array().unwrap().iter().map(|l| l["peer"].as_str().unwrap()).collect();
+    assert!(used.contains(&a_id.as_str()), "the restarted node is used again: {used:?}");
+}

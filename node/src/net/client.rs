@@ -52,6 +52,11 @@ impl Client {
         self.call(|reply| Command::Request { peer, req, reply }).await?
     }
 
+    /// [`Client::set_capabilities`] from synchronous code (dropped if the event loop is busy or gone).
+    pub fn try_set_capabilities(&self, caps: SignedCapabilities) -> Result<(), NetError> {
+        self.tx.try_send(Command::SetCapabilities { caps }).map_err(|_| NetError::Stopped)
+    }
+
     /// Replaces the capability record this member gives out.
     pub async fn set_capabilities(&self, caps: SignedCapabilities) -> Result<(), NetError> {
         self.tx.send(Command::SetCapabilities { caps }).await.map_err(|_| NetError::Stopped)

@@ -37,6 +37,7 @@ const PIPE_WAIT: Duration = Duration::from_secs(10);
 /// A stage member this node holds.
 struct Hosted {
     me: MemberRef,
+    held: edge_protocol::HeldShard,
     work: std::sync::mpsc::Sender<Work>,
     /// Peers allowed to open pipes into it, with the member they must claim to be (set when wired).
     accept: Mutex<Option<HashMap<PeerId, Option<MemberRef>>>>,
@@ -50,10 +51,19 @@ pub struct StageServer {
     backend: Backend,
     gpu: Mutex<Option<Arc<GpuContext>>>,
     hosted: Mutex<HashMap<PlanId, Arc<Hosted>>>,
+    publish: Option<Publisher>,
 }
 
+/// Told what the node holds whenever that changes (the member re-signs its capability record with it).
+pub type Publisher = Box<dyn Fn(Vec<edge_protocol::HeldShard>) + Send + Sync>;
+
 impl StageServer {
-    pub fn new(client: Client, dir: &std::path::Path, backend: Backend) -> Result<Arc<StageServer>, store::StoreError> {
+    pub fn new(
+        client: Client,
+        dir: &std::path::Path,
+        backend: Backend,
+        publish: Option<Publisher>,
+    ) -> Result<Arc<StageServer>, store::StoreError> {
         Ok(Arc::new(StageServer {
             client,
             store: store::TensorStore::open(dir)?,
@@ -61,7 +71,24 @@ impl StageServer {
             backend,
             gpu: Mutex::new(None),
             hosted: Mutex::new(HashMap::new()),
+            publish,
         }))
+    }
+
+    /// Adds or removes a hosted stage and tells the publisher.
+    fn set_hosted(&self, plan: PlanId, h: Option<Arc<Hosted>>) -> Option<Arc<Hosted>> {
+        let (old, held) = {
+            let mut hosted = self.hosted.lock().expect("hosted lock");
+            let old = match h {
+                Some(h) => hosted.insert(plan, h),
+                None => hosted.remove(&plan),
+            };
+            (old, hosted.values().map(|h| h.held).collect::<Vec<_>>())
+        };
+        if let Some(p) = &self.publish {
+            p(held);
+        }
+        old
     }
 
     /// The node's GPU context, created on first use and shared by its stages.

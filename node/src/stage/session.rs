@@ -41,8 +41,7 @@ pub(super) async fn run(server: Arc<StageServer>, peer: PeerId, plan: PlanId, st
         tracing::warn!(%peer, cause = %format!("{e:#}"), "session failed");
         let _ = tx.send(NodeMsg::Error { seq: None, message: format!("{e:#}").chars().take(4000).collect() });
     }
-    let hosted = server.hosted.lock().expect("hosted lock").remove(&plan);
-    if let Some(h) = hosted {
+    if let Some(h) = server.set_hosted(plan, None) {
         let _ = h.work.send(Work::Shutdown);
     }
     drop(tx);
@@ -116,8 +115,9 @@ async fn serve<R: AsyncRead + Unpin>(
     let backend = shard.backend_name();
     let me = manifest.me;
     let work = worker::spawn(shard, me);
-    let hosted = Arc::new(Hosted { me, work: work.clone(), accept: Mutex::new(None) });
-    server.hosted.lock().expect("hosted lock").insert(plan, hosted.clone());
+    let held = edge_protocol::HeldShard { model: manifest.model, spec: manifest.spec };
+    let hosted = Arc::new(Hosted { me, held, work: work.clone(), accept: Mutex::new(None) });
+    server.set_hosted(plan, Some(hosted.clone()));
     let load_ms = t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
     tracing::info!(stage = me.stage, member = me.member, spec = %manifest.spec, received, load_ms, "stage loaded");
     tx.send(NodeMsg::Loaded { backend, load_ms, received_bytes: received })?;
