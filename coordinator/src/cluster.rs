@@ -145,6 +145,7 @@ pub async fn join(args: &JoinArgs) -> anyhow::Result<Joined> {
             allow: Vec::new(),
             backend: args.backend,
             memory: None,
+            max_plans: edge_node::stage::MAX_PLANS,
         };
         Some(edge_node::serve::start_member(&dir.join("local-node"), cluster_key, opts).await?)
     } else {

@@ -65,6 +65,18 @@ pub struct Deployment {
     events: mpsc::UnboundedReceiver<(MemberRef, NodeMsg)>,
     /// Members whose session stream broke (the node died, restarted or dropped the connection).
     lost: std::sync::Arc<std::sync::Mutex<Vec<MemberRef>>>,
+    /// The tasks reading the sessions; aborted on drop, which drops the streams and so frees the stages even
+    /// when a deployment is abandoned half-way (a failed load, an error, a panic).
+    _readers: Readers,
+}
+
+/// Session reader tasks, aborted when dropped.
+struct Readers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|r| r.abort());
+    }
 }
 
 /// The stage image and manifest of one member.
@@ -149,6 +161,7 @@ pub async fn deploy(
     let (tx, events) = mpsc::unbounded_channel();
     let lost = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut sessions = Vec::new();
+    let mut readers = Readers(Vec::new());
     for (s, a) in stages.iter().enumerate() {
         for (j, (peer, _)) in a.members.iter().enumerate() {
             let member = MemberRef { stage: s as u32, member: j as u32 };
@@ -164,7 +177,7 @@ pub async fn deploy(
             let tx = tx.clone();
             let lost = lost.clone();
             let peer_id = *peer;
-            tokio::spawn(async move {
+            readers.0.push(tokio::spawn(async move {
                 loop {
                     match read_msg::<_, NodeMsg>(&mut r, MAX_STAGE_FRAME).await {
                         Ok(msg) if msg.validate().is_ok() => {
@@ -181,11 +194,11 @@ pub async fn deploy(
                         }
                     }
                 }
-            });
+            }));
             sessions.push(Session { member, peer: *peer, w });
         }
     }
-    let mut d = Deployment { plan, stages, loads: Vec::new(), sessions, events, lost };
+    let mut d = Deployment { plan, stages, loads: Vec::new(), sessions, events, lost, _readers: readers };
 
     // Load: manifests out, needs back.
     for (sess, p) in d.sessions.iter_mut().zip(&prepared) {

@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Bytes available for weights and KV cache [default: the memory the system reports as available].
     #[arg(long)]
     pub memory: Option<u64>,
+    /// Plans (coordinator sessions) served at once; more are refused as busy.
+    #[arg(long, default_value_t = crate::stage::MAX_PLANS)]
+    pub max_plans: usize,
 }
 
 /// Memory the system reports as available (Linux `MemAvailable`), or 0 when unknown.
@@ -129,6 +132,8 @@ pub struct MemberOptions {
     pub allow: Vec<PeerId>,
     pub backend: Backend,
     pub memory: Option<u64>,
+    /// Plans served at once ([`crate::stage::MAX_PLANS`] by default).
+    pub max_plans: usize,
 }
 
 /// A member running on the current tokio runtime: its network, bulk-stream server and signed record.
@@ -228,7 +233,9 @@ pub async fn start_member(
             }
         })
     };
-    let stages = tokio::spawn(crate::stage::StageServer::new(client.clone(), dir, o.backend, Some(publish))?.serve());
+    let stages = tokio::spawn(
+        crate::stage::StageServer::new(client.clone(), dir, o.backend, Some(publish), o.max_plans)?.serve(),
+    );
     Ok(RunningMember { client, addrs, capabilities, stop, event_loop, bulk, stages })
 }
 
@@ -249,6 +256,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         allow: file.allow.iter().chain(&args.allow).copied().collect(),
         backend: args.backend,
         memory: args.memory,
+        max_plans: args.max_plans,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

@@ -24,6 +24,7 @@ async fn member(dir: &std::path::Path, key: libp2p::pnet::PreSharedKey) -> Runni
         allow: vec![],
         backend: Backend::Cpu,
         memory: Some(1 << 30),
+        max_plans: edge_node::stage::MAX_PLANS,
     };
     start_member(dir, key, opts).await.unwrap()
 }

@@ -27,7 +27,7 @@ use crate::shard::ShardError;
 
 use worker::Work;
 
-/// Most plans a node serves at once (one stage member each).
+/// Plans a node serves at once by default (one stage member each); `edge-node serve --max-plans` changes it.
 pub const MAX_PLANS: usize = 8;
 /// Stage streams (sessions and pipes) one peer may have open at once.
 pub const MAX_STREAMS_PER_PEER: usize = 32;
@@ -52,6 +52,7 @@ pub struct StageServer {
     gpu: Mutex<Option<Arc<GpuContext>>>,
     hosted: Mutex<HashMap<PlanId, Arc<Hosted>>>,
     publish: Option<Publisher>,
+    max_plans: usize,
 }
 
 /// Told what the node holds whenever that changes (the member re-signs its capability record with it).
@@ -63,6 +64,7 @@ impl StageServer {
         dir: &std::path::Path,
         backend: Backend,
         publish: Option<Publisher>,
+        max_plans: usize,
     ) -> Result<Arc<StageServer>, store::StoreError> {
         Ok(Arc::new(StageServer {
             client,
@@ -72,6 +74,7 @@ impl StageServer {
             gpu: Mutex::new(None),
             hosted: Mutex::new(HashMap::new()),
             publish,
+            max_plans,
         }))
     }
 

@@ -14,7 +14,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::worker::{self, Outbox, Work};
-use super::{Hosted, StageServer, MAX_PLANS};
+use super::{Hosted, StageServer};
 use crate::backend::Backend;
 use crate::cpu::CpuShard;
 use crate::gguf::Gguf;
@@ -76,8 +76,8 @@ async fn serve<R: AsyncRead + Unpin>(
         if hosted.contains_key(&plan) {
             bail!("this node already holds a stage of this plan");
         }
-        if hosted.len() >= MAX_PLANS {
-            bail!("busy: this node already serves {MAX_PLANS} plans");
+        if hosted.len() >= server.max_plans {
+            bail!("busy: this node already serves {} plans", server.max_plans);
         }
     }
     let manifest = Arc::new(manifest);
