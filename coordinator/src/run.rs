@@ -193,7 +193,6 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
             if args.json {
                 progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
-            let t = std::time::Instant::now();
             let mut excluded: HashSet<String> = HashSet::new();
             let mut attempt = 0;
             let (plan, nodes, loads) = loop {
@@ -254,13 +253,13 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            let wall = t.elapsed();
             if stream_text {
                 writeln!(stdout, "{}", stream.finish())?;
             }
             let outcomes = state;
             let generated: usize = outcomes.iter().map(|o| o.tokens.len().saturating_sub(1)).sum();
-            let decode_wall = wall.saturating_sub(outcomes.iter().map(|o| o.first_token).max().unwrap_or_default());
+            // All sequences decode at the same time: tokens after the first over the longest decode.
+            let decode_wall = outcomes.iter().map(|o| o.decode).max().unwrap_or_default();
             let aggregate_tps = generated as f64 / decode_wall.as_secs_f64().max(1e-9);
             anyhow::Ok(Report { plan, nodes, outcomes, loads, aggregate_tps })
         }

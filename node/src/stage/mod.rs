@@ -53,6 +53,63 @@ pub struct StageServer {
     hosted: Mutex<HashMap<PlanId, Arc<Hosted>>>,
     publish: Option<Publisher>,
     max_plans: usize,
+    emulate: LinkEmulation,
+}
+
+/// Test-only link emulation on outgoing pipes, for the testbed (this kernel has no netem): every message is
+/// delivered `latency` after it was queued (messages stay pipelined and in order), and with probability `loss`
+/// it waits a retransmission timeout more, as a lost TCP segment would. Set with `EDGE_EMULATE_LATENCY_MS` and
+/// `EDGE_EMULATE_LOSS` (a fraction); off by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkEmulation {
+    pub latency: Duration,
+    pub loss: f64,
+}
+
+/// The retransmission delay charged for an emulated loss (Linux's minimum RTO).
+pub const EMULATED_RTO: Duration = Duration::from_millis(200);
+
+/// Delays every message of `rx` by the emulated latency (plus a retransmission timeout when "lost"), counted
+/// from when it was queued, keeping the order (a delayed message holds back the ones behind it, as on TCP).
+fn emulated(mut rx: tokio::sync::mpsc::Receiver<PipeMsg>, e: LinkEmulation) -> tokio::sync::mpsc::Receiver<PipeMsg> {
+    let (stamped_tx, mut stamped) = tokio::sync::mpsc::unbounded_channel();
+    let (out_tx, out) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut rng: u64 = rand::random::<u64>() | 1;
+        while let Some(msg) = rx.recv().await {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let lost = ((rng >> 11) as f64 / (1u64 << 53) as f64) < e.loss;
+            let rto = if lost { EMULATED_RTO } else { Duration::ZERO };
+            if stamped_tx.send((tokio::time::Instant::now() + e.latency + rto, msg)).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((at, msg)) = stamped.recv().await {
+            tokio::time::sleep_until(at).await;
+            if out_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    out
+}
+
+impl LinkEmulation {
+    pub fn from_env() -> LinkEmulation {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+        LinkEmulation {
+            latency: Duration::from_secs_f64(num("EDGE_EMULATE_LATENCY_MS").unwrap_or(0.0).clamp(0.0, 10_000.0) / 1e3),
+            loss: num("EDGE_EMULATE_LOSS").unwrap_or(0.0).clamp(0.0, 1.0),
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.latency.is_zero() || self.loss > 0.0
+    }
 }
 
 /// Told what the node holds whenever that changes (the member re-signs its capability record with it).
@@ -75,6 +132,7 @@ impl StageServer {
             hosted: Mutex::new(HashMap::new()),
             publish,
             max_plans,
+            emulate: LinkEmulation::from_env(),
         }))
     }
 
@@ -200,7 +258,12 @@ impl StageServer {
         .map_err(|_| err(&"timed out"))?
         .map_err(|e| err(&e))?;
         write_msg(&mut stream, &StageOpen::Pipe { plan, from: me }, 256).await.map_err(|e| err(&e))?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<PipeMsg>(64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<PipeMsg>(64);
+        let emulate = self.emulate;
+        if emulate.active() {
+            tracing::warn!(?emulate, "emulating link latency/loss on pipes (test only)");
+        }
+        let mut rx = if emulate.active() { emulated(rx, emulate) } else { rx };
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 if let Err(e) = write_msg(&mut stream, &msg, MAX_STAGE_FRAME).await {
