@@ -120,11 +120,13 @@ for i in $(seq 1 "$NODES"); do
     [ -z "$FIRST" ] && FIRST=$addr
 done
 
-coord=(run --data-dir "$WORK/coord" --wait 4 -p "$PROMPT")
+# The members find each other by mDNS alone; the coordinator also by mDNS, and dials the first member too so a
+# lost first mDNS query (the namespace's link just came up) cannot leave it alone.
+coord=(run --data-dir "$WORK/coord" --wait 4 -p "$PROMPT" --peer "$FIRST")
 if [ "$NETNS" = 1 ]; then
-    join_ns "$TAG-c" 10.252.0.200 c # the coordinator finds the members by mDNS
+    join_ns "$TAG-c" 10.252.0.200 c
 else
-    coord+=(--no-mdns --peer "$FIRST")
+    coord+=(--no-mdns)
 fi
 echo "emulated pipe latency ${LATENCY_MS} ms per hop and loss ${LOSS} are not visible to the planner (it measures the real links)" >&2
 # In the background and waited for, so that Ctrl-C reaches the traps at once.

@@ -245,6 +245,16 @@ impl TpGroup {
         TpGroup { shares, weight_share, kv_share, allreduce_us, link_us }
     }
 
+    /// Fraction of a layer's weight bytes member `i` reads (the simulator times each member separately).
+    pub fn weight_share(&self, i: usize) -> f64 {
+        self.weight_share[i]
+    }
+
+    /// Fraction of the KV heads member `i` holds.
+    pub fn kv_share(&self, i: usize) -> f64 {
+        self.kv_share[i]
+    }
+
     /// The leader forwarding the stage input to the other members (us): token ids on the first stage (4 bytes
     /// each), the hidden state otherwise; `k - 1` copies leave over the leader's link.
     pub fn broadcast_us(&self, cost: &CostModel, nodes: &[NodeProfile], embed: bool) -> f64 {

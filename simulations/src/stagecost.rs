@@ -1,0 +1,245 @@
+//! How long one step of a stage takes: the planner's cost model ([`edge_coord::plan::cost`]) evaluated at the
+//! step's real KV-cache length, times the device's calibration, with a FLOPS floor for prefill chunks and, for a
+//! tensor-parallel stage, every all-reduce and the leader's broadcast sampled from the members' links.
+//!
+//! - **Decode** (one token at position `p`, reading `p + 1` cached positions): for a node,
+//!   `factor x node_stage_us(context = 2 (p + 1))` — the planner's stage time, whose KV term assumes a cache half
+//!   full of `context`. With calibration 1 and no jitter a step takes exactly the planner's stage time.
+//! - **Prefill** (a chunk of `T` tokens from position `p0`): `max(factor x bandwidth time of the chunk,
+//!   T x FLOPs per token / prefill_gflops)`: weights are streamed once per chunk, compute grows with `T`.
+//! - **Tensor parallel**: per layer, the slowest member's time (each member its share of the weights and KV
+//!   heads, times its own factor), plus two all-reduces (the slowest member's `2 x latency + bytes / bw` with
+//!   sampled jitter and loss) and two `TP_SYNC_US`; plus the replicated embedding/head, the leader's broadcast of
+//!   the stage input and `STEP_OVERHEAD_US`. All-reduces and broadcasts do not queue behind other traffic.
+
+use edge_coord::plan::cost::{
+    CostModel, TpGroup, TpShare, DISPATCHES_PER_LAYER, EMBED_DISPATCHES, HEAD_DISPATCHES, STEP_OVERHEAD_US, TP_SYNC_US,
+};
+use edge_coord::plan::{NodeProfile, PlanRequest, Stage};
+use edge_coord::ModelDescription;
+use rand::rngs::StdRng;
+
+use crate::cluster::SimNode;
+use crate::net;
+use crate::profiles::LinkSpec;
+
+/// A member's constants.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Global node index.
+    node: usize,
+    factor: f64,
+    gflops: f64,
+    gbps: f64,
+    dispatch_us: f64,
+    link: LinkSpec,
+    weight_share: f64,
+    kv_share: f64,
+}
+
+/// The costs of one stage of a plan.
+#[derive(Debug, Clone)]
+pub struct StageCost {
+    layers: usize,
+    embed: bool,
+    head: bool,
+    members: Vec<Member>,
+    /// A pipeline stage: its time with an empty KV cache (us, before the factor).
+    fixed_us: f64,
+    /// Weight bytes of each layer of the stage.
+    layer_bytes: Vec<f64>,
+    kv_bytes_per_pos_layer: f64,
+    dim_bytes: u64,
+    head_bytes: f64,
+    /// Head FLOPs (one row of logits per step).
+    head_flops: f64,
+    flops_layer: f64,
+    q_dim: f64,
+    act_bytes: u64,
+}
+
+impl StageCost {
+    /// `stage` of a plan made over `profiles` (the planner's nodes); `global[i]` is the cluster index of
+    /// planner node `i`.
+    pub fn new(
+        model: &ModelDescription,
+        nodes: &[SimNode],
+        profiles: &[NodeProfile],
+        global: &[usize],
+        stage: &Stage,
+    ) -> StageCost {
+        let req0 = PlanRequest { context: 0, sequences: 1, tensor_parallel: edge_coord::plan::TpMode::Off };
+        let cost = CostModel::new(model, &req0);
+        let (a, b) = (stage.layer_start as usize, stage.layer_end as usize);
+        let shares: Vec<TpShare> =
+            stage.members.iter().map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn }).collect();
+        let group = (shares.len() > 1).then(|| TpGroup::new(&cost, profiles, shares));
+        let members = stage
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let n = &nodes[global[m.node]];
+                Member {
+                    node: global[m.node],
+                    factor: n.device.time_factor(),
+                    gflops: n.device.prefill_gflops,
+                    gbps: profiles[m.node].gemv_gbps,
+                    dispatch_us: profiles[m.node].dispatch_us,
+                    link: n.link,
+                    weight_share: group.as_ref().map_or(1.0, |g| g.weight_share(i)),
+                    kv_share: group.as_ref().map_or(1.0, |g| g.kv_share(i)),
+                }
+            })
+            .collect::<Vec<_>>();
+        let fixed_us = cost.node_stage_us(&profiles[stage.members[0].node], a, b, stage.embed, stage.head);
+        StageCost {
+            layers: b - a,
+            embed: stage.embed,
+            head: stage.head,
+            members,
+            fixed_us,
+            layer_bytes: model.layer_weight_bytes[a..b].iter().map(|&x| x as f64).collect(),
+            kv_bytes_per_pos_layer: model.kv_bytes_per_token_per_layer as f64,
+            dim_bytes: model.dim as u64 * 4,
+            head_bytes: model.head_bytes as f64,
+            head_flops: 2.0 * model.dim as f64 * model.vocab as f64,
+            flops_layer: model.flops_per_token_per_layer as f64,
+            q_dim: model.q_dim() as f64,
+            act_bytes: model.activation_bytes_per_token,
+        }
+    }
+
+    /// Cluster index of the leader (member 0: receives the stage input, sends its output).
+    pub fn leader(&self) -> usize {
+        self.members[0].node
+    }
+
+    /// Cluster indices of every member.
+    pub fn nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members.iter().map(|m| m.node)
+    }
+
+    /// Fraction of each layer's weights member `i` holds.
+    pub fn weight_share(&self, i: usize) -> f64 {
+        self.members[i].weight_share
+    }
+
+    pub fn is_tensor_parallel(&self) -> bool {
+        self.members.len() > 1
+    }
+
+    /// Time (us) of a step of `tokens` tokens starting at position `pos` (decode: `tokens == 1`).
+    pub fn step_us(&self, tokens: usize, pos: usize, rng: &mut StdRng) -> f64 {
+        if self.members.len() == 1 {
+            self.node_step_us(tokens, pos)
+        } else {
+            self.group_step_us(tokens, pos, rng)
+        }
+    }
+
+    fn node_step_us(&self, tokens: usize, pos: usize) -> f64 {
+        let m = &self.members[0];
+        let positions = (pos + tokens) as f64;
+        let kv = self.kv_bytes_per_pos_layer * positions * self.layers as f64 / (m.gbps * 1e3);
+        let bandwidth = m.factor * (self.fixed_us + kv);
+        if tokens == 1 {
+            return bandwidth;
+        }
+        let mean_pos = pos as f64 + (tokens as f64 + 1.0) / 2.0;
+        let flops = tokens as f64 * (self.flops_of(self.layers, mean_pos)) + self.head_flops();
+        bandwidth.max(flops / (m.gflops * 1e3))
+    }
+
+    fn flops_of(&self, layers: usize, mean_pos: f64) -> f64 {
+        (self.flops_layer + 4.0 * self.q_dim * mean_pos) * layers as f64
+    }
+
+    fn head_flops(&self) -> f64 {
+        if self.head {
+            self.head_flops
+        } else {
+            0.0
+        }
+    }
+
+    fn group_step_us(&self, tokens: usize, pos: usize, rng: &mut StdRng) -> f64 {
+        let k = self.members.len();
+        let t = tokens as f64;
+        let kv_read = self.kv_bytes_per_pos_layer * (pos + tokens) as f64;
+        let mean_pos = pos as f64 + (t + 1.0) / 2.0;
+        let prefill = tokens > 1;
+        let layer_flops = t * (self.flops_layer + 4.0 * self.q_dim * mean_pos);
+        let member_layer = |m: &Member, bytes: f64| {
+            let bw = m.factor
+                * ((bytes * m.weight_share + kv_read * m.kv_share) / (m.gbps * 1e3)
+                    + DISPATCHES_PER_LAYER * m.dispatch_us);
+            if prefill {
+                bw.max(layer_flops * m.weight_share / (m.gflops * 1e3))
+            } else {
+                bw
+            }
+        };
+        let sync_factor = self.members.iter().map(|m| m.factor).fold(0.0, f64::max);
+        let reduce_bytes = self.dim_bytes * tokens as u64 * (k as u64 - 1);
+        let uniform = self.layer_bytes.windows(2).all(|w| w[0] == w[1]);
+        let mut total = 0.0;
+        let slowest_of = |bytes: f64| self.members.iter().map(|m| member_layer(m, bytes)).fold(0.0, f64::max);
+        if uniform {
+            total += self.layers as f64 * slowest_of(self.layer_bytes.first().copied().unwrap_or(0.0));
+        } else {
+            total += self.layer_bytes.iter().map(|&b| slowest_of(b)).sum::<f64>();
+        }
+        for _ in 0..2 * self.layers {
+            total += self.allreduce_us(reduce_bytes, rng) + sync_factor * TP_SYNC_US;
+        }
+        if self.embed {
+            total += self.members.iter().map(|m| m.factor * EMBED_DISPATCHES * m.dispatch_us).fold(0.0, f64::max);
+        }
+        if self.head {
+            total += self
+                .members
+                .iter()
+                .map(|m| {
+                    let bw = m.factor * (self.head_bytes / (m.gbps * 1e3) + HEAD_DISPATCHES * m.dispatch_us);
+                    if prefill {
+                        bw.max(self.head_flops / (m.gflops * 1e3))
+                    } else {
+                        bw
+                    }
+                })
+                .fold(0.0, f64::max);
+        }
+        let input_bytes = if self.embed { 4 * tokens as u64 } else { self.act_bytes * tokens as u64 };
+        total + self.broadcast_us(input_bytes, rng) + self.members[0].factor * STEP_OVERHEAD_US
+    }
+
+    /// One all-reduce: every member sends its partial to the `k - 1` others; the slowest member sets the time.
+    fn allreduce_us(&self, bytes: u64, rng: &mut StdRng) -> f64 {
+        self.members
+            .iter()
+            .map(|m| {
+                net::latency(&m.link, rng)
+                    + net::latency(&m.link, rng)
+                    + bytes as f64 / m.link.bandwidth_mbps
+                    + net::loss_delay(&m.link, bytes, rng)
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The leader forwards `bytes` (the stage input) to each other member.
+    fn broadcast_us(&self, bytes: u64, rng: &mut StdRng) -> f64 {
+        let leader = &self.members[0].link;
+        let copies = (self.members.len() - 1) as u64;
+        self.members[1..]
+            .iter()
+            .map(|m| {
+                net::latency(leader, rng)
+                    + net::latency(&m.link, rng)
+                    + (bytes * copies) as f64 / leader.bandwidth_mbps
+                    + bytes as f64 / m.link.bandwidth_mbps
+                    + net::loss_delay(leader, bytes * copies, rng)
+            })
+            .fold(0.0, f64::max)
+    }
+}
