@@ -48,8 +48,8 @@ fn strangers_to_a_plan_get_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let target = node.client.peer_id();
-        let mut control = peer.client.streams();
-        let mut open = || {
+        let control = peer.client.streams();
+        let open = || {
             let mut c = control.clone();
             async move { c.open_stream(target, StreamProtocol::new(STAGE_PROTOCOL)).await.unwrap() }
         };
