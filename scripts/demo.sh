@@ -9,6 +9,7 @@
 # runs there alone); the default here asks for a 3-stage pipeline so the cluster is visible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 bash scripts/setup.sh >&2
 cargo build --release -p edge-node -p edge-coord >&2
 export NODEVICE_SELECT=1
@@ -35,13 +36,7 @@ for i in $(seq 1 "$NODES"); do
     [ -n "$FIRST" ] && args+=(--peer "$FIRST")
     "$BIN/edge-node" "${args[@]}" > "$WORK/node$i.out" 2> "$WORK/node$i.log" &
     PIDS+=($!)
-    for _ in $(seq 1 600); do
-        grep -q '^listening ' "$WORK/node$i.out" 2>/dev/null && break
-        kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/node$i.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    addr=$(grep -m1 '^listening ' "$WORK/node$i.out" | cut -d' ' -f2)
-    [ -n "$addr" ] || { echo "node $i did not start" >&2; cat "$WORK/node$i.log" >&2; exit 1; }
+    addr=$(wait_listening "${PIDS[-1]}" "$WORK/node$i.out" "$WORK/node$i.log")
     echo "node $i: $addr" >&2
     [ -z "$FIRST" ] && FIRST=$addr
 done

@@ -13,6 +13,7 @@
 # the model only). Profiles are assigned to nodes round robin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 NODES=3 RATE="" LATENCY_MS=0 LOSS=0 PROFILES=fast PROMPT="Once upon a time, there was a little robot named"
 EXTRA=()
@@ -109,13 +110,7 @@ for i in $(seq 1 "$NODES"); do
     fi
     (in_ns "$TAG-n$i" env "${env[@]}" "$BIN/edge-node" "${args[@]}" > "$WORK/node$i.out" 2> "$WORK/node$i.log") &
     PIDS+=($!)
-    for _ in $(seq 1 600); do
-        grep -q '^listening ' "$WORK/node$i.out" 2>/dev/null && break
-        kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/node$i.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    addr=$(grep -m1 '^listening ' "$WORK/node$i.out" | cut -d' ' -f2)
-    [ -n "$addr" ] || { echo "node $i did not start" >&2; exit 1; }
+    addr=$(wait_listening "${PIDS[-1]}" "$WORK/node$i.out" "$WORK/node$i.log")
     echo "node $i ($profile${RATE:+, $RATE}${LATENCY_MS:+, +${LATENCY_MS} ms}${LOSS:+, loss $LOSS}): $addr" >&2
     [ -z "$FIRST" ] && FIRST=$addr
 done

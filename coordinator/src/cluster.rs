@@ -138,15 +138,7 @@ pub async fn join(args: &JoinArgs) -> anyhow::Result<Joined> {
     let cluster_key = edge_node::net::keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;
     let file = edge_node::net::config::FileConfig::load(&dir)?;
     let local = if args.local_node {
-        let opts = edge_node::serve::MemberOptions {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            bootstrap: Vec::new(),
-            mdns: false,
-            allow: Vec::new(),
-            backend: args.backend,
-            memory: None,
-            max_plans: edge_node::stage::MAX_PLANS,
-        };
+        let opts = edge_node::serve::MemberOptions::loopback(args.backend, None);
         Some(edge_node::serve::start_member(&dir.join("local-node"), cluster_key, opts).await?)
     } else {
         None

@@ -21,15 +21,7 @@ fn model() -> LoadedModel {
 }
 
 async fn member(dir: &std::path::Path, key: libp2p::pnet::PreSharedKey) -> RunningMember {
-    let opts = MemberOptions {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: vec![],
-        mdns: false,
-        allow: vec![],
-        backend: Backend::Wgpu,
-        memory: Some(1 << 30),
-        max_plans: edge_node::stage::MAX_PLANS,
-    };
+    let opts = MemberOptions::loopback(Backend::Wgpu, Some(1 << 30));
     start_member(dir, key, opts).await.unwrap()
 }
 

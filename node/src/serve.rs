@@ -136,6 +136,21 @@ pub struct MemberOptions {
     pub max_plans: usize,
 }
 
+impl MemberOptions {
+    /// A member on 127.0.0.1 (any port) that dials nobody and runs no mDNS: a one-machine cluster's member.
+    pub fn loopback(backend: Backend, memory: Option<u64>) -> MemberOptions {
+        MemberOptions {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid address")],
+            bootstrap: Vec::new(),
+            mdns: false,
+            allow: Vec::new(),
+            backend,
+            memory,
+            max_plans: crate::stage::MAX_PLANS,
+        }
+    }
+}
+
 /// A member running on the current tokio runtime: its network, bulk-stream server and signed record.
 pub struct RunningMember {
     pub client: net::Client,
