@@ -115,11 +115,6 @@ fn prepare<'a>(
     Ok(Prepared { image, manifest })
 }
 
-/// blake3 of the model file (names the model in every manifest).
-pub fn model_hash(model: &LoadedModel) -> Hash {
-    *blake3::hash(model.gguf.bytes()).as_bytes()
-}
-
 async fn next_event(
     events: &mut mpsc::UnboundedReceiver<(MemberRef, NodeMsg)>,
     deadline: Instant,

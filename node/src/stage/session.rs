@@ -13,6 +13,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::store::hex;
 use super::worker::{self, Outbox, Work};
 use super::{Hosted, StageServer};
 use crate::backend::Backend;
@@ -36,7 +37,7 @@ pub(super) async fn run(server: Arc<StageServer>, peer: PeerId, plan: PlanId, st
         }
         let _ = w.close().await;
     });
-    tracing::info!(%peer, plan = %hex16(&plan), "session opened");
+    tracing::info!(%peer, plan = %hex(&plan), "session opened");
     if let Err(e) = serve(&server, plan, &mut r, &tx).await {
         tracing::warn!(%peer, cause = %format!("{e:#}"), "session failed");
         let _ = tx.send(NodeMsg::Error { seq: None, message: format!("{e:#}").chars().take(4000).collect() });
@@ -46,11 +47,7 @@ pub(super) async fn run(server: Arc<StageServer>, peer: PeerId, plan: PlanId, st
     }
     drop(tx);
     let _ = writer.await;
-    tracing::info!(%peer, plan = %hex16(&plan), "session closed; stage freed");
-}
-
-fn hex16(p: &PlanId) -> String {
-    p.iter().map(|b| format!("{b:02x}")).collect()
+    tracing::info!(%peer, plan = %hex(&plan), "session closed; stage freed");
 }
 
 async fn next_msg<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Option<SessionMsg>> {
@@ -192,7 +189,7 @@ impl StageServer {
         }
         let dir = self.dir.join("stages");
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}-{}-{}.gguf", hex16(&plan), m.me.stage, m.me.member));
+        let path = dir.join(format!("{}-{}-{}.gguf", hex(&plan), m.me.stage, m.me.member));
         w.write(&path)?;
         let g = Gguf::open(&path);
         let _ = std::fs::remove_file(&path); // the mapping keeps it while the stage lives

@@ -24,7 +24,8 @@ pub struct TensorStore {
     dir: PathBuf,
 }
 
-pub fn hex(h: &Hash) -> String {
+/// Lower-case hex of a hash or id.
+pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
