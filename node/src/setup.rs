@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 /// A model this project knows how to fetch.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownModel {
+    /// Short name accepted by `--model` (ollama style).
+    pub name: &'static str,
     pub file: &'static str,
     pub bytes: u64,
     pub sha256: &'static str,
@@ -15,12 +17,29 @@ pub struct KnownModel {
 
 /// SmolLM2-135M-Instruct, Q4_1 (the default model).
 pub const SMOLLM2: KnownModel = KnownModel {
+    name: "smollm2:135m",
     file: "SmolLM2-135M-Instruct.Q4_1.gguf",
     bytes: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-pub const KNOWN_MODELS: [KnownModel; 1] = [SMOLLM2];
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (qwen2 architecture; Q5_0, Q8_0, Q4_K and Q6_K tensors).
+pub const QWEN_05B: KnownModel = KnownModel {
+    name: "qwen2.5-coder:0.5b",
+    file: "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf",
+    bytes: 491_400_064,
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+};
+
+/// Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (fetched by `scripts/setup.sh --with-qwen-1.5b`).
+pub const QWEN_15B: KnownModel = KnownModel {
+    name: "qwen2.5-coder:1.5b",
+    file: "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf",
+    bytes: 1_117_320_768,
+    sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+};
+
+pub const KNOWN_MODELS: [KnownModel; 3] = [SMOLLM2, QWEN_05B, QWEN_15B];
 
 /// The command that fetches the models.
 pub const SETUP_COMMAND: &str = "bash scripts/setup.sh";
@@ -54,6 +73,11 @@ pub fn default_model() -> PathBuf {
     models_dir().join(SMOLLM2.file)
 }
 
+/// Path of a known model in the model cache (it may not exist yet).
+pub fn known_model(k: &KnownModel) -> PathBuf {
+    models_dir().join(k.file)
+}
+
 /// Checks that a model path exists and, for a model this project fetches, has the right size.
 pub fn check_model(path: &Path) -> Result<(), SetupError> {
     let meta = std::fs::metadata(path).map_err(|_| SetupError::Missing(path.to_owned()))?;
@@ -66,9 +90,15 @@ pub fn check_model(path: &Path) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// The model given on the command line, or the default one; checked with [`check_model`].
+/// The model given on the command line (a path, or a known model's short name such as `qwen2.5-coder:0.5b`),
+/// or the default one; checked with [`check_model`].
 pub fn resolve_model(arg: Option<&Path>) -> Result<PathBuf, SetupError> {
-    let path = arg.map(Path::to_owned).unwrap_or_else(default_model);
+    let known = |a: &Path| KNOWN_MODELS.iter().find(|k| a.to_str() == Some(k.name)).map(|k| models_dir().join(k.file));
+    let path = match arg {
+        Some(a) if !a.exists() => known(a).unwrap_or_else(|| a.to_owned()),
+        Some(a) => a.to_owned(),
+        None => default_model(),
+    };
     check_model(&path)?;
     Ok(path)
 }

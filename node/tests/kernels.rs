@@ -190,7 +190,14 @@ fn reference_matmul(ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32],
 }
 
 /// One matmul on the device against the reference; `chunk_rows` forces chunks of that many rows.
+/// `cols` rounded up to whole blocks of `ty` (K-quants: 256 weights), so every shape is valid for every type.
+fn fit(ty: GgmlType, cols: usize) -> usize {
+    let block = ty.block().0.max(32);
+    cols.div_ceil(block) * block
+}
+
 fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n: usize, f: Flags, chunk_rows: Option<usize>, seed: u64) {
+    let cols = fit(ty, cols);
     let mut rng = Rng(seed);
     let w = quant_matrix(ty, rows, cols, 1.0, &mut rng);
     let up = quant_matrix(ty, rows, cols, 1.0, &mut rng);
@@ -199,7 +206,8 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n: usize, f: Flags, chun
     let gamma: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
     let bias = rng.vec(rows, 2.0);
     let residual = rng.vec(n * rows, 4.0);
-    let bytes_per_row = (cols / 32 * layout(ty).2 * 16) as u64; // quant texels (16 bytes) per row
+    let l = layout(ty);
+    let bytes_per_row = (cols / 32 * (l.texels * 16 + l.scales * 4)) as u64; // quant texels and scale words
     let o = MatmulOpts {
         gamma: f.norm.then_some(&gamma[..]),
         eps: 1e-5,
@@ -261,14 +269,18 @@ matmul_props! {
     matmul_shapes_q8_0 => GgmlType::Q8_0,
     matmul_shapes_q4_0 => GgmlType::Q4_0,
     matmul_shapes_q4_1 => GgmlType::Q4_1,
+    matmul_shapes_q5_0 => GgmlType::Q5_0,
+    matmul_shapes_q4_k => GgmlType::Q4K,
+    matmul_shapes_q6_k => GgmlType::Q6K,
 }
 
 /// Large magnitudes and exact zeros: scales that are f16 subnormals or zero, an all-zero row.
 #[test]
 fn matmul_extreme_blocks() {
     let mut rng = Rng(99);
-    let (rows, cols) = (5, 64);
+    let rows = 5;
     for ty in GgmlType::SUPPORTED {
+        let cols = fit(ty, 64);
         let mut m: Vec<f32> = rng.vec(rows * cols, 1.0);
         m[..cols].iter_mut().for_each(|v| *v = 0.0); // zero row: d = 0
         m[cols..2 * cols].iter_mut().for_each(|v| *v *= 1e-6); // tiny scales (f16 subnormal d)
@@ -298,9 +310,10 @@ fn matmul_extreme_blocks() {
 /// Gathers are exact: the device decodes the same bytes to the same f32 values.
 #[test]
 fn embed_every_type_is_exact() {
-    let (rows, cols) = (37, 96);
+    let rows = 37;
     let tokens = [0u32, 36, 5, 5, 17, 36, 1, 0, 23];
     for ty in GgmlType::SUPPORTED {
+        let cols = fit(ty, 96);
         let table = quant_matrix(ty, rows, cols, 2.0, &mut Rng(ty.id() as u64));
         let got = probe().embed(ty, rows, cols, &table, &tokens).unwrap();
         let rb = ty.row_bytes(cols);
@@ -682,6 +695,27 @@ fn model_qwen2_bias_neox() {
     check_model(&g, &cfg, GpuOptions::default(), "qwen2");
 }
 
+/// qwen2 with the types of a Q4_K_M file (Q5_0 and Q8_0 where rows are not whole 256-blocks in real models,
+/// Q4_K and Q6_K elsewhere, a Q6_K head), on a width of whole 256-weight super-blocks.
+#[test]
+fn model_qwen2_k_quants() {
+    fn ty(layer: Option<usize>, s: &str) -> GgmlType {
+        match (layer, s) {
+            (None, "token_embd") => GgmlType::Q4K,
+            (None, _) => GgmlType::Q6K,
+            (Some(_), "attn_q" | "attn_k") => GgmlType::Q5_0,
+            (Some(0), "attn_v") => GgmlType::Q8_0,
+            (Some(_), "attn_v") => GgmlType::Q6K,
+            (Some(l), "ffn_down") if l % 2 == 0 => GgmlType::Q6K,
+            _ => GgmlType::Q4K,
+        }
+    }
+    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(ty) };
+    let (g, cfg) = t.load();
+    assert!(cfg.qkv_bias && !cfg.tied_embeddings && cfg.rope == RopeStyle::Neox);
+    check_model(&g, &cfg, GpuOptions::default(), "qwen2 k-quants");
+}
+
 /// Types differing inside a layer: in layer 0, q, k and v of three types run as three matmuls, each writing its
 /// own column range of the fused qkv buffer with its own slice of the bias; layers 1 and 2 fuse them (one type).
 /// F16 embedding, Q4_1 elsewhere and for the separate head. (Few distinct types: each is a pipeline per shard.)
@@ -712,7 +746,8 @@ fn model_steps_and_chunks_are_exact() {
     // one binding: chunked gathers are not implemented).
     let ty = GgmlType::Q4_1;
     let (g, cfg) = Tiny { ffn: 256, vocab: 72, ..Tiny::llama(|_, _| GgmlType::Q4_1) }.load();
-    let embed_bytes = (cfg.vocab * cfg.dim / 32 * layout(ty).2 * 16) as u64; // quant texels of the embedding
+    let l = layout(ty);
+    let embed_bytes = (cfg.vocab * cfg.dim / 32 * (l.texels * 16 + l.scales * 4)) as u64; // the embedding's bytes
     let small = GpuOptions { max_step_tokens: 3, max_binding_bytes: Some(embed_bytes) };
     let whole = ShardSpec::whole(cfg.n_layers as u32);
     let chunked = GpuShard::load(ctx(), &g, &cfg, whole, small).unwrap();

@@ -51,6 +51,9 @@ pub fn quant_source(ty: GgmlType) -> &'static str {
         GgmlType::Q8_0 => include_str!("../../../shaders/quant_q8_0.wgsl"),
         GgmlType::Q4_0 => include_str!("../../../shaders/quant_q4_0.wgsl"),
         GgmlType::Q4_1 => include_str!("../../../shaders/quant_q4_1.wgsl"),
+        GgmlType::Q5_0 => include_str!("../../../shaders/quant_q5_0.wgsl"),
+        GgmlType::Q4K => include_str!("../../../shaders/quant_q4_k.wgsl"),
+        GgmlType::Q6K => include_str!("../../../shaders/quant_q6_k.wgsl"),
         other => unreachable!("{other:?} is rejected when the model is loaded"),
     }
 }

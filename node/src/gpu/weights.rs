@@ -4,24 +4,96 @@
 //!
 //! A matrix is a `texture_2d_array<u32>` of `Rgba32Uint` texels: row `r` lives at `x = r % W`, layer `r / W`
 //! (W at most the device's 2D size limit, so a 49k-row head is one texture), and the `V` texels of block `b`
-//! at `y = b * V .. b * V + V`. Per-block scales (GGML's f16 `d`, or the `d, m` pair) sit in an `R32Uint`
-//! texture of the same shape with `y = b`. The bytes are GGML's own; only their order changes.
+//! at `y = b * V .. b * V + V`. Per-block scale words (GGML's f16 `d`, the `d, m` pair, …) sit in an `R32Uint`
+//! texture of the same width and layers with `y = b * S ..`. For the 32-weight types the bytes are GGML's own,
+//! only their order changes; K-quant super-blocks are cut into their 32-weight sub-blocks (see [`block32`]).
 
 use crate::gguf::{Gguf, TensorInfo};
-use crate::quant::GgmlType;
+use crate::quant::{k4_scale_min, q6k_at, GgmlType};
 
 use super::context::GpuContext;
 
-/// (bytes per 32 weights in GGML, scale bytes at their start, 16-byte texels of quants per block).
-pub fn layout(ty: GgmlType) -> (usize, usize, usize) {
+/// How a type is laid out per block of 32 weights: `scales` 32-bit words in the scale texture (at
+/// `y = b * scales ..`) and `texels` 16-byte quant texels (at `y = b * texels ..`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub scales: usize,
+    pub texels: usize,
+}
+
+pub fn layout(ty: GgmlType) -> Layout {
+    let (scales, texels) = match ty {
+        GgmlType::F32 => (0, 8),
+        GgmlType::F16 => (0, 4),
+        GgmlType::Q8_0 => (1, 2),
+        GgmlType::Q4_0 => (1, 1),
+        GgmlType::Q4_1 => (1, 1),
+        GgmlType::Q5_0 => (2, 1),
+        GgmlType::Q4K => (2, 1),
+        GgmlType::Q6K => (4, 1),
+        other => unreachable!("{other:?} is rejected when the model is loaded"),
+    };
+    Layout { scales, texels }
+}
+
+/// Block `b` (32 weights) of a row of GGML bytes as (scale words, quant words), in the shapes [`layout`] gives:
+/// - F32, F16, Q8_0, Q4_0, Q4_1, Q5_0: GGML's own bytes; the f16 scale (Q4_1: the `d, m` pair) is one word, Q5_0
+///   adds its high-bit word `qh`.
+/// - Q4_K: the 32 nibbles of the sub-block in Q4_0's order (byte j: weight j low, weight j + 16 high), and
+///   `d * sc`, `dmin * m` as f32 bits (the products ggml forms, so the kernel computes exactly what ggml does).
+/// - Q6_K: the low 4 bits of the 32 weights in Q4_0's order, their high 2 bits (weight j at bits 2j of word 0 for
+///   j < 16, of word 1 for the rest), and `d * sc` of the two 16-weight halves as f32 bits.
+pub fn block32(ty: GgmlType, row: &[u8], b: usize) -> (Vec<u32>, Vec<u32>) {
+    let words = |bytes: &[u8]| -> Vec<u32> {
+        bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
+    };
+    let half = |blk: &[u8]| u16::from_le_bytes([blk[0], blk[1]]) as u32;
+    let nibbles = |q: &dyn Fn(usize) -> u8| -> Vec<u32> {
+        let bytes: Vec<u8> = (0..16).map(|j| q(j) | q(j + 16) << 4).collect();
+        words(&bytes)
+    };
     match ty {
-        GgmlType::F32 => (128, 0, 8),
-        GgmlType::F16 => (64, 0, 4),
-        GgmlType::Q8_0 => (34, 2, 2),
-        GgmlType::Q4_0 => (18, 2, 1),
-        GgmlType::Q4_1 => (20, 4, 1),
+        GgmlType::F32 => (vec![], words(&row[b * 128..][..128])),
+        GgmlType::F16 => (vec![], words(&row[b * 64..][..64])),
+        GgmlType::Q8_0 => {
+            let blk = &row[b * 34..][..34];
+            (vec![half(blk)], words(&blk[2..]))
+        }
+        GgmlType::Q4_0 => {
+            let blk = &row[b * 18..][..18];
+            (vec![half(blk)], words(&blk[2..]))
+        }
+        GgmlType::Q4_1 => {
+            let blk = &row[b * 20..][..20];
+            (words(&blk[..4]), words(&blk[4..]))
+        }
+        GgmlType::Q5_0 => {
+            let blk = &row[b * 22..][..22];
+            (vec![half(blk), words(&blk[2..6])[0]], words(&blk[6..]))
+        }
+        GgmlType::Q4K => {
+            let (blk, s) = (&row[b / 8 * 144..][..144], b % 8);
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let (sc, m) = k4_scale_min(s, &blk[4..16]);
+            let qs = &blk[16 + 32 * (s / 2)..][..32];
+            let quant = nibbles(&|l| (qs[l] >> (4 * (s % 2))) & 15);
+            (vec![(d * sc as f32).to_bits(), (dmin * m as f32).to_bits()], quant)
+        }
+        GgmlType::Q6K => {
+            let (blk, s) = (&row[b / 8 * 210..][..210], b % 8);
+            let (ql, qh, sc, d) = (&blk[..128], &blk[128..192], &blk[192..208], f16_at(blk, 208));
+            let q = |l: usize| (q6k_at(ql, qh, sc, s, l).0 + 32) as u8;
+            let quant = nibbles(&|l| q(l) & 15);
+            let high = |h: usize| (0..16).fold(0u32, |acc, j| acc | ((q(16 * h + j) >> 4) as u32) << (2 * j));
+            let scale = |h: usize| (d * q6k_at(ql, qh, sc, s, 16 * h).1 as f32).to_bits();
+            (vec![high(0), high(1), scale(0), scale(1)], quant)
+        }
         other => unreachable!("{other:?} is rejected when the model is loaded"),
     }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// Texture extent of a repacked matrix: width (rows per layer), height (texel rows), layers.
@@ -32,28 +104,27 @@ pub struct Extent {
     pub layers: usize,
 }
 
-/// Repacks rows (each `cols` weights of GGML bytes) into (scale words, quant words, extent), both in texture
-/// order: layer, then y, then x (4 words per quant texel, 1 per scale texel).
+/// Repacks rows (each `cols` weights of GGML bytes) into (scale words, quant words, extent of the quant texture),
+/// both in texture order: layer, then y, then x (4 words per quant texel, 1 per scale texel). The scale texture
+/// has the same width and layers and `cols / 32 * layout.scales` rows.
 pub fn repack(ty: GgmlType, cols: usize, rows: &[&[u8]], max_width: usize) -> (Vec<u32>, Vec<u32>, Extent) {
-    let (gb, sb, v) = layout(ty);
+    let Layout { scales: sw, texels: v } = layout(ty);
     let nb = cols / 32;
     let width = rows.len().clamp(1, max_width);
     let ext = Extent { width, height: nb * v, layers: rows.len().div_ceil(width).max(1) };
     let mut quant = vec![0u32; ext.layers * ext.height * width * 4];
-    let mut scale = vec![0u32; if sb > 0 { ext.layers * nb * width } else { 0 }];
+    let mut scale = vec![0u32; ext.layers * nb * sw * width];
     for (r, row) in rows.iter().enumerate() {
-        debug_assert_eq!(row.len(), nb * gb);
+        debug_assert_eq!(row.len(), ty.row_bytes(cols));
         let (x, l) = (r % width, r / width);
         for b in 0..nb {
-            let blk = &row[b * gb..(b + 1) * gb];
-            match sb {
-                2 => scale[(l * nb + b) * width + x] = u16::from_le_bytes([blk[0], blk[1]]) as u32,
-                4 => scale[(l * nb + b) * width + x] = u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]),
-                _ => {}
+            let (s, q) = block32(ty, row, b);
+            for (i, w) in s.into_iter().enumerate() {
+                scale[((l * nb * sw) + b * sw + i) * width + x] = w;
             }
-            for (k, w) in blk[sb..].chunks_exact(4).enumerate() {
+            for (k, w) in q.into_iter().enumerate() {
                 let y = b * v + k / 4;
-                quant[((l * ext.height + y) * width + x) * 4 + k % 4] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                quant[((l * ext.height + y) * width + x) * 4 + k % 4] = w;
             }
         }
     }
@@ -88,8 +159,8 @@ fn row<'a>(g: &'a Gguf, t: &TensorInfo, r: usize) -> &'a [u8] {
 /// Rows per chunk: all of them unless `max_chunk_bytes` (of quant texels) says otherwise, and never more than
 /// one texture array holds.
 fn rows_per_chunk(ctx: &GpuContext, ty: GgmlType, cols: usize, max_chunk_bytes: u64) -> usize {
-    let (_, _, v) = layout(ty);
-    let bytes_per_row = (cols / 32 * v * 16) as u64;
+    let Layout { scales, texels } = layout(ty);
+    let bytes_per_row = (cols / 32 * (texels * 16 + scales * 4)) as u64;
     let by_bytes = (max_chunk_bytes / bytes_per_row).max(1);
     let by_texture = ctx.limits.max_texture_dimension_2d as u64 * ctx.limits.max_texture_array_layers as u64;
     by_bytes.min(by_texture) as usize
@@ -138,7 +209,7 @@ fn upload(ctx: &GpuContext, name: &str, ty: GgmlType, cols: usize, rows: &[&[u8]
         ctx.texture_u32(
             &format!("{name}/scale"),
             wgpu::TextureFormat::R32Uint,
-            Extent { height: cols / 32, ..ext },
+            Extent { height: cols / 32 * layout(ty).scales, ..ext },
             &scale,
         )
     };
@@ -148,15 +219,39 @@ fn upload(ctx: &GpuContext, name: &str, ty: GgmlType, cols: usize, rows: &[&[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::quantize_row;
+    use crate::quant::{dequantize_row, quantize_row};
 
-    /// The repacked words hold exactly the GGML bytes: reassembling block (r, b) gives the original block,
-    /// also when the rows fold into several texture layers.
+    /// What the WGSL decoders compute from a block's words (quant_*.wgsl), written out in Rust.
+    fn decode(ty: GgmlType, s: &[u32], q: &[u32]) -> Vec<f32> {
+        let h = |w: u32, i: usize| half::f16::from_bits((w >> (16 * i)) as u16).to_f32();
+        let byte = |k: usize| (q[k / 4] >> (8 * (k % 4))) as u8;
+        let nib = |j: usize| if j < 16 { byte(j) & 15 } else { byte(j - 16) >> 4 } as f32;
+        (0..32)
+            .map(|j| match ty {
+                GgmlType::F32 => f32::from_bits(q[j]),
+                GgmlType::F16 => h(q[j / 2], j % 2),
+                GgmlType::Q8_0 => h(s[0], 0) * byte(j) as i8 as f32,
+                GgmlType::Q4_0 => h(s[0], 0) * (nib(j) - 8.0),
+                GgmlType::Q4_1 => h(s[0], 0) * nib(j) + h(s[0], 1),
+                GgmlType::Q5_0 => h(s[0], 0) * ((nib(j) as u32 | ((s[1] >> j) & 1) << 4) as f32 - 16.0),
+                GgmlType::Q4K => f32::from_bits(s[0]) * nib(j) - f32::from_bits(s[1]),
+                GgmlType::Q6K => {
+                    let high = (s[j / 16] >> (2 * (j % 16))) & 3;
+                    f32::from_bits(s[2 + j / 16]) * ((nib(j) as u32 | high << 4) as f32 - 32.0)
+                }
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// Reading the repacked textures the way the kernels do gives exactly the CPU reference's weights, for every
+    /// type, also when the rows fold into several texture layers.
     #[test]
-    fn repack_is_a_permutation_of_the_ggml_bytes() {
+    fn repacked_blocks_decode_to_the_reference_weights() {
         for ty in GgmlType::SUPPORTED {
-            let (gb, sb, v) = layout(ty);
-            let cols = 96;
+            let Layout { scales: sw, texels: v } = layout(ty);
+            let cols = 512;
+            let nb = cols / 32;
             let rows: Vec<Vec<u8>> = (0..7)
                 .map(|r| {
                     quantize_row(ty, &(0..cols).map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0).collect::<Vec<_>>())
@@ -164,18 +259,16 @@ mod tests {
                 .collect();
             let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
             let (scale, quant, ext) = repack(ty, cols, &refs, 3);
-            assert_eq!(ext, Extent { width: 3, height: cols / 32 * v, layers: 3 });
+            assert_eq!(ext, Extent { width: 3, height: nb * v, layers: 3 });
             for (r, row) in rows.iter().enumerate() {
                 let (x, l) = (r % 3, r / 3);
-                for b in 0..cols / 32 {
-                    let mut blk = Vec::new();
-                    let s = scale.get((l * (cols / 32) + b) * 3 + x).copied().unwrap_or(0);
-                    blk.extend_from_slice(&s.to_le_bytes()[..sb]);
-                    for k in 0..v * 4 {
-                        let y = b * v + k / 4;
-                        blk.extend_from_slice(&quant[((l * ext.height + y) * 3 + x) * 4 + k % 4].to_le_bytes());
-                    }
-                    assert_eq!(&blk[..], &row[b * gb..(b + 1) * gb], "{ty:?} row {r} block {b}");
+                let mut want = vec![0.0; cols];
+                dequantize_row(ty, row, &mut want);
+                for b in 0..nb {
+                    let s: Vec<u32> = (0..sw).map(|i| scale[((l * nb * sw) + b * sw + i) * 3 + x]).collect();
+                    let q: Vec<u32> =
+                        (0..v * 4).map(|k| quant[((l * ext.height + b * v + k / 4) * 3 + x) * 4 + k % 4]).collect();
+                    assert_eq!(decode(ty, &s, &q), want[b * 32..][..32], "{ty:?} row {r} block {b}");
                 }
             }
         }

@@ -47,8 +47,12 @@ impl ShardTensors {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, GgufError> {
             let t = g.info(name)?;
             check(t, &[cols, rows])?;
-            if !cols.is_multiple_of(32) {
-                return Err(GgufError::Corrupt(format!("tensor {name}: row length {cols} is not a multiple of 32")));
+            let block = t.ty.block().0.max(32);
+            if !cols.is_multiple_of(block) {
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name}: row length {cols} is not a multiple of {block} ({:?} blocks)",
+                    t.ty
+                )));
             }
             Ok(t.clone())
         };

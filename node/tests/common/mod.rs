@@ -19,3 +19,29 @@ pub fn smollm2() -> (Gguf, ModelConfig) {
     let cfg = ModelConfig::from_gguf(&g).unwrap();
     (g, cfg)
 }
+
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (qwen2: qkv bias, neox RoPE, separate head; Q5_0/Q8_0/Q4_K/Q6_K). Fails
+/// (never skips) when it is missing: run `bash scripts/setup.sh`.
+pub fn qwen05() -> (Gguf, ModelConfig) {
+    let path = edge_node::setup::known_model(&edge_node::setup::QWEN_05B);
+    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
+    let g = Gguf::open(&path).unwrap();
+    let cfg = ModelConfig::from_gguf(&g).unwrap();
+    (g, cfg)
+}
+
+/// The numpy reference of scripts/qwen2_reference.py on Qwen2.5-Coder-0.5B: prompt, llama.cpp's token ids, the
+/// argmax and top logits at every position.
+#[derive(serde::Deserialize)]
+pub struct Qwen2Reference {
+    pub model_sha256: String,
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    pub argmax: Vec<u32>,
+    /// Per position: (token, logit) of the 5 largest logits.
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+pub fn qwen2_reference() -> Qwen2Reference {
+    serde_json::from_str(include_str!("../fixtures/qwen2_reference.json")).unwrap()
+}
