@@ -79,7 +79,8 @@ impl ModelConfig {
             return bad(format!("head dim {head_dim} (must be even, at most 256)"));
         }
         let tied_embeddings = !g.has("output.weight");
-        let qkv_bias = g.has("blk.0.attn_q.bias");
+        // Any layer: a pipeline stage's file starts at its first layer, not at blk.0.
+        let qkv_bias = g.tensors.iter().any(|t| t.name.ends_with(".attn_q.bias"));
         let partial_layers = g.get("edge.partial_layers").and_then(|v| v.as_bool()).unwrap_or(false);
         Ok(ModelConfig {
             arch,

@@ -182,18 +182,20 @@ mod tests {
     use super::*;
     use crate::gguf::parse_bytes;
 
-    /// A tiny llama model in memory: 2 layers, dim 64, 4 heads / 2 kv heads of 16, ffn 96, vocab 40.
-    fn tiny() -> Vec<u8> {
+    /// A tiny model in memory: 2 layers, dim 64, 4 heads / 2 kv heads of 16, ffn 96, vocab 40. `qwen2` adds q/k/v
+    /// biases and a separate output head.
+    fn tiny_arch(arch: &str) -> Vec<u8> {
         let (d, hd, nh, nkv, f, v) = (64u64, 16u64, 4u64, 2u64, 96u64, 40u64);
+        let k = |s: &str| format!("{arch}.{s}");
         let mut w = GgufWriter::new()
-            .kv("general.architecture", Value::Str("llama".into()))
-            .kv("llama.block_count", Value::U32(2))
-            .kv("llama.embedding_length", Value::U32(d as u32))
-            .kv("llama.attention.head_count", Value::U32(nh as u32))
-            .kv("llama.attention.head_count_kv", Value::U32(nkv as u32))
-            .kv("llama.feed_forward_length", Value::U32(f as u32))
-            .kv("llama.context_length", Value::U32(64))
-            .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+            .kv("general.architecture", Value::Str(arch.into()))
+            .kv(k("block_count"), Value::U32(2))
+            .kv(k("embedding_length"), Value::U32(d as u32))
+            .kv(k("attention.head_count"), Value::U32(nh as u32))
+            .kv(k("attention.head_count_kv"), Value::U32(nkv as u32))
+            .kv(k("feed_forward_length"), Value::U32(f as u32))
+            .kv(k("context_length"), Value::U32(64))
+            .kv(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
             .kv("tokenizer.ggml.tokens", Value::Array(vec![Value::Str("a".into())]));
         let mut seed = 1u32;
         let mut mat = |rows: u64, cols: u64| -> Vec<u8> {
@@ -217,9 +219,35 @@ mod tests {
                 .tensor(p("ffn_gate.weight"), &[d, f], GgmlType::F32, mat(f, d))
                 .tensor(p("ffn_up.weight"), &[d, f], GgmlType::F32, mat(f, d))
                 .tensor(p("ffn_down.weight"), &[f, d], GgmlType::F32, mat(d, f));
+            if arch == "qwen2" {
+                w = w
+                    .tensor(p("attn_q.bias"), &[nh * hd], GgmlType::F32, mat(1, nh * hd))
+                    .tensor(p("attn_k.bias"), &[nkv * hd], GgmlType::F32, mat(1, nkv * hd))
+                    .tensor(p("attn_v.bias"), &[nkv * hd], GgmlType::F32, mat(1, nkv * hd));
+            }
+        }
+        if arch == "qwen2" {
+            w = w.tensor("output.weight", &[d, v], GgmlType::F32, mat(v, d));
         }
         w = w.tensor("output_norm.weight", &[d], GgmlType::F32, mat(1, d));
         w.to_bytes().unwrap()
+    }
+
+    fn tiny() -> Vec<u8> {
+        tiny_arch("llama")
+    }
+
+    /// A qwen2 stage that does not start at layer 0 still knows the model has q/k/v biases.
+    #[test]
+    fn later_qwen2_stages_keep_their_biases() {
+        let g = parse_bytes(&tiny_arch("qwen2")).unwrap();
+        let cfg = ModelConfig::from_gguf(&g).unwrap();
+        assert!(cfg.qkv_bias && !cfg.tied_embeddings);
+        let last = ShardSpec { layer_start: 1, layer_end: 2, embed: false, head: true };
+        let img = stage_image(&g, &cfg, last, None).unwrap();
+        let rebuilt = parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
+        assert!(rebuilt.has("blk.1.attn_v.bias") && rebuilt.has("output.weight"));
+        assert_eq!(ModelConfig::from_gguf(&rebuilt).unwrap(), cfg, "the last stage describes the same model");
     }
 
     #[test]
