@@ -4,13 +4,18 @@
 
 use std::process::Command;
 
-use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, TempDir, GREEDY_32, REFERENCE_PROMPT};
+use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, TempDir, GREEDY_32, QWEN_GREEDY_16, QWEN_PROMPT, REFERENCE_PROMPT};
 
-/// `edge-coord run --json` against `peers`: the report, or the error text.
+/// `edge-coord run --json` against `peers` (SmolLM2, the reference prompt, 32 tokens): the report, or the error text.
 fn run(key: &str, peers: &[&Node], extra: &[&str]) -> Result<serde_json::Value, String> {
+    run_prompt(key, peers, REFERENCE_PROMPT, 32, extra)
+}
+
+/// `edge-coord run --json` against `peers` with `prompt` and `n` tokens.
+fn run_prompt(key: &str, peers: &[&Node], prompt: &str, n: usize, extra: &[&str]) -> Result<serde_json::Value, String> {
     let dir = TempDir(temp_dir("coord"));
     let mut cmd = Command::new(bin("edge-coord"));
-    cmd.args(["run", "--json", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "-n", "32"]);
+    cmd.args(["run", "--json", "--no-mdns", "--wait", "1.5", "-p", prompt, "-n", &n.to_string()]);
     for p in peers {
         cmd.args(["--peer", &p.addr]);
     }
@@ -51,6 +56,23 @@ fn pipelines_of_one_two_and_three_stages_generate_the_single_node_tokens() {
     let again = run(&key, &nodes, &["--stages", "3"]).unwrap();
     assert_eq!(sent_bytes(&again), 0, "{:#?}", again["loads"]);
     assert_eq!(tokens(&again, 0), GREEDY_32);
+}
+
+/// Qwen2.5-Coder-0.5B (qwen2: q/k/v biases, neox RoPE, separate head; Q5_0/Q8_0/Q4_K/Q6_K) as a two-stage
+/// pipeline and as one two-way tensor-parallel stage (K-quant rows sliced by whole super-blocks): the single-node
+/// greedy tokens both times.
+#[test]
+fn qwen2_pipeline_and_tensor_parallel_generate_the_single_node_tokens() {
+    let key = new_key();
+    let a = gpu_node(&key, &[]);
+    let b = gpu_node(&key, &[&a.addr]);
+    let model = edge_node::setup::known_model(&edge_node::setup::QWEN_05B);
+    let model = model.to_str().unwrap();
+    for shape in [["--stages", "2"], ["--tensor-parallel", "2"]] {
+        let extra = [&["-m", model][..], &shape[..]].concat();
+        let report = run_prompt(&key, &[&a, &b], QWEN_PROMPT, 16, &extra).unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+        assert_eq!(tokens(&report, 0), QWEN_GREEDY_16, "{shape:?}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use edge_node::generate::{generate, GenerateError, GenerateRequest};
 use edge_node::gpu::GpuOptions;
 use edge_node::sampler::SamplingParams;
 use edge_node::shard::Shard;
-use edge_tests::{smollm2, GREEDY_32, REFERENCE_IDS};
+use edge_tests::{smollm2, GREEDY_32, QWEN_GREEDY_16, QWEN_PROMPT, REFERENCE_IDS};
 
 fn greedy(n: usize) -> GenerateRequest {
     GenerateRequest {
@@ -34,6 +34,21 @@ fn wgpu_greedy_32_tokens_equal_the_cpu_reference() {
     let m = smollm2();
     let mut chain = m.shards(Backend::Wgpu, &[], &GpuOptions::default()).unwrap();
     assert_eq!(run(&mut chain, &greedy(32)), GREEDY_32);
+}
+
+/// Qwen2.5-Coder-0.5B: the CPU reference's greedy tokens are the golden ones, and the wgpu backend (Q5_0, Q8_0,
+/// Q4_K and Q6_K kernels; one shard and a pipeline of two) gives the same.
+#[test]
+fn qwen2_greedy_tokens_on_both_backends() {
+    let path = edge_node::setup::known_model(&edge_node::setup::QWEN_05B);
+    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
+    let m = edge_node::backend::LoadedModel::open(&path).unwrap();
+    let tok = edge_node::tokenizer::Tokenizer::from_gguf(&m.gguf).unwrap();
+    let req = GenerateRequest { prompt: tok.encode(QWEN_PROMPT).unwrap(), ..greedy(16) };
+    for (backend, cuts) in [(Backend::Cpu, vec![]), (Backend::Wgpu, vec![]), (Backend::Wgpu, vec![9])] {
+        let mut chain = m.shards(backend, &cuts, &GpuOptions::default()).unwrap();
+        assert_eq!(run(&mut chain, &req), QWEN_GREEDY_16, "{backend:?} cuts {cuts:?}");
+    }
 }
 
 #[test]
