@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod chat;
 pub mod commands;
 pub mod cpu;
 pub mod generate;

@@ -34,10 +34,11 @@
 //! * **No normalization** (llama.cpp applies none to BPE vocabularies) and no clean-up of spaces on decode, so
 //!   `decode(encode(s)) == s` for any string.
 //!
-//! Checked against llama.cpp (llama-cpp-python 0.3.36): node/tests/tokenizer.rs compares SmolLM2 with a fixture of
-//! llama.cpp's ids (scripts/tokenizer_fixture.py), and 4,500 random mixed-script/whitespace/special-token strings
-//! gave identical ids with the SmolLM2 vocabulary relabelled as `smollm`, `qwen2`, `gpt-2`, `default` (and no
-//! `pre` key) and `llama-bpe`, with and without special-token parsing.
+//! Checked against llama.cpp (llama-cpp-python 0.3.36): node/tests/tokenizer.rs compares SmolLM2 (`smollm`) and
+//! Qwen2.5-Coder (`qwen2`) with fixtures of llama.cpp's ids (scripts/tokenizer_fixture.py); 6,000 random
+//! mixed-script/whitespace/special-token strings gave identical ids with the real Qwen2.5 vocabulary, and 4,500
+//! with the SmolLM2 vocabulary relabelled as `smollm`, `qwen2`, `gpt-2`, `default` (and no `pre` key) and
+//! `llama-bpe`, with and without special-token parsing.
 //!
 //! Decoding maps every token back to its bytes (byte-level alphabet for normal tokens, the literal text for
 //! special and user-defined ones) and joins them; [`TextStream`] does the same incrementally.
@@ -51,6 +52,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use crate::chat::ChatTemplate;
 use crate::gguf::{Gguf, GgufError, Value};
 
 /// The GPT-2 pre-tokenizer regex, as llama.cpp writes it (without HF's trailing `|\s+`, which only changes how
@@ -233,6 +235,8 @@ pub struct Tokenizer {
     add_eos: bool,
     eog: HashSet<u32>,
     pre: PreFamily,
+    /// `tokenizer.chat_template`, compiled (ChatML if absent or unusable).
+    chat: ChatTemplate,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -244,6 +248,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("eos", &self.eos)
             .field("add_bos", &self.add_bos)
             .field("add_eos", &self.add_eos)
+            .field("chat", &self.chat)
             .finish()
     }
 }
@@ -435,7 +440,11 @@ impl Tokenizer {
         }
         eog.extend(EOG_TEXTS.iter().filter_map(|t| ids.get(*t).copied()));
 
-        Ok(Tokenizer { special, plain, pieces, ids, bos, eos, add_bos, add_eos, eog, pre })
+        let text_of = |id: Option<u32>| id.map_or("", |id| tokens[id as usize]);
+        let chat =
+            ChatTemplate::new(g.get("tokenizer.chat_template").and_then(Value::as_str), text_of(bos), text_of(eos));
+
+        Ok(Tokenizer { special, plain, pieces, ids, bos, eos, add_bos, add_eos, eog, pre, chat })
     }
 
     fn encode_inner(&self, tk: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
@@ -512,19 +521,17 @@ impl Tokenizer {
         self.eog.contains(&id)
     }
 
-    /// ChatML prompt (`<|im_start|>role\ncontent<|im_end|>\n` ... then `<|im_start|>assistant\n`); a system
-    /// message is added only if the caller gives one. Encode it with [`Tokenizer::encode_with_special`].
+    /// The prompt for `messages` and the assistant's reply, from the model's own chat template
+    /// (`tokenizer.chat_template`, rendered like HF's `apply_chat_template(add_generation_prompt=True)`, so it
+    /// may add the model's default system message); plain ChatML if the GGUF has no usable template (see
+    /// [`crate::chat`]). Encode it with [`Tokenizer::encode_with_special`].
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> String {
-        let mut s = String::new();
-        for m in messages {
-            s.push_str("<|im_start|>");
-            s.push_str(&m.role);
-            s.push('\n');
-            s.push_str(&m.content);
-            s.push_str("<|im_end|>\n");
-        }
-        s.push_str("<|im_start|>assistant\n");
-        s
+        self.chat.render(messages)
+    }
+
+    /// The chat template behind [`Tokenizer::chat_prompt`].
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat
     }
 }
 
