@@ -9,7 +9,8 @@
 //! - [`shard`]: the [`shard::Shard`] trait every backend implements: a layer range serving many sequences.
 //! - [`cpu`]: the CPU reference forward pass, the oracle for every kernel and distributed run.
 //! - [`gpu`]: the wgpu executor: WGSL kernels from `shaders/`, weights kept in their quantized blocks.
-//! - [`tokenizer`]: GGUF-embedded BPE vocabulary via the `tokenizers` crate, ChatML prompts, streaming text.
+//! - [`tokenizer`]: GGUF-embedded BPE vocabulary via the `tokenizers` crate, chat prompts, streaming text.
+//! - [`chat`]: the model's own chat template (`tokenizer.chat_template`, Jinja via minijinja; ChatML fallback).
 //! - [`sampler`]: greedy, temperature, top-k, top-p with a seed.
 //! - [`generate`]: the generation loop over a chain of shards, with timing.
 //! - [`bench`]: the `edge-node bench` measurements.
