@@ -28,21 +28,24 @@ pub fn layout(ty: GgmlType) -> Layout {
         GgmlType::Q8_0 => (1, 2),
         GgmlType::Q4_0 => (1, 1),
         GgmlType::Q4_1 => (1, 1),
-        GgmlType::Q5_0 => (2, 1),
-        GgmlType::Q4K => (2, 1),
-        GgmlType::Q6K => (4, 1),
+        // The types with more than one scale word carry them in a second quant texel: on lavapipe one texel fetch
+        // costs about what one scale-word fetch does, so 2 texels beat 1 texel + 2..4 words.
+        GgmlType::Q5_0 => (0, 2),
+        GgmlType::Q4K => (0, 2),
+        GgmlType::Q6K => (0, 2),
         other => unreachable!("{other:?} is rejected when the model is loaded"),
     };
     Layout { scales, texels }
 }
 
 /// Block `b` (32 weights) of a row of GGML bytes as (scale words, quant words), in the shapes [`layout`] gives:
-/// - F32, F16, Q8_0, Q4_0, Q4_1, Q5_0: GGML's own bytes; the f16 scale (Q4_1: the `d, m` pair) is one word, Q5_0
-///   adds its high-bit word `qh`.
-/// - Q4_K: the 32 nibbles of the sub-block in Q4_0's order (byte j: weight j low, weight j + 16 high), and
-///   `d * sc`, `dmin * m` as f32 bits (the products ggml forms, so the kernel computes exactly what ggml does).
-/// - Q6_K: the low 4 bits of the 32 weights in Q4_0's order, their high 2 bits (weight j at bits 2j of word 0 for
-///   j < 16, of word 1 for the rest), and `d * sc` of the two 16-weight halves as f32 bits.
+/// - F32, F16, Q8_0, Q4_0, Q4_1: GGML's own bytes; the f16 scale (Q4_1: the `d, m` pair) is one scale word.
+/// - Q5_0: texel 0 the nibbles `qs`, texel 1 `(d, qh, 0, 0)`.
+/// - Q4_K: texel 0 the 32 nibbles of the sub-block in Q4_0's order (byte j: weight j low, weight j + 16 high),
+///   texel 1 `(d * sc, dmin * m, 0, 0)` as f32 bits (the products ggml forms, so the kernel computes exactly what
+///   ggml does).
+/// - Q6_K: texel 0 the low 4 bits of the 32 weights in Q4_0's order, texel 1 their high 2 bits (weight j at bits
+///   2j of word 0 for j < 16, of word 1 for the rest) and `d * sc` of the two 16-weight halves as f32 bits.
 pub fn block32(ty: GgmlType, row: &[u8], b: usize) -> (Vec<u32>, Vec<u32>) {
     let words = |bytes: &[u8]| -> Vec<u32> {
         bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
@@ -69,7 +72,7 @@ pub fn block32(ty: GgmlType, row: &[u8], b: usize) -> (Vec<u32>, Vec<u32>) {
         }
         GgmlType::Q5_0 => {
             let blk = &row[b * 22..][..22];
-            (vec![half(blk), words(&blk[2..6])[0]], words(&blk[6..]))
+            (vec![], [words(&blk[6..]), vec![half(blk), words(&blk[2..6])[0], 0, 0]].concat())
         }
         GgmlType::Q4K => {
             let (blk, s) = (&row[b / 8 * 144..][..144], b % 8);
@@ -77,7 +80,7 @@ pub fn block32(ty: GgmlType, row: &[u8], b: usize) -> (Vec<u32>, Vec<u32>) {
             let (sc, m) = k4_scale_min(s, &blk[4..16]);
             let qs = &blk[16 + 32 * (s / 2)..][..32];
             let quant = nibbles(&|l| (qs[l] >> (4 * (s % 2))) & 15);
-            (vec![(d * sc as f32).to_bits(), (dmin * m as f32).to_bits()], quant)
+            (vec![], [quant, vec![(d * sc as f32).to_bits(), (dmin * m as f32).to_bits(), 0, 0]].concat())
         }
         GgmlType::Q6K => {
             let (blk, s) = (&row[b / 8 * 210..][..210], b % 8);
@@ -86,7 +89,7 @@ pub fn block32(ty: GgmlType, row: &[u8], b: usize) -> (Vec<u32>, Vec<u32>) {
             let quant = nibbles(&|l| q(l) & 15);
             let high = |h: usize| (0..16).fold(0u32, |acc, j| acc | ((q(16 * h + j) >> 4) as u32) << (2 * j));
             let scale = |h: usize| (d * q6k_at(ql, qh, sc, s, 16 * h).1 as f32).to_bits();
-            (vec![high(0), high(1), scale(0), scale(1)], quant)
+            (vec![], [quant, vec![high(0), high(1), scale(0), scale(1)]].concat())
         }
         other => unreachable!("{other:?} is rejected when the model is loaded"),
     }
@@ -233,11 +236,11 @@ mod tests {
                 GgmlType::Q8_0 => h(s[0], 0) * byte(j) as i8 as f32,
                 GgmlType::Q4_0 => h(s[0], 0) * (nib(j) - 8.0),
                 GgmlType::Q4_1 => h(s[0], 0) * nib(j) + h(s[0], 1),
-                GgmlType::Q5_0 => h(s[0], 0) * ((nib(j) as u32 | ((s[1] >> j) & 1) << 4) as f32 - 16.0),
-                GgmlType::Q4K => f32::from_bits(s[0]) * nib(j) - f32::from_bits(s[1]),
+                GgmlType::Q5_0 => h(q[4], 0) * ((nib(j) as u32 | ((q[5] >> j) & 1) << 4) as f32 - 16.0),
+                GgmlType::Q4K => f32::from_bits(q[4]) * nib(j) - f32::from_bits(q[5]),
                 GgmlType::Q6K => {
-                    let high = (s[j / 16] >> (2 * (j % 16))) & 3;
-                    f32::from_bits(s[2 + j / 16]) * ((nib(j) as u32 | high << 4) as f32 - 32.0)
+                    let high = (q[4 + j / 16] >> (2 * (j % 16))) & 3;
+                    f32::from_bits(q[6 + j / 16]) * ((nib(j) as u32 | high << 4) as f32 - 32.0)
                 }
                 _ => unreachable!(),
             })
