@@ -11,7 +11,8 @@ use crate::gpu::{GpuContext, GpuOptions, GpuShard};
 use crate::model::ModelConfig;
 use crate::shard::{Shard, ShardError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// WGSL compute shaders through wgpu (Vulkan; lavapipe on machines without a GPU).
     Wgpu,
@@ -33,6 +34,15 @@ impl LoadedModel {
         crate::setup::check_model(path)?;
         let gguf = Gguf::open(path)?;
         let config = ModelConfig::from_gguf(&gguf)?;
+        tracing::info!(
+            path = %path.display(),
+            arch = %config.arch,
+            layers = config.n_layers,
+            dim = config.dim,
+            vocab = config.vocab,
+            bytes = gguf.bytes().len(),
+            "model opened"
+        );
         Ok(LoadedModel { path: path.to_owned(), gguf, config })
     }
 
@@ -53,9 +63,19 @@ impl LoadedModel {
         ctx: Option<&Arc<GpuContext>>,
         gpu: &GpuOptions,
     ) -> Result<Box<dyn Shard>, ShardError> {
-        Ok(match ctx {
+        let t0 = std::time::Instant::now();
+        let shard: Box<dyn Shard> = match ctx {
             Some(ctx) => Box::new(GpuShard::load(ctx.clone(), &self.gguf, &self.config, spec, gpu.clone())?),
             None => Box::new(CpuShard::load(&self.gguf, &self.config, spec)?),
-        })
+        };
+        tracing::info!(
+            backend = %shard.backend_name(),
+            layers = ?(spec.layer_start..spec.layer_end),
+            embed = spec.embed,
+            head = spec.head,
+            ms = t0.elapsed().as_millis() as u64,
+            "shard loaded"
+        );
+        Ok(shard)
     }
 }

@@ -186,11 +186,15 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only). Both binaries call it first.
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only); colored only on a terminal (and never with
+/// `NO_COLOR`). Both binaries call it first.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .init();
 }
 

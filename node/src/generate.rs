@@ -136,6 +136,7 @@ pub fn generate(
     let t0 = Instant::now();
     let mut next = pick(run_chain(guard.chain, seq, &req.prompt, want)?)?;
     stats.prefill = t0.elapsed();
+    tracing::debug!(seq, tokens = req.prompt.len(), ms = stats.prefill.as_secs_f64() * 1e3, "prefill");
     let t1 = Instant::now();
     while out.len() < req.max_tokens {
         if req.stop.contains(&next) {
@@ -146,9 +147,19 @@ pub fn generate(
         if !on_token(next) || out.len() == req.max_tokens || req.prompt.len() + out.len() > capacity {
             break;
         }
+        let step = Instant::now();
         next = pick(run_chain(guard.chain, seq, &[next], want)?)?;
+        tracing::trace!(seq, token = next, us = step.elapsed().as_micros() as u64, "decode step");
     }
     stats.decode = t1.elapsed();
     stats.generated = out.len();
+    tracing::debug!(
+        seq,
+        generated = stats.generated,
+        prefill_tps = stats.prefill_tps(),
+        decode_tps = stats.decode_tps(),
+        stopped = stats.stopped,
+        "generation done"
+    );
     Ok((out, stats))
 }

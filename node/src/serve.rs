@@ -76,15 +76,16 @@ pub struct ServeArgs {
     /// Only these peers may stay connected (repeatable; default: anyone holding the cluster key).
     #[arg(long)]
     pub allow: Vec<PeerId>,
-    /// Compute backend this node offers.
-    #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
-    pub backend: Backend,
-    /// Bytes available for weights and KV cache [default: the memory the system reports as available].
+    /// Compute backend this node offers [default: config.toml's, else wgpu].
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// Bytes available for weights and KV cache [default: config.toml's, else the memory the system reports as
+    /// available].
     #[arg(long)]
     pub memory: Option<u64>,
-    /// Plans (coordinator sessions) served at once; more are refused as busy.
-    #[arg(long, default_value_t = crate::stage::MAX_PLANS)]
-    pub max_plans: usize,
+    /// Plans (coordinator sessions) served at once; more are refused as busy [default: config.toml's, else 8].
+    #[arg(long)]
+    pub max_plans: Option<usize>,
 }
 
 /// Memory the system reports as available (Linux `MemAvailable`), or 0 when unknown.
@@ -269,9 +270,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         bootstrap: file.bootstrap.iter().chain(&args.peer).cloned().collect(),
         mdns: !args.no_mdns && file.mdns.unwrap_or(true),
         allow: file.allow.iter().chain(&args.allow).copied().collect(),
-        backend: args.backend,
-        memory: args.memory,
-        max_plans: args.max_plans,
+        backend: args.backend.or(file.backend).unwrap_or(Backend::Wgpu),
+        memory: args.memory.or(file.memory),
+        max_plans: args.max_plans.or(file.max_plans).unwrap_or(crate::stage::MAX_PLANS),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

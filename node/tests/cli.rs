@@ -118,3 +118,32 @@ fn no_vulkan_adapter_says_how_to_install_one() {
         "{err}"
     );
 }
+
+/// Models by short name (ollama style), the help that explains configuration, and RUST_LOG logs on stderr.
+#[test]
+fn short_model_names_help_and_logs() {
+    let _ = common::qwen05(); // fails with the setup hint when the model is missing
+    let out = edge_node(&["info", "-m", "qwen2.5-coder:0.5b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("qwen2"), "{}", text(&out.stdout));
+    let out = edge_node(&["info", "-m", "qwen9:70b"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("qwen9:70b not found") && text(&out.stderr).contains("scripts/setup.sh"));
+
+    let help = text(&edge_node(&["--help"]).stdout);
+    for want in ["Examples:", "config.toml", "RUST_LOG", "qwen2.5-coder:0.5b"] {
+        assert!(help.contains(want), "--help lacks {want:?}:\n{help}");
+    }
+
+    let m = model();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-node"))
+        .args(["generate", "--model", &m, "--backend", "cpu", "-p", "Hi", "-n", "1"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("INFO") && err.contains("model opened") && err.contains("arch=llama"), "{err}");
+    assert!(err.contains("DEBUG") && err.contains("generation done"), "RUST_LOG=debug shows debug events: {err}");
+    assert!(!text(&out.stdout).contains("DEBUG"), "logs stay off stdout");
+}

@@ -2,9 +2,23 @@
 
 use clap::{Parser, Subcommand};
 
+const AFTER_HELP: &str = "\
+Examples:
+  edge-node generate -p \"Once upon a time\"                  run the default model (SmolLM2) on this machine
+  edge-node generate -m qwen2.5-coder:0.5b --chat -p \"Write a haiku about Rust\"
+  edge-node init                                             create this node's identity and a cluster key
+  edge-node serve --peer /ip4/192.168.1.7/tcp/4001           join a cluster (mDNS finds LAN peers by itself)
+  edge-node bench -m qwen2.5-coder:0.5b                      speed of both backends next to llama.cpp
+
+Models: a GGUF path, or a short name of a model scripts/setup.sh fetches (smollm2:135m, qwen2.5-coder:0.5b,
+qwen2.5-coder:1.5b), kept in $EDGE_MODELS_DIR (default ~/.cache/edge-infer/models).
+Config: DATA_DIR/config.toml (listen, bootstrap, mdns, allow, backend, memory, max_plans); flags override it.
+Environment: RUST_LOG (log filter, e.g. info or edge_node=debug; logs go to stderr), EDGE_DATA_DIR,
+EDGE_CLUSTER_KEY, EDGE_MODEL, EDGE_MODELS_DIR.";
+
 /// A member of an edge inference cluster: loads shards of GGUF models and runs them with WGSL compute shaders.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

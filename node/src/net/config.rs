@@ -9,6 +9,12 @@
 //! mdns = true
 //! # Only these peers may stay connected (empty: anyone holding the cluster key).
 //! allow = []
+//! # Compute backend offered ("wgpu" or "cpu").
+//! backend = "wgpu"
+//! # Bytes available for weights and KV caches (default: what the system reports as available).
+//! memory = 4294967296
+//! # Plans (coordinator sessions) served at once.
+//! max_plans = 8
 //! ```
 
 use std::path::Path;
@@ -26,6 +32,9 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     #[serde(default)]
     pub allow: Vec<PeerId>,
+    pub backend: Option<crate::backend::Backend>,
+    pub memory: Option<u64>,
+    pub max_plans: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +69,14 @@ mod tests {
         let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
         std::fs::write(
             dir.join("config.toml"),
-            format!("listen = [\"/ip4/0.0.0.0/tcp/4001\"]\nbootstrap = [\"/ip4/10.0.0.7/tcp/4001/p2p/{peer}\"]\nmdns = false\nallow = [\"{peer}\"]\n"),
+            format!("listen = [\"/ip4/0.0.0.0/tcp/4001\"]\nbootstrap = [\"/ip4/10.0.0.7/tcp/4001/p2p/{peer}\"]\nmdns = false\nallow = [\"{peer}\"]\nbackend = \"cpu\"\nmemory = 4096\nmax_plans = 2\n"),
         )
         .unwrap();
         let c = FileConfig::load(&dir).unwrap();
         assert_eq!((c.listen.len(), c.bootstrap.len(), c.mdns, c.allow), (1, 1, Some(false), vec![peer]));
+        assert_eq!((c.backend, c.memory, c.max_plans), (Some(crate::backend::Backend::Cpu), Some(4096), Some(2)));
+        std::fs::write(dir.join("config.toml"), "backend = \"tpu\"\n").unwrap();
+        assert!(FileConfig::load(&dir).unwrap_err().to_string().contains("tpu"));
         std::fs::write(dir.join("config.toml"), "bootstrapp = []\n").unwrap();
         let e = FileConfig::load(&dir).unwrap_err();
         assert!(e.to_string().contains("bootstrapp"), "{e}");
