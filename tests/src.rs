@@ -20,7 +20,8 @@ pub const QWEN_PROMPT: &str = "def fibonacci(n):";
 
 /// Greedy continuation of [`QWEN_PROMPT`] on Qwen2.5-Coder-0.5B by the f32 CPU reference (16 tokens; the single
 /// wgpu node gives the same): "\n    if n <= 0:\n        return \"Invalid input\"\n    elif".
-pub const QWEN_GREEDY_16: [u32; 16] = [198, 262, 421, 308, 2651, 220, 15, 510, 286, 470, 330, 7928, 1946, 698, 262, 4409];
+pub const QWEN_GREEDY_16: [u32; 16] =
+    [198, 262, 421, 308, 2651, 220, 15, 510, 286, 470, 330, 7928, 1946, 698, 262, 4409];
 
 /// The real SmolLM2 model (`$EDGE_MODEL` or the model cache). Fails, never skips, when it is missing.
 pub fn smollm2() -> LoadedModel {

@@ -6,7 +6,6 @@
 //! on a new deployment: each resumes from its prompt plus the tokens it already has (the new stages rebuild the KV
 //! cache by prefilling them) and its sampler skips the draws already made.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg};
@@ -76,7 +75,7 @@ pub struct Failure {
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The job as it resumes from `o`: prompt plus the tokens generated so far, the rest of the budget.
-fn resumed(job: &Job, o: &Outcome) -> Job {
+pub fn resumed(job: &Job, o: &Outcome) -> Job {
     let done = o.tokens.len() as u32;
     let mut prompt = job.prompt.clone();
     prompt.extend_from_slice(&o.tokens);
@@ -86,6 +85,87 @@ fn resumed(job: &Job, o: &Outcome) -> Job {
         ..job.params.clone()
     };
     Job { prompt, params }
+}
+
+impl Outcome {
+    /// Gets the job ready to (re)start on a deployment of `n_stages` stages at `now`: `None` when it has already
+    /// ended (its budget or context used up is recorded as its finish), else the job to send ([`resumed`] from the
+    /// tokens it has).
+    pub fn restart(&mut self, job: &Job, n_stages: usize, now: Instant) -> Option<Job> {
+        self.started_at.get_or_insert(now);
+        if self.finish.is_some() {
+            return None;
+        }
+        if self.tokens.len() as u32 >= job.params.max_tokens {
+            self.finish = Some(Finish::Length);
+            return None;
+        }
+        if job.prompt.len() + self.tokens.len() >= job.params.capacity as usize {
+            self.finish = Some(Finish::Context);
+            return None;
+        }
+        self.stages = vec![StageTime::default(); n_stages];
+        if !self.tokens.is_empty() {
+            self.resumed += 1;
+        }
+        Some(resumed(job, self))
+    }
+}
+
+/// What a message from a node means for the sequences it concerns (see [`apply`]).
+#[derive(Debug)]
+pub enum Update {
+    /// Sequence `seq` produced `token` (appended to its outcome) and/or ended (`finished`: its finish is set).
+    Token { seq: u64, token: Option<u32>, finished: bool },
+    /// A stage leader reported its timings of `seq` (recorded in the outcome).
+    Stats { seq: u64 },
+    /// A stage failed, or one sequence (`seq`) did. `failure.retry` says whether other nodes may help.
+    Failed { seq: Option<u64>, failure: Failure },
+    /// Nothing for a known sequence.
+    Ignored,
+}
+
+/// Applies one event from a deployment to the outcome of its sequence (`outcome(seq)`: `None` for a sequence the
+/// caller does not know, e.g. one it cancelled). Shared by the batch [`run`] and the API server's scheduler.
+pub fn apply<'a>(event: (MemberRef, NodeMsg), outcome: impl FnOnce(u64) -> Option<&'a mut Outcome>) -> Update {
+    match event {
+        (_, NodeMsg::Token { seq, token, finish, .. }) => {
+            let Some(o) = outcome(seq) else { return Update::Ignored };
+            let now = Instant::now();
+            if let Some(t) = token {
+                let first = *o.first_at.get_or_insert(now);
+                if o.tokens.is_empty() {
+                    o.first_token = now - o.started_at.unwrap_or(now);
+                }
+                o.tokens.push(t);
+                o.decode = now - first;
+            }
+            if finish.is_some() {
+                o.finish = finish;
+            }
+            Update::Token { seq, token, finished: finish.is_some() }
+        }
+        (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us }) => {
+            let Some(o) = outcome(seq) else { return Update::Ignored };
+            match o.stages.get_mut(m.stage as usize) {
+                Some(s) => {
+                    *s = StageTime { steps, compute_us, prefill_us };
+                    Update::Stats { seq }
+                }
+                None => Update::Ignored,
+            }
+        }
+        (m, NodeMsg::Error { seq, message }) => {
+            // A refused input (context, vocabulary) fails the same way anywhere; a lost stage does not.
+            let retry = !message.contains("context full") && !message.contains("bad input");
+            let message = format!("stage {} member {}: {message}", m.stage, m.member);
+            Update::Failed { seq, failure: Failure { member: Some(m), message, retry } }
+        }
+        (_, other) => {
+            tracing::debug!(?other, "ignored");
+            Update::Ignored
+        }
+    }
 }
 
 /// Runs every unfinished job of `state` (same length as `jobs`) on `d`; `on_token(job index, token)` sees each
@@ -102,23 +182,7 @@ pub async fn run(
     let now = Instant::now();
     let mut running = 0usize;
     for (i, (job, o)) in jobs.iter().zip(state.iter_mut()).enumerate() {
-        o.started_at.get_or_insert(now);
-        if o.finish.is_some() {
-            continue;
-        }
-        if o.tokens.len() as u32 >= job.params.max_tokens {
-            o.finish = Some(Finish::Length);
-            continue;
-        }
-        if job.prompt.len() + o.tokens.len() >= job.params.capacity as usize {
-            o.finish = Some(Finish::Context);
-            continue;
-        }
-        o.stages = vec![StageTime::default(); n_stages];
-        if !o.tokens.is_empty() {
-            o.resumed += 1;
-        }
-        let j = resumed(job, o);
+        let Some(j) = o.restart(job, n_stages, now) else { continue };
         d.start(base + i as u64, j.prompt, j.params).await.map_err(|e| fail(Some(d.first()), format!("{e:#}")))?;
         running += 1;
     }
@@ -127,11 +191,11 @@ pub async fn run(
         let i = seq.wrapping_sub(base) as usize;
         (seq >= base && i < n_jobs).then_some(i)
     };
-    let mut stats_seen: HashMap<u64, usize> = HashMap::new();
+    let mut stats_seen = 0usize;
     let mut finished_at: Option<Instant> = None;
     loop {
         let all_finished = state.iter().all(|o| o.finish.is_some());
-        let all_stats = stats_seen.values().sum::<usize>() >= running * n_stages;
+        let all_stats = stats_seen >= running * n_stages;
         if all_finished && (all_stats || finished_at.is_some_and(|t| t.elapsed() > Duration::from_secs(5))) {
             return Ok(());
         }
@@ -142,42 +206,24 @@ pub async fn run(
             Err(_) if all_finished => return Ok(()), // timings are optional
             Err(e) => return Err(fail(None, format!("{e:#}"))),
         };
-        match event {
-            (_, NodeMsg::Token { seq, token, finish, .. }) => {
-                let Some(i) = index(seq) else { continue };
-                let o = &mut state[i];
-                let now = Instant::now();
+        match apply(event, |seq| index(seq).map(|i| &mut state[i])) {
+            Update::Token { seq, token, finished } => {
+                let i = index(seq).expect("a known sequence");
                 if let Some(t) = token {
-                    let first = *o.first_at.get_or_insert(now);
-                    if o.tokens.is_empty() {
-                        o.first_token = now - o.started_at.unwrap_or(now);
-                    }
-                    o.tokens.push(t);
-                    o.decode = now - first;
                     on_token(i, t);
                 }
-                if finish.is_some() {
-                    o.finish = finish;
-                    if state.iter().all(|o| o.finish.is_some()) {
-                        finished_at = Some(now);
-                    }
+                if finished && state.iter().all(|o| o.finish.is_some()) {
+                    finished_at = Some(Instant::now());
                 }
             }
-            (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us }) => {
-                let Some(i) = index(seq) else { continue };
-                if let Some(s) = state[i].stages.get_mut(m.stage as usize) {
-                    *s = StageTime { steps, compute_us, prefill_us };
-                    *stats_seen.entry(seq).or_default() += 1;
+            Update::Stats { .. } => stats_seen += 1,
+            Update::Failed { seq, mut failure } => {
+                if let Some(i) = seq.and_then(index) {
+                    failure.message.push_str(&format!(" (sequence {i})"));
                 }
+                return Err(failure);
             }
-            (m, NodeMsg::Error { seq, message }) => {
-                let which = seq.and_then(index).map_or(String::new(), |i| format!(" (sequence {i})"));
-                // A refused input (context, vocabulary) fails the same way anywhere; a lost stage does not.
-                let retry = !message.contains("context full") && !message.contains("bad input");
-                let message = format!("stage {} member {}{which}: {message}", m.stage, m.member);
-                return Err(Failure { member: Some(m), message, retry });
-            }
-            (_, other) => tracing::debug!(?other, "ignored"),
+            Update::Ignored => {}
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   runtime and the simulator.
 //! - [`deploy`]: putting a plan on the cluster: shipping each member its stage's tensors, wiring the pipeline.
 //! - [`job`]: running sequences on a deployment, tokens streamed back, per-stage timings collected.
+//! - [`serve`]: `edge-coord serve`, the OpenAI-compatible HTTP API on a long-lived deployment, and `edge-coord status`.
 //!
 //! The planner, shard shipping and job control arrive with the distributed-generation issue; the planner will
 //! be a sans-I/O library here, shared by the CLI and the simulator.
@@ -19,5 +20,6 @@ pub mod job;
 pub mod model_desc;
 pub mod plan;
 pub mod run;
+pub mod serve;
 
 pub use model_desc::ModelDescription;

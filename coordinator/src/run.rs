@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use anyhow::Context;
+use edge_node::backend::LoadedModel;
 use edge_node::commands::{ModelArgs, PreparedPrompt, PromptArgs};
 use edge_node::tokenizer::{TextStream, Tokenizer};
 use edge_protocol::stage::JobParams;
 use libp2p::PeerId;
 
 use crate::cluster::{self, JoinArgs};
-use crate::deploy::{self, Assignment};
+use crate::deploy::{self, Assignment, Deployment};
 use crate::job::{self, Job, Outcome};
 use crate::plan::{self, NodeProfile, Plan, PlanRequest};
 use crate::ModelDescription;
@@ -153,6 +154,72 @@ pub fn even_pipeline(
     Ok(Plan { stages, prediction })
 }
 
+/// What to put on the cluster: the model, the planner's request, and an optional forced pipeline depth.
+pub struct Target<'a> {
+    pub model: &'a LoadedModel,
+    pub desc: &'a ModelDescription,
+    pub req: &'a PlanRequest,
+    /// `--stages K`: an even K-stage pipeline (fewer when recovering with fewer nodes).
+    pub stages: Option<usize>,
+}
+
+/// A plan deployed on the cluster.
+pub struct Planned {
+    pub plan: Plan,
+    /// The nodes the plan indexes (`plan.stages[..].members[..].node`).
+    pub nodes: Vec<NodeProfile>,
+    /// The members they come from (capabilities, links).
+    pub members: Vec<cluster::Member>,
+    pub deployment: Deployment,
+}
+
+/// Why [`plan_and_deploy`] failed.
+#[derive(Debug)]
+pub enum PlanFailure {
+    /// No plan fits the members (or none answered): waiting will not help unless nodes join.
+    NoPlan(anyhow::Error),
+    /// A plan was made but shipping or loading it failed (a node went away meanwhile, or was busy).
+    Deploy(anyhow::Error),
+}
+
+/// Discovers the members alive now (for `wait`, links measured), leaves out `excluded` peer ids, plans (or builds
+/// the forced even pipeline), prints the plan on stderr and deploys it. `recovering`: a forced pipeline may
+/// shrink to the nodes left.
+pub async fn plan_and_deploy(
+    client: &edge_node::net::Client,
+    wait: std::time::Duration,
+    target: &Target<'_>,
+    excluded: &HashSet<String>,
+    recovering: bool,
+    progress: &indicatif::MultiProgress,
+) -> Result<Planned, PlanFailure> {
+    let Target { model, desc, req, stages } = *target;
+    let members: Vec<cluster::Member> = cluster::members(client, wait, true)
+        .await
+        .into_iter()
+        .filter(|m| !excluded.contains(&m.peer.peer_id))
+        .collect();
+    let (members, nodes): (Vec<cluster::Member>, Vec<NodeProfile>) =
+        members.into_iter().filter_map(|m| NodeProfile::from_member(&m).map(|n| (m, n))).unzip();
+    if nodes.is_empty() {
+        return Err(PlanFailure::NoPlan(anyhow::anyhow!(
+            "no members answered (check --peer addresses and the cluster key)"
+        )));
+    }
+    let planned = match stages {
+        Some(k) if recovering => even_pipeline(desc, &nodes, req, k.min(nodes.len())),
+        Some(k) => even_pipeline(desc, &nodes, req, k),
+        None => plan::plan(desc, &nodes, req).map_err(anyhow::Error::from),
+    };
+    let plan = planned.map_err(PlanFailure::NoPlan)?;
+    eprintln!("{}", plan.describe(&nodes));
+    let assigned = assignments(&plan, desc, &nodes).map_err(PlanFailure::NoPlan)?;
+    let deployment = deploy::deploy(client, model, assigned, req.sequences as u32, req.context as u32, progress)
+        .await
+        .map_err(PlanFailure::Deploy)?;
+    Ok(Planned { plan, nodes, members, deployment })
+}
+
 pub fn main(args: &RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=64).contains(&args.sequences), "--sequences must be between 1 and 64");
     let m = args.model.open()?;
@@ -197,34 +264,22 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
             let mut attempt = 0;
             let (plan, nodes, loads) = loop {
                 // Plan on the members alive now (after a loss, without the nodes that failed).
-                let members = cluster::members(&joined.client, wait, true).await;
-                let nodes: Vec<NodeProfile> =
-                    members.iter().filter_map(NodeProfile::from_member).filter(|n| !excluded.contains(&n.id)).collect();
-                anyhow::ensure!(!nodes.is_empty(), "no members answered (check --peer addresses and the cluster key)");
-                let planned = match args.stages {
-                    Some(k) if attempt > 0 => even_pipeline(&desc, &nodes, &req, k.min(nodes.len())),
-                    Some(k) => even_pipeline(&desc, &nodes, &req, k),
-                    None => plan::plan(&desc, &nodes, &req).map_err(anyhow::Error::from),
-                };
-                let plan = match planned {
-                    Ok(p) => p,
-                    Err(e) if attempt > 0 => anyhow::bail!("no set of the remaining nodes can run the model: {e:#}"),
-                    Err(e) => return Err(e),
-                };
-                eprintln!("{}", plan.describe(&nodes));
-                let stages = assignments(&plan, &desc, &nodes)?;
-                let deployed =
-                    deploy::deploy(&joined.client, &m, stages, args.sequences as u32, capacity as u32, &progress).await;
-                let mut d = match deployed {
-                    Ok(d) => d,
-                    Err(e) if attempt < MAX_RECOVERIES => {
-                        eprintln!("warning: deploying failed ({e:#}); planning again");
-                        attempt += 1;
-                        tokio::time::sleep(edge_node::net::event_loop::LIVENESS_TIMEOUT).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+                let target = Target { model: &m, desc: &desc, req: &req, stages: args.stages };
+                let Planned { plan, nodes, deployment: mut d, .. } =
+                    match plan_and_deploy(&joined.client, wait, &target, &excluded, attempt > 0, &progress).await {
+                        Ok(p) => p,
+                        Err(PlanFailure::NoPlan(e)) if attempt > 0 => {
+                            anyhow::bail!("no set of the remaining nodes can run the model: {e:#}")
+                        }
+                        Err(PlanFailure::NoPlan(e)) => return Err(e),
+                        Err(PlanFailure::Deploy(e)) if attempt < MAX_RECOVERIES => {
+                            eprintln!("warning: deploying failed ({e:#}); planning again");
+                            attempt += 1;
+                            tokio::time::sleep(edge_node::net::event_loop::LIVENESS_TIMEOUT).await;
+                            continue;
+                        }
+                        Err(PlanFailure::Deploy(e)) => return Err(e),
+                    };
                 let loads: Vec<LoadSummary> = d.loads.iter().map(LoadSummary::from).collect();
                 let r = job::run(&mut d, &jobs, &mut state, |_, token| {
                     if stream_text {

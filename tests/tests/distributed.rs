@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, TempDir, GREEDY_32, QWEN_GREEDY_16, QWEN_PROMPT, REFERENCE_PROMPT};
+use edge_tests::{
+    bin, new_key, temp_dir, Node, NodeSpec, TempDir, GREEDY_32, QWEN_GREEDY_16, QWEN_PROMPT, REFERENCE_PROMPT,
+};
 
 /// `edge-coord run --json` against `peers` (SmolLM2, the reference prompt, 32 tokens): the report, or the error text.
 fn run(key: &str, peers: &[&Node], extra: &[&str]) -> Result<serde_json::Value, String> {

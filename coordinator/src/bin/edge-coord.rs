@@ -47,6 +47,11 @@ enum Command {
     /// Plan the model over the cluster, ship each node its stage (only what its cache lacks), generate, stream the
     /// text, and print measured speed next to the plan's prediction.
     Run(Box<edge_coord::run::RunArgs>),
+    /// Serve an OpenAI-compatible API (`/v1/models`, `/v1/completions`, `/v1/chat/completions`), the status
+    /// (`/api/status`) and the dashboard (`/`) over HTTP, backed by a plan deployed once on the cluster.
+    Serve(Box<edge_coord::serve::ServeArgs>),
+    /// Show what a running `edge-coord serve` is doing: its nodes, plan and recent jobs.
+    Status(edge_coord::serve::client::StatusArgs),
     /// Plan how a model is split over the cluster (pipeline stages, tensor-parallel groups) and print the
     /// predicted token latency and throughput. The cluster is discovered like `peers` does, or read from --nodes.
     Plan {
@@ -91,6 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => edge_coord::run::main(&args),
+        Command::Serve(args) => edge_coord::serve::main(&args),
+        Command::Status(args) => edge_coord::serve::client::main(&args),
         Command::Peers { discover, no_measure, json } => {
             let members = discover_members(discover, !no_measure)?;
             if json {

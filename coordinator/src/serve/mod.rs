@@ -1,0 +1,181 @@
+//! `edge-coord serve`: an OpenAI-compatible HTTP API backed by the cluster. At startup it joins the cluster, plans
+//! the model for `--sequences` concurrent sequences and deploys it (the same code as `edge-coord run`), then
+//! serves:
+//!
+//! - `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (OpenAI's shapes, streaming as SSE),
+//! - `GET /api/status` (nodes, plan, recent jobs: [`status`]), read by the dashboard and `edge-coord status`,
+//! - the dashboard page (`dashboard`).
+//!
+//! Requests run on the [`scheduler`]. With `--api-key` (or `EDGE_API_KEY`) every `/v1` and `/api` route needs
+//! `Authorization: Bearer KEY`.
+//!
+//! - [`openai`]: request parsing and validation, error bodies, response and chunk shapes, SSE framing.
+//! - [`stop`]: stop strings over streamed text.
+//! - [`routes`]: the HTTP handlers.
+//! - [`client`]: `edge-coord status`.
+
+pub mod client;
+pub mod dashboard;
+pub mod openai;
+pub mod routes;
+pub mod scheduler;
+pub mod status;
+pub mod stop;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::Context;
+use edge_node::commands::ModelArgs;
+use edge_node::tokenizer::Tokenizer;
+
+use crate::cluster::{self, JoinArgs};
+use crate::plan::{self, PlanRequest};
+use crate::run::{plan_and_deploy, PlanFailure, Target};
+use crate::ModelDescription;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to serve HTTP on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Require `Authorization: Bearer KEY` on the API (`/v1/...`, `/api/...`).
+    #[arg(long, env = "EDGE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Concurrent sequences the plan holds (more requests wait in a queue of 64, then get 429).
+    #[arg(long, default_value_t = 4)]
+    pub sequences: usize,
+    /// Context of each sequence in tokens (prompt + completion) [default: the model's, at most 4096].
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Tensor parallelism: `auto` (the planner decides), `off`, or K (the whole model as one stage over K nodes).
+    #[arg(long, default_value = "auto")]
+    pub tensor_parallel: plan::TpMode,
+    /// Force an even pipeline of this many stages instead of the planner's choice.
+    #[arg(long)]
+    pub stages: Option<usize>,
+    #[command(flatten)]
+    pub join: JoinArgs,
+}
+
+/// What every handler needs.
+pub struct AppState {
+    pub model_id: String,
+    /// When the server started (the model's `created`), unix seconds.
+    pub created: u64,
+    pub tok: &'static Tokenizer,
+    pub context: usize,
+    /// End-of-generation tokens.
+    pub eog: Vec<u32>,
+    /// blake3 of the API key (compared in constant time).
+    pub api_key: Option<blake3::Hash>,
+    pub scheduler: scheduler::Handle,
+    pub client: edge_node::net::Client,
+}
+
+pub type App = Arc<AppState>;
+
+/// The model's name in the API: the GGUF file name without `.gguf`.
+pub fn model_id(path: &std::path::Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
+}
+
+pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=64).contains(&args.sequences), "--sequences must be between 1 and 64");
+    if let Some(k) = &args.api_key {
+        anyhow::ensure!(!k.trim().is_empty(), "--api-key is empty");
+    }
+    let path = edge_node::setup::resolve_model(args.model.model.as_deref())?;
+    let m = edge_node::backend::LoadedModel::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    let model_id = model_id(&path);
+    let tok: &'static Tokenizer = Box::leak(Box::new(Tokenizer::from_gguf(&m.gguf)?));
+    let context = args.ctx.unwrap_or(m.config.context.min(4096));
+    anyhow::ensure!(
+        (2..=m.config.context).contains(&context),
+        "--ctx must be between 2 and the model's context length {}",
+        m.config.context
+    );
+    let eog: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
+    let desc = ModelDescription::from_gguf(&m.gguf, &m.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let joined = cluster::join(&args.join).await?;
+        let result = async {
+            let wait = cluster::Joined::wait(&args.join)?;
+            // Bind first: a busy port fails before anything is shipped.
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("listening on {}", args.listen))?;
+            let req = PlanRequest { context, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
+            let progress = indicatif::MultiProgress::new();
+            let target = Target { model: &m, desc: &desc, req: &req, stages: args.stages };
+            let planned = plan_and_deploy(&joined.client, wait, &target, &HashSet::new(), false, &progress)
+                .await
+                .map_err(|e| match e {
+                    PlanFailure::NoPlan(e) | PlanFailure::Deploy(e) => e,
+                })?;
+            let info =
+                status::ModelInfo { id: model_id.clone(), arch: desc.arch.clone(), layers: desc.n_layers, context };
+            let setup = scheduler::Setup {
+                joined_client: joined.client.clone(),
+                wait,
+                model: Arc::new(m),
+                desc: desc.clone(),
+                req,
+                stages: args.stages,
+                tok,
+            };
+            let (handle, task) = scheduler::start(setup, planned, scheduler::Board::new(info));
+            let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let app = Arc::new(AppState {
+                model_id: model_id.clone(),
+                created,
+                tok,
+                context,
+                eog,
+                api_key: args.api_key.as_deref().map(|k| blake3::hash(k.trim().as_bytes())),
+                scheduler: handle,
+                client: joined.client.clone(),
+            });
+            let addr = listener.local_addr()?;
+            eprintln!(
+                "serving http://{addr} (model {model_id}, {} sequences of {context} tokens{})",
+                args.sequences,
+                if args.api_key.is_some() { ", API key required" } else { "" }
+            );
+            axum::serve(listener, routes::router(app)).with_graceful_shutdown(shutdown()).await?;
+            // The router (and with it every handle) is gone: the scheduler closes the plan and ends.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+            anyhow::Ok(())
+        }
+        .await;
+        joined.leave().await;
+        result
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down");
+}

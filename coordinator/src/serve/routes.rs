@@ -1,0 +1,347 @@
+//! The HTTP side: routes, the API-key check, the JSON body extractor (OpenAI-shaped errors instead of axum's
+//! plain-text rejections, 1 MiB limit), the generation handlers (whole responses and SSE streams) and the status.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edge_protocol::stage::JobParams;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::openai::{self, ApiError, Endpoint, Head, Input, Usage, MAX_BODY_BYTES, SSE_DONE};
+use super::scheduler::Event;
+use super::status::{JobKind, Status, Totals};
+use super::{dashboard, App};
+use crate::job::Job;
+
+/// Every route of the server.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/api/status", get(status))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
+    api.merge(dashboard::router::<App>())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// With an API key set: `Authorization: Bearer KEY`, compared in constant time (as blake3 hashes).
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    if let Some(want) = &app.api_key {
+        let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
+        match given.and_then(|v| v.strip_prefix("Bearer ")) {
+            None => {
+                return ApiError::unauthorized(
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header \
+                     using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                )
+                .into_response()
+            }
+            // blake3::Hash compares in constant time.
+            Some(key) if blake3::hash(key.trim().as_bytes()) != *want => {
+                return ApiError::unauthorized("Incorrect API key provided.").into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("Unknown request URL: {method} {}.", uri.path()),
+    )
+    .with_code("unknown_url")
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("Method {method} is not allowed on {}.", uri.path()),
+    )
+    .with_code("method_not_allowed")
+}
+
+/// A JSON body, or an OpenAI-shaped error (400 for bad JSON, 413 over [`MAX_BODY_BYTES`]). An oversized body is
+/// still read (and dropped) up to [`DRAIN_BYTES`], so that a client still sending it gets the 413 instead of a
+/// connection reset.
+pub struct ApiJson(pub Value);
+
+/// How much of an oversized body is read before answering 413 anyway.
+pub const DRAIN_BYTES: usize = 16 << 20;
+
+impl<S: Send + Sync> FromRequest<S> for ApiJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        use futures::StreamExt;
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > DRAIN_BYTES as u64) {
+            return Err(ApiError::too_large());
+        }
+        let mut body = req.into_body().into_data_stream();
+        let mut buf = Vec::new();
+        let mut total = 0usize;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_json(format!("the body could not be read: {e}")))?;
+            total += chunk.len();
+            if total <= MAX_BODY_BYTES {
+                buf.extend_from_slice(&chunk);
+            } else if total > DRAIN_BYTES {
+                break;
+            }
+        }
+        if total > MAX_BODY_BYTES {
+            return Err(ApiError::too_large());
+        }
+        serde_json::from_slice(&buf).map(ApiJson).map_err(ApiError::bad_json)
+    }
+}
+
+fn model_object(app: &App) -> Value {
+    json!({"id": app.model_id, "object": "model", "created": app.created, "owned_by": "edge-infer"})
+}
+
+async fn models(State(app): State<App>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&app)]}))
+}
+
+async fn model(State(app): State<App>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    if id == app.model_id {
+        Json(model_object(&app)).into_response()
+    } else {
+        ApiError::model_not_found(&id).into_response()
+    }
+}
+
+async fn completions(State(app): State<App>, ApiJson(body): ApiJson) -> Response {
+    generate(app, Endpoint::Completions, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat(State(app): State<App>, ApiJson(body): ApiJson) -> Response {
+    generate(app, Endpoint::Chat, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response, ApiError> {
+    let parsed = openai::parse(endpoint, &body)?;
+    let o = parsed.options;
+    if o.model != app.model_id {
+        return Err(ApiError::model_not_found(&o.model));
+    }
+    let tok = app.tok;
+    let encoded = tokio::task::spawn_blocking(move || match parsed.input {
+        Input::Prompt(p) => tok.encode(&p),
+        Input::Messages(m) => tok.encode_with_special(&tok.chat_prompt(&m)),
+    })
+    .await
+    .map_err(|e| ApiError::server(format!("tokenizing failed: {e}")))?;
+    let param = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+    let mut ids = encoded.map_err(|e| ApiError::invalid(param, format!("The {param} could not be tokenized: {e}")))?;
+    if ids.is_empty() {
+        match tok.bos() {
+            Some(b) => ids.push(b),
+            None => return Err(ApiError::invalid(param, "The prompt is empty.")),
+        }
+    }
+    let max_tokens = openai::budget(endpoint, ids.len(), o.max_tokens, app.context)?;
+    let prompt_tokens = ids.len();
+    let params = JobParams {
+        capacity: (prompt_tokens + max_tokens) as u32,
+        max_tokens: max_tokens as u32,
+        sampling: o.sampling,
+        stop: app.eog.clone(),
+        skip_draws: 0,
+    };
+    let head = Head::new(endpoint, &app.model_id);
+    let kind = if endpoint == Endpoint::Chat { JobKind::Chat } else { JobKind::Completion };
+    let rx = app.scheduler.submit(head.id.clone(), kind, Job { prompt: ids, params }, o.stop)?;
+    if o.stream {
+        Ok(stream(head, rx, prompt_tokens, o.include_usage))
+    } else {
+        whole(head, rx, prompt_tokens).await
+    }
+}
+
+/// Waits for the end and answers with the whole response.
+async fn whole(head: Head, mut rx: mpsc::UnboundedReceiver<Event>, prompt_tokens: usize) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done { finish_reason, completion_tokens } => {
+                let usage = Usage { prompt_tokens, completion_tokens };
+                return Ok(Json(head.response(&text, finish_reason, usage)).into_response());
+            }
+            Event::Failed(e) => return Err(e),
+        }
+    }
+    Err(ApiError::server("the scheduler stopped"))
+}
+
+struct Streaming {
+    head: Head,
+    rx: mpsc::UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+    include_usage: bool,
+    started: bool,
+    done: bool,
+}
+
+/// The SSE stream of one request: a chunk per piece of text (chat: first a chunk with the assistant role), a last
+/// chunk with the finish reason, the usage chunk if asked, then `[DONE]`. Dropping it (the client went away)
+/// drops the receiver, which tells the scheduler to cancel the sequence.
+fn stream(head: Head, rx: mpsc::UnboundedReceiver<Event>, prompt_tokens: usize, include_usage: bool) -> Response {
+    let state = Streaming { head, rx, prompt_tokens, include_usage, started: false, done: false };
+    let body = futures::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let out = if !s.started && s.head.endpoint == Endpoint::Chat {
+            s.started = true;
+            openai::sse(&s.head.chunk(Some(""), true, None))
+        } else {
+            s.started = true;
+            let ev = s.rx.recv().await;
+            sse_event(&mut s, ev)
+        };
+        Some((Ok::<_, Infallible>(Bytes::from(out)), s))
+    });
+    Response::builder()
+        .header(CONTENT_TYPE, "text/event-stream")
+        .header(CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|e| ApiError::server(e.to_string()).into_response())
+}
+
+/// The SSE text for one scheduler event (the end also brings the usage chunk and `[DONE]`).
+fn sse_event(s: &mut Streaming, ev: Option<Event>) -> String {
+    match ev {
+        Some(Event::Text(t)) => openai::sse(&s.head.chunk(Some(&t), false, None)),
+        Some(Event::Done { finish_reason, completion_tokens }) => {
+            s.done = true;
+            let mut out = openai::sse(&s.head.chunk(None, false, Some(finish_reason)));
+            if s.include_usage {
+                out += &openai::sse(&s.head.usage_chunk(Usage { prompt_tokens: s.prompt_tokens, completion_tokens }));
+            }
+            out + SSE_DONE
+        }
+        Some(Event::Failed(e)) => {
+            s.done = true;
+            openai::sse(&e.body()) + SSE_DONE
+        }
+        None => {
+            s.done = true;
+            openai::sse(&ApiError::server("the scheduler stopped").body()) + SSE_DONE
+        }
+    }
+}
+
+async fn status(State(app): State<App>) -> Json<Status> {
+    let peers = app.client.peers().await.unwrap_or_default();
+    let b = app.scheduler.board.lock().expect("board lock");
+    let nodes = b
+        .members
+        .iter()
+        .map(|n| {
+            let live = peers.iter().find(|p| p.peer_id == n.id);
+            let mut n = n.clone();
+            n.alive = live.is_some();
+            n.rtt_ms = live.and_then(|p| p.rtt_us).map(|r| r as f64 / 1e3).or(n.rtt_ms.filter(|_| n.alive));
+            n.active_sequences = if b.in_plan(&n.id) { b.running } else { 0 };
+            n.tokens_per_s = b.rate(&n.id);
+            n
+        })
+        .collect();
+    Json(Status {
+        model: b.model.clone(),
+        nodes,
+        plan: b.plan.clone(),
+        jobs: b.jobs.iter().cloned().collect(),
+        totals: Totals {
+            requests: b.requests,
+            completion_tokens: b.completion_tokens,
+            uptime_s: b.started.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streaming(endpoint: Endpoint, include_usage: bool) -> (Streaming, mpsc::UnboundedSender<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let s = Streaming {
+            head: Head::new(endpoint, "m"),
+            rx,
+            prompt_tokens: 4,
+            include_usage,
+            started: true,
+            done: false,
+        };
+        (s, tx)
+    }
+
+    fn data(text: &str) -> Vec<Value> {
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let d = e.strip_prefix("data: ").expect("a data line");
+                if d == "[DONE]" {
+                    Value::String("[DONE]".into())
+                } else {
+                    serde_json::from_str(d).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_end_of_a_stream_is_the_finish_chunk_the_usage_and_done() {
+        let (mut s, _tx) = streaming(Endpoint::Chat, true);
+        let t = sse_event(&mut s, Some(Event::Text("hi".into())));
+        assert_eq!(data(&t)[0]["choices"][0]["delta"], json!({"content": "hi"}));
+        assert!(!s.done);
+        let end = sse_event(&mut s, Some(Event::Done { finish_reason: "length", completion_tokens: 3 }));
+        assert!(s.done);
+        let d = data(&end);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0]["choices"][0]["finish_reason"], "length");
+        assert_eq!(d[1]["usage"], json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}));
+        assert_eq!(d[2], "[DONE]");
+        assert!(end.ends_with("data: [DONE]\n\n"));
+
+        let (mut s, _tx) = streaming(Endpoint::Completions, false);
+        let d = data(&sse_event(&mut s, Some(Event::Done { finish_reason: "stop", completion_tokens: 1 })));
+        assert_eq!(d.len(), 2, "no usage chunk unless asked");
+        assert_eq!(d[0]["choices"][0]["text"], "");
+    }
+
+    #[test]
+    fn a_failure_mid_stream_is_an_error_event_then_done() {
+        let (mut s, _tx) = streaming(Endpoint::Completions, true);
+        let d = data(&sse_event(&mut s, Some(Event::Failed(ApiError::unavailable("gone")))));
+        assert_eq!(d[0]["error"]["code"], "cluster_unavailable");
+        assert_eq!(d[1], "[DONE]");
+        assert!(s.done);
+    }
+}

@@ -1,0 +1,797 @@
+//! The scheduler: one task owns the [`Deployment`] and runs the API's requests on it. Requests arrive over a
+//! channel and wait in a bounded queue; up to `sequences` run at once as separate sequences (the plan was made to
+//! hold that many). Tokens become text here (a streaming detokenizer per request, then the stop strings), which
+//! goes back to the request's handler over its own channel. A handler that goes away (the client disconnected)
+//! cancels its sequence. When a stage fails, the scheduler re-plans on the members left and resumes every running
+//! request from its prompt plus the tokens it has (as `edge-coord run` does); when no plan fits, running and
+//! waiting requests fail and new ones get 503 until the cluster can hold the model again.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_node::backend::LoadedModel;
+use edge_node::tokenizer::{TextStream, Tokenizer};
+use edge_protocol::stage::Finish;
+use tokio::sync::mpsc;
+
+use super::openai::ApiError;
+use super::status::{JobKind, JobState, JobStatus, ModelInfo, NodeStatus, PlanStatus, StageMemberStatus, StageStatus};
+use super::stop::StopMatcher;
+use crate::deploy::Deployment;
+use crate::job::{self, Failure, Job, Outcome, Update};
+use crate::plan::PlanRequest;
+use crate::run::{plan_and_deploy, PlanFailure, Planned, Target, MAX_RECOVERIES};
+use crate::ModelDescription;
+
+/// Requests that may wait for a free sequence.
+pub const QUEUE_LIMIT: usize = 64;
+/// How often the scheduler looks at clients and timers when nothing happens.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a finished sequence keeps its slot waiting for the stages' timings (which also mean the stages freed
+/// it).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// While no plan fits, how often to try again.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
+/// Window of the per-node token rate.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the scheduler tells a request's handler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// More text (never empty).
+    Text(String),
+    /// The end: OpenAI's finish reason and the tokens generated.
+    Done { finish_reason: &'static str, completion_tokens: usize },
+    /// The request failed (status and message for the API error).
+    Failed(ApiError),
+}
+
+/// A request for the scheduler.
+pub struct Submission {
+    pub id: String,
+    pub kind: JobKind,
+    pub job: Job,
+    pub stop: Vec<String>,
+    pub events: mpsc::UnboundedSender<Event>,
+    arrived: Instant,
+    _ticket: Ticket,
+}
+
+/// Counts a request against the queue limit until it is dropped.
+struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the status page needs that only the scheduler knows; shared with the HTTP handlers.
+pub struct Board {
+    pub started: Instant,
+    pub model: ModelInfo,
+    /// Why new requests are refused (503), while no plan runs.
+    pub unavailable: Option<String>,
+    pub plan: Option<PlanStatus>,
+    /// Every member seen when planning, by peer id (the live fields are filled in when the status is read).
+    pub members: Vec<NodeStatus>,
+    pub jobs: VecDeque<JobStatus>,
+    pub requests: u64,
+    pub completion_tokens: u64,
+    /// Sequences running now.
+    pub running: usize,
+    /// Per node: (second, tokens its stage processed in that second), the last [`RATE_WINDOW`].
+    tokens: HashMap<String, VecDeque<(Instant, u64)>>,
+}
+
+impl Board {
+    pub fn new(model: ModelInfo) -> Board {
+        Board {
+            started: Instant::now(),
+            model,
+            unavailable: None,
+            plan: None,
+            members: Vec::new(),
+            jobs: VecDeque::new(),
+            requests: 0,
+            completion_tokens: 0,
+            running: 0,
+            tokens: HashMap::new(),
+        }
+    }
+
+    fn job(&mut self, id: &str, f: impl FnOnce(&mut JobStatus)) {
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
+            f(j);
+        }
+    }
+
+    /// `n` tokens went through every stage of the plan.
+    fn count(&mut self, n: u64) {
+        let now = Instant::now();
+        let nodes: Vec<String> =
+            self.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).map(|m| m.node.clone()).collect();
+        for node in nodes {
+            let q = self.tokens.entry(node).or_default();
+            match q.back_mut() {
+                Some((t, c)) if now.duration_since(*t) < Duration::from_secs(1) => *c += n,
+                _ => q.push_back((now, n)),
+            }
+            while q.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Tokens per second `node` processed over the last [`RATE_WINDOW`].
+    pub fn rate(&self, node: &str) -> f64 {
+        let now = Instant::now();
+        let sum: u64 = self
+            .tokens
+            .get(node)
+            .map_or(0, |q| q.iter().filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW).map(|(_, c)| c).sum());
+        let window = RATE_WINDOW.as_secs_f64().min(self.started.elapsed().as_secs_f64()).max(1.0);
+        sum as f64 / window
+    }
+
+    /// Whether `node` runs a stage of the current plan.
+    pub fn in_plan(&self, node: &str) -> bool {
+        self.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).any(|m| m.node == node)
+    }
+}
+
+/// The handlers' side: submit requests, read the board.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Submission>,
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+    pub board: Arc<Mutex<Board>>,
+}
+
+impl Handle {
+    /// Queues a request; its events come back on the returned channel. Refused at once (429, 503) when the queue
+    /// is full or the cluster cannot run the model.
+    pub fn submit(
+        &self,
+        id: String,
+        kind: JobKind,
+        job: Job,
+        stop: Vec<String>,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+        if let Some(why) = self.board.lock().expect("board lock").unavailable.clone() {
+            return Err(ApiError::unavailable(why));
+        }
+        let ticket = Ticket(self.pending.clone());
+        if self.pending.fetch_add(1, Ordering::SeqCst) >= self.limit {
+            return Err(ApiError::queue_full(self.limit));
+        }
+        let (events, rx) = mpsc::unbounded_channel();
+        let sub = Submission { id, kind, job, stop, events, arrived: Instant::now(), _ticket: ticket };
+        match self.tx.try_send(sub) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::queue_full(self.limit)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::unavailable("the scheduler has stopped")),
+        }
+    }
+}
+
+/// A request that holds a sequence slot.
+struct Active {
+    sub: Submission,
+    outcome: Outcome,
+    /// Its sequence on the current deployment (None before it is started there).
+    seq: Option<u64>,
+    text: TextStream<'static>,
+    stop: StopMatcher,
+    /// The response is complete (or failed, or cancelled): the slot is kept until the stages close it.
+    ended_at: Option<Instant>,
+    stats: usize,
+    first_token: bool,
+}
+
+/// What the scheduler needs to (re)plan.
+pub struct Setup {
+    pub joined_client: edge_node::net::Client,
+    pub wait: Duration,
+    pub model: Arc<LoadedModel>,
+    pub desc: ModelDescription,
+    pub req: PlanRequest,
+    pub stages: Option<usize>,
+    pub tok: &'static Tokenizer,
+}
+
+pub struct Scheduler {
+    setup: Setup,
+    rx: mpsc::Receiver<Submission>,
+    board: Arc<Mutex<Board>>,
+    deployment: Option<Deployment>,
+    n_stages: usize,
+    queue: VecDeque<Submission>,
+    active: Vec<Active>,
+    next_seq: u64,
+    last_event: Instant,
+    failure: Option<Failure>,
+    /// Recoveries since the last token (a cluster that keeps failing becomes unavailable).
+    recoveries: u32,
+    last_attempt: Instant,
+    progress: indicatif::MultiProgress,
+}
+
+/// Starts the scheduler on a deployed plan; returns the handle for the HTTP side and the task.
+pub fn start(setup: Setup, planned: Planned, board: Board) -> (Handle, tokio::task::JoinHandle<()>) {
+    let sequences = setup.req.sequences;
+    let (tx, rx) = mpsc::channel(QUEUE_LIMIT + sequences);
+    let board = Arc::new(Mutex::new(board));
+    let handle =
+        Handle { tx, pending: Arc::new(AtomicUsize::new(0)), limit: QUEUE_LIMIT + sequences, board: board.clone() };
+    let progress = indicatif::MultiProgress::new();
+    let mut s = Scheduler {
+        setup,
+        rx,
+        board,
+        deployment: None,
+        n_stages: 0,
+        queue: VecDeque::new(),
+        active: Vec::new(),
+        next_seq: rand::random::<u64>() >> 2,
+        last_event: Instant::now(),
+        failure: None,
+        recoveries: 0,
+        last_attempt: Instant::now(),
+        progress,
+    };
+    s.install(planned);
+    (handle, tokio::spawn(s.run()))
+}
+
+fn finish_reason(f: Option<Finish>) -> &'static str {
+    match f {
+        Some(Finish::Length) | Some(Finish::Context) => "length",
+        _ => "stop",
+    }
+}
+
+/// A plan as the status shows it.
+pub fn plan_status(p: &Planned) -> PlanStatus {
+    let stages = p
+        .plan
+        .stages
+        .iter()
+        .zip(&p.deployment.stages)
+        .map(|(s, a)| StageStatus {
+            layers: (s.layer_start, s.layer_end),
+            embed: s.embed,
+            head: s.head,
+            members: a
+                .members
+                .iter()
+                .map(|(peer, slice)| StageMemberStatus {
+                    node: peer.to_string(),
+                    kv_heads: slice.map(|l| l.kv_heads),
+                    ffn: slice.map(|l| l.ffn),
+                })
+                .collect(),
+            predicted_us: s.compute_us,
+        })
+        .collect();
+    PlanStatus {
+        id: edge_node::stage::store::hex(&p.deployment.plan),
+        stages,
+        predicted_tokens_per_s: p.plan.prediction.throughput_tokens_per_s,
+        sequences: p.plan.prediction.sequences,
+    }
+}
+
+/// A member as the status shows it (the live fields, `alive` and `rtt_ms`, are refreshed when it is read).
+pub fn member_status(m: &crate::cluster::Member) -> Option<NodeStatus> {
+    let c = m.peer.capabilities.as_ref()?;
+    let id = m.peer.peer_id.clone();
+    Some(NodeStatus {
+        name: id[id.len().saturating_sub(6)..].to_string(),
+        id,
+        adapter: c.adapter.clone(),
+        backend: c.backend.clone(),
+        memory_bytes: c.memory_bytes,
+        gemv_gbps: c.gemv_gbps as f64,
+        rtt_ms: m.peer.rtt_us.map(|r| r as f64 / 1e3),
+        bandwidth_mbps: m.bandwidth_mbps,
+        alive: true,
+        active_sequences: 0,
+        tokens_per_s: 0.0,
+    })
+}
+
+impl Scheduler {
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().expect("board lock")
+    }
+
+    /// Takes a newly deployed plan.
+    fn install(&mut self, p: Planned) {
+        let status = plan_status(&p);
+        {
+            let mut b = self.board();
+            for m in p.members.iter().filter_map(member_status) {
+                match b.members.iter_mut().find(|n| n.id == m.id) {
+                    Some(n) => *n = m,
+                    None => b.members.push(m),
+                }
+            }
+            b.plan = Some(status);
+            b.unavailable = None;
+        }
+        self.n_stages = p.deployment.stages.len();
+        self.deployment = Some(p.deployment);
+        self.last_event = Instant::now();
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.failure.is_none() {
+                self.admit().await;
+            }
+            if let Some(f) = self.failure.take() {
+                self.recover(f).await;
+                continue;
+            }
+            if self.deployment.is_none() && self.last_attempt.elapsed() >= RETRY_EVERY {
+                self.retry().await;
+                continue;
+            }
+            enum Ev {
+                Submit(Option<Submission>),
+                Node(anyhow::Result<Option<(edge_protocol::stage::MemberRef, edge_protocol::stage::NodeMsg)>>),
+                Tick,
+            }
+            let ev = match self.deployment.as_mut() {
+                Some(d) => tokio::select! {
+                    s = self.rx.recv() => Ev::Submit(s),
+                    e = d.event(TICK) => Ev::Node(e),
+                },
+                None => tokio::select! {
+                    s = self.rx.recv() => Ev::Submit(s),
+                    _ = tokio::time::sleep(TICK) => Ev::Tick,
+                },
+            };
+            match ev {
+                Ev::Submit(None) => break,
+                Ev::Submit(Some(sub)) => self.enqueue(sub),
+                Ev::Node(Ok(Some(e))) => {
+                    self.last_event = Instant::now();
+                    self.on_event(e).await;
+                }
+                Ev::Node(Ok(None)) => {
+                    self.failure = Some(Failure { member: None, message: "every session closed".into(), retry: true })
+                }
+                Ev::Node(Err(_)) | Ev::Tick => {}
+            }
+            self.housekeeping().await;
+        }
+        if let Some(d) = self.deployment.take() {
+            d.close().await;
+        }
+    }
+
+    fn enqueue(&mut self, sub: Submission) {
+        let record = JobStatus {
+            id: sub.id.clone(),
+            kind: sub.kind,
+            state: JobState::Queued,
+            prompt_tokens: sub.job.prompt.len(),
+            completion_tokens: 0,
+            tokens_per_s: None,
+            first_token_ms: None,
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            finish_reason: None,
+            error: None,
+        };
+        let unavailable = {
+            let mut b = self.board();
+            b.requests += 1;
+            b.jobs.push_front(record);
+            b.jobs.truncate(super::status::MAX_JOBS);
+            b.unavailable.clone()
+        };
+        match unavailable {
+            Some(why) => self.reject(sub, ApiError::unavailable(why)),
+            None => self.queue.push_back(sub),
+        }
+    }
+
+    fn reject(&self, sub: Submission, e: ApiError) {
+        let msg = e.message.clone();
+        let _ = sub.events.send(Event::Failed(e));
+        self.board().job(&sub.id, |j| {
+            j.state = JobState::Failed;
+            j.error = Some(msg);
+        });
+    }
+
+    fn new_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Starts waiting requests while there are free slots.
+    async fn admit(&mut self) {
+        let Some(n) = self.deployment.as_ref().map(|_| self.setup.req.sequences) else { return };
+        while self.active.len() < n {
+            let Some(sub) = self.queue.pop_front() else { break };
+            if sub.events.is_closed() {
+                self.board().job(&sub.id, |j| j.state = JobState::Cancelled);
+                continue;
+            }
+            let mut a = Active {
+                stop: StopMatcher::new(sub.stop.clone()),
+                sub,
+                outcome: Outcome::default(),
+                seq: None,
+                text: TextStream::new(self.setup.tok),
+                ended_at: None,
+                stats: 0,
+                first_token: false,
+            };
+            self.board().job(&a.sub.id, |j| j.state = JobState::Running);
+            if let Err(f) = self.start_seq(&mut a).await {
+                self.failure = Some(f);
+            }
+            self.active.push(a);
+            if self.failure.is_some() {
+                break;
+            }
+        }
+        let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
+        self.board().running = running;
+    }
+
+    /// Starts (or resumes) `a` on the current deployment.
+    async fn start_seq(&mut self, a: &mut Active) -> Result<(), Failure> {
+        let seq = self.new_seq();
+        let Some(d) = self.deployment.as_mut() else { return Ok(()) };
+        match a.outcome.restart(&a.sub.job, self.n_stages, Instant::now()) {
+            Some(j) => {
+                a.first_token = false;
+                d.start(seq, j.prompt, j.params).await.map_err(|e| Failure {
+                    member: Some(d.first()),
+                    message: format!("{e:#}"),
+                    retry: true,
+                })?;
+                a.seq = Some(seq);
+            }
+            None => {
+                // Its budget or context was used up before a failure: it is complete.
+                a.seq = None;
+                self.end(a, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes `a`'s response (Done with its finish reason, or `error`).
+    fn end(&self, a: &mut Active, error: Option<ApiError>) {
+        if a.ended_at.is_some() {
+            return;
+        }
+        a.ended_at = Some(Instant::now());
+        let completion_tokens = a.outcome.tokens.len();
+        let mut b = self.board.lock().expect("board lock");
+        match error {
+            None => {
+                let reason = if a.stop.stopped() { "stop" } else { finish_reason(a.outcome.finish) };
+                let _ = a.sub.events.send(Event::Done { finish_reason: reason, completion_tokens });
+                let tps = (completion_tokens > 1).then(|| a.outcome.decode_tps());
+                b.job(&a.sub.id, |j| {
+                    j.state = JobState::Done;
+                    j.finish_reason = Some(reason.into());
+                    j.completion_tokens = completion_tokens;
+                    j.tokens_per_s = tps;
+                });
+            }
+            Some(e) => {
+                let msg = e.message.clone();
+                let cancelled = a.sub.events.send(Event::Failed(e)).is_err();
+                b.job(&a.sub.id, |j| {
+                    j.state = if cancelled { JobState::Cancelled } else { JobState::Failed };
+                    j.error = (!cancelled).then_some(msg);
+                    j.completion_tokens = completion_tokens;
+                });
+            }
+        }
+    }
+
+    async fn on_event(&mut self, e: (edge_protocol::stage::MemberRef, edge_protocol::stage::NodeMsg)) {
+        let active = &mut self.active;
+        let update = job::apply(e, |seq| active.iter_mut().find(|a| a.seq == Some(seq)).map(|a| &mut a.outcome));
+        match update {
+            Update::Token { seq, token, finished } => {
+                let Some(i) = self.active.iter().position(|a| a.seq == Some(seq)) else { return };
+                let mut a = self.active.swap_remove(i);
+                if a.ended_at.is_none() {
+                    self.on_token(&mut a, token, finished).await;
+                }
+                self.active.push(a);
+            }
+            Update::Stats { seq } => {
+                if let Some(a) = self.active.iter_mut().find(|a| a.seq == Some(seq)) {
+                    a.stats += 1;
+                }
+            }
+            Update::Failed { seq: Some(seq), failure } => {
+                let Some(i) = self.active.iter().position(|a| a.seq == Some(seq)) else {
+                    tracing::debug!(seq, %failure, "a failure of a sequence no longer running");
+                    return;
+                };
+                if self.active[i].ended_at.is_some() {
+                    return;
+                }
+                if failure.retry {
+                    self.failure = Some(failure);
+                } else {
+                    let mut a = self.active.swap_remove(i);
+                    self.end(&mut a, Some(ApiError::server(failure.message)));
+                    self.active.push(a);
+                }
+            }
+            Update::Failed { seq: None, failure } => self.failure = Some(failure),
+            Update::Ignored => {}
+        }
+    }
+
+    async fn on_token(&mut self, a: &mut Active, token: Option<u32>, finished: bool) {
+        if let Some(t) = token {
+            self.recoveries = 0;
+            {
+                let mut b = self.board();
+                if !a.first_token {
+                    a.first_token = true;
+                    // The stages just processed the (re)started prompt.
+                    let prompt = (a.sub.job.prompt.len() + a.outcome.tokens.len() - 1) as u64;
+                    b.count(prompt);
+                    if a.outcome.tokens.len() == 1 {
+                        let ms = a.sub.arrived.elapsed().as_secs_f64() * 1e3;
+                        b.job(&a.sub.id, |j| j.first_token_ms = Some(ms));
+                    }
+                }
+                b.count(1);
+                b.completion_tokens += 1;
+                let n = a.outcome.tokens.len();
+                b.job(&a.sub.id, |j| j.completion_tokens = n);
+            }
+            let piece = a.text.push(t);
+            let (out, stopped) = a.stop.push(&piece);
+            if !out.is_empty() {
+                let _ = a.sub.events.send(Event::Text(out));
+            }
+            if stopped {
+                if !finished {
+                    if let (Some(d), Some(seq)) = (self.deployment.as_mut(), a.seq) {
+                        let _ = d.cancel(seq).await;
+                    }
+                }
+                self.end(a, None);
+                return;
+            }
+        }
+        if finished {
+            let rest = a.text.finish();
+            let (mut out, stopped) = a.stop.push(&rest);
+            if !stopped {
+                out.push_str(&a.stop.finish());
+            }
+            if !out.is_empty() {
+                let _ = a.sub.events.send(Event::Text(out));
+            }
+            self.end(a, None);
+        }
+    }
+
+    /// Cancels the sequences of clients that went away, frees closed slots, notices a stalled cluster.
+    async fn housekeeping(&mut self) {
+        let mut gone = Vec::new();
+        for a in &mut self.active {
+            if a.ended_at.is_none() && a.sub.events.is_closed() {
+                a.ended_at = Some(Instant::now());
+                gone.push((a.seq, a.sub.id.clone(), a.outcome.tokens.len()));
+            }
+        }
+        for (seq, id, n) in gone {
+            if let (Some(d), Some(seq)) = (self.deployment.as_mut(), seq) {
+                let _ = d.cancel(seq).await;
+            }
+            self.board().job(&id, |j| {
+                j.state = JobState::Cancelled;
+                j.completion_tokens = n;
+            });
+        }
+        let n_stages = self.n_stages;
+        self.active.retain(|a| match a.ended_at {
+            None => true,
+            Some(t) => a.seq.is_some() && a.stats < n_stages && t.elapsed() < CLOSE_GRACE,
+        });
+        let mut cancelled = Vec::new();
+        self.queue.retain(|s| {
+            let keep = !s.events.is_closed();
+            if !keep {
+                cancelled.push(s.id.clone());
+            }
+            keep
+        });
+        for id in cancelled {
+            self.board().job(&id, |j| j.state = JobState::Cancelled);
+        }
+        let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
+        self.board().running = running;
+        if running > 0 && self.deployment.is_some() && self.last_event.elapsed() > job::STALL_TIMEOUT {
+            self.failure = Some(Failure {
+                member: None,
+                message: format!("no word from the cluster for {} s", job::STALL_TIMEOUT.as_secs()),
+                retry: true,
+            });
+        }
+    }
+
+    /// Everything running and waiting fails; new requests get 503 until a plan fits again.
+    fn go_unavailable(&mut self, why: String) {
+        eprintln!("error: {why}; answering 503 until the cluster can run the model again");
+        {
+            let mut b = self.board();
+            b.unavailable = Some(why.clone());
+            b.plan = None;
+        }
+        let mut active = std::mem::take(&mut self.active);
+        for a in &mut active {
+            self.end(a, Some(ApiError::unavailable(why.clone())));
+        }
+        for sub in std::mem::take(&mut self.queue) {
+            self.reject(sub, ApiError::unavailable(why.clone()));
+        }
+        self.board().running = 0;
+        self.last_attempt = Instant::now();
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target { model: &self.setup.model, desc: &self.setup.desc, req: &self.setup.req, stages: self.setup.stages }
+    }
+
+    /// A stage failed: close the plan, re-plan without the lost nodes, resume the running requests.
+    async fn recover(&mut self, failure: Failure) {
+        let mut excluded = HashSet::new();
+        if let Some(d) = self.deployment.take() {
+            // Give the other sessions a moment to report their own breakage.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            excluded.extend(d.lost_peers().iter().map(|p| p.to_string()));
+            d.close().await;
+        }
+        self.board().plan = None;
+        self.active.retain(|a| a.ended_at.is_none());
+        for a in &mut self.active {
+            a.seq = None;
+        }
+        self.recoveries += 1;
+        if !failure.retry || self.recoveries > MAX_RECOVERIES {
+            self.go_unavailable(format!("the cluster keeps failing: {failure}"));
+            return;
+        }
+        eprintln!(
+            "warning: {failure}; re-planning without {} lost node(s) and resuming {} request(s)",
+            excluded.len(),
+            self.active.len()
+        );
+        let client = self.setup.joined_client.clone();
+        let mut attempt = 0;
+        let planned = loop {
+            let r = plan_and_deploy(&client, self.setup.wait, &self.target(), &excluded, true, &self.progress).await;
+            match r {
+                Ok(p) => break p,
+                Err(PlanFailure::NoPlan(e)) => {
+                    self.go_unavailable(format!("no set of the remaining nodes can run the model: {e:#}"));
+                    return;
+                }
+                Err(PlanFailure::Deploy(e)) if attempt < MAX_RECOVERIES => {
+                    eprintln!("warning: deploying failed ({e:#}); planning again");
+                    attempt += 1;
+                    tokio::time::sleep(edge_node::net::event_loop::LIVENESS_TIMEOUT).await;
+                }
+                Err(PlanFailure::Deploy(e)) => {
+                    self.go_unavailable(format!("deploying failed: {e:#}"));
+                    return;
+                }
+            }
+        };
+        self.install(planned);
+        let mut active = std::mem::take(&mut self.active);
+        for a in &mut active {
+            if self.failure.is_some() {
+                break;
+            }
+            if let Err(f) = self.start_seq(a).await {
+                self.failure = Some(f);
+            }
+        }
+        self.active = active;
+    }
+
+    /// While unavailable: try to plan on whoever is there now.
+    async fn retry(&mut self) {
+        self.last_attempt = Instant::now();
+        let client = self.setup.joined_client.clone();
+        let r = plan_and_deploy(&client, self.setup.wait, &self.target(), &HashSet::new(), true, &self.progress).await;
+        self.last_attempt = Instant::now();
+        match r {
+            Ok(p) => {
+                eprintln!("the cluster can run the model again; serving");
+                self.recoveries = 0;
+                self.install(p);
+            }
+            Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
+                let why = format!("no set of the members can run the model: {e:#}");
+                self.board().unavailable = Some(why);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_protocol::stage::{JobParams, SamplingParams};
+
+    fn handle(limit: usize) -> (Handle, mpsc::Receiver<Submission>) {
+        let (tx, rx) = mpsc::channel(limit);
+        let info = ModelInfo { id: "m".into(), arch: "llama".into(), layers: 1, context: 8 };
+        let board = Arc::new(Mutex::new(Board::new(info)));
+        (Handle { tx, pending: Arc::new(AtomicUsize::new(0)), limit, board }, rx)
+    }
+
+    fn job() -> Job {
+        let params =
+            JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![], skip_draws: 0 };
+        Job { prompt: vec![1], params }
+    }
+
+    #[test]
+    fn requests_beyond_the_queue_get_429_and_an_unavailable_cluster_503() {
+        let (h, mut rx) = handle(2);
+        let submit = || h.submit("id".into(), JobKind::Completion, job(), vec![]);
+        let _a = submit().unwrap();
+        let _b = submit().unwrap();
+        let e = submit().unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (429, Some("queue_full")));
+        // A request the scheduler is done with frees its place.
+        drop(rx.try_recv().unwrap());
+        assert!(submit().is_ok());
+        h.board.lock().unwrap().unavailable = Some("no plan fits".into());
+        let e = submit().unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (503, Some("cluster_unavailable")));
+        assert!(e.message.contains("no plan fits"));
+    }
+
+    #[test]
+    fn the_token_rate_counts_the_plan_nodes_over_the_window() {
+        let (h, _rx) = handle(1);
+        let mut b = h.board.lock().unwrap();
+        let member = |node: &str| StageMemberStatus { node: node.into(), kv_heads: None, ffn: None };
+        let stage = |node: &str| StageStatus {
+            layers: (0, 1),
+            embed: true,
+            head: true,
+            members: vec![member(node)],
+            predicted_us: 1.0,
+        };
+        b.plan = Some(PlanStatus {
+            id: "p".into(),
+            stages: vec![stage("x"), stage("y")],
+            predicted_tokens_per_s: 1.0,
+            sequences: 1,
+        });
+        b.count(5);
+        b.count(5);
+        assert!(b.in_plan("x") && b.in_plan("y") && !b.in_plan("z"));
+        // Uptime under a second counts as one second.
+        assert_eq!(b.rate("x"), 10.0);
+        assert_eq!(b.rate("z"), 0.0);
+    }
+}

@@ -1,0 +1,504 @@
+//! `edge-coord serve` with real processes on 127.0.0.1: two `edge-node serve` members (wgpu on lavapipe) and the
+//! server over a 2-stage pipeline, driven through its HTTP API like an OpenAI client would: greedy text equal to
+//! the single-node tokens, streaming (SSE) equal to the whole response, stop strings, concurrent requests, every
+//! error shape, a client that disconnects mid-stream, `/api/status` and `edge-coord status`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_node::tokenizer::Tokenizer;
+use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, Proc, TempDir, GREEDY_32, REFERENCE_PROMPT};
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-test-0123456789";
+/// Context of the server's sequences (small: quick to allocate, and an easy overlong prompt).
+const CTX: usize = 256;
+
+/// `edge-coord serve`, killed on drop; `url` is what it printed as `serving http://...`.
+struct Server {
+    _proc: Proc,
+    url: String,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(cluster_key: &str, nodes: &[&Node], extra: &[&str]) -> Server {
+        let dir = TempDir(temp_dir("serve"));
+        let mut cmd = Command::new(bin("edge-coord"));
+        cmd.args(["serve", "--no-mdns", "--wait", "1.5", "--listen", "127.0.0.1:0", "--ctx", &CTX.to_string()]);
+        for n in nodes {
+            cmd.args(["--peer", &n.addr]);
+        }
+        cmd.args(extra)
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .env("EDGE_CLUSTER_KEY", cluster_key)
+            .env_remove("EDGE_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start edge-coord serve");
+        let stderr = child.stderr.take().unwrap();
+        let proc = Proc(child);
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("EDGE_TEST_LOGS").is_some() {
+                    eprintln!("[serve] {line}");
+                }
+                if let Some(rest) = line.strip_prefix("serving ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
+                log2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(240))
+            .unwrap_or_else(|_| panic!("edge-coord serve did not start:\n{}", log.lock().unwrap()));
+        Server { _proc: proc, url, log, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(180)))
+        .build()
+        .into()
+}
+
+/// POSTs `body` (raw bytes) with the API key `key`: status and body text.
+fn post_raw(url: &str, path: &str, body: &[u8], key: Option<&str>) -> (u16, String) {
+    let mut req = agent().post(format!("{url}{path}")).header("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    let mut resp = req.send(body).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+}
+
+fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = post_raw(url, path, body.to_string().as_bytes(), Some(KEY));
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}")))
+}
+
+fn get(url: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = agent().get(format!("{url}{path}"));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let text = resp.body_mut().read_to_string().unwrap();
+    (resp.status().as_u16(), serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}")))
+}
+
+/// An SSE response read to its end: the `data:` payloads in order (`[DONE]` as a string).
+fn stream(url: &str, path: &str, body: &Value) -> Vec<Value> {
+    let mut resp = agent()
+        .post(format!("{url}{path}"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let reader = BufReader::new(resp.body_mut().as_reader());
+    let mut events = Vec::new();
+    let mut lines = reader.lines().map_while(Result::ok);
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let data = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data line: {line:?}"));
+        assert_eq!(lines.next().as_deref(), Some(""), "one data line per event");
+        events.push(if data == "[DONE]" { Value::from("[DONE]") } else { serde_json::from_str(data).unwrap() });
+    }
+    events
+}
+
+/// The streamed text: every chunk's `text` (completions) or `delta.content` (chat).
+fn streamed_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e.get("choices")?.get(0))
+        .filter_map(|c| c["text"].as_str().or(c["delta"]["content"].as_str()))
+        .collect()
+}
+
+fn completion(model: &str, extra: Value) -> Value {
+    let mut body = json!({"model": model, "prompt": REFERENCE_PROMPT, "max_tokens": 32, "temperature": 0});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn gpu_node(key: &str, peers: &[&str]) -> Node {
+    Node::start(key, NodeSpec { peers, backend: Some("wgpu"), ..Default::default() })
+}
+
+fn model_path() -> std::path::PathBuf {
+    std::env::var_os("EDGE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(edge_node::setup::default_model)
+}
+
+/// `edge-coord status` against `url`: (stdout, stderr, success).
+fn status_cli(url: &str, extra: &[&str]) -> (String, String, bool) {
+    let out = Command::new(bin("edge-coord"))
+        .args(["status", "--url", url])
+        .args(extra)
+        .env_remove("EDGE_API_KEY")
+        .output()
+        .unwrap();
+    (String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into(), out.status.success())
+}
+
+/// The tests start GPU members on a 2-core machine: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn the_openai_api_serves_the_cluster() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = edge_tests::smollm2();
+    let tok = Tokenizer::from_gguf(&m.gguf).unwrap();
+    let greedy_text = tok.decode(&GREEDY_32);
+    let key = new_key();
+    let a = gpu_node(&key, &[]);
+    let b = gpu_node(&key, &[&a.addr]);
+    let server = Server::start(&key, &[&a, &b], &["--stages", "2", "--sequences", "2", "--api-key", KEY]);
+    let url = server.url.clone();
+    let started = Instant::now();
+
+    // The model list: the GGUF file stem.
+    let (status, models) = get(&url, "/v1/models", Some(KEY));
+    assert_eq!(status, 200, "{models}");
+    let want_id = model_path().file_stem().unwrap().to_string_lossy().into_owned();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], want_id.as_str());
+    assert_eq!(models["data"][0]["object"], "model");
+    assert_eq!(models["data"][0]["owned_by"], "edge-infer");
+    let model = want_id.as_str();
+
+    // A greedy completion: the single-node tokens.
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({})));
+    assert_eq!(status, 200, "{r}\n{}", server.log());
+    assert_eq!(r["object"], "text_completion");
+    assert!(r["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(r["model"], model);
+    assert_eq!(r["choices"][0]["text"], greedy_text.as_str(), "the single-node greedy text");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(r["choices"][0]["index"], 0);
+    assert_eq!(r["usage"], json!({"prompt_tokens": 11, "completion_tokens": 32, "total_tokens": 43}));
+    let first_id = r["id"].as_str().unwrap().to_string();
+
+    // The same, streamed: the chunks add up to the same text, the last names the finish, then usage, then [DONE].
+    let events = stream(
+        &url,
+        "/v1/completions",
+        &completion(model, json!({"stream": true, "stream_options": {"include_usage": true}})),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(streamed_text(&events), greedy_text);
+    let n = events.len();
+    assert_eq!(events[n - 2]["choices"], json!([]));
+    assert_eq!(events[n - 2]["usage"], json!({"prompt_tokens": 11, "completion_tokens": 32, "total_tokens": 43}));
+    assert_eq!(events[n - 3]["choices"][0]["finish_reason"], "length");
+    assert!(events[..n - 3].iter().all(|e| e["choices"][0]["finish_reason"].is_null()));
+    assert!(events[..n - 1].iter().all(|e| e["object"] == "text_completion" && e["id"] == events[0]["id"]));
+
+    // Stop strings: the text ends right before the first one, in both modes, and the sequence stops early.
+    let cut = greedy_text.find("glitter").unwrap();
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"stop": ["zzz", "glitter"]})));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], &greedy_text[..cut]);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    assert!(r["usage"]["completion_tokens"].as_u64().unwrap() < 32, "{r}");
+    let cut = greedy_text.find("\n\nOne").unwrap();
+    let events = stream(&url, "/v1/completions", &completion(model, json!({"stream": true, "stop": "\n\nOne"})));
+    assert_eq!(streamed_text(&events), &greedy_text[..cut], "nothing of the stop string is streamed");
+    assert_eq!(events[events.len() - 2]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    // Chat, whole and streamed: same text, the first chunk carries the role, usage matches.
+    let chat = json!({"model": model, "temperature": 0, "max_tokens": 40,
+                      "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let (status, r) = post(&url, "/v1/chat/completions", &chat);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert!(r["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    let answer = r["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!answer.is_empty());
+    let usage = r["usage"].clone();
+    let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
+    let finish = r["choices"][0]["finish_reason"].as_str().unwrap();
+    assert_eq!(finish, if completion_tokens < 40 { "stop" } else { "length" }, "{r}");
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = stream(&url, "/v1/chat/completions", &streamed);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert!(events[1..].iter().all(|e| e.get("choices").is_none_or(|c| c[0]["delta"].get("role").is_none())));
+    assert_eq!(streamed_text(&events), answer);
+    let n = events.len();
+    assert_eq!(events[n - 1], "[DONE]");
+    assert_eq!(events[n - 2]["usage"], usage);
+    assert_eq!(events[n - 3]["choices"][0]["finish_reason"], finish);
+
+    // Two requests at once: both get the greedy text.
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            let body = completion(model, json!({}));
+            std::thread::spawn(move || post(&url, "/v1/completions", &body))
+        })
+        .collect();
+    for h in handles {
+        let (status, r) = h.join().unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["choices"][0]["text"], greedy_text.as_str(), "concurrent request");
+    }
+
+    // Errors, in OpenAI's shape.
+    let error = |status: u16, text: &str| -> Value {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text:?}"));
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(), "{v}");
+        v
+    };
+    let (status, text) = post_raw(&url, "/v1/completions", b"{\"model\": ", Some(KEY));
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(error(status, &text)["error"]["type"], "invalid_request_error");
+    let (status, text) = post_raw(&url, "/v1/chat/completions", b"[1, 2]", Some(KEY));
+    assert_eq!(status, 400, "{text}");
+    error(status, &text);
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"max_tokens": "ten"})));
+    assert_eq!(status, 400);
+    assert_eq!(r["error"]["param"], "max_tokens");
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"temperature": 5})));
+    assert_eq!((status, r["error"]["param"].as_str()), (400, Some("temperature")));
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"n": 2})));
+    assert_eq!((status, r["error"]["param"].as_str()), (400, Some("n")));
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"echo": true})));
+    assert_eq!((status, r["error"]["param"].as_str()), (400, Some("echo")));
+    let (status, r) = post(&url, "/v1/completions", &completion("gpt-4", json!({})));
+    assert_eq!(status, 404);
+    assert_eq!(r["error"]["code"], "model_not_found");
+    let long = "hello ".repeat(300);
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"prompt": long})));
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["code"], "context_length_exceeded");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("maximum context length is {CTX} tokens")) && msg.contains("32 in the completion"),
+        "{msg}"
+    );
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"max_tokens": CTX})));
+    assert_eq!((status, r["error"]["code"].as_str()), (400, Some("context_length_exceeded")));
+    for key in [None, Some("sk-wrong")] {
+        let (status, text) =
+            post_raw(&url, "/v1/completions", completion(model, json!({})).to_string().as_bytes(), key);
+        assert_eq!(status, 401, "{key:?}: {text}");
+        assert_eq!(error(status, &text)["error"]["type"], "authentication_error");
+        let (status, _) = get(&url, "/v1/models", key);
+        assert_eq!(status, 401);
+        let (status, _) = get(&url, "/api/status", key);
+        assert_eq!(status, 401);
+    }
+    let big = format!("{{\"model\": \"{model}\", \"prompt\": \"{}\"}}", "a".repeat(2 << 20));
+    let (status, text) = post_raw(&url, "/v1/completions", big.as_bytes(), Some(KEY));
+    assert_eq!(status, 413, "{text}");
+    error(status, &text);
+    let (status, text) = post_raw(&url, "/v1/nothing", b"{}", Some(KEY));
+    assert_eq!(status, 404);
+    error(status, &text);
+
+    // A client that goes away mid-stream: its sequence is cancelled and the slot freed.
+    let gone_id = {
+        let mut resp = agent()
+            .post(format!("{url}/v1/completions"))
+            .header("Authorization", format!("Bearer {KEY}"))
+            .send(completion(model, json!({"stream": true, "max_tokens": 200})).to_string())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut lines = BufReader::new(resp.body_mut().as_reader()).lines().map_while(Result::ok);
+        let first: Value =
+            serde_json::from_str(lines.find_map(|l| l.strip_prefix("data: ").map(str::to_string)).unwrap().as_str())
+                .unwrap();
+        let _ = lines.nth(4); // a few more events
+        first["id"].as_str().unwrap().to_string()
+        // the response (and its connection) is dropped here
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, status_at) = loop {
+        let (_, s) = get(&url, "/api/status", Some(KEY));
+        let job = s["jobs"].as_array().unwrap().iter().find(|j| j["id"] == gone_id.as_str()).cloned().unwrap();
+        let busy: u64 = s["nodes"].as_array().unwrap().iter().map(|n| n["active_sequences"].as_u64().unwrap()).sum();
+        if job["state"] == "cancelled" && busy == 0 {
+            assert!(job["completion_tokens"].as_u64().unwrap() < 200, "{job}");
+            break (s, started.elapsed());
+        }
+        assert!(Instant::now() < deadline, "the abandoned sequence still runs: {job}\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Both slots are free: two more requests run at once and are right.
+    let t = Instant::now();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            let body = completion(model, json!({"max_tokens": 8}));
+            std::thread::spawn(move || post(&url, "/v1/completions", &body))
+        })
+        .collect();
+    for h in handles {
+        let (status, r) = h.join().unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert!(greedy_text.starts_with(r["choices"][0]["text"].as_str().unwrap()), "{r}");
+    }
+    eprintln!("two 8-token requests after the disconnect took {:?}", t.elapsed());
+
+    // The status: model, both nodes alive, the 2-stage plan on them, the finished jobs.
+    assert_eq!(status["model"]["id"], model);
+    assert_eq!(status["model"]["context"], CTX);
+    assert_eq!(status["model"]["layers"], 30);
+    let nodes = status["nodes"].as_array().unwrap();
+    let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&a.peer_id.as_str()) && ids.contains(&b.peer_id.as_str()), "{ids:?}");
+    for n in nodes {
+        assert_eq!(n["alive"], true);
+        assert_eq!(n["backend"], "wgpu");
+        assert_eq!(n["name"].as_str().unwrap().len(), 6);
+        assert!(n["memory_bytes"].as_u64().unwrap() > 0 && n["gemv_gbps"].as_f64().unwrap() > 0.0, "{n}");
+        assert!(n["tokens_per_s"].as_f64().is_some());
+    }
+    let plan = &status["plan"];
+    let stages = plan["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{plan}");
+    assert_eq!(stages[0]["layers"], json!([0, 15]));
+    assert_eq!(stages[1]["layers"], json!([15, 30]));
+    assert_eq!((stages[0]["embed"].as_bool(), stages[1]["head"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(stages[0]["members"][0]["kv_heads"], Value::Null);
+    assert_eq!(plan["sequences"], 2);
+    let jobs = status["jobs"].as_array().unwrap();
+    let first = jobs.iter().find(|j| j["id"] == first_id.as_str()).expect("the first job is listed");
+    assert_eq!(first["state"], "done");
+    assert_eq!(first["kind"], "completion");
+    assert_eq!(first["finish_reason"], "length");
+    assert_eq!((first["prompt_tokens"].as_u64(), first["completion_tokens"].as_u64()), (Some(11), Some(32)));
+    assert!(first["first_token_ms"].as_f64().unwrap() > 0.0 && first["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(jobs.iter().any(|j| j["kind"] == "chat" && j["state"] == "done"));
+    assert!(status["totals"]["requests"].as_u64().unwrap() >= 9, "{}", status["totals"]);
+    assert!(status["totals"]["uptime_s"].as_f64().unwrap() >= status_at.as_secs_f64() - 1.0);
+
+    // `edge-coord status`: the same as a table, or as JSON; a wrong key and an empty port are clear errors.
+    let (out, err, ok) = status_cli(&url, &["--api-key", KEY]);
+    assert!(ok, "{err}");
+    for want in [
+        model,
+        &a.peer_id[a.peer_id.len() - 6..],
+        &b.peer_id[b.peer_id.len() - 6..],
+        "stage 1: layers 15..30",
+        first_id.as_str(),
+    ] {
+        assert!(out.contains(want), "{want:?} missing in\n{out}");
+    }
+    let (out, err, ok) = status_cli(&url, &["--api-key", KEY, "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["stages"].as_array().unwrap().len(), 2);
+    let (_, err, ok) = status_cli(&url, &[]);
+    assert!(!ok && err.contains("401") && err.contains("--api-key"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_, err, ok) = status_cli(&format!("http://127.0.0.1:{port}"), &[]);
+    assert!(!ok && err.contains("nothing answers"), "{err}");
+}
+
+/// The stage member of the current plan among `nodes` (from `/api/status`).
+fn plan_nodes(url: &str) -> Vec<String> {
+    let (_, s) = get(url, "/api/status", Some(KEY));
+    s["plan"]["stages"]
+        .as_array()
+        .map(|st| {
+            st.iter()
+                .flat_map(|s| s["members"].as_array().unwrap())
+                .map(|m| m["node"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_lost_node_is_replaced_mid_stream_and_too_few_nodes_answer_503() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let key = new_key();
+    // Members that can hold the model two by two (112 MB each) but not alone (it needs ~141 MB).
+    let small = |peers: &[&str]| {
+        Node::start(&key, NodeSpec { peers, backend: Some("wgpu"), memory: Some(112_000_000), ..Default::default() })
+    };
+    let a = small(&[]);
+    let b = small(&[&a.addr]);
+    let c = small(&[&a.addr]);
+    let mut nodes = vec![a, b, c];
+    let server = Server::start(&key, &nodes.iter().collect::<Vec<_>>(), &["--stages", "2", "--api-key", KEY]);
+    let url = server.url.clone();
+    let model = model_path().file_stem().unwrap().to_string_lossy().into_owned();
+    let body = completion(&model, json!({"max_tokens": 48}));
+    let (status, r) = post(&url, "/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    let want = r["choices"][0]["text"].as_str().unwrap().to_string();
+
+    // Stream the same request and kill a stage's node once some text has come.
+    let victim = plan_nodes(&url)[1].clone();
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let mut resp = agent()
+        .post(format!("{url}/v1/completions"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send(streamed.to_string())
+        .unwrap();
+    let mut events = Vec::new();
+    for line in BufReader::new(resp.body_mut().as_reader()).lines().map_while(Result::ok) {
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        events.push(if data == "[DONE]" { Value::from("[DONE]") } else { serde_json::from_str(data).unwrap() });
+        if events.len() == 5 {
+            let i = nodes.iter().position(|n| n.peer_id == victim).unwrap();
+            drop(nodes.remove(i));
+        }
+    }
+    assert!(nodes.len() == 2, "the stream ended before the kill");
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}\n{}", server.log());
+    assert_eq!(streamed_text(&events), want, "the text of an uninterrupted run\n{}", server.log());
+    assert_eq!(events[events.len() - 2]["choices"][0]["finish_reason"], "length");
+    assert!(server.log().contains("re-planning"), "{}", server.log());
+    let now = plan_nodes(&url);
+    assert_eq!(now.len(), 2);
+    assert!(!now.contains(&victim), "{now:?}");
+
+    // One node left cannot hold the model: the API answers 503 (and the status has no plan).
+    drop(nodes.remove(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, r) = post(&url, "/v1/completions", &completion(&model, json!({"max_tokens": 4})));
+        if status == 503 {
+            assert_eq!(r["error"]["code"], "cluster_unavailable", "{r}");
+            assert!(
+                r["error"]["message"].as_str().unwrap().contains("no set of the remaining nodes can run the model"),
+                "{r}"
+            );
+            break;
+        }
+        assert_eq!(status, 200, "{r}");
+        assert!(Instant::now() < deadline, "still served by one small node\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, s) = get(&url, "/api/status", Some(KEY));
+    assert!(s["plan"].is_null(), "{}", s["plan"]);
+}
