@@ -40,3 +40,14 @@ fn bad_parameters_are_refused_clearly() {
     let (ok, err) = run(&["-p", "hi", "--tensor-parallel", "many"]);
     assert!(!ok && err.contains("is not auto, off or a number of nodes"), "{err}");
 }
+
+/// `--help` explains the commands with examples, how members are found, and the environment.
+#[test]
+fn help_explains_itself() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-coord")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for want in ["serve", "status", "Examples:", "--cluster-key", "config.toml", "RUST_LOG", "qwen2.5-coder:0.5b"] {
+        assert!(help.contains(want), "--help lacks {want:?}:\n{help}");
+    }
+}

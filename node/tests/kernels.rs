@@ -241,6 +241,17 @@ fn matmul_every_type_and_fusion() {
     }
 }
 
+/// Rows longer than half a uniform view (8,448 floats, like a wide FFN's down projection): one token per group,
+/// so prompts run the one-token `gemv` kernel once per token; with and without chunking.
+#[test]
+fn matmul_rows_too_long_for_two_tokens_per_view() {
+    for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0] {
+        for chunk in [None, Some(8)] {
+            check_matmul(ty, 37, 8448, 5, TYPE_FLAGS[1], chunk, 7);
+        }
+    }
+}
+
 macro_rules! matmul_props {
     ($($name:ident => $ty:expr),* $(,)?) => {
         proptest! {

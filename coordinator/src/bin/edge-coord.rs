@@ -6,9 +6,24 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_coord::cluster::JoinArgs;
 
+const AFTER_HELP: &str = "\
+Examples:
+  edge-coord peers --peer /ip4/192.168.1.7/tcp/4001            the cluster: members, speed, links
+  edge-coord plan -m qwen2.5-coder:1.5b --sequences 4            how the model would be split, and how fast
+  edge-coord run -m qwen2.5-coder:0.5b --chat -p \"Write a quicksort in Rust\"
+  edge-coord serve -m qwen2.5-coder:0.5b --listen 0.0.0.0:8080 --api-key SECRET
+                                                                  OpenAI API + dashboard at http://HOST:8080/
+  edge-coord status --url http://127.0.0.1:8080                   nodes, plan and recent jobs of a server
+
+Every command that talks to the cluster takes the cluster key (--cluster-key, $EDGE_CLUSTER_KEY or
+DATA_DIR/cluster.key) and finds members by mDNS, --peer addresses or DATA_DIR/config.toml's bootstrap list.
+Models: a GGUF path or a short name (smollm2:135m, qwen2.5-coder:0.5b, qwen2.5-coder:1.5b).
+Environment: RUST_LOG (log filter, e.g. info or edge_coord=debug; logs go to stderr), EDGE_DATA_DIR,
+EDGE_CLUSTER_KEY, EDGE_MODEL, EDGE_MODELS_DIR, EDGE_API_KEY.";
+
 /// Coordinator of an edge inference cluster: plans how a model is split over the nodes and runs jobs on them.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

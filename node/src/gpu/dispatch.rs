@@ -97,11 +97,21 @@ impl Dispatch {
                 pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
                 return;
             }
+            // Rows too long for two tokens in one uniform view (e.g. a wide FFN's down projection): every group is
+            // one token, so the one-token kernel (8 rows per invocation sharing x) beats `main` (1 row, 1 token).
+            let per_token = group_tokens == 1 && self.gemv.is_some();
+            if let (true, Some(gemv)) = (per_token, &self.gemv) {
+                pass.set_pipeline(&gemv.pipeline);
+            }
             for g in 0..n.div_ceil(group_tokens) {
                 let count = group_tokens.min(n - g * group_tokens);
                 let x_off = (row0 + g * group_tokens) * k * 4;
                 pass.set_bind_group(0, &self.bind, &[x_off, g * s.align]);
-                pass.dispatch_workgroups(rows.div_ceil(64), tiles(count), 1);
+                if per_token {
+                    pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
+                } else {
+                    pass.dispatch_workgroups(rows.div_ceil(64), tiles(count), 1);
+                }
             }
             return;
         }
