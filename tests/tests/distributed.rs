@@ -260,3 +260,32 @@ fn restarts_keep_caches_and_a_killed_coordinator_frees_its_stages() {
     let used: Vec<&str> = after["loads"].as_array().unwrap().iter().map(|l| l["peer"].as_str().unwrap()).collect();
     assert!(used.contains(&a_id.as_str()), "the restarted node is used again: {used:?}");
 }
+
+/// Qwen2.5-Coder-1.5B (Q4_K/Q6_K everywhere, 28 layers) as a three-stage pipeline: the tokens of one wgpu node.
+/// Opt-in: the model is an optional 1.1 GB download.
+#[test]
+#[ignore = "needs Qwen2.5-Coder-1.5B (bash scripts/setup.sh --with-qwen-1.5b); run with -- --ignored"]
+fn qwen2_1_5b_pipeline_generates_the_single_node_tokens() {
+    use edge_node::backend::{Backend, LoadedModel};
+    let path = edge_node::setup::known_model(&edge_node::setup::QWEN_15B);
+    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
+    let m = LoadedModel::open(&path).unwrap();
+    let tok = edge_node::tokenizer::Tokenizer::from_gguf(&m.gguf).unwrap();
+    let req = edge_node::generate::GenerateRequest {
+        prompt: tok.encode(QWEN_PROMPT).unwrap(),
+        max_tokens: 12,
+        context: 64,
+        sampling: Default::default(),
+        stop: vec![],
+    };
+    let mut chain = m.shards(Backend::Wgpu, &[], &Default::default()).unwrap();
+    let (one, _) = edge_node::generate::generate(&mut chain, &req, |_| true).unwrap();
+    drop(chain);
+    let key = new_key();
+    let a = gpu_node(&key, &[]);
+    let b = gpu_node(&key, &[&a.addr]);
+    let c = gpu_node(&key, &[&a.addr]);
+    let extra = ["-m", path.to_str().unwrap(), "--stages", "3"];
+    let report = run_prompt(&key, &[&a, &b, &c], QWEN_PROMPT, 12, &extra).unwrap();
+    assert_eq!(tokens(&report, 0), one);
+}
