@@ -192,6 +192,7 @@ pub async fn start_member(
         let (dir, backend) = (dir.to_owned(), o.backend);
         tokio::task::spawn_blocking(move || measure(&dir, backend)).await??
     };
+    let listeners = o.listen.len().max(1);
     let cfg = NetConfig {
         identity: identity.clone(),
         cluster_key,
@@ -206,11 +207,12 @@ pub async fn start_member(
     let event_loop = tokio::spawn(event_loop.run(stop_rx));
     let bulk = tokio::spawn(net::bulk::serve(client.clone()));
 
-    // Wait (bounded) for the listeners, then advertise them in the signed record.
+    // Wait (bounded) for every listener (TCP and QUIC come up separately; a loaded machine can be a while between
+    // them), then advertise them in the signed record.
     let mut addrs = Vec::new();
     for _ in 0..50 {
         addrs = client.listen_addrs().await?;
-        if !addrs.is_empty() {
+        if addrs.len() >= listeners {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
