@@ -24,7 +24,7 @@ pub struct ModelDescription {
     /// Granularity of a tensor-parallel FFN column split: the GGML block size of the FFN down matrix's type, at
     /// least 32 (32 for Q4_0/Q4_1/Q8_0, 256 for K-quants).
     pub ffn_block: usize,
-    /// Weight bytes of each transformer layer, as stored (quantized).
+    /// Weight bytes of each transformer layer as a wgpu node holds them (quantized, repacked: at least the file's).
     pub layer_weight_bytes: Vec<u64>,
     /// Token embedding table (first stage).
     pub embed_bytes: u64,
@@ -44,20 +44,23 @@ pub struct ModelDescription {
 impl ModelDescription {
     pub fn from_gguf(g: &Gguf, cfg: &ModelConfig) -> Result<ModelDescription, edge_node::gguf::GgufError> {
         let all = ShardTensors::resolve(g, cfg, ShardSpec::whole(cfg.n_layers as u32))?;
+        // Matrices as a wgpu node holds them (repacked into textures: never less than the file, up to ~1.8x for
+        // Q4_K); norms and biases as stored.
+        let matrix = |t: &edge_node::gguf::TensorInfo| {
+            edge_node::gpu::weights::device_bytes(t.ty, t.rows() as usize, t.cols() as usize)
+        };
         let layer_weight_bytes = all
             .layers
             .iter()
             .map(|l| {
-                let mut b = [&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down]
-                    .map(|t| t.size)
-                    .iter()
-                    .sum::<u64>();
+                let mut b = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].map(matrix).iter().sum::<u64>();
+                b += l.attn_norm.size + l.ffn_norm.size;
                 b += [&l.bq, &l.bk, &l.bv].iter().filter_map(|t| t.as_ref()).map(|t| t.size).sum::<u64>();
                 b
             })
             .collect();
-        let embed_bytes = all.embed.as_ref().map_or(0, |t| t.size);
-        let head_bytes = all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, |t| t.size);
+        let embed_bytes = all.embed.as_ref().map_or(0, matrix);
+        let head_bytes = all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, matrix);
         let q = cfg.n_heads * cfg.head_dim;
         let params = cfg.dim * (q + 2 * cfg.kv_dim()) + q * cfg.dim + 3 * cfg.dim * cfg.ffn_dim;
         let ffn_block = all.layers.first().map_or(32, |l| l.w_down.ty.block().0.max(32));

@@ -38,6 +38,12 @@ pub fn layout(ty: GgmlType) -> Layout {
     Layout { scales, texels }
 }
 
+/// Bytes a `(rows, cols)` matrix of `ty` takes on a wgpu device once repacked (never less than in the file).
+pub fn device_bytes(ty: GgmlType, rows: usize, cols: usize) -> u64 {
+    let Layout { scales, texels } = layout(ty);
+    (rows * (cols / 32) * (texels * 16 + scales * 4)) as u64
+}
+
 /// Block `b` (32 weights) of a row of GGML bytes as (scale words, quant words), in the shapes [`layout`] gives:
 /// - F32, F16, Q8_0, Q4_0, Q4_1: GGML's own bytes; the f16 scale (Q4_1: the `d, m` pair) is one scale word.
 /// - Q5_0: texel 0 the nibbles `qs`, texel 1 `(d, qh, 0, 0)`.
