@@ -9,7 +9,7 @@
 //! only their order changes; K-quant super-blocks are cut into their 32-weight sub-blocks (see [`block32`]).
 
 use crate::gguf::{Gguf, TensorInfo};
-use crate::quant::{k4_scale_min, q6k_at, GgmlType};
+use crate::quant::{f16_at, k4_scale_min, q6k_at, GgmlType};
 
 use super::context::GpuContext;
 
@@ -99,10 +99,6 @@ pub fn block32(ty: GgmlType, row: &[u8], b: usize) -> (Vec<u32>, Vec<u32>) {
         }
         other => unreachable!("{other:?} is rejected when the model is loaded"),
     }
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// Texture extent of a repacked matrix: width (rows per layer), height (texel rows), layers.
