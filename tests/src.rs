@@ -30,6 +30,12 @@ pub fn smollm2() -> LoadedModel {
     LoadedModel::open(&path).unwrap_or_else(|e| panic!("{e:#} (run `bash scripts/setup.sh`)"))
 }
 
+/// A model `scripts/setup.sh` fetches, from the model cache. Fails, never skips, when it is missing.
+pub fn known(k: &edge_node::setup::KnownModel) -> LoadedModel {
+    let path = edge_node::setup::known_model(k);
+    LoadedModel::open(&path).unwrap_or_else(|e| panic!("{e:#} (run `bash scripts/setup.sh`)"))
+}
+
 /// A child process killed (and reaped) on drop, also when a test fails.
 pub struct Proc(pub std::process::Child);
 

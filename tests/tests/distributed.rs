@@ -266,10 +266,8 @@ fn restarts_keep_caches_and_a_killed_coordinator_frees_its_stages() {
 #[test]
 #[ignore = "needs Qwen2.5-Coder-1.5B (bash scripts/setup.sh --with-qwen-1.5b); run with -- --ignored"]
 fn qwen2_1_5b_pipeline_generates_the_single_node_tokens() {
-    use edge_node::backend::{Backend, LoadedModel};
-    let path = edge_node::setup::known_model(&edge_node::setup::QWEN_15B);
-    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
-    let m = LoadedModel::open(&path).unwrap();
+    use edge_node::backend::Backend;
+    let m = edge_tests::known(&edge_node::setup::QWEN_15B);
     let tok = edge_node::tokenizer::Tokenizer::from_gguf(&m.gguf).unwrap();
     let req = edge_node::generate::GenerateRequest {
         prompt: tok.encode(QWEN_PROMPT).unwrap(),
@@ -285,7 +283,7 @@ fn qwen2_1_5b_pipeline_generates_the_single_node_tokens() {
     let a = gpu_node(&key, &[]);
     let b = gpu_node(&key, &[&a.addr]);
     let c = gpu_node(&key, &[&a.addr]);
-    let extra = ["-m", path.to_str().unwrap(), "--stages", "3"];
+    let extra = ["-m", m.path.to_str().unwrap(), "--stages", "3"];
     let report = run_prompt(&key, &[&a, &b, &c], QWEN_PROMPT, 12, &extra).unwrap();
     assert_eq!(tokens(&report, 0), one);
 }

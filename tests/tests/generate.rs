@@ -40,9 +40,7 @@ fn wgpu_greedy_32_tokens_equal_the_cpu_reference() {
 /// Q4_K and Q6_K kernels; one shard and a pipeline of two) gives the same.
 #[test]
 fn qwen2_greedy_tokens_on_both_backends() {
-    let path = edge_node::setup::known_model(&edge_node::setup::QWEN_05B);
-    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
-    let m = edge_node::backend::LoadedModel::open(&path).unwrap();
+    let m = edge_tests::known(&edge_node::setup::QWEN_05B);
     let tok = edge_node::tokenizer::Tokenizer::from_gguf(&m.gguf).unwrap();
     let req = GenerateRequest { prompt: tok.encode(QWEN_PROMPT).unwrap(), ..greedy(16) };
     for (backend, cuts) in [(Backend::Cpu, vec![]), (Backend::Wgpu, vec![]), (Backend::Wgpu, vec![9])] {
