@@ -13,12 +13,12 @@ use edge_node::net::Client;
 use edge_protocol::bulk::{read_msg, write_msg};
 use edge_protocol::stage::{
     Hash, JobParams, Manifest, MemberRef, NodeMsg, PlanId, SessionMsg, StageOpen, TensorEntry, MAX_DATA_CHUNK,
-    MAX_STAGE_FRAME, STAGE_PROTOCOL,
+    MAX_STAGE_FRAME,
 };
 use edge_protocol::{LayerSlice, ShardSpec};
 use futures::io::WriteHalf;
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 /// One stage as deployed: its layers and its members (one, or a tensor-parallel group in member order).
@@ -160,14 +160,9 @@ pub async fn deploy(
     for (s, a) in stages.iter().enumerate() {
         for (j, (peer, _)) in a.members.iter().enumerate() {
             let member = MemberRef { stage: s as u32, member: j as u32 };
-            let mut stream = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.streams().open_stream(*peer, StreamProtocol::new(STAGE_PROTOCOL)),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("{peer}: timed out opening a session"))?
-            .with_context(|| format!("{peer}: opening a session"))?;
-            write_msg(&mut stream, &StageOpen::Session { plan }, 256).await?;
+            let stream = edge_node::stage::open::open_stage_stream(client, *peer, &StageOpen::Session { plan })
+                .await
+                .context("opening a session")?;
             let (mut r, w) = stream.split();
             let tx = tx.clone();
             let lost = lost.clone();

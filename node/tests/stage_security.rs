@@ -1,16 +1,19 @@
 //! The stage protocol against a peer that holds the cluster key but not a plan: pipes into plans the node does not
-//! hold are closed at once, stage streams beyond the per-peer limit are refused, and tensor bytes that do not match
-//! their hash are rejected with a clear error. Two members in this process, on 127.0.0.1.
+//! hold are refused (with the reason) and closed at once, stage streams beyond the per-peer limit are refused, and
+//! tensor bytes that do not match their hash are rejected with a clear error. Two members in this process, on
+//! 127.0.0.1.
 
 use std::time::Duration;
 
 use edge_node::backend::Backend;
 use edge_node::net::keys;
 use edge_node::serve::{start_member, MemberOptions, RunningMember};
+use edge_node::stage::open::{open_stage_stream, OpenError};
 use edge_node::stage::MAX_STREAMS_PER_PEER;
 use edge_protocol::bulk::{read_msg, write_msg};
 use edge_protocol::stage::{
-    Manifest, MemberRef, NodeMsg, SessionMsg, StageOpen, TensorEntry, MAX_STAGE_FRAME, STAGE_PROTOCOL,
+    Manifest, MemberRef, NodeMsg, SessionMsg, StageAccept, StageOpen, TensorEntry, MAX_OPEN_FRAME, MAX_STAGE_FRAME,
+    STAGE_PROTOCOL,
 };
 use edge_protocol::ShardSpec;
 use futures::AsyncReadExt;
@@ -50,16 +53,31 @@ fn strangers_to_a_plan_get_nothing() {
             async move { c.open_stream(target, StreamProtocol::new(STAGE_PROTOCOL)).await.unwrap() }
         };
 
-        // A pipe into a plan the node does not hold: closed at once.
+        // A burst of stage streams at once (as when every member of a plan wires at the same moment): libp2p
+        // drops an inbound stream that arrives while the previous one waits for the node to take it; the opener
+        // sees that and opens it again, so every one is taken.
+        let burst = (0..24u8).map(|i| {
+            let client = peer.client.clone();
+            async move { open_stage_stream(&client, target, &StageOpen::Session { plan: [i; 16] }).await }
+        });
+        let opened = futures::future::join_all(burst).await;
+        let lost: Vec<String> = opened.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+        assert!(lost.is_empty(), "streams of a burst were lost: {lost:?}");
+        drop(opened);
+
+        // A pipe into a plan the node does not hold: refused with the reason, and closed at once.
+        let pipe = StageOpen::Pipe { plan: [7; 16], from: MemberRef { stage: 0, member: 0 } };
+        match open_stage_stream(&peer.client, target, &pipe).await {
+            Err(OpenError::Refused { reason, .. }) => assert!(reason.contains("holds no stage"), "{reason}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
         let mut s = open().await;
-        write_msg(&mut s, &StageOpen::Pipe { plan: [7; 16], from: MemberRef { stage: 0, member: 0 } }, 256)
-            .await
-            .unwrap();
+        write_msg(&mut s, &pipe, MAX_OPEN_FRAME).await.unwrap();
+        assert!(matches!(read_msg(&mut s, MAX_OPEN_FRAME).await, Ok(StageAccept::Refused { .. })));
         assert!(closed(&mut s, Duration::from_secs(3)).await, "pipe into an unknown plan stays open");
 
         // Tensor bytes that do not hash to the manifest's hash are refused, with a reason.
-        let mut s = open().await;
-        write_msg(&mut s, &StageOpen::Session { plan: [9; 16] }, 256).await.unwrap();
+        let mut s = open_stage_stream(&peer.client, target, &StageOpen::Session { plan: [9; 16] }).await.unwrap();
         let data = vec![1u8; 4096];
         let manifest = Manifest {
             model: [0; 32],
@@ -90,14 +108,24 @@ fn strangers_to_a_plan_get_nothing() {
         // (The streams above release their slots as their tasks end.)
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Never more stage streams of one peer served at once than the limit: open more, without a header (so
-        // the node holds each one open, waiting), and count the ones still open after a while.
+        // the node holds each one open, waiting for it). Those over the limit are refused with the reason; the
+        // others get no answer yet.
         let mut streams = Vec::new();
         for _ in 0..MAX_STREAMS_PER_PEER + 8 {
             streams.push(open().await);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let checks = streams.iter_mut().map(|s| closed(s, Duration::from_millis(500)));
-        let open_now = futures::future::join_all(checks).await.iter().filter(|c| !**c).count();
+        let answers = streams.iter_mut().map(|s| async move {
+            match tokio::time::timeout(Duration::from_secs(2), read_msg::<_, StageAccept>(s, MAX_OPEN_FRAME)).await {
+                Ok(Ok(StageAccept::Refused { reason })) => {
+                    assert!(reason.contains("too many"), "{reason}");
+                    false
+                }
+                Ok(Ok(StageAccept::Accepted)) => panic!("a stream without a header was accepted"),
+                Ok(Err(_)) => false, // dropped unread (libp2p's accept queue was full): not served either
+                Err(_) => true, // still waiting for its header: served
+            }
+        });
+        let open_now = futures::future::join_all(answers).await.iter().filter(|served| **served).count();
         assert!(open_now > 0 && open_now <= MAX_STREAMS_PER_PEER, "{open_now} streams served at once");
         drop(streams);
         node.stop().await;

@@ -10,6 +10,11 @@
 //!   tokens around the ring back to the first stage, and the partial sums of a tensor-parallel stage. Data never
 //!   passes through the coordinator.
 //!
+//! The node answers the first frame with a [`StageAccept`] before anything else flows: the opener knows its stream
+//! was taken (or why it was refused) instead of finding out at its first write. libp2p drops an inbound stream
+//! when the node's accept queue is momentarily full (a burst of pipes on a busy machine); the opener sees that
+//! stream end without an answer and opens another.
+//!
 //! Nothing here is code or a graph: the node only accepts tensors for the layer range and slice it is told,
 //! checks each against its blake3 hash, and refuses anything larger than the limits below.
 
@@ -19,7 +24,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/1";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/2";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
@@ -52,6 +57,26 @@ pub enum StageOpen {
     Session { plan: PlanId },
     /// Node -> node: a pipe into this node's part of `plan`, from the stage member `from` (stage, member index).
     Pipe { plan: PlanId, from: MemberRef },
+}
+
+/// Largest [`StageOpen`] and [`StageAccept`] frame.
+pub const MAX_OPEN_FRAME: usize = 1024;
+
+/// The node's answer to a [`StageOpen`]: the stream is taken, or refused with the reason (no such plan here, a
+/// peer outside the plan's wiring, too many streams from this peer). Nothing else is sent on a refused stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageAccept {
+    Accepted,
+    Refused { reason: String },
+}
+
+impl StageAccept {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            StageAccept::Accepted => Ok(()),
+            StageAccept::Refused { reason } => check_str("reason", reason, MAX_OPEN_FRAME / 2),
+        }
+    }
 }
 
 /// A stage member within a plan.

@@ -7,8 +7,8 @@ use std::cell::Cell;
 
 use edge_protocol::capability::MAX_CAPABILITIES_RECORD;
 use edge_protocol::stage::{
-    JobParams, Manifest, MemberRef, NodeMsg, PipeMsg, SamplingParams, SessionMsg, StageOpen, StepInput, TensorEntry,
-    MAX_STAGE_FRAME,
+    JobParams, Manifest, MemberRef, NodeMsg, PipeMsg, SamplingParams, SessionMsg, StageAccept, StageOpen, StepInput,
+    TensorEntry, MAX_OPEN_FRAME, MAX_STAGE_FRAME,
 };
 use edge_protocol::LayerSlice;
 use edge_protocol::{
@@ -179,6 +179,8 @@ fn sample_manifest() -> Manifest {
 fn stage_messages_truncated_fail() {
     let max = MAX_STAGE_FRAME;
     every_truncation_fails(&StageOpen::Pipe { plan: [1; 16], from: MemberRef { stage: 2, member: 0 } }, 256);
+    every_truncation_fails(&StageAccept::Accepted, MAX_OPEN_FRAME);
+    every_truncation_fails(&StageAccept::Refused { reason: "no such plan".into() }, MAX_OPEN_FRAME);
     every_truncation_fails(&SessionMsg::Load(sample_manifest()), max);
     every_truncation_fails(&SessionMsg::Data { tensor: 3, offset: 1 << 40, data: vec![5; 700] }, max);
     every_truncation_fails(&SessionMsg::Start { seq: 1 << 50, prompt: vec![1, 2, 3], params: sample_job() }, max);
@@ -275,6 +277,7 @@ proptest! {
         let _ = decode_garbage::<ControlRequest>(&input, MAX_CONTROL_REQUEST);
         let _ = decode_garbage::<ControlResponse>(&input, MAX_CONTROL_RESPONSE);
         let _ = decode_garbage::<StageOpen>(&input, 256);
+        let _ = decode_garbage::<StageAccept>(&input, MAX_OPEN_FRAME);
         let _ = decode_garbage::<SessionMsg>(&input, MAX_STAGE_FRAME);
         let _ = decode_garbage::<NodeMsg>(&input, MAX_STAGE_FRAME);
         let _ = decode_garbage::<PipeMsg>(&input, MAX_STAGE_FRAME);

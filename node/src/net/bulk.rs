@@ -26,13 +26,16 @@ pub async fn serve(client: Client) -> Result<(), NetError> {
         .map_err(|_| NetError::Request("bulk protocol already served".into()))?;
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
     let per_peer = super::limits::PerPeer::new(MAX_STREAMS_PER_PEER);
+    // Nothing in this loop waits: libp2p drops an inbound stream that arrives while the previous one is still
+    // queued for it (see `stage::open`).
     while let Some((peer, mut stream)) = incoming.next().await {
         let Some(peer_slot) = per_peer.try_acquire(peer) else {
             tracing::info!(%peer, "refused a bulk stream: too many open from this peer");
             continue;
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let permits = permits.clone();
         tokio::spawn(async move {
+            let Ok(permit) = permits.acquire_owned().await else { return };
             let work = async {
                 match bulk::read_request(&mut stream).await? {
                     BulkRequest::Echo { bytes } => bulk::serve_echo(&mut stream, bytes).await,

@@ -5,7 +5,9 @@
 //! - [`store`]: the content-addressed tensor cache (resumable, verified).
 //! - [`session`]: one coordinator session: load, wire, start/cancel sequences, report.
 //! - [`worker`]: the thread that owns the loaded shard and runs steps.
+//! - [`open`]: opening a stage stream and waiting for the node to take it.
 
+pub mod open;
 pub mod session;
 pub mod store;
 pub mod worker;
@@ -16,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_protocol::bulk::{read_msg, write_msg};
-use edge_protocol::stage::{MemberRef, PipeMsg, PlanId, StageOpen, MAX_STAGE_FRAME, STAGE_PROTOCOL};
+use edge_protocol::stage::{
+    MemberRef, PipeMsg, PlanId, StageAccept, StageOpen, MAX_OPEN_FRAME, MAX_STAGE_FRAME, STAGE_PROTOCOL,
+};
 use futures::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
 
@@ -33,6 +37,8 @@ pub const MAX_PLANS: usize = 8;
 pub const MAX_STREAMS_PER_PEER: usize = 32;
 /// How long an incoming pipe waits for its plan to be wired here.
 const PIPE_WAIT: Duration = Duration::from_secs(10);
+/// How long a stage stream may take to send its header (and a refusal to be written).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A stage member this node holds.
 struct Hosted {
@@ -175,17 +181,25 @@ impl StageServer {
             .accept(StreamProtocol::new(STAGE_PROTOCOL))
             .map_err(|_| NetError::Request("stage protocol already served".into()))?;
         let per_peer = crate::net::limits::PerPeer::new(MAX_STREAMS_PER_PEER);
+        // This loop only hands streams on: libp2p drops an inbound stream that arrives while the previous one
+        // still waits here (see [`open`]), so nothing in it may wait.
         while let Some((peer, mut stream)) = incoming.next().await {
-            let Some(slot) = per_peer.try_acquire(peer) else {
-                tracing::info!(%peer, "refused a stage stream: too many open from this peer");
-                continue;
-            };
+            let slot = per_peer.try_acquire(peer);
             let me = self.clone();
             tokio::spawn(async move {
-                let _slot = slot;
-                let open = tokio::time::timeout(Duration::from_secs(10), read_msg::<_, StageOpen>(&mut stream, 256));
-                match open.await {
-                    Ok(Ok(StageOpen::Session { plan })) => session::run(me, peer, plan, stream).await,
+                let Some(_slot) = slot else {
+                    tracing::info!(%peer, "refused a stage stream: too many open from this peer");
+                    let refused = StageAccept::Refused { reason: "too many stage streams open from this peer".into() };
+                    let _ = tokio::time::timeout(OPEN_TIMEOUT, open::answer(&mut stream, &refused)).await;
+                    return;
+                };
+                let header = tokio::time::timeout(OPEN_TIMEOUT, read_msg::<_, StageOpen>(&mut stream, MAX_OPEN_FRAME));
+                match header.await {
+                    Ok(Ok(StageOpen::Session { plan })) => {
+                        if open::answer(&mut stream, &StageAccept::Accepted).await.is_ok() {
+                            session::run(me, peer, plan, stream).await
+                        }
+                    }
                     Ok(Ok(StageOpen::Pipe { plan, from })) => me.pipe_in(peer, plan, from, stream).await,
                     Ok(Err(e)) => tracing::info!(%peer, cause = %e, "refused a stage stream"),
                     Err(_) => tracing::info!(%peer, "stage stream sent no header"),
@@ -207,8 +221,10 @@ impl StageServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let refuse = |reason: &str| StageAccept::Refused { reason: reason.into() };
         let Some(hosted) = hosted else {
             tracing::info!(%peer, "refused a pipe into a plan this node does not hold");
+            let _ = open::answer(&mut stream, &refuse("this node holds no stage of that plan")).await;
             return;
         };
         let allowed = hosted
@@ -220,6 +236,10 @@ impl StageServer {
             .is_some_and(|claim| claim.is_none_or(|m| m == from));
         if !allowed {
             tracing::warn!(%peer, "refused a pipe from a peer outside the plan's wiring");
+            let _ = open::answer(&mut stream, &refuse("the plan's wiring has no such pipe from this peer")).await;
+            return;
+        }
+        if open::answer(&mut stream, &StageAccept::Accepted).await.is_err() {
             return;
         }
         loop {
@@ -248,16 +268,7 @@ impl StageServer {
         plan: PlanId,
         me: MemberRef,
     ) -> Result<tokio::sync::mpsc::Sender<PipeMsg>, NetError> {
-        let mut control = self.client.streams();
-        let err = |e: &dyn std::fmt::Display| NetError::Request(format!("pipe to {peer}: {e}"));
-        let mut stream = tokio::time::timeout(
-            Duration::from_secs(10),
-            control.open_stream(peer, StreamProtocol::new(STAGE_PROTOCOL)),
-        )
-        .await
-        .map_err(|_| err(&"timed out"))?
-        .map_err(|e| err(&e))?;
-        write_msg(&mut stream, &StageOpen::Pipe { plan, from: me }, 256).await.map_err(|e| err(&e))?;
+        let mut stream = open::open_stage_stream(&self.client, peer, &StageOpen::Pipe { plan, from: me }).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<PipeMsg>(64);
         let emulate = self.emulate;
         if emulate.active() {

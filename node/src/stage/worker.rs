@@ -286,7 +286,7 @@ impl Reducer for GroupReduce<'_> {
         }
         for tx in self.group.iter().flatten() {
             let msg = PipeMsg::Partial { seq: self.seq, data: partial.to_vec() };
-            tx.blocking_send(msg).map_err(|_| ShardError::BadInput("a tensor-parallel peer went away".into()))?;
+            tx.blocking_send(msg).map_err(|_| ShardError::Group("a peer went away".into()))?;
         }
         let deadline = Instant::now() + REDUCE_TIMEOUT;
         let mut parts: Vec<Option<Vec<f32>>> = vec![None; k];
@@ -308,13 +308,13 @@ impl Reducer for GroupReduce<'_> {
                 }
                 Ok(Work::Shutdown) => {
                     self.queue.push_front(Work::Shutdown);
-                    return Err(ShardError::BadInput("stage stopped".into()));
+                    return Err(ShardError::Group("stage stopped".into()));
                 }
                 Ok(other) => self.queue.push_back(other),
                 Err(RecvTimeoutError::Timeout) => {
-                    return Err(ShardError::BadInput("timed out waiting for tensor-parallel partial sums".into()))
+                    return Err(ShardError::Group("timed out waiting for partial sums".into()))
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(ShardError::BadInput("stage stopped".into())),
+                Err(RecvTimeoutError::Disconnected) => return Err(ShardError::Group("stage stopped".into())),
             }
         }
         let mine = partial.to_vec();
@@ -322,7 +322,7 @@ impl Reducer for GroupReduce<'_> {
         for (j, p) in parts.iter().enumerate() {
             let p = if j == self.me { &mine } else { p.as_ref().expect("collected above") };
             if p.len() != partial.len() {
-                return Err(ShardError::BadInput(format!(
+                return Err(ShardError::Group(format!(
                     "partial sum of {} floats, expected {}",
                     p.len(),
                     mine.len()
