@@ -227,3 +227,28 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(message: &str) -> Failure {
+        let event = (MemberRef { stage: 0, member: 1 }, NodeMsg::Error { seq: Some(3), message: message.into() });
+        match apply(event, |_| None) {
+            Update::Failed { failure, .. } => failure,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_group_member_is_retried_and_a_bad_job_is_not() {
+        use edge_node::shard::ShardError;
+        let group = ShardError::Group("a peer went away".into()).to_string();
+        assert!(failure(&group).retry, "another plan may succeed: {group}");
+        let bad = ShardError::BadInput("token 99999 is outside the vocabulary".into()).to_string();
+        assert!(!failure(&bad).retry);
+        let full = ShardError::ContextFull { need: 9, capacity: 8 }.to_string();
+        assert!(!failure(&full).retry);
+        assert_eq!(failure("x").message, "stage 0 member 1: x");
+    }
+}

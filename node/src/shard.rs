@@ -63,6 +63,10 @@ pub enum ShardError {
     /// The GPU failed (no adapter, device lost, out of memory).
     #[error("gpu: {0}")]
     Gpu(String),
+    /// Another member of the tensor-parallel group failed (went away, sent nothing in time, sent a wrong-sized
+    /// partial sum): the step may succeed on another plan.
+    #[error("tensor-parallel group: {0}")]
+    Group(String),
 }
 
 /// Tensor parallelism: a member holding a slice of every layer's heads and FFN columns computes partial sums of
