@@ -40,4 +40,5 @@ for i in $(seq 1 "$NODES"); do
     echo "node $i: $addr" >&2
     [ -z "$FIRST" ] && FIRST=$addr
 done
-"$BIN/edge-coord" run --data-dir "$WORK/coord" --no-mdns --peer "$FIRST" --wait 2 -p "$PROMPT" "${EXTRA[@]}"
+"$BIN/edge-coord" run --data-dir "$WORK/coord" --no-mdns --peer "$FIRST" --wait 60 --min-nodes "$NODES" -p "$PROMPT" \
+    "${EXTRA[@]}"

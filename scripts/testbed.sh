@@ -117,7 +117,8 @@ done
 
 # The members find each other by mDNS alone; the coordinator also by mDNS, and dials the first member too so a
 # lost first mDNS query (the namespace's link just came up) cannot leave it alone.
-coord=(run --data-dir "$WORK/coord" --wait 4 -p "$PROMPT" --peer "$FIRST")
+# It plans once it has seen all NODES members (at most 60 s; fewer is an error naming who is missing).
+coord=(run --data-dir "$WORK/coord" --wait 60 --min-nodes "$NODES" -p "$PROMPT" --peer "$FIRST")
 if [ "$NETNS" = 1 ]; then
     join_ns "$TAG-c" 10.252.0.200 c
 else

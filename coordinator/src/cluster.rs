@@ -23,11 +23,32 @@ pub struct Member {
 /// Bytes sent each way by the bandwidth probe.
 pub const PROBE_BYTES: usize = 1 << 20;
 
-/// Discovers the cluster for `wait`: every round asks each live peer for its peers and dials the ones not yet
-/// connected. Returns the live peers that sent a capability record (members running shards).
-pub async fn discover(client: &Client, wait: Duration) -> Vec<PeerSnapshot> {
-    let deadline = Instant::now() + wait;
+/// How long to look for members and how many to wait for.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// How long to look (without `min_nodes`: all of it; with it: at most this long).
+    pub wait: Duration,
+    /// Plan only once this many members with capability records are seen (0: after `wait`, with whoever was seen).
+    pub min_nodes: usize,
+    /// The addresses the user gave (`--peer`), named in the error when too few members were seen.
+    pub expected: Vec<Multiaddr>,
+}
+
+impl Discovery {
+    /// The same discovery without a minimum (after a node was lost, fewer members are expected).
+    pub fn relaxed(&self) -> Discovery {
+        Discovery { min_nodes: 0, ..self.clone() }
+    }
+}
+
+/// Discovers the cluster: every round asks each live peer for its peers and dials the ones not yet connected.
+/// Returns the live peers that sent a capability record (members running shards): as soon as `min_nodes` of them
+/// are seen with their round trips measured, else after `wait`; an error naming who was seen and who was not when fewer than `min_nodes` were.
+pub async fn discover(client: &Client, d: &Discovery) -> anyhow::Result<Vec<PeerSnapshot>> {
+    let start = Instant::now();
+    let deadline = start + d.wait;
     let mut dialed: HashSet<String> = HashSet::new();
+    let members = |known: Vec<PeerSnapshot>| known.into_iter().filter(|p| p.capabilities.is_some()).collect::<Vec<_>>();
     while Instant::now() < deadline {
         let known = client.peers().await.unwrap_or_default();
         let known_ids: HashSet<&str> = known.iter().map(|p| p.peer_id.as_str()).collect();
@@ -50,33 +71,87 @@ pub async fn discover(client: &Client, wait: Duration) -> Vec<PeerSnapshot> {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Enough members, each with its link's round trip measured (the planner reads it).
+        let now = members(client.peers().await.unwrap_or_default());
+        if d.min_nodes > 0 && now.len() >= d.min_nodes && now.iter().all(|p| p.rtt_us.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300).min(deadline.saturating_duration_since(Instant::now()))).await;
     }
-    client.peers().await.unwrap_or_default().into_iter().filter(|p| p.capabilities.is_some()).collect()
+    let known = client.peers().await.unwrap_or_default();
+    let found = members(known.clone());
+    if found.len() < d.min_nodes {
+        anyhow::bail!("{}", too_few(d, &known, start.elapsed()));
+    }
+    Ok(found)
 }
 
-/// Measures the bandwidth to `peer` over a dedicated bulk stream (1 MiB each way).
+/// The error when fewer than `min_nodes` members were seen: who was, and who was not.
+fn too_few(d: &Discovery, known: &[PeerSnapshot], waited: Duration) -> String {
+    let short = |id: &str| format!("..{}", &id[id.len().saturating_sub(8)..]);
+    let members: Vec<&PeerSnapshot> = known.iter().filter(|p| p.capabilities.is_some()).collect();
+    let mut msg = format!(
+        "waited {:.1} s for {} member(s) (--min-nodes) and saw {}",
+        waited.as_secs_f64(),
+        d.min_nodes,
+        members.len()
+    );
+    if !members.is_empty() {
+        let seen: Vec<String> = members
+            .iter()
+            .map(|p| format!("{} at {}", short(&p.peer_id), p.via.first().or(p.addrs.first()).map_or("?", |a| a)))
+            .collect();
+        msg += &format!(": {}", seen.join(", "));
+    }
+    let unready: Vec<String> = known.iter().filter(|p| p.capabilities.is_none()).map(|p| short(&p.peer_id)).collect();
+    if !unready.is_empty() {
+        msg += &format!("; connected but no capability record yet (a coordinator, or a member still starting): {}", unready.join(", "));
+    }
+    // A --peer address is seen when a member's id or one of its addresses matches it.
+    let matches = |a: &Multiaddr, p: &PeerSnapshot| {
+        let text = a.to_string();
+        let id = a.iter().find_map(|c| match c {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id.to_string()),
+            _ => None,
+        });
+        let base = text.split("/p2p/").next().unwrap_or(&text).to_string();
+        id.as_deref() == Some(p.peer_id.as_str()) || p.addrs.iter().chain(&p.via).any(|x| x.starts_with(&base))
+    };
+    let missing: Vec<String> =
+        d.expected.iter().filter(|a| !members.iter().any(|p| matches(a, p))).map(|a| a.to_string()).collect();
+    if !missing.is_empty() {
+        msg += &format!("; not seen: {}", missing.join(", "));
+    }
+    msg + " (check that every member runs with the same cluster key and that the addresses are reachable, or raise --wait)"
+}
+
+/// Measures the bandwidth to `peer` over a dedicated bulk stream (1 MiB each way); tried up to three times, since
+/// a busy peer's network stack may drop a new stream unread.
 pub async fn measure_bandwidth(client: &Client, peer: PeerId) -> Option<f64> {
-    match edge_node::net::bulk::measure_bandwidth(client, peer, PROBE_BYTES as u32).await {
-        Ok(mbps) => Some(mbps),
-        Err(e) => {
-            tracing::warn!(%peer, cause = %e, "bandwidth not measured");
-            None
+    let mut last = None;
+    for _ in 0..3 {
+        match edge_node::net::bulk::measure_bandwidth(client, peer, PROBE_BYTES as u32).await {
+            Ok(mbps) => return Some(mbps),
+            Err(e) => last = Some(e),
         }
     }
+    if let Some(e) = last {
+        tracing::warn!(%peer, cause = %e, "bandwidth not measured");
+    }
+    None
 }
 
 /// The members with their links measured.
-pub async fn members(client: &Client, wait: Duration, measure: bool) -> Vec<Member> {
+pub async fn members(client: &Client, d: &Discovery, measure: bool) -> anyhow::Result<Vec<Member>> {
     let mut out = Vec::new();
-    for p in discover(client, wait).await {
+    for p in discover(client, d).await? {
         let bandwidth_mbps = match (measure, p.peer_id.parse::<PeerId>()) {
             (true, Ok(peer)) => measure_bandwidth(client, peer).await,
             _ => None,
         };
         out.push(Member { peer: p, bandwidth_mbps });
     }
-    out
+    Ok(out)
 }
 
 /// How the coordinator joins the cluster (the flags `peers`, `plan` and `run` share).
@@ -88,9 +163,13 @@ pub struct JoinArgs {
     /// DATA_DIR/config.toml).
     #[arg(long)]
     pub peer: Vec<Multiaddr>,
-    /// How long to discover, in seconds.
+    /// How long to discover, in seconds (with --min-nodes: at most this long).
     #[arg(long, default_value_t = 3.0)]
     pub wait: f64,
+    /// Wait (up to --wait) until this many members are seen, then go on at once; fewer is an error naming who
+    /// was seen and who was not. Without it, whoever was seen after --wait is used.
+    #[arg(long, value_name = "N")]
+    pub min_nodes: Option<usize>,
     /// Do not discover members with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
@@ -116,9 +195,12 @@ pub struct Joined {
 }
 
 impl Joined {
-    pub fn wait(args: &JoinArgs) -> anyhow::Result<Duration> {
+    /// What `args` say about discovery (checked).
+    pub fn discovery(args: &JoinArgs) -> anyhow::Result<Discovery> {
         anyhow::ensure!((0.0..=600.0).contains(&args.wait), "--wait must be between 0 and 600 seconds");
-        Ok(Duration::from_secs_f64(args.wait))
+        let min_nodes = args.min_nodes.unwrap_or(0);
+        anyhow::ensure!(args.min_nodes.is_none() || (1..=1024).contains(&min_nodes), "--min-nodes must be between 1 and 1024");
+        Ok(Discovery { wait: Duration::from_secs_f64(args.wait), min_nodes, expected: args.peer.clone() })
     }
 
     pub async fn leave(self) {
@@ -132,7 +214,7 @@ impl Joined {
 
 /// Joins the cluster as the coordinator (identity and key from the data directory or flags).
 pub async fn join(args: &JoinArgs) -> anyhow::Result<Joined> {
-    Joined::wait(args)?;
+    Joined::discovery(args)?;
     let dir = coord_dir(&args.cluster.data_dir);
     let identity = edge_node::net::keys::load_or_create_identity(&dir)?;
     let cluster_key = edge_node::net::keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;

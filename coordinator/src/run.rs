@@ -182,20 +182,21 @@ pub enum PlanFailure {
     Deploy(anyhow::Error),
 }
 
-/// Discovers the members alive now (for `wait`, links measured), leaves out `excluded` peer ids, plans (or builds
+/// Discovers the members alive now (as `discovery` says, links measured), leaves out `excluded` peer ids, plans (or builds
 /// the forced even pipeline), prints the plan on stderr and deploys it. `recovering`: a forced pipeline may
 /// shrink to the nodes left.
 pub async fn plan_and_deploy(
     client: &edge_node::net::Client,
-    wait: std::time::Duration,
+    discovery: &cluster::Discovery,
     target: &Target<'_>,
     excluded: &HashSet<String>,
     recovering: bool,
     progress: &indicatif::MultiProgress,
 ) -> Result<Planned, PlanFailure> {
     let Target { model, desc, req, stages } = *target;
-    let members: Vec<cluster::Member> = cluster::members(client, wait, true)
+    let members: Vec<cluster::Member> = cluster::members(client, discovery, true)
         .await
+        .map_err(PlanFailure::NoPlan)?
         .into_iter()
         .filter(|m| !excluded.contains(&m.peer.peer_id))
         .collect();
@@ -237,7 +238,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
     let report = rt.block_on(async {
         let joined = cluster::join(&args.join).await?;
         let result = async {
-            let wait = cluster::Joined::wait(&args.join)?;
+            let discovery = cluster::Joined::discovery(&args.join)?;
             let req =
                 PlanRequest { context: capacity, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
             let params = JobParams {
@@ -265,8 +266,10 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
             let (plan, nodes, loads) = loop {
                 // Plan on the members alive now (after a loss, without the nodes that failed).
                 let target = Target { model: &m, desc: &desc, req: &req, stages: args.stages };
+                // After a loss, fewer members than --min-nodes are expected.
+                let discovery = if attempt > 0 { discovery.relaxed() } else { discovery.clone() };
                 let Planned { plan, nodes, deployment: mut d, .. } =
-                    match plan_and_deploy(&joined.client, wait, &target, &excluded, attempt > 0, &progress).await {
+                    match plan_and_deploy(&joined.client, &discovery, &target, &excluded, attempt > 0, &progress).await {
                         Ok(p) => p,
                         Err(PlanFailure::NoPlan(e)) if attempt > 0 => {
                             anyhow::bail!("no set of the remaining nodes can run the model: {e:#}")

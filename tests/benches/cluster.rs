@@ -23,7 +23,8 @@ struct Run {
 fn run(key: &str, nodes: &[&Node], stages: usize, sequences: usize, tokens: usize) -> Run {
     let dir = TempDir(temp_dir("bench-coord"));
     let mut cmd = Command::new(bin("edge-coord"));
-    cmd.args(["run", "--json", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "--tensor-parallel", "off"]);
+    cmd.args(["run", "--json", "--no-mdns", "-p", REFERENCE_PROMPT, "--tensor-parallel", "off"]);
+    cmd.args(["--wait", "60", "--min-nodes", &nodes.len().to_string()]);
     cmd.args(["-n", &tokens.to_string(), "--stages", &stages.to_string(), "--sequences", &sequences.to_string()]);
     for n in nodes {
         cmd.args(["--peer", &n.addr]);

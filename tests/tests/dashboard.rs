@@ -228,7 +228,8 @@ impl Server {
     fn start(key: &str, peers: &[&Node], extra: &[&str], out: &Path) -> Server {
         let dir = TempDir(temp_dir("serve"));
         let mut cmd = Command::new(bin("edge-coord"));
-        cmd.args(["serve", "--no-mdns", "--wait", "1.5", "--listen", "127.0.0.1:0", "--stages", "2"]);
+        cmd.args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--stages", "2"]);
+        cmd.args(["--wait", "60", "--min-nodes", &peers.len().to_string()]);
         for p in peers {
             cmd.args(["--peer", &p.addr]);
         }

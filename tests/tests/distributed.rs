@@ -17,7 +17,8 @@ fn run(key: &str, peers: &[&Node], extra: &[&str]) -> Result<serde_json::Value, 
 fn run_prompt(key: &str, peers: &[&Node], prompt: &str, n: usize, extra: &[&str]) -> Result<serde_json::Value, String> {
     let dir = TempDir(temp_dir("coord"));
     let mut cmd = Command::new(bin("edge-coord"));
-    cmd.args(["run", "--json", "--no-mdns", "--wait", "1.5", "-p", prompt, "-n", &n.to_string()]);
+    cmd.args(["run", "--json", "--no-mdns", "-p", prompt, "-n", &n.to_string()]);
+    cmd.args(["--wait", "60", "--min-nodes", &peers.len().to_string()]);
     for p in peers {
         cmd.args(["--peer", &p.addr]);
     }
@@ -109,7 +110,7 @@ fn run_text(key: &str, first: &Node, extra: &[&str], mut during: impl FnMut(&str
     use std::io::Read;
     let dir = TempDir(temp_dir("coord"));
     let mut child = Command::new(bin("edge-coord"))
-        .args(["run", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "--print-ids", "--peer", &first.addr])
+        .args(["run", "--no-mdns", "--wait", "60", "-p", REFERENCE_PROMPT, "--print-ids", "--peer", &first.addr])
         .args(extra)
         .arg("--data-dir")
         .arg(&dir.0)
@@ -146,7 +147,7 @@ fn a_node_killed_mid_generation_is_replaced_and_the_text_is_the_same() {
     let a = gpu_node(&key, &[]);
     let mut b = gpu_node(&key, &[&a.addr]);
     let c = gpu_node(&key, &[&a.addr]);
-    let flags = ["--stages", "3", "-n", "64"];
+    let flags = ["--stages", "3", "-n", "64", "--min-nodes", "3"];
     let (want, err, ok) = run_text(&key, &a, &flags, |_| {});
     assert!(ok, "{err}");
     assert!(want.contains("ids: ["), "{want}");
@@ -174,7 +175,7 @@ fn losing_nodes_until_the_model_cannot_fit_is_a_clear_error() {
     let a = Node::start(&key, spec(&[]));
     let mut b = Node::start(&key, spec(&[&a.addr]));
     let mut killed = false;
-    let (_, err, ok) = run_text(&key, &a, &["-n", "200", "--ctx", "211"], |text| {
+    let (_, err, ok) = run_text(&key, &a, &["-n", "200", "--ctx", "211", "--min-nodes", "2"], |text| {
         if !killed && text.len() > REFERENCE_PROMPT.len() + 20 {
             let _ = b.proc.0.kill();
             killed = true;
@@ -190,7 +191,7 @@ fn losing_nodes_until_the_model_cannot_fit_is_a_clear_error() {
 fn held(key: &str, peer: &Node) -> Vec<(String, u64, usize)> {
     let dir = TempDir(temp_dir("peers"));
     let out = Command::new(bin("edge-coord"))
-        .args(["peers", "--json", "--no-mdns", "--no-measure", "--wait", "1", "--peer", &peer.addr])
+        .args(["peers", "--json", "--no-mdns", "--no-measure", "--wait", "30", "--min-nodes", "2", "--peer", &peer.addr])
         .arg("--data-dir")
         .arg(&dir.0)
         .env("EDGE_CLUSTER_KEY", key)
@@ -220,7 +221,7 @@ fn restarts_keep_caches_and_a_killed_coordinator_frees_its_stages() {
     // A coordinator killed in the middle of a job: its sessions break and the nodes free its stages.
     let dir = TempDir(temp_dir("coord"));
     let mut coord = Command::new(bin("edge-coord"))
-        .args(["run", "--no-mdns", "--wait", "1.5", "-p", REFERENCE_PROMPT, "-n", "400", "--stages", "2"])
+        .args(["run", "--no-mdns", "--wait", "60", "--min-nodes", "2", "-p", REFERENCE_PROMPT, "-n", "400", "--stages", "2"])
         .args(["--peer", &a.addr, "--peer", &b.addr])
         .arg("--data-dir")
         .arg(&dir.0)

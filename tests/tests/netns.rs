@@ -75,7 +75,7 @@ fn mdns_discovers_members_across_namespaces() {
     let out = Command::new("ip")
         .args(["netns", "exec", &members[3]])
         .arg(bin("edge-coord"))
-        .args(["peers", "--json", "--no-measure", "--wait", "8"])
+        .args(["peers", "--json", "--no-measure", "--wait", "30", "--min-nodes", &ids.len().to_string()])
         .arg("--data-dir")
         .arg(data.join("coord"))
         .env("EDGE_CLUSTER_KEY", &key)

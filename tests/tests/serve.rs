@@ -28,7 +28,8 @@ impl Server {
     fn start(cluster_key: &str, nodes: &[&Node], extra: &[&str]) -> Server {
         let dir = TempDir(temp_dir("serve"));
         let mut cmd = Command::new(bin("edge-coord"));
-        cmd.args(["serve", "--no-mdns", "--wait", "1.5", "--listen", "127.0.0.1:0", "--ctx", &CTX.to_string()]);
+        cmd.args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--ctx", &CTX.to_string()]);
+        cmd.args(["--wait", "60", "--min-nodes", &nodes.len().to_string()]);
         for n in nodes {
             cmd.args(["--peer", &n.addr]);
         }

@@ -210,13 +210,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Joins the cluster (plus a local member with --local-node) and returns the members, with their links
 /// measured when `measure`.
 fn discover_members(d: JoinArgs, measure: bool) -> anyhow::Result<Vec<edge_coord::cluster::Member>> {
-    let wait = edge_coord::cluster::Joined::wait(&d)?;
+    let discovery = edge_coord::cluster::Joined::discovery(&d)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let joined = edge_coord::cluster::join(&d).await?;
-        let members = edge_coord::cluster::members(&joined.client, wait, measure).await;
+        let members = edge_coord::cluster::members(&joined.client, &discovery, measure).await;
         joined.leave().await;
-        anyhow::Ok(members)
+        members
     })
 }
 

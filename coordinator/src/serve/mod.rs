@@ -104,7 +104,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let joined = cluster::join(&args.join).await?;
         let result = async {
-            let wait = cluster::Joined::wait(&args.join)?;
+            let discovery = cluster::Joined::discovery(&args.join)?;
             // Bind first: a busy port fails before anything is shipped.
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
@@ -112,7 +112,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
             let req = PlanRequest { context, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
             let progress = indicatif::MultiProgress::new();
             let target = Target { model: &m, desc: &desc, req: &req, stages: args.stages };
-            let planned = plan_and_deploy(&joined.client, wait, &target, &HashSet::new(), false, &progress)
+            let planned = plan_and_deploy(&joined.client, &discovery, &target, &HashSet::new(), false, &progress)
                 .await
                 .map_err(|e| match e {
                     PlanFailure::NoPlan(e) | PlanFailure::Deploy(e) => e,
@@ -121,7 +121,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 status::ModelInfo { id: model_id.clone(), arch: desc.arch.clone(), layers: desc.n_layers, context };
             let setup = scheduler::Setup {
                 joined_client: joined.client.clone(),
-                wait,
+                discovery: discovery.relaxed(),
                 model: Arc::new(m),
                 desc: desc.clone(),
                 req,

@@ -195,7 +195,8 @@ struct Active {
 /// What the scheduler needs to (re)plan.
 pub struct Setup {
     pub joined_client: edge_node::net::Client,
-    pub wait: Duration,
+    /// How to discover members when re-planning (no minimum: after a loss fewer are expected).
+    pub discovery: crate::cluster::Discovery,
     pub model: Arc<LoadedModel>,
     pub desc: ModelDescription,
     pub req: PlanRequest,
@@ -683,7 +684,7 @@ impl Scheduler {
         let client = self.setup.joined_client.clone();
         let mut attempt = 0;
         let planned = loop {
-            let r = plan_and_deploy(&client, self.setup.wait, &self.target(), &excluded, true, &self.progress).await;
+            let r = plan_and_deploy(&client, &self.setup.discovery, &self.target(), &excluded, true, &self.progress).await;
             match r {
                 Ok(p) => break p,
                 Err(PlanFailure::NoPlan(e)) => {
@@ -718,7 +719,7 @@ impl Scheduler {
     async fn retry(&mut self) {
         self.last_attempt = Instant::now();
         let client = self.setup.joined_client.clone();
-        let r = plan_and_deploy(&client, self.setup.wait, &self.target(), &HashSet::new(), true, &self.progress).await;
+        let r = plan_and_deploy(&client, &self.setup.discovery, &self.target(), &HashSet::new(), true, &self.progress).await;
         self.last_attempt = Instant::now();
         match r {
             Ok(p) => {
