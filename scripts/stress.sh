@@ -65,7 +65,12 @@ done
 [ ${#TESTS[@]} -gt 0 ] || { echo "stress.sh: no tests matched" >&2; exit 2; }
 
 BUSY_PIDS=()
-stop_busy() { for p in "${BUSY_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+TEST_PID=""
+# On exit or Ctrl-C: stop the busy loops and the running test with everything it started (its own session).
+stop_busy() {
+    for p in "${BUSY_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -z "$TEST_PID" ] || kill -- "-$TEST_PID" 2>/dev/null || true
+}
 trap stop_busy EXIT INT TERM
 for _ in $(seq 1 "$BUSY"); do
     (while :; do :; done) &
@@ -79,7 +84,10 @@ for r in $(seq 1 "$ROUNDS"); do
         IFS='|' read -r exe dir test name <<<"$t"
         start=$(date +%s.%N)
         log="$OUT/$test-$name-round$r.log"
-        if (cd "$dir" && "$exe" --exact "$name") >"$log" 2>&1; then
+        # In the background and waited for, so that a signal reaches the trap at once.
+        (cd "$dir" && exec setsid "$exe" --exact "$name") >"$log" 2>&1 &
+        TEST_PID=$!
+        if wait "$TEST_PID"; then
             PASS[$t]=$(( ${PASS[$t]:-0} + 1 ))
             rm -f "$log"
             status=pass

@@ -34,10 +34,16 @@ pub struct Discovery {
     pub expected: Vec<Multiaddr>,
 }
 
+/// How long a re-plan looks for members when `--wait` was only an upper bound for `--min-nodes` (the `--wait`
+/// default): the members are already connected, only the lost ones are gone.
+pub const REPLAN_WAIT: Duration = Duration::from_secs(3);
+
 impl Discovery {
-    /// The same discovery without a minimum (after a node was lost, fewer members are expected).
+    /// The discovery of a re-plan: no minimum (after a node was lost, fewer members are expected), and with
+    /// `--min-nodes` not the whole `--wait` either (at most [`REPLAN_WAIT`]).
     pub fn relaxed(&self) -> Discovery {
-        Discovery { min_nodes: 0, ..self.clone() }
+        let wait = if self.min_nodes > 0 { self.wait.min(REPLAN_WAIT) } else { self.wait };
+        Discovery { min_nodes: 0, wait, ..self.clone() }
     }
 }
 
@@ -239,4 +245,19 @@ pub async fn join(args: &JoinArgs) -> anyhow::Result<Joined> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(event_loop.run(stop_rx));
     Ok(Joined { client, local, stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replan_drops_the_minimum_and_does_not_wait_out_a_long_bound() {
+        let d = Discovery { wait: Duration::from_secs(60), min_nodes: 3, expected: vec![] };
+        let r = d.relaxed();
+        assert_eq!((r.min_nodes, r.wait), (0, REPLAN_WAIT));
+        // Without --min-nodes, --wait is how long discovery takes, on a re-plan too.
+        let plain = Discovery { wait: Duration::from_secs(10), min_nodes: 0, expected: vec![] };
+        assert_eq!(plain.relaxed().wait, Duration::from_secs(10));
+    }
 }
