@@ -49,14 +49,21 @@ impl Discovery {
 
 /// Discovers the cluster: every round asks each live peer for its peers and dials the ones not yet connected.
 /// Returns the live peers that sent a capability record (members running shards): as soon as `min_nodes` of them
-/// are seen with their round trips measured, else after `wait`; an error naming who was seen and who was not when fewer than `min_nodes` were.
+/// are seen with their round trips measured, else after `wait`; an error naming who was seen and who was not
+/// when fewer than `min_nodes` were.
 pub async fn discover(client: &Client, d: &Discovery) -> anyhow::Result<Vec<PeerSnapshot>> {
     let start = Instant::now();
     let deadline = start + d.wait;
     let mut dialed: HashSet<String> = HashSet::new();
-    let members = |known: Vec<PeerSnapshot>| known.into_iter().filter(|p| p.capabilities.is_some()).collect::<Vec<_>>();
+    let members =
+        |known: &[PeerSnapshot]| known.iter().filter(|p| p.capabilities.is_some()).cloned().collect::<Vec<_>>();
     while Instant::now() < deadline {
         let known = client.peers().await.unwrap_or_default();
+        // Enough members, each with its link's round trip measured (the planner reads it).
+        let now = members(&known);
+        if d.min_nodes > 0 && now.len() >= d.min_nodes && now.iter().all(|p| p.rtt_us.is_some()) {
+            break;
+        }
         let known_ids: HashSet<&str> = known.iter().map(|p| p.peer_id.as_str()).collect();
         for p in &known {
             let Ok(peer) = p.peer_id.parse::<PeerId>() else { continue };
@@ -77,15 +84,10 @@ pub async fn discover(client: &Client, d: &Discovery) -> anyhow::Result<Vec<Peer
                 }
             }
         }
-        // Enough members, each with its link's round trip measured (the planner reads it).
-        let now = members(client.peers().await.unwrap_or_default());
-        if d.min_nodes > 0 && now.len() >= d.min_nodes && now.iter().all(|p| p.rtt_us.is_some()) {
-            break;
-        }
         tokio::time::sleep(Duration::from_millis(300).min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     let known = client.peers().await.unwrap_or_default();
-    let found = members(known.clone());
+    let found = members(&known);
     if found.len() < d.min_nodes {
         anyhow::bail!("{}", too_few(d, &known, start.elapsed()));
     }
@@ -111,7 +113,10 @@ fn too_few(d: &Discovery, known: &[PeerSnapshot], waited: Duration) -> String {
     }
     let unready: Vec<String> = known.iter().filter(|p| p.capabilities.is_none()).map(|p| short(&p.peer_id)).collect();
     if !unready.is_empty() {
-        msg += &format!("; connected but no capability record yet (a coordinator, or a member still starting): {}", unready.join(", "));
+        msg += &format!(
+            "; connected but no capability record yet (a coordinator, or a member still starting): {}",
+            unready.join(", ")
+        );
     }
     // A --peer address is seen when a member's id or one of its addresses matches it.
     let matches = |a: &Multiaddr, p: &PeerSnapshot| {
@@ -205,7 +210,10 @@ impl Joined {
     pub fn discovery(args: &JoinArgs) -> anyhow::Result<Discovery> {
         anyhow::ensure!((0.0..=600.0).contains(&args.wait), "--wait must be between 0 and 600 seconds");
         let min_nodes = args.min_nodes.unwrap_or(0);
-        anyhow::ensure!(args.min_nodes.is_none() || (1..=1024).contains(&min_nodes), "--min-nodes must be between 1 and 1024");
+        anyhow::ensure!(
+            args.min_nodes.is_none() || (1..=1024).contains(&min_nodes),
+            "--min-nodes must be between 1 and 1024"
+        );
         Ok(Discovery { wait: Duration::from_secs_f64(args.wait), min_nodes, expected: args.peer.clone() })
     }
 

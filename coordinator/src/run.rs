@@ -182,8 +182,8 @@ pub enum PlanFailure {
     Deploy(anyhow::Error),
 }
 
-/// Discovers the members alive now (as `discovery` says, links measured), leaves out `excluded` peer ids, plans (or builds
-/// the forced even pipeline), prints the plan on stderr and deploys it. `recovering`: a forced pipeline may
+/// Discovers the members alive now (as `discovery` says, links measured), leaves out `excluded` peer ids, plans
+/// (or builds the forced even pipeline), prints the plan on stderr and deploys it. `recovering`: a forced pipeline may
 /// shrink to the nodes left.
 pub async fn plan_and_deploy(
     client: &edge_node::net::Client,
@@ -269,7 +269,8 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
                 // After a loss, fewer members than --min-nodes are expected.
                 let discovery = if attempt > 0 { discovery.relaxed() } else { discovery.clone() };
                 let Planned { plan, nodes, deployment: mut d, .. } =
-                    match plan_and_deploy(&joined.client, &discovery, &target, &excluded, attempt > 0, &progress).await {
+                    match plan_and_deploy(&joined.client, &discovery, &target, &excluded, attempt > 0, &progress).await
+                    {
                         Ok(p) => p,
                         Err(PlanFailure::NoPlan(e)) if attempt > 0 => {
                             anyhow::bail!("no set of the remaining nodes can run the model: {e:#}")

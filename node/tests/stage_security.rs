@@ -122,7 +122,7 @@ fn strangers_to_a_plan_get_nothing() {
                 }
                 Ok(Ok(StageAccept::Accepted)) => panic!("a stream without a header was accepted"),
                 Ok(Err(_)) => false, // dropped unread (libp2p's accept queue was full): not served either
-                Err(_) => true, // still waiting for its header: served
+                Err(_) => true,      // still waiting for its header: served
             }
         });
         let open_now = futures::future::join_all(answers).await.iter().filter(|served| **served).count();

@@ -64,19 +64,11 @@ pub const MAX_OPEN_FRAME: usize = 1024;
 
 /// The node's answer to a [`StageOpen`]: the stream is taken, or refused with the reason (no such plan here, a
 /// peer outside the plan's wiring, too many streams from this peer). Nothing else is sent on a refused stream.
+/// Its size is bounded by the frame limit, [`MAX_OPEN_FRAME`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StageAccept {
     Accepted,
     Refused { reason: String },
-}
-
-impl StageAccept {
-    pub fn validate(&self) -> Result<(), WireError> {
-        match self {
-            StageAccept::Accepted => Ok(()),
-            StageAccept::Refused { reason } => check_str("reason", reason, MAX_OPEN_FRAME / 2),
-        }
-    }
 }
 
 /// A stage member within a plan.

@@ -70,6 +70,9 @@ fn the_simulator_predicts_the_testbed() {
     }
     let (measured, simulated) = (runs[1].0 / runs[0].0, runs[1].1 / runs[0].1);
     let err = simulated / measured - 1.0;
-    println!("3-stage pipeline / one node: measured {measured:.2}, simulated {simulated:.2}, error {:+.0}%", err * 100.0);
+    println!(
+        "3-stage pipeline / one node: measured {measured:.2}, simulated {simulated:.2}, error {:+.0}%",
+        err * 100.0
+    );
     assert!(err.abs() <= BOUND, "simulator off by {:.0}% (bound {:.0}%)", err * 100.0, BOUND * 100.0);
 }

@@ -191,7 +191,18 @@ fn losing_nodes_until_the_model_cannot_fit_is_a_clear_error() {
 fn held(key: &str, peer: &Node) -> Vec<(String, u64, usize)> {
     let dir = TempDir(temp_dir("peers"));
     let out = Command::new(bin("edge-coord"))
-        .args(["peers", "--json", "--no-mdns", "--no-measure", "--wait", "30", "--min-nodes", "2", "--peer", &peer.addr])
+        .args([
+            "peers",
+            "--json",
+            "--no-mdns",
+            "--no-measure",
+            "--wait",
+            "30",
+            "--min-nodes",
+            "2",
+            "--peer",
+            &peer.addr,
+        ])
         .arg("--data-dir")
         .arg(&dir.0)
         .env("EDGE_CLUSTER_KEY", key)
@@ -221,7 +232,20 @@ fn restarts_keep_caches_and_a_killed_coordinator_frees_its_stages() {
     // A coordinator killed in the middle of a job: its sessions break and the nodes free its stages.
     let dir = TempDir(temp_dir("coord"));
     let mut coord = Command::new(bin("edge-coord"))
-        .args(["run", "--no-mdns", "--wait", "60", "--min-nodes", "2", "-p", REFERENCE_PROMPT, "-n", "400", "--stages", "2"])
+        .args([
+            "run",
+            "--no-mdns",
+            "--wait",
+            "60",
+            "--min-nodes",
+            "2",
+            "-p",
+            REFERENCE_PROMPT,
+            "-n",
+            "400",
+            "--stages",
+            "2",
+        ])
         .args(["--peer", &a.addr, "--peer", &b.addr])
         .arg("--data-dir")
         .arg(&dir.0)

@@ -17,7 +17,21 @@ const WORKERS: usize = 12;
 fn job(key: &str, a: &Node, b: &Node) -> Result<Vec<u64>, String> {
     let dir = TempDir(temp_dir("soak-coord"));
     let out = Command::new(bin("edge-coord"))
-        .args(["run", "--json", "--no-mdns", "--wait", "60", "--min-nodes", "2", "-p", PROMPT, "-n", "3", "--stages", "2"])
+        .args([
+            "run",
+            "--json",
+            "--no-mdns",
+            "--wait",
+            "60",
+            "--min-nodes",
+            "2",
+            "-p",
+            PROMPT,
+            "-n",
+            "3",
+            "--stages",
+            "2",
+        ])
         .args(["--peer", &a.addr, "--peer", &b.addr])
         .arg("--data-dir")
         .arg(&dir.0)

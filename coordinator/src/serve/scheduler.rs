@@ -684,7 +684,8 @@ impl Scheduler {
         let client = self.setup.joined_client.clone();
         let mut attempt = 0;
         let planned = loop {
-            let r = plan_and_deploy(&client, &self.setup.discovery, &self.target(), &excluded, true, &self.progress).await;
+            let r =
+                plan_and_deploy(&client, &self.setup.discovery, &self.target(), &excluded, true, &self.progress).await;
             match r {
                 Ok(p) => break p,
                 Err(PlanFailure::NoPlan(e)) => {
@@ -719,7 +720,8 @@ impl Scheduler {
     async fn retry(&mut self) {
         self.last_attempt = Instant::now();
         let client = self.setup.joined_client.clone();
-        let r = plan_and_deploy(&client, &self.setup.discovery, &self.target(), &HashSet::new(), true, &self.progress).await;
+        let r = plan_and_deploy(&client, &self.setup.discovery, &self.target(), &HashSet::new(), true, &self.progress)
+            .await;
         self.last_attempt = Instant::now();
         match r {
             Ok(p) => {

@@ -52,24 +52,25 @@ pub async fn open_stage_stream(client: &Client, peer: PeerId, open: &StageOpen) 
             tracing::debug!(%peer, attempt, cause = %last, "opening a stage stream again");
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        let failed = |cause: String| OpenError::Failed { peer, cause };
         let once = async {
             let mut s = client
                 .streams()
                 .open_stream(peer, StreamProtocol::new(STAGE_PROTOCOL))
                 .await
-                .map_err(|e| Try::Again(e.to_string()))?;
-            write_msg(&mut s, open, MAX_OPEN_FRAME).await.map_err(|e| Try::Again(format!("sending the header: {e}")))?;
+                .map_err(|e| failed(e.to_string()))?;
+            write_msg(&mut s, open, MAX_OPEN_FRAME).await.map_err(|e| failed(format!("sending the header: {e}")))?;
             match read_msg::<_, StageAccept>(&mut s, MAX_OPEN_FRAME).await {
                 Ok(StageAccept::Accepted) => Ok(s),
-                Ok(StageAccept::Refused { reason }) => Err(Try::Refused(reason)),
+                Ok(StageAccept::Refused { reason }) => Err(OpenError::Refused { peer, reason }),
                 // Ended unanswered: dropped before anyone read it.
-                Err(e) => Err(Try::Again(format!("the stream ended unanswered ({e})"))),
+                Err(e) => Err(failed(format!("the stream ended unanswered ({e})"))),
             }
         };
         match tokio::time::timeout(left, once).await {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(Try::Refused(reason))) => return Err(OpenError::Refused { peer, reason }),
-            Ok(Err(Try::Again(cause))) => last = cause,
+            Ok(Err(refused @ OpenError::Refused { .. })) => return Err(refused),
+            Ok(Err(OpenError::Failed { cause, .. })) => last = cause,
             Err(_) => {
                 last = format!("no answer in {} s", OPEN_DEADLINE.as_secs());
                 break;
@@ -77,11 +78,6 @@ pub async fn open_stage_stream(client: &Client, peer: PeerId, open: &StageOpen) 
         }
     }
     Err(OpenError::Failed { peer, cause: format!("opening a stage stream failed: {last}") })
-}
-
-enum Try {
-    Again(String),
-    Refused(String),
 }
 
 /// The node's side: answers the opener of `stream`.

@@ -322,11 +322,7 @@ impl Reducer for GroupReduce<'_> {
         for (j, p) in parts.iter().enumerate() {
             let p = if j == self.me { &mine } else { p.as_ref().expect("collected above") };
             if p.len() != partial.len() {
-                return Err(ShardError::Group(format!(
-                    "partial sum of {} floats, expected {}",
-                    p.len(),
-                    mine.len()
-                )));
+                return Err(ShardError::Group(format!("partial sum of {} floats, expected {}", p.len(), mine.len())));
             }
             partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }
