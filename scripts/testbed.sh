@@ -7,15 +7,15 @@
 # per-hop times next to the planner's prediction. Without permission for `ip netns` it falls back to 127.0.0.1
 # ports (no shaping) and says so. Everything is removed on exit, Ctrl-C or failure.
 #
-#   bash scripts/testbed.sh [-n NODES] [--rate 100mbit] [--latency-ms 2] [--loss 0.01]
+#   bash scripts/testbed.sh [-n NODES] [--rate 100mbit] [--latency-ms 2] [--loss 0.01] [--backend auto|cpu|wgpu]
 #                           [--profiles fast,slow,small] [--prompt TEXT] [-- edge-coord run flags...]
-# Profiles: fast (all cores, 1 GB), slow (one lavapipe thread, 1 GB), small (one thread, 120 MB: holds part of
-# the model only). Profiles are assigned to nodes round robin.
+# Profiles: fast (all cores, 1 GB), slow (one thread, 1 GB), small (one thread, 120 MB: holds part of the model
+# only). Profiles are assigned to nodes round robin. The backend is the members' (default: auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-NODES=3 RATE="" LATENCY_MS=0 LOSS=0 PROFILES=fast PROMPT="Once upon a time, there was a little robot named"
+NODES=3 RATE="" LATENCY_MS=0 LOSS=0 PROFILES=fast BACKEND=auto PROMPT="Once upon a time, there was a little robot named"
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -24,6 +24,7 @@ while [ $# -gt 0 ]; do
         --latency-ms) LATENCY_MS=$2; shift 2 ;;
         --loss) LOSS=$2; shift 2 ;;
         --profiles) PROFILES=$2; shift 2 ;;
+        --backend) BACKEND=$2; shift 2 ;;
         --prompt) PROMPT=$2; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
         -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
@@ -93,14 +94,15 @@ FIRST=""
 for i in $(seq 1 "$NODES"); do
     profile=${PROFILE_LIST[$(( (i - 1) % ${#PROFILE_LIST[@]} ))]}
     env=(EDGE_EMULATE_LATENCY_MS="$LATENCY_MS" EDGE_EMULATE_LOSS="$LOSS")
-    mem=1000000000
+    mem=1000000000 threads=""
     case "$profile" in
         fast) ;;
-        slow) env+=(LP_NUM_THREADS=1) ;;
-        small) env+=(LP_NUM_THREADS=1); mem=120000000 ;;
+        slow) env+=(LP_NUM_THREADS=1); threads=1 ;;
+        small) env+=(LP_NUM_THREADS=1); threads=1; mem=120000000 ;;
         *) echo "unknown profile $profile (fast, slow, small)" >&2; exit 2 ;;
     esac
-    args=(serve --data-dir "$WORK/node$i" --memory "$mem")
+    args=(serve --data-dir "$WORK/node$i" --memory "$mem" --backend "$BACKEND")
+    [ -n "$threads" ] && args+=(--threads "$threads")
     if [ "$NETNS" = 1 ]; then
         join_ns "$TAG-n$i" "10.252.0.$i" "$i"
         args+=(--listen "/ip4/10.252.0.$i/tcp/4001")

@@ -188,7 +188,7 @@ pub struct JoinArgs {
     #[arg(long)]
     pub local_node: bool,
     /// Backend of the local member.
-    #[arg(long, value_enum, default_value_t = edge_node::backend::Backend::Wgpu, requires = "local_node")]
+    #[arg(long, value_enum, default_value_t = edge_node::backend::Backend::Auto, requires = "local_node")]
     pub backend: edge_node::backend::Backend,
 }
 

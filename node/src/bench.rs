@@ -118,7 +118,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cpu = if args.no_cpu {
         None
     } else {
-        let mut chain = m.shards(Backend::Cpu, &[], &GpuOptions::default())?;
+        let mut chain = m.shards(Backend::Reference, &[], &GpuOptions::default())?;
         Some(generate(&mut chain, &request(args.cpu_tokens.max(2)), |_| true)?.1)
     };
     let llama = if args.no_llama_cpp { None } else { llama_cpp(model_path, &prompt, args.tokens) };

@@ -99,9 +99,12 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
+    /// Compute backend (auto: wgpu on a real GPU, else the native CPU kernels).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Threads of the CPU backend [default: the physical cores this process may use].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Run the model as an in-process pipeline cut before these layers, e.g. `10,20` (for testing shards).
     #[arg(long, value_delimiter = ',')]
     pub split: Vec<u32>,
@@ -112,6 +115,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let m = args.model.open()?;
     let tok = Tokenizer::from_gguf(&m.gguf)?;
     let PreparedPrompt { ids: prompt, context, sampling, stop } = args.prompt.prepare(&tok, &m.config)?;
+    if let Some(n) = args.threads {
+        crate::cpu::pool::set_threads(n);
+    }
     let mut chain = m.shards(args.backend, &args.split, &GpuOptions::default())?;
     eprintln!(
         "model {} ({} layers, {}), {} shard(s) on {}, prompt {} tokens",

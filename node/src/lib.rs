@@ -1,13 +1,14 @@
 //! `edge-node`: a cluster member that loads a shard of a GGUF model and runs it.
 //!
 //! # Layout
-//! - [`backend`]: choosing wgpu or the CPU reference and loading a model as a chain of shards.
+//! - [`backend`]: choosing a backend (wgpu, the native CPU kernels, the f32 reference) and loading a model as a chain of shards.
 //! - [`gguf`]: memory-mapped GGUF reader (metadata, tensor infos, zero-copy tensor data).
 //! - [`quant`]: GGML block formats: geometry, row dequantization, reference quantizers.
 //! - [`model`]: hyper-parameters from metadata and the tensors each shard needs.
 //! - [`net`]: cluster networking over libp2p (identity, cluster key, event loop, peer table).
 //! - [`shard`]: the [`shard::Shard`] trait every backend implements: a layer range serving many sequences.
-//! - [`cpu`]: the CPU reference forward pass, the oracle for every kernel and distributed run.
+//! - [`cpu`]: the native CPU backend: SIMD integer dot products per instruction set on a thread pool.
+//! - [`reference`]: the plain f32 forward pass, the oracle for every kernel and distributed run.
 //! - [`gpu`]: the wgpu executor: WGSL kernels from `shaders/`, weights kept in their quantized blocks.
 //! - [`tokenizer`]: GGUF-embedded BPE vocabulary via the `tokenizers` crate, chat prompts, streaming text.
 //! - [`chat`]: the model's own chat template (`tokenizer.chat_template`, Jinja via minijinja; ChatML fallback).
@@ -31,6 +32,7 @@ pub mod gpu;
 pub mod model;
 pub mod net;
 pub mod quant;
+pub mod reference;
 pub mod sampler;
 pub mod serve;
 pub mod setup;

@@ -34,7 +34,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
         if p.is_greedy() {
-            return crate::cpu::argmax(logits);
+            return crate::reference::argmax(logits);
         }
         // Candidates sorted by logit, most likely first (stable: lower ids first on ties).
         let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();

@@ -76,7 +76,7 @@ pub struct ServeArgs {
     /// Only these peers may stay connected (repeatable; default: anyone holding the cluster key).
     #[arg(long)]
     pub allow: Vec<PeerId>,
-    /// Compute backend this node offers [default: config.toml's, else wgpu].
+    /// Compute backend this node offers [default: config.toml's, else auto: wgpu on a real GPU, else cpu].
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
     /// Bytes available for weights and KV cache [default: config.toml's, else the memory the system reports as
@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Plans (coordinator sessions) served at once; more are refused as busy [default: config.toml's, else 8].
     #[arg(long)]
     pub max_plans: Option<usize>,
+    /// Threads of the CPU backend [default: the physical cores this process may use].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Memory the system reports as available (Linux `MemAvailable`), or 0 when unknown.
@@ -100,29 +103,47 @@ fn available_memory() -> u64 {
         .unwrap_or(0)
 }
 
-/// The device measurement, from the cache in `dir` when it was made for this adapter and runtime.
-fn measure(dir: &std::path::Path, backend: Backend) -> anyhow::Result<(SelfBench, String)> {
-    let (bench, device_type) = match backend {
-        Backend::Cpu => (None, "Cpu".to_string()),
+/// The device measurement (wgpu's from the cache in `dir` when it was made for this adapter and runtime), its
+/// device type, and the backend `backend` resolves to: `auto` takes wgpu when the adapter is a real GPU whose
+/// matrix-vector speed beats the native CPU kernels', the CPU kernels otherwise.
+fn measure(dir: &std::path::Path, backend: Backend) -> anyhow::Result<(SelfBench, String, Backend)> {
+    let wgpu = |ctx: &std::sync::Arc<crate::gpu::GpuContext>| -> anyhow::Result<SelfBench> {
+        let cache = dir.join("selfbench.json");
+        let cached: Option<SelfBench> =
+            std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|b: &SelfBench| {
+                b.adapter == ctx.describe() && b.runtime == format!("edge-node/{}", env!("CARGO_PKG_VERSION"))
+            });
+        Ok(match cached {
+            Some(b) => b,
+            None => {
+                let b = self_benchmark(ctx)?;
+                let _ = std::fs::write(&cache, serde_json::to_vec_pretty(&b)?);
+                b
+            }
+        })
+    };
+    Ok(match backend {
+        Backend::Cpu => (self_benchmark_cpu(false), "Cpu".into(), Backend::Cpu),
+        Backend::Reference => (self_benchmark_cpu(true), "Cpu".into(), Backend::Reference),
         Backend::Wgpu => {
             let ctx = crate::gpu::GpuContext::new()?;
-            let cache = dir.join("selfbench.json");
-            let cached: Option<SelfBench> =
-                std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|b: &SelfBench| {
-                    b.adapter == ctx.describe() && b.runtime == format!("edge-node/{}", env!("CARGO_PKG_VERSION"))
-                });
-            let b = match cached {
-                Some(b) => b,
-                None => {
-                    let b = self_benchmark(&ctx)?;
-                    let _ = std::fs::write(&cache, serde_json::to_vec_pretty(&b)?);
-                    b
-                }
-            };
-            (Some(b), format!("{:?}", ctx.info.device_type))
+            (wgpu(&ctx)?, format!("{:?}", ctx.info.device_type), Backend::Wgpu)
         }
-    };
-    Ok((bench.unwrap_or_else(self_benchmark_cpu), device_type))
+        Backend::Auto => {
+            let cpu = self_benchmark_cpu(false);
+            match crate::gpu::GpuContext::new() {
+                Ok(ctx) if ctx.info.device_type != wgpu::DeviceType::Cpu => {
+                    let gpu = wgpu(&ctx)?;
+                    if gpu.gemv_gbps > cpu.gemv_gbps {
+                        (gpu, format!("{:?}", ctx.info.device_type), Backend::Wgpu)
+                    } else {
+                        (cpu, "Cpu".into(), Backend::Cpu)
+                    }
+                }
+                _ => (cpu, "Cpu".into(), Backend::Cpu),
+            }
+        }
+    })
 }
 
 /// How a member runs (what `serve` gets from its flags and config file).
@@ -188,7 +209,7 @@ pub async fn start_member(
 ) -> anyhow::Result<RunningMember> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = keys::load_or_create_identity(dir)?;
-    let (bench, device_type) = {
+    let (bench, device_type, backend) = {
         let (dir, backend) = (dir.to_owned(), o.backend);
         tokio::task::spawn_blocking(move || measure(&dir, backend)).await??
     };
@@ -223,7 +244,7 @@ pub async fn start_member(
         agent: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
         adapter: bench.adapter.clone(),
         device_type,
-        backend: format!("{:?}", o.backend).to_lowercase(),
+        backend: backend.name().into(),
         memory_bytes: o.memory.unwrap_or_else(available_memory),
         gemv_gbps: bench.gemv_gbps,
         dispatch_us: bench.dispatch_us,
@@ -251,9 +272,8 @@ pub async fn start_member(
             }
         })
     };
-    let stages = tokio::spawn(
-        crate::stage::StageServer::new(client.clone(), dir, o.backend, Some(publish), o.max_plans)?.serve(),
-    );
+    let stages =
+        tokio::spawn(crate::stage::StageServer::new(client.clone(), dir, backend, Some(publish), o.max_plans)?.serve());
     Ok(RunningMember { client, addrs, capabilities, stop, event_loop, bulk, stages })
 }
 
@@ -262,6 +282,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let dir = args.cluster.dir();
     let cluster_key = keys::load_cluster_key(args.cluster.cluster_key.as_deref(), &dir)?;
     let file = crate::net::config::FileConfig::load(&dir)?;
+    if let Some(n) = args.threads.or(file.threads) {
+        crate::cpu::pool::set_threads(n);
+    }
     let listen = match (args.listen.is_empty(), file.listen.is_empty()) {
         (false, _) => args.listen.clone(),
         (true, false) => file.listen.clone(),
@@ -272,7 +295,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         bootstrap: file.bootstrap.iter().chain(&args.peer).cloned().collect(),
         mdns: !args.no_mdns && file.mdns.unwrap_or(true),
         allow: file.allow.iter().chain(&args.allow).copied().collect(),
-        backend: args.backend.or(file.backend).unwrap_or(Backend::Wgpu),
+        backend: args.backend.or(file.backend).unwrap_or(Backend::Auto),
         memory: args.memory.or(file.memory),
         max_plans: args.max_plans.or(file.max_plans).unwrap_or(crate::stage::MAX_PLANS),
     };

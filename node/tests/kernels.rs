@@ -1,5 +1,5 @@
-//! Conformance of every WGSL kernel against the CPU reference (`node/src/cpu.rs`), on whatever Vulkan device is
-//! present (Mesa lavapipe in CI), then whole synthetic models: `GpuShard` against `CpuShard`.
+//! Conformance of every WGSL kernel against the CPU reference (`node/src/reference.rs`), on whatever Vulkan device is
+//! present (Mesa lavapipe in CI), then whole synthetic models: `GpuShard` against `ReferenceShard`.
 //!
 //! # Tolerances
 //! The GPU decodes the very same GGML bytes as the CPU, and decoding is exact in f32 (f16 -> f32 is exact; the
@@ -21,17 +21,19 @@
 
 use std::sync::{Arc, OnceLock};
 
-use edge_node::cpu::{self, CpuShard};
-use edge_node::gguf::{parse_bytes, Gguf, Value};
-use edge_node::gguf_writer::GgufWriter;
+use edge_node::gguf::Gguf;
 use edge_node::gpu::probe::{AttnShape, MatmulOpts, Probe};
 use edge_node::gpu::weights::layout;
 use edge_node::gpu::{GpuContext, GpuOptions, GpuShard};
 use edge_node::model::{ModelConfig, RopeStyle};
 use edge_node::quant::{dequantize_row, quantize_row, GgmlType};
-use edge_node::shard::{HeadOutput, Shard, ShardError, ShardInput, ShardOutput};
+use edge_node::reference::{self, ReferenceShard};
+use edge_node::shard::{HeadOutput, Shard, ShardError, ShardInput};
 use edge_protocol::ShardSpec;
 use proptest::prelude::*;
+
+mod common;
+use common::tiny::*;
 use proptest::test_runner::RngSeed;
 
 /// Matmul, attention: reordered f32 sums (see the module comment).
@@ -55,34 +57,6 @@ fn probe() -> &'static Probe {
 
 fn ctx() -> Arc<GpuContext> {
     probe().context().clone()
-}
-
-/// SplitMix64: deterministic test data without depending on a rand version.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32() * scale).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// A random `(rows, cols)` matrix quantized row by row.
-fn quant_matrix(ty: GgmlType, rows: usize, cols: usize, scale: f32, rng: &mut Rng) -> Vec<u8> {
-    (0..rows).flat_map(|_| quantize_row(ty, &rng.vec(cols, scale))).collect()
 }
 
 fn max_abs(v: &[f32]) -> f32 {
@@ -161,7 +135,7 @@ fn all_flags() -> Vec<Flags> {
         .collect()
 }
 
-/// The CPU reference of one (possibly fused) matmul, built from the functions `CpuShard` uses.
+/// The CPU reference of one (possibly fused) matmul, built from the functions `ReferenceShard` uses.
 fn reference_matmul(ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32], o: &MatmulOpts<'_>) -> Vec<f32> {
     let n = x.len() / cols;
     let mut y = Vec::with_capacity(n * rows);
@@ -169,17 +143,17 @@ fn reference_matmul(ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32],
         let xt = &x[t * cols..(t + 1) * cols];
         let mut xn = xt.to_vec();
         if let Some(g) = o.gamma {
-            cpu::rmsnorm(&mut xn, xt, g, o.eps);
+            reference::rmsnorm(&mut xn, xt, g, o.eps);
         }
         let mut a = vec![0.0; rows];
-        cpu::matvec_bytes(ty, w, cols, &xn, &mut a);
+        reference::matvec_bytes(ty, w, cols, &xn, &mut a);
         if let Some(b) = o.bias {
             a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
         }
         if let Some(up) = o.swiglu_up {
             let mut u = vec![0.0; rows];
-            cpu::matvec_bytes(ty, up, cols, &xn, &mut u);
-            a.iter_mut().zip(&u).for_each(|(a, u)| *a = cpu::silu(*a) * u);
+            reference::matvec_bytes(ty, up, cols, &xn, &mut u);
+            a.iter_mut().zip(&u).for_each(|(a, u)| *a = reference::silu(*a) * u);
         }
         if let Some(r) = o.residual {
             a.iter_mut().zip(&r[t * rows..(t + 1) * rows]).for_each(|(a, r)| *a += r);
@@ -367,11 +341,11 @@ fn rope_and_kv_write_match_cpu() {
                 for t in 0..n {
                     let src = &qkv[t * stride..(t + 1) * stride];
                     let mut qt = src[..q_dim].to_vec();
-                    cpu::rope(&mut qt, pos0 + t, hd, theta, style);
+                    reference::rope(&mut qt, pos0 + t, hd, theta, style);
                     want_q.extend(qt);
                     let row = (pos0 + t) * kv_dim..(pos0 + t + 1) * kv_dim;
                     want_k[row.clone()].copy_from_slice(&src[q_dim..q_dim + kv_dim]);
-                    cpu::rope(&mut want_k[row.clone()], pos0 + t, hd, theta, style);
+                    reference::rope(&mut want_k[row.clone()], pos0 + t, hd, theta, style);
                     want_v[row].copy_from_slice(&src[q_dim + kv_dim..]);
                 }
                 assert_close(&format!("{what} q"), &q, &want_q, ROPE_TOL);
@@ -388,7 +362,7 @@ fn rope_and_kv_write_match_cpu() {
     }
 }
 
-/// The reference: causal GQA exactly as `CpuShard::forward_position` does it, one token at a time.
+/// The reference: causal GQA exactly as `ReferenceShard::forward_position` does it, one token at a time.
 fn reference_attention(s: AttnShape, pos0: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let (q_dim, kv_dim, hd) = (s.q_dim(), s.kv_dim(), s.head_dim);
     let group = s.n_heads / s.n_kv_heads;
@@ -401,8 +375,8 @@ fn reference_attention(s: AttnShape, pos0: usize, q: &[f32], k: &[f32], v: &[f32
             let qh = &q[t * q_dim + h * hd..][..hd];
             let kvh = h / group;
             let mut scores: Vec<f32> =
-                (0..=last).map(|p| cpu::dot(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
-            cpu::softmax(&mut scores);
+                (0..=last).map(|p| reference::dot(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
+            reference::softmax(&mut scores);
             let o = &mut out[t * q_dim + h * hd..][..hd];
             for (p, &a) in scores.iter().enumerate() {
                 o.iter_mut().zip(&v[p * kv_dim + kvh * hd..][..hd]).for_each(|(o, &vv)| *o += a * vv);
@@ -455,7 +429,7 @@ fn argmax_ties_and_odd_vocabularies() {
         }
         let flat: Vec<f32> = rows.concat();
         let got = probe().argmax(&flat, rows.len(), vocab).unwrap();
-        let want: Vec<u32> = rows.iter().map(|r| cpu::argmax(r)).collect();
+        let want: Vec<u32> = rows.iter().map(|r| reference::argmax(r)).collect();
         assert_eq!(got, want, "vocab {vocab}");
     }
 }
@@ -470,147 +444,16 @@ fn argmax_of_non_finite_rows() {
     r[123] = f32::MIN;
     rows.push(r);
     let got = probe().argmax(&rows.concat(), rows.len(), vocab).unwrap();
-    let want: Vec<u32> = rows.iter().map(|r| cpu::argmax(r)).collect();
+    let want: Vec<u32> = rows.iter().map(|r| reference::argmax(r)).collect();
     assert_eq!(got, want);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Whole synthetic models: GpuShard against CpuShard
-
-#[derive(Clone)]
-struct Tiny {
-    arch: &'static str,
-    dim: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    ffn: usize,
-    vocab: usize,
-    layers: usize,
-    /// Type of a weight matrix, by layer and GGUF name suffix (`attn_q`, ..., `token_embd`, `output`).
-    ty: fn(Option<usize>, &str) -> GgmlType,
-    /// Write a separate `output.weight` (else the head is tied to the embedding).
-    output: bool,
-    seed: u64,
-}
-
-impl Tiny {
-    fn llama(ty: fn(Option<usize>, &str) -> GgmlType) -> Tiny {
-        Tiny {
-            arch: "llama",
-            dim: 64,
-            n_heads: 4,
-            n_kv_heads: 2,
-            ffn: 96,
-            vocab: 300,
-            layers: 3,
-            ty,
-            output: false,
-            seed: 11,
-        }
-    }
-
-    /// A GGUF image as llama.cpp's converter would lay it out (qwen2: neox RoPE and qkv biases).
-    fn gguf(&self) -> Vec<u8> {
-        let mut rng = Rng(self.seed);
-        let a = self.arch;
-        let hd = self.dim / self.n_heads;
-        let (q, kv) = (self.n_heads * hd, self.n_kv_heads * hd);
-        let mut w = GgufWriter::new()
-            .kv("general.architecture", Value::Str(a.into()))
-            .kv("general.name", Value::Str("tiny test model".into()))
-            .kv(format!("{a}.block_count"), Value::U32(self.layers as u32))
-            .kv(format!("{a}.embedding_length"), Value::U32(self.dim as u32))
-            .kv(format!("{a}.attention.head_count"), Value::U32(self.n_heads as u32))
-            .kv(format!("{a}.attention.head_count_kv"), Value::U32(self.n_kv_heads as u32))
-            .kv(format!("{a}.feed_forward_length"), Value::U32(self.ffn as u32))
-            .kv(format!("{a}.context_length"), Value::U32(256))
-            .kv(format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
-            .kv(format!("{a}.rope.freq_base"), Value::F32(if a == "qwen2" { 1_000_000.0 } else { 10_000.0 }));
-        let mut matrix = |w: GgufWriter<'static>,
-                          name: String,
-                          layer: Option<usize>,
-                          suffix: &str,
-                          rows: usize,
-                          cols: usize,
-                          scale: f32| {
-            let ty = (self.ty)(layer, suffix);
-            w.tensor(name, &[cols as u64, rows as u64], ty, quant_matrix(ty, rows, cols, scale, &mut rng))
-        };
-        w = matrix(w, "token_embd.weight".into(), None, "token_embd", self.vocab, self.dim, 1.0);
-        let mut vectors = Vec::new();
-        for l in 0..self.layers {
-            let p = |s: &str| format!("blk.{l}.{s}.weight");
-            let (d, f) = (self.dim, self.ffn);
-            let s_in = 1.0 / (d as f32).sqrt() * 1.7; // keeps activations O(1) through the layers
-            w = matrix(w, p("attn_q"), Some(l), "attn_q", q, d, s_in);
-            w = matrix(w, p("attn_k"), Some(l), "attn_k", kv, d, s_in);
-            w = matrix(w, p("attn_v"), Some(l), "attn_v", kv, d, s_in);
-            w = matrix(w, p("attn_output"), Some(l), "attn_output", d, q, 1.0 / (q as f32).sqrt());
-            w = matrix(w, p("ffn_gate"), Some(l), "ffn_gate", f, d, s_in);
-            w = matrix(w, p("ffn_up"), Some(l), "ffn_up", f, d, s_in);
-            w = matrix(w, p("ffn_down"), Some(l), "ffn_down", d, f, 1.0 / (f as f32).sqrt());
-            vectors.push((p("attn_norm"), d, 1.0, 0.3));
-            vectors.push((p("ffn_norm"), d, 1.0, 0.3));
-            if a == "qwen2" {
-                vectors.push((format!("blk.{l}.attn_q.bias"), q, 0.0, 0.5));
-                vectors.push((format!("blk.{l}.attn_k.bias"), kv, 0.0, 0.5));
-                vectors.push((format!("blk.{l}.attn_v.bias"), kv, 0.0, 0.5));
-            }
-        }
-        if self.output {
-            w = matrix(w, "output.weight".into(), None, "output", self.vocab, self.dim, 1.0);
-        }
-        vectors.push(("output_norm.weight".into(), self.dim, 1.0, 0.3));
-        for (name, n, base, spread) in vectors {
-            let v: Vec<f32> = (0..n).map(|_| base + spread * rng.f32()).collect();
-            w = w.tensor(name, &[n as u64], GgmlType::F32, quantize_row(GgmlType::F32, &v));
-        }
-        w.to_bytes().unwrap()
-    }
-
-    fn load(&self) -> (Gguf, ModelConfig) {
-        let g = parse_bytes(&self.gguf()).unwrap();
-        let cfg = ModelConfig::from_gguf(&g).unwrap();
-        (g, cfg)
-    }
-}
-
-fn logits(o: ShardOutput) -> Vec<f32> {
-    match o {
-        ShardOutput::Logits(l) => l,
-        other => panic!("expected logits, got {other:?}"),
-    }
-}
-
-fn tokens(o: ShardOutput) -> Vec<u32> {
-    match o {
-        ShardOutput::Tokens(t) => t,
-        other => panic!("expected tokens, got {other:?}"),
-    }
-}
-
-fn hidden(o: ShardOutput) -> Vec<f32> {
-    match o {
-        ShardOutput::Hidden(h) => h,
-        other => panic!("expected hidden states, got {other:?}"),
-    }
-}
-
-fn prompt(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
-    let mut rng = Rng(seed);
-    (0..n).map(|_| rng.below(vocab) as u32).collect()
-}
-
-/// The gap between the two largest logits (how robust a greedy comparison is).
-fn top2_gap(l: &[f32]) -> f32 {
-    let mut s = l.to_vec();
-    s.sort_by(|a, b| b.total_cmp(a));
-    s[0] - s.get(1).copied().unwrap_or(f32::NEG_INFINITY)
-}
+// Whole synthetic models: GpuShard against ReferenceShard
 
 const STEPS: usize = 8;
 
-/// GpuShard against CpuShard on a whole model: greedy tokens of every prompt position, the last logits after
+/// GpuShard against ReferenceShard on a whole model: greedy tokens of every prompt position, the last logits after
 /// the prompt and after each of `STEPS` greedy decode steps, and the device-side greedy sequence. Returns the
 /// GPU logits of every step (prompt, then each decode step) for exact comparisons between GPU configurations.
 fn check_model(g: &Gguf, cfg: &ModelConfig, opts: GpuOptions, what: &str) -> Vec<Vec<f32>> {
@@ -620,7 +463,7 @@ fn check_model(g: &Gguf, cfg: &ModelConfig, opts: GpuOptions, what: &str) -> Vec
 
 /// [`check_model`] on an already loaded whole-model shard.
 fn check_shard(g: &Gguf, cfg: &ModelConfig, mut gpu: GpuShard, what: &str) -> Vec<Vec<f32>> {
-    let mut cpu = CpuShard::load(g, cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap();
+    let mut cpu = ReferenceShard::load(g, cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap();
     let p = prompt(cfg.vocab, 11, 7);
     let cap = p.len() + STEPS + 1;
     for s in [&mut cpu as &mut dyn Shard, &mut gpu] {
@@ -641,8 +484,8 @@ fn check_shard(g: &Gguf, cfg: &ModelConfig, mut gpu: GpuShard, what: &str) -> Ve
     let mut greedy = Vec::new();
     for step in 0..=STEPS {
         assert_close(&format!("{what}: logits at step {step}"), &d, &c, MODEL_TOL);
-        let next = cpu::argmax(&c);
-        assert_eq!(cpu::argmax(&d), next, "{what}: greedy token at step {step} (top-2 gap {})", top2_gap(&c));
+        let next = reference::argmax(&c);
+        assert_eq!(reference::argmax(&d), next, "{what}: greedy token at step {step} (top-2 gap {})", top2_gap(&c));
         all.push(d.clone());
         if step == STEPS {
             break;
@@ -785,9 +628,9 @@ fn model_two_shards_equal_one() {
     let mut a = GpuShard::load(ctx(), &g, &cfg, parts[0], GpuOptions::default()).unwrap();
     let mut b = GpuShard::load(ctx(), &g, &cfg, parts[1], small).unwrap();
     assert!(b.dispatch_counts().0 > 6 && b.dispatch_counts().1 > 2, "second shard chunked: {:?}", b.dispatch_counts());
-    let mut cpu_one = CpuShard::load(&g, &cfg, whole).unwrap();
-    let mut cpu_a = CpuShard::load(&g, &cfg, parts[0]).unwrap();
-    let mut cpu_b = CpuShard::load(&g, &cfg, parts[1]).unwrap();
+    let mut cpu_one = ReferenceShard::load(&g, &cfg, whole).unwrap();
+    let mut cpu_a = ReferenceShard::load(&g, &cfg, parts[0]).unwrap();
+    let mut cpu_b = ReferenceShard::load(&g, &cfg, parts[1]).unwrap();
     for s in [&mut one as &mut dyn Shard, &mut a, &mut b, &mut cpu_one, &mut cpu_a, &mut cpu_b] {
         s.open_sequence(1, 32).unwrap();
     }
@@ -809,7 +652,7 @@ fn model_two_shards_equal_one() {
         let mixed = logits(b.forward(2, ShardInput::Hidden(&ch), HeadOutput::LogitsLast).unwrap());
         assert_close(&format!("step {step}: CPU -> GPU"), &mixed, &cpu_whole, MODEL_TOL);
 
-        input = vec![cpu::argmax(&want)];
+        input = vec![reference::argmax(&want)];
     }
     assert_eq!(b.sequence_len(1).unwrap(), 9 + 5);
 }
@@ -823,8 +666,8 @@ fn bad_input_gives_the_right_errors() {
     let parts = ShardSpec::split(3, &[1]);
     let mut first = GpuShard::load(ctx(), &g, &cfg, parts[0], GpuOptions::default()).unwrap();
     let mut last = GpuShard::load(ctx(), &g, &cfg, parts[1], GpuOptions::default()).unwrap();
-    let mut cpu_first = CpuShard::load(&g, &cfg, parts[0]).unwrap();
-    let mut cpu_last = CpuShard::load(&g, &cfg, parts[1]).unwrap();
+    let mut cpu_first = ReferenceShard::load(&g, &cfg, parts[0]).unwrap();
+    let mut cpu_last = ReferenceShard::load(&g, &cfg, parts[1]).unwrap();
     let dim = cfg.dim;
     let ok_hidden = vec![0.5f32; 2 * dim];
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use edge_node::cpu::CpuShard;
+use edge_node::reference::ReferenceShard;
 use edge_node::shard::{HeadOutput, Shard, ShardInput, ShardOutput};
 use edge_protocol::ShardSpec;
 
@@ -15,7 +15,7 @@ fn cpu_reference_reproduces_known_argmax_sequence() {
         (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim, cfg.vocab),
         (30, 576, 9, 3, 1536, 49152)
     );
-    let mut shard = CpuShard::load(&g, &cfg, ShardSpec::whole(30)).unwrap();
+    let mut shard = ReferenceShard::load(&g, &cfg, ShardSpec::whole(30)).unwrap();
     shard.open_sequence(1, 64).unwrap();
     let out = shard.forward(1, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::ArgmaxAll).unwrap();
     assert_eq!(out, ShardOutput::Tokens(common::REFERENCE_ARGMAX.to_vec()));
@@ -43,7 +43,7 @@ fn cpu_reference_agrees_with_numpy_on_qwen2() {
     let tok = edge_node::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     assert_eq!(tok.encode(&r.prompt).unwrap(), r.ids, "tokenizer vs llama.cpp");
 
-    let mut shard = CpuShard::load(&g, &cfg, ShardSpec::whole(24)).unwrap();
+    let mut shard = ReferenceShard::load(&g, &cfg, ShardSpec::whole(24)).unwrap();
     shard.open_sequence(1, 64).unwrap();
     let out = shard.forward(1, ShardInput::Tokens(&r.ids), HeadOutput::ArgmaxAll).unwrap();
     assert_eq!(out, ShardOutput::Tokens(r.argmax.clone()));

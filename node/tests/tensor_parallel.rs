@@ -17,13 +17,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_node::cpu::CpuShard;
 use edge_node::gguf::{parse_bytes, Gguf, Value};
 use edge_node::gguf_writer::GgufWriter;
 use edge_node::gpu::{GpuContext, GpuOptions, GpuShard};
 use edge_node::model::stage::stage_image;
 use edge_node::model::ModelConfig;
 use edge_node::quant::GgmlType;
+use edge_node::reference::ReferenceShard;
 use edge_node::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput};
 use edge_protocol::{LayerSlice, ShardSpec};
 
@@ -268,20 +268,21 @@ fn cpu_stages_match_the_whole_model() {
     let body = ShardSpec { layer_start: 0, layer_end: 30, embed: true, head: false };
     let head_spec = ShardSpec { layer_start: 30, layer_end: 30, embed: false, head: true };
     let prompt = ShardInput::Tokens(&common::REFERENCE_IDS);
-    let mut head = CpuShard::load(&g, &cfg, head_spec).unwrap();
+    let mut head = ReferenceShard::load(&g, &cfg, head_spec).unwrap();
     let mut argmax = |seq, h: &[f32]| {
         head.open_sequence(seq, 64).unwrap();
         tokens(head.forward(seq, ShardInput::Hidden(h), HeadOutput::ArgmaxAll).unwrap())
     };
 
-    let mut whole = CpuShard::load(&g, &cfg, body).unwrap();
+    let mut whole = ReferenceShard::load(&g, &cfg, body).unwrap();
     whole.open_sequence(1, 64).unwrap();
     let want = hidden(whole.forward(1, prompt, HeadOutput::ArgmaxAll).unwrap());
     assert_eq!(argmax(1, &want), common::REFERENCE_ARGMAX);
 
     for (name, slices) in [("2-way", &TWO_WAY[..]), ("3-way", &THREE_WAY[..])] {
         let models = member_models(&g, &cfg, body, slices);
-        let mut members: Vec<CpuShard> = models.iter().map(|(m, c)| CpuShard::load(m, c, body).unwrap()).collect();
+        let mut members: Vec<ReferenceShard> =
+            models.iter().map(|(m, c)| ReferenceShard::load(m, c, body).unwrap()).collect();
         let outs = lockstep(&mut members, |shard, reduce| {
             shard.open_sequence(1, 64)?;
             shard.forward_reduce(1, prompt, HeadOutput::ArgmaxAll, reduce).map(hidden)
@@ -375,11 +376,11 @@ fn a_partial_shard_needs_the_reduction() {
     // CPU: three positions through the layers, against the unsliced hidden states.
     let body = ShardSpec { layer_start: 0, layer_end: 30, embed: true, head: false };
     let prefix = ShardInput::Tokens(&common::REFERENCE_IDS[..3]);
-    let mut whole = CpuShard::load(&g, &cfg, body).unwrap();
+    let mut whole = ReferenceShard::load(&g, &cfg, body).unwrap();
     whole.open_sequence(1, 8).unwrap();
     let want = hidden(whole.forward(1, prefix, HeadOutput::ArgmaxAll).unwrap());
     let (m, c) = &member_models(&g, &cfg, body, &TWO_WAY[..1])[0];
-    let mut cpu = CpuShard::load(m, c, body).unwrap();
+    let mut cpu = ReferenceShard::load(m, c, body).unwrap();
     cpu.open_sequence(1, 8).unwrap();
     let got = hidden(cpu.forward(1, prefix, HeadOutput::ArgmaxAll).unwrap());
     let (diff, scale) = max_diff(&got, &want);
@@ -410,7 +411,7 @@ fn bad_slices_are_refused_clearly() {
     let e = GpuShard::load(ctx, &m, &c, spec, GpuOptions::default()).err().expect("refused").to_string();
     println!("{e}");
     assert!(e.contains("unsupported tensor-parallel slice") && e.contains("output projection"), "{e}");
-    let e = CpuShard::load(&m, &c, spec).err().expect("refused").to_string();
+    let e = ReferenceShard::load(&m, &c, spec).err().expect("refused").to_string();
     assert!(e.contains("not a multiple of 32"), "{e}");
 }
 

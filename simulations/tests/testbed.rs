@@ -27,6 +27,7 @@ fn testbed(nodes: usize, stages: usize, rate: &str, latency_ms: f64) -> f64 {
     let out = Command::new("bash")
         .arg(format!("{root}/../scripts/testbed.sh"))
         .args(["-n", &nodes.to_string(), "--rate", rate, "--latency-ms", &latency_ms.to_string()])
+        .args(["--backend", "wgpu"]) // the simulator's device profile is lavapipe's
         .args(["--", "--stages", &stages.to_string(), "-n", &TOKENS.to_string(), "--json", "--tensor-parallel", "off"])
         .env("EDGE_BIN", &bins)
         .output()

@@ -25,7 +25,7 @@ fn run(chain: &mut [Box<dyn Shard>], req: &GenerateRequest) -> Vec<u32> {
 #[test]
 fn cpu_reference_greedy_32_tokens_match_the_golden_sequence() {
     let m = smollm2();
-    let mut chain = m.shards(Backend::Cpu, &[], &GpuOptions::default()).unwrap();
+    let mut chain = m.shards(Backend::Reference, &[], &GpuOptions::default()).unwrap();
     assert_eq!(run(&mut chain, &greedy(32)), GREEDY_32);
 }
 
@@ -43,7 +43,7 @@ fn qwen2_greedy_tokens_on_both_backends() {
     let m = edge_tests::known(&edge_node::setup::QWEN_05B);
     let tok = edge_node::tokenizer::Tokenizer::from_gguf(&m.gguf).unwrap();
     let req = GenerateRequest { prompt: tok.encode(QWEN_PROMPT).unwrap(), ..greedy(16) };
-    for (backend, cuts) in [(Backend::Cpu, vec![]), (Backend::Wgpu, vec![]), (Backend::Wgpu, vec![9])] {
+    for (backend, cuts) in [(Backend::Reference, vec![]), (Backend::Wgpu, vec![]), (Backend::Wgpu, vec![9])] {
         let mut chain = m.shards(backend, &cuts, &GpuOptions::default()).unwrap();
         assert_eq!(run(&mut chain, &req), QWEN_GREEDY_16, "{backend:?} cuts {cuts:?}");
     }
@@ -65,8 +65,8 @@ fn a_cpu_shard_can_feed_a_wgpu_shard() {
     let ctx = edge_node::gpu::GpuContext::new().unwrap();
     let specs = edge_protocol::ShardSpec::split(30, &[4]);
     let mut chain = vec![
-        m.shard(specs[0], None, &GpuOptions::default()).unwrap(),
-        m.shard(specs[1], Some(&ctx), &GpuOptions::default()).unwrap(),
+        m.shard(Backend::Reference, specs[0], None, &GpuOptions::default()).unwrap(),
+        m.shard(Backend::Wgpu, specs[1], Some(&ctx), &GpuOptions::default()).unwrap(),
     ];
     assert_eq!(run(&mut chain, &greedy(12)), GREEDY_32[..12]);
 }

@@ -133,21 +133,40 @@ pub fn self_benchmark(ctx: &std::sync::Arc<GpuContext>) -> Result<SelfBench, Sha
     })
 }
 
-/// The same measurement for the CPU reference backend (no dispatches).
-pub fn self_benchmark_cpu() -> SelfBench {
+/// The same measurement for the CPU backends (no dispatches): the native kernels on the process-wide pool, or
+/// the f32 reference.
+pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
+    use crate::cpu::{kernels::Kernels, matmul};
     use crate::quant::GgmlType;
     let (rows, cols) = (4096, 1024);
     let w = bench_matrix(rows, cols);
     let x = vec![0.5f32; cols];
     let mut y = vec![0.0f32; rows];
-    crate::cpu::matvec_bytes(GgmlType::Q4_1, &w, cols, &x, &mut y);
+    let kernels = Kernels::detect();
+    let pool = crate::cpu::pool::global();
+    let m = matmul::Mat::raw(GgmlType::Q4_1, rows, cols, kernels).expect("Q4_1 has a kernel");
+    let mut acts = matmul::Acts::default();
+    let mut once = || {
+        if reference {
+            crate::reference::matvec_bytes(GgmlType::Q4_1, &w, cols, &x, &mut y);
+        } else {
+            acts.quantize(&x, cols, &[&m]);
+            matmul::matmul(&pool, &w, &[&m], &acts, 1, &mut [&mut y]);
+        }
+    };
+    once();
+    let reps = if reference { 5 } else { 50 };
     let t = Instant::now();
-    for _ in 0..5 {
-        crate::cpu::matvec_bytes(GgmlType::Q4_1, &w, cols, &x, &mut y);
+    for _ in 0..reps {
+        once();
     }
-    let secs = t.elapsed().as_secs_f64() / 5.0;
+    let secs = t.elapsed().as_secs_f64() / reps as f64;
     SelfBench {
-        adapter: "cpu reference".into(),
+        adapter: if reference {
+            "cpu reference (f32)".into()
+        } else {
+            format!("cpu ({}, {} threads)", kernels.isa().name(), pool.threads())
+        },
         runtime: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
         gemv_gbps: w.len() as f32 / secs as f32 / 1e9,
         dispatch_us: 0.0,

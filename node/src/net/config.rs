@@ -9,8 +9,10 @@
 //! mdns = true
 //! # Only these peers may stay connected (empty: anyone holding the cluster key).
 //! allow = []
-//! # Compute backend offered ("wgpu" or "cpu").
-//! backend = "wgpu"
+//! # Compute backend offered: "auto" (wgpu on a real GPU, else cpu), "wgpu", "cpu" or "reference".
+//! backend = "auto"
+//! # Threads of the CPU backend (default: the physical cores).
+//! threads = 4
 //! # Bytes available for weights and KV caches (default: what the system reports as available).
 //! memory = 4294967296
 //! # Plans (coordinator sessions) served at once.
@@ -35,6 +37,7 @@ pub struct FileConfig {
     pub backend: Option<crate::backend::Backend>,
     pub memory: Option<u64>,
     pub max_plans: Option<usize>,
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]

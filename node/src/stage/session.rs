@@ -23,6 +23,7 @@ use crate::gguf_writer::GgufWriter;
 use crate::gpu::{GpuOptions, GpuShard};
 use crate::model::ModelConfig;
 use crate::quant::GgmlType;
+use crate::reference::ReferenceShard;
 use crate::shard::Shard;
 
 pub(super) async fn run(server: Arc<StageServer>, peer: PeerId, plan: PlanId, stream: libp2p::Stream) {
@@ -201,7 +202,8 @@ impl StageServer {
         }
         let mut shard: Box<dyn Shard + Send> = match self.backend {
             Backend::Wgpu => Box::new(GpuShard::load(self.gpu()?, &g, &cfg, m.spec, GpuOptions::default())?),
-            Backend::Cpu => Box::new(CpuShard::load(&g, &cfg, m.spec)?),
+            Backend::Reference => Box::new(ReferenceShard::load(&g, &cfg, m.spec)?),
+            Backend::Cpu | Backend::Auto => Box::new(CpuShard::load(&g, &cfg, m.spec)?),
         };
         if self.backend == Backend::Wgpu {
             warm_up(&mut *shard)?;

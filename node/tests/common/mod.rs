@@ -1,6 +1,8 @@
 //! Shared by the node's integration tests: the real model and its known-good values.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use edge_node::gguf::Gguf;
 use edge_node::model::ModelConfig;
 

@@ -25,7 +25,7 @@ struct LayerVectors {
     bias_v: Option<Vec<f32>>, // (kv_dim)
 }
 
-pub struct CpuShard {
+pub struct ReferenceShard {
     w: Weights,
     seqs: Sequences<KvCache>,
 }
@@ -39,8 +39,8 @@ struct Weights {
     output_norm: Option<Vec<f32>>, // (dim)
 }
 
-impl CpuShard {
-    pub fn load(gguf: &Gguf, cfg: &ModelConfig, spec: ShardSpec) -> Result<CpuShard, ShardError> {
+impl ReferenceShard {
+    pub fn load(gguf: &Gguf, cfg: &ModelConfig, spec: ShardSpec) -> Result<ReferenceShard, ShardError> {
         let t = ShardTensors::resolve(gguf, cfg, spec)?;
         let read = |info: &TensorInfo| read_f32(gguf, info);
         let vectors = t
@@ -56,7 +56,7 @@ impl CpuShard {
             .collect();
         let output_norm = t.output_norm.as_ref().map(read);
         let w = Weights { gguf: gguf.clone(), cfg: cfg.clone(), t, vectors, output_norm };
-        Ok(CpuShard { w, seqs: Sequences::default() })
+        Ok(ReferenceShard { w, seqs: Sequences::default() })
     }
 }
 
@@ -176,7 +176,7 @@ impl Weights {
     }
 }
 
-impl Shard for CpuShard {
+impl Shard for ReferenceShard {
     fn spec(&self) -> ShardSpec {
         self.w.t.spec
     }
@@ -184,7 +184,7 @@ impl Shard for CpuShard {
         &self.w.cfg
     }
     fn backend_name(&self) -> String {
-        "cpu reference".into()
+        "reference (f32)".into()
     }
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
         self.seqs.check_open(&self.w.cfg, seq, capacity)?;

@@ -1,0 +1,131 @@
+//! Activations quantized once per matmul and shared by every thread, in the block forms ggml's integer dot
+//! products take (scales kept in f32, not f16: they never leave the node, and f32 is one less conversion per
+//! block):
+//! - `Q8_0` (for Q4_0, Q5_0, Q8_0 weights): `d (f32), qs[32] (i8)`; x ≈ d * q. 36 bytes.
+//! - `Q8_1` (for Q4_1 weights): `d (f32), s (f32) = d * Σq, qs[32]`; the sum carries the weights' min. 40 bytes.
+//! - `Q8_K` (for Q4_K, Q6_K weights): `d (f32), qs[256], bsums[16] (i16)`, the sum of each 16 q's. 292 bytes.
+//! - `F32` (for F16 and F32 weights): the floats themselves.
+//!
+//! Scales follow ggml: `d = max|x| / 127`, `q = round(x / d)` (Q8_K keeps the sign of the largest value, as
+//! `quantize_row_q8_K_ref` does). Blocks are read with unaligned loads, so the buffer is plain bytes.
+
+/// How a weight type wants its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActType {
+    Q8_0,
+    Q8_1,
+    Q8K,
+    F32,
+}
+
+impl ActType {
+    /// (elements per block, bytes per block).
+    pub const fn block(self) -> (usize, usize) {
+        match self {
+            ActType::Q8_0 => (32, 36),
+            ActType::Q8_1 => (32, 40),
+            ActType::Q8K => (256, 292),
+            ActType::F32 => (1, 4),
+        }
+    }
+
+    /// Bytes of one quantized row of `n` elements (`n` a multiple of the block).
+    pub const fn row_bytes(self, n: usize) -> usize {
+        let (b, s) = self.block();
+        n / b * s
+    }
+
+    /// Quantizes one row `x` into `out` (`row_bytes(x.len())` bytes).
+    pub fn quantize_row(self, x: &[f32], out: &mut [u8]) {
+        debug_assert_eq!(out.len(), self.row_bytes(x.len()));
+        match self {
+            ActType::Q8_0 => {
+                for (blk, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(36)) {
+                    let (d, _) = q8_block(blk, &mut o[4..]);
+                    o[..4].copy_from_slice(&d.to_le_bytes());
+                }
+            }
+            ActType::Q8_1 => {
+                for (blk, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(40)) {
+                    let (d, sum) = q8_block(blk, &mut o[8..]);
+                    o[..4].copy_from_slice(&d.to_le_bytes());
+                    o[4..8].copy_from_slice(&(d * sum as f32).to_le_bytes());
+                }
+            }
+            ActType::Q8K => {
+                for (blk, o) in x.chunks_exact(256).zip(out.chunks_exact_mut(292)) {
+                    q8k_block(blk, o);
+                }
+            }
+            ActType::F32 => {
+                for (v, o) in x.iter().zip(out.chunks_exact_mut(4)) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// One Q8 block of 32: writes the q's, returns (d, Σq).
+fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0;
+    for (q, v) in qs.iter_mut().zip(x) {
+        let v = (v * id).round() as i32;
+        sum += v;
+        *q = v as i8 as u8;
+    }
+    (d, sum)
+}
+
+/// One Q8_K block of 256 into its 292 bytes.
+fn q8k_block(x: &[f32], o: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        o.fill(0);
+        return;
+    }
+    let iscale = -127.0 / max;
+    let (qs, bsums) = o[4..].split_at_mut(256);
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round() as i32).min(127) as i8 as u8;
+    }
+    for (b, s) in bsums.chunks_exact_mut(2).enumerate() {
+        let sum: i32 = qs[16 * b..16 * b + 16].iter().map(|&q| q as i8 as i32).sum();
+        s.copy_from_slice(&(sum as i16).to_le_bytes());
+    }
+    o[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+}
+
+/// `n` rows of activations in one activation type, quantized once and read by every thread.
+#[derive(Default)]
+pub struct QuantizedRows {
+    pub data: Vec<u8>,
+    pub row_bytes: usize,
+    pub ty: Option<ActType>,
+}
+
+impl QuantizedRows {
+    /// Quantizes the rows of `x` (`(n, cols)`, `cols` a multiple of the type's block) into this buffer.
+    pub fn quantize(&mut self, ty: ActType, x: &[f32], cols: usize) {
+        let n = x.len() / cols;
+        self.ty = Some(ty);
+        self.row_bytes = ty.row_bytes(cols);
+        self.data.resize(n * self.row_bytes, 0);
+        for (xr, o) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(self.row_bytes)) {
+            ty.quantize_row(xr, o);
+        }
+    }
+
+    pub fn row(&self, i: usize) -> &[u8] {
+        &self.data[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+}

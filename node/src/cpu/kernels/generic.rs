@@ -1,0 +1,186 @@
+//! Portable dot products: plain Rust every machine runs, and the path every SIMD kernel is tested against.
+//! Each computes the same integer sums per block as the SIMD kernels; only the float accumulation order differs.
+//!
+//! Every kernel takes `n` (elements, a multiple of the weight's block), one weight row in its GGML bytes and one
+//! activation row in the form [`super::super::act`] documents.
+
+use crate::quant::{f16_at, k4_scale_min};
+
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+fn i8s(b: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    b.iter().map(|&q| q as i8 as i32)
+}
+
+/// Q4_0 weights x Q8_0 activations.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0;
+    for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(36)).take(n / 32) {
+        let qa = &ab[4..];
+        let mut s = 0;
+        for j in 0..16 {
+            s += ((wb[2 + j] & 15) as i32 - 8) * qa[j] as i8 as i32;
+            s += ((wb[2 + j] >> 4) as i32 - 8) * qa[j + 16] as i8 as i32;
+        }
+        acc += f16_at(wb, 0) * f32_at(ab, 0) * s as f32;
+    }
+    acc
+}
+
+/// Q4_1 weights x Q8_1 activations: `Σ d_w d_a Σ q_w q_a + m_w s_a`.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0;
+    for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(40)).take(n / 32) {
+        let qa = &ab[8..];
+        let mut s = 0;
+        for j in 0..16 {
+            s += (wb[4 + j] & 15) as i32 * qa[j] as i8 as i32;
+            s += (wb[4 + j] >> 4) as i32 * qa[j + 16] as i8 as i32;
+        }
+        acc += f16_at(wb, 0) * f32_at(ab, 0) * s as f32 + f16_at(wb, 2) * f32_at(ab, 4);
+    }
+    acc
+}
+
+/// Q5_0 weights x Q8_0 activations.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0;
+    for (wb, ab) in w.chunks_exact(22).zip(a.chunks_exact(36)).take(n / 32) {
+        let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
+        let qa = &ab[4..];
+        let mut s = 0;
+        for j in 0..16 {
+            let lo = ((wb[6 + j] & 15) as u32 | ((qh >> j) & 1) << 4) as i32 - 16;
+            let hi = ((wb[6 + j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16;
+            s += lo * qa[j] as i8 as i32 + hi * qa[j + 16] as i8 as i32;
+        }
+        acc += f16_at(wb, 0) * f32_at(ab, 0) * s as f32;
+    }
+    acc
+}
+
+/// Q8_0 weights x Q8_0 activations.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0;
+    for (wb, ab) in w.chunks_exact(34).zip(a.chunks_exact(36)).take(n / 32) {
+        let s: i32 = i8s(&wb[2..34]).zip(i8s(&ab[4..36])).map(|(x, y)| x * y).sum();
+        acc += f16_at(wb, 0) * f32_at(ab, 0) * s as f32;
+    }
+    acc
+}
+
+/// Q4_K weights x Q8_K activations: `d_a (d Σ_s sc_s Σ q a - dmin Σ_s m_s Σ a)`, the activation sums of each
+/// 32 taken from the Q8_K block's sums of 16.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0;
+    for (wb, ab) in w.chunks_exact(144).zip(a.chunks_exact(292)).take(n / 256) {
+        let (scales, qs, qa) = (&wb[4..16], &wb[16..144], &ab[4..260]);
+        let (mut sum, mut mins) = (0i32, 0i32);
+        for s in 0..8 {
+            let (sc, m) = k4_scale_min(s, scales);
+            let shift = 4 * (s % 2);
+            let q = &qs[32 * (s / 2)..][..32];
+            let dot: i32 = q.iter().zip(i8s(&qa[32 * s..][..32])).map(|(&q, y)| ((q >> shift) & 15) as i32 * y).sum();
+            sum += sc as i32 * dot;
+            mins += m as i32 * (bsum(ab, 2 * s) + bsum(ab, 2 * s + 1));
+        }
+        let da = f32_at(ab, 0);
+        acc += da * f16_at(wb, 0) * sum as f32 - da * f16_at(wb, 2) * mins as f32;
+    }
+    acc
+}
+
+/// Q6_K weights x Q8_K activations: `d_a d Σ_s sc_s (Σ q a - 32 Σ a)` over 16 sub-blocks of 16, with q unsigned
+/// (0..64); the `- 32` comes from the Q8_K block sums.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0;
+    for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(292)).take(n / 256) {
+        let (ql, qh, sc) = (&wb[..128], &wb[128..192], &wb[192..208]);
+        let qa = &ab[4..260];
+        let mut sum = 0i32;
+        for half in 0..2 {
+            let (ql, qh, qa) = (&ql[64 * half..], &qh[32 * half..], &qa[128 * half..]);
+            for k in 0..4 {
+                for part in 0..2 {
+                    let mut dot = 0i32;
+                    for l in 16 * part..16 * part + 16 {
+                        let low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 15;
+                        let q = (low | ((qh[l] >> (2 * k)) & 3) << 4) as i32;
+                        dot += q * qa[32 * k + l] as i8 as i32;
+                    }
+                    let s = 8 * half + 2 * k + part; // sub-block of 16
+                    sum += sc[s] as i8 as i32 * (dot - 32 * bsum(ab, s));
+                }
+            }
+        }
+        acc += f32_at(ab, 0) * f16_at(wb, 208) * sum as f32;
+    }
+    acc
+}
+
+/// The Q8_K block's sum of its 16 q's number `i`.
+fn bsum(ab: &[u8], i: usize) -> i32 {
+    i16::from_le_bytes([ab[260 + 2 * i], ab[261 + 2 * i]]) as i32
+}
+
+/// F16 weights x F32 activations.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (wc, ac)) in w.chunks_exact(2).zip(a.chunks_exact(4)).take(n).enumerate() {
+        acc[i % 8] += f16_at(wc, 0) * f32_at(ac, 0);
+    }
+    acc.iter().sum()
+}
+
+/// F32 weights x F32 activations.
+///
+/// # Safety
+/// Safe to call; `unsafe` only to share the kernel table's signature.
+pub unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (wc, ac)) in w.chunks_exact(4).zip(a.chunks_exact(4)).take(n).enumerate() {
+        acc[i % 8] += f32_at(wc, 0) * f32_at(ac, 0);
+    }
+    acc.iter().sum()
+}
+
+/// f32 dot product of two float slices (attention scores).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// y += a * x (attention's weighted sum of values).
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}

@@ -1,0 +1,289 @@
+//! The x86-64 dot-product kernels, written once and compiled per instruction set: `avx2.rs` and `avx512.rs` each
+//! expand [`x86_kernels!`] with their target features and their `mul_add` (u8 x i8 products summed in fours into
+//! i32 lanes: `maddubs` + `madd` on AVX2, one `vpdpbusd` with AVX-512 VNNI).
+//!
+//! Block by block, each kernel forms the same integer sums as `generic.rs` (nibbles unpacked to bytes, signed
+//! products through the `sign` trick: |x| * sign(y, x)), then adds `d_w d_a * sum` into a float accumulator.
+
+/// Expands the kernels in the invoking module. It must define `mul_add(acc, u8s, i8s) -> acc` with the same
+/// target features, and name the features as the macro's argument.
+macro_rules! x86_kernels {
+    ($feat:literal) => {
+        use std::arch::x86_64::*;
+
+        use crate::quant::k4_scale_min;
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn f16(p: *const u8) -> f32 {
+            let bits = (p as *const u16).read_unaligned() as i32;
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn f32_at(p: *const u8) -> f32 {
+            (p as *const f32).read_unaligned()
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn load(p: *const u8) -> __m256i {
+            _mm256_loadu_si256(p as *const __m256i)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+
+        /// Signed x signed bytes, summed in fours into i32 lanes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
+            mul_add(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+        }
+
+        /// 16 bytes of packed nibbles as 32 bytes: low nibbles first, then high nibbles (GGML's order).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn nibbles(p: *const u8) -> __m256i {
+            let q = _mm_loadu_si128(p as *const __m128i);
+            let m = _mm_set1_epi8(15);
+            let lo = _mm_and_si128(q, m);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+            _mm256_set_m128i(hi, lo)
+        }
+
+        /// 32 bits as 32 bytes: 0xFF where the bit is set.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn bits_to_bytes(x: u32) -> __m256i {
+            let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+            let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+            _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= n / 32 * 18 && a.len() >= n / 32 * 36);
+            let (w, a) = (w.as_ptr(), a.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let eight = _mm256_set1_epi8(8);
+            for b in 0..n / 32 {
+                let (wb, ab) = (w.add(18 * b), a.add(36 * b));
+                let q = _mm256_sub_epi8(nibbles(wb.add(2)), eight);
+                let s = mul_sum_i8(q, load(ab.add(4)));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+            }
+            hsum(acc)
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= n / 32 * 20 && a.len() >= n / 32 * 40);
+            let (w, a) = (w.as_ptr(), a.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut mins = 0.0;
+            for b in 0..n / 32 {
+                let (wb, ab) = (w.add(20 * b), a.add(40 * b));
+                let s = mul_add(_mm256_setzero_si256(), nibbles(wb.add(4)), load(ab.add(8)));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+                mins += f16(wb.add(2)) * f32_at(ab.add(4));
+            }
+            hsum(acc) + mins
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= n / 32 * 22 && a.len() >= n / 32 * 36);
+            let (w, a) = (w.as_ptr(), a.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let f0 = _mm256_set1_epi8(0xF0u8 as i8);
+            for b in 0..n / 32 {
+                let (wb, ab) = (w.add(22 * b), a.add(36 * b));
+                let high = bits_to_bytes((wb.add(2) as *const u32).read_unaligned());
+                // Where the fifth bit is clear, q - 16 is the nibble with its top four bits set.
+                let q = _mm256_or_si256(nibbles(wb.add(6)), _mm256_andnot_si256(high, f0));
+                let s = mul_sum_i8(q, load(ab.add(4)));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+            }
+            hsum(acc)
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= n / 32 * 34 && a.len() >= n / 32 * 36);
+            let (w, a) = (w.as_ptr(), a.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..n / 32 {
+                let (wb, ab) = (w.add(34 * b), a.add(36 * b));
+                let s = mul_sum_i8(load(wb.add(2)), load(ab.add(4)));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+            }
+            hsum(acc)
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= n / 256 * 144 && a.len() >= n / 256 * 292);
+            let (wp, ap) = (w.as_ptr(), a.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut mins_acc = 0.0;
+            let m4 = _mm256_set1_epi8(15);
+            for b in 0..n / 256 {
+                let (wb, ab) = (wp.add(144 * b), ap.add(292 * b));
+                let scales = &w[144 * b + 4..144 * b + 16];
+                let da = f32_at(ab);
+                let bsums = ab.add(260) as *const i16;
+                let mut sumi = _mm256_setzero_si256();
+                let mut mins = 0i32;
+                for j in 0..4 {
+                    let (sc0, m0) = k4_scale_min(2 * j, scales);
+                    let (sc1, m1) = k4_scale_min(2 * j + 1, scales);
+                    let q = load(wb.add(16 + 32 * j));
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    let p0 = _mm256_maddubs_epi16(lo, load(ab.add(4 + 64 * j)));
+                    let p1 = _mm256_maddubs_epi16(hi, load(ab.add(36 + 64 * j)));
+                    let p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16));
+                    let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+                    let s = |i: usize| bsums.add(i).read_unaligned() as i32;
+                    mins += m0 as i32 * (s(4 * j) + s(4 * j + 1)) + m1 as i32 * (s(4 * j + 2) + s(4 * j + 3));
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(da * f16(wb)), _mm256_cvtepi32_ps(sumi), acc);
+                mins_acc += da * f16(wb.add(2)) * mins as f32;
+            }
+            hsum(acc) - mins_acc
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= n / 256 * 210 && a.len() >= n / 256 * 292);
+            let (wp, ap) = (w.as_ptr(), a.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let (m4, m2) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3));
+            for b in 0..n / 256 {
+                let (wb, ab) = (wp.add(210 * b), ap.add(292 * b));
+                let sc = wb.add(192) as *const i8;
+                let bsums = ab.add(260) as *const i16;
+                let mut sumi = _mm256_setzero_si256();
+                let mut offset = 0i32;
+                for h in 0..2 {
+                    let (ql0, ql1, qh) = (load(wb.add(64 * h)), load(wb.add(64 * h + 32)), load(wb.add(128 + 32 * h)));
+                    let hi2 = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
+                    let qs = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, m4), hi2(qh)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, m4), hi2(_mm256_srli_epi16(qh, 2))),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hi2(_mm256_srli_epi16(qh, 4))),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hi2(_mm256_srli_epi16(qh, 6))),
+                    ];
+                    for (k, q) in qs.into_iter().enumerate() {
+                        let s = 8 * h + 2 * k;
+                        let (s0, s1) = (sc.add(s).read() as i16, sc.add(s + 1).read() as i16);
+                        let p = _mm256_maddubs_epi16(q, load(ab.add(4 + 128 * h + 32 * k)));
+                        let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
+                        offset += s0 as i32 * bsums.add(s).read_unaligned() as i32
+                            + s1 as i32 * bsums.add(s + 1).read_unaligned() as i32;
+                    }
+                }
+                let d = f32_at(ab) * f16(wb.add(208));
+                let sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(32 * offset, 0, 0, 0, 0, 0, 0, 0));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum(acc)
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` holds `n` f16 and `a` `n` f32 (n a multiple of 8).
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= 2 * n && a.len() >= 4 * n && n % 8 == 0);
+            let (w, a) = (w.as_ptr(), a.as_ptr() as *const f32);
+            let mut acc = _mm256_setzero_ps();
+            for i in (0..n).step_by(8) {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i));
+                acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(a.add(i)), acc);
+            }
+            hsum(acc)
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `w` and `a` hold `n` f32 (n a multiple of 8).
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            debug_assert!(w.len() >= 4 * n && a.len() >= 4 * n && n % 8 == 0);
+            let (w, a) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
+            let mut acc = _mm256_setzero_ps();
+            for i in (0..n).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(a.add(i)), acc);
+            }
+            hsum(acc)
+        }
+
+        /// f32 dot product of two slices of any (equal) length.
+        ///
+        /// # Safety
+        /// The CPU has the target features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+            let n = a.len().min(b.len());
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 8 <= n {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc);
+                i += 8;
+            }
+            let mut s = hsum(acc);
+            while i < n {
+                s += a[i] * b[i];
+                i += 1;
+            }
+            s
+        }
+
+        /// y += a * x.
+        ///
+        /// # Safety
+        /// The CPU has the target features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+            let n = y.len().min(x.len());
+            let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+            let av = _mm256_set1_ps(a);
+            let mut i = 0;
+            while i + 8 <= n {
+                _mm256_storeu_ps(
+                    py.add(i),
+                    _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
+                );
+                i += 8;
+            }
+            while i < n {
+                y[i] += a * x[i];
+                i += 1;
+            }
+        }
+    };
+}
+
+pub(crate) use x86_kernels;

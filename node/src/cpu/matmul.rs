@@ -1,0 +1,137 @@
+//! Matrix products on the pool: `out (n, rows) = x (n, cols) · Wᵀ` for weight matrices in GGML blocks, with the
+//! activations quantized once (by the caller) and shared by every thread.
+//!
+//! Several matrices that read the same input (Q, K and V; gate and up) run as one job, so a layer has few
+//! synchronisation points. Threads take chunks of rows from one atomic counter (a busy core takes fewer); each
+//! weight row is loaded once for all `n` tokens of a step (prefill reuses it from L1 for every token).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::act::{ActType, QuantizedRows};
+use super::kernels::{DotFn, Kernels};
+use super::pool::Pool;
+use crate::gguf::{Gguf, TensorInfo};
+use crate::quant::GgmlType;
+
+/// Rows per chunk: enough work to amortise the counter, small enough to balance two busy cores.
+const CHUNK_ROWS: usize = 16;
+
+/// A weight matrix `(rows, cols)` in the model's bytes, with its kernel.
+#[derive(Debug, Clone)]
+pub struct Mat {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Byte range of the tensor in the model file (`Gguf::bytes`).
+    pub range: Range<usize>,
+    pub act: ActType,
+    dot: DotFn,
+}
+
+impl Mat {
+    /// The matrix of a tensor of `g`, with `kernels`' dot product for its type (`None`: no kernel for it).
+    pub fn new(g: &Gguf, info: &TensorInfo, kernels: Kernels) -> Option<Mat> {
+        let act = act_type(info.ty)?;
+        let start = g.data(info).as_ptr() as usize - g.bytes().as_ptr() as usize;
+        Some(Mat {
+            ty: info.ty,
+            rows: info.rows() as usize,
+            cols: info.cols() as usize,
+            range: start..start + info.size as usize,
+            act,
+            dot: kernels.dot(info.ty)?,
+        })
+    }
+
+    /// A matrix of `rows` rows of type `ty` at the start of a byte buffer (benchmarks and tests).
+    pub fn raw(ty: GgmlType, rows: usize, cols: usize, kernels: Kernels) -> Option<Mat> {
+        Some(Mat { ty, rows, cols, range: 0..ty.row_bytes(cols) * rows, act: act_type(ty)?, dot: kernels.dot(ty)? })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols)
+    }
+}
+
+/// The activation form each weight type's integer dot product takes (ggml's `vec_dot_type`).
+pub fn act_type(ty: GgmlType) -> Option<ActType> {
+    Some(match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActType::Q8_0,
+        GgmlType::Q4_1 => ActType::Q8_1,
+        GgmlType::Q4K | GgmlType::Q6K => ActType::Q8K,
+        GgmlType::F16 | GgmlType::F32 => ActType::F32,
+        _ => return None,
+    })
+}
+
+/// Activations of one input, quantized for each activation type the matrices reading it need.
+#[derive(Default)]
+pub struct Acts {
+    slots: Vec<QuantizedRows>,
+}
+
+impl Acts {
+    /// Quantizes `x` `(n, cols)` for every type in `mats`.
+    pub fn quantize(&mut self, x: &[f32], cols: usize, mats: &[&Mat]) {
+        let mut n = 0;
+        for m in mats {
+            if self.slots[..n].iter().any(|s| s.ty == Some(m.act)) {
+                continue;
+            }
+            if self.slots.len() == n {
+                self.slots.push(QuantizedRows::default());
+            }
+            self.slots[n].quantize(m.act, x, cols);
+            n += 1;
+        }
+        self.slots.truncate(n.max(1));
+    }
+
+    fn get(&self, act: ActType) -> &QuantizedRows {
+        self.slots.iter().find(|s| s.ty == Some(act)).expect("activations quantized for every matrix")
+    }
+}
+
+/// A raw output pointer shared by the pool's threads; each writes disjoint elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Runs `outs[i] (n, mats[i].rows) = x · mats[i]ᵀ` for every matrix as one pool job. `model` is the bytes the
+/// matrices' ranges index; `acts` holds `x` quantized for each of them (see [`Acts::quantize`]).
+pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(mats.len(), outs.len());
+    let mut starts = Vec::with_capacity(mats.len() + 1); // first chunk of each matrix
+    starts.push(0);
+    for (m, o) in mats.iter().zip(outs.iter()) {
+        assert_eq!(o.len(), n * m.rows, "matmul output shape");
+        assert!(m.range.end <= model.len());
+        starts.push(starts.last().unwrap() + m.rows.div_ceil(CHUNK_ROWS));
+    }
+    let total = *starts.last().unwrap();
+    let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
+    let next = AtomicUsize::new(0);
+    let job = |_: usize| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= total {
+            return;
+        }
+        let mi = starts.partition_point(|&s| s <= c) - 1;
+        let (m, out) = (mats[mi], ptrs[mi]);
+        let a = acts.get(m.act);
+        let w = &model[m.range.clone()];
+        let rb = m.row_bytes();
+        let r0 = (c - starts[mi]) * CHUNK_ROWS;
+        for r in r0..(r0 + CHUNK_ROWS).min(m.rows) {
+            let wr = &w[r * rb..(r + 1) * rb];
+            for t in 0..n {
+                // SAFETY: the kernel is a detected path's; both rows hold `cols` elements; (t, r) is written by
+                // this chunk only.
+                unsafe { *out.0.add(t * m.rows + r) = (m.dot)(m.cols, wr, a.row(t)) };
+            }
+        }
+    };
+    pool.run(&job);
+}

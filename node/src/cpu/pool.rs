@@ -1,0 +1,210 @@
+//! A persistent pool of worker threads that runs one job at a time on every thread (the caller included).
+//!
+//! A job is a closure called once per thread with the thread's index; jobs split work themselves (an atomic
+//! counter of row chunks). Between jobs a worker spins for [`SPIN`] (a forward pass issues jobs every few
+//! microseconds), then sleeps on a condition variable, so an idle node never burns a core another node on the
+//! same machine needs. One process-wide pool ([`global`]) serves every shard of the process, one job at a time.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker (or a waiting caller) spins before it sleeps.
+pub const SPIN: Duration = Duration::from_micros(100);
+
+type Job = *const (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// Bumped once per job; a worker runs the job when it sees a new value.
+    epoch: AtomicU64,
+    /// The current job, written before `epoch` moves and read after (the caller waits for every worker, so
+    /// the closure outlives every use).
+    job: UnsafeCell<Option<Job>>,
+    /// Workers that have not finished the current job.
+    pending: AtomicUsize,
+    sleepers: AtomicUsize,
+    wake: (Mutex<()>, Condvar),
+    caller_sleeps: AtomicBool,
+    done: (Mutex<()>, Condvar),
+    panicked: AtomicBool,
+    stop: AtomicBool,
+}
+
+// SAFETY: `job` is written only by the caller holding `Pool::run_lock` while no worker reads it (pending == 0),
+// and read by workers only between an epoch change and their `pending` decrement.
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    run_lock: Mutex<()>,
+}
+
+impl Pool {
+    /// A pool of `threads` threads in all: the caller and `threads - 1` workers.
+    pub fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: UnsafeCell::new(None),
+            pending: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            wake: (Mutex::new(()), Condvar::new()),
+            caller_sleeps: AtomicBool::new(false),
+            done: (Mutex::new(()), Condvar::new()),
+            panicked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let workers = (1..threads.max(1))
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("edge-cpu-{i}"))
+                    .spawn(move || worker(&s, i))
+                    .expect("spawn a pool thread")
+            })
+            .collect();
+        Pool { shared, workers, run_lock: Mutex::new(()) }
+    }
+
+    /// Threads a job runs on (the caller included).
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `f(i)` for every thread index `i` in `0..threads()` at once (`0` on the caller) and returns when all
+    /// have finished. A panic in any of them is raised here.
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        let s = &*self.shared;
+        if self.workers.is_empty() {
+            return f(0);
+        }
+        let _one_job = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: no worker reads `job` now (pending is 0 between jobs); the lifetime is erased because `run`
+        // does not return before every worker is done with it.
+        unsafe { *s.job.get() = Some(std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f)) };
+        s.pending.store(self.workers.len(), SeqCst);
+        s.epoch.fetch_add(1, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.1.notify_all();
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        wait_until(
+            || s.pending.load(Acquire) == 0,
+            || {
+                let mut g = s.done.0.lock().unwrap_or_else(|e| e.into_inner());
+                s.caller_sleeps.store(true, SeqCst);
+                while s.pending.load(SeqCst) != 0 {
+                    g = s.done.1.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                s.caller_sleeps.store(false, SeqCst);
+            },
+        );
+        unsafe { *s.job.get() = None };
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if s.panicked.swap(false, SeqCst) {
+            panic!("a CPU pool thread panicked");
+        }
+    }
+}
+
+/// Spins on `ready` for [`SPIN`], then calls `sleep` (which blocks until ready).
+fn wait_until(ready: impl Fn() -> bool, sleep: impl FnOnce()) {
+    let t0 = Instant::now();
+    let mut i = 0u32;
+    while !ready() {
+        std::hint::spin_loop();
+        i = i.wrapping_add(1);
+        if i % 64 == 0 && t0.elapsed() > SPIN {
+            return sleep();
+        }
+    }
+}
+
+fn worker(s: &Shared, index: usize) {
+    let mut seen = 0;
+    loop {
+        wait_until(
+            || s.epoch.load(Acquire) != seen || s.stop.load(Relaxed),
+            || {
+                let mut g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, SeqCst);
+                while s.epoch.load(SeqCst) == seen && !s.stop.load(SeqCst) {
+                    g = s.wake.1.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                s.sleepers.fetch_sub(1, SeqCst);
+            },
+        );
+        if s.stop.load(SeqCst) {
+            return;
+        }
+        seen = s.epoch.load(Acquire);
+        // SAFETY: set before the epoch moved; the caller keeps it alive until `pending` reaches 0.
+        let job = unsafe { (*s.job.get()).expect("a job with the epoch") };
+        if catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(index) })).is_err() {
+            s.panicked.store(true, SeqCst);
+        }
+        if s.pending.fetch_sub(1, SeqCst) == 1 && s.caller_sleeps.load(SeqCst) {
+            let _g = s.done.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.done.1.notify_one();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        {
+            let _g = self.shared.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.1.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+static GLOBAL: OnceLock<Arc<Pool>> = OnceLock::new();
+
+/// Sets the threads of the process-wide pool (`--threads`); only before its first use. Returns false when the
+/// pool already runs with another count.
+pub fn set_threads(n: usize) -> bool {
+    THREADS.store(n.max(1), SeqCst);
+    GLOBAL.get().is_none_or(|p| p.threads() == n.max(1))
+}
+
+/// The process-wide pool: [`set_threads`]' count, else the physical cores this process may use.
+pub fn global() -> Arc<Pool> {
+    GLOBAL
+        .get_or_init(|| {
+            let n = match THREADS.load(SeqCst) {
+                0 => physical_cores(),
+                n => n,
+            };
+            Arc::new(Pool::new(n))
+        })
+        .clone()
+}
+
+/// Physical cores among the CPUs this process may run on (SMT siblings counted once), at least 1.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cores = std::collections::HashSet::new();
+    for cpu in 0..logical.max(1) * 4 {
+        let p = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list");
+        if let Ok(s) = std::fs::read_to_string(p) {
+            cores.insert(s.trim().to_string());
+        }
+    }
+    match cores.len() {
+        0 => logical,
+        n => n.min(logical),
+    }
+}

@@ -1,0 +1,378 @@
+//! The native CPU backend's [`Shard`]: the reference forward pass's arithmetic, batched over a step's tokens and
+//! run on the pool with the SIMD kernels. Weights stay in the memory-mapped file in their GGML blocks.
+//!
+//! Per layer, four pool jobs: Q/K/V together, attention (token x head tasks), the output projection, gate/up
+//! together, and the down projection; in between, the caller does the cheap row work in one pass each (norm +
+//! quantize, bias + RoPE + KV write, SwiGLU + quantize). A tensor-parallel slice sums its partial outputs through
+//! the [`Reducer`] twice per layer, as every backend does.
+
+use std::sync::Arc;
+
+use edge_protocol::ShardSpec;
+
+use super::kernels::Kernels;
+use super::matmul::{matmul, Acts, Mat};
+use super::pool::Pool;
+use crate::gguf::{Gguf, GgufError, TensorInfo};
+use crate::model::{ModelConfig, RopeStyle, ShardTensors};
+use crate::quant::dequantize_row;
+use crate::reference::{argmax, rmsnorm, silu};
+use crate::shard::{check_input, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    bias: [Option<Vec<f32>>; 3], // q, k, v
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
+    wo: Mat,
+    gate: Mat,
+    up: Mat,
+    down: Mat,
+}
+
+/// One sequence's KV cache for the shard's layers: `(n_layers, capacity, kv_dim)` each.
+struct Kv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    capacity: usize,
+}
+
+/// Buffers reused across steps (sized for the largest step seen).
+#[derive(Default)]
+struct Scratch {
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    delta: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    acts: Acts,
+}
+
+pub struct CpuShard {
+    gguf: Gguf,
+    cfg: ModelConfig,
+    spec: ShardSpec,
+    kernels: Kernels,
+    pool: Arc<Pool>,
+    layers: Vec<Layer>,
+    embed: Option<TensorInfo>,
+    head: Option<(Vec<f32>, Mat)>,
+    /// RoPE inverse frequencies `theta^(-2i / head_dim)`, as the reference computes them.
+    freqs: Vec<f32>,
+    seqs: Sequences<Kv>,
+    s: Scratch,
+}
+
+impl CpuShard {
+    /// Loads `spec` of the model onto the process-wide pool with the best kernels this CPU has.
+    pub fn load(gguf: &Gguf, cfg: &ModelConfig, spec: ShardSpec) -> Result<CpuShard, ShardError> {
+        CpuShard::load_with(gguf, cfg, spec, Kernels::detect(), super::pool::global())
+    }
+
+    /// Loads `spec` with the given kernels and pool (tests compare instruction-set paths this way).
+    pub fn load_with(
+        gguf: &Gguf,
+        cfg: &ModelConfig,
+        spec: ShardSpec,
+        kernels: Kernels,
+        pool: Arc<Pool>,
+    ) -> Result<CpuShard, ShardError> {
+        let t = ShardTensors::resolve(gguf, cfg, spec)?;
+        let mat = |info: &TensorInfo| {
+            Mat::new(gguf, info, kernels).ok_or_else(|| {
+                ShardError::Model(GgufError::UnsupportedType {
+                    tensor: info.name.clone(),
+                    ty: format!("{:?} (no CPU kernel)", info.ty),
+                })
+            })
+        };
+        let read = |info: &TensorInfo| {
+            let mut v = vec![0.0; info.n_elements() as usize];
+            dequantize_row(info.ty, gguf.data(info), &mut v);
+            v
+        };
+        let layers = t
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    attn_norm: read(&l.attn_norm),
+                    ffn_norm: read(&l.ffn_norm),
+                    bias: [l.bq.as_ref().map(read), l.bk.as_ref().map(read), l.bv.as_ref().map(read)],
+                    wq: mat(&l.wq)?,
+                    wk: mat(&l.wk)?,
+                    wv: mat(&l.wv)?,
+                    wo: mat(&l.wo)?,
+                    gate: mat(&l.w_gate)?,
+                    up: mat(&l.w_up)?,
+                    down: mat(&l.w_down)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ShardError>>()?;
+        let head = match (&t.output_norm, &t.output) {
+            (Some(n), Some(o)) => Some((read(n), mat(o)?)),
+            _ => None,
+        };
+        let half = cfg.head_dim / 2;
+        let freqs = (0..half).map(|i| cfg.rope_theta.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect();
+        Ok(CpuShard {
+            gguf: gguf.clone(),
+            cfg: cfg.clone(),
+            spec,
+            kernels,
+            pool,
+            layers,
+            embed: t.embed.clone(),
+            head,
+            freqs,
+            seqs: Sequences::default(),
+            s: Scratch::default(),
+        })
+    }
+
+    /// The kernels' instruction set and the pool's threads, e.g. `avx512vnni, 2 threads`.
+    pub fn describe(&self) -> String {
+        format!("{}, {} threads", self.kernels.isa().name(), self.pool.threads())
+    }
+}
+
+/// A raw pointer the pool's threads write disjoint elements through.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+impl CpuShard {
+    /// Positions `pos0 .. pos0 + n` through the layers; `x` `(n, dim)` is the residual stream, updated in place.
+    fn forward_layers(
+        &mut self,
+        seq: SeqId,
+        pos0: usize,
+        x: &mut [f32],
+        reduce: &mut dyn Reducer,
+    ) -> Result<(), ShardError> {
+        let c = &self.cfg;
+        let (dim, hd, kv_dim, q_dim, ffn) = (c.dim, c.head_dim, c.kv_dim(), c.n_heads * c.head_dim, c.ffn_dim);
+        let n = x.len() / dim;
+        let model = self.gguf.bytes();
+        let s = &mut self.s;
+        let kv = &mut self.seqs.get_mut(seq)?.kv;
+        let cap = kv.capacity;
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention: norm + quantize, then Q, K, V in one job.
+            let xb = resize(&mut s.xb, n * dim);
+            for (o, xi) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                rmsnorm(o, xi, &l.attn_norm, c.rms_eps);
+            }
+            s.acts.quantize(xb, dim, &[&l.wq, &l.wk, &l.wv]);
+            let (q, k, v) = (resize(&mut s.q, n * q_dim), resize(&mut s.k, n * kv_dim), resize(&mut s.v, n * kv_dim));
+            matmul(&self.pool, model, &[&l.wq, &l.wk, &l.wv], &s.acts, n, &mut [&mut *q, &mut *k, &mut *v]);
+
+            // Bias, RoPE and the KV write, one token at a time.
+            let layer_off = li * cap * kv_dim;
+            for t in 0..n {
+                let pos = pos0 + t;
+                let (qt, kt, vt) =
+                    (&mut q[t * q_dim..][..q_dim], &mut k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
+                for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1])] {
+                    if let Some(b) = b {
+                        x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    }
+                }
+                rope(qt, kt, pos, hd, &self.freqs, c.rope);
+                let row = layer_off + pos * kv_dim;
+                kv.k[row..row + kv_dim].copy_from_slice(kt);
+                kv.v[row..row + kv_dim].copy_from_slice(vt);
+                if let Some(b) = &l.bias[2] {
+                    kv.v[row..row + kv_dim].iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                }
+            }
+
+            // Attention over the cache: one task per (token, head).
+            let att = resize(&mut s.att, n * q_dim);
+            attention(&self.pool, self.kernels, c, &kv.k[layer_off..], &kv.v[layer_off..], q, pos0, n, att);
+            s.acts.quantize(att, q_dim, &[&l.wo]);
+            let delta = resize(&mut s.delta, n * dim);
+            matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta]);
+            reduce.all_reduce(delta)?;
+            x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
+
+            // Feed-forward: norm + quantize, gate and up in one job, SwiGLU + quantize, down.
+            let xb = resize(&mut s.xb, n * dim);
+            for (o, xi) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                rmsnorm(o, xi, &l.ffn_norm, c.rms_eps);
+            }
+            s.acts.quantize(xb, dim, &[&l.gate, &l.up]);
+            let (gate, up) = (resize(&mut s.gate, n * ffn), resize(&mut s.up, n * ffn));
+            matmul(&self.pool, model, &[&l.gate, &l.up], &s.acts, n, &mut [&mut *gate, &mut *up]);
+            gate.iter_mut().zip(up.iter()).for_each(|(g, u)| *g = silu(*g) * u);
+            s.acts.quantize(gate, ffn, &[&l.down]);
+            let delta = resize(&mut s.delta, n * dim);
+            matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta]);
+            reduce.all_reduce(delta)?;
+            x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    }
+
+    /// Logits `(rows.len(), vocab)` of the given rows of `x`.
+    fn head(&mut self, x: &[f32], rows: &[usize]) -> Vec<f32> {
+        let (norm, out) = self.head.as_ref().expect("head shard");
+        let dim = self.cfg.dim;
+        let xb = resize(&mut self.s.xb, rows.len() * dim);
+        for (o, &r) in xb.chunks_exact_mut(dim).zip(rows) {
+            rmsnorm(o, &x[r * dim..][..dim], norm, self.cfg.rms_eps);
+        }
+        self.s.acts.quantize(xb, dim, &[out]);
+        let mut logits = vec![0.0; rows.len() * out.rows];
+        matmul(&self.pool, self.gguf.bytes(), &[out], &self.s.acts, rows.len(), &mut [&mut logits]);
+        logits
+    }
+}
+
+/// Rotary embedding of one token's queries and keys at `pos` (sines and cosines computed once for both).
+fn rope(q: &mut [f32], k: &mut [f32], pos: usize, hd: usize, freqs: &[f32], style: RopeStyle) {
+    let half = hd / 2;
+    let sc: Vec<(f32, f32)> = freqs.iter().map(|f| (pos as f32 * f).sin_cos()).collect();
+    for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+        for (i, &(sin, cos)) in sc.iter().enumerate().take(half) {
+            let (a, b) = match style {
+                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+/// `att (n, q_dim)`: each token's heads attend over the cache positions up to their own (causal), with grouped
+/// K/V heads. `k`, `v` are the layer's cache from position 0.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    pool: &Pool,
+    kern: Kernels,
+    c: &ModelConfig,
+    k: &[f32],
+    v: &[f32],
+    q: &[f32],
+    pos0: usize,
+    n: usize,
+    att: &mut [f32],
+) {
+    let (hd, kv_dim, nh) = (c.head_dim, c.kv_dim(), c.n_heads);
+    let q_dim = nh * hd;
+    let group = nh / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out = Out(att.as_mut_ptr());
+    let out = &out;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let job = |_: usize| {
+        let mut scores = Vec::with_capacity(pos0 + n);
+        loop {
+            let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if task >= n * nh {
+                return;
+            }
+            let (t, h) = (task / nh, task % nh);
+            let last = pos0 + t;
+            let qh = &q[t * q_dim + h * hd..][..hd];
+            let kvh = h / group;
+            scores.clear();
+            scores.extend((0..=last).map(|p| kern.dot_f32(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale));
+            crate::reference::softmax(&mut scores);
+            // SAFETY: task (t, h) alone writes these hd elements.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
+            o.fill(0.0);
+            for (p, &a) in scores.iter().enumerate() {
+                kern.axpy(o, a, &v[p * kv_dim + kvh * hd..][..hd]);
+            }
+        }
+    };
+    pool.run(&job);
+}
+
+impl Shard for CpuShard {
+    fn spec(&self) -> ShardSpec {
+        self.spec
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn backend_name(&self) -> String {
+        format!("cpu ({})", self.describe())
+    }
+    fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
+        self.seqs.check_open(&self.cfg, seq, capacity)?;
+        let n = self.layers.len() * capacity * self.cfg.kv_dim(); // bounded by the model's context
+        let alloc = || -> Option<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            v.resize(n, 0.0);
+            Some(v)
+        };
+        let (Some(k), Some(v)) = (alloc(), alloc()) else {
+            return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
+        };
+        self.seqs.insert(seq, capacity, Kv { k, v, capacity });
+        Ok(())
+    }
+    fn close_sequence(&mut self, seq: SeqId) {
+        self.seqs.close(seq);
+    }
+    fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError> {
+        Ok(self.seqs.get(seq)?.len)
+    }
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        self.seqs.truncate(seq, len)
+    }
+
+    fn forward_reduce(
+        &mut self,
+        seq: SeqId,
+        input: ShardInput<'_>,
+        want: HeadOutput,
+        reduce: &mut dyn Reducer,
+    ) -> Result<ShardOutput, ShardError> {
+        let n = check_input(&self.spec, &self.cfg, &input)?;
+        let dim = self.cfg.dim;
+        let pos0 = self.seqs.with_room(seq, n)?.len;
+        let mut x = match input {
+            ShardInput::Tokens(t) => {
+                let e = self.embed.as_ref().expect("embedding shard");
+                let (rb, data) = (e.ty.row_bytes(dim), self.gguf.data(e));
+                let mut x = vec![0.0; t.len() * dim];
+                for (&tok, xr) in t.iter().zip(x.chunks_exact_mut(dim)) {
+                    dequantize_row(e.ty, &data[tok as usize * rb..][..rb], xr);
+                }
+                x
+            }
+            ShardInput::Hidden(h) => h.to_vec(),
+        }; // (n, dim)
+        self.forward_layers(seq, pos0, &mut x, reduce)?;
+        self.seqs.get_mut(seq)?.len += n;
+        if !self.spec.head {
+            return Ok(ShardOutput::Hidden(x));
+        }
+        let vocab = self.cfg.vocab;
+        Ok(match want {
+            HeadOutput::ArgmaxAll => {
+                let rows: Vec<usize> = (0..n).collect();
+                ShardOutput::Tokens(self.head(&x, &rows).chunks_exact(vocab).map(argmax).collect())
+            }
+            HeadOutput::ArgmaxLast => ShardOutput::Tokens(vec![argmax(&self.head(&x, &[n - 1]))]),
+            HeadOutput::LogitsLast => ShardOutput::Logits(self.head(&x, &[n - 1])),
+        })
+    }
+}

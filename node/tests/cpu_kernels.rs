@@ -1,0 +1,306 @@
+//! Conformance of the native CPU backend against the f32 reference, on every instruction-set path this CPU has
+//! (generic everywhere; AVX2 and AVX-512 VNNI on x86-64 machines that have them).
+//!
+//! # Tolerances
+//! A kernel computes `Σ w · x̂` where `x̂` is the activation row quantized to 8 bits per block (scale
+//! `d = max|x| / 127`), so it differs from the reference `Σ w · x` by at most `Σ_blocks d/2 · Σ|w|` (each `x̂` is
+//! within `d/2` of `x`), plus f32 rounding of the sums (held to 1e-5 of `Σ|w·x|`). The weights are decoded
+//! exactly on both sides. Paths of one CPU form the same integer sums per block and differ only in the float
+//! accumulation order: they must agree to 1e-5 of `Σ|w·x̂|`. Whole models are compared through their logits,
+//! which the activation rounding moves by a few percent at most, and greedy tokens where the reference's top two
+//! logits are clearly apart.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::tiny::*;
+use edge_node::cpu::act::ActType;
+use edge_node::cpu::kernels::{Isa, Kernels};
+use edge_node::cpu::matmul::{act_type, matmul, Acts, Mat};
+use edge_node::cpu::pool::{Pool, SPIN};
+use edge_node::cpu::CpuShard;
+use edge_node::gguf::Gguf;
+use edge_node::model::ModelConfig;
+use edge_node::quant::{dequantize_row, quantize_row, GgmlType};
+use edge_node::reference::{self, ReferenceShard};
+use edge_node::shard::{HeadOutput, Shard, ShardInput};
+use edge_protocol::ShardSpec;
+use proptest::prelude::*;
+
+const TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+    GgmlType::F16,
+    GgmlType::F32,
+];
+
+fn every_path() -> Vec<Kernels> {
+    Isa::available().into_iter().map(|i| Kernels::new(i).expect("an available path")).collect()
+}
+
+/// Elements per block for a type's kernels (F16/F32 rows are whole multiples of 32).
+fn block(ty: GgmlType) -> usize {
+    ty.block().0.max(32)
+}
+
+/// (reference dot in f64, the bound from activation rounding, Σ|w·x|).
+fn reference_dot(ty: GgmlType, w: &[u8], x: &[f32]) -> (f64, f64, f64) {
+    let mut wf = vec![0.0; x.len()];
+    dequantize_row(ty, w, &mut wf);
+    let act = act_type(ty).unwrap();
+    let ab = act.block().0.max(1);
+    let mut bound = 0.0;
+    if act != ActType::F32 {
+        for (wb, xb) in wf.chunks(ab).zip(x.chunks(ab)) {
+            let d = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+            bound += d / 2.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>();
+        }
+    }
+    let dot = wf.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let abs = wf.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+    (dot, bound, abs)
+}
+
+fn kernel_dot(k: Kernels, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    let act = act_type(ty).unwrap();
+    let mut a = vec![0u8; act.row_bytes(x.len())];
+    act.quantize_row(x, &mut a);
+    // SAFETY: `k` is an available path; both rows hold x.len() elements.
+    unsafe { k.dot(ty).unwrap()(x.len(), w, &a) }
+}
+
+fn check_dot(ty: GgmlType, blocks: usize, w_scale: f32, x_scale: f32, seed: u64) {
+    let n = blocks * block(ty);
+    let mut rng = Rng(seed);
+    let w = quantize_row(ty, &rng.vec(n, w_scale));
+    let x = rng.vec(n, x_scale);
+    let (want, bound, abs) = reference_dot(ty, &w, &x);
+    let generic = kernel_dot(Kernels::new(Isa::Generic).unwrap(), ty, &w, &x);
+    for k in every_path() {
+        let got = kernel_dot(k, ty, &w, &x);
+        let err = (got as f64 - want).abs();
+        let tol = bound + 1e-5 * abs + 1e-6;
+        assert!(err <= tol, "{ty:?} {:?} n={n}: {got} vs reference {want} (error {err:.3e} > {tol:.3e})", k.isa());
+        let diff = (got - generic).abs() as f64;
+        assert!(
+            diff <= 1e-5 * (abs + bound) + 1e-6,
+            "{ty:?} {:?} n={n}: {got} vs the generic path's {generic} ({diff:.3e})",
+            k.isa()
+        );
+    }
+}
+
+#[test]
+fn every_type_on_every_path_matches_the_reference_dot() {
+    assert!(every_path().len() >= 2 || !cfg!(target_arch = "x86_64") || !is_x86_feature_detected!("avx2"));
+    for ty in TYPES {
+        for blocks in [1, 2, 3, 7] {
+            check_dot(ty, blocks, 1.0, 1.0, blocks as u64 * 31 + ty as u64);
+        }
+    }
+}
+
+#[test]
+fn extreme_blocks_do_not_saturate() {
+    // Every weight and activation at its largest magnitude, with one sign or alternating: the i16 pair sums of
+    // `maddubs` stay in range only if the kernels keep q8 activations within ±127.
+    for ty in TYPES {
+        let n = 2 * block(ty);
+        for pattern in 0..3 {
+            let x: Vec<f32> = (0..n)
+                .map(|i| match pattern {
+                    0 => 1.0,
+                    1 => -1.0,
+                    _ => {
+                        if i % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    }
+                })
+                .collect();
+            let w = quantize_row(ty, &x.iter().map(|v| -v * 3.0).collect::<Vec<_>>());
+            let (want, bound, abs) = reference_dot(ty, &w, &x);
+            for k in every_path() {
+                let got = kernel_dot(k, ty, &w, &x) as f64;
+                assert!(
+                    (got - want).abs() <= bound + 1e-5 * abs + 1e-6,
+                    "{ty:?} {:?} pattern {pattern}: {got} vs {want}",
+                    k.isa()
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn random_rows_match_the_reference(ti in 0..TYPES.len(), blocks in 1usize..9, seed in any::<u64>(),
+                                       w_scale in 0.01f32..20.0, x_scale in 0.001f32..50.0) {
+        check_dot(TYPES[ti], blocks, w_scale, x_scale, seed);
+    }
+}
+
+/// Fused matrices of different weight (and activation) types over the pool, odd row counts: every output equals
+/// the single-row kernel's, whatever the thread count.
+#[test]
+fn matmul_on_the_pool_equals_row_by_row_dots() {
+    let pools = [Arc::new(Pool::new(1)), Arc::new(Pool::new(3))];
+    for k in every_path() {
+        for (ta, tb, cols) in [(GgmlType::Q4K, GgmlType::Q6K, 512), (GgmlType::Q4_1, GgmlType::Q8_0, 96)] {
+            let (ra, rb, n) = (37, 50, 3);
+            let mut rng = Rng(7);
+            let wa: Vec<u8> = quant_matrix(ta, ra, cols, 1.0, &mut rng);
+            let wb: Vec<u8> = quant_matrix(tb, rb, cols, 1.0, &mut rng);
+            let mut bytes = wa.clone();
+            bytes.extend(&wb);
+            let ma = Mat::raw(ta, ra, cols, k).unwrap();
+            let mut mb = Mat::raw(tb, rb, cols, k).unwrap();
+            mb.range = wa.len()..wa.len() + wb.len();
+            let x = rng.vec(n * cols, 2.0);
+            let mut acts = Acts::default();
+            acts.quantize(&x, cols, &[&ma, &mb]);
+            for pool in &pools {
+                let (mut oa, mut ob) = (vec![0.0; n * ra], vec![0.0; n * rb]);
+                matmul(pool, &bytes, &[&ma, &mb], &acts, n, &mut [&mut oa, &mut ob]);
+                for t in 0..n {
+                    let xt = &x[t * cols..][..cols];
+                    for (r, &got) in oa[t * ra..][..ra].iter().enumerate() {
+                        let rb_ = ta.row_bytes(cols);
+                        assert_eq!(got, kernel_dot(k, ta, &wa[r * rb_..][..rb_], xt), "{ta:?} row {r} token {t}");
+                    }
+                    for (r, &got) in ob[t * rb..][..rb].iter().enumerate() {
+                        let rb_ = tb.row_bytes(cols);
+                        assert_eq!(got, kernel_dot(k, tb, &wb[r * rb_..][..rb_], xt), "{tb:?} row {r} token {t}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_pool_runs_every_index_once_sleeps_between_jobs_and_survives_a_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = Pool::new(3);
+    for round in 0..50 {
+        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(&|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
+        if round % 10 == 0 {
+            std::thread::sleep(SPIN * 20); // workers go to sleep and must wake for the next job
+        }
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(&|i| assert!(i != 2, "worker 2 fails"))));
+    assert!(r.is_err(), "a worker's panic reaches the caller");
+    let count = AtomicUsize::new(0);
+    pool.run(&|_| {
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    assert_eq!(count.load(Ordering::Relaxed), 3, "the pool still works after a panic");
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0, |a, x| a.max(x.abs()))
+}
+
+/// The CPU shard on every path against the reference: logits within a few percent (activation rounding through
+/// every layer), greedy tokens wherever the reference's top two are apart, and the paths within 1e-4 of the
+/// generic one.
+fn check_model(g: &Gguf, cfg: &ModelConfig, what: &str) {
+    let whole = ShardSpec::whole(cfg.n_layers as u32);
+    let p = prompt(cfg.vocab, 9, 3);
+    let mut reference = ReferenceShard::load(g, cfg, whole).unwrap();
+    reference.open_sequence(1, 64).unwrap();
+    let want = logits(reference.forward(1, ShardInput::Tokens(&p), HeadOutput::LogitsLast).unwrap());
+    let mut generic: Option<Vec<f32>> = None;
+    for k in every_path() {
+        let mut cpu = CpuShard::load_with(g, cfg, whole, k, Arc::new(Pool::new(2))).unwrap();
+        cpu.open_sequence(1, 64).unwrap();
+        let got = logits(cpu.forward(1, ShardInput::Tokens(&p), HeadOutput::LogitsLast).unwrap());
+        let scale = max_abs(&want);
+        let err = got.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(err <= 0.05 * scale, "{what} {:?}: logits differ by {err} (scale {scale})", k.isa());
+        if top2_gap(&want) > 0.1 * scale {
+            assert_eq!(reference::argmax(&got), reference::argmax(&want), "{what} {:?}: greedy token", k.isa());
+        }
+        match &generic {
+            None => generic = Some(got),
+            Some(gen) => {
+                let d = got.iter().zip(gen).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(d <= 1e-4 * scale, "{what} {:?}: {d} from the generic path", k.isa());
+            }
+        }
+    }
+}
+
+#[test]
+fn models_of_every_type_match_the_reference() {
+    let (g, c) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    check_model(&g, &c, "llama q4_0");
+    let mixed = Tiny::llama(|l, s| match (l, s) {
+        (_, "token_embd") => GgmlType::Q8_0,
+        (Some(0), _) => GgmlType::Q4_1,
+        (Some(1), "ffn_down") => GgmlType::Q5_0,
+        (Some(1), _) => GgmlType::F16,
+        _ => GgmlType::F32,
+    });
+    let (g, c) = mixed.load();
+    check_model(&g, &c, "llama mixed");
+    // Qwen2.5's mix: Q/K/V of three types (three activation forms) in one fused job, K-quants elsewhere.
+    fn qwen_types(layer: Option<usize>, s: &str) -> GgmlType {
+        match (layer, s) {
+            (None, "token_embd") => GgmlType::Q4K,
+            (None, _) => GgmlType::Q6K,
+            (Some(_), "attn_q" | "attn_k") => GgmlType::Q5_0,
+            (Some(0), "attn_v") => GgmlType::Q8_0,
+            (Some(_), "attn_v") => GgmlType::Q6K,
+            (Some(l), "ffn_down") if l % 2 == 0 => GgmlType::Q6K,
+            _ => GgmlType::Q4K,
+        }
+    }
+    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) };
+    let (g, c) = t.load();
+    check_model(&g, &c, "qwen2 k-quants");
+}
+
+/// Prefill in one step, in pieces, and as a pipeline of two shards: bit-identical logits (every output element
+/// is one thread's fixed-order sum, whatever the step size and the thread count). Recovery and distributed runs
+/// rely on this.
+#[test]
+fn steps_threads_and_shards_do_not_change_a_bit() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_1).load();
+    let p = prompt(cfg.vocab, 10, 5);
+    let k = Kernels::detect();
+    let run = |threads: usize, pieces: &[usize]| -> Vec<f32> {
+        let mut s = CpuShard::load_with(&g, &cfg, ShardSpec::whole(3), k, Arc::new(Pool::new(threads))).unwrap();
+        s.open_sequence(1, 32).unwrap();
+        let mut at = 0;
+        let mut out = vec![];
+        for &len in pieces {
+            out = logits(s.forward(1, ShardInput::Tokens(&p[at..at + len]), HeadOutput::LogitsLast).unwrap());
+            at += len;
+        }
+        out
+    };
+    let one = run(1, &[10]);
+    assert_eq!(run(3, &[10]), one, "thread count");
+    assert_eq!(run(2, &[4, 1, 5]), one, "step sizes");
+    let specs = ShardSpec::split(3, &[1]);
+    let pool = Arc::new(Pool::new(2));
+    let mut a = CpuShard::load_with(&g, &cfg, specs[0], k, pool.clone()).unwrap();
+    let mut b = CpuShard::load_with(&g, &cfg, specs[1], k, pool).unwrap();
+    a.open_sequence(1, 32).unwrap();
+    b.open_sequence(1, 32).unwrap();
+    let h = hidden(a.forward(1, ShardInput::Tokens(&p), HeadOutput::LogitsLast).unwrap());
+    assert_eq!(logits(b.forward(1, ShardInput::Hidden(&h), HeadOutput::LogitsLast).unwrap()), one, "two shards");
+}
