@@ -1,6 +1,7 @@
-//! `edge-node bench`: prefill and decode speed of both backends on a real model, per-kernel bandwidth against a
-//! copy kernel on the same adapter, dispatches per layer and submits per token, and llama.cpp's speed on the
-//! same file and token ids when its Python binding is installed — every ratio measured in the same run.
+//! `edge-node bench`: prefill and decode speed of the CPU backend next to llama.cpp's on the same file, token ids
+//! and threads (alternating rounds, medians), the bandwidth of each op against the machine's memory read
+//! bandwidth, and optionally the wgpu backend (kernels against a copy kernel, dispatches, submits) and the f32
+//! reference — every ratio measured in the same run.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +10,7 @@ use edge_protocol::ShardSpec;
 
 use crate::backend::Backend;
 use crate::commands::human_bytes;
-use crate::generate::{generate, GenerateRequest, GenerateStats};
+use crate::generate::{generate, GenerateRequest};
 use crate::gpu::profile::copy_bandwidth;
 use crate::gpu::{GpuContext, GpuOptions, GpuShard};
 use crate::sampler::SamplingParams;
@@ -23,15 +24,21 @@ pub struct BenchArgs {
     /// Prompt length in tokens (prefill).
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
-    /// Tokens to decode on the wgpu backend and llama.cpp.
+    /// Tokens to decode.
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
-    /// Tokens to decode on the CPU reference (it is slow by design).
-    #[arg(long, default_value_t = 16)]
-    pub cpu_tokens: usize,
-    /// Skip the CPU reference.
+    /// Rounds of the CPU backend and llama.cpp, alternating (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Threads of the CPU backend and of llama.cpp [default: the physical cores].
     #[arg(long)]
-    pub no_cpu: bool,
+    pub threads: Option<usize>,
+    /// Also measure the wgpu backend (kernels and end to end).
+    #[arg(long)]
+    pub wgpu: bool,
+    /// Also measure the f32 reference (slow by design; 16 tokens).
+    #[arg(long)]
+    pub reference: bool,
     /// Skip llama.cpp even when its Python binding is installed.
     #[arg(long)]
     pub no_llama_cpp: bool,
@@ -41,7 +48,16 @@ const TEXT: &str = "The history of computing is a story of people who wanted to 
 Early machines used gears and levers; later ones used relays, vacuum tubes and finally transistors. \
 Each step made computers smaller, cheaper and more reliable, until they fit in a pocket. ";
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        crate::cpu::pool::set_threads(n);
+    }
+    let threads = crate::cpu::pool::global().threads();
     let m = args.model.open()?;
     let model_path = &m.path;
     let tok = Tokenizer::from_gguf(&m.gguf)?;
@@ -58,16 +74,140 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         sampling: SamplingParams::default(),
         stop: vec![],
     };
-
     println!(
-        "model: {} ({}), prompt {} tokens, decode {} tokens",
+        "model: {} ({}), prompt {} tokens, decode {} tokens, {threads} threads",
         model_path.display(),
         human_bytes(m.gguf.bytes().len() as u64),
         prompt.len(),
         args.tokens
     );
 
-    // wgpu: kernels first (the shard is needed concretely), then end-to-end speed.
+    // The CPU backend and llama.cpp, alternating, same prompt ids and threads.
+    let mut chain = m.shards(Backend::Cpu, &[], &GpuOptions::default())?;
+    println!("cpu backend: {}", chain[0].backend_name());
+    generate(&mut chain, &request(4), |_| true)?; // page the weights in
+    let (mut cpu, mut llama, mut llama_err) = (Vec::new(), Vec::new(), None);
+    for _ in 0..args.rounds.max(1) {
+        let (_, s) = generate(&mut chain, &request(args.tokens), |_| true)?;
+        cpu.push((s.prefill_tps(), s.decode_tps()));
+        if !args.no_llama_cpp && llama_err.is_none() {
+            match llama_cpp(model_path, &prompt, args.tokens, threads) {
+                Ok(r) => llama.push(r),
+                Err(e) => llama_err = Some(e),
+            }
+        }
+    }
+    drop(chain);
+    let cpu = (median(cpu.iter().map(|r| r.0).collect()), median(cpu.iter().map(|r| r.1).collect()));
+    let llama = (!llama.is_empty())
+        .then(|| (median(llama.iter().map(|r| r.0).collect()), median(llama.iter().map(|r| r.1).collect())));
+
+    profile_cpu(&m, &prompt, args.tokens)?;
+
+    let gpu = if args.wgpu { Some(wgpu_section(&m, &request(args.tokens), args.tokens)?) } else { None };
+    let reference = if args.reference {
+        let mut chain = m.shards(Backend::Reference, &[], &GpuOptions::default())?;
+        let (_, s) = generate(&mut chain, &request(16), |_| true)?;
+        Some((s.prefill_tps(), s.decode_tps()))
+    } else {
+        None
+    };
+
+    println!("\nend to end (greedy; medians of {} alternating rounds):", args.rounds.max(1));
+    println!("  {:<28} {:>14} {:>14}", "backend", "prefill tok/s", "decode tok/s");
+    let row = |name: &str, (p, d): (f64, f64)| println!("  {name:<28} {p:>14.1} {d:>14.1}");
+    row("cpu (native kernels)", cpu);
+    if let Some(l) = llama {
+        row(&format!("llama.cpp, {threads} threads"), l);
+    }
+    if let Some(g) = gpu {
+        row("wgpu (WGSL kernels)", g);
+    }
+    if let Some(r) = reference {
+        row("reference (f32)", r);
+    }
+    match (llama, llama_err) {
+        (Some((p, d)), _) => println!(
+            "\nratio cpu / llama.cpp: prefill {:.2}x, decode {:.2}x (targets: prefill >= 1.0x, decode >= 1.2x on \
+             SmolLM2, >= 1.0x on Qwen2.5-0.5B)",
+            cpu.0 / p,
+            cpu.1 / d
+        ),
+        (None, Some(e)) => println!("  llama.cpp: not measured ({e})"),
+        (None, None) => println!("  llama.cpp: skipped"),
+    }
+    Ok(())
+}
+
+/// Memory read bandwidth with the pool's threads: each sums its share of a 256 MiB buffer (a STREAM-like read).
+pub fn read_bandwidth() -> f64 {
+    let pool = crate::cpu::pool::global();
+    let words = (256usize << 20) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let parts = pool.threads();
+    let read = || {
+        let sum = std::sync::atomic::AtomicU64::new(0);
+        pool.run(&|i| {
+            let part = &buf[i * words / parts..(i + 1) * words / parts];
+            let s = part.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+            sum.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+        });
+        std::hint::black_box(sum.into_inner());
+    };
+    read();
+    let t0 = std::time::Instant::now();
+    for _ in 0..5 {
+        read();
+    }
+    5.0 * (words * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9
+}
+
+/// Decode on the CPU backend with every op timed: weight bytes, time and bandwidth per kind of op next to the
+/// machine's read bandwidth with the same threads.
+fn profile_cpu(m: &crate::backend::LoadedModel, prompt: &[u32], tokens: usize) -> anyhow::Result<()> {
+    let mut shard = crate::cpu::CpuShard::load(&m.gguf, &m.config, ShardSpec::whole(m.config.n_layers as u32))?;
+    shard.open_sequence(1, prompt.len() + tokens + 1)?;
+    let first = shard.forward(1, crate::shard::ShardInput::Tokens(prompt), crate::shard::HeadOutput::ArgmaxLast)?;
+    let mut next = match first {
+        crate::shard::ShardOutput::Tokens(t) => t[0],
+        _ => 0,
+    };
+    shard.set_profiling(true);
+    let t0 = std::time::Instant::now();
+    for _ in 0..tokens {
+        if let crate::shard::ShardOutput::Tokens(t) =
+            shard.forward(1, crate::shard::ShardInput::Tokens(&[next]), crate::shard::HeadOutput::ArgmaxLast)?
+        {
+            next = t[0];
+        }
+    }
+    let total = t0.elapsed().as_secs_f64() / tokens as f64;
+    let read = read_bandwidth();
+    println!("\ncpu decode by op (per token, KV at {} positions), memory read {read:.1} GB/s:", prompt.len());
+    println!("  {:<16} {:>12} {:>10} {:>9} {:>8}", "op", "weights", "us/token", "GB/s", "vs read");
+    let mut sum = 0.0;
+    for op in shard.profile() {
+        let us = op.nanos as f64 / 1e3 / tokens as f64;
+        sum += us;
+        let bytes = op.weight_bytes / tokens as u64;
+        let (gbps, ratio) = if bytes > 0 {
+            let g = bytes as f64 / (us * 1e3);
+            (format!("{g:.1}"), format!("{:.0}%", 100.0 * g / read))
+        } else {
+            ("-".into(), "-".into())
+        };
+        println!("  {:<16} {:>12} {:>10.0} {:>9} {:>8}", op.op, human_bytes(bytes), us, gbps, ratio);
+    }
+    println!(
+        "  ops {:.2} ms of {:.2} ms per token (the rest: norms, RoPE, quantizing, the pool's hand-offs)",
+        sum / 1e3,
+        total * 1e3
+    );
+    Ok(())
+}
+
+/// The wgpu backend's kernels (decode shape) against a copy kernel, and its end-to-end speed.
+fn wgpu_section(m: &crate::backend::LoadedModel, req: &GenerateRequest, tokens: usize) -> anyhow::Result<(f64, f64)> {
     let ctx = GpuContext::new()?;
     let mut shard = GpuShard::load(
         ctx.clone(),
@@ -76,18 +216,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ShardSpec::whole(m.config.n_layers as u32),
         GpuOptions::default(),
     )?;
-    println!("adapter: {}", ctx.describe());
+    println!("\nwgpu adapter: {}", ctx.describe());
     let (per_layer, outside) = shard.dispatch_counts();
     let copy = copy_bandwidth(&ctx, 64 << 20, 20)?;
     let kernels = shard.profile(64, 20)?;
     let mut chain: Vec<Box<dyn Shard>> = vec![Box::new(shard)];
-    generate(&mut chain, &request(4), |_| true)?; // JIT-compile every pipeline before timing
+    generate(&mut chain, &GenerateRequest { max_tokens: 4, ..req.clone() }, |_| true)?; // JIT-compile first
     let submits_before = ctx.submits();
-    let (_, gpu) = generate(&mut chain, &request(args.tokens), |_| true)?;
+    let (_, gpu) = generate(&mut chain, req, |_| true)?;
     let submits = ctx.submits() - submits_before;
-    drop(chain);
-
-    println!("\nkernels (decode shape, one token, KV at 64 positions), copy kernel reads {copy:.2} GB/s:");
+    println!("wgpu kernels (decode shape, one token, KV at 64 positions), copy kernel reads {copy:.2} GB/s:");
     println!(
         "  {:<22} {:>10} {:>12} {:>10} {:>9} {:>8}",
         "kernel", "dispatches", "weights", "us/token", "GB/s", "vs copy"
@@ -113,54 +251,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "  sum of kernels {:.1} ms/token; dispatches: {per_layer} per layer + {outside} outside the layers",
         total_us / 1e3
     );
-    println!("  submits per decoded token: {:.2}", submits as f64 / (args.tokens as f64));
-
-    let cpu = if args.no_cpu {
-        None
-    } else {
-        let mut chain = m.shards(Backend::Reference, &[], &GpuOptions::default())?;
-        Some(generate(&mut chain, &request(args.cpu_tokens.max(2)), |_| true)?.1)
-    };
-    let llama = if args.no_llama_cpp { None } else { llama_cpp(model_path, &prompt, args.tokens) };
-
-    println!("\nend to end (greedy):");
-    println!("  {:<28} {:>14} {:>14}", "backend", "prefill tok/s", "decode tok/s");
-    let row =
-        |name: &str, s: &GenerateStats| println!("  {:<28} {:>14.1} {:>14.1}", name, s.prefill_tps(), s.decode_tps());
-    row("wgpu (WGSL kernels)", &gpu);
-    if let Some(c) = &cpu {
-        row("cpu reference", c);
-    }
-    match &llama {
-        Some(Ok((p, d))) => {
-            println!("  {:<28} {:>14.1} {:>14.1}", "llama.cpp, 2 threads", p, d);
-            println!(
-                "\nratio wgpu / llama.cpp: prefill {:.2}x, decode {:.2}x (target: decode >= 0.5x)",
-                gpu.prefill_tps() / p,
-                gpu.decode_tps() / d
-            );
-        }
-        Some(Err(e)) => println!("  llama.cpp: not measured ({e})"),
-        None => println!("  llama.cpp: skipped"),
-    }
-    if let Some(c) = &cpu {
-        println!(
-            "ratio wgpu / cpu reference: prefill {:.2}x, decode {:.2}x",
-            gpu.prefill_tps() / c.prefill_tps(),
-            gpu.decode_tps() / c.decode_tps()
-        );
-    }
-    Ok(())
+    println!("  submits per decoded token: {:.2}", submits as f64 / (tokens as f64));
+    Ok((gpu.prefill_tps(), gpu.decode_tps()))
 }
 
-/// llama.cpp's (prefill, decode) tok/s on the same file and prompt, through scripts/llama_cpp_bench.py;
-/// `None` when the binding is not installed.
-fn llama_cpp(model: &Path, prompt: &[u32], tokens: usize) -> Option<anyhow::Result<(f64, f64)>> {
+/// llama.cpp's (prefill, decode) tok/s on the same file, prompt and threads, through scripts/llama_cpp_bench.py.
+fn llama_cpp(model: &Path, prompt: &[u32], tokens: usize, threads: usize) -> anyhow::Result<(f64, f64)> {
     let installed = Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success());
     if !installed {
-        return Some(Err(anyhow::anyhow!(
-            "llama-cpp-python is not installed; `bash scripts/setup.sh --with-llama-cpp`"
-        )));
+        anyhow::bail!("llama-cpp-python is not installed; `bash scripts/setup.sh --with-llama-cpp`");
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/llama_cpp_bench.py");
     let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
@@ -168,11 +267,12 @@ fn llama_cpp(model: &Path, prompt: &[u32], tokens: usize) -> Option<anyhow::Resu
         let out = Command::new("python3")
             .arg(&script)
             .args(["--model", &model.display().to_string(), "--ids", &ids.join(","), "--tokens", &tokens.to_string()])
+            .args(["--threads", &threads.to_string()])
             .output()?;
         anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
         let get = |k: &str| v[k].as_f64().ok_or_else(|| anyhow::anyhow!("no {k} in {v}"));
         Ok((get("prefill_tps")?, get("decode_tps")?))
     };
-    Some(run())
+    run()
 }

@@ -3,19 +3,28 @@
 //!
 //! Several matrices that read the same input (Q, K and V; gate and up) run as one job, so a layer has few
 //! synchronisation points. Threads take chunks of rows from one atomic counter (a busy core takes fewer); each
-//! weight row is loaded once for all `n` tokens of a step (prefill reuses it from L1 for every token).
+//! weight row is loaded once for all `n` tokens of a step (prefill reuses it from L1 for every token). Whether a
+//! row goes through the four-row or the one-row kernel depends only on its place in its chunk, and both give
+//! the same bits, so results never depend on the thread count.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::act::{ActType, QuantizedRows};
-use super::kernels::{DotFn, Kernels};
+use super::kernels::{Dot4Fn, DotFn, Kernels};
 use super::pool::Pool;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-/// Rows per chunk: enough work to amortise the counter, small enough to balance two busy cores.
-const CHUNK_ROWS: usize = 16;
+/// Fewest rows per chunk (a multiple of the four-row kernels' four).
+const MIN_CHUNK_ROWS: usize = 16;
+
+/// Rows per chunk of a matrix: about two chunks per thread. Long runs of rows let each thread stream its rows
+/// with the prefetchers running ahead (chunks of 16 rows read DRAM at half the speed); two per thread still lets
+/// a thread that runs ahead (the other's core is busy) take over the rest.
+fn chunk_rows(rows: usize, threads: usize) -> usize {
+    rows.div_ceil(2 * threads).next_multiple_of(4).max(MIN_CHUNK_ROWS)
+}
 
 /// A weight matrix `(rows, cols)` in the model's bytes, with its kernel.
 #[derive(Debug, Clone)]
@@ -27,6 +36,7 @@ pub struct Mat {
     pub range: Range<usize>,
     pub act: ActType,
     dot: DotFn,
+    dot4: Option<Dot4Fn>,
 }
 
 impl Mat {
@@ -41,12 +51,14 @@ impl Mat {
             range: start..start + info.size as usize,
             act,
             dot: kernels.dot(info.ty)?,
+            dot4: kernels.dot4(info.ty),
         })
     }
 
     /// A matrix of `rows` rows of type `ty` at the start of a byte buffer (benchmarks and tests).
     pub fn raw(ty: GgmlType, rows: usize, cols: usize, kernels: Kernels) -> Option<Mat> {
-        Some(Mat { ty, rows, cols, range: 0..ty.row_bytes(cols) * rows, act: act_type(ty)?, dot: kernels.dot(ty)? })
+        let range = 0..ty.row_bytes(cols) * rows;
+        Some(Mat { ty, rows, cols, range, act: act_type(ty)?, dot: kernels.dot(ty)?, dot4: kernels.dot4(ty) })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -105,10 +117,11 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
     assert_eq!(mats.len(), outs.len());
     let mut starts = Vec::with_capacity(mats.len() + 1); // first chunk of each matrix
     starts.push(0);
-    for (m, o) in mats.iter().zip(outs.iter()) {
+    let chunks: Vec<usize> = mats.iter().map(|m| chunk_rows(m.rows, pool.threads())).collect();
+    for ((m, o), chunk) in mats.iter().zip(outs.iter()).zip(&chunks) {
         assert_eq!(o.len(), n * m.rows, "matmul output shape");
         assert!(m.range.end <= model.len());
-        starts.push(starts.last().unwrap() + m.rows.div_ceil(CHUNK_ROWS));
+        starts.push(starts.last().unwrap() + m.rows.div_ceil(*chunk));
     }
     let total = *starts.last().unwrap();
     let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
@@ -123,12 +136,25 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
         let a = acts.get(m.act);
         let w = &model[m.range.clone()];
         let rb = m.row_bytes();
-        let r0 = (c - starts[mi]) * CHUNK_ROWS;
-        for r in r0..(r0 + CHUNK_ROWS).min(m.rows) {
+        let r0 = (c - starts[mi]) * chunks[mi];
+        let r1 = (r0 + chunks[mi]).min(m.rows);
+        let mut r = r0;
+        if let Some(dot4) = m.dot4 {
+            while r + 4 <= r1 {
+                let wr = &w[r * rb..(r + 4) * rb];
+                for t in 0..n {
+                    // SAFETY: a detected path's kernel; four rows of `cols` and one activation row of `cols`;
+                    // (t, r..r + 4) is written by this chunk only.
+                    let v = unsafe { dot4(m.cols, wr, rb, a.row(t)) };
+                    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(t * m.rows + r), 4) };
+                }
+                r += 4;
+            }
+        }
+        for r in r..r1 {
             let wr = &w[r * rb..(r + 1) * rb];
             for t in 0..n {
-                // SAFETY: the kernel is a detected path's; both rows hold `cols` elements; (t, r) is written by
-                // this chunk only.
+                // SAFETY: as above, one row.
                 unsafe { *out.0.add(t * m.rows + r) = (m.dot)(m.cols, wr, a.row(t)) };
             }
         }

@@ -119,7 +119,7 @@ fn wait_until(ready: impl Fn() -> bool, sleep: impl FnOnce()) {
     let t0 = Instant::now();
     let mut i = 0u32;
     while !ready() {
-        std::hint::spin_loop();
+        // no pause
         i = i.wrapping_add(1);
         if i % 64 == 0 && t0.elapsed() > SPIN {
             return sleep();

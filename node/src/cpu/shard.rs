@@ -51,6 +51,28 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     acts: Acts,
+    /// Time and weight bytes per kind of op, when profiling.
+    prof: Option<Vec<OpStat>>,
+}
+
+/// What one kind of op cost over the steps profiled (`edge-node bench`).
+#[derive(Debug, Clone, Default)]
+pub struct OpStat {
+    pub op: &'static str,
+    pub weight_bytes: u64,
+    pub nanos: u64,
+}
+
+const OPS: [&str; 6] = ["qkv matmul", "attention", "output matmul", "gate+up matmul", "down matmul", "head matmul"];
+
+/// Runs `f`, adding its time and `bytes` to op `i` when profiling.
+fn timed<R>(prof: &mut Option<Vec<OpStat>>, i: usize, bytes: usize, f: impl FnOnce() -> R) -> R {
+    let Some(p) = prof else { return f() };
+    let t0 = std::time::Instant::now();
+    let r = f();
+    p[i].nanos += t0.elapsed().as_nanos() as u64;
+    p[i].weight_bytes += bytes as u64;
+    r
 }
 
 pub struct CpuShard {
@@ -135,6 +157,16 @@ impl CpuShard {
         })
     }
 
+    /// Starts (or stops and clears) timing each kind of op.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.s.prof = on.then(|| OPS.iter().map(|&op| OpStat { op, ..Default::default() }).collect());
+    }
+
+    /// Time and weight bytes per kind of op since profiling started.
+    pub fn profile(&self) -> Vec<OpStat> {
+        self.s.prof.clone().unwrap_or_default()
+    }
+
     /// The kernels' instruction set and the pool's threads, e.g. `avx512vnni, 2 threads`.
     pub fn describe(&self) -> String {
         format!("{}, {} threads", self.kernels.isa().name(), self.pool.threads())
@@ -176,7 +208,10 @@ impl CpuShard {
             }
             s.acts.quantize(xb, dim, &[&l.wq, &l.wk, &l.wv]);
             let (q, k, v) = (resize(&mut s.q, n * q_dim), resize(&mut s.k, n * kv_dim), resize(&mut s.v, n * kv_dim));
-            matmul(&self.pool, model, &[&l.wq, &l.wk, &l.wv], &s.acts, n, &mut [&mut *q, &mut *k, &mut *v]);
+            let bytes = l.wq.range.len() + l.wk.range.len() + l.wv.range.len();
+            timed(&mut s.prof, 0, bytes, || {
+                matmul(&self.pool, model, &[&l.wq, &l.wk, &l.wv], &s.acts, n, &mut [&mut *q, &mut *k, &mut *v])
+            });
 
             // Bias, RoPE and the KV write, one token at a time.
             let layer_off = li * cap * kv_dim;
@@ -200,10 +235,14 @@ impl CpuShard {
 
             // Attention over the cache: one task per (token, head).
             let att = resize(&mut s.att, n * q_dim);
-            attention(&self.pool, self.kernels, c, &kv.k[layer_off..], &kv.v[layer_off..], q, pos0, n, att);
+            timed(&mut s.prof, 1, 0, || {
+                attention(&self.pool, self.kernels, c, &kv.k[layer_off..], &kv.v[layer_off..], q, pos0, n, att)
+            });
             s.acts.quantize(att, q_dim, &[&l.wo]);
             let delta = resize(&mut s.delta, n * dim);
-            matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta]);
+            timed(&mut s.prof, 2, l.wo.range.len(), || {
+                matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta])
+            });
             reduce.all_reduce(delta)?;
             x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
 
@@ -214,11 +253,15 @@ impl CpuShard {
             }
             s.acts.quantize(xb, dim, &[&l.gate, &l.up]);
             let (gate, up) = (resize(&mut s.gate, n * ffn), resize(&mut s.up, n * ffn));
-            matmul(&self.pool, model, &[&l.gate, &l.up], &s.acts, n, &mut [&mut *gate, &mut *up]);
+            timed(&mut s.prof, 3, l.gate.range.len() + l.up.range.len(), || {
+                matmul(&self.pool, model, &[&l.gate, &l.up], &s.acts, n, &mut [&mut *gate, &mut *up])
+            });
             gate.iter_mut().zip(up.iter()).for_each(|(g, u)| *g = silu(*g) * u);
             s.acts.quantize(gate, ffn, &[&l.down]);
             let delta = resize(&mut s.delta, n * dim);
-            matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta]);
+            timed(&mut s.prof, 4, l.down.range.len(), || {
+                matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta])
+            });
             reduce.all_reduce(delta)?;
             x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
         }
@@ -235,7 +278,10 @@ impl CpuShard {
         }
         self.s.acts.quantize(xb, dim, &[out]);
         let mut logits = vec![0.0; rows.len() * out.rows];
-        matmul(&self.pool, self.gguf.bytes(), &[out], &self.s.acts, rows.len(), &mut [&mut logits]);
+        let (pool, model, acts) = (&self.pool, self.gguf.bytes(), &self.s.acts);
+        timed(&mut self.s.prof, 5, out.range.len(), || {
+            matmul(pool, model, &[out], acts, rows.len(), &mut [&mut logits])
+        });
         logits
     }
 }

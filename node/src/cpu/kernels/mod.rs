@@ -27,6 +27,13 @@ pub mod avx512;
 /// [`Isa`]), and both rows hold at least `n` elements.
 pub type DotFn = unsafe fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
+/// Four dot products at once: four weight rows `stride` bytes apart with one activation row (the matmul's inner
+/// step; the rows' independent sums hide the instruction latencies and share the activation loads).
+///
+/// # Safety
+/// As [`DotFn`], for the four rows.
+pub type Dot4Fn = unsafe fn(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32; 4];
+
 /// An instruction-set path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -132,6 +139,30 @@ impl Kernels {
             Isa::Avx512Vnni => pick!(avx512),
             #[allow(unreachable_patterns)]
             _ => pick!(generic),
+        })
+    }
+
+    /// The four-row kernel for weights of type `ty` (`None`: this path has none; use [`Kernels::dot`] per row).
+    pub fn dot4(self, ty: GgmlType) -> Option<Dot4Fn> {
+        macro_rules! pick {
+            ($m:ident) => {
+                match ty {
+                    GgmlType::Q4_0 => $m::dot4_q4_0 as Dot4Fn,
+                    GgmlType::Q4_1 => $m::dot4_q4_1,
+                    GgmlType::Q5_0 => $m::dot4_q5_0,
+                    GgmlType::Q8_0 => $m::dot4_q8_0,
+                    GgmlType::Q4K => $m::dot4_q4_k,
+                    GgmlType::Q6K => $m::dot4_q6_k,
+                    _ => return None,
+                }
+            };
+        }
+        Some(match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => pick!(avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => pick!(avx512),
+            _ => return None,
         })
     }
 

@@ -40,6 +40,18 @@ macro_rules! x86_kernels {
             _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
         }
 
+        /// Asks for the block `ahead` bytes on (the same block of a row further down the chunk) to be in L1 by
+        /// the time the kernel gets there: the hardware prefetchers alone stall at every chunk and page start.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn prefetch<const BYTES: usize>(p: *const u8) {
+            let mut off = 0;
+            while off < BYTES {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+                off += 64;
+            }
+        }
+
         /// Signed x signed bytes, summed in fours into i32 lanes.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -68,149 +80,227 @@ macro_rules! x86_kernels {
             _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
         }
 
-        /// # Safety
-        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        // Each quantized kernel is written once for R rows sharing one activation row (R independent accumulator
+        // chains hide the FMA latency, and the activation blocks are loaded once for all R rows), then exposed as
+        // a one-row `dot_*` and a four-row `dot4_*`.
+
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            debug_assert!(w.len() >= n / 32 * 18 && a.len() >= n / 32 * 36);
-            let (w, a) = (w.as_ptr(), a.as_ptr());
-            let mut acc = _mm256_setzero_ps();
+        unsafe fn rows_q4_0<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
             let eight = _mm256_set1_epi8(8);
             for b in 0..n / 32 {
-                let (wb, ab) = (w.add(18 * b), a.add(36 * b));
-                let q = _mm256_sub_epi8(nibbles(wb.add(2)), eight);
-                let s = mul_sum_i8(q, load(ab.add(4)));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+                let ab = a.add(36 * b);
+                let (y, da) = (load(ab.add(4)), f32_at(ab));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wb = w.add(r * stride + 18 * b);
+                    if R > 1 {
+                        prefetch::<18>(wb.wrapping_add(2 * R * stride));
+                    }
+                    let s = mul_sum_i8(_mm256_sub_epi8(nibbles(wb.add(2)), eight), y);
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), *acc);
+                }
             }
-            hsum(acc)
+            acc.map(|v| hsum(v))
         }
 
-        /// # Safety
-        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            debug_assert!(w.len() >= n / 32 * 20 && a.len() >= n / 32 * 40);
-            let (w, a) = (w.as_ptr(), a.as_ptr());
-            let mut acc = _mm256_setzero_ps();
-            let mut mins = 0.0;
+        unsafe fn rows_q4_1<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [0f32; R];
             for b in 0..n / 32 {
-                let (wb, ab) = (w.add(20 * b), a.add(40 * b));
-                let s = mul_add(_mm256_setzero_si256(), nibbles(wb.add(4)), load(ab.add(8)));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
-                mins += f16(wb.add(2)) * f32_at(ab.add(4));
+                let ab = a.add(40 * b);
+                let (y, da, sa) = (load(ab.add(8)), f32_at(ab), f32_at(ab.add(4)));
+                for r in 0..R {
+                    let wb = w.add(r * stride + 20 * b);
+                    if R > 1 {
+                        prefetch::<20>(wb.wrapping_add(2 * R * stride));
+                    }
+                    let s = mul_add(_mm256_setzero_si256(), nibbles(wb.add(4)), y);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), acc[r]);
+                    mins[r] += f16(wb.add(2)) * sa;
+                }
             }
-            hsum(acc) + mins
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + mins[r];
+            }
+            out
         }
 
-        /// # Safety
-        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            debug_assert!(w.len() >= n / 32 * 22 && a.len() >= n / 32 * 36);
-            let (w, a) = (w.as_ptr(), a.as_ptr());
-            let mut acc = _mm256_setzero_ps();
+        unsafe fn rows_q5_0<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
             let f0 = _mm256_set1_epi8(0xF0u8 as i8);
             for b in 0..n / 32 {
-                let (wb, ab) = (w.add(22 * b), a.add(36 * b));
-                let high = bits_to_bytes((wb.add(2) as *const u32).read_unaligned());
-                // Where the fifth bit is clear, q - 16 is the nibble with its top four bits set.
-                let q = _mm256_or_si256(nibbles(wb.add(6)), _mm256_andnot_si256(high, f0));
-                let s = mul_sum_i8(q, load(ab.add(4)));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+                let ab = a.add(36 * b);
+                let (y, da) = (load(ab.add(4)), f32_at(ab));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wb = w.add(r * stride + 22 * b);
+                    if R > 1 {
+                        prefetch::<22>(wb.wrapping_add(2 * R * stride));
+                    }
+                    let high = bits_to_bytes((wb.add(2) as *const u32).read_unaligned());
+                    // Where the fifth bit is clear, q - 16 is the nibble with its top four bits set.
+                    let q = _mm256_or_si256(nibbles(wb.add(6)), _mm256_andnot_si256(high, f0));
+                    let s = mul_sum_i8(q, y);
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), *acc);
+                }
             }
-            hsum(acc)
+            acc.map(|v| hsum(v))
         }
 
-        /// # Safety
-        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            debug_assert!(w.len() >= n / 32 * 34 && a.len() >= n / 32 * 36);
-            let (w, a) = (w.as_ptr(), a.as_ptr());
-            let mut acc = _mm256_setzero_ps();
+        unsafe fn rows_q8_0<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..n / 32 {
-                let (wb, ab) = (w.add(34 * b), a.add(36 * b));
-                let s = mul_sum_i8(load(wb.add(2)), load(ab.add(4)));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * f32_at(ab)), _mm256_cvtepi32_ps(s), acc);
+                let ab = a.add(36 * b);
+                let (y, da) = (load(ab.add(4)), f32_at(ab));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wb = w.add(r * stride + 34 * b);
+                    if R > 1 {
+                        prefetch::<34>(wb.wrapping_add(2 * R * stride));
+                    }
+                    let s = mul_sum_i8(load(wb.add(2)), y);
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), *acc);
+                }
             }
-            hsum(acc)
+            acc.map(|v| hsum(v))
         }
 
-        /// # Safety
-        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            debug_assert!(w.len() >= n / 256 * 144 && a.len() >= n / 256 * 292);
-            let (wp, ap) = (w.as_ptr(), a.as_ptr());
-            let mut acc = _mm256_setzero_ps();
-            let mut mins_acc = 0.0;
+        unsafe fn rows_q4_k<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins_acc = [0f32; R];
             let m4 = _mm256_set1_epi8(15);
             for b in 0..n / 256 {
-                let (wb, ab) = (wp.add(144 * b), ap.add(292 * b));
-                let scales = &w[144 * b + 4..144 * b + 16];
+                let ab = a.add(292 * b);
                 let da = f32_at(ab);
                 let bsums = ab.add(260) as *const i16;
-                let mut sumi = _mm256_setzero_si256();
-                let mut mins = 0i32;
-                for j in 0..4 {
-                    let (sc0, m0) = k4_scale_min(2 * j, scales);
-                    let (sc1, m1) = k4_scale_min(2 * j + 1, scales);
-                    let q = load(wb.add(16 + 32 * j));
-                    let lo = _mm256_and_si256(q, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    let p0 = _mm256_maddubs_epi16(lo, load(ab.add(4 + 64 * j)));
-                    let p1 = _mm256_maddubs_epi16(hi, load(ab.add(36 + 64 * j)));
-                    let p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16));
-                    let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16));
-                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-                    let s = |i: usize| bsums.add(i).read_unaligned() as i32;
-                    mins += m0 as i32 * (s(4 * j) + s(4 * j + 1)) + m1 as i32 * (s(4 * j + 2) + s(4 * j + 3));
+                let s = |i: usize| bsums.add(i).read_unaligned() as i32;
+                let pair = [
+                    s(0) + s(1),
+                    s(2) + s(3),
+                    s(4) + s(5),
+                    s(6) + s(7),
+                    s(8) + s(9),
+                    s(10) + s(11),
+                    s(12) + s(13),
+                    s(14) + s(15),
+                ];
+                for r in 0..R {
+                    let wb = w.add(r * stride + 144 * b);
+                    if R > 1 {
+                        prefetch::<144>(wb.wrapping_add(2 * R * stride));
+                    }
+                    let scales = std::slice::from_raw_parts(wb.add(4), 12);
+                    let mut sumi = _mm256_setzero_si256();
+                    let mut mins = 0i32;
+                    for j in 0..4 {
+                        let (sc0, m0) = k4_scale_min(2 * j, scales);
+                        let (sc1, m1) = k4_scale_min(2 * j + 1, scales);
+                        let q = load(wb.add(16 + 32 * j));
+                        let lo = _mm256_and_si256(q, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                        let p0 = _mm256_maddubs_epi16(lo, load(ab.add(4 + 64 * j)));
+                        let p1 = _mm256_maddubs_epi16(hi, load(ab.add(36 + 64 * j)));
+                        let p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16));
+                        let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16));
+                        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+                        mins += m0 as i32 * pair[2 * j] + m1 as i32 * pair[2 * j + 1];
+                    }
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(da * f16(wb)), _mm256_cvtepi32_ps(sumi), acc[r]);
+                    mins_acc[r] += da * f16(wb.add(2)) * mins as f32;
                 }
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(da * f16(wb)), _mm256_cvtepi32_ps(sumi), acc);
-                mins_acc += da * f16(wb.add(2)) * mins as f32;
             }
-            hsum(acc) - mins_acc
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum(acc[r]) - mins_acc[r];
+            }
+            out
         }
 
-        /// # Safety
-        /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            debug_assert!(w.len() >= n / 256 * 210 && a.len() >= n / 256 * 292);
-            let (wp, ap) = (w.as_ptr(), a.as_ptr());
-            let mut acc = _mm256_setzero_ps();
+        unsafe fn rows_q6_k<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
             let (m4, m2) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3));
             for b in 0..n / 256 {
-                let (wb, ab) = (wp.add(210 * b), ap.add(292 * b));
-                let sc = wb.add(192) as *const i8;
+                let ab = a.add(292 * b);
                 let bsums = ab.add(260) as *const i16;
-                let mut sumi = _mm256_setzero_si256();
-                let mut offset = 0i32;
-                for h in 0..2 {
-                    let (ql0, ql1, qh) = (load(wb.add(64 * h)), load(wb.add(64 * h + 32)), load(wb.add(128 + 32 * h)));
-                    let hi2 = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
-                    let qs = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, m4), hi2(qh)),
-                        _mm256_or_si256(_mm256_and_si256(ql1, m4), hi2(_mm256_srli_epi16(qh, 2))),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hi2(_mm256_srli_epi16(qh, 4))),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hi2(_mm256_srli_epi16(qh, 6))),
-                    ];
-                    for (k, q) in qs.into_iter().enumerate() {
-                        let s = 8 * h + 2 * k;
-                        let (s0, s1) = (sc.add(s).read() as i16, sc.add(s + 1).read() as i16);
-                        let p = _mm256_maddubs_epi16(q, load(ab.add(4 + 128 * h + 32 * k)));
-                        let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
-                        offset += s0 as i32 * bsums.add(s).read_unaligned() as i32
-                            + s1 as i32 * bsums.add(s + 1).read_unaligned() as i32;
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wb = w.add(r * stride + 210 * b);
+                    if R > 1 {
+                        prefetch::<210>(wb.wrapping_add(2 * R * stride));
                     }
+                    let sc = wb.add(192) as *const i8;
+                    let mut sumi = _mm256_setzero_si256();
+                    let mut offset = 0i32;
+                    for h in 0..2 {
+                        let (ql0, ql1, qh) =
+                            (load(wb.add(64 * h)), load(wb.add(64 * h + 32)), load(wb.add(128 + 32 * h)));
+                        let hi2 = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
+                        let qs = [
+                            _mm256_or_si256(_mm256_and_si256(ql0, m4), hi2(qh)),
+                            _mm256_or_si256(_mm256_and_si256(ql1, m4), hi2(_mm256_srli_epi16(qh, 2))),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                hi2(_mm256_srli_epi16(qh, 4)),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                hi2(_mm256_srli_epi16(qh, 6)),
+                            ),
+                        ];
+                        for (k, q) in qs.into_iter().enumerate() {
+                            let s = 8 * h + 2 * k;
+                            let (s0, s1) = (sc.add(s).read() as i16, sc.add(s + 1).read() as i16);
+                            let p = _mm256_maddubs_epi16(q, load(ab.add(4 + 128 * h + 32 * k)));
+                            let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
+                            offset += s0 as i32 * bsums.add(s).read_unaligned() as i32
+                                + s1 as i32 * bsums.add(s + 1).read_unaligned() as i32;
+                        }
+                    }
+                    let d = f32_at(ab) * f16(wb.add(208));
+                    let sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(32 * offset, 0, 0, 0, 0, 0, 0, 0));
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
                 }
-                let d = f32_at(ab) * f16(wb.add(208));
-                let sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(32 * offset, 0, 0, 0, 0, 0, 0, 0));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
             }
-            hsum(acc)
+            acc.map(|v| hsum(v))
         }
+
+        /// One-row and four-row entry points of a row-generic kernel.
+        macro_rules! entry {
+            ($one:ident, $four:ident, $rows:ident, $wblock:expr, $ablock:expr, $blk:expr) => {
+                /// # Safety
+                /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $one(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                    assert!(w.len() >= n / $blk * $wblock && a.len() >= n / $blk * $ablock);
+                    $rows::<1>(n, w.as_ptr(), 0, a.as_ptr())[0]
+                }
+
+                /// # Safety
+                /// The CPU has the target features; `w` holds four rows of `n` elements `stride` bytes apart,
+                /// `a` one activation row of `n`.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $four(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32; 4] {
+                    assert!(w.len() >= 3 * stride + n / $blk * $wblock && a.len() >= n / $blk * $ablock);
+                    $rows::<4>(n, w.as_ptr(), stride, a.as_ptr())
+                }
+            };
+        }
+        entry!(dot_q4_0, dot4_q4_0, rows_q4_0, 18, 36, 32);
+        entry!(dot_q4_1, dot4_q4_1, rows_q4_1, 20, 40, 32);
+        entry!(dot_q5_0, dot4_q5_0, rows_q5_0, 22, 36, 32);
+        entry!(dot_q8_0, dot4_q8_0, rows_q8_0, 34, 36, 32);
+        entry!(dot_q4_k, dot4_q4_k, rows_q4_k, 144, 292, 256);
+        entry!(dot_q6_k, dot4_q6_k, rows_q6_k, 210, 292, 256);
 
         /// # Safety
         /// The CPU has the target features; `w` holds `n` f16 and `a` `n` f32 (n a multiple of 8).
