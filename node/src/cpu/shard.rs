@@ -335,15 +335,10 @@ fn attention(
             let last = pos0 + t;
             let qh = &q[t * q_dim + h * hd..][..hd];
             let kvh = h / group;
-            scores.clear();
-            scores.extend((0..=last).map(|p| kern.dot_f32(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale));
-            crate::reference::softmax(&mut scores);
             // SAFETY: task (t, h) alone writes these hd elements.
             let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-            o.fill(0.0);
-            for (p, &a) in scores.iter().enumerate() {
-                kern.axpy(o, a, &v[p * kv_dim + kvh * hd..][..hd]);
-            }
+            let (k, v) = (&k[kvh * hd..], &v[kvh * hd..]);
+            kern.attend(qh, k, v, kv_dim, last + 1, scale, &mut scores, o);
         }
     };
     pool.run(&job);

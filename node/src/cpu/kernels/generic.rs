@@ -184,3 +184,22 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
+
+/// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`, `v_p`
+/// at `p * stride` in `k`, `v`; `scores` is scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = q.len();
+    scores.clear();
+    scores.extend((0..n).map(|p| dot(q, &k[p * stride..][..hd]) * scale));
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (p, &a) in scores.iter().enumerate() {
+        axpy(out, a / sum, &v[p * stride..][..hd]);
+    }
+}

@@ -166,6 +166,20 @@ impl Kernels {
         })
     }
 
+    /// One head's attention over `n` cache positions (see `generic::attend`); `hd` a multiple of 8 on the
+    /// SIMD paths (else the portable one runs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(self, q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+        match self.isa {
+            // SAFETY: a detected path's features are present; the kernel checks the lengths.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if q.len() % 8 == 0 => unsafe { avx2::attend(q, k, v, stride, n, scale, scores, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni if q.len() % 8 == 0 => unsafe { avx512::attend(q, k, v, stride, n, scale, scores, out) },
+            _ => generic::attend(q, k, v, stride, n, scale, scores, out),
+        }
+    }
+
     /// f32 dot product of two slices (attention scores).
     pub fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
         match self.isa {

@@ -329,6 +329,84 @@ macro_rules! x86_kernels {
             hsum(acc)
         }
 
+        /// e^x for eight x <= 0 (softmax after subtracting the maximum): 2^k e^r with k = round(x / ln 2),
+        /// |r| <= ln 2 / 2, e^r by its Taylor polynomial to r^6 (relative error < 2e-7). x below -87 gives 0.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn exp8(x: __m256) -> __m256 {
+            let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+            let k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), x);
+            let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.121_944_4e-4), r);
+            let mut p = _mm256_set1_ps(1.0 / 720.0);
+            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+            let e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+            // Below -87 (e^-87 ~ 1.6e-38) the weight is 0.
+            _mm256_and_ps(e, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0), _CMP_GT_OQ))
+        }
+
+        /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`,
+        /// `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 8.
+        ///
+        /// # Safety
+        /// The CPU has the target features; `k` and `v` hold `n` rows of `stride`, `q` and `out` `hd` floats.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+            let hd = q.len();
+            assert!(hd % 8 == 0 && out.len() == hd && n >= 1);
+            assert!(k.len() >= (n - 1) * stride + hd && v.len() >= (n - 1) * stride + hd);
+            scores.clear();
+            scores.reserve(n);
+            let (pq, pk, pv) = (q.as_ptr(), k.as_ptr(), v.as_ptr());
+            let mut max = f32::NEG_INFINITY;
+            for p in 0..n {
+                let row = pk.add(p * stride);
+                let mut acc = _mm256_setzero_ps();
+                let mut i = 0;
+                while i < hd {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), _mm256_loadu_ps(row.add(i)), acc);
+                    i += 8;
+                }
+                let s = hsum(acc) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            // exp(s - max), eight at a time.
+            let (ps, mx) = (scores.as_mut_ptr(), _mm256_set1_ps(max));
+            let mut sums = _mm256_setzero_ps();
+            let mut p = 0;
+            while p + 8 <= n {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ps.add(p)), mx));
+                _mm256_storeu_ps(ps.add(p), e);
+                sums = _mm256_add_ps(sums, e);
+                p += 8;
+            }
+            let mut sum = hsum(sums);
+            for s in &mut scores[p..] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let po = out.as_mut_ptr();
+            let mut i = 0;
+            while i < hd {
+                _mm256_storeu_ps(po.add(i), _mm256_setzero_ps());
+                i += 8;
+            }
+            for (p, &a) in scores.iter().enumerate() {
+                let row = pv.add(p * stride);
+                let a = _mm256_set1_ps(a * inv);
+                let mut i = 0;
+                while i < hd {
+                    _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(a, _mm256_loadu_ps(row.add(i)), _mm256_loadu_ps(po.add(i))));
+                    i += 8;
+                }
+            }
+        }
+
         /// f32 dot product of two slices of any (equal) length.
         ///
         /// # Safety
