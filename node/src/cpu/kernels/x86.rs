@@ -362,17 +362,25 @@ macro_rules! x86_kernels {
             scores.reserve(n);
             let (pq, pk, pv) = (q.as_ptr(), k.as_ptr(), v.as_ptr());
             let mut max = f32::NEG_INFINITY;
-            for p in 0..n {
-                let row = pk.add(p * stride);
-                let mut acc = _mm256_setzero_ps();
+            // Scores four positions at a time: four independent FMA chains share each load of q.
+            let mut p = 0;
+            while p < n {
+                let m = (n - p).min(4);
+                let mut acc = [_mm256_setzero_ps(); 4];
                 let mut i = 0;
                 while i < hd {
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), _mm256_loadu_ps(row.add(i)), acc);
+                    let qv = _mm256_loadu_ps(pq.add(i));
+                    for (j, acc) in acc.iter_mut().enumerate().take(m) {
+                        *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(pk.add((p + j) * stride + i)), *acc);
+                    }
                     i += 8;
                 }
-                let s = hsum(acc) * scale;
-                max = max.max(s);
-                scores.push(s);
+                for acc in acc.iter().take(m) {
+                    let s = hsum(*acc) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                p += m;
             }
             // exp(s - max), eight at a time.
             let (ps, mx) = (scores.as_mut_ptr(), _mm256_set1_ps(max));
@@ -390,20 +398,23 @@ macro_rules! x86_kernels {
                 sum += *s;
             }
             let inv = 1.0 / sum;
+            // The weighted sum of the values, 64 floats (eight registers) of the head at a time, kept in
+            // registers over all positions.
             let po = out.as_mut_ptr();
             let mut i = 0;
             while i < hd {
-                _mm256_storeu_ps(po.add(i), _mm256_setzero_ps());
-                i += 8;
-            }
-            for (p, &a) in scores.iter().enumerate() {
-                let row = pv.add(p * stride);
-                let a = _mm256_set1_ps(a * inv);
-                let mut i = 0;
-                while i < hd {
-                    _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(a, _mm256_loadu_ps(row.add(i)), _mm256_loadu_ps(po.add(i))));
-                    i += 8;
+                let w = (hd - i).min(64) / 8;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (p, &a) in scores.iter().enumerate() {
+                    let (a, row) = (_mm256_set1_ps(a * inv), pv.add(p * stride + i));
+                    for (j, acc) in acc.iter_mut().enumerate().take(w) {
+                        *acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(row.add(8 * j)), *acc);
+                    }
                 }
+                for (j, acc) in acc.iter().enumerate().take(w) {
+                    _mm256_storeu_ps(po.add(i + 8 * j), *acc);
+                }
+                i += 8 * w;
             }
         }
 
