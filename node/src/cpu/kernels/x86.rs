@@ -11,7 +11,6 @@ macro_rules! x86_kernels {
     ($feat:literal) => {
         use std::arch::x86_64::*;
 
-        use crate::quant::k4_scale_min;
 
         #[inline]
         #[target_feature(enable = $feat)]
@@ -50,6 +49,21 @@ macro_rules! x86_kernels {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
                 off += 64;
             }
+        }
+
+        /// Q4_K's eight 6-bit scales and eight 6-bit mins from their 12 packed bytes, one per byte (scale `s` in
+        /// byte `s` of the first value, min `s` of the second), as ggml unpacks them.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_scales_mins(p: *const u8) -> (u64, u64) {
+            let u = |i: usize| (p.add(4 * i) as *const u32).read_unaligned();
+            let (u0, u1, u2) = (u(0), u(1), u(2));
+            let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+            let sc_lo = u0 & k1;
+            let sc_hi = (u2 & k2) | (((u0 >> 6) & k3) << 4);
+            let m_lo = u1 & k1;
+            let m_hi = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
+            (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
         }
 
         /// Signed x signed bytes, summed in fours into i32 lanes.
@@ -180,29 +194,21 @@ macro_rules! x86_kernels {
             for b in 0..n / 256 {
                 let ab = a.add(292 * b);
                 let da = f32_at(ab);
-                let bsums = ab.add(260) as *const i16;
-                let s = |i: usize| bsums.add(i).read_unaligned() as i32;
-                let pair = [
-                    s(0) + s(1),
-                    s(2) + s(3),
-                    s(4) + s(5),
-                    s(6) + s(7),
-                    s(8) + s(9),
-                    s(10) + s(11),
-                    s(12) + s(13),
-                    s(14) + s(15),
-                ];
+                // The activation sums of each 32 (pairs of the Q8_K block's sums of 16).
+                let bs = ab.add(260) as *const __m128i;
+                let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
                 for r in 0..R {
                     let wb = w.add(r * stride + 144 * b);
                     if R > 1 {
                         prefetch::<144>(wb.wrapping_add(2 * R * stride));
                     }
-                    let scales = std::slice::from_raw_parts(wb.add(4), 12);
+                    let (sc, m) = k4_scales_mins(wb.add(4));
+                    let mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64)), pairs);
+                    let mins = _mm_add_epi32(mins, _mm_shuffle_epi32(mins, 0b01_00_11_10));
+                    let mins = _mm_cvtsi128_si32(_mm_add_epi32(mins, _mm_shuffle_epi32(mins, 0b10_11_00_01)));
                     let mut sumi = _mm256_setzero_si256();
-                    let mut mins = 0i32;
                     for j in 0..4 {
-                        let (sc0, m0) = k4_scale_min(2 * j, scales);
-                        let (sc1, m1) = k4_scale_min(2 * j + 1, scales);
+                        let (sc0, sc1) = ((sc >> (16 * j)) as u8, (sc >> (16 * j + 8)) as u8);
                         let q = load(wb.add(16 + 32 * j));
                         let lo = _mm256_and_si256(q, m4);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -211,7 +217,6 @@ macro_rules! x86_kernels {
                         let p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16));
                         let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16));
                         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-                        mins += m0 as i32 * pair[2 * j] + m1 as i32 * pair[2 * j + 1];
                     }
                     acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(da * f16(wb)), _mm256_cvtepi32_ps(sumi), acc[r]);
                     mins_acc[r] += da * f16(wb.add(2)) * mins as f32;
@@ -239,7 +244,6 @@ macro_rules! x86_kernels {
                     }
                     let sc = wb.add(192) as *const i8;
                     let mut sumi = _mm256_setzero_si256();
-                    let mut offset = 0i32;
                     for h in 0..2 {
                         let (ql0, ql1, qh) =
                             (load(wb.add(64 * h)), load(wb.add(64 * h + 32)), load(wb.add(128 + 32 * h)));
@@ -262,12 +266,13 @@ macro_rules! x86_kernels {
                             let p = _mm256_maddubs_epi16(q, load(ab.add(4 + 128 * h + 32 * k)));
                             let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
                             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
-                            offset += s0 as i32 * bsums.add(s).read_unaligned() as i32
-                                + s1 as i32 * bsums.add(s + 1).read_unaligned() as i32;
                         }
                     }
+                    // The - 32 of every q: 32 Σ_s sc_s Σ a over the sub-blocks of 16, lane-wise.
+                    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+                    let offset = _mm256_madd_epi16(_mm256_loadu_si256(bsums as *const __m256i), scales16);
                     let d = f32_at(ab) * f16(wb.add(208));
-                    let sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(32 * offset, 0, 0, 0, 0, 0, 0, 0));
+                    let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
                     *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
                 }
             }
