@@ -155,30 +155,33 @@ fn matmul_on_the_pool_equals_row_by_row_dots() {
     let pools = [Arc::new(Pool::new(1)), Arc::new(Pool::new(3))];
     for k in every_path() {
         for (ta, tb, cols) in [(GgmlType::Q4K, GgmlType::Q6K, 512), (GgmlType::Q4_1, GgmlType::Q8_0, 96)] {
-            let (ra, rb, n) = (37, 50, 3);
-            let mut rng = Rng(7);
-            let wa: Vec<u8> = quant_matrix(ta, ra, cols, 1.0, &mut rng);
-            let wb: Vec<u8> = quant_matrix(tb, rb, cols, 1.0, &mut rng);
-            let mut bytes = wa.clone();
-            bytes.extend(&wb);
-            let ma = Mat::raw(ta, ra, cols, k).unwrap();
-            let mut mb = Mat::raw(tb, rb, cols, k).unwrap();
-            mb.range = wa.len()..wa.len() + wb.len();
-            let x = rng.vec(n * cols, 2.0);
-            let mut acts = Acts::default();
-            acts.quantize(&x, cols, &[&ma, &mb]);
-            for pool in &pools {
-                let (mut oa, mut ob) = (vec![0.0; n * ra], vec![0.0; n * rb]);
-                matmul(pool, &bytes, &[&ma, &mb], &acts, n, &mut [&mut oa, &mut ob]);
-                for t in 0..n {
-                    let xt = &x[t * cols..][..cols];
-                    for (r, &got) in oa[t * ra..][..ra].iter().enumerate() {
-                        let rb_ = ta.row_bytes(cols);
-                        assert_eq!(got, kernel_dot(k, ta, &wa[r * rb_..][..rb_], xt), "{ta:?} row {r} token {t}");
-                    }
-                    for (r, &got) in ob[t * rb..][..rb].iter().enumerate() {
-                        let rb_ = tb.row_bytes(cols);
-                        assert_eq!(got, kernel_dot(k, tb, &wb[r * rb_..][..rb_], xt), "{tb:?} row {r} token {t}");
+            for n in [3, 9] {
+                // 9 tokens: the prefill tiles and the tokens left over; 3: fewer than a tile.
+                let (ra, rb) = (37, 50);
+                let mut rng = Rng(7);
+                let wa: Vec<u8> = quant_matrix(ta, ra, cols, 1.0, &mut rng);
+                let wb: Vec<u8> = quant_matrix(tb, rb, cols, 1.0, &mut rng);
+                let mut bytes = wa.clone();
+                bytes.extend(&wb);
+                let ma = Mat::raw(ta, ra, cols, k).unwrap();
+                let mut mb = Mat::raw(tb, rb, cols, k).unwrap();
+                mb.range = wa.len()..wa.len() + wb.len();
+                let x = rng.vec(n * cols, 2.0);
+                let mut acts = Acts::default();
+                acts.quantize(&x, cols, &[&ma, &mb]);
+                for pool in &pools {
+                    let (mut oa, mut ob) = (vec![0.0; n * ra], vec![0.0; n * rb]);
+                    matmul(pool, &bytes, &[&ma, &mb], &acts, n, &mut [&mut oa, &mut ob]);
+                    for t in 0..n {
+                        let xt = &x[t * cols..][..cols];
+                        for (r, &got) in oa[t * ra..][..ra].iter().enumerate() {
+                            let rb_ = ta.row_bytes(cols);
+                            assert_eq!(got, kernel_dot(k, ta, &wa[r * rb_..][..rb_], xt), "{ta:?} row {r} token {t}");
+                        }
+                        for (r, &got) in ob[t * rb..][..rb].iter().enumerate() {
+                            let rb_ = tb.row_bytes(cols);
+                            assert_eq!(got, kernel_dot(k, tb, &wb[r * rb_..][..rb_], xt), "{tb:?} row {r} token {t}");
+                        }
                     }
                 }
             }

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::act::{ActType, QuantizedRows};
-use super::kernels::{Dot4Fn, DotFn, Kernels};
+use super::kernels::{Dot4Fn, DotFn, Kernels, TileFn};
 use super::pool::Pool;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
@@ -37,6 +37,7 @@ pub struct Mat {
     pub act: ActType,
     dot: DotFn,
     dot4: Option<Dot4Fn>,
+    tile: Option<(TileFn, usize, usize)>,
 }
 
 impl Mat {
@@ -52,13 +53,15 @@ impl Mat {
             act,
             dot: kernels.dot(info.ty)?,
             dot4: kernels.dot4(info.ty),
+            tile: kernels.tile(info.ty),
         })
     }
 
     /// A matrix of `rows` rows of type `ty` at the start of a byte buffer (benchmarks and tests).
     pub fn raw(ty: GgmlType, rows: usize, cols: usize, kernels: Kernels) -> Option<Mat> {
         let range = 0..ty.row_bytes(cols) * rows;
-        Some(Mat { ty, rows, cols, range, act: act_type(ty)?, dot: kernels.dot(ty)?, dot4: kernels.dot4(ty) })
+        let (dot, dot4, tile) = (kernels.dot(ty)?, kernels.dot4(ty), kernels.tile(ty));
+        Some(Mat { ty, rows, cols, range, act: act_type(ty)?, dot, dot4, tile })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -139,6 +142,36 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
         let r0 = (c - starts[mi]) * chunks[mi];
         let r1 = (r0 + chunks[mi]).min(m.rows);
         let mut r = r0;
+        match m.tile {
+            // Prefill: tiles of rows x tokens; the tokens left over row by row.
+            Some((tile, tr, tt)) if n >= tt => {
+                let mut sums = [0f32; 64];
+                while r + tr <= r1 {
+                    let wr = &w[r * rb..(r + tr) * rb];
+                    let mut t = 0;
+                    while t + tt <= n {
+                        let ar = &a.data[t * a.row_bytes..(t + tt) * a.row_bytes];
+                        // SAFETY: a detected path's kernel; `tr` rows and `tt` activation rows of `cols`.
+                        unsafe { tile(m.cols, wr, rb, ar, a.row_bytes, &mut sums) };
+                        for (i, row) in sums.chunks_exact(tt).take(tr).enumerate() {
+                            for (j, &v) in row.iter().enumerate() {
+                                // SAFETY: (t + j, r + i) is written by this chunk only.
+                                unsafe { *out.0.add((t + j) * m.rows + r + i) = v };
+                            }
+                        }
+                        t += tt;
+                    }
+                    for i in r..r + tr {
+                        for t in t..n {
+                            // SAFETY: as below, one row.
+                            unsafe { *out.0.add(t * m.rows + i) = (m.dot)(m.cols, &w[i * rb..(i + 1) * rb], a.row(t)) };
+                        }
+                    }
+                    r += tr;
+                }
+            }
+            _ => {}
+        }
         if let Some(dot4) = m.dot4 {
             while r + 4 <= r1 {
                 let wr = &w[r * rb..(r + 4) * rb];

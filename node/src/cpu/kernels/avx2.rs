@@ -9,4 +9,4 @@ unsafe fn mul_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 }
 
-super::x86::x86_kernels!("avx2,fma,f16c");
+super::x86::x86_kernels!("avx2,fma,f16c", 2, 4);

@@ -10,4 +10,4 @@ unsafe fn mul_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
-super::x86::x86_kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni");
+super::x86::x86_kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni", 4, 4);

@@ -188,7 +188,16 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`, `v_p`
 /// at `p * stride` in `k`, `v`; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = q.len();
     scores.clear();
     scores.extend((0..n).map(|p| dot(q, &k[p * stride..][..hd]) * scale));

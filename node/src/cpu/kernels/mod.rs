@@ -34,6 +34,13 @@ pub type DotFn = unsafe fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 /// As [`DotFn`], for the four rows.
 pub type Dot4Fn = unsafe fn(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32; 4];
 
+/// A tile of dot products (prefill): `rows` weight rows `stride` bytes apart with `tokens` activation rows
+/// `astride` bytes apart; `out` takes the `rows x tokens` sums row by row.
+///
+/// # Safety
+/// As [`DotFn`], for every row of the tile.
+pub type TileFn = unsafe fn(n: usize, w: &[u8], stride: usize, a: &[u8], astride: usize, out: &mut [f32]);
+
 /// An instruction-set path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -169,7 +176,17 @@ impl Kernels {
     /// One head's attention over `n` cache positions (see `generic::attend`); `hd` a multiple of 8 on the
     /// SIMD paths (else the portable one runs).
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(self, q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    pub fn attend(
+        self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
         match self.isa {
             // SAFETY: a detected path's features are present; the kernel checks the lengths.
             #[cfg(target_arch = "x86_64")]
@@ -178,6 +195,34 @@ impl Kernels {
             Isa::Avx512Vnni if q.len() % 8 == 0 => unsafe { avx512::attend(q, k, v, stride, n, scale, scores, out) },
             _ => generic::attend(q, k, v, stride, n, scale, scores, out),
         }
+    }
+
+    /// This path's prefill tile for weights of type `ty`, with its (rows, tokens) (`None`: no tile kernel).
+    pub fn tile(self, ty: GgmlType) -> Option<(TileFn, usize, usize)> {
+        macro_rules! pick {
+            ($m:ident) => {
+                (
+                    match ty {
+                        GgmlType::Q4_0 => $m::tile_q4_0_ as TileFn,
+                        GgmlType::Q4_1 => $m::tile_q4_1_,
+                        GgmlType::Q5_0 => $m::tile_q5_0_,
+                        GgmlType::Q8_0 => $m::tile_q8_0_,
+                        GgmlType::Q4K => $m::tile_q4_k_,
+                        GgmlType::Q6K => $m::tile_q6_k_,
+                        _ => return None,
+                    },
+                    $m::TILE_ROWS,
+                    $m::TILE_TOKENS,
+                )
+            };
+        }
+        Some(match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => pick!(avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => pick!(avx512),
+            _ => return None,
+        })
     }
 
     /// f32 dot product of two slices (attention scores).

@@ -4,13 +4,18 @@
 //!
 //! Block by block, each kernel forms the same integer sums as `generic.rs` (nibbles unpacked to bytes, signed
 //! products through the `sign` trick: |x| * sign(y, x)), then adds `d_w d_a * sum` into a float accumulator.
+//! Weights are prefetched eight rows ahead (the hardware prefetchers alone stall at every chunk start).
 
 /// Expands the kernels in the invoking module. It must define `mul_add(acc, u8s, i8s) -> acc` with the same
 /// target features, and name the features as the macro's argument.
 macro_rules! x86_kernels {
-    ($feat:literal) => {
-        use std::arch::x86_64::*;
+    ($feat:literal, $tile_rows:literal, $tile_tokens:literal) => {
+        /// Weight rows of this path's prefill tile.
+        pub const TILE_ROWS: usize = $tile_rows;
+        /// Tokens of this path's prefill tile.
+        pub const TILE_TOKENS: usize = $tile_tokens;
 
+        use std::arch::x86_64::*;
 
         #[inline]
         #[target_feature(enable = $feat)]
@@ -66,13 +71,6 @@ macro_rules! x86_kernels {
             (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
         }
 
-        /// Signed x signed bytes, summed in fours into i32 lanes.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
-            mul_add(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-        }
-
         /// 16 bytes of packed nibbles as 32 bytes: low nibbles first, then high nibbles (GGML's order).
         #[inline]
         #[target_feature(enable = $feat)]
@@ -94,64 +92,95 @@ macro_rules! x86_kernels {
             _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
         }
 
-        // Each quantized kernel is written once for R rows sharing one activation row (R independent accumulator
-        // chains hide the FMA latency, and the activation blocks are loaded once for all R rows), then exposed as
-        // a one-row `dot_*` and a four-row `dot4_*`.
+        // Each quantized kernel is written once as a tile: R weight rows x T activation rows (tokens). Each weight
+        // block is unpacked once for the T tokens (prefill), each activation block loaded once for the R rows,
+        // and the R x T sums are independent chains that hide the instruction latencies. Every (row, token) sum
+        // takes the same operations in the same order whatever the tile, so results never depend on it. Exposed
+        // as one row (`dot_*`), four rows (`dot4_*`, decode) and the ISA's tile (`tile_*`, prefill).
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn rows_q4_0<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
+        unsafe fn tile_q4_0<const R: usize, const T: usize>(
+            n: usize,
+            w: *const u8,
+            stride: usize,
+            a: *const u8,
+            astr: usize,
+        ) -> [[f32; T]; R] {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
             let eight = _mm256_set1_epi8(8);
             for b in 0..n / 32 {
-                let ab = a.add(36 * b);
-                let (y, da) = (load(ab.add(4)), f32_at(ab));
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 36 * b));
+                let y: [__m256i; T] = std::array::from_fn(|t| load(ab[t].add(4)));
+                for r in 0..R {
                     let wb = w.add(r * stride + 18 * b);
                     if R > 1 {
                         prefetch::<18>(wb.wrapping_add(2 * R * stride));
                     }
-                    let s = mul_sum_i8(_mm256_sub_epi8(nibbles(wb.add(2)), eight), y);
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), *acc);
+                    let q = _mm256_sub_epi8(nibbles(wb.add(2)), eight);
+                    let (ax, dw) = (_mm256_sign_epi8(q, q), f16(wb));
+                    for t in 0..T {
+                        let s = mul_add(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y[t], q));
+                        acc[r][t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(dw * f32_at(ab[t])), _mm256_cvtepi32_ps(s), acc[r][t]);
+                    }
                 }
             }
-            acc.map(|v| hsum(v))
+            acc.map(|row| row.map(|v| hsum(v)))
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn rows_q4_1<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut mins = [0f32; R];
+        unsafe fn tile_q4_1<const R: usize, const T: usize>(
+            n: usize,
+            w: *const u8,
+            stride: usize,
+            a: *const u8,
+            astr: usize,
+        ) -> [[f32; T]; R] {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let mut mins = [[0f32; T]; R];
             for b in 0..n / 32 {
-                let ab = a.add(40 * b);
-                let (y, da, sa) = (load(ab.add(8)), f32_at(ab), f32_at(ab.add(4)));
+                let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 40 * b));
+                let y: [__m256i; T] = std::array::from_fn(|t| load(ab[t].add(8)));
                 for r in 0..R {
                     let wb = w.add(r * stride + 20 * b);
                     if R > 1 {
                         prefetch::<20>(wb.wrapping_add(2 * R * stride));
                     }
-                    let s = mul_add(_mm256_setzero_si256(), nibbles(wb.add(4)), y);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), acc[r]);
-                    mins[r] += f16(wb.add(2)) * sa;
+                    let (q, dw, mw) = (nibbles(wb.add(4)), f16(wb), f16(wb.add(2)));
+                    for t in 0..T {
+                        let s = mul_add(_mm256_setzero_si256(), q, y[t]);
+                        acc[r][t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(dw * f32_at(ab[t])), _mm256_cvtepi32_ps(s), acc[r][t]);
+                        mins[r][t] += mw * f32_at(ab[t].add(4));
+                    }
                 }
             }
-            let mut out = [0f32; R];
+            let mut out = [[0f32; T]; R];
             for r in 0..R {
-                out[r] = hsum(acc[r]) + mins[r];
+                for t in 0..T {
+                    out[r][t] = hsum(acc[r][t]) + mins[r][t];
+                }
             }
             out
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn rows_q5_0<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
+        unsafe fn tile_q5_0<const R: usize, const T: usize>(
+            n: usize,
+            w: *const u8,
+            stride: usize,
+            a: *const u8,
+            astr: usize,
+        ) -> [[f32; T]; R] {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
             let f0 = _mm256_set1_epi8(0xF0u8 as i8);
             for b in 0..n / 32 {
-                let ab = a.add(36 * b);
-                let (y, da) = (load(ab.add(4)), f32_at(ab));
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 36 * b));
+                let y: [__m256i; T] = std::array::from_fn(|t| load(ab[t].add(4)));
+                for r in 0..R {
                     let wb = w.add(r * stride + 22 * b);
                     if R > 1 {
                         prefetch::<22>(wb.wrapping_add(2 * R * stride));
@@ -159,91 +188,126 @@ macro_rules! x86_kernels {
                     let high = bits_to_bytes((wb.add(2) as *const u32).read_unaligned());
                     // Where the fifth bit is clear, q - 16 is the nibble with its top four bits set.
                     let q = _mm256_or_si256(nibbles(wb.add(6)), _mm256_andnot_si256(high, f0));
-                    let s = mul_sum_i8(q, y);
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), *acc);
+                    let (ax, dw) = (_mm256_sign_epi8(q, q), f16(wb));
+                    for t in 0..T {
+                        let s = mul_add(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y[t], q));
+                        acc[r][t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(dw * f32_at(ab[t])), _mm256_cvtepi32_ps(s), acc[r][t]);
+                    }
                 }
             }
-            acc.map(|v| hsum(v))
+            acc.map(|row| row.map(|v| hsum(v)))
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn rows_q8_0<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
+        unsafe fn tile_q8_0<const R: usize, const T: usize>(
+            n: usize,
+            w: *const u8,
+            stride: usize,
+            a: *const u8,
+            astr: usize,
+        ) -> [[f32; T]; R] {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
             for b in 0..n / 32 {
-                let ab = a.add(36 * b);
-                let (y, da) = (load(ab.add(4)), f32_at(ab));
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 36 * b));
+                let y: [__m256i; T] = std::array::from_fn(|t| load(ab[t].add(4)));
+                for r in 0..R {
                     let wb = w.add(r * stride + 34 * b);
                     if R > 1 {
                         prefetch::<34>(wb.wrapping_add(2 * R * stride));
                     }
-                    let s = mul_sum_i8(load(wb.add(2)), y);
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(wb) * da), _mm256_cvtepi32_ps(s), *acc);
+                    let q = load(wb.add(2));
+                    let (ax, dw) = (_mm256_sign_epi8(q, q), f16(wb));
+                    for t in 0..T {
+                        let s = mul_add(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y[t], q));
+                        acc[r][t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(dw * f32_at(ab[t])), _mm256_cvtepi32_ps(s), acc[r][t]);
+                    }
                 }
             }
-            acc.map(|v| hsum(v))
+            acc.map(|row| row.map(|v| hsum(v)))
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn rows_q4_k<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut mins_acc = [0f32; R];
+        unsafe fn tile_q4_k<const R: usize, const T: usize>(
+            n: usize,
+            w: *const u8,
+            stride: usize,
+            a: *const u8,
+            astr: usize,
+        ) -> [[f32; T]; R] {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let mut mins_acc = [[0f32; T]; R];
             let m4 = _mm256_set1_epi8(15);
             for b in 0..n / 256 {
-                let ab = a.add(292 * b);
-                let da = f32_at(ab);
+                let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 292 * b));
                 // The activation sums of each 32 (pairs of the Q8_K block's sums of 16).
-                let bs = ab.add(260) as *const __m128i;
-                let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
+                let pairs: [__m128i; T] = std::array::from_fn(|t| {
+                    let bs = ab[t].add(260) as *const __m128i;
+                    _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)))
+                });
                 for r in 0..R {
                     let wb = w.add(r * stride + 144 * b);
                     if R > 1 {
                         prefetch::<144>(wb.wrapping_add(2 * R * stride));
                     }
                     let (sc, m) = k4_scales_mins(wb.add(4));
-                    let mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64)), pairs);
-                    let mins = _mm_add_epi32(mins, _mm_shuffle_epi32(mins, 0b01_00_11_10));
-                    let mins = _mm_cvtsi128_si32(_mm_add_epi32(mins, _mm_shuffle_epi32(mins, 0b10_11_00_01)));
-                    let mut sumi = _mm256_setzero_si256();
+                    let m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+                    let mut sumi = [_mm256_setzero_si256(); T];
                     for j in 0..4 {
                         let (sc0, sc1) = ((sc >> (16 * j)) as u8, (sc >> (16 * j + 8)) as u8);
+                        let (sc0, sc1) = (_mm256_set1_epi16(sc0 as i16), _mm256_set1_epi16(sc1 as i16));
                         let q = load(wb.add(16 + 32 * j));
                         let lo = _mm256_and_si256(q, m4);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                        let p0 = _mm256_maddubs_epi16(lo, load(ab.add(4 + 64 * j)));
-                        let p1 = _mm256_maddubs_epi16(hi, load(ab.add(36 + 64 * j)));
-                        let p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16));
-                        let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16));
-                        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+                        for t in 0..T {
+                            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab[t].add(4 + 64 * j))), sc0);
+                            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab[t].add(36 + 64 * j))), sc1);
+                            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
+                        }
                     }
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(da * f16(wb)), _mm256_cvtepi32_ps(sumi), acc[r]);
-                    mins_acc[r] += da * f16(wb.add(2)) * mins as f32;
+                    let (dw, dmin) = (f16(wb), f16(wb.add(2)));
+                    for t in 0..T {
+                        let mins = _mm_madd_epi16(m16, pairs[t]);
+                        let mins = _mm_add_epi32(mins, _mm_shuffle_epi32(mins, 0b01_00_11_10));
+                        let mins = _mm_cvtsi128_si32(_mm_add_epi32(mins, _mm_shuffle_epi32(mins, 0b10_11_00_01)));
+                        let da = f32_at(ab[t]);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(da * dw), _mm256_cvtepi32_ps(sumi[t]), acc[r][t]);
+                        mins_acc[r][t] += da * dmin * mins as f32;
+                    }
                 }
             }
-            let mut out = [0f32; R];
+            let mut out = [[0f32; T]; R];
             for r in 0..R {
-                out[r] = hsum(acc[r]) - mins_acc[r];
+                for t in 0..T {
+                    out[r][t] = hsum(acc[r][t]) - mins_acc[r][t];
+                }
             }
             out
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn rows_q6_k<const R: usize>(n: usize, w: *const u8, stride: usize, a: *const u8) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
+        unsafe fn tile_q6_k<const R: usize, const T: usize>(
+            n: usize,
+            w: *const u8,
+            stride: usize,
+            a: *const u8,
+            astr: usize,
+        ) -> [[f32; T]; R] {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
             let (m4, m2) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3));
             for b in 0..n / 256 {
-                let ab = a.add(292 * b);
-                let bsums = ab.add(260) as *const i16;
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 292 * b));
+                for r in 0..R {
                     let wb = w.add(r * stride + 210 * b);
                     if R > 1 {
                         prefetch::<210>(wb.wrapping_add(2 * R * stride));
                     }
                     let sc = wb.add(192) as *const i8;
-                    let mut sumi = _mm256_setzero_si256();
+                    let mut sumi = [_mm256_setzero_si256(); T];
                     for h in 0..2 {
                         let (ql0, ql1, qh) =
                             (load(wb.add(64 * h)), load(wb.add(64 * h + 32)), load(wb.add(128 + 32 * h)));
@@ -263,31 +327,37 @@ macro_rules! x86_kernels {
                         for (k, q) in qs.into_iter().enumerate() {
                             let s = 8 * h + 2 * k;
                             let (s0, s1) = (sc.add(s).read() as i16, sc.add(s + 1).read() as i16);
-                            let p = _mm256_maddubs_epi16(q, load(ab.add(4 + 128 * h + 32 * k)));
                             let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
-                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale));
+                            for t in 0..T {
+                                let p = _mm256_maddubs_epi16(q, load(ab[t].add(4 + 128 * h + 32 * k)));
+                                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p, scale));
+                            }
                         }
                     }
                     // The - 32 of every q: 32 Σ_s sc_s Σ a over the sub-blocks of 16, lane-wise.
                     let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
-                    let offset = _mm256_madd_epi16(_mm256_loadu_si256(bsums as *const __m256i), scales16);
-                    let d = f32_at(ab) * f16(wb.add(208));
-                    let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+                    let dw = f16(wb.add(208));
+                    for t in 0..T {
+                        let bsums = ab[t].add(260) as *const __m256i;
+                        let offset = _mm256_madd_epi16(_mm256_loadu_si256(bsums), scales16);
+                        let sumi = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(offset, 5));
+                        acc[r][t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(f32_at(ab[t]) * dw), _mm256_cvtepi32_ps(sumi), acc[r][t]);
+                    }
                 }
             }
-            acc.map(|v| hsum(v))
+            acc.map(|row| row.map(|v| hsum(v)))
         }
 
-        /// One-row and four-row entry points of a row-generic kernel.
+        /// The entry points of a tile kernel: one row, four rows, and this path's prefill tile.
         macro_rules! entry {
-            ($one:ident, $four:ident, $rows:ident, $wblock:expr, $ablock:expr, $blk:expr) => {
+            ($one:ident, $four:ident, $tile:ident, $kernel:ident, $wblock:expr, $ablock:expr, $blk:expr) => {
                 /// # Safety
                 /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(n: usize, w: &[u8], a: &[u8]) -> f32 {
                     assert!(w.len() >= n / $blk * $wblock && a.len() >= n / $blk * $ablock);
-                    $rows::<1>(n, w.as_ptr(), 0, a.as_ptr())[0]
+                    $kernel::<1, 1>(n, w.as_ptr(), 0, a.as_ptr(), 0)[0][0]
                 }
 
                 /// # Safety
@@ -296,16 +366,30 @@ macro_rules! x86_kernels {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $four(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32; 4] {
                     assert!(w.len() >= 3 * stride + n / $blk * $wblock && a.len() >= n / $blk * $ablock);
-                    $rows::<4>(n, w.as_ptr(), stride, a.as_ptr())
+                    $kernel::<4, 1>(n, w.as_ptr(), stride, a.as_ptr(), 0).map(|r| r[0])
+                }
+
+                /// # Safety
+                /// The CPU has the target features; `w` holds [`TILE_ROWS`] rows `stride` bytes apart, `a`
+                /// [`TILE_TOKENS`] activation rows `astride` bytes apart; `out` takes the sums row by row.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $tile(n: usize, w: &[u8], stride: usize, a: &[u8], astride: usize, out: &mut [f32]) {
+                    assert!(w.len() >= (TILE_ROWS - 1) * stride + n / $blk * $wblock);
+                    assert!(a.len() >= (TILE_TOKENS - 1) * astride + n / $blk * $ablock);
+                    assert!(out.len() >= TILE_ROWS * TILE_TOKENS);
+                    let v = $kernel::<TILE_ROWS, TILE_TOKENS>(n, w.as_ptr(), stride, a.as_ptr(), astride);
+                    for (r, row) in v.iter().enumerate() {
+                        out[r * TILE_TOKENS..(r + 1) * TILE_TOKENS].copy_from_slice(row);
+                    }
                 }
             };
         }
-        entry!(dot_q4_0, dot4_q4_0, rows_q4_0, 18, 36, 32);
-        entry!(dot_q4_1, dot4_q4_1, rows_q4_1, 20, 40, 32);
-        entry!(dot_q5_0, dot4_q5_0, rows_q5_0, 22, 36, 32);
-        entry!(dot_q8_0, dot4_q8_0, rows_q8_0, 34, 36, 32);
-        entry!(dot_q4_k, dot4_q4_k, rows_q4_k, 144, 292, 256);
-        entry!(dot_q6_k, dot4_q6_k, rows_q6_k, 210, 292, 256);
+        entry!(dot_q4_0, dot4_q4_0, tile_q4_0_, tile_q4_0, 18, 36, 32);
+        entry!(dot_q4_1, dot4_q4_1, tile_q4_1_, tile_q4_1, 20, 40, 32);
+        entry!(dot_q5_0, dot4_q5_0, tile_q5_0_, tile_q5_0, 22, 36, 32);
+        entry!(dot_q8_0, dot4_q8_0, tile_q8_0_, tile_q8_0, 34, 36, 32);
+        entry!(dot_q4_k, dot4_q4_k, tile_q4_k_, tile_q4_k, 144, 292, 256);
+        entry!(dot_q6_k, dot4_q6_k, tile_q6_k_, tile_q6_k, 210, 292, 256);
 
         /// # Safety
         /// The CPU has the target features; `w` holds `n` f16 and `a` `n` f32 (n a multiple of 8).
@@ -340,7 +424,10 @@ macro_rules! x86_kernels {
         #[target_feature(enable = $feat)]
         unsafe fn exp8(x: __m256) -> __m256 {
             let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-            let k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            let k = _mm256_round_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
             let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), x);
             let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.121_944_4e-4), r);
             let mut p = _mm256_set1_ps(1.0 / 720.0);
@@ -359,7 +446,16 @@ macro_rules! x86_kernels {
         /// # Safety
         /// The CPU has the target features; `k` and `v` hold `n` rows of `stride`, `q` and `out` `hd` floats.
         #[target_feature(enable = $feat)]
-        pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+        pub unsafe fn attend(
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            stride: usize,
+            n: usize,
+            scale: f32,
+            scores: &mut Vec<f32>,
+            out: &mut [f32],
+        ) {
             let hd = q.len();
             assert!(hd % 8 == 0 && out.len() == hd && n >= 1);
             assert!(k.len() >= (n - 1) * stride + hd && v.len() >= (n - 1) * stride + hd);
