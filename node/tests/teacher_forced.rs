@@ -1,0 +1,69 @@
+//! Model-level agreement of the CPU backend, teacher-forced over a fixed text of ~670 tokens
+//! (`fixtures/teacher_text.txt`): the argmax at every position against llama.cpp's (fixtures made by
+//! `scripts/llama_cpp_fixture.py` with llama-cpp-python 0.3.36, same ids) and against the f32 reference computed
+//! here.
+//!
+//! Measured (2026-12-02): SmolLM2 agrees with llama.cpp at 97.0% of 677 positions and with the reference at
+//! ~96%; Qwen2.5-0.5B at 97.2% and ~97.8%. llama.cpp itself agrees with the f32 reference at only 97.6% on this
+//! text (both models): quantized activations move near ties either way. The floors below are those measured
+//! values less about one point, so a kernel or layout bug (which moves far more positions) fails them.
+
+mod common;
+
+use edge_node::cpu::CpuShard;
+use edge_node::gguf::Gguf;
+use edge_node::model::ModelConfig;
+use edge_node::reference::ReferenceShard;
+use edge_node::shard::{HeadOutput, Shard, ShardInput, ShardOutput};
+use edge_protocol::ShardSpec;
+
+fn fixture(name: &str) -> (Vec<u32>, Vec<u32>) {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    (ids("ids"), ids("top1"))
+}
+
+fn top1(shard: &mut dyn Shard, ids: &[u32]) -> Vec<u32> {
+    shard.open_sequence(1, ids.len()).unwrap();
+    match shard.forward(1, ShardInput::Tokens(ids), HeadOutput::ArgmaxAll).unwrap() {
+        ShardOutput::Tokens(t) => t,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn agreement(a: &[u32], b: &[u32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
+fn check(g: &Gguf, cfg: &ModelConfig, fixture_name: &str, what: &str) {
+    let (ids, llama) = fixture(fixture_name);
+    assert!(ids.len() >= 512, "the text is at least 512 tokens");
+    let whole = ShardSpec::whole(cfg.n_layers as u32);
+    let cpu = top1(&mut CpuShard::load(g, cfg, whole).unwrap(), &ids);
+    let reference = top1(&mut ReferenceShard::load(g, cfg, whole).unwrap(), &ids);
+    let (vs_llama, vs_reference) = (agreement(&cpu, &llama), agreement(&cpu, &reference));
+    println!(
+        "{what}: {} positions, top-1 agreement with llama.cpp {:.2}%, with the f32 reference {:.2}% \
+         (llama.cpp with the reference: {:.2}%)",
+        ids.len(),
+        100.0 * vs_llama,
+        100.0 * vs_reference,
+        100.0 * agreement(&llama, &reference)
+    );
+    assert!(vs_llama >= 0.96, "{what}: {:.2}% agreement with llama.cpp", 100.0 * vs_llama);
+    assert!(vs_reference >= 0.95, "{what}: {:.2}% agreement with the reference", 100.0 * vs_reference);
+}
+
+#[test]
+fn smollm2_agrees_with_llama_cpp_and_the_reference() {
+    let (g, cfg) = common::smollm2();
+    check(&g, &cfg, "llama_cpp_top1_smollm2.json", "SmolLM2-135M Q4_1");
+}
+
+#[test]
+fn qwen2_agrees_with_llama_cpp_and_the_reference() {
+    let (g, cfg) = common::qwen05();
+    check(&g, &cfg, "llama_cpp_top1_qwen05.json", "Qwen2.5-Coder-0.5B Q4_K_M");
+}
