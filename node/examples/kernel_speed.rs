@@ -29,7 +29,6 @@ fn main() {
                 / rows as f64;
             let blocks = (reps * w.len() / ty.block().1) as f64;
             let ns1 = t0.elapsed().as_secs_f64() * 1e9 / blocks;
-            let _ = one;
             let mut ns4 = f64::NAN;
             if let Some(d4) = k.dot4(ty) {
                 let t0 = Instant::now();
@@ -50,6 +49,3 @@ fn main() {
         }
     }
 }
-
-#[allow(dead_code)]
-fn unused() {}
