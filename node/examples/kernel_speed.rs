@@ -24,9 +24,6 @@ fn main() {
                     s += unsafe { dot(cols, &w[r * rb..], &a) };
                 }
             }
-            let one = t0.elapsed().as_secs_f64() / (reps * rows * w.len() / rows / ty.block().1 * 1) as f64
-                * rows as f64
-                / rows as f64;
             let blocks = (reps * w.len() / ty.block().1) as f64;
             let ns1 = t0.elapsed().as_secs_f64() * 1e9 / blocks;
             let mut ns4 = f64::NAN;
