@@ -15,6 +15,7 @@
 //! - [`sampler`]: greedy, temperature, top-k, top-p with a seed.
 //! - [`generate`]: the generation loop over a chain of shards, with timing.
 //! - [`bench`]: the `edge-node bench` measurements.
+//! - [`perplexity`]: `edge-node perplexity FILE`, as llama.cpp's tool computes it.
 //! - [`commands`]: the `generate` and `info` subcommands (the binary only parses arguments).
 //! - [`serve`]: `edge-node init` and `serve`: a device joins the cluster and advertises what it can do.
 //! - [`stage`]: a node's part of a plan: shipped tensors (cached by hash), the stage worker, pipes to neighbours.
@@ -31,6 +32,7 @@ pub mod gguf_writer;
 pub mod gpu;
 pub mod model;
 pub mod net;
+pub mod perplexity;
 pub mod quant;
 pub mod reference;
 pub mod sampler;

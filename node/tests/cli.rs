@@ -148,6 +148,23 @@ fn no_vulkan_adapter_says_how_to_install_one_and_auto_uses_the_cpu() {
     assert!(text(&out.stderr).contains("on cpu ("), "{}", text(&out.stderr));
 }
 
+/// `edge-node perplexity` refuses what it cannot score, with the reason.
+#[test]
+fn perplexity_errors_name_the_problem() {
+    let m = model();
+    let dir = std::env::temp_dir().join(format!("edge-ppl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "Too short.").unwrap();
+    let out = edge_node(&["perplexity", "-m", &m, "--backend", "cpu", short.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("fewer than one chunk of 512"), "{}", text(&out.stderr));
+    let out = edge_node(&["perplexity", "-m", &m, "--backend", "cpu", dir.join("missing.txt").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("missing.txt"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Models by short name (ollama style), the help that explains configuration, and RUST_LOG logs on stderr.
 #[test]
 fn short_model_names_help_and_logs() {
