@@ -7,14 +7,9 @@ use edge_protocol::ShardSpec;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
-use crate::shard::{check_input, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
-
-/// One sequence's KV cache for the layers of this shard.
-struct KvCache {
-    k: Vec<f32>, // (n_layers, capacity, kv_dim)
-    v: Vec<f32>, // (n_layers, capacity, kv_dim)
-    capacity: usize,
-}
+use crate::shard::{
+    check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
+};
 
 /// Per-layer vectors, read once at load (a few KiB each).
 struct LayerVectors {
@@ -27,7 +22,7 @@ struct LayerVectors {
 
 pub struct ReferenceShard {
     w: Weights,
-    seqs: Sequences<KvCache>,
+    seqs: Sequences<HostKv>,
 }
 
 /// What the forward pass reads: the memory-mapped model and the small vectors copied out of it.
@@ -67,7 +62,7 @@ impl Weights {
     /// the residual add.
     fn forward_layers(
         &self,
-        kv: &mut KvCache,
+        kv: &mut HostKv,
         pos0: usize,
         x: &mut [f32],
         reduce: &mut dyn Reducer,
@@ -96,7 +91,7 @@ impl Weights {
     /// The attention block of layer `li` for one position: writes the position's K and V to the cache and
     /// `out` (dim) = Wo · attention. Query and output widths are `n_heads * head_dim`, which for a tensor-parallel
     /// slice is less than `dim`.
-    fn attention(&self, li: usize, kv: &mut KvCache, pos: usize, x: &[f32], out: &mut [f32]) {
+    fn attention(&self, li: usize, kv: &mut HostKv, pos: usize, x: &[f32], out: &mut [f32]) {
         let (c, lt, lv) = (&self.cfg, &self.t.layers[li], &self.vectors[li]);
         let (hd, kv_dim, q_dim) = (c.head_dim, c.kv_dim(), c.n_heads * c.head_dim);
         let group = c.n_heads / c.n_kv_heads;
@@ -188,17 +183,7 @@ impl Shard for ReferenceShard {
     }
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
         self.seqs.check_open(&self.w.cfg, seq, capacity)?;
-        let n = self.w.t.layers.len() * capacity * self.w.cfg.kv_dim(); // bounded by the model's context
-        let alloc = || -> Option<Vec<f32>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(n).ok()?;
-            v.resize(n, 0.0);
-            Some(v)
-        };
-        let (Some(k), Some(v)) = (alloc(), alloc()) else {
-            return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
-        };
-        self.seqs.insert(seq, capacity, KvCache { k, v, capacity });
+        self.seqs.insert(seq, capacity, HostKv::alloc(self.w.t.layers.len(), capacity, self.w.cfg.kv_dim())?);
         Ok(())
     }
     fn close_sequence(&mut self, seq: SeqId) {

@@ -179,6 +179,31 @@ impl<S> Sequences<S> {
     }
 }
 
+/// A sequence's KV cache in host memory (the CPU backends): K and V of `(n_layers, capacity, kv_dim)` each.
+pub struct HostKv {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub capacity: usize,
+}
+
+impl HostKv {
+    /// Zeroed K and V for `capacity` positions, or a clear error when the memory is not there (the capacity is
+    /// bounded by the model's context, checked before).
+    pub fn alloc(n_layers: usize, capacity: usize, kv_dim: usize) -> Result<HostKv, ShardError> {
+        let n = n_layers * capacity * kv_dim;
+        let alloc = || -> Option<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            v.resize(n, 0.0);
+            Some(v)
+        };
+        let (Some(k), Some(v)) = (alloc(), alloc()) else {
+            return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
+        };
+        Ok(HostKv { k, v, capacity })
+    }
+}
+
 /// Shared check of a requested sequence capacity: at least one position, at most the model's context length
 /// (which also bounds every KV allocation that follows from it).
 pub fn check_capacity(cfg: &ModelConfig, capacity: usize) -> Result<(), ShardError> {

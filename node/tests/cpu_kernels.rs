@@ -259,18 +259,6 @@ fn models_of_every_type_match_the_reference() {
     });
     let (g, c) = mixed.load();
     check_model(&g, &c, "llama mixed");
-    // Qwen2.5's mix: Q/K/V of three types (three activation forms) in one fused job, K-quants elsewhere.
-    fn qwen_types(layer: Option<usize>, s: &str) -> GgmlType {
-        match (layer, s) {
-            (None, "token_embd") => GgmlType::Q4K,
-            (None, _) => GgmlType::Q6K,
-            (Some(_), "attn_q" | "attn_k") => GgmlType::Q5_0,
-            (Some(0), "attn_v") => GgmlType::Q8_0,
-            (Some(_), "attn_v") => GgmlType::Q6K,
-            (Some(l), "ffn_down") if l % 2 == 0 => GgmlType::Q6K,
-            _ => GgmlType::Q4K,
-        }
-    }
     let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) };
     let (g, c) = t.load();
     check_model(&g, &c, "qwen2 k-quants");

@@ -553,18 +553,7 @@ fn model_qwen2_bias_neox() {
 /// Q4_K and Q6_K elsewhere, a Q6_K head), on a width of whole 256-weight super-blocks.
 #[test]
 fn model_qwen2_k_quants() {
-    fn ty(layer: Option<usize>, s: &str) -> GgmlType {
-        match (layer, s) {
-            (None, "token_embd") => GgmlType::Q4K,
-            (None, _) => GgmlType::Q6K,
-            (Some(_), "attn_q" | "attn_k") => GgmlType::Q5_0,
-            (Some(0), "attn_v") => GgmlType::Q8_0,
-            (Some(_), "attn_v") => GgmlType::Q6K,
-            (Some(l), "ffn_down") if l % 2 == 0 => GgmlType::Q6K,
-            _ => GgmlType::Q4K,
-        }
-    }
-    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(ty) };
+    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) };
     let (g, cfg) = t.load();
     assert!(cfg.qkv_bias && !cfg.tied_embeddings && cfg.rope == RopeStyle::Neox);
     check_model(&g, &cfg, GpuOptions::default(), "qwen2 k-quants");

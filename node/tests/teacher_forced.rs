@@ -3,10 +3,11 @@
 //! `scripts/llama_cpp_fixture.py` with llama-cpp-python 0.3.36, same ids) and against the f32 reference computed
 //! here.
 //!
-//! Measured (2026-12-02): SmolLM2 agrees with llama.cpp at 97.0% of 677 positions and with the reference at
-//! ~96%; Qwen2.5-0.5B at 97.2% and ~97.8%. llama.cpp itself agrees with the f32 reference at only 97.6% on this
-//! text (both models): quantized activations move near ties either way. The floors below are those measured
-//! values less about one point, so a kernel or layout bug (which moves far more positions) fails them.
+//! Measured (2026-12-02, AVX-512 VNNI path; the AVX2 path gives the same): SmolLM2 agrees with llama.cpp at
+//! 97.05% of 677 positions and with the reference at 97.05%; Qwen2.5-0.5B at 97.17% and 97.77%. llama.cpp itself
+//! agrees with the f32 reference at only 97.6% on this text (both models): 8-bit activations move near ties
+//! either way. The floors below are those values less one to two points, so a kernel or layout bug (which moves
+//! far more positions) fails them, while a path's different float order does not.
 
 mod common;
 

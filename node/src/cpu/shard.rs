@@ -17,7 +17,9 @@ use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
 use crate::reference::{argmax, rmsnorm, silu};
-use crate::shard::{check_input, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{
+    check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
+};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -30,13 +32,6 @@ struct Layer {
     gate: Mat,
     up: Mat,
     down: Mat,
-}
-
-/// One sequence's KV cache for the shard's layers: `(n_layers, capacity, kv_dim)` each.
-struct Kv {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    capacity: usize,
 }
 
 /// Buffers reused across steps (sized for the largest step seen).
@@ -86,7 +81,7 @@ pub struct CpuShard {
     head: Option<(Vec<f32>, Mat)>,
     /// RoPE inverse frequencies `theta^(-2i / head_dim)`, as the reference computes them.
     freqs: Vec<f32>,
-    seqs: Sequences<Kv>,
+    seqs: Sequences<HostKv>,
     s: Scratch,
 }
 
@@ -356,17 +351,7 @@ impl Shard for CpuShard {
     }
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
         self.seqs.check_open(&self.cfg, seq, capacity)?;
-        let n = self.layers.len() * capacity * self.cfg.kv_dim(); // bounded by the model's context
-        let alloc = || -> Option<Vec<f32>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(n).ok()?;
-            v.resize(n, 0.0);
-            Some(v)
-        };
-        let (Some(k), Some(v)) = (alloc(), alloc()) else {
-            return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
-        };
-        self.seqs.insert(seq, capacity, Kv { k, v, capacity });
+        self.seqs.insert(seq, capacity, HostKv::alloc(self.layers.len(), capacity, self.cfg.kv_dim())?);
         Ok(())
     }
     fn close_sequence(&mut self, seq: SeqId) {

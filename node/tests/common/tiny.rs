@@ -166,3 +166,17 @@ pub fn top2_gap(l: &[f32]) -> f32 {
     s.sort_by(|a, b| b.total_cmp(a));
     s[0] - s.get(1).copied().unwrap_or(f32::NEG_INFINITY)
 }
+
+/// Qwen2.5's mix of types in a synthetic qwen2 model: Q/K/V of three types (Q5_0, Q8_0 in layer 0, Q6_K),
+/// K-quants elsewhere, a Q4_K embedding and a Q6_K head.
+pub fn qwen_types(layer: Option<usize>, s: &str) -> GgmlType {
+    match (layer, s) {
+        (None, "token_embd") => GgmlType::Q4K,
+        (None, _) => GgmlType::Q6K,
+        (Some(_), "attn_q" | "attn_k") => GgmlType::Q5_0,
+        (Some(0), "attn_v") => GgmlType::Q8_0,
+        (Some(_), "attn_v") => GgmlType::Q6K,
+        (Some(l), "ffn_down") if l % 2 == 0 => GgmlType::Q6K,
+        _ => GgmlType::Q4K,
+    }
+}
