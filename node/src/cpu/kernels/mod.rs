@@ -224,28 +224,4 @@ impl Kernels {
             _ => return None,
         })
     }
-
-    /// f32 dot product of two slices (attention scores).
-    pub fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
-        match self.isa {
-            // SAFETY: a detected path's features are present.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::dot(a, b) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { avx512::dot(a, b) },
-            _ => generic::dot(a, b),
-        }
-    }
-
-    /// y += a * x (attention's weighted sum of values).
-    pub fn axpy(self, y: &mut [f32], a: f32, x: &[f32]) {
-        match self.isa {
-            // SAFETY: a detected path's features are present.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::axpy(y, a, x) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { avx512::axpy(y, a, x) },
-            _ => generic::axpy(y, a, x),
-        }
-    }
 }

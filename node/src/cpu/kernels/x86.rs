@@ -518,51 +518,6 @@ macro_rules! x86_kernels {
                 i += 8 * w;
             }
         }
-
-        /// f32 dot product of two slices of any (equal) length.
-        ///
-        /// # Safety
-        /// The CPU has the target features.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-            let n = a.len().min(b.len());
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            let mut acc = _mm256_setzero_ps();
-            let mut i = 0;
-            while i + 8 <= n {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc);
-                i += 8;
-            }
-            let mut s = hsum(acc);
-            while i < n {
-                s += a[i] * b[i];
-                i += 1;
-            }
-            s
-        }
-
-        /// y += a * x.
-        ///
-        /// # Safety
-        /// The CPU has the target features.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-            let n = y.len().min(x.len());
-            let (py, px) = (y.as_mut_ptr(), x.as_ptr());
-            let av = _mm256_set1_ps(a);
-            let mut i = 0;
-            while i + 8 <= n {
-                _mm256_storeu_ps(
-                    py.add(i),
-                    _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
-                );
-                i += 8;
-            }
-            while i < n {
-                y[i] += a * x[i];
-                i += 1;
-            }
-        }
     };
 }
 
