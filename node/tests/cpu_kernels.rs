@@ -1,5 +1,5 @@
 //! Conformance of the native CPU backend against the f32 reference, on every instruction-set path this CPU has
-//! (generic everywhere; AVX2 and AVX-512 VNNI on x86-64 machines that have them).
+//! (generic everywhere; AVX2 and AVX-512 VNNI on x86-64, NEON and NEON dotprod on aarch64, where the CPU has them).
 //!
 //! # Tolerances
 //! A kernel computes `Σ w · x̂` where `x̂` is the activation row quantized to 8 bits per block (scale
@@ -38,6 +38,16 @@ const TYPES: [GgmlType; 8] = [
     GgmlType::F16,
     GgmlType::F32,
 ];
+
+/// Whether this CPU has a SIMD path the tests must cover (x86-64 with AVX2; every aarch64 has NEON).
+fn has_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2");
+    #[cfg(target_arch = "aarch64")]
+    return true;
+    #[allow(unreachable_code)]
+    false
+}
 
 fn every_path() -> Vec<Kernels> {
     Isa::available().into_iter().map(|i| Kernels::new(i).expect("an available path")).collect()
@@ -97,7 +107,12 @@ fn check_dot(ty: GgmlType, blocks: usize, w_scale: f32, x_scale: f32, seed: u64)
 
 #[test]
 fn every_type_on_every_path_matches_the_reference_dot() {
-    assert!(every_path().len() >= 2 || !cfg!(target_arch = "x86_64") || !is_x86_feature_detected!("avx2"));
+    let names: Vec<&str> = every_path().iter().map(|k| k.isa().name()).collect();
+    assert!(names.len() >= 2 || !has_simd(), "only {names:?}");
+    // The aarch64 run under qemu names the paths it must cover (qemu's CPU has them all).
+    for want in std::env::var("EDGE_CPU_EXPECT_PATHS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        assert!(names.contains(&want), "path {want} missing: this CPU has {names:?}");
+    }
     for ty in TYPES {
         for blocks in [1, 2, 3, 7] {
             check_dot(ty, blocks, 1.0, 1.0, blocks as u64 * 31 + ty as u64);
@@ -182,6 +197,42 @@ fn matmul_on_the_pool_equals_row_by_row_dots() {
                             let rb_ = tb.row_bytes(cols);
                             assert_eq!(got, kernel_dot(k, tb, &wb[r * rb_..][..rb_], xt), "{tb:?} row {r} token {t}");
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One head's attention on every path against softmax in f64: head sizes that are and are not multiples of the
+/// SIMD widths (8 on x86, 4 on ARM; others take the portable path), position counts around the four-position
+/// step and the eight-wide exp, score spreads wide enough that some weights underflow to zero.
+#[test]
+fn attention_matches_softmax_in_f64() {
+    let mut rng = Rng(11);
+    for k in every_path() {
+        for hd in [4, 8, 12, 64, 72, 6] {
+            for n in [1, 3, 4, 9, 37] {
+                for spread in [0.1, 10.0] {
+                    let stride = hd + 5;
+                    let q = rng.vec(hd, spread);
+                    let (kc, vc) = (rng.vec(n * stride, 1.0), rng.vec(n * stride, 1.0));
+                    let scale = 1.0 / (hd as f32).sqrt();
+                    let scores: Vec<f64> = (0..n)
+                        .map(|p| (0..hd).map(|i| q[i] as f64 * kc[p * stride + i] as f64).sum::<f64>() * scale as f64)
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    let (mut out, mut scratch) = (vec![f32::NAN; hd], Vec::new());
+                    k.attend(&q, &kc, &vc, stride, n, scale, &mut scratch, &mut out);
+                    for (i, &got) in out.iter().enumerate() {
+                        let want: f64 = (0..n).map(|p| e[p] / sum * vc[p * stride + i] as f64).sum();
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-5,
+                            "{:?} hd={hd} n={n} spread={spread} dim {i}: {got} vs {want}",
+                            k.isa()
+                        );
                     }
                 }
             }

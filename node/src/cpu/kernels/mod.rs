@@ -2,13 +2,24 @@
 //! - `generic.rs`: portable Rust, on every machine; the path every other one is tested against.
 //! - `avx2.rs`: AVX2 + FMA + F16C (x86-64 since 2013).
 //! - `avx512.rs`: AVX-512 VNNI on 256-bit vectors.
+//! - `neon.rs`: aarch64 NEON (every 64-bit ARM CPU).
+//! - `dotprod.rs`: aarch64 NEON with the dot-product extension (ARMv8.2+: Pi 5, Jetson Orin, recent phones).
 //!
-//! The x86 files share their bodies through `x86.rs`. [`Isa::detect`] picks the best the CPU has;
-//! `EDGE_CPU_ISA=generic|avx2|avx512` asks for a lower one (to compare them, or to rule one out).
+//! The x86 files share their bodies through `x86.rs`, the ARM ones through `arm.rs`. [`Isa::detect`] picks the best the CPU has;
+//! `EDGE_CPU_ISA=generic|avx2|avx512|neon|neon-dotprod` asks for a lower one (to compare them, or to rule one out).
 
 use crate::quant::GgmlType;
 
 pub mod generic;
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+
+#[cfg(target_arch = "aarch64")]
+pub mod dotprod;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -47,6 +58,8 @@ pub enum Isa {
     Generic,
     Avx2,
     Avx512Vnni,
+    Neon,
+    NeonDotprod,
 }
 
 impl Isa {
@@ -55,6 +68,8 @@ impl Isa {
             Isa::Generic => "generic",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -73,6 +88,13 @@ impl Isa {
                 {
                     v.push(Isa::Avx512Vnni);
                 }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            v.push(Isa::Neon); // part of the aarch64 baseline
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                v.push(Isa::NeonDotprod);
             }
         }
         v
@@ -144,6 +166,10 @@ impl Kernels {
             Isa::Avx2 => pick!(avx2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => pick!(avx512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => pick!(neon),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => pick!(dotprod),
             #[allow(unreachable_patterns)]
             _ => pick!(generic),
         })
@@ -169,12 +195,16 @@ impl Kernels {
             Isa::Avx2 => pick!(avx2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => pick!(avx512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => pick!(neon),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => pick!(dotprod),
             _ => return None,
         })
     }
 
-    /// One head's attention over `n` cache positions (see `generic::attend`); `hd` a multiple of 8 on the
-    /// SIMD paths (else the portable one runs).
+    /// One head's attention over `n` cache positions (see `generic::attend`); `hd` a multiple of 8 on the x86
+    /// paths, of 4 on the ARM ones (else the portable one runs).
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         self,
@@ -193,6 +223,10 @@ impl Kernels {
             Isa::Avx2 if q.len() % 8 == 0 => unsafe { avx2::attend(q, k, v, stride, n, scale, scores, out) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni if q.len() % 8 == 0 => unsafe { avx512::attend(q, k, v, stride, n, scale, scores, out) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if q.len() % 4 == 0 => unsafe { neon::attend(q, k, v, stride, n, scale, scores, out) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod if q.len() % 4 == 0 => unsafe { dotprod::attend(q, k, v, stride, n, scale, scores, out) },
             _ => generic::attend(q, k, v, stride, n, scale, scores, out),
         }
     }
@@ -221,7 +255,80 @@ impl Kernels {
             Isa::Avx2 => pick!(avx2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => pick!(avx512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => pick!(neon),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => pick!(dotprod),
             _ => return None,
         })
     }
 }
+
+/// Q4_K's eight 6-bit scales and eight 6-bit mins from their 12 packed bytes, one per byte (scale `s` in byte `s`
+/// of the first value, min `s` of the second), as ggml unpacks them.
+///
+/// # Safety
+/// `p` points at 12 readable bytes.
+#[allow(dead_code)] // used by the SIMD paths only
+#[inline]
+unsafe fn k4_scales_mins(p: *const u8) -> (u64, u64) {
+    let u = |i: usize| unsafe { (p.add(4 * i) as *const u32).read_unaligned() };
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let sc_lo = u0 & k1;
+    let sc_hi = (u2 & k2) | (((u0 >> 6) & k3) << 4);
+    let m_lo = u1 & k1;
+    let m_hi = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
+    (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
+}
+
+/// The public entry points of a SIMD path's tile kernels (`tile_q4_0::<R, T>` and the others, defined in the
+/// invoking module with its `TILE_ROWS` x `TILE_TOKENS` prefill tile): one row (`dot_*`), four rows (`dot4_*`,
+/// decode) and the prefill tile (`tile_*_`), each checking the slices' lengths before the raw-pointer kernel.
+macro_rules! entries {
+    ($feat:literal) => {
+        macro_rules! entry {
+            ($one:ident, $four:ident, $tile:ident, $kernel:ident, $wblock:expr, $ablock:expr, $blk:expr) => {
+                /// # Safety
+                /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $one(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                    assert!(w.len() >= n / $blk * $wblock && a.len() >= n / $blk * $ablock);
+                    $kernel::<1, 1>(n, w.as_ptr(), 0, a.as_ptr(), 0)[0][0]
+                }
+
+                /// # Safety
+                /// The CPU has the target features; `w` holds four rows of `n` elements `stride` bytes apart,
+                /// `a` one activation row of `n`.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $four(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32; 4] {
+                    assert!(w.len() >= 3 * stride + n / $blk * $wblock && a.len() >= n / $blk * $ablock);
+                    $kernel::<4, 1>(n, w.as_ptr(), stride, a.as_ptr(), 0).map(|r| r[0])
+                }
+
+                /// # Safety
+                /// The CPU has the target features; `w` holds [`TILE_ROWS`] rows `stride` bytes apart, `a`
+                /// [`TILE_TOKENS`] activation rows `astride` bytes apart; `out` takes the sums row by row.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $tile(n: usize, w: &[u8], stride: usize, a: &[u8], astride: usize, out: &mut [f32]) {
+                    assert!(w.len() >= (TILE_ROWS - 1) * stride + n / $blk * $wblock);
+                    assert!(a.len() >= (TILE_TOKENS - 1) * astride + n / $blk * $ablock);
+                    assert!(out.len() >= TILE_ROWS * TILE_TOKENS);
+                    let v = $kernel::<TILE_ROWS, TILE_TOKENS>(n, w.as_ptr(), stride, a.as_ptr(), astride);
+                    for (r, row) in v.iter().enumerate() {
+                        out[r * TILE_TOKENS..(r + 1) * TILE_TOKENS].copy_from_slice(row);
+                    }
+                }
+            };
+        }
+        entry!(dot_q4_0, dot4_q4_0, tile_q4_0_, tile_q4_0, 18, 36, 32);
+        entry!(dot_q4_1, dot4_q4_1, tile_q4_1_, tile_q4_1, 20, 40, 32);
+        entry!(dot_q5_0, dot4_q5_0, tile_q5_0_, tile_q5_0, 22, 36, 32);
+        entry!(dot_q8_0, dot4_q8_0, tile_q8_0_, tile_q8_0, 34, 36, 32);
+        entry!(dot_q4_k, dot4_q4_k, tile_q4_k_, tile_q4_k, 144, 292, 256);
+        entry!(dot_q6_k, dot4_q6_k, tile_q6_k_, tile_q6_k, 210, 292, 256);
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use entries;

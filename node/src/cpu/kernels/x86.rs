@@ -56,20 +56,7 @@ macro_rules! x86_kernels {
             }
         }
 
-        /// Q4_K's eight 6-bit scales and eight 6-bit mins from their 12 packed bytes, one per byte (scale `s` in
-        /// byte `s` of the first value, min `s` of the second), as ggml unpacks them.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn k4_scales_mins(p: *const u8) -> (u64, u64) {
-            let u = |i: usize| (p.add(4 * i) as *const u32).read_unaligned();
-            let (u0, u1, u2) = (u(0), u(1), u(2));
-            let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
-            let sc_lo = u0 & k1;
-            let sc_hi = (u2 & k2) | (((u0 >> 6) & k3) << 4);
-            let m_lo = u1 & k1;
-            let m_hi = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
-            (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
-        }
+        use super::k4_scales_mins;
 
         /// 16 bytes of packed nibbles as 32 bytes: low nibbles first, then high nibbles (GGML's order).
         #[inline]
@@ -349,47 +336,7 @@ macro_rules! x86_kernels {
             acc.map(|row| row.map(|v| hsum(v)))
         }
 
-        /// The entry points of a tile kernel: one row, four rows, and this path's prefill tile.
-        macro_rules! entry {
-            ($one:ident, $four:ident, $tile:ident, $kernel:ident, $wblock:expr, $ablock:expr, $blk:expr) => {
-                /// # Safety
-                /// The CPU has the target features; `w` and `a` hold `n` elements' blocks.
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $one(n: usize, w: &[u8], a: &[u8]) -> f32 {
-                    assert!(w.len() >= n / $blk * $wblock && a.len() >= n / $blk * $ablock);
-                    $kernel::<1, 1>(n, w.as_ptr(), 0, a.as_ptr(), 0)[0][0]
-                }
-
-                /// # Safety
-                /// The CPU has the target features; `w` holds four rows of `n` elements `stride` bytes apart,
-                /// `a` one activation row of `n`.
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $four(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32; 4] {
-                    assert!(w.len() >= 3 * stride + n / $blk * $wblock && a.len() >= n / $blk * $ablock);
-                    $kernel::<4, 1>(n, w.as_ptr(), stride, a.as_ptr(), 0).map(|r| r[0])
-                }
-
-                /// # Safety
-                /// The CPU has the target features; `w` holds [`TILE_ROWS`] rows `stride` bytes apart, `a`
-                /// [`TILE_TOKENS`] activation rows `astride` bytes apart; `out` takes the sums row by row.
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $tile(n: usize, w: &[u8], stride: usize, a: &[u8], astride: usize, out: &mut [f32]) {
-                    assert!(w.len() >= (TILE_ROWS - 1) * stride + n / $blk * $wblock);
-                    assert!(a.len() >= (TILE_TOKENS - 1) * astride + n / $blk * $ablock);
-                    assert!(out.len() >= TILE_ROWS * TILE_TOKENS);
-                    let v = $kernel::<TILE_ROWS, TILE_TOKENS>(n, w.as_ptr(), stride, a.as_ptr(), astride);
-                    for (r, row) in v.iter().enumerate() {
-                        out[r * TILE_TOKENS..(r + 1) * TILE_TOKENS].copy_from_slice(row);
-                    }
-                }
-            };
-        }
-        entry!(dot_q4_0, dot4_q4_0, tile_q4_0_, tile_q4_0, 18, 36, 32);
-        entry!(dot_q4_1, dot4_q4_1, tile_q4_1_, tile_q4_1, 20, 40, 32);
-        entry!(dot_q5_0, dot4_q5_0, tile_q5_0_, tile_q5_0, 22, 36, 32);
-        entry!(dot_q8_0, dot4_q8_0, tile_q8_0_, tile_q8_0, 34, 36, 32);
-        entry!(dot_q4_k, dot4_q4_k, tile_q4_k_, tile_q4_k, 144, 292, 256);
-        entry!(dot_q6_k, dot4_q6_k, tile_q6_k_, tile_q6_k, 210, 292, 256);
+        super::entries!($feat);
 
         /// # Safety
         /// The CPU has the target features; `w` holds `n` f16 and `a` `n` f32 (n a multiple of 8).
