@@ -162,48 +162,63 @@ pub fn read_bandwidth() -> f64 {
     5.0 * (words * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9
 }
 
-/// Decode on the CPU backend with every op timed: weight bytes, time and bandwidth per kind of op next to the
-/// machine's read bandwidth with the same threads.
+/// Prefill and decode on the CPU backend with every op timed: weight bytes, time and bandwidth per kind of op next
+/// to the machine's read bandwidth with the same threads.
 fn profile_cpu(m: &crate::backend::LoadedModel, prompt: &[u32], tokens: usize) -> anyhow::Result<()> {
+    use crate::shard::{HeadOutput, ShardInput, ShardOutput};
     let mut shard = crate::cpu::CpuShard::load(&m.gguf, &m.config, ShardSpec::whole(m.config.n_layers as u32))?;
-    shard.open_sequence(1, prompt.len() + tokens + 1)?;
-    let first = shard.forward(1, crate::shard::ShardInput::Tokens(prompt), crate::shard::HeadOutput::ArgmaxLast)?;
+    // A first sequence warms the pages and the pool; the second's prefill is timed.
+    for seq in [1, 2] {
+        shard.open_sequence(seq, prompt.len() + tokens + 1)?;
+    }
+    shard.forward(1, ShardInput::Tokens(prompt), HeadOutput::ArgmaxLast)?;
+    shard.set_profiling(true);
+    let t0 = std::time::Instant::now();
+    let first = shard.forward(2, ShardInput::Tokens(prompt), HeadOutput::ArgmaxLast)?;
+    let total = t0.elapsed().as_secs_f64();
+    let read = read_bandwidth();
+    println!("\ncpu prefill by op ({} tokens, one step), memory read {read:.1} GB/s:", prompt.len());
+    print_ops(&shard.profile(), 1, total, read, "ms/prompt");
     let mut next = match first {
-        crate::shard::ShardOutput::Tokens(t) => t[0],
+        ShardOutput::Tokens(t) => t[0],
         _ => 0,
     };
     shard.set_profiling(true);
     let t0 = std::time::Instant::now();
     for _ in 0..tokens {
-        if let crate::shard::ShardOutput::Tokens(t) =
-            shard.forward(1, crate::shard::ShardInput::Tokens(&[next]), crate::shard::HeadOutput::ArgmaxLast)?
-        {
+        if let ShardOutput::Tokens(t) = shard.forward(2, ShardInput::Tokens(&[next]), HeadOutput::ArgmaxLast)? {
             next = t[0];
         }
     }
-    let total = t0.elapsed().as_secs_f64() / tokens as f64;
-    let read = read_bandwidth();
+    let total = t0.elapsed().as_secs_f64();
     println!("\ncpu decode by op (per token, KV at {} positions), memory read {read:.1} GB/s:", prompt.len());
-    println!("  {:<16} {:>12} {:>10} {:>9} {:>8}", "op", "weights", "us/token", "GB/s", "vs read");
+    print_ops(&shard.profile(), tokens, total, read, "us/token");
+    Ok(())
+}
+
+/// One table row per kind of op: weight bytes, time and read bandwidth per `steps` (a prompt: ms; a token: us;
+/// a prompt's matmuls are compute-bound, so no bandwidth), then the ops' share of `total` seconds.
+fn print_ops(ops: &[crate::cpu::shard::OpStat], steps: usize, total: f64, read: f64, unit: &str) {
+    let per_unit = if steps == 1 { 1e6 } else { 1e3 }; // ns per printed unit
+    println!("  {:<16} {:>12} {:>10} {:>9} {:>8}", "op", "weights", unit, "GB/s", "vs read");
     let mut sum = 0.0;
-    for op in shard.profile() {
-        let us = op.nanos as f64 / 1e3 / tokens as f64;
-        sum += us;
-        let bytes = op.weight_bytes / tokens as u64;
-        let (gbps, ratio) = if bytes > 0 {
-            let g = bytes as f64 / (us * 1e3);
+    for op in ops {
+        let t = op.nanos as f64 / per_unit / steps as f64;
+        sum += op.nanos as f64 / 1e9;
+        let bytes = op.weight_bytes / steps as u64;
+        let (gbps, ratio) = if bytes > 0 && steps > 1 {
+            let g = bytes as f64 / (op.nanos as f64 / steps as f64);
             (format!("{g:.1}"), format!("{:.0}%", 100.0 * g / read))
         } else {
             ("-".into(), "-".into())
         };
-        println!("  {:<16} {:>12} {:>10.0} {:>9} {:>8}", op.op, human_bytes(bytes), us, gbps, ratio);
+        println!("  {:<16} {:>12} {:>10.1} {:>9} {:>8}", op.op, human_bytes(bytes), t, gbps, ratio);
     }
     println!(
-        "  ops {:.2} ms of {:.2} ms per token (the rest: norms, RoPE, quantizing, the pool's hand-offs)",
-        sum / 1e3,
-        total * 1e3
+        "  ops {:.2} ms of {:.2} ms per step (the rest: norms, RoPE, quantizing, the pool's hand-offs)",
+        sum * 1e3 / steps as f64,
+        total * 1e3 / steps as f64
     );
-    Ok(())
 }
 
 /// The wgpu backend's kernels (decode shape) against a copy kernel, and its end-to-end speed.

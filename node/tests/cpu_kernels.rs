@@ -346,3 +346,29 @@ fn steps_threads_and_shards_do_not_change_a_bit() {
     let h = hidden(a.forward(1, ShardInput::Tokens(&p), HeadOutput::LogitsLast).unwrap());
     assert_eq!(logits(b.forward(1, ShardInput::Hidden(&h), HeadOutput::LogitsLast).unwrap()), one, "two shards");
 }
+
+/// SwiGLU on every path against `x / (1 + e^-x) * u` in f64: both signs, large magnitudes (where e^-|x| underflows),
+/// zero, and lengths that leave a scalar tail.
+#[test]
+fn swiglu_matches_f64_on_every_path() {
+    let mut rng = Rng(5);
+    for k in every_path() {
+        for len in [1, 7, 8, 13, 64, 100] {
+            for spread in [0.5, 8.0, 200.0] {
+                let mut g = rng.vec(len, spread);
+                g[0] = 0.0;
+                let u = rng.vec(len, 2.0);
+                let want: Vec<f64> =
+                    g.iter().zip(&u).map(|(&x, &u)| x as f64 / (1.0 + (-(x as f64)).exp()) * u as f64).collect();
+                k.swiglu(&mut g, &u);
+                for (i, (&got, &want)) in g.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{:?} len={len} spread={spread} [{i}]: {got} vs {want}",
+                        k.isa()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! Distributed decode benchmark (not a test): real `edge-node serve` processes on 127.0.0.1 (wgpu) and
-//! `edge-coord run`, printing decode tok/s for 1, 2 and 3 pipeline stages and for 4 concurrent sequences on 3
-//! stages, each as a ratio against one node measured in the same run.
+//! Distributed decode benchmark (not a test): real `edge-node serve` processes on 127.0.0.1 and `edge-coord run`,
+//! printing decode tok/s for 1, 2 and 3 pipeline stages and for 4 concurrent sequences on 3 stages, each as a
+//! ratio against one node measured in the same run. Members run the CPU backend; `EDGE_BENCH_BACKEND=wgpu` starts
+//! them on wgpu instead.
 //!
 //! `cargo bench -p edge-tests --bench cluster` (after a workspace build: it runs the built binaries).
 //! Targets (issue #4): 3-stage pipeline >= 0.9x one node for one sequence (<= 1 ms added per hop); 4 concurrent
@@ -59,17 +60,24 @@ fn run(key: &str, nodes: &[&Node], stages: usize, sequences: usize, tokens: usiz
 }
 
 fn main() {
-    // Default lavapipe threads (every node uses both cores), then one thread per node: on this 2-core machine
-    // that is the closest to devices that do not share their compute.
-    bench(&[], "lavapipe threads: default (all cores per node)");
-    bench(&[("LP_NUM_THREADS", "1")], "lavapipe threads: 1 per node (LP_NUM_THREADS=1)");
+    // Default threads (every node uses all cores), then one thread per node: on a 2-core machine that is the
+    // closest to devices that do not share their compute.
+    let backend = std::env::var("EDGE_BENCH_BACKEND").unwrap_or_else(|_| "cpu".into());
+    if backend == "wgpu" {
+        bench("wgpu", &[], &[], "lavapipe threads: default (all cores per node)");
+        bench("wgpu", &[("LP_NUM_THREADS", "1")], &[], "lavapipe threads: 1 per node (LP_NUM_THREADS=1)");
+    } else {
+        bench(&backend, &[], &[], "threads: default (all cores per node)");
+        bench(&backend, &[], &["--threads", "1"], "threads: 1 per node (--threads 1)");
+    }
 }
 
-fn bench(env: &[(&str, &str)], label: &str) {
+fn bench(backend: &str, env: &[(&str, &str)], extra: &[&str], label: &str) {
     let tokens = 64;
     let key = new_key();
-    let start =
-        |peers: &[&str]| Node::start(&key, NodeSpec { peers, backend: Some("wgpu"), env, ..Default::default() });
+    let start = |peers: &[&str]| {
+        Node::start(&key, NodeSpec { peers, backend: Some(backend), env, extra, ..Default::default() })
+    };
     let a = start(&[]);
     let b = start(&[&a.addr]);
     let c = start(&[&a.addr]);
@@ -80,7 +88,7 @@ fn bench(env: &[(&str, &str)], label: &str) {
     let two = run(&key, &nodes, 2, 1, tokens);
     let three = run(&key, &nodes, 3, 1, tokens);
     let four_seq = run(&key, &nodes, 3, 4, tokens);
-    println!("\ndecode, SmolLM2-135M Q4_1, wgpu, {tokens} tokens, nodes on 127.0.0.1 (same run); {label}:");
+    println!("\ndecode, SmolLM2-135M Q4_1, {backend}, {tokens} tokens, nodes on 127.0.0.1 (same run); {label}:");
     println!("{:<34} {:>10} {:>10} {:>12} {:>10}", "configuration", "tok/s", "ms/token", "vs 1 node", "predicted");
     let row = |name: &str, r: &Run, tps: f64, predicted: f64| {
         println!(

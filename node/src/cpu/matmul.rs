@@ -103,6 +103,56 @@ impl Acts {
         self.slots.truncate(n.max(1));
     }
 
+    /// For every token row `t` of `x` `(n, cols)`: `form(t, row)` writes the row in place (a norm, SwiGLU, or
+    /// nothing), then it is quantized for every matrix in `mats`. With several rows (prefill) the rows are
+    /// spread over the pool; each row takes the same operations either way, so the bits never depend on it.
+    pub fn form_and_quantize(
+        &mut self,
+        pool: &Pool,
+        x: &mut [f32],
+        cols: usize,
+        mats: &[&Mat],
+        form: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        let n = x.len() / cols;
+        let mut types: Vec<ActType> = Vec::with_capacity(mats.len());
+        for m in mats {
+            if !types.contains(&m.act) {
+                types.push(m.act);
+            }
+        }
+        self.slots.resize_with(types.len().max(1), QuantizedRows::default);
+        for (slot, &ty) in self.slots.iter_mut().zip(&types) {
+            slot.ty = Some(ty);
+            slot.row_bytes = ty.row_bytes(cols);
+            slot.data.resize(n * slot.row_bytes, 0);
+        }
+        let xs = Out(x.as_mut_ptr());
+        let outs: Vec<(ActType, usize, Bytes)> =
+            self.slots.iter_mut().zip(&types).map(|(s, &ty)| (ty, s.row_bytes, Bytes(s.data.as_mut_ptr()))).collect();
+        let (xs, outs, form) = (&xs, &outs, &form);
+        let row = move |t: usize| {
+            // SAFETY: row t of x and of every slot (sized above) is touched by this call only.
+            let xr = unsafe { std::slice::from_raw_parts_mut(xs.0.add(t * cols), cols) };
+            form(t, xr);
+            for &(ty, rb, ref o) in outs {
+                ty.quantize_row(xr, unsafe { std::slice::from_raw_parts_mut(o.0.add(t * rb), rb) });
+            }
+        };
+        if n == 1 {
+            row(0);
+        } else {
+            let next = AtomicUsize::new(0);
+            pool.run(&|_| loop {
+                let t = next.fetch_add(1, Ordering::Relaxed);
+                if t >= n {
+                    return;
+                }
+                row(t);
+            });
+        }
+    }
+
     fn get(&self, act: ActType) -> &QuantizedRows {
         self.slots.iter().find(|s| s.ty == Some(act)).expect("activations quantized for every matrix")
     }
@@ -113,6 +163,11 @@ impl Acts {
 struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
+
+/// The same for quantized rows.
+struct Bytes(*mut u8);
+unsafe impl Send for Bytes {}
+unsafe impl Sync for Bytes {}
 
 /// Runs `outs[i] (n, mats[i].rows) = x · mats[i]ᵀ` for every matrix as one pool job. `model` is the bytes the
 /// matrices' ranges index; `acts` holds `x` quantized for each of them (see [`Acts::quantize`]).

@@ -16,7 +16,7 @@ use super::pool::Pool;
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
-use crate::reference::{argmax, rmsnorm, silu};
+use crate::reference::{argmax, rmsnorm};
 use crate::shard::{
     check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
 };
@@ -197,11 +197,10 @@ impl CpuShard {
         let cap = kv.capacity;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention: norm + quantize, then Q, K, V in one job.
-            let xb = resize(&mut s.xb, n * dim);
-            for (o, xi) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                rmsnorm(o, xi, &l.attn_norm, c.rms_eps);
-            }
-            s.acts.quantize(xb, dim, &[&l.wq, &l.wk, &l.wv]);
+            let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
+            s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.wq, &l.wk, &l.wv], |t, o| {
+                rmsnorm(o, &xr[t * dim..][..dim], &l.attn_norm, c.rms_eps)
+            });
             let (q, k, v) = (resize(&mut s.q, n * q_dim), resize(&mut s.k, n * kv_dim), resize(&mut s.v, n * kv_dim));
             let bytes = l.wq.range.len() + l.wk.range.len() + l.wv.range.len();
             timed(&mut s.prof, 0, bytes, || {
@@ -233,7 +232,7 @@ impl CpuShard {
             timed(&mut s.prof, 1, 0, || {
                 attention(&self.pool, self.kernels, c, &kv.k[layer_off..], &kv.v[layer_off..], q, pos0, n, att)
             });
-            s.acts.quantize(att, q_dim, &[&l.wo]);
+            s.acts.form_and_quantize(&self.pool, att, q_dim, &[&l.wo], |_, _| {});
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 2, l.wo.range.len(), || {
                 matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta])
@@ -242,17 +241,16 @@ impl CpuShard {
             x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
 
             // Feed-forward: norm + quantize, gate and up in one job, SwiGLU + quantize, down.
-            let xb = resize(&mut s.xb, n * dim);
-            for (o, xi) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                rmsnorm(o, xi, &l.ffn_norm, c.rms_eps);
-            }
-            s.acts.quantize(xb, dim, &[&l.gate, &l.up]);
+            let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
+            s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.gate, &l.up], |t, o| {
+                rmsnorm(o, &xr[t * dim..][..dim], &l.ffn_norm, c.rms_eps)
+            });
             let (gate, up) = (resize(&mut s.gate, n * ffn), resize(&mut s.up, n * ffn));
             timed(&mut s.prof, 3, l.gate.range.len() + l.up.range.len(), || {
                 matmul(&self.pool, model, &[&l.gate, &l.up], &s.acts, n, &mut [&mut *gate, &mut *up])
             });
-            gate.iter_mut().zip(up.iter()).for_each(|(g, u)| *g = silu(*g) * u);
-            s.acts.quantize(gate, ffn, &[&l.down]);
+            let (up, kern) = (&*up, self.kernels);
+            s.acts.form_and_quantize(&self.pool, gate, ffn, &[&l.down], |t, g| kern.swiglu(g, &up[t * ffn..][..ffn]));
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 4, l.down.range.len(), || {
                 matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta])
@@ -268,10 +266,9 @@ impl CpuShard {
         let (norm, out) = self.head.as_ref().expect("head shard");
         let dim = self.cfg.dim;
         let xb = resize(&mut self.s.xb, rows.len() * dim);
-        for (o, &r) in xb.chunks_exact_mut(dim).zip(rows) {
-            rmsnorm(o, &x[r * dim..][..dim], norm, self.cfg.rms_eps);
-        }
-        self.s.acts.quantize(xb, dim, &[out]);
+        self.s.acts.form_and_quantize(&self.pool, xb, dim, &[out], |i, o| {
+            rmsnorm(o, &x[rows[i] * dim..][..dim], norm, self.cfg.rms_eps)
+        });
         let mut logits = vec![0.0; rows.len() * out.rows];
         let (pool, model, acts) = (&self.pool, self.gguf.bytes(), &self.s.acts);
         timed(&mut self.s.prof, 5, out.range.len(), || {

@@ -326,6 +326,28 @@ macro_rules! arm_kernels {
             vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(e), keep))
         }
 
+        /// SwiGLU in place: `g = silu(g) u`, four at a time. silu(x) = x σ(x), with σ(x) = 1 / (1 + e^-x) for
+        /// x >= 0 and e^x / (1 + e^x) below, so exp4 only sees -|x|. The tail goes through the scalar formula.
+        ///
+        /// # Safety
+        /// The CPU has the target features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn swiglu(g: &mut [f32], u: &[f32]) {
+            assert_eq!(g.len(), u.len());
+            let (pg, pu, n) = (g.as_mut_ptr(), u.as_ptr(), g.len());
+            let one = vdupq_n_f32(1.0);
+            let mut i = 0;
+            while i + 4 <= n {
+                let x = vld1q_f32(pg.add(i));
+                let e = exp4(vnegq_f32(vabsq_f32(x))); // e^-|x|
+                let num = vbslq_f32(vcltzq_f32(x), e, one);
+                let sig = vdivq_f32(num, vaddq_f32(one, e));
+                vst1q_f32(pg.add(i), vmulq_f32(vmulq_f32(x, sig), vld1q_f32(pu.add(i))));
+                i += 4;
+            }
+            super::generic::swiglu(&mut g[i..], &u[i..]);
+        }
+
         /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`,
         /// `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 4.
         ///

@@ -185,6 +185,12 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
 
+/// SwiGLU in place: `g = silu(g) u` (the reference's formula).
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len());
+    g.iter_mut().zip(u).for_each(|(g, u)| *g = crate::reference::silu(*g) * u);
+}
+
 /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`, `v_p`
 /// at `p * stride` in `k`, `v`; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]

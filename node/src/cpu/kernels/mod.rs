@@ -84,6 +84,7 @@ impl Isa {
                 v.push(Isa::Avx2);
                 if is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
                 {
                     v.push(Isa::Avx512Vnni);
@@ -228,6 +229,22 @@ impl Kernels {
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod if q.len() % 4 == 0 => unsafe { dotprod::attend(q, k, v, stride, n, scale, scores, out) },
             _ => generic::attend(q, k, v, stride, n, scale, scores, out),
+        }
+    }
+
+    /// SwiGLU in place, `g = silu(g) u` (see `generic::swiglu`).
+    pub fn swiglu(self, g: &mut [f32], u: &[f32]) {
+        match self.isa {
+            // SAFETY: a detected path's features are present; the kernel checks the lengths.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::swiglu(g, u) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { avx512::swiglu(g, u) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::swiglu(g, u) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => unsafe { dotprod::swiglu(g, u) },
+            _ => generic::swiglu(g, u),
         }
     }
 

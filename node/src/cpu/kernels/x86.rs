@@ -2,12 +2,14 @@
 //! expand [`x86_kernels!`] with their target features and their `mul_add` (u8 x i8 products summed in fours into
 //! i32 lanes: `maddubs` + `madd` on AVX2, one `vpdpbusd` with AVX-512 VNNI).
 //!
-//! Block by block, each kernel forms the same integer sums as `generic.rs` (nibbles unpacked to bytes, signed
-//! products through the `sign` trick: |x| * sign(y, x)), then adds `d_w d_a * sum` into a float accumulator.
+//! Block by block, each kernel forms the same integer sums as `generic.rs` (nibbles unpacked to bytes; signed
+//! products through the `sign` trick, |x| * sign(y, x), or, for Q4_0 and Q5_0, unsigned weights q + k and an
+//! exact `-k Σ y` correction), then adds `d_w d_a * sum` into a float accumulator.
 //! Weights are prefetched eight rows ahead (the hardware prefetchers alone stall at every chunk start).
 
-/// Expands the kernels in the invoking module. It must define `mul_add(acc, u8s, i8s) -> acc` with the same
-/// target features, and name the features as the macro's argument.
+/// Expands the kernels in the invoking module. It must define `mul_add(acc, u8s, i8s) -> acc` and
+/// `fifth_bits(u32) -> 32 bytes, 16 where the bit is set` with the same target features, and name the features
+/// as the macro's argument.
 macro_rules! x86_kernels {
     ($feat:literal, $tile_rows:literal, $tile_tokens:literal) => {
         /// Weight rows of this path's prefill tile.
@@ -69,21 +71,20 @@ macro_rules! x86_kernels {
             _mm256_set_m128i(hi, lo)
         }
 
-        /// 32 bits as 32 bytes: 0xFF where the bit is set.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn bits_to_bytes(x: u32) -> __m256i {
-            let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
-            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
-            let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-            _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
-        }
-
         // Each quantized kernel is written once as a tile: R weight rows x T activation rows (tokens). Each weight
         // block is unpacked once for the T tokens (prefill), each activation block loaded once for the R rows,
         // and the R x T sums are independent chains that hide the instruction latencies. Every (row, token) sum
         // takes the same operations in the same order whatever the tile, so results never depend on it. Exposed
         // as one row (`dot_*`), four rows (`dot4_*`, decode) and the ISA's tile (`tile_*`, prefill).
+
+        /// `-k Σ y` in each i32 lane (over the lane's four bytes): the seed of a block's sums when its weights
+        /// are taken as unsigned `u = q + k`, since `Σ u y - k Σ y = Σ q y` exactly, lane by lane. Formed once
+        /// per activation block for all the tile's rows; it saves the sign trick's two `sign` per product.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn offset_seed(k: __m256i, y: __m256i) -> __m256i {
+            _mm256_sub_epi32(_mm256_setzero_si256(), mul_add(_mm256_setzero_si256(), k, y))
+        }
 
         #[inline]
         #[target_feature(enable = $feat)]
@@ -99,15 +100,16 @@ macro_rules! x86_kernels {
             for b in 0..n / 32 {
                 let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 36 * b));
                 let y: [__m256i; T] = std::array::from_fn(|t| load(ab[t].add(4)));
+                let seed: [__m256i; T] = std::array::from_fn(|t| offset_seed(eight, y[t]));
                 for r in 0..R {
                     let wb = w.add(r * stride + 18 * b);
                     if R > 1 {
                         prefetch::<18>(wb.wrapping_add(2 * R * stride));
                     }
-                    let q = _mm256_sub_epi8(nibbles(wb.add(2)), eight);
-                    let (ax, dw) = (_mm256_sign_epi8(q, q), f16(wb));
+                    // q + 8: the stored nibble.
+                    let (u, dw) = (nibbles(wb.add(2)), f16(wb));
                     for t in 0..T {
-                        let s = mul_add(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y[t], q));
+                        let s = mul_add(seed[t], u, y[t]);
                         acc[r][t] =
                             _mm256_fmadd_ps(_mm256_set1_ps(dw * f32_at(ab[t])), _mm256_cvtepi32_ps(s), acc[r][t]);
                     }
@@ -163,21 +165,21 @@ macro_rules! x86_kernels {
             astr: usize,
         ) -> [[f32; T]; R] {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
-            let f0 = _mm256_set1_epi8(0xF0u8 as i8);
+            let sixteen = _mm256_set1_epi8(16);
             for b in 0..n / 32 {
                 let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 36 * b));
                 let y: [__m256i; T] = std::array::from_fn(|t| load(ab[t].add(4)));
+                let seed: [__m256i; T] = std::array::from_fn(|t| offset_seed(sixteen, y[t]));
                 for r in 0..R {
                     let wb = w.add(r * stride + 22 * b);
                     if R > 1 {
                         prefetch::<22>(wb.wrapping_add(2 * R * stride));
                     }
-                    let high = bits_to_bytes((wb.add(2) as *const u32).read_unaligned());
-                    // Where the fifth bit is clear, q - 16 is the nibble with its top four bits set.
-                    let q = _mm256_or_si256(nibbles(wb.add(6)), _mm256_andnot_si256(high, f0));
-                    let (ax, dw) = (_mm256_sign_epi8(q, q), f16(wb));
+                    // q + 16: the nibble with the fifth bit above it.
+                    let fifth = fifth_bits((wb.add(2) as *const u32).read_unaligned());
+                    let (u, dw) = (_mm256_or_si256(nibbles(wb.add(6)), fifth), f16(wb));
                     for t in 0..T {
-                        let s = mul_add(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y[t], q));
+                        let s = mul_add(seed[t], u, y[t]);
                         acc[r][t] =
                             _mm256_fmadd_ps(_mm256_set1_ps(dw * f32_at(ab[t])), _mm256_cvtepi32_ps(s), acc[r][t]);
                     }
@@ -385,6 +387,27 @@ macro_rules! x86_kernels {
             let e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
             // Below -87 (e^-87 ~ 1.6e-38) the weight is 0.
             _mm256_and_ps(e, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0), _CMP_GT_OQ))
+        }
+
+        /// SwiGLU in place: `g = silu(g) u`, eight at a time. silu(x) = x σ(x), with σ(x) = 1 / (1 + e^-x) for
+        /// x >= 0 and e^x / (1 + e^x) below, so exp8 only sees -|x|. The tail goes through the scalar formula.
+        ///
+        /// # Safety
+        /// The CPU has the target features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn swiglu(g: &mut [f32], u: &[f32]) {
+            assert_eq!(g.len(), u.len());
+            let (pg, pu, n) = (g.as_mut_ptr(), u.as_ptr(), g.len());
+            let one = _mm256_set1_ps(1.0);
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(pg.add(i));
+                let e = exp8(_mm256_or_ps(x, _mm256_set1_ps(-0.0))); // e^-|x|
+                let sig = _mm256_div_ps(_mm256_blendv_ps(one, e, x), _mm256_add_ps(one, e));
+                _mm256_storeu_ps(pg.add(i), _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(pu.add(i))));
+                i += 8;
+            }
+            super::generic::swiglu(&mut g[i..], &u[i..]);
         }
 
         /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`,

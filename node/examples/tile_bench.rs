@@ -1,0 +1,42 @@
+//! Prefill GEMM microbenchmark of one weight type on one thread: `cargo run --release --example tile_bench -- TYPE`
+//! (q4_0, q4_1, q5_0, q8_0, q4_k, q6_k). Prints G multiply-adds per second, best of the repeats.
+use edge_node::cpu::kernels::Kernels;
+use edge_node::cpu::matmul::{matmul, Acts, Mat};
+use edge_node::cpu::pool::Pool;
+use edge_node::quant::{quantize_row, GgmlType};
+
+fn main() {
+    let ty = match std::env::args().nth(1).as_deref().unwrap_or("q5_0") {
+        "q4_0" => GgmlType::Q4_0,
+        "q4_1" => GgmlType::Q4_1,
+        "q8_0" => GgmlType::Q8_0,
+        "q4_k" => GgmlType::Q4K,
+        "q6_k" => GgmlType::Q6K,
+        _ => GgmlType::Q5_0,
+    };
+    let n: usize = std::env::var("N").map_or(128, |v| v.parse().unwrap());
+    let (rows, cols) = (1024, 1024);
+    let mut seed = 1u64;
+    let mut rnd = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    let mut w = Vec::new();
+    for _ in 0..rows {
+        let row: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+        w.extend(quantize_row(ty, &row));
+    }
+    let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+    let m = Mat::raw(ty, rows, cols, Kernels::detect()).unwrap();
+    let mut acts = Acts::default();
+    acts.quantize(&x, cols, &[&m]);
+    let pool = Pool::new(1);
+    let mut out = vec![0f32; n * rows];
+    let mut best = f64::MAX;
+    for _ in 0..30 {
+        let t0 = std::time::Instant::now();
+        matmul(&pool, &w, &[&m], &acts, n, &mut [&mut out]);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    println!("{ty:?}: {:.1} GMAC/s", (rows * cols * n) as f64 / best / 1e9);
+}
