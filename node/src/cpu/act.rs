@@ -114,15 +114,11 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes the rows of `x` (`(n, cols)`, `cols` a multiple of the type's block) into this buffer.
-    pub fn quantize(&mut self, ty: ActType, x: &[f32], cols: usize) {
-        let n = x.len() / cols;
+    /// Takes type `ty` and room for `n` rows of `cols` (a multiple of the type's block).
+    pub fn reset(&mut self, ty: ActType, n: usize, cols: usize) {
         self.ty = Some(ty);
         self.row_bytes = ty.row_bytes(cols);
         self.data.resize(n * self.row_bytes, 0);
-        for (xr, o) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(self.row_bytes)) {
-            ty.quantize_row(xr, o);
-        }
     }
 
     pub fn row(&self, i: usize) -> &[u8] {

@@ -87,20 +87,30 @@ pub struct Acts {
 }
 
 impl Acts {
-    /// Quantizes `x` `(n, cols)` for every type in `mats`.
-    pub fn quantize(&mut self, x: &[f32], cols: usize, mats: &[&Mat]) {
-        let mut n = 0;
+    /// One slot per activation type the matrices in `mats` take, with room for `n` rows of `cols`; returns the
+    /// types in slot order.
+    fn prepare(&mut self, n: usize, cols: usize, mats: &[&Mat]) -> Vec<ActType> {
+        let mut types: Vec<ActType> = Vec::with_capacity(mats.len());
         for m in mats {
-            if self.slots[..n].iter().any(|s| s.ty == Some(m.act)) {
-                continue;
+            if !types.contains(&m.act) {
+                types.push(m.act);
             }
-            if self.slots.len() == n {
-                self.slots.push(QuantizedRows::default());
-            }
-            self.slots[n].quantize(m.act, x, cols);
-            n += 1;
         }
-        self.slots.truncate(n.max(1));
+        self.slots.resize_with(types.len().max(1), QuantizedRows::default);
+        for (slot, &ty) in self.slots.iter_mut().zip(&types) {
+            slot.reset(ty, n, cols);
+        }
+        types
+    }
+
+    /// Quantizes `x` `(n, cols)` for every type in `mats`, on the calling thread.
+    pub fn quantize(&mut self, x: &[f32], cols: usize, mats: &[&Mat]) {
+        let types = self.prepare(x.len() / cols, cols, mats);
+        for (slot, ty) in self.slots.iter_mut().zip(types) {
+            for (xr, o) in x.chunks_exact(cols).zip(slot.data.chunks_exact_mut(slot.row_bytes)) {
+                ty.quantize_row(xr, o);
+            }
+        }
     }
 
     /// For every token row `t` of `x` `(n, cols)`: `form(t, row)` writes the row in place (a norm, SwiGLU, or
@@ -115,18 +125,7 @@ impl Acts {
         form: impl Fn(usize, &mut [f32]) + Sync,
     ) {
         let n = x.len() / cols;
-        let mut types: Vec<ActType> = Vec::with_capacity(mats.len());
-        for m in mats {
-            if !types.contains(&m.act) {
-                types.push(m.act);
-            }
-        }
-        self.slots.resize_with(types.len().max(1), QuantizedRows::default);
-        for (slot, &ty) in self.slots.iter_mut().zip(&types) {
-            slot.ty = Some(ty);
-            slot.row_bytes = ty.row_bytes(cols);
-            slot.data.resize(n * slot.row_bytes, 0);
-        }
+        let types = self.prepare(n, cols, mats);
         let xs = Out(x.as_mut_ptr());
         let outs: Vec<(ActType, usize, Bytes)> =
             self.slots.iter_mut().zip(&types).map(|(s, &ty)| (ty, s.row_bytes, Bytes(s.data.as_mut_ptr()))).collect();

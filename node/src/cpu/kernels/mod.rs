@@ -5,8 +5,9 @@
 //! - `neon.rs`: aarch64 NEON (every 64-bit ARM CPU).
 //! - `dotprod.rs`: aarch64 NEON with the dot-product extension (ARMv8.2+: Pi 5, Jetson Orin, recent phones).
 //!
-//! The x86 files share their bodies through `x86.rs`, the ARM ones through `arm.rs`. [`Isa::detect`] picks the best the CPU has;
-//! `EDGE_CPU_ISA=generic|avx2|avx512|neon|neon-dotprod` asks for a lower one (to compare them, or to rule one out).
+//! The x86 files share their bodies through `x86.rs`, the ARM ones through `arm.rs`. [`Isa::detect`] picks the
+//! best the CPU has; `EDGE_CPU_ISA=generic|avx2|avx512|neon|neon-dotprod` asks for a lower one (to compare them,
+//! or to rule one out).
 
 use crate::quant::GgmlType;
 
