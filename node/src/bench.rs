@@ -147,11 +147,15 @@ pub fn read_bandwidth() -> f64 {
     let parts = pool.threads();
     let read = || {
         let sum = std::sync::atomic::AtomicU64::new(0);
-        pool.run(&|i| {
-            let part = &buf[i * words / parts..(i + 1) * words / parts];
-            let s = part.iter().fold(0u64, |a, &x| a.wrapping_add(x));
-            sum.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
-        });
+        pool.tasks(
+            parts,
+            || (),
+            |_, i| {
+                let part = &buf[i * words / parts..(i + 1) * words / parts];
+                let s = part.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+                sum.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+            },
+        );
         std::hint::black_box(sum.into_inner());
     };
     read();

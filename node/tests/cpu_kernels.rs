@@ -241,26 +241,55 @@ fn attention_matches_softmax_in_f64() {
 }
 
 #[test]
-fn the_pool_runs_every_index_once_sleeps_between_jobs_and_survives_a_panic() {
+fn the_pool_runs_every_task_once_sleeps_between_jobs_and_survives_a_panic() {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
     let pool = Pool::new(3);
-    for round in 0..50 {
-        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-        pool.run(&|i| {
-            hits[i].fetch_add(1, Ordering::Relaxed);
-        });
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
+    let caller = std::thread::current().id();
+    let mut workers_joined = false;
+    for round in 0..200 {
+        let n = 1 + round % 37;
+        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        let threads = Mutex::new(std::collections::HashSet::new());
+        let scratches = AtomicUsize::new(0);
+        pool.tasks(
+            n,
+            || {
+                scratches.fetch_add(1, Ordering::Relaxed);
+                std::thread::current().id()
+            },
+            |me, i| {
+                assert_eq!(*me, std::thread::current().id(), "scratch belongs to the thread");
+                hits[i].fetch_add(1, Ordering::Relaxed);
+                threads.lock().unwrap().insert(*me);
+                if round % 4 == 0 {
+                    std::thread::sleep(SPIN); // long enough tasks that the workers join
+                }
+            },
+        );
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}: every task exactly once");
+        let threads = threads.into_inner().unwrap();
+        assert_eq!(scratches.load(Ordering::Relaxed), threads.len(), "one scratch per thread that took part");
+        assert!(threads.len() <= 3);
+        workers_joined |= threads.iter().any(|&t| t != caller);
         if round % 10 == 0 {
             std::thread::sleep(SPIN * 20); // workers go to sleep and must wake for the next job
         }
     }
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(&|i| assert!(i != 2, "worker 2 fails"))));
-    assert!(r.is_err(), "a worker's panic reaches the caller");
+    assert!(workers_joined, "the workers take tasks too");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.tasks(64, || (), |_, i| assert!(i != 40, "task 40 fails"))
+    }));
+    assert!(r.is_err(), "a task's panic reaches the caller");
     let count = AtomicUsize::new(0);
-    pool.run(&|_| {
-        count.fetch_add(1, Ordering::Relaxed);
-    });
-    assert_eq!(count.load(Ordering::Relaxed), 3, "the pool still works after a panic");
+    pool.tasks(
+        100,
+        || (),
+        |_, _| {
+            count.fetch_add(1, Ordering::Relaxed);
+        },
+    );
+    assert_eq!(count.load(Ordering::Relaxed), 100, "the pool still works after a panic");
 }
 
 fn max_abs(v: &[f32]) -> f32 {

@@ -8,7 +8,6 @@
 //! the same bits, so results never depend on the thread count.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::act::{ActType, QuantizedRows};
 use super::kernels::{Dot4Fn, DotFn, Kernels, TileFn};
@@ -141,14 +140,7 @@ impl Acts {
         if n == 1 {
             row(0);
         } else {
-            let next = AtomicUsize::new(0);
-            pool.run(&|_| loop {
-                let t = next.fetch_add(1, Ordering::Relaxed);
-                if t >= n {
-                    return;
-                }
-                row(t);
-            });
+            pool.tasks(n, || (), |_, t| row(t));
         }
     }
 
@@ -182,12 +174,7 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
     }
     let total = *starts.last().unwrap();
     let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
-    let next = AtomicUsize::new(0);
-    let job = |_: usize| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= total {
-            return;
-        }
+    let job = |_: &mut (), c: usize| {
         let mi = starts.partition_point(|&s| s <= c) - 1;
         let (m, out) = (mats[mi], ptrs[mi]);
         let a = acts.get(m.act);
@@ -246,5 +233,5 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
             }
         }
     };
-    pool.run(&job);
+    pool.tasks(total, || (), job);
 }

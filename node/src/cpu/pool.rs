@@ -1,9 +1,12 @@
-//! A persistent pool of worker threads that runs one job at a time on every thread (the caller included).
+//! A persistent pool of worker threads that runs one job at a time on the caller and whichever workers join it.
 //!
-//! A job is a closure called once per thread with the thread's index; jobs split work themselves (an atomic
-//! counter of row chunks). Between jobs a worker spins for [`SPIN`] (a forward pass issues jobs every few
-//! microseconds), then sleeps on a condition variable, so an idle node never burns a core another node on the
-//! same machine needs. One process-wide pool ([`global`]) serves every shard of the process, one job at a time.
+//! A job is split into tasks that threads claim from an atomic counter ([`Pool::tasks`]), so it needs no
+//! particular thread: the caller runs tasks until none is left, then closes the job, and waits only for the
+//! workers that joined before that. A worker the OS has not scheduled yet (several nodes sharing a machine, more
+//! threads than cores) skips the closed job instead of holding the caller until it runs. Between jobs a worker
+//! spins for [`SPIN`] (a forward pass issues jobs every few microseconds), then sleeps on a condition variable,
+//! so an idle node never burns a core another node on the same machine needs. One process-wide pool
+//! ([`global`]) serves every shard of the process, one job at a time.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,14 +20,18 @@ pub const SPIN: Duration = Duration::from_micros(100);
 
 type Job = *const (dyn Fn(usize) + Sync);
 
+/// `Shared::state`: the job's generation in the high 32 bits, [`CLOSED`], and the workers running it below.
+const CLOSED: u64 = 1 << 31;
+const ACTIVE: u64 = CLOSED - 1;
+
 struct Shared {
-    /// Bumped once per job; a worker runs the job when it sees a new value.
-    epoch: AtomicU64,
-    /// The current job, written before `epoch` moves and read after (the caller waits for every worker, so
-    /// the closure outlives every use).
+    /// Generation (bumped once per job), closed flag and the count of workers running the job. A worker joins
+    /// the job by incrementing the count while the flag is clear; the caller sets the flag when no task is left
+    /// and waits for the count to reach 0.
+    state: AtomicU64,
+    /// The current job, written before the generation moves and read by workers that joined (the caller waits
+    /// for them, so the closure outlives every use).
     job: UnsafeCell<Option<Job>>,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
     sleepers: AtomicUsize,
     wake: (Mutex<()>, Condvar),
     caller_sleeps: AtomicBool,
@@ -33,8 +40,8 @@ struct Shared {
     stop: AtomicBool,
 }
 
-// SAFETY: `job` is written only by the caller holding `Pool::run_lock` while no worker reads it (pending == 0),
-// and read by workers only between an epoch change and their `pending` decrement.
+// SAFETY: `job` is written only by the caller holding `Pool::run_lock` while no worker runs a job (the previous
+// one is closed with no worker active), and read by workers only between joining and leaving a job.
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
@@ -48,9 +55,8 @@ impl Pool {
     /// A pool of `threads` threads in all: the caller and `threads - 1` workers.
     pub fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
+            state: AtomicU64::new(CLOSED),
             job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             wake: (Mutex::new(()), Condvar::new()),
             caller_sleeps: AtomicBool::new(false),
@@ -75,30 +81,50 @@ impl Pool {
         self.workers.len() + 1
     }
 
-    /// Runs `f(i)` for every thread index `i` in `0..threads()` at once (`0` on the caller) and returns when all
-    /// have finished. A panic in any of them is raised here.
+    /// Runs `f(scratch, i)` for every task `i` in `0..n`, each once, on the caller and the workers that join;
+    /// every thread that takes part makes its own `scratch()` first. Returns when all tasks have finished; a
+    /// panic in any of them is raised here.
+    pub fn tasks<S>(&self, n: usize, scratch: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) + Sync) {
+        let next = AtomicUsize::new(0);
+        self.run(&|_| {
+            let mut s = None;
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= n {
+                    return;
+                }
+                f(s.get_or_insert_with(&scratch), i);
+            }
+        });
+    }
+
+    /// Runs `f(i)` on the caller (`i = 0`) and on any of the workers (`i` = the worker's index) that join
+    /// before the caller's `f` returns, and returns when every call has finished. `f` must therefore split its
+    /// work dynamically: when the caller's call returns, no work may be left that only another index would do.
+    /// A panic in any call is raised here.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
         if self.workers.is_empty() {
             return f(0);
         }
         let _one_job = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: no worker reads `job` now (pending is 0 between jobs); the lifetime is erased because `run`
-        // does not return before every worker is done with it.
+        // SAFETY: no worker reads `job` now (the last job is closed and none is active); the lifetime is erased
+        // because `run` does not return before every worker that joined is done with it.
         unsafe { *s.job.get() = Some(std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f)) };
-        s.pending.store(self.workers.len(), SeqCst);
-        s.epoch.fetch_add(1, SeqCst);
+        let generation = (s.state.load(SeqCst) >> 32).wrapping_add(1) & 0xffff_ffff;
+        s.state.store(generation << 32, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.1.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        s.state.fetch_or(CLOSED, SeqCst);
         wait_until(
-            || s.pending.load(Acquire) == 0,
+            || s.state.load(Acquire) & ACTIVE == 0,
             || {
                 let mut g = s.done.0.lock().unwrap_or_else(|e| e.into_inner());
                 s.caller_sleeps.store(true, SeqCst);
-                while s.pending.load(SeqCst) != 0 {
+                while s.state.load(SeqCst) & ACTIVE != 0 {
                     g = s.done.1.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
                 s.caller_sleeps.store(false, SeqCst);
@@ -129,14 +155,14 @@ fn wait_until(ready: impl Fn() -> bool, sleep: impl FnOnce()) {
 }
 
 fn worker(s: &Shared, index: usize) {
-    let mut seen = 0;
+    let mut seen = s.state.load(SeqCst) >> 32;
     loop {
         wait_until(
-            || s.epoch.load(Acquire) != seen || s.stop.load(Relaxed),
+            || s.state.load(Acquire) >> 32 != seen || s.stop.load(Relaxed),
             || {
                 let mut g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, SeqCst);
-                while s.epoch.load(SeqCst) == seen && !s.stop.load(SeqCst) {
+                while s.state.load(SeqCst) >> 32 == seen && !s.stop.load(SeqCst) {
                     g = s.wake.1.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
                 s.sleepers.fetch_sub(1, SeqCst);
@@ -145,13 +171,28 @@ fn worker(s: &Shared, index: usize) {
         if s.stop.load(SeqCst) {
             return;
         }
-        seen = s.epoch.load(Acquire);
-        // SAFETY: set before the epoch moved; the caller keeps it alive until `pending` reaches 0.
-        let job = unsafe { (*s.job.get()).expect("a job with the epoch") };
+        // Join the newest job unless the caller has closed it (then all its tasks are taken: skip it).
+        let mut cur = s.state.load(SeqCst);
+        let joined = loop {
+            seen = cur >> 32;
+            if cur & CLOSED != 0 {
+                break false;
+            }
+            match s.state.compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst) {
+                Ok(_) => break true,
+                Err(now) => cur = now,
+            }
+        };
+        if !joined {
+            continue;
+        }
+        // SAFETY: set before the generation moved; the caller keeps it alive until no joined worker is active.
+        let job = unsafe { (*s.job.get()).expect("a job with the generation") };
         if catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(index) })).is_err() {
             s.panicked.store(true, SeqCst);
         }
-        if s.pending.fetch_sub(1, SeqCst) == 1 && s.caller_sleeps.load(SeqCst) {
+        let before = s.state.fetch_sub(1, SeqCst);
+        if before & ACTIVE == 1 && before & CLOSED != 0 && s.caller_sleeps.load(SeqCst) {
             let _g = s.done.0.lock().unwrap_or_else(|e| e.into_inner());
             s.done.1.notify_one();
         }

@@ -315,25 +315,17 @@ fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let out = Out(att.as_mut_ptr());
     let out = &out;
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let job = |_: usize| {
-        let mut scores = Vec::with_capacity(pos0 + n);
-        loop {
-            let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if task >= n * nh {
-                return;
-            }
-            let (t, h) = (task / nh, task % nh);
-            let last = pos0 + t;
-            let qh = &q[t * q_dim + h * hd..][..hd];
-            let kvh = h / group;
-            // SAFETY: task (t, h) alone writes these hd elements.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-            let (k, v) = (&k[kvh * hd..], &v[kvh * hd..]);
-            kern.attend(qh, k, v, kv_dim, last + 1, scale, &mut scores, o);
-        }
+    let job = |scores: &mut Vec<f32>, task: usize| {
+        let (t, h) = (task / nh, task % nh);
+        let last = pos0 + t;
+        let qh = &q[t * q_dim + h * hd..][..hd];
+        let kvh = h / group;
+        // SAFETY: task (t, h) alone writes these hd elements.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
+        let (k, v) = (&k[kvh * hd..], &v[kvh * hd..]);
+        kern.attend(qh, k, v, kv_dim, last + 1, scale, scores, o);
     };
-    pool.run(&job);
+    pool.tasks(n * nh, || Vec::with_capacity(pos0 + n), job);
 }
 
 impl Shard for CpuShard {
