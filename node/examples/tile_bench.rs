@@ -1,5 +1,6 @@
 //! Prefill GEMM microbenchmark of one weight type on one thread: `cargo run --release --example tile_bench -- TYPE`
-//! (q4_0, q4_1, q5_0, q8_0, q4_k, q6_k). Prints G multiply-adds per second, best of the repeats.
+//! (q4_0, q4_1, q5_0, q8_0, q4_k, q6_k). Prints G multiply-adds per second, best of the repeats. `N` tokens
+//! (128), a `ROWS` x `COLS` matrix (1024 x 1024).
 use edge_node::cpu::kernels::Kernels;
 use edge_node::cpu::matmul::{matmul, Acts, Mat};
 use edge_node::cpu::pool::Pool;
@@ -15,7 +16,8 @@ fn main() {
         _ => GgmlType::Q5_0,
     };
     let n: usize = std::env::var("N").map_or(128, |v| v.parse().unwrap());
-    let (rows, cols) = (1024, 1024);
+    let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+    let (rows, cols) = (env("ROWS", 1024), env("COLS", 1024));
     let mut seed = 1u64;
     let mut rnd = || {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -103,6 +103,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .then(|| (median(llama.iter().map(|r| r.0).collect()), median(llama.iter().map(|r| r.1).collect())));
 
     profile_cpu(&m, &prompt, args.tokens)?;
+    batched_decode(&m, &prompt, args.tokens.min(32))?;
 
     let gpu = if args.wgpu { Some(wgpu_section(&m, &request(args.tokens), args.tokens)?) } else { None };
     let reference = if args.reference {
@@ -197,6 +198,52 @@ fn profile_cpu(m: &crate::backend::LoadedModel, prompt: &[u32], tokens: usize) -
     let total = t0.elapsed().as_secs_f64();
     println!("\ncpu decode by op (per token, KV at {} positions), memory read {read:.1} GB/s:", prompt.len());
     print_ops(&shard.profile(), tokens, total, read, "us/token");
+    Ok(())
+}
+
+/// Decode throughput of one CPU shard with B sequences batched into every step (continuous batching: one read
+/// of the weights serves every sequence), against one sequence.
+fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize) -> anyhow::Result<()> {
+    use crate::shard::{HeadOutput, NoReduce, ShardInput, ShardOutput, Step};
+    let mut shard = crate::cpu::CpuShard::load(&m.gguf, &m.config, ShardSpec::whole(m.config.n_layers as u32))?;
+    println!(
+        "
+cpu decode with B sequences batched in every step ({steps} steps, KV at {} positions):",
+        prompt.len()
+    );
+    println!("  {:>3} {:>14} {:>14} {:>10}", "B", "ms/step", "tok/s (sum)", "vs B=1");
+    let mut one = 0.0;
+    for b in [1u64, 2, 4, 8, 16] {
+        let mut next = vec![0u32; b as usize];
+        for seq in 0..b {
+            shard.open_sequence(seq, prompt.len() + steps + 1)?;
+            let out = shard.forward(seq, ShardInput::Tokens(prompt), HeadOutput::ArgmaxLast)?;
+            if let ShardOutput::Tokens(t) = out {
+                next[seq as usize] = t[0];
+            }
+        }
+        let t0 = std::time::Instant::now();
+        for _ in 0..steps {
+            let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let batch: Vec<Step> = (0..b)
+                .map(|seq| Step { seq, input: ShardInput::Tokens(&ids[seq as usize]), want: HeadOutput::ArgmaxLast })
+                .collect();
+            for (n, out) in next.iter_mut().zip(shard.forward_batch(&batch, &mut NoReduce)?) {
+                if let ShardOutput::Tokens(t) = out {
+                    *n = t[0];
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let tps = (b as usize * steps) as f64 / secs;
+        if b == 1 {
+            one = tps;
+        }
+        println!("  {b:>3} {:>14.2} {tps:>14.1} {:>9.2}x", 1e3 * secs / steps as f64, tps / one);
+        for seq in 0..b {
+            shard.close_sequence(seq);
+        }
+    }
     Ok(())
 }
 

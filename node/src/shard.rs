@@ -86,6 +86,14 @@ impl Reducer for NoReduce {
     }
 }
 
+/// One sequence's part of a batched step ([`Shard::forward_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    pub seq: SeqId,
+    pub input: ShardInput<'a>,
+    pub want: HeadOutput,
+}
+
 pub trait Shard {
     fn spec(&self) -> ShardSpec;
     fn config(&self) -> &ModelConfig;
@@ -113,6 +121,23 @@ pub trait Shard {
         want: HeadOutput,
         reduce: &mut dyn Reducer,
     ) -> Result<ShardOutput, ShardError>;
+    /// Runs the steps of several different sequences as one batch (continuous batching): each output is what
+    /// [`Shard::forward_reduce`] of that step alone returns. A backend that batches (the CPU backend: one weight
+    /// read for all rows) checks every step before it runs any, so a bad step changes no sequence; this default
+    /// runs them one after the other.
+    fn forward_batch(&mut self, steps: &[Step<'_>], reduce: &mut dyn Reducer) -> Result<Vec<ShardOutput>, ShardError> {
+        check_distinct(steps)?;
+        steps.iter().map(|s| self.forward_reduce(s.seq, s.input, s.want, reduce)).collect()
+    }
+}
+
+/// A batch names each sequence at most once (a sequence's steps are ordered; a batch has no order).
+pub fn check_distinct(steps: &[Step<'_>]) -> Result<(), ShardError> {
+    let mut seen = std::collections::HashSet::new();
+    match steps.iter().find(|s| !seen.insert(s.seq)) {
+        Some(s) => Err(ShardError::BadInput(format!("sequence {} appears twice in one batch", s.seq))),
+        None => Ok(()),
+    }
 }
 
 /// One sequence on a shard: the backend's KV state, the positions it holds and the positions it may hold.

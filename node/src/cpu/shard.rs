@@ -4,7 +4,8 @@
 //! Per layer, four pool jobs: Q/K/V together, attention (token x head tasks), the output projection, gate/up
 //! together, and the down projection; in between, the caller does the cheap row work in one pass each (norm +
 //! quantize, bias + RoPE + KV write, SwiGLU + quantize). A tensor-parallel slice sums its partial outputs through
-//! the [`Reducer`] twice per layer, as every backend does.
+//! the [`Reducer`] twice per layer, as every backend does. A step may carry several sequences (continuous
+//! batching, [`Shard::forward_batch`]): their rows share every matmul and attend over their own caches.
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
 use crate::reference::{argmax, rmsnorm};
 use crate::shard::{
-    check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
+    check_distinct, check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput,
+    ShardOutput, Step,
 };
 
 struct Layer {
@@ -179,22 +181,26 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// One sequence's rows in a batched step: rows `row0 .. row0 + n` of the step are its positions `pos0 ..`.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    seq: SeqId,
+    pos0: usize,
+    row0: usize,
+    n: usize,
+}
+
 impl CpuShard {
-    /// Positions `pos0 .. pos0 + n` through the layers; `x` `(n, dim)` is the residual stream, updated in place.
-    fn forward_layers(
-        &mut self,
-        seq: SeqId,
-        pos0: usize,
-        x: &mut [f32],
-        reduce: &mut dyn Reducer,
-    ) -> Result<(), ShardError> {
+    /// A batched step's rows through the layers; `x` `(rows, dim)` is the residual stream, updated in place, and
+    /// `segs` says which sequence and positions its rows are. Every row's arithmetic is the same whatever else is
+    /// in the batch (the matmul's sums do not depend on the tile), so batching never changes a token.
+    fn forward_layers(&mut self, segs: &[Seg], x: &mut [f32], reduce: &mut dyn Reducer) -> Result<(), ShardError> {
         let c = &self.cfg;
         let (dim, hd, kv_dim, q_dim, ffn) = (c.dim, c.head_dim, c.kv_dim(), c.n_heads * c.head_dim, c.ffn_dim);
         let n = x.len() / dim;
         let model = self.gguf.bytes();
         let s = &mut self.s;
-        let kv = &mut self.seqs.get_mut(seq)?.kv;
-        let cap = kv.capacity;
+        let seqs = &mut self.seqs;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention: norm + quantize, then Q, K, V in one job.
             let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
@@ -207,31 +213,39 @@ impl CpuShard {
                 matmul(&self.pool, model, &[&l.wq, &l.wk, &l.wv], &s.acts, n, &mut [&mut *q, &mut *k, &mut *v])
             });
 
-            // Bias, RoPE and the KV write, one token at a time.
-            let layer_off = li * cap * kv_dim;
-            for t in 0..n {
-                let pos = pos0 + t;
-                let (qt, kt, vt) =
-                    (&mut q[t * q_dim..][..q_dim], &mut k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
-                for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1])] {
-                    if let Some(b) = b {
-                        x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            // Bias, RoPE and the KV write, one token at a time, each into its sequence's cache.
+            for g in segs {
+                let kv = &mut seqs.get_mut(g.seq)?.kv;
+                let layer_off = li * kv.capacity * kv_dim;
+                for (i, t) in (g.row0..g.row0 + g.n).enumerate() {
+                    let (qt, kt, vt) =
+                        (&mut q[t * q_dim..][..q_dim], &mut k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
+                    for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1])] {
+                        if let Some(b) = b {
+                            x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        }
                     }
-                }
-                rope(qt, kt, pos, hd, &self.freqs, c.rope);
-                let row = layer_off + pos * kv_dim;
-                kv.k[row..row + kv_dim].copy_from_slice(kt);
-                kv.v[row..row + kv_dim].copy_from_slice(vt);
-                if let Some(b) = &l.bias[2] {
-                    kv.v[row..row + kv_dim].iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    rope(qt, kt, g.pos0 + i, hd, &self.freqs, c.rope);
+                    let row = layer_off + (g.pos0 + i) * kv_dim;
+                    kv.k[row..row + kv_dim].copy_from_slice(kt);
+                    kv.v[row..row + kv_dim].copy_from_slice(vt);
+                    if let Some(b) = &l.bias[2] {
+                        kv.v[row..row + kv_dim].iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    }
                 }
             }
 
-            // Attention over the cache: one task per (token, head).
+            // Attention over each sequence's cache: one task per (token, head).
+            let caches = segs
+                .iter()
+                .map(|g| {
+                    let kv = &seqs.get(g.seq)?.kv;
+                    let off = li * kv.capacity * kv_dim;
+                    Ok(Cache { k: &kv.k[off..], v: &kv.v[off..], pos0: g.pos0, row0: g.row0 })
+                })
+                .collect::<Result<Vec<_>, ShardError>>()?;
             let att = resize(&mut s.att, n * q_dim);
-            timed(&mut s.prof, 1, 0, || {
-                attention(&self.pool, self.kernels, c, &kv.k[layer_off..], &kv.v[layer_off..], q, pos0, n, att)
-            });
+            timed(&mut s.prof, 1, 0, || attention(&self.pool, self.kernels, c, &caches, q, att));
             s.acts.form_and_quantize(&self.pool, att, q_dim, &[&l.wo], |_, _| {});
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 2, l.wo.range.len(), || {
@@ -295,21 +309,19 @@ fn rope(q: &mut [f32], k: &mut [f32], pos: usize, hd: usize, freqs: &[f32], styl
     }
 }
 
-/// `att (n, q_dim)`: each token's heads attend over the cache positions up to their own (causal), with grouped
-/// K/V heads. `k`, `v` are the layer's cache from position 0.
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    pool: &Pool,
-    kern: Kernels,
-    c: &ModelConfig,
-    k: &[f32],
-    v: &[f32],
-    q: &[f32],
+/// A layer's cache of one sequence in a batched step (from position 0), and where its rows are.
+struct Cache<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
     pos0: usize,
-    n: usize,
-    att: &mut [f32],
-) {
+    row0: usize,
+}
+
+/// `att (rows, q_dim)`: each row's heads attend over its sequence's cache positions up to its own (causal), with
+/// grouped K/V heads. `caches` are sorted by `row0`, the first at row 0.
+fn attention(pool: &Pool, kern: Kernels, c: &ModelConfig, caches: &[Cache], q: &[f32], att: &mut [f32]) {
     let (hd, kv_dim, nh) = (c.head_dim, c.kv_dim(), c.n_heads);
+    let n = att.len() / (nh * hd);
     let q_dim = nh * hd;
     let group = nh / c.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -317,15 +329,16 @@ fn attention(
     let out = &out;
     let job = |scores: &mut Vec<f32>, task: usize| {
         let (t, h) = (task / nh, task % nh);
-        let last = pos0 + t;
+        let g = &caches[caches.partition_point(|g| g.row0 <= t) - 1];
+        let last = g.pos0 + (t - g.row0);
         let qh = &q[t * q_dim + h * hd..][..hd];
         let kvh = h / group;
         // SAFETY: task (t, h) alone writes these hd elements.
         let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-        let (k, v) = (&k[kvh * hd..], &v[kvh * hd..]);
+        let (k, v) = (&g.k[kvh * hd..], &g.v[kvh * hd..]);
         kern.attend(qh, k, v, kv_dim, last + 1, scale, scores, o);
     };
-    pool.tasks(n * nh, || Vec::with_capacity(pos0 + n), job);
+    pool.tasks(n * nh, Vec::new, job);
 }
 
 impl Shard for CpuShard {
@@ -360,34 +373,62 @@ impl Shard for CpuShard {
         want: HeadOutput,
         reduce: &mut dyn Reducer,
     ) -> Result<ShardOutput, ShardError> {
-        let n = check_input(&self.spec, &self.cfg, &input)?;
+        let mut out = self.forward_batch(&[Step { seq, input, want }], reduce)?;
+        Ok(out.pop().expect("one output per step"))
+    }
+
+    /// All steps' rows go through each matmul together (one read of the weights); each row attends over its own
+    /// sequence's cache. Every step is checked before any runs.
+    fn forward_batch(&mut self, steps: &[Step<'_>], reduce: &mut dyn Reducer) -> Result<Vec<ShardOutput>, ShardError> {
+        check_distinct(steps)?;
         let dim = self.cfg.dim;
-        let pos0 = self.seqs.with_room(seq, n)?.len;
-        let mut x = match input {
-            ShardInput::Tokens(t) => {
-                let e = self.embed.as_ref().expect("embedding shard");
-                let (rb, data) = (e.ty.row_bytes(dim), self.gguf.data(e));
-                let mut x = vec![0.0; t.len() * dim];
-                for (&tok, xr) in t.iter().zip(x.chunks_exact_mut(dim)) {
-                    dequantize_row(e.ty, &data[tok as usize * rb..][..rb], xr);
-                }
-                x
-            }
-            ShardInput::Hidden(h) => h.to_vec(),
-        }; // (n, dim)
-        self.forward_layers(seq, pos0, &mut x, reduce)?;
-        self.seqs.get_mut(seq)?.len += n;
-        if !self.spec.head {
-            return Ok(ShardOutput::Hidden(x));
+        let mut segs = Vec::with_capacity(steps.len());
+        let mut rows = 0;
+        for s in steps {
+            let n = check_input(&self.spec, &self.cfg, &s.input)?;
+            let pos0 = self.seqs.with_room(s.seq, n)?.len;
+            segs.push(Seg { seq: s.seq, pos0, row0: rows, n });
+            rows += n;
         }
-        let vocab = self.cfg.vocab;
-        Ok(match want {
-            HeadOutput::ArgmaxAll => {
-                let rows: Vec<usize> = (0..n).collect();
-                ShardOutput::Tokens(self.head(&x, &rows).chunks_exact(vocab).map(argmax).collect())
+        let mut x = vec![0.0; rows * dim]; // (rows, dim)
+        for (s, g) in steps.iter().zip(&segs) {
+            let xs = &mut x[g.row0 * dim..(g.row0 + g.n) * dim];
+            match s.input {
+                ShardInput::Tokens(t) => {
+                    let e = self.embed.as_ref().expect("embedding shard");
+                    let (rb, data) = (e.ty.row_bytes(dim), self.gguf.data(e));
+                    for (&tok, xr) in t.iter().zip(xs.chunks_exact_mut(dim)) {
+                        dequantize_row(e.ty, &data[tok as usize * rb..][..rb], xr);
+                    }
+                }
+                ShardInput::Hidden(h) => xs.copy_from_slice(h),
             }
-            HeadOutput::ArgmaxLast => ShardOutput::Tokens(vec![argmax(&self.head(&x, &[n - 1]))]),
-            HeadOutput::LogitsLast => ShardOutput::Logits(self.head(&x, &[n - 1])),
-        })
+        }
+        self.forward_layers(&segs, &mut x, reduce)?;
+        for g in &segs {
+            self.seqs.get_mut(g.seq)?.len += g.n;
+        }
+        let hidden = |g: &Seg| x[g.row0 * dim..(g.row0 + g.n) * dim].to_vec();
+        if !self.spec.head {
+            return Ok(segs.iter().map(|g| ShardOutput::Hidden(hidden(g))).collect());
+        }
+        // One head matmul for every row any step wants logits of.
+        let wanted = |(s, g): (&Step, &Seg)| match s.want {
+            HeadOutput::ArgmaxAll => g.row0..g.row0 + g.n,
+            HeadOutput::ArgmaxLast | HeadOutput::LogitsLast => g.row0 + g.n - 1..g.row0 + g.n,
+        };
+        let head_rows: Vec<usize> = steps.iter().zip(&segs).flat_map(wanted).collect();
+        let vocab = self.cfg.vocab;
+        let logits = self.head(&x, &head_rows);
+        let mut per_row = logits.chunks_exact(vocab);
+        Ok(steps
+            .iter()
+            .zip(&segs)
+            .map(|(s, g)| match s.want {
+                HeadOutput::ArgmaxAll => ShardOutput::Tokens(per_row.by_ref().take(g.n).map(argmax).collect()),
+                HeadOutput::ArgmaxLast => ShardOutput::Tokens(vec![argmax(per_row.next().expect("a row"))]),
+                HeadOutput::LogitsLast => ShardOutput::Logits(per_row.next().expect("a row").to_vec()),
+            })
+            .collect())
     }
 }
