@@ -121,6 +121,11 @@ pub trait Shard {
         want: HeadOutput,
         reduce: &mut dyn Reducer,
     ) -> Result<ShardOutput, ShardError>;
+    /// Whether [`Shard::forward_batch`] runs a batch as one forward (and checks it whole first); callers batch
+    /// only then.
+    fn batches(&self) -> bool {
+        false
+    }
     /// Runs the steps of several different sequences as one batch (continuous batching): each output is what
     /// [`Shard::forward_reduce`] of that step alone returns. A backend that batches (the CPU backend: one weight
     /// read for all rows) checks every step before it runs any, so a bad step changes no sequence; this default

@@ -1,6 +1,7 @@
 //! Distributed decode benchmark (not a test): real `edge-node serve` processes on 127.0.0.1 and `edge-coord run`,
-//! printing decode tok/s for 1, 2 and 3 pipeline stages and for 4 concurrent sequences on 3 stages, each as a
-//! ratio against one node measured in the same run. Members run the CPU backend; `EDGE_BENCH_BACKEND=wgpu` starts
+//! printing decode tok/s for 1, 2 and 3 pipeline stages, for 4 concurrent sequences on 3 stages and for 8 on one
+//! node and on 3 stages (the stages batch concurrent sequences' steps), each as a ratio against one node measured
+//! in the same run. Members run the CPU backend; `EDGE_BENCH_BACKEND=wgpu` starts
 //! them on wgpu instead.
 //!
 //! `cargo bench -p edge-tests --bench cluster` (after a workspace build: it runs the built binaries).
@@ -88,6 +89,8 @@ fn bench(backend: &str, env: &[(&str, &str)], extra: &[&str], label: &str) {
     let two = run(&key, &nodes, 2, 1, tokens);
     let three = run(&key, &nodes, 3, 1, tokens);
     let four_seq = run(&key, &nodes, 3, 4, tokens);
+    let one_eight = run(&key, &nodes, 1, 8, tokens);
+    let three_eight = run(&key, &nodes, 3, 8, tokens);
     println!("\ndecode, SmolLM2-135M Q4_1, {backend}, {tokens} tokens, nodes on 127.0.0.1 (same run); {label}:");
     println!("{:<34} {:>10} {:>10} {:>12} {:>10}", "configuration", "tok/s", "ms/token", "vs 1 node", "predicted");
     let row = |name: &str, r: &Run, tps: f64, predicted: f64| {
@@ -101,6 +104,13 @@ fn bench(backend: &str, env: &[(&str, &str)], extra: &[&str], label: &str) {
     row("2-stage pipeline, 1 sequence", &two, two.per_sequence_tps, two.predicted_tps);
     row("3-stage pipeline, 1 sequence", &three, three.per_sequence_tps, three.predicted_tps);
     row("3-stage pipeline, 4 sequences (sum)", &four_seq, four_seq.aggregate_tps, four_seq.predicted_throughput);
+    row("1 node, 8 sequences (sum)", &one_eight, one_eight.aggregate_tps, one_eight.predicted_throughput);
+    row(
+        "3-stage pipeline, 8 sequences (sum)",
+        &three_eight,
+        three_eight.aggregate_tps,
+        three_eight.predicted_throughput,
+    );
     println!(
         "per hop, token time minus stage compute: {:.2} ms (2 stages), {:.2} ms (3 stages) (target <= 1 ms)",
         two.hop_ms, three.hop_ms

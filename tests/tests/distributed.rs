@@ -347,6 +347,14 @@ fn the_cpu_backend_distributed_generates_one_cpu_nodes_tokens_and_recovers() {
         assert!(report["loads"].as_array().unwrap().iter().all(|l| l["backend"].as_str().unwrap().starts_with("cpu")));
         assert_eq!(tokens(&report, 0), one, "{shape:?}");
     }
+    // Concurrent sequences: the stages batch their steps (continuous batching), and every sequence still gets
+    // the single node's tokens.
+    for stages in ["1", "3"] {
+        let report = run(&key, &nodes, &["--stages", stages, "--sequences", "4"]).unwrap();
+        for i in 0..4 {
+            assert_eq!(tokens(&report, i), one, "{stages} stage(s), sequence {i} of 4");
+        }
+    }
     let flags = ["--stages", "3", "-n", "64", "--min-nodes", "3"];
     let (want, err, ok) = run_text(&key, &a, &flags, |_| {});
     assert!(ok, "an uninterrupted 3-stage run: {err}");

@@ -366,6 +366,10 @@ impl Shard for CpuShard {
         self.seqs.truncate(seq, len)
     }
 
+    fn batches(&self) -> bool {
+        true
+    }
+
     fn forward_reduce(
         &mut self,
         seq: SeqId,

@@ -1,5 +1,6 @@
 //! The thread that owns a loaded stage: it takes steps in arrival order from one queue, runs them on the shard,
-//! and sends the results on (hidden states to the next stage; sampled tokens to the coordinator and around the
+//! steps of different sequences that wait together as one batch when the backend batches (continuous batching;
+//! not yet in a tensor-parallel stage, whose members must run identical steps), and sends the results on (hidden states to the next stage; sampled tokens to the coordinator and around the
 //! ring to the first stage). A tensor-parallel member's leader (member 0) forwards every step to the other
 //! members first, so all members run the same steps in the same order, and exchanges partial sums with them
 //! inside [`Shard::forward_reduce`].
@@ -11,10 +12,39 @@ use std::time::{Duration, Instant};
 use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, MAX_STAGE_FRAME};
 
 use crate::sampler::Sampler;
-use crate::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{HeadOutput, NoReduce, Reducer, Shard, ShardError, ShardInput, ShardOutput, Step};
 
 /// How long a tensor-parallel member waits for the others' partial sums before failing the step.
 pub const REDUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most sequences' steps in one batch.
+pub const MAX_BATCH: usize = 32;
+
+/// A step whose sequence is open and whose head output is decided: ready for the shard.
+struct Ready {
+    seq: u64,
+    job: Option<JobParams>,
+    input: StepInput,
+    sample: bool,
+    want: HeadOutput,
+    prefill: bool,
+}
+
+impl Ready {
+    fn shard_input(&self) -> ShardInput<'_> {
+        match &self.input {
+            StepInput::Tokens(t) => ShardInput::Tokens(t),
+            StepInput::Hidden(h) => ShardInput::Hidden(h),
+        }
+    }
+
+    fn rows(&self, dim: usize) -> usize {
+        match &self.input {
+            StepInput::Tokens(t) => t.len(),
+            StepInput::Hidden(h) => h.len() / dim.max(1),
+        }
+    }
+}
 
 /// Where a stage's results go; set by the session when the plan is wired.
 pub struct Outbox {
@@ -98,7 +128,9 @@ impl Worker {
                 }
                 Work::Pipe { msg: PipeMsg::Close { seq }, .. } => self.close(seq),
                 Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. } => {
-                    if let Err(e) = self.step(seq, job, input, sample) {
+                    if self.batching() {
+                        self.step_batch(seq, job, input, sample);
+                    } else if let Err(e) = self.step(seq, job, input, sample) {
                         self.fail(seq, e);
                     }
                 }
@@ -174,12 +206,87 @@ impl Worker {
         }
     }
 
+    fn batching(&self) -> bool {
+        self.shard.batches() && self.out.as_ref().is_none_or(|o| o.group.len() <= 1)
+    }
+
+    /// Runs this step together with the steps of other sequences waiting right behind it (at most one per
+    /// sequence, up to the first message that is not a step, so nothing is reordered within a sequence). When
+    /// the batch fails (one bad step fails all of it, before any sequence moves), each step runs alone, so only
+    /// the bad one fails.
+    fn step_batch(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
+        while let Ok(w) = self.rx.try_recv() {
+            self.queue.push_back(w);
+        }
+        let mut steps = vec![(seq, job, input, sample)];
+        while steps.len() < MAX_BATCH {
+            match self.queue.front() {
+                Some(Work::Pipe { msg: PipeMsg::Step { seq, .. }, .. }) if steps.iter().all(|s| s.0 != *seq) => {
+                    if let Some(Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. }) =
+                        self.queue.pop_front()
+                    {
+                        steps.push((seq, job, input, sample));
+                    }
+                }
+                _ => break,
+            }
+        }
+        let mut ready = Vec::with_capacity(steps.len());
+        for (seq, job, input, sample) in steps {
+            match self.prepare(seq, job, input, sample) {
+                Ok(Some(r)) => ready.push(r),
+                Ok(None) => {}
+                Err(e) => self.fail(seq, e),
+            }
+        }
+        if ready.len() > 1 {
+            let batch: Vec<Step> =
+                ready.iter().map(|r| Step { seq: r.seq, input: r.shard_input(), want: r.want }).collect();
+            let t = Instant::now();
+            let outs = self.shard.forward_batch(&batch, &mut NoReduce);
+            let elapsed = t.elapsed();
+            if let Ok(outs) = outs {
+                // Each sequence's share of the batch's time, by rows.
+                let dim = self.shard.config().dim;
+                let rows: usize = ready.iter().map(|r| r.rows(dim)).sum();
+                for (r, out) in ready.into_iter().zip(outs) {
+                    let (seq, share) = (r.seq, elapsed.mul_f64(r.rows(dim) as f64 / rows.max(1) as f64));
+                    if let Err(e) = self.finish(r, share, out) {
+                        self.fail(seq, e);
+                    }
+                }
+                return;
+            }
+        }
+        for r in ready {
+            let seq = r.seq;
+            if let Err(e) = self.run_one(r) {
+                self.fail(seq, e);
+            }
+        }
+    }
+
     fn step(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) -> Result<(), ShardError> {
+        match self.prepare(seq, job, input, sample)? {
+            Some(r) => self.run_one(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the sequence at its first step and decides what the head returns; None when the step is not to run
+    /// (a cancelled sequence, closed instead).
+    fn prepare(
+        &mut self,
+        seq: u64,
+        job: Option<JobParams>,
+        input: StepInput,
+        sample: bool,
+    ) -> Result<Option<Ready>, ShardError> {
         let spec = self.shard.spec();
         if spec.embed && self.seqs.get(&seq).is_some_and(|s| s.cancelled) {
             // A cancelled sequence stops at the first stage: close it down the pipeline instead.
             self.close(seq);
-            return Ok(());
+            return Ok(None);
         }
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
         if let Some(job) = &job {
@@ -195,23 +302,29 @@ impl Worker {
         let greedy = state.sampler.is_none();
         let prefill = state.steps == 0 || !sample;
         let want = if greedy { HeadOutput::ArgmaxLast } else { HeadOutput::LogitsLast };
+        Ok(Some(Ready { seq, job, input, sample, want, prefill }))
+    }
+
+    /// Runs one prepared step alone (a tensor-parallel member sums partials with its group inside).
+    fn run_one(&mut self, r: Ready) -> Result<(), ShardError> {
         let t = Instant::now();
         let out = {
             let mut reduce = GroupReduce {
                 me: self.me.member as usize,
-                seq,
+                seq: r.seq,
                 group: self.out.as_ref().map(|o| &o.group[..]).unwrap_or(&[]),
                 rx: &self.rx,
                 queue: &mut self.queue,
                 partials: &mut self.partials,
             };
-            let input = match &input {
-                StepInput::Tokens(t) => ShardInput::Tokens(t),
-                StepInput::Hidden(h) => ShardInput::Hidden(h),
-            };
-            self.shard.forward_reduce(seq, input, want, &mut reduce)?
+            self.shard.forward_reduce(r.seq, r.shard_input(), r.want, &mut reduce)?
         };
-        let elapsed = t.elapsed();
+        self.finish(r, t.elapsed(), out)
+    }
+
+    /// Books a step's time and sends its result on.
+    fn finish(&mut self, r: Ready, elapsed: Duration, out: ShardOutput) -> Result<(), ShardError> {
+        let Ready { seq, job, sample, prefill, .. } = r;
         let state = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
         state.steps += 1;
         state.compute += elapsed;
