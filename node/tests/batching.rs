@@ -137,8 +137,7 @@ fn check(g: &Gguf, cfg: &ModelConfig, what: &str) {
 fn a_sequence_gets_its_alone_logits_in_any_batch() {
     let (g, c) = Tiny::llama(|_, _| GgmlType::Q4_1).load();
     check(&g, &c, "llama q4_1");
-    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) };
-    let (g, c) = t.load();
+    let (g, c) = Tiny::qwen2_kquants().load();
     check(&g, &c, "qwen2 k-quants");
 }
 

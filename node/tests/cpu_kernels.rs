@@ -339,8 +339,7 @@ fn models_of_every_type_match_the_reference() {
     });
     let (g, c) = mixed.load();
     check_model(&g, &c, "llama mixed");
-    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) };
-    let (g, c) = t.load();
+    let (g, c) = Tiny::qwen2_kquants().load();
     check_model(&g, &c, "qwen2 k-quants");
 }
 

@@ -553,7 +553,7 @@ fn model_qwen2_bias_neox() {
 /// Q4_K and Q6_K elsewhere, a Q6_K head), on a width of whole 256-weight super-blocks.
 #[test]
 fn model_qwen2_k_quants() {
-    let t = Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) };
+    let t = Tiny::qwen2_kquants();
     let (g, cfg) = t.load();
     assert!(cfg.qkv_bias && !cfg.tied_embeddings && cfg.rope == RopeStyle::Neox);
     check_model(&g, &cfg, GpuOptions::default(), "qwen2 k-quants");

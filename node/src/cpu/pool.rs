@@ -148,7 +148,7 @@ fn wait_until(ready: impl Fn() -> bool, sleep: impl FnOnce()) {
         // No `pause` here: in this project's VMs a pause loop can end in a pause-loop exit that hands the core
         // to the hypervisor, and the hand-off measured no faster with it. The loop is bounded by SPIN anyway.
         i = i.wrapping_add(1);
-        if i % 64 == 0 && t0.elapsed() > SPIN {
+        if i.is_multiple_of(64) && t0.elapsed() > SPIN {
             return sleep();
         }
     }

@@ -68,6 +68,11 @@ impl Tiny {
         }
     }
 
+    /// A qwen2 model (biases, a separate head) wide enough for K-quants, with Qwen2.5's mix of types.
+    pub fn qwen2_kquants() -> Tiny {
+        Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) }
+    }
+
     /// A GGUF image as llama.cpp's converter would lay it out (qwen2: neox RoPE and qkv biases).
     pub fn gguf(&self) -> Vec<u8> {
         let mut rng = Rng(self.seed);
