@@ -206,11 +206,7 @@ fn profile_cpu(m: &crate::backend::LoadedModel, prompt: &[u32], tokens: usize) -
 fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize) -> anyhow::Result<()> {
     use crate::shard::{HeadOutput, NoReduce, ShardInput, ShardOutput, Step};
     let mut shard = crate::cpu::CpuShard::load(&m.gguf, &m.config, ShardSpec::whole(m.config.n_layers as u32))?;
-    println!(
-        "
-cpu decode with B sequences batched in every step ({steps} steps, KV at {} positions):",
-        prompt.len()
-    );
+    println!("\ncpu decode with B sequences batched in every step ({steps} steps, KV at {} positions):", prompt.len());
     println!("  {:>3} {:>14} {:>14} {:>10}", "B", "ms/step", "tok/s (sum)", "vs B=1");
     let mut one = 0.0;
     for b in [1u64, 2, 4, 8, 16] {

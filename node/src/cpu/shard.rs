@@ -412,9 +412,13 @@ impl Shard for CpuShard {
         for g in &segs {
             self.seqs.get_mut(g.seq)?.len += g.n;
         }
-        let hidden = |g: &Seg| x[g.row0 * dim..(g.row0 + g.n) * dim].to_vec();
         if !self.spec.head {
-            return Ok(segs.iter().map(|g| ShardOutput::Hidden(hidden(g))).collect());
+            // Split the rows by sequence from the back: the first sequence's rows keep the buffer (no copy for a
+            // step of one sequence).
+            let mut out: Vec<ShardOutput> =
+                segs.iter().rev().map(|g| ShardOutput::Hidden(x.split_off(g.row0 * dim))).collect();
+            out.reverse();
+            return Ok(out);
         }
         // One head matmul for every row any step wants logits of.
         let wanted = |(s, g): (&Step, &Seg)| match s.want {

@@ -1,7 +1,7 @@
 //! The thread that owns a loaded stage: it takes steps in arrival order from one queue, runs them on the shard,
 //! steps of different sequences that wait together as one batch when the backend batches (continuous batching;
-//! not yet in a tensor-parallel stage, whose members must run identical steps), and sends the results on (hidden states to the next stage; sampled tokens to the coordinator and around the
-//! ring to the first stage). A tensor-parallel member's leader (member 0) forwards every step to the other
+//! not yet in a tensor-parallel stage, whose members must run identical steps), and sends the results on
+//! (hidden states to the next stage; sampled tokens to the coordinator and around the ring to the first stage). A tensor-parallel member's leader (member 0) forwards every step to the other
 //! members first, so all members run the same steps in the same order, and exchanges partial sums with them
 //! inside [`Shard::forward_reduce`].
 
