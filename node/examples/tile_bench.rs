@@ -1,6 +1,6 @@
-//! Prefill GEMM microbenchmark of one weight type on one thread: `cargo run --release --example tile_bench -- TYPE`
+//! Prefill GEMM microbenchmark of one weight type on `THREADS` threads (1): `cargo run --release --example tile_bench -- TYPE`
 //! (q4_0, q4_1, q5_0, q8_0, q4_k, q6_k). Prints G multiply-adds per second, best of the repeats. `N` tokens
-//! (128), a `ROWS` x `COLS` matrix (1024 x 1024).
+//! (128), a `ROWS` x `COLS` matrix (1024 x 1024); `PACKED=0` keeps the weights in GGML's layout.
 use edge_node::cpu::kernels::Kernels;
 use edge_node::cpu::matmul::{matmul, Acts, Mat};
 use edge_node::cpu::pool::Pool;
@@ -29,10 +29,14 @@ fn main() {
         w.extend(quantize_row(ty, &row));
     }
     let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
-    let m = Mat::raw(ty, rows, cols, Kernels::detect()).unwrap();
+    let k = Kernels::detect();
+    let mut m = Mat::raw(ty, rows, cols, k).unwrap();
+    if std::env::var("PACKED").map_or(true, |v| v != "0") {
+        m = m.repacked(&w, k);
+    }
     let mut acts = Acts::default();
     acts.quantize(&x, cols, &[&m]);
-    let pool = Pool::new(1);
+    let pool = Pool::new(env("THREADS", 1));
     let mut out = vec![0f32; n * rows];
     let mut best = f64::MAX;
     for _ in 0..30 {
@@ -40,5 +44,5 @@ fn main() {
         matmul(&pool, &w, &[&m], &acts, n, &mut [&mut out]);
         best = best.min(t0.elapsed().as_secs_f64());
     }
-    println!("{ty:?}: {:.1} GMAC/s", (rows * cols * n) as f64 / best / 1e9);
+    println!("{ty:?} (packed: {}): {:.1} GMAC/s", m.is_packed(), (rows * cols * n) as f64 / best / 1e9);
 }

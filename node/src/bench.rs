@@ -218,6 +218,9 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
                 next[seq as usize] = t[0];
             }
         }
+        if std::env::var("EDGE_BENCH_BATCH_OPS").is_ok() {
+            shard.set_profiling(true);
+        }
         let t0 = std::time::Instant::now();
         for _ in 0..steps {
             let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
@@ -236,6 +239,10 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
             one = tps;
         }
         println!("  {b:>3} {:>14.2} {tps:>14.1} {:>9.2}x", 1e3 * secs / steps as f64, tps / one);
+        if std::env::var("EDGE_BENCH_BATCH_OPS").is_ok() {
+            print_ops(&shard.profile(), steps, secs, 0.0, "us/step");
+            shard.set_profiling(false);
+        }
         for seq in 0..b {
             shard.close_sequence(seq);
         }

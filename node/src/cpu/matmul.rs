@@ -6,23 +6,28 @@
 //! weight row is loaded once for all `n` tokens of a step (prefill reuses it from L1 for every token). Whether a
 //! row goes through the four-row or the one-row kernel depends only on its place in its chunk, and both give
 //! the same bits, so results never depend on the thread count.
+//!
+//! Matrices of the types the path repacks ([`super::repack`]) are held in the interleaved layout, eight rows per
+//! kernel call for all the step's tokens; the others are read in place in the model file.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::act::{ActType, QuantizedRows};
-use super::kernels::{Dot4Fn, DotFn, Kernels, TileFn};
+use super::kernels::{Dot4Fn, DotFn, Kernels, PackedFn, TileFn};
 use super::pool::Pool;
+use super::repack;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-/// Fewest rows per chunk (a multiple of the four-row kernels' four).
+/// Fewest rows per chunk (a multiple of the four-row kernels' four and the packed groups' eight).
 const MIN_CHUNK_ROWS: usize = 16;
 
 /// Rows per chunk of a matrix: about two chunks per thread. Long runs of rows let each thread stream its rows
 /// with the prefetchers running ahead (chunks of 16 rows read DRAM at half the speed); two per thread still lets
 /// a thread that runs ahead (the other's core is busy) take over the rest.
 fn chunk_rows(rows: usize, threads: usize) -> usize {
-    rows.div_ceil(2 * threads).next_multiple_of(4).max(MIN_CHUNK_ROWS)
+    rows.div_ceil(2 * threads).next_multiple_of(repack::ROWS).max(MIN_CHUNK_ROWS)
 }
 
 /// A weight matrix `(rows, cols)` in the model's bytes, with its kernel.
@@ -37,6 +42,8 @@ pub struct Mat {
     dot: DotFn,
     dot4: Option<Dot4Fn>,
     tile: Option<(TileFn, usize, usize)>,
+    /// The weights in the interleaved layout with their kernel, when the path has one for the type.
+    packed: Option<(Arc<[u8]>, PackedFn)>,
 }
 
 impl Mat {
@@ -44,7 +51,7 @@ impl Mat {
     pub fn new(g: &Gguf, info: &TensorInfo, kernels: Kernels) -> Option<Mat> {
         let act = act_type(info.ty)?;
         let start = g.data(info).as_ptr() as usize - g.bytes().as_ptr() as usize;
-        Some(Mat {
+        let mat = Mat {
             ty: info.ty,
             rows: info.rows() as usize,
             cols: info.cols() as usize,
@@ -53,14 +60,30 @@ impl Mat {
             dot: kernels.dot(info.ty)?,
             dot4: kernels.dot4(info.ty),
             tile: kernels.tile(info.ty),
-        })
+            packed: None,
+        };
+        Some(mat.repacked(g.data(info), kernels))
+    }
+
+    /// This matrix (whose bytes are `w`) in the interleaved layout when `kernels` has a kernel for its type and
+    /// its rows fill whole groups; else unchanged.
+    pub fn repacked(self, w: &[u8], kernels: Kernels) -> Mat {
+        match (kernels.packed(self.ty), repack::repack(self.ty, self.rows, self.cols, w)) {
+            (Some(kernel), Some(bytes)) => Mat { act: ActType::Q8_1, packed: Some((bytes.into(), kernel)), ..self },
+            _ => self,
+        }
+    }
+
+    /// Whether the weights are held in the interleaved layout.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// A matrix of `rows` rows of type `ty` at the start of a byte buffer (benchmarks and tests).
     pub fn raw(ty: GgmlType, rows: usize, cols: usize, kernels: Kernels) -> Option<Mat> {
         let range = 0..ty.row_bytes(cols) * rows;
         let (dot, dot4, tile) = (kernels.dot(ty)?, kernels.dot4(ty), kernels.tile(ty));
-        Some(Mat { ty, rows, cols, range, act: act_type(ty)?, dot, dot4, tile })
+        Some(Mat { ty, rows, cols, range, act: act_type(ty)?, dot, dot4, tile, packed: None })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -182,6 +205,17 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
         let rb = m.row_bytes();
         let r0 = (c - starts[mi]) * chunks[mi];
         let r1 = (r0 + chunks[mi]).min(m.rows);
+        if let Some((bytes, kernel)) = &m.packed {
+            let gbytes = bytes.len() / (m.rows / repack::ROWS);
+            for g in r0 / repack::ROWS..r1 / repack::ROWS {
+                // SAFETY: a detected path's kernel; one group of `cols` and `n` activation rows; rows
+                // 8g..8g + 8 of every token are written by this chunk only (chunks are whole groups).
+                unsafe {
+                    kernel(m.cols, &bytes[g * gbytes..][..gbytes], &a.data, a.row_bytes, n, out.0.add(g * 8), m.rows)
+                };
+            }
+            return;
+        }
         let mut r = r0;
         match m.tile {
             // Prefill: tiles of rows x tokens; the tokens left over row by row.

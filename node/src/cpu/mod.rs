@@ -7,6 +7,7 @@
 //!   products that run on the pool.
 //! - [`kernels`]: one file of dot products per instruction set (generic, AVX2, AVX-512 VNNI), picked at run time.
 //! - [`pool`]: the persistent thread pool (spin briefly, then sleep).
+//! - [`repack`]: weights of the 32-weight block types interleaved eight rows at a time at load.
 //! - [`shard`]: [`CpuShard`], the backend's [`crate::shard::Shard`].
 //!
 //! Every kernel is tested against the f32 reference ([`crate::reference`]) on every path this CPU has.
@@ -15,6 +16,7 @@ pub mod act;
 pub mod kernels;
 pub mod matmul;
 pub mod pool;
+pub mod repack;
 pub mod shard;
 
 pub use shard::CpuShard;

@@ -1,7 +1,7 @@
 //! The native CPU backend's [`Shard`]: the reference forward pass's arithmetic, batched over a step's tokens and
 //! run on the pool with the SIMD kernels. Weights stay in the memory-mapped file in their GGML blocks.
 //!
-//! Per layer, four pool jobs: Q/K/V together, attention (token x head tasks), the output projection, gate/up
+//! Per layer, four pool jobs: Q/K/V together, attention (token x KV-head tasks), the output projection, gate/up
 //! together, and the down projection; in between, the caller does the cheap row work in one pass each (norm +
 //! quantize, bias + RoPE + KV write, SwiGLU + quantize). A tensor-parallel slice sums its partial outputs through
 //! the [`Reducer`] twice per layer, as every backend does. A step may carry several sequences (continuous
@@ -318,7 +318,8 @@ struct Cache<'a> {
 }
 
 /// `att (rows, q_dim)`: each row's heads attend over its sequence's cache positions up to its own (causal), with
-/// grouped K/V heads. `caches` are sorted by `row0`, the first at row 0.
+/// grouped K/V heads. `caches` are sorted by `row0`, the first at row 0. A task is one row's K/V head with the
+/// query heads that share it, so one thread reads that head's cache once, from its own L2 for the later heads.
 fn attention(pool: &Pool, kern: Kernels, c: &ModelConfig, caches: &[Cache], q: &[f32], att: &mut [f32]) {
     let (hd, kv_dim, nh) = (c.head_dim, c.kv_dim(), c.n_heads);
     let n = att.len() / (nh * hd);
@@ -327,18 +328,20 @@ fn attention(pool: &Pool, kern: Kernels, c: &ModelConfig, caches: &[Cache], q: &
     let scale = 1.0 / (hd as f32).sqrt();
     let out = Out(att.as_mut_ptr());
     let out = &out;
+    let nkv = c.n_kv_heads;
     let job = |scores: &mut Vec<f32>, task: usize| {
-        let (t, h) = (task / nh, task % nh);
+        let (t, kvh) = (task / nkv, task % nkv);
         let g = &caches[caches.partition_point(|g| g.row0 <= t) - 1];
         let last = g.pos0 + (t - g.row0);
-        let qh = &q[t * q_dim + h * hd..][..hd];
-        let kvh = h / group;
-        // SAFETY: task (t, h) alone writes these hd elements.
-        let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-        let (k, v) = (&g.k[kvh * hd..], &g.v[kvh * hd..]);
-        kern.attend(qh, k, v, kv_dim, last + 1, scale, scores, o);
+        for h in kvh * group..(kvh + 1) * group {
+            let qh = &q[t * q_dim + h * hd..][..hd];
+            // SAFETY: task (t, h) alone writes these hd elements.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
+            let (k, v) = (&g.k[kvh * hd..], &g.v[kvh * hd..]);
+            kern.attend(qh, k, v, kv_dim, last + 1, scale, scores, o);
+        }
     };
-    pool.tasks(n * nh, Vec::new, job);
+    pool.tasks(n * nkv, Vec::new, job);
 }
 
 impl Shard for CpuShard {

@@ -4,7 +4,8 @@
 //! Every kernel takes `n` (elements, a multiple of the weight's block), one weight row in its GGML bytes and one
 //! activation row in the form [`super::super::act`] documents.
 
-use crate::quant::{f16_at, k4_scale_min};
+use crate::cpu::repack;
+use crate::quant::{f16_at, k4_scale_min, GgmlType};
 
 fn f32_at(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
@@ -218,3 +219,78 @@ pub fn attend(
         axpy(out, a / sum, &v[p * stride..][..hd]);
     }
 }
+
+/// Eight interleaved rows of `ty` (one group of [`crate::cpu::repack`]'s layout, `cols / 32` blocks) times `n`
+/// Q8_1 activation rows `astride` bytes apart: row `r` x token `t` goes to `out[t * ostride + r]`. The
+/// definition every SIMD path's packed kernel equals bit for bit: per block, the exact integer sum `S` of each
+/// row, then `acc = fma(d_w d_a, S, acc)` and `acc = fma(m, s_a, acc)` with `m` the row's min (`-k d_w` for the
+/// types whose min is a fixed multiple of `d`: a product by a power of two, exact; Q8_0 has none).
+///
+/// # Safety
+/// `out` points at `n` rows of `ostride` floats, of which this writes the first eight of each.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed(
+    ty: GgmlType,
+    cols: usize,
+    w: &[u8],
+    a: &[u8],
+    astride: usize,
+    n: usize,
+    out: *mut f32,
+    ostride: usize,
+) {
+    let (gb, qo) = (repack::group_block(ty).expect("a packed type"), repack::qs_offset(ty));
+    for t in 0..n {
+        let mut acc = [0f32; 8];
+        for b in 0..cols / 32 {
+            let wb = &w[b * gb..][..gb];
+            let ab = &a[t * astride + 40 * b..][..40];
+            let (da, sa, y) = (f32_at(ab, 0), f32_at(ab, 4), &ab[8..]);
+            for r in 0..8 {
+                let mut s = 0;
+                for j in 0..8 {
+                    for i in 0..4 {
+                        let q = if ty == GgmlType::Q8_0 {
+                            wb[qo + 32 * j + 4 * r + i] as i8 as i32
+                        } else {
+                            let byte = wb[qo + 32 * (j % 4) + 4 * r + i];
+                            let mut u = if j < 4 { byte & 15 } else { byte >> 4 };
+                            if ty == GgmlType::Q5_0 {
+                                u |= (wb[16 + 4 * r + i] >> j & 1) << 4;
+                            }
+                            u as i32
+                        };
+                        s += q * y[4 * j + i] as i8 as i32;
+                    }
+                }
+                let d = f16_at(wb, 2 * r);
+                acc[r] = (d * da).mul_add(s as f32, acc[r]);
+                let m = match (ty, repack::offset(ty)) {
+                    (GgmlType::Q8_0, _) => continue,
+                    (_, Some(k)) => d * -k,
+                    (_, None) => f16_at(wb, 16 + 2 * r),
+                };
+                acc[r] = m.mul_add(sa, acc[r]);
+            }
+        }
+        for (r, &v) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(t * ostride + r) = v };
+        }
+    }
+}
+
+macro_rules! packed_entries {
+    ($($name:ident: $ty:ident),*) => {$(
+        /// [`packed`] for one weight type (the kernel table's signature).
+        ///
+        /// # Safety
+        /// As [`packed`].
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(cols: usize, w: &[u8], a: &[u8], astride: usize, n: usize, out: *mut f32, ostride: usize) {
+            unsafe { packed(GgmlType::$ty, cols, w, a, astride, n, out, ostride) }
+        }
+    )*};
+}
+
+packed_entries!(gemm8_q4_0: Q4_0, gemm8_q4_1: Q4_1, gemm8_q5_0: Q5_0, gemm8_q8_0: Q8_0);

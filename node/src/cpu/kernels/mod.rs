@@ -26,6 +26,9 @@ pub mod dotprod;
 mod x86;
 
 #[cfg(target_arch = "x86_64")]
+mod x86_packed;
+
+#[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +55,13 @@ pub type Dot4Fn = unsafe fn(n: usize, w: &[u8], stride: usize, a: &[u8]) -> [f32
 /// # Safety
 /// As [`DotFn`], for every row of the tile.
 pub type TileFn = unsafe fn(n: usize, w: &[u8], stride: usize, a: &[u8], astride: usize, out: &mut [f32]);
+
+/// Eight interleaved rows (one group of [`super::repack`]'s layout) times `n` Q8_1 activation rows `astride`
+/// bytes apart, all `cols` long: row `r` x token `t` goes to `out[t * ostride + r]` (prefill and decode alike).
+///
+/// # Safety
+/// As [`DotFn`]; `out` points at `n` rows of `ostride` floats that no other thread touches at rows' first eight.
+pub type PackedFn = unsafe fn(cols: usize, w: &[u8], a: &[u8], astride: usize, n: usize, out: *mut f32, ostride: usize);
 
 /// An instruction-set path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,6 +211,30 @@ impl Kernels {
             Isa::Neon => pick!(neon),
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => pick!(dotprod),
+            _ => return None,
+        })
+    }
+
+    /// The kernel of weights of type `ty` repacked in [`super::repack`]'s layout (`None`: this path reads the
+    /// type in GGML's own layout).
+    pub fn packed(self, ty: GgmlType) -> Option<PackedFn> {
+        macro_rules! pick {
+            ($m:ident) => {
+                match ty {
+                    GgmlType::Q4_0 => $m::gemm8_q4_0 as PackedFn,
+                    GgmlType::Q4_1 => $m::gemm8_q4_1,
+                    GgmlType::Q5_0 => $m::gemm8_q5_0,
+                    GgmlType::Q8_0 => $m::gemm8_q8_0,
+                    _ => return None,
+                }
+            };
+        }
+        Some(match self.isa {
+            Isa::Generic => pick!(generic),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => pick!(avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => pick!(avx512),
             _ => return None,
         })
     }

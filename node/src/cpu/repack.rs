@@ -1,0 +1,98 @@
+//! Weights repacked at load: eight rows interleaved so one SIMD multiply-add serves eight rows (ggml's
+//! `block_q4_0x8` idea, in a layout of our own).
+//!
+//! In GGML's order a row's 32-weight block sits in one place, so a kernel forms one row's integer sum per vector,
+//! then converts it to float and scales it by itself: five vector operations around every multiply-add. Here the
+//! blocks of 8 rows are interleaved in 4-byte groups: a 32-byte vector holds weights `4j..4j+4` of all eight rows
+//! (row `r` in bytes `4r..4r+4`), so one `vpdpbusd` (or `sdot` by lane on ARM) with the token's four activation
+//! bytes broadcast adds to eight rows' sums at once, and a block ends with one conversion and two FMAs for the
+//! eight rows. Decode and prefill read the same bytes (there is one copy of the weights).
+//!
+//! A group of eight rows is its `cols / 32` blocks one after another; a block of the group, for each type:
+//! - `Q4_0` (144 bytes): `d[8]` (f16) | `qs` (128);
+//! - `Q4_1` (160 bytes): `d[8]` | `m[8]` (f16) | `qs` (128);
+//! - `Q5_0` (176 bytes): `d[8]` | `qh` (32) | `qs` (128);
+//! - `Q8_0` (272 bytes): `d[8]` | `qs` (256): eight 32-byte chunks, chunk `j` byte `4r + i` = weight `4j + i`
+//!   of row `r` (signed bytes);
+//!
+//! where the 4-bit types' `qs` is four 32-byte chunks, chunk `k` byte `4r + i` = byte `4k + i` of row `r`'s GGML
+//! `qs`: its low nibble is weight `4k + i`, its high nibble weight `4k + i + 16`, so chunk `k` gives the vectors of
+//! weights `4k..` and `4(k + 4)..`. Q5_0's `qh` byte `4r + i` bit `j` is the fifth bit of weight `4j + i` of row
+//! `r`.
+//!
+//! The kernels take Q8_1 activations for every type (the block sum `s = d Σq` carries the weights' offset: a
+//! 4-bit block is `d_w d_a Σ u q + m s` with the unsigned nibbles `u` and `m` the type's min, `-8 d_w` or `-16 d_w`
+//! for Q4_0 and Q5_0; Q8_0's signed weights need no min), and accumulate every row in its own f32 lane in the
+//! same order on every path, so the SIMD kernels equal the portable one bit for bit and a row's result never
+//! depends on the tokens beside it.
+
+use crate::quant::GgmlType;
+
+/// Rows interleaved in a group.
+pub const ROWS: usize = 8;
+
+/// Bytes of one block of a group (eight rows' blocks) of a type this layout has, `None` for the others.
+pub const fn group_block(ty: GgmlType) -> Option<usize> {
+    match ty {
+        GgmlType::Q4_0 => Some(144),
+        GgmlType::Q4_1 => Some(160),
+        GgmlType::Q5_0 => Some(176),
+        GgmlType::Q8_0 => Some(272),
+        _ => None,
+    }
+}
+
+/// Offset of the weights in a group's block.
+pub const fn qs_offset(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => 16,
+        GgmlType::Q4_1 => 32,
+        _ => 48,
+    }
+}
+
+/// The weight type's min as a multiple of `d` (`None`: the block stores its own min, Q4_1, or has none, Q8_0).
+pub const fn offset(ty: GgmlType) -> Option<f32> {
+    match ty {
+        GgmlType::Q4_0 => Some(8.0),
+        GgmlType::Q5_0 => Some(16.0),
+        _ => None,
+    }
+}
+
+/// `rows` rows of `cols` weights in GGML blocks (`src`) in the interleaved layout; `None` when the type has no
+/// such layout or the rows do not fill whole groups.
+pub fn repack(ty: GgmlType, rows: usize, cols: usize, src: &[u8]) -> Option<Vec<u8>> {
+    let gb = group_block(ty)?;
+    if !rows.is_multiple_of(ROWS) || !cols.is_multiple_of(32) {
+        return None;
+    }
+    let (blocks, bb) = (cols / 32, ty.block().1);
+    let row_bytes = blocks * bb;
+    assert!(src.len() >= rows * row_bytes, "repack: {} bytes for {rows} x {cols} {ty:?}", src.len());
+    let mut out = vec![0u8; rows / ROWS * blocks * gb];
+    for (g, og) in out.chunks_exact_mut(blocks * gb).enumerate() {
+        for (b, o) in og.chunks_exact_mut(gb).enumerate() {
+            for r in 0..ROWS {
+                let s = &src[(g * ROWS + r) * row_bytes + b * bb..][..bb];
+                o[2 * r..2 * r + 2].copy_from_slice(&s[..2]);
+                let chunks = if ty == GgmlType::Q8_0 { 8 } else { 4 };
+                let qs = &s[bb - 4 * chunks..];
+                for k in 0..chunks {
+                    o[qs_offset(ty) + 32 * k + 4 * r..][..4].copy_from_slice(&qs[4 * k..4 * k + 4]);
+                }
+                match ty {
+                    GgmlType::Q4_1 => o[16 + 2 * r..18 + 2 * r].copy_from_slice(&s[2..4]),
+                    GgmlType::Q5_0 => {
+                        let qh = u32::from_le_bytes([s[2], s[3], s[4], s[5]]);
+                        for i in 0..4 {
+                            o[16 + 4 * r + i] = (0..8).map(|j| ((qh >> (4 * j + i) & 1) as u8) << j).sum();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(out)
+}
