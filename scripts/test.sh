@@ -12,4 +12,4 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc # aws-lc-sys (QUIC) builds C
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 EDGE_CPU_EXPECT_PATHS=generic,neon,neon-dotprod \
-  cargo test --release --target aarch64-unknown-linux-gnu -p edge-node --test cpu_kernels
+  cargo test --release --target aarch64-unknown-linux-gnu -p edge-node --test cpu_kernels --test cpu_repack

@@ -93,6 +93,10 @@ fn packed_kernels_match_the_reference_and_the_portable_kernel_on_every_path() {
     if is_x86_feature_detected!("avx2") {
         assert!(TYPES.iter().all(|&ty| packing_paths(ty).len() >= 2), "the SIMD paths pack");
     }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        assert!(TYPES.iter().all(|&ty| packing_paths(ty).len() >= 2), "the dotprod path packs");
+    }
     for (i, ty) in TYPES.into_iter().enumerate() {
         for (blocks, n) in [(1, 1), (2, 3), (3, 9), (7, 13), (28, 17)] {
             check(ty, 16, blocks, n, 1.0, 1.0, (i * 100 + blocks) as u64);

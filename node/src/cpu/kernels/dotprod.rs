@@ -18,3 +18,4 @@ unsafe fn dot16(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 }
 
 super::arm::arm_kernels!("neon,dotprod", 2, 4);
+super::arm_packed::arm_packed!("neon,dotprod");

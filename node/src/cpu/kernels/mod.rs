@@ -17,6 +17,9 @@ pub mod generic;
 mod arm;
 
 #[cfg(target_arch = "aarch64")]
+mod arm_packed;
+
+#[cfg(target_arch = "aarch64")]
 pub mod neon;
 
 #[cfg(target_arch = "aarch64")]
@@ -235,6 +238,8 @@ impl Kernels {
             Isa::Avx2 => pick!(avx2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => pick!(avx512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => pick!(dotprod),
             _ => return None,
         })
     }
