@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// planner's choice.
     #[arg(long)]
     pub stages: Option<usize>,
+    /// Chunked prefill: most prompt tokens per step (0: whole prompts in one step).
+    #[arg(long, default_value_t = crate::serve::DEFAULT_PREFILL_CHUNK)]
+    pub prefill_chunk: u32,
     /// Print a JSON report (tokens, timings, plan) on stdout instead of the text.
     #[arg(long)]
     pub json: bool,
@@ -247,6 +250,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
                 sampling,
                 stop,
                 skip_draws: 0,
+                prefill_chunk: args.prefill_chunk,
             };
             let jobs: Vec<Job> =
                 (0..args.sequences).map(|_| Job { prompt: ids.clone(), params: params.clone() }).collect();

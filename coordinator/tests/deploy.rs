@@ -58,13 +58,7 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
             Assignment { spec: specs[0], members: vec![(a.client.peer_id(), None)] },
             Assignment { spec: specs[1], members: vec![(b.client.peer_id(), None)] },
         ];
-        let params = JobParams {
-            capacity: 64,
-            max_tokens: n as u32,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            skip_draws: 0,
-        };
+        let params = JobParams::new(64, n as u32);
         let jobs = vec![Job { prompt: PROMPT.to_vec(), params: params.clone() }; 2];
         let progress = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
 

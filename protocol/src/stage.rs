@@ -175,9 +175,25 @@ pub struct JobParams {
     /// Random draws the sampler already made for this sequence: a sequence replayed on a new plan after a node
     /// loss continues the same random stream (0 for a new sequence).
     pub skip_draws: u32,
+    /// Most prompt tokens in one step (chunked prefill): a longer prompt enters chunk by chunk, each chunk in the
+    /// first stage's next batch with the other sequences' steps, so they wait about one chunk for their next
+    /// token. 0: as few steps as the frame size allows.
+    pub prefill_chunk: u32,
 }
 
 impl JobParams {
+    /// Greedy, no stop tokens, a new sequence, the node's prompt chunking.
+    pub fn new(capacity: u32, max_tokens: u32) -> JobParams {
+        JobParams {
+            capacity,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            skip_draws: 0,
+            prefill_chunk: 0,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), WireError> {
         check_len("stop tokens", self.stop.len(), MAX_STOP_TOKENS)?;
         self.sampling.validate().map_err(WireError::Invalid)?;
@@ -320,8 +336,7 @@ mod tests {
 
     #[test]
     fn bounds_are_checked() {
-        let params =
-            JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![2], skip_draws: 0 };
+        let params = JobParams { stop: vec![2], ..JobParams::new(8, 4) };
         assert!(params.validate().is_ok());
         assert!(JobParams { stop: vec![0; MAX_STOP_TOKENS + 1], ..params.clone() }.validate().is_err());
         let bad_sampling = SamplingParams { top_p: 0.0, ..SamplingParams::default() };
@@ -339,13 +354,7 @@ mod tests {
     fn messages_round_trip() {
         let m = PipeMsg::Step {
             seq: 7,
-            job: Some(JobParams {
-                capacity: 8,
-                max_tokens: 4,
-                sampling: SamplingParams::default(),
-                stop: vec![],
-                skip_draws: 0,
-            }),
+            job: Some(JobParams { prefill_chunk: 16, ..JobParams::new(8, 4) }),
             input: StepInput::Hidden(vec![1.5, -2.0]),
             sample: false,
         };

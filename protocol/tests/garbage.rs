@@ -7,8 +7,8 @@ use std::cell::Cell;
 
 use edge_protocol::capability::MAX_CAPABILITIES_RECORD;
 use edge_protocol::stage::{
-    JobParams, Manifest, MemberRef, NodeMsg, PipeMsg, SamplingParams, SessionMsg, StageAccept, StageOpen, StepInput,
-    TensorEntry, MAX_OPEN_FRAME, MAX_STAGE_FRAME,
+    JobParams, Manifest, MemberRef, NodeMsg, PipeMsg, SessionMsg, StageAccept, StageOpen, StepInput, TensorEntry,
+    MAX_OPEN_FRAME, MAX_STAGE_FRAME,
 };
 use edge_protocol::LayerSlice;
 use edge_protocol::{
@@ -153,7 +153,7 @@ fn truncations_fail() {
 }
 
 fn sample_job() -> JobParams {
-    JobParams { capacity: 64, max_tokens: 9, sampling: SamplingParams::default(), stop: vec![2, 3], skip_draws: 4 }
+    JobParams { stop: vec![2, 3], skip_draws: 4, prefill_chunk: 32, ..JobParams::new(64, 9) }
 }
 
 fn sample_manifest() -> Manifest {

@@ -5,7 +5,8 @@
 use std::process::Command;
 
 use edge_tests::{
-    bin, new_key, temp_dir, Node, NodeSpec, TempDir, GREEDY_32, QWEN_GREEDY_16, QWEN_PROMPT, REFERENCE_PROMPT,
+    bin, new_key, temp_dir, Node, NodeSpec, TempDir, GREEDY_32, QWEN_GREEDY_16, QWEN_PROMPT, REFERENCE_IDS,
+    REFERENCE_PROMPT,
 };
 
 /// `edge-coord run --json` against `peers` (SmolLM2, the reference prompt, 32 tokens): the report, or the error text.
@@ -348,11 +349,21 @@ fn the_cpu_backend_distributed_generates_one_cpu_nodes_tokens_and_recovers() {
         assert_eq!(tokens(&report, 0), one, "{shape:?}");
     }
     // Concurrent sequences: the stages batch their steps (continuous batching), and every sequence still gets
-    // the single node's tokens.
-    for stages in ["1", "3"] {
-        let report = run(&key, &nodes, &["--stages", stages, "--sequences", "4"]).unwrap();
+    // the single node's tokens, with whole prompts or prompts entering in chunks of a few tokens batched with the
+    // other sequences' steps (chunked prefill).
+    let first_stage_steps = |r: &serde_json::Value, i: usize| r["outcomes"][i]["stages"][0]["steps"].as_u64().unwrap();
+    let mut whole = 0;
+    for (stages, chunk) in [("1", 0), ("3", 3), ("1", 5)] {
+        let flags = ["--stages", stages, "--sequences", "4", "--prefill-chunk", &chunk.to_string()];
+        let report = run(&key, &nodes, &flags).unwrap();
         for i in 0..4 {
-            assert_eq!(tokens(&report, i), one, "{stages} stage(s), sequence {i} of 4");
+            assert_eq!(tokens(&report, i), one, "{stages} stage(s), chunks of {chunk}, sequence {i} of 4");
+            if chunk == 0 {
+                whole = first_stage_steps(&report, i);
+            } else {
+                let extra = REFERENCE_IDS.len().div_ceil(chunk) as u64 - 1;
+                assert_eq!(first_stage_steps(&report, i), whole + extra, "the prompt ran in chunks of {chunk}");
+            }
         }
     }
     let flags = ["--stages", "3", "-n", "64", "--min-nodes", "3"];

@@ -56,9 +56,17 @@ pub struct ServeArgs {
     /// Force an even pipeline of this many stages instead of the planner's choice.
     #[arg(long)]
     pub stages: Option<usize>,
+    /// Chunked prefill: most prompt tokens per step. A long prompt enters in chunks, each batched with the
+    /// running sequences' next tokens, so they wait about one chunk's time (0: whole prompts in one step).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    pub prefill_chunk: u32,
     #[command(flatten)]
     pub join: JoinArgs,
 }
+
+/// The default `--prefill-chunk`: long enough that the GEMM runs at full speed, short enough that a running
+/// sequence's next token waits well under a second on a small CPU.
+pub const DEFAULT_PREFILL_CHUNK: u32 = 256;
 
 /// What every handler needs.
 pub struct AppState {
@@ -73,6 +81,8 @@ pub struct AppState {
     pub api_key: Option<blake3::Hash>,
     pub scheduler: scheduler::Handle,
     pub client: edge_node::net::Client,
+    /// Most prompt tokens per step (see [`ServeArgs::prefill_chunk`]).
+    pub prefill_chunk: u32,
 }
 
 pub type App = Arc<AppState>;
@@ -139,6 +149,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 api_key: args.api_key.as_deref().map(|k| blake3::hash(k.trim().as_bytes())),
                 scheduler: handle,
                 client: joined.client.clone(),
+                prefill_chunk: args.prefill_chunk,
             });
             let addr = listener.local_addr()?;
             eprintln!(

@@ -170,6 +170,7 @@ async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response,
         sampling: o.sampling,
         stop: app.eog.clone(),
         skip_draws: 0,
+        prefill_chunk: app.prefill_chunk,
     };
     let head = Head::new(endpoint, &app.model_id);
     let kind = if endpoint == Endpoint::Chat { JobKind::Chat } else { JobKind::Completion };

@@ -740,7 +740,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_protocol::stage::{JobParams, SamplingParams};
+    use edge_protocol::stage::JobParams;
 
     fn handle(limit: usize) -> (Handle, mpsc::Receiver<Submission>) {
         let (tx, rx) = mpsc::channel(limit);
@@ -750,8 +750,7 @@ mod tests {
     }
 
     fn job() -> Job {
-        let params =
-            JobParams { capacity: 8, max_tokens: 4, sampling: SamplingParams::default(), stop: vec![], skip_draws: 0 };
+        let params = JobParams::new(8, 4);
         Job { prompt: vec![1], params }
     }
 

@@ -88,11 +88,38 @@ pub struct Worker {
     partials: Vec<VecDeque<Vec<f32>>>,
     out: Option<Outbox>,
     seqs: HashMap<u64, SeqState>,
+    /// The first stage's prompts still to enter, by sequence: the next chunk is queued when the previous one has
+    /// run, behind the other sequences' waiting steps (chunked prefill).
+    prompts: HashMap<u64, Prompt>,
+}
+
+/// The rest of a prompt and its chunk size.
+struct Prompt {
+    rest: VecDeque<u32>,
+    chunk: usize,
+}
+
+impl Prompt {
+    /// The next chunk's step.
+    fn next_step(&mut self, seq: u64, job: Option<JobParams>, from: MemberRef) -> Work {
+        let chunk: Vec<u32> = self.rest.drain(..self.chunk.min(self.rest.len())).collect();
+        let msg = PipeMsg::Step { seq, job, input: StepInput::Tokens(chunk), sample: self.rest.is_empty() };
+        Work::Pipe { from, msg }
+    }
 }
 
 impl Worker {
     pub fn new(shard: Box<dyn Shard + Send>, me: MemberRef, rx: Receiver<Work>) -> Worker {
-        Worker { shard, me, rx, queue: VecDeque::new(), partials: Vec::new(), out: None, seqs: HashMap::new() }
+        Worker {
+            shard,
+            me,
+            rx,
+            queue: VecDeque::new(),
+            partials: Vec::new(),
+            out: None,
+            seqs: HashMap::new(),
+            prompts: HashMap::new(),
+        }
     }
 
     fn leader(&self) -> bool {
@@ -162,21 +189,26 @@ impl Worker {
         self.report(NodeMsg::Error { seq: Some(seq), message: e.to_string() });
         self.shard.close_sequence(seq);
         self.seqs.remove(&seq);
+        self.prompts.remove(&seq);
     }
 
-    /// The first stage's leader turns a prompt into steps: one per chunk that fits a frame (usually one).
+    /// The first stage's leader turns a prompt into steps of at most the job's `prefill_chunk` tokens (and what
+    /// fits a frame): the first is queued now, each next one when the previous has run ([`Prompt`]).
     fn start(&mut self, seq: u64, prompt: Vec<u32>, params: JobParams) {
         let dim = self.shard.config().dim;
-        let chunk = (MAX_STAGE_FRAME / 2 / (dim * 4)).clamp(1, 4096);
-        let n = prompt.len().div_ceil(chunk);
-        for (i, c) in prompt.chunks(chunk).enumerate() {
-            let job = (i == 0).then(|| params.clone());
-            let msg = PipeMsg::Step { seq, job, input: StepInput::Tokens(c.to_vec()), sample: i + 1 == n };
-            self.queue.push_back(Work::Pipe { from: self.me, msg });
+        let mut chunk = (MAX_STAGE_FRAME / 2 / (dim * 4)).clamp(1, 4096);
+        if params.prefill_chunk > 0 {
+            chunk = chunk.min(params.prefill_chunk as usize);
+        }
+        let mut p = Prompt { rest: prompt.into(), chunk };
+        self.queue.push_back(p.next_step(seq, Some(params), self.me));
+        if !p.rest.is_empty() {
+            self.prompts.insert(seq, p);
         }
     }
 
     fn close(&mut self, seq: u64) {
+        self.prompts.remove(&seq);
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
         if let Some(s) = self.seqs.remove(&seq) {
@@ -330,6 +362,12 @@ impl Worker {
         state.compute += elapsed;
         if prefill {
             state.prefill += elapsed;
+        }
+        if let Some(p) = self.prompts.get_mut(&seq) {
+            self.queue.push_back(p.next_step(seq, None, self.me));
+            if p.rest.is_empty() {
+                self.prompts.remove(&seq);
+            }
         }
         if !self.leader() {
             return Ok(());
