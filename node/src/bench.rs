@@ -209,6 +209,7 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
     println!("\ncpu decode with B sequences batched in every step ({steps} steps, KV at {} positions):", prompt.len());
     println!("  {:>3} {:>14} {:>14} {:>10}", "B", "ms/step", "tok/s (sum)", "vs B=1");
     let mut one = 0.0;
+    let ops = std::env::var("EDGE_BENCH_BATCH_OPS").is_ok();
     for b in [1u64, 2, 4, 8, 16] {
         let mut next = vec![0u32; b as usize];
         for seq in 0..b {
@@ -218,7 +219,7 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
                 next[seq as usize] = t[0];
             }
         }
-        if std::env::var("EDGE_BENCH_BATCH_OPS").is_ok() {
+        if ops {
             shard.set_profiling(true);
         }
         let t0 = std::time::Instant::now();
@@ -239,7 +240,7 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
             one = tps;
         }
         println!("  {b:>3} {:>14.2} {tps:>14.1} {:>9.2}x", 1e3 * secs / steps as f64, tps / one);
-        if std::env::var("EDGE_BENCH_BATCH_OPS").is_ok() {
+        if ops {
             print_ops(&shard.profile(), steps, secs, 0.0, "us/step");
             shard.set_profiling(false);
         }

@@ -42,6 +42,15 @@ pub const fn group_block(ty: GgmlType) -> Option<usize> {
     }
 }
 
+/// The packed types, numbered as the SIMD kernels' const parameter is.
+pub const TYPES: [GgmlType; 4] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0];
+
+/// (bytes of a group's block, offset of its weights) of packed type number `i` of [`TYPES`].
+pub const fn layout(i: u8) -> (usize, usize) {
+    let ty = TYPES[i as usize];
+    (group_block(ty).unwrap(), qs_offset(ty))
+}
+
 /// Offset of the weights in a group's block.
 pub const fn qs_offset(ty: GgmlType) -> usize {
     match ty {

@@ -10,7 +10,7 @@
 /// Expands `gemm8_q4_0`, `gemm8_q4_1`, `gemm8_q5_0` and `gemm8_q8_0` in the invoking module.
 macro_rules! arm_packed {
     ($feat:literal) => {
-        /// Q4_0, Q4_1, Q5_0, Q8_0 as the packed kernels' const parameter.
+        /// The packed kernels' const parameter: the index of the type in `repack::TYPES`.
         const P_Q4_0: u8 = 0;
         const P_Q4_1: u8 = 1;
         const P_Q5_0: u8 = 2;
@@ -33,8 +33,7 @@ macro_rules! arm_packed {
             out: *mut f32,
             ostr: usize,
         ) {
-            let gb = [144, 160, 176, 272][TY as usize];
-            let qo = [16, 32, 48, 16][TY as usize];
+            let (gb, qo) = crate::cpu::repack::layout(TY);
             let (m4, b4) = (vdupq_n_u8(15), vdupq_n_u8(16));
             // Rows 0..4 and 4..8 of each token.
             let mut acc = [[vdupq_n_f32(0.0); 2]; T];
@@ -113,7 +112,7 @@ macro_rules! arm_packed {
                     ostr: usize,
                 ) {
                     let blocks = cols / 32;
-                    assert!(w.len() >= blocks * [144, 160, 176, 272][$ty as usize]);
+                    assert!(w.len() >= blocks * crate::cpu::repack::layout($ty).0);
                     assert!(n == 0 || a.len() >= (n - 1) * astr + blocks * 40);
                     let (w, a) = (w.as_ptr(), a.as_ptr());
                     let mut t = 0;

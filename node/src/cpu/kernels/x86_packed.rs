@@ -11,7 +11,7 @@
 /// Expands `gemm8_q4_0`, `gemm8_q4_1`, `gemm8_q5_0` and `gemm8_q8_0` in the invoking module with `$tokens` tokens per tile.
 macro_rules! x86_packed {
     ($feat:literal, $tokens:literal) => {
-        /// Q4_0, Q4_1, Q5_0 as the packed kernels' const parameter.
+        /// The packed kernels' const parameter: the index of the type in `repack::TYPES`.
         const P_Q4_0: u8 = 0;
         const P_Q4_1: u8 = 1;
         const P_Q5_0: u8 = 2;
@@ -29,8 +29,7 @@ macro_rules! x86_packed {
             out: *mut f32,
             ostr: usize,
         ) {
-            let gb = [144, 160, 176, 272][TY as usize];
-            let qo = [16, 32, 48, 16][TY as usize];
+            let (gb, qo) = crate::cpu::repack::layout(TY);
             let (m4, b4) = (_mm256_set1_epi8(15), _mm256_set1_epi8(16));
             let mut acc = [_mm256_setzero_ps(); T];
             // Up to two tokens, each token's sums run in two chains (weights 0..16 and 16..32): integer sums are
@@ -118,7 +117,7 @@ macro_rules! x86_packed {
             ostr: usize,
         ) {
             let blocks = cols / 32;
-            assert!(w.len() >= blocks * [144, 160, 176, 272][TY as usize]);
+            assert!(w.len() >= blocks * crate::cpu::repack::layout(TY).0);
             assert!(n == 0 || a.len() >= (n - 1) * astr + blocks * 40);
             let (w, a) = (w.as_ptr(), a.as_ptr());
             let mut t = 0;
