@@ -43,7 +43,14 @@ TAG=tb$$
 NSS=()
 PIDS=()
 cleanup() {
+    local rc=$?
     set +e
+    # On failure, the members' logs say what they saw (discovery, capability records, stages).
+    if [ "$rc" != 0 ]; then
+        for log in "$WORK"/node*.log; do
+            [ -f "$log" ] && { echo "--- last lines of $(basename "$log") ---" >&2; tail -n 25 "$log" >&2; }
+        done
+    fi
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
     for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; done

@@ -35,6 +35,9 @@ struct Redial {
     peer: Option<PeerId>,
     next: Instant,
     delay: Duration,
+    /// Found by mDNS: any connection with the peer satisfies it (it may have dialed us), and it is forgotten
+    /// when mDNS says the peer has gone.
+    mdns: bool,
 }
 
 pub struct EventLoop {
@@ -69,7 +72,13 @@ impl EventLoop {
         let now = Instant::now();
         let redial = bootstrap
             .into_iter()
-            .map(|addr| Redial { peer: peer_of(&addr), addr, next: now, delay: Duration::from_millis(500) })
+            .map(|addr| Redial {
+                peer: peer_of(&addr),
+                addr,
+                next: now,
+                delay: Duration::from_millis(500),
+                mdns: false,
+            })
             .collect();
         EventLoop {
             swarm,
@@ -108,14 +117,14 @@ impl EventLoop {
             if r.next > now {
                 continue;
             }
-            // Satisfied by an open connection over this very address (a QUIC address is kept apart from TCP).
+            // Satisfied by an open connection over this very address (a QUIC address is kept apart from TCP), or
+            // for a peer found by mDNS by any connection with it.
             let want = without_p2p(&r.addr);
-            let connected = r
-                .peer
-                .and_then(|p| self.peers.get(&p))
-                .is_some_and(|s| s.connections.values().any(|a| without_p2p(a) == want));
+            let connected = r.peer.and_then(|p| self.peers.get(&p)).is_some_and(|s| {
+                (r.mdns && !s.connections.is_empty()) || s.connections.values().any(|a| without_p2p(a) == want)
+            });
             if !connected {
-                if let Err(e) = self.swarm.dial(r.addr.clone()) {
+                if let Err(e) = dial(&mut self.swarm, r.addr.clone()) {
                     tracing::debug!(addr = %r.addr, cause = %e, "dial failed");
                 }
                 r.delay = (r.delay * 2).min(Duration::from_secs(10));
@@ -137,7 +146,7 @@ impl EventLoop {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Dial { addr, reply } => {
-                let _ = reply.send(self.swarm.dial(addr).map_err(|e| NetError::Dial(e.to_string())));
+                let _ = reply.send(dial(&mut self.swarm, addr).map_err(|e| NetError::Dial(e.to_string())));
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.peers.snapshot(LIVENESS_TIMEOUT));
@@ -211,11 +220,25 @@ impl EventLoop {
                 Err(e) => tracing::debug!(%peer, cause = %e, "ping failed"),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                // Both sides of a pair discover each other at the same moment (one query's answers reach every
+                // member) and both dial; a dial that fails is tried again from the tick, with backoff, until the
+                // two are connected either way or mDNS reports the peer gone.
+                let now = Instant::now();
                 for (peer, addr) in found {
+                    if self.redial.iter().any(|r| r.mdns && r.peer == Some(peer) && r.addr == addr) {
+                        continue;
+                    }
                     if !self.swarm.is_connected(&peer) {
                         tracing::info!(%peer, %addr, "discovered by mDNS");
-                        let _ = self.swarm.dial(addr);
                     }
+                    let delay = Duration::from_millis(500);
+                    self.redial.push(Redial { addr, peer: Some(peer), next: now, delay, mdns: true });
+                }
+                self.on_tick();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                for (peer, addr) in gone {
+                    self.redial.retain(|r| !(r.mdns && r.peer == Some(peer) && r.addr == addr));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
@@ -223,7 +246,7 @@ impl EventLoop {
                 if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) => {
                     if let Some(addr) = addresses.iter().next() {
                         tracing::debug!(%peer, %addr, "found by Kademlia");
-                        let _ = self.swarm.dial(addr.clone());
+                        let _ = dial(&mut self.swarm, addr.clone());
                     }
                 }
             SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => self.on_control(e),
@@ -308,6 +331,13 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// Dials from a fresh local port. libp2p's default binds a dial to the listening port; two members with fixed
+/// ports that dial each other at the same moment (as mDNS makes them) then meet in one TCP simultaneous open on
+/// which both sides act as the dialer, the security handshake fails and neither connection exists.
+fn dial(swarm: &mut Swarm<Behaviour>, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
+    swarm.dial(libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr).allocate_new_port().build())
 }
 
 /// The address without its `/p2p/...` part.
