@@ -3,6 +3,9 @@
 
 use edge_node::backend::LoadedModel;
 
+pub mod server;
+pub use server::Server;
+
 /// "Once upon a time, there was a little robot named" (llama.cpp's tokenizer, ../shared/ENVIRONMENT.md).
 pub const REFERENCE_PROMPT: &str = "Once upon a time, there was a little robot named";
 pub const REFERENCE_IDS: [u32; 11] = [6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 3365];

@@ -11,14 +11,13 @@
 //! `chromium`; `$EDGE_CHROMIUM` picks another): without it this test fails, it does not skip. The screenshot, the
 //! DOM and the servers' logs are kept in the directory the test prints (`artifacts: …`).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, Proc, TempDir};
+use edge_tests::{new_key, temp_dir, Node, NodeSpec, Server, TempDir};
 use serde_json::{json, Value};
 
 /// What the deep link asks (greedy, a few tokens: deterministic and quick).
@@ -43,7 +42,7 @@ fn the_dashboard_shows_the_cluster_and_streams_a_chat_reply_in_chromium() {
     let b = Node::start(&key, NodeSpec { peers: &[&a.addr], backend: Some("wgpu"), ..Default::default() });
 
     // ---- An open server.
-    let server = Server::start(&key, &[&a, &b], &[], &out);
+    let server = Server::start_logged(&key, &[&a, &b], &["--stages", "2"], Some(&out.join("serve-open.log")));
     let http = Http::new(None);
     let status = http.get_json(&format!("{}/api/status", server.url));
     let model_id = status["model"]["id"].as_str().expect("model.id").to_string();
@@ -141,7 +140,8 @@ fn the_dashboard_shows_the_cluster_and_streams_a_chat_reply_in_chromium() {
 
     // ---- A server with an API key: the page is public, the API is not; the page asks for the key.
     let api_key = "test-key-7f3e";
-    let server = Server::start(&key, &[&a, &b], &["--api-key", api_key], &out);
+    let args = ["--stages", "2", "--api-key", api_key];
+    let server = Server::start_logged(&key, &[&a, &b], &args, Some(&out.join("serve-key.log")));
     let (code, _, _) = http.get(&format!("{}/api/status", server.url));
     assert_eq!(code, 401, "/api/status without the key");
     let (code, _, _) = http.get(&format!("{}/", server.url));
@@ -214,53 +214,6 @@ fn chromium() -> PathBuf {
         }
     }
     panic!("chromium is not installed: run `bash scripts/setup.sh` (it installs Debian's `chromium` package)");
-}
-
-/// `edge-coord serve` on 127.0.0.1 (any port), killed on drop.
-struct Server {
-    url: String,
-    _proc: Proc,
-    _dir: TempDir,
-}
-
-impl Server {
-    /// Its stderr is kept in `out/serve-PID.log`.
-    fn start(key: &str, peers: &[&Node], extra: &[&str], out: &Path) -> Server {
-        let dir = TempDir(temp_dir("serve"));
-        let mut cmd = Command::new(bin("edge-coord"));
-        cmd.args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--stages", "2"]);
-        cmd.args(["--wait", "60", "--min-nodes", &peers.len().to_string()]);
-        for p in peers {
-            cmd.args(["--peer", &p.addr]);
-        }
-        cmd.args(extra).arg("--data-dir").arg(&dir.0).env("EDGE_CLUSTER_KEY", key);
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start edge-coord serve");
-        let stderr = child.stderr.take().unwrap();
-        let proc = Proc(child);
-        // What it says goes to a log file (and into a failure message); "serving http://…" gives the URL.
-        let mut file = std::fs::File::create(out.join(format!("serve-{}.log", proc.0.id()))).unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.strip_prefix("serving ") {
-                        let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                    }
-                    let _ = writeln!(file, "{line}");
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let url = rx.recv_timeout(Duration::from_secs(240)).unwrap_or_else(|_| {
-            panic!("edge-coord serve did not print `serving http://…` in time:\n{}", log.lock().unwrap())
-        });
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        Server { url, _proc: proc, _dir: dir }
-    }
 }
 
 /// A small HTTP client (bounded waits), with an optional API key.

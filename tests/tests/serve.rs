@@ -4,69 +4,18 @@
 //! error shape, a client that disconnects mid-stream, `/api/status` and `edge-coord status`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use edge_node::tokenizer::Tokenizer;
-use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, Proc, TempDir, GREEDY_32, REFERENCE_PROMPT};
+use edge_tests::{bin, new_key, Node, NodeSpec, Server, GREEDY_32, REFERENCE_PROMPT};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-test-0123456789";
 /// Context of the server's sequences (small: quick to allocate, and an easy overlong prompt).
 const CTX: usize = 256;
-
-/// `edge-coord serve`, killed on drop; `url` is what it printed as `serving http://...`.
-struct Server {
-    _proc: Proc,
-    url: String,
-    log: Arc<Mutex<String>>,
-    _dir: TempDir,
-}
-
-impl Server {
-    fn start(cluster_key: &str, nodes: &[&Node], extra: &[&str]) -> Server {
-        let dir = TempDir(temp_dir("serve"));
-        let mut cmd = Command::new(bin("edge-coord"));
-        cmd.args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--ctx", &CTX.to_string()]);
-        cmd.args(["--wait", "60", "--min-nodes", &nodes.len().to_string()]);
-        for n in nodes {
-            cmd.args(["--peer", &n.addr]);
-        }
-        cmd.args(extra)
-            .arg("--data-dir")
-            .arg(&dir.0)
-            .env("EDGE_CLUSTER_KEY", cluster_key)
-            .env_remove("EDGE_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start edge-coord serve");
-        let stderr = child.stderr.take().unwrap();
-        let proc = Proc(child);
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("EDGE_TEST_LOGS").is_some() {
-                    eprintln!("[serve] {line}");
-                }
-                if let Some(rest) = line.strip_prefix("serving ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
-                log2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(240))
-            .unwrap_or_else(|_| panic!("edge-coord serve did not start:\n{}", log.lock().unwrap()));
-        Server { _proc: proc, url, log, _dir: dir }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
+const CTX_ARG: &str = "256";
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -172,7 +121,8 @@ fn the_openai_api_serves_the_cluster() {
     let key = new_key();
     let a = gpu_node(&key, &[]);
     let b = gpu_node(&key, &[&a.addr]);
-    let server = Server::start(&key, &[&a, &b], &["--stages", "2", "--sequences", "2", "--api-key", KEY]);
+    let server =
+        Server::start(&key, &[&a, &b], &["--ctx", CTX_ARG, "--stages", "2", "--sequences", "2", "--api-key", KEY]);
     let url = server.url.clone();
     let started = Instant::now();
 
@@ -448,7 +398,8 @@ fn a_lost_node_is_replaced_mid_stream_and_too_few_nodes_answer_503() {
     let b = small(&[&a.addr]);
     let c = small(&[&a.addr]);
     let mut nodes = vec![a, b, c];
-    let server = Server::start(&key, &nodes.iter().collect::<Vec<_>>(), &["--stages", "2", "--api-key", KEY]);
+    let server =
+        Server::start(&key, &nodes.iter().collect::<Vec<_>>(), &["--ctx", CTX_ARG, "--stages", "2", "--api-key", KEY]);
     let url = server.url.clone();
     let model = model_path().file_stem().unwrap().to_string_lossy().into_owned();
     let body = completion(&model, json!({"max_tokens": 48}));

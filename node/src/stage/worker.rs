@@ -242,14 +242,24 @@ impl Worker {
         self.shard.batches() && self.out.as_ref().is_none_or(|o| o.group.len() <= 1)
     }
 
+    /// Moves what has arrived into the queue. A new sequence's `Start` is taken at once (it only queues its
+    /// first step, behind the steps already waiting), so that step can join the next batch instead of waiting
+    /// for a batch to end at the `Start` message.
+    fn take_arrivals(&mut self) {
+        while let Ok(w) = self.rx.try_recv() {
+            match w {
+                Work::Start { seq, prompt, params } => self.start(seq, prompt, params),
+                w => self.queue.push_back(w),
+            }
+        }
+    }
+
     /// Runs this step together with the steps of other sequences waiting right behind it (at most one per
     /// sequence, up to the first message that is not a step, so nothing is reordered within a sequence). When
     /// the batch fails (one bad step fails all of it, before any sequence moves), each step runs alone, so only
     /// the bad one fails.
     fn step_batch(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
-        while let Ok(w) = self.rx.try_recv() {
-            self.queue.push_back(w);
-        }
+        self.take_arrivals();
         let mut steps = vec![(seq, job, input, sample)];
         while steps.len() < MAX_BATCH {
             match self.queue.front() {
@@ -363,7 +373,12 @@ impl Worker {
         if prefill {
             state.prefill += elapsed;
         }
-        if let Some(p) = self.prompts.get_mut(&seq) {
+        if self.prompts.contains_key(&seq) {
+            // Requests that arrived while this chunk ran go ahead of the next chunk.
+            if self.batching() {
+                self.take_arrivals();
+            }
+            let p = self.prompts.get_mut(&seq).expect("still prefilling");
             self.queue.push_back(p.next_step(seq, None, self.me));
             if p.rest.is_empty() {
                 self.prompts.remove(&seq);

@@ -1,0 +1,107 @@
+//! The first stage's worker queue: a request that arrives while a long prompt is prefilled in chunks joins the
+//! very next batch (with that prompt's next chunk), so its first token waits about one chunk, not two.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::tiny::*;
+use edge_node::cpu::CpuShard;
+use edge_node::model::ModelConfig;
+use edge_node::quant::GgmlType;
+use edge_node::shard::{HeadOutput, Reducer, SeqId, Shard, ShardError, ShardInput, ShardOutput, Step};
+use edge_node::stage::worker::{Outbox, Work, Worker};
+use edge_protocol::stage::{JobParams, MemberRef, NodeMsg};
+use edge_protocol::ShardSpec;
+
+/// Each forward call's steps as (sequence, input tokens).
+type Calls = Arc<Mutex<Vec<Vec<(SeqId, usize)>>>>;
+
+/// A CPU shard that records what each forward call ran.
+struct Recording {
+    inner: CpuShard,
+    calls: Calls,
+}
+
+fn rows(input: &ShardInput<'_>) -> usize {
+    match input {
+        ShardInput::Tokens(t) => t.len(),
+        ShardInput::Hidden(_) => 0,
+    }
+}
+
+impl Shard for Recording {
+    fn spec(&self) -> ShardSpec {
+        self.inner.spec()
+    }
+    fn config(&self) -> &ModelConfig {
+        self.inner.config()
+    }
+    fn backend_name(&self) -> String {
+        self.inner.backend_name()
+    }
+    fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
+        self.inner.open_sequence(seq, capacity)
+    }
+    fn close_sequence(&mut self, seq: SeqId) {
+        self.inner.close_sequence(seq)
+    }
+    fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError> {
+        self.inner.sequence_len(seq)
+    }
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        self.inner.truncate(seq, len)
+    }
+    fn forward_reduce(
+        &mut self,
+        seq: SeqId,
+        input: ShardInput<'_>,
+        want: HeadOutput,
+        reduce: &mut dyn Reducer,
+    ) -> Result<ShardOutput, ShardError> {
+        self.calls.lock().unwrap().push(vec![(seq, rows(&input))]);
+        self.inner.forward_reduce(seq, input, want, reduce)
+    }
+    fn batches(&self) -> bool {
+        self.inner.batches()
+    }
+    fn forward_batch(&mut self, steps: &[Step<'_>], reduce: &mut dyn Reducer) -> Result<Vec<ShardOutput>, ShardError> {
+        self.calls.lock().unwrap().push(steps.iter().map(|s| (s.seq, rows(&s.input))).collect());
+        self.inner.forward_batch(steps, reduce)
+    }
+}
+
+#[test]
+fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let calls = Calls::default();
+    let shard = Recording {
+        inner: CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(),
+        calls: calls.clone(),
+    };
+    let me = MemberRef { stage: 0, member: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
+    // Everything is queued before the worker runs: the long prompt's Start, then the short one's behind it.
+    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
+    let long = JobParams { prefill_chunk: 4, ..JobParams::new(64, 2) };
+    tx.send(Work::Start { seq: 1, prompt: prompt(cfg.vocab, 12, 1), params: long }).unwrap();
+    tx.send(Work::Start { seq: 2, prompt: prompt(cfg.vocab, 3, 2), params: JobParams::new(64, 2) }).unwrap();
+    let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
+
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        match from_worker.blocking_recv().expect("the worker reports") {
+            NodeMsg::Token { seq, finish: Some(_), .. } => finished.push(seq),
+            NodeMsg::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    tx.send(Work::Shutdown).unwrap();
+    worker.join().unwrap();
+
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls[0], vec![(1, 4), (2, 3)], "the short prompt rides with the first chunk: {calls:?}");
+    let long_inputs: Vec<usize> = calls.iter().flatten().filter(|s| s.0 == 1).map(|s| s.1).collect();
+    assert_eq!(long_inputs, [4, 4, 4, 1], "the long prompt in chunks of 4, then its decode step: {calls:?}");
+}
