@@ -162,8 +162,8 @@ fn long_prompt(n: usize) -> String {
 }
 
 /// One round of the long-prompt case: (chunk time, TTFT of a short request alone, TTFT of the same request sent
-/// while the long prompt prefills), in ms.
-fn interference(api: Api, long: &str) -> (f64, f64, f64) {
+/// while the long prompt prefills), in ms, and the long prompt's tokens.
+fn interference(api: Api, long: &str) -> ((f64, f64, f64), usize) {
     let client = agent();
     let alone = stream(&client, api, long, 1);
     let chunks = alone.prompt_tokens.div_ceil(CHUNK).max(1);
@@ -177,7 +177,7 @@ fn interference(api: Api, long: &str) -> (f64, f64, f64) {
         bg.join().unwrap();
         t
     });
-    (chunk_ms, short_alone, during)
+    ((chunk_ms, short_alone, during), alone.prompt_tokens)
 }
 
 fn main() {
@@ -223,16 +223,19 @@ fn main() {
     drop(server);
 
     // The long prompt: chunked and whole, alternating servers, three rounds.
-    println!("\na short request (4 tokens) sent while a {}-character prompt prefills:", long.len());
+    let mut prompt_tokens = 0;
     let mut rows: Vec<(&str, Vec<(f64, f64, f64)>)> = vec![("chunked (256)", Vec::new()), ("whole prompt", Vec::new())];
     for _ in 0..3 {
         for (i, chunk) in ["256", "0"].iter().enumerate() {
             let server = Server::start(&key, &[&node], &["--sequences", "4", "--ctx", ctx, "--prefill-chunk", chunk]);
             let api = Api { url: &server.url, model: &model };
             stream(&agent(), api, PROMPTS[0], 8); // warm-up
-            rows[i].1.push(interference(api, &long));
+            let (r, n) = interference(api, &long);
+            rows[i].1.push(r);
+            prompt_tokens = n;
         }
     }
+    println!("\na short request (4 tokens) sent while a {prompt_tokens}-token prompt prefills (3 rounds, medians):");
     println!(
         "{:>14} {:>12} {:>16} {:>16} {:>14}",
         "prefill", "chunk ms", "TTFT alone ms", "TTFT during ms", "in chunks"
