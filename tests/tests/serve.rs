@@ -50,6 +50,26 @@ fn get(url: &str, path: &str, key: Option<&str>) -> (u16, Value) {
     (resp.status().as_u16(), serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}")))
 }
 
+/// GET returning the status, the content type and the body text.
+fn get_text(url: &str, path: &str, key: Option<&str>) -> (u16, String, String) {
+    let mut req = agent().get(format!("{url}{path}"));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let ct = resp.headers().get("content-type").map_or("", |v| v.to_str().unwrap()).to_string();
+    (resp.status().as_u16(), ct, resp.body_mut().read_to_string().unwrap())
+}
+
+/// The value of one sample line of a Prometheus exposition (`name{labels}` exactly as written).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 /// An SSE response read to its end: the `data:` payloads in order (`[DONE]` as a string).
 fn stream(url: &str, path: &str, body: &Value) -> Vec<Value> {
     let mut resp = agent()
@@ -349,6 +369,29 @@ fn the_openai_api_serves_the_cluster() {
     assert!(status["totals"]["requests"].as_u64().unwrap() >= 9, "{}", status["totals"]);
     assert!(status["totals"]["uptime_s"].as_f64().unwrap() >= status_at.as_secs_f64() - 1.0);
 
+    // /health is open (a plan runs: 200); /metrics takes the key and agrees with the status.
+    let (code, _, text) = get_text(&url, "/health", None);
+    assert_eq!((code, serde_json::from_str::<Value>(&text).unwrap()), (200, json!({"status": "ok"})));
+    let (code, _, _) = get_text(&url, "/metrics", None);
+    assert_eq!(code, 401);
+    let (_, now) = get(&url, "/api/status", Some(KEY));
+    let (code, ct, m) = get_text(&url, "/metrics", Some(KEY));
+    assert_eq!(code, 200);
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    let done = now["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "done").count() as f64;
+    assert!(sample(&m, "edge_requests_total{outcome=\"done\"}") >= done, "{m}");
+    assert!(sample(&m, "edge_requests_total{outcome=\"cancelled\"}") >= 1.0, "the abandoned stream: {m}");
+    assert_eq!(sample(&m, "edge_generation_tokens_total"), now["totals"]["completion_tokens"].as_f64().unwrap());
+    assert!(sample(&m, "edge_prompt_tokens_total") >= 11.0 * done, "{m}");
+    assert_eq!((sample(&m, "edge_plan_up"), sample(&m, "edge_running_sequences")), (1.0, 0.0));
+    for n in [&a, &b] {
+        assert_eq!(sample(&m, &format!("edge_node_up{{node=\"{}\"}}", n.peer_id)), 1.0);
+        assert!(sample(&m, &format!("edge_node_rtt_seconds{{node=\"{}\"}}", n.peer_id)) > 0.0);
+    }
+    let ttft = sample(&m, "edge_time_to_first_token_seconds_count");
+    assert!(ttft >= done && sample(&m, "edge_time_to_first_token_seconds_bucket{le=\"+Inf\"}") == ttft, "{m}");
+    assert!(sample(&m, "edge_inter_token_latency_seconds_count") >= 31.0, "the first job's 32 tokens: {m}");
+
     // `edge-coord status`: the same as a table, or as JSON; a wrong key and an empty port are clear errors.
     let (out, err, ok) = status_cli(&url, &["--api-key", KEY]);
     assert!(ok, "{err}");
@@ -453,4 +496,14 @@ fn a_lost_node_is_replaced_mid_stream_and_too_few_nodes_answer_503() {
     }
     let (_, s) = get(&url, "/api/status", Some(KEY));
     assert!(s["plan"].is_null(), "{}", s["plan"]);
+    let (code, _, text) = get_text(&url, "/health", None);
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("no set of the remaining nodes can run the model"), "{text}");
+    // The 503 above failed a request already accepted; one sent now is refused on arrival.
+    let (status, _) = post(&url, "/v1/completions", &completion(&model, json!({"max_tokens": 4})));
+    assert_eq!(status, 503);
+    let (_, _, m) = get_text(&url, "/metrics", Some(KEY));
+    assert_eq!(sample(&m, "edge_plan_up"), 0.0);
+    assert!(sample(&m, "edge_requests_total{outcome=\"failed\"}") >= 1.0, "{m}");
+    assert!(sample(&m, "edge_requests_total{outcome=\"rejected\"}") >= 1.0, "{m}");
 }

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod dashboard;
+pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod scheduler;

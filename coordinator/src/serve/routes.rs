@@ -29,8 +29,12 @@ pub fn router(app: App) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/api/status", get(status))
+        .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
-    api.merge(dashboard::router::<App>())
+    // Open without the key, as load balancers and orchestrators probe it.
+    let health = Router::new().route("/health", get(health));
+    api.merge(health)
+        .merge(dashboard::router::<App>())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -254,6 +258,38 @@ fn sse_event(s: &mut Streaming, ev: Option<Event>) -> String {
             openai::sse(&ApiError::server("the scheduler stopped").body()) + SSE_DONE
         }
     }
+}
+
+/// 200 `{"status": "ok"}` while a plan runs, else 503 with the reason.
+async fn health(State(app): State<App>) -> Response {
+    let b = app.scheduler.board.lock().expect("board lock");
+    match (&b.plan, &b.unavailable) {
+        (Some(_), _) => Json(json!({"status": "ok"})).into_response(),
+        (None, why) => {
+            let reason = why.clone().unwrap_or_else(|| "no plan runs yet".into());
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason}))).into_response()
+        }
+    }
+}
+
+/// The Prometheus exposition ([`super::metrics`]).
+async fn metrics(State(app): State<App>) -> Response {
+    let peers = app.client.peers().await.unwrap_or_default();
+    let b = app.scheduler.board.lock().expect("board lock");
+    let live: Vec<super::metrics::Live> = b
+        .members
+        .iter()
+        .map(|n| {
+            let p = peers.iter().find(|p| p.peer_id == n.id);
+            super::metrics::Live {
+                id: n.id.clone(),
+                alive: p.is_some(),
+                rtt_s: p.and_then(|p| p.rtt_us).map(|r| r as f64 / 1e6),
+            }
+        })
+        .collect();
+    let text = super::metrics::render(&b, &live);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn status(State(app): State<App>) -> Json<Status> {

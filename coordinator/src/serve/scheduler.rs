@@ -16,6 +16,7 @@ use edge_node::tokenizer::{TextStream, Tokenizer};
 use edge_protocol::stage::Finish;
 use tokio::sync::mpsc;
 
+use super::metrics::Metrics;
 use super::openai::ApiError;
 use super::status::{JobKind, JobState, JobStatus, ModelInfo, NodeStatus, PlanStatus, StageMemberStatus, StageStatus};
 use super::stop::StopMatcher;
@@ -84,6 +85,8 @@ pub struct Board {
     pub running: usize,
     /// Per node: (second, tokens its stage processed in that second), the last [`RATE_WINDOW`].
     tokens: HashMap<String, VecDeque<(Instant, u64)>>,
+    /// Counters and histograms of `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl Board {
@@ -99,12 +102,16 @@ impl Board {
             completion_tokens: 0,
             running: 0,
             tokens: HashMap::new(),
+            metrics: Metrics::default(),
         }
     }
 
+    /// Updates a job's record; its move into a final state is counted in the metrics.
     fn job(&mut self, id: &str, f: impl FnOnce(&mut JobStatus)) {
         if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
+            let from = j.state;
             f(j);
+            self.metrics.transition(from, j.state);
         }
     }
 
@@ -161,19 +168,25 @@ impl Handle {
         job: Job,
         stop: Vec<String>,
     ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
-        if let Some(why) = self.board.lock().expect("board lock").unavailable.clone() {
-            return Err(ApiError::unavailable(why));
+        let refused = |e: ApiError| {
+            self.board.lock().expect("board lock").metrics.ended("rejected");
+            Err(e)
+        };
+        // (The board's lock is released before `refused` takes it again.)
+        let unavailable = self.board.lock().expect("board lock").unavailable.clone();
+        if let Some(why) = unavailable {
+            return refused(ApiError::unavailable(why));
         }
         let ticket = Ticket(self.pending.clone());
         if self.pending.fetch_add(1, Ordering::SeqCst) >= self.limit {
-            return Err(ApiError::queue_full(self.limit));
+            return refused(ApiError::queue_full(self.limit));
         }
         let (events, rx) = mpsc::unbounded_channel();
         let sub = Submission { id, kind, job, stop, events, arrived: Instant::now(), _ticket: ticket };
         match self.tx.try_send(sub) {
             Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::queue_full(self.limit)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::unavailable("the scheduler has stopped")),
+            Err(mpsc::error::TrySendError::Full(_)) => refused(ApiError::queue_full(self.limit)),
+            Err(mpsc::error::TrySendError::Closed(_)) => refused(ApiError::unavailable("the scheduler has stopped")),
         }
     }
 }
@@ -190,6 +203,8 @@ struct Active {
     ended_at: Option<Instant>,
     stats: usize,
     first_token: bool,
+    /// When its last token came (the inter-token histogram).
+    last_token: Option<Instant>,
 }
 
 /// What the scheduler needs to (re)plan.
@@ -392,13 +407,17 @@ impl Scheduler {
         let unavailable = {
             let mut b = self.board();
             b.requests += 1;
+            b.metrics.prompt_tokens += sub.job.prompt.len() as u64;
             b.jobs.push_front(record);
             b.jobs.truncate(super::status::MAX_JOBS);
             b.unavailable.clone()
         };
         match unavailable {
             Some(why) => self.reject(sub, ApiError::unavailable(why)),
-            None => self.queue.push_back(sub),
+            None => {
+                self.queue.push_back(sub);
+                self.board().metrics.queued = self.queue.len();
+            }
         }
     }
 
@@ -434,6 +453,7 @@ impl Scheduler {
                 ended_at: None,
                 stats: 0,
                 first_token: false,
+                last_token: None,
             };
             self.board().job(&a.sub.id, |j| j.state = JobState::Running);
             if let Err(f) = self.start_seq(&mut a).await {
@@ -445,7 +465,10 @@ impl Scheduler {
             }
         }
         let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
-        self.board().running = running;
+        let mut b = self.board();
+        b.running = running;
+        b.metrics.queued = self.queue.len();
+        drop(b);
     }
 
     /// Starts (or resumes) `a` on the current deployment.
@@ -554,7 +577,12 @@ impl Scheduler {
                     if a.outcome.tokens.len() == 1 {
                         let ms = a.sub.arrived.elapsed().as_secs_f64() * 1e3;
                         b.job(&a.sub.id, |j| j.first_token_ms = Some(ms));
+                        b.metrics.ttft.observe(ms / 1e3);
                     }
+                }
+                let now = Instant::now();
+                if let Some(prev) = a.last_token.replace(now) {
+                    b.metrics.itl.observe(now.duration_since(prev).as_secs_f64());
                 }
                 b.count(1);
                 b.completion_tokens += 1;
@@ -624,7 +652,10 @@ impl Scheduler {
             self.board().job(&id, |j| j.state = JobState::Cancelled);
         }
         let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
-        self.board().running = running;
+        let mut b = self.board();
+        b.running = running;
+        b.metrics.queued = self.queue.len();
+        drop(b);
         if running > 0 && self.deployment.is_some() && self.last_event.elapsed() > job::STALL_TIMEOUT {
             self.failure = Some(Failure {
                 member: None,
@@ -769,6 +800,8 @@ mod tests {
         let e = submit().unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (503, Some("cluster_unavailable")));
         assert!(e.message.contains("no plan fits"));
+        // Both refusals count as rejected requests in /metrics.
+        assert_eq!(h.board.lock().unwrap().metrics.outcomes.get("rejected"), Some(&2));
     }
 
     #[test]
