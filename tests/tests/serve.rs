@@ -237,6 +237,65 @@ fn the_openai_api_serves_the_cluster() {
         assert_eq!(r["choices"][0]["text"], greedy_text.as_str(), "concurrent request");
     }
 
+    // The Ollama API on the same plan: raw generate is the greedy completion, /api/chat the greedy chat answer,
+    // streamed as NDJSON with the same text; the model listed and shown; errors as {"error"}; the same key.
+    let ollama = |path: &str, body: &Value| post(&url, path, body);
+    let (code, _, text) = get_text(&url, "/", None);
+    assert_eq!((code, text.as_str()), (200, "Ollama is running"));
+    let (code, v) = get(&url, "/api/version", Some(KEY));
+    assert!(code == 200 && v["version"].is_string(), "{v}");
+    let (code, tags) = get(&url, "/api/tags", Some(KEY));
+    assert_eq!(code, 200);
+    let name = tags["models"][0]["name"].as_str().unwrap().to_string();
+    assert_eq!(name, format!("{model}:latest"));
+    assert_eq!(tags["models"][0]["details"]["family"], "llama");
+    let (code, show) = ollama("/api/show", &json!({"model": name}));
+    assert_eq!((code, show["model_info"]["llama.block_count"].as_u64()), (200, Some(30)), "{show}");
+    let (_, ps) = get(&url, "/api/ps", Some(KEY));
+    assert_eq!(ps["models"][0]["name"], name.as_str());
+    let gen = json!({"model": name, "prompt": REFERENCE_PROMPT, "raw": true, "stream": false,
+                     "options": {"temperature": 0, "num_predict": 32}});
+    let (code, r) = ollama("/api/generate", &gen);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["response"], greedy_text.as_str(), "Ollama's raw generate is the greedy completion");
+    assert_eq!((r["done"].as_bool(), r["done_reason"].as_str()), (Some(true), Some("length")));
+    assert_eq!((r["prompt_eval_count"].as_u64(), r["eval_count"].as_u64()), (Some(11), Some(32)));
+    let (total, eval) = (r["total_duration"].as_u64().unwrap(), r["eval_duration"].as_u64().unwrap());
+    assert!(total > eval && eval > 0 && r["created_at"].as_str().unwrap().ends_with('Z'), "{r}");
+    let ochat = json!({"model": model, "messages": chat["messages"], "options": {"temperature": 0, "num_predict": 40}});
+    let mut resp = agent()
+        .post(format!("{url}/api/chat"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send(ochat.to_string())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers().get("content-type").unwrap().to_str().unwrap().starts_with("application/x-ndjson"));
+    let lines: Vec<Value> = BufReader::new(resp.body_mut().as_reader())
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let streamed: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(streamed, answer, "the streamed Ollama chat is the OpenAI chat's greedy answer");
+    let last = lines.last().unwrap();
+    assert_eq!((last["done"].as_bool(), last["eval_count"].as_u64()), (Some(true), Some(completion_tokens)), "{last}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false && l["message"]["role"] == "assistant"));
+    for (path, body, want) in [
+        ("/api/generate", json!({"prompt": "x"}), 400),
+        ("/api/generate", json!({"model": "nope", "prompt": "x"}), 404),
+        (
+            "/api/chat",
+            json!({"model": model, "messages": [{"role": "user", "content": "x"}], "options": {"temperature": 9}}),
+            400,
+        ),
+    ] {
+        let (code, r) = ollama(path, &body);
+        assert_eq!(code, want, "{body}: {r}");
+        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    }
+    let (code, _) = get(&url, "/api/tags", None);
+    assert_eq!(code, 401, "the Ollama API takes the same key");
+
     // Errors, in OpenAI's shape.
     let error = |status: u16, text: &str| -> Value {
         let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text:?}"));

@@ -24,10 +24,21 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// `GET /` and `GET /dashboard` (the page), `/dashboard.js`, `/dashboard.css`. Merged into the API's router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(page))
+        .route("/", get(root))
         .route("/dashboard", get(page))
         .route("/dashboard.js", get(script))
         .route("/dashboard.css", get(style))
+}
+
+/// The page for browsers; "Ollama is running" for the Ollama clients that probe `/` (they do not ask for HTML).
+async fn root(headers: axum::http::HeaderMap) -> axum::response::Response {
+    let html =
+        headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if html {
+        page().await.into_response()
+    } else {
+        ([(CONTENT_TYPE, "text/plain; charset=utf-8")], "Ollama is running").into_response()
+    }
 }
 
 async fn page() -> impl IntoResponse {

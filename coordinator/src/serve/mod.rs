@@ -17,6 +17,7 @@
 pub mod client;
 pub mod dashboard;
 pub mod metrics;
+pub mod ollama;
 pub mod openai;
 pub mod routes;
 pub mod scheduler;

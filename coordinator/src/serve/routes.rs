@@ -30,6 +30,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
+        .merge(super::ollama::router())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     // Open without the key, as load balancers and orchestrators probe it.
     let health = Router::new().route("/health", get(health));
@@ -147,6 +148,30 @@ async fn chat(State(app): State<App>, ApiJson(body): ApiJson) -> Response {
 
 async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response, ApiError> {
     let parsed = openai::parse(endpoint, &body)?;
+    let a = submit(&app, endpoint, endpoint, parsed).await?;
+    if a.options.stream {
+        Ok(stream(a.head, a.rx, a.prompt_tokens, a.options.include_usage))
+    } else {
+        whole(a.head, a.rx, a.prompt_tokens).await
+    }
+}
+
+/// A request the scheduler took: its events, its prompt's length, its response head and options.
+pub(super) struct Accepted {
+    pub rx: mpsc::UnboundedReceiver<Event>,
+    pub prompt_tokens: usize,
+    pub head: Head,
+    pub options: openai::Options,
+}
+
+/// Tokenizes a parsed request, checks its budget (`budget_as` says whose default applies to a missing
+/// `max_tokens`) and queues it.
+pub(super) async fn submit(
+    app: &App,
+    endpoint: Endpoint,
+    budget_as: Endpoint,
+    parsed: openai::Parsed,
+) -> Result<Accepted, ApiError> {
     let o = parsed.options;
     if o.model != app.model_id {
         return Err(ApiError::model_not_found(&o.model));
@@ -166,7 +191,7 @@ async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response,
             None => return Err(ApiError::invalid(param, "The prompt is empty.")),
         }
     }
-    let max_tokens = openai::budget(endpoint, ids.len(), o.max_tokens, app.context)?;
+    let max_tokens = openai::budget(budget_as, ids.len(), o.max_tokens, app.context)?;
     let prompt_tokens = ids.len();
     let params = JobParams {
         capacity: (prompt_tokens + max_tokens) as u32,
@@ -178,12 +203,8 @@ async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response,
     };
     let head = Head::new(endpoint, &app.model_id);
     let kind = if endpoint == Endpoint::Chat { JobKind::Chat } else { JobKind::Completion };
-    let rx = app.scheduler.submit(head.id.clone(), kind, Job { prompt: ids, params }, o.stop)?;
-    if o.stream {
-        Ok(stream(head, rx, prompt_tokens, o.include_usage))
-    } else {
-        whole(head, rx, prompt_tokens).await
-    }
+    let rx = app.scheduler.submit(head.id.clone(), kind, Job { prompt: ids, params }, o.stop.clone())?;
+    Ok(Accepted { rx, prompt_tokens, head, options: o })
 }
 
 /// Waits for the end and answers with the whole response.
