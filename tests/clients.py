@@ -1,0 +1,54 @@
+"""Drives `edge-coord serve` with the official client libraries, as users do (tests/tests/clients.rs runs it
+with the pinned packages scripts/setup.sh installs). Prints one JSON object of what each call returned.
+
+usage: clients.py URL API_KEY MODEL PROMPT
+"""
+import json
+import sys
+
+import ollama
+import openai
+
+url, key, model, prompt = sys.argv[1:5]
+out = {}
+
+oa = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+out["models"] = [m.id for m in oa.models.list()]
+c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)
+out["completion"] = c.choices[0].text
+out["completion_usage"] = [c.usage.prompt_tokens, c.usage.completion_tokens]
+messages = [{"role": "user", "content": "What is the capital of France?"}]
+r = oa.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
+out["chat"] = r.choices[0].message.content
+parts = []
+for chunk in oa.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        parts.append(chunk.choices[0].delta.content)
+out["chat_streamed"] = "".join(parts)
+try:
+    oa.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=7)
+    out["bad_temperature"] = "accepted"
+except openai.BadRequestError as e:
+    out["bad_temperature"] = e.status_code
+try:
+    openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    out["wrong_key"] = "accepted"
+except openai.AuthenticationError as e:
+    out["wrong_key"] = e.status_code
+
+ol = ollama.Client(host=url, headers={"Authorization": "Bearer " + key}, timeout=120)
+out["ollama_models"] = [m.model for m in ol.list().models]
+g = ol.generate(model=model, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 16})
+out["ollama_generate"] = g.response
+out["ollama_generate_counts"] = [g.prompt_eval_count, g.eval_count]
+parts = []
+for chunk in ol.chat(model=model, messages=messages, options={"temperature": 0, "num_predict": 24}, stream=True):
+    parts.append(chunk.message.content)
+out["ollama_chat_streamed"] = "".join(parts)
+try:
+    ol.generate(model="no-such-model", prompt=prompt)
+    out["ollama_unknown_model"] = "accepted"
+except ollama.ResponseError as e:
+    out["ollama_unknown_model"] = e.status_code
+
+print(json.dumps(out))

@@ -1,0 +1,47 @@
+//! `edge-coord serve` driven by the official `openai` and `ollama` Python packages (pinned; `scripts/setup.sh`
+//! installs them into `~/.cache/edge-infer/pyclients`), as users' programs call it: two CPU members on 127.0.0.1
+//! in a 2-stage plan, with an API key. Both libraries must see the same greedy text for the same request, parse
+//! every response and stream, and raise their own error types for a bad value, a wrong key and an unknown model.
+
+use std::process::Command;
+
+use edge_tests::{new_key, Node, NodeSpec, Server, REFERENCE_PROMPT};
+use serde_json::Value;
+
+const KEY: &str = "sk-clients-test";
+
+#[test]
+fn the_openai_and_ollama_client_libraries_work_against_the_server() {
+    let python =
+        edge_node::setup::user_dir("EDGE_PYCLIENTS_DIR", "XDG_CACHE_HOME", ".cache", "pyclients").join("bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `bash scripts/setup.sh` (it installs the client libraries)",
+        python.display()
+    );
+    let key = new_key();
+    let a = Node::start(&key, NodeSpec::default());
+    let b = Node::start(&key, NodeSpec { peers: &[&a.addr], ..Default::default() });
+    let server = Server::start(&key, &[&a, &b], &["--stages", "2", "--ctx", "256", "--api-key", KEY]);
+    let model = edge_node::setup::default_model().file_stem().unwrap().to_string_lossy().into_owned();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients.py");
+    let out = Command::new(&python).args([script, &server.url, KEY, &model, REFERENCE_PROMPT]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", server.log());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+
+    assert_eq!(r["models"][0], model.as_str());
+    let completion = r["completion"].as_str().unwrap();
+    assert!(!completion.is_empty());
+    assert_eq!(r["completion_usage"], serde_json::json!([11, 16]));
+    assert_eq!(r["ollama_generate"], completion, "Ollama's raw generate is the same greedy completion");
+    assert_eq!(r["ollama_generate_counts"], serde_json::json!([11, 16]));
+    let chat = r["chat"].as_str().unwrap();
+    assert!(!chat.is_empty());
+    assert_eq!(r["chat_streamed"], chat, "the stream is the whole answer");
+    assert_eq!(r["ollama_chat_streamed"], chat, "Ollama's chat is the same greedy answer");
+    assert_eq!(r["ollama_models"][0], format!("{model}:latest"));
+    assert_eq!(r["bad_temperature"], 400);
+    assert_eq!(r["wrong_key"], 401);
+    assert_eq!(r["ollama_unknown_model"], 404);
+}
