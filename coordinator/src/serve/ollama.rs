@@ -123,6 +123,17 @@ fn translate(body: &Value, chat: bool) -> Result<(Endpoint, Value, bool), ApiErr
     let model =
         o.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("model", "model is required"))?;
     let model = model.strip_suffix(":latest").unwrap_or(model);
+    // What this server cannot do yet is refused, never silently ignored.
+    for k in ["format", "images", "tools", "suffix", "context", "template", "think"] {
+        if o.get(k).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("") && v != &json!(false)) {
+            return Err(ApiError::invalid(k, format!("'{k}' is not supported by this server yet")));
+        }
+    }
+    if let Some(Value::Array(ms)) = o.get("messages") {
+        if ms.iter().any(|m| m.get("images").is_some_and(|v| !v.is_null() && v != &json!([]))) {
+            return Err(ApiError::invalid("messages", "images are not supported by this server yet"));
+        }
+    }
     let stream = match o.get("stream") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
@@ -333,6 +344,9 @@ mod tests {
             json!({"model": "m", "options": 3}),
             json!({"model": "m", "options": {"num_predict": "many"}}),
             json!([1]),
+            json!({"model": "m", "prompt": "x", "format": "json"}),
+            json!({"model": "m", "prompt": "x", "images": ["aGk="]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}),
         ] {
             assert_eq!(translate(&bad, false).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
         }
