@@ -78,11 +78,15 @@ mod tests {
 
     /// Serves [`super::router`] on an ephemeral port and returns (status line, headers lowercased, body) of a GET.
     async fn get(path: &str) -> (String, String, String) {
+        get_accepting(path, "text/html,application/xhtml+xml,*/*;q=0.8").await
+    }
+
+    async fn get_accepting(path: &str, accept: &str) -> (String, String, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, super::router::<()>()).await });
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut raw)).await.unwrap().unwrap();
@@ -112,6 +116,10 @@ mod tests {
         assert_eq!(body, super::CSS);
         let (status, _, _) = get("/dashboard.txt").await;
         assert!(status.contains("404"), "{status}");
+        // A client that does not ask for HTML at the root is an Ollama client probing the server.
+        let (status, headers, body) = get_accepting("/", "*/*").await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "Ollama is running"));
+        assert!(headers.contains("content-type: text/plain"), "{headers}");
     }
 
     #[test]
