@@ -25,6 +25,21 @@ for chunk in oa.chat.completions.create(model=model, messages=messages, max_toke
     if chunk.choices and chunk.choices[0].delta.content:
         parts.append(chunk.choices[0].delta.content)
 out["chat_streamed"] = "".join(parts)
+r = oa.chat.completions.create(
+    model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+)
+out["chat_logprobs_text"] = r.choices[0].message.content
+out["chat_logprobs"] = [
+    [c.token, c.logprob, [t.token for t in c.top_logprobs], [t.logprob for t in c.top_logprobs]]
+    for c in r.choices[0].logprobs.content
+]
+c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0, frequency_penalty=1.5)
+out["completion_penalized"] = c.choices[0].text
+try:
+    oa.chat.completions.create(model=model, messages=messages, max_tokens=4, logprobs=True, top_logprobs=21)
+    out["bad_top_logprobs"] = "accepted"
+except openai.BadRequestError as e:
+    out["bad_top_logprobs"] = e.status_code
 try:
     oa.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=7)
     out["bad_temperature"] = "accepted"
@@ -41,6 +56,10 @@ out["ollama_models"] = [m.model for m in ol.list().models]
 g = ol.generate(model=model, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 16})
 out["ollama_generate"] = g.response
 out["ollama_generate_counts"] = [g.prompt_eval_count, g.eval_count]
+g = ol.generate(
+    model=model, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 16, "frequency_penalty": 1.5}
+)
+out["ollama_generate_penalized"] = g.response
 parts = []
 for chunk in ol.chat(model=model, messages=messages, options={"temperature": 0, "num_predict": 24}, stream=True):
     parts.append(chunk.message.content)

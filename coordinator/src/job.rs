@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg};
+use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, TokenLogprobs};
 
 use crate::deploy::Deployment;
 
@@ -79,9 +79,14 @@ pub fn resumed(job: &Job, o: &Outcome) -> Job {
     let done = o.tokens.len() as u32;
     let mut prompt = job.prompt.clone();
     prompt.extend_from_slice(&o.tokens);
+    let mut history = job.params.history.clone();
+    if !job.params.penalties.is_none() {
+        history.extend_from_slice(&o.tokens);
+    }
     let params = JobParams {
         max_tokens: job.params.max_tokens.saturating_sub(done),
         skip_draws: job.params.skip_draws + done,
+        history,
         ..job.params.clone()
     };
     Job { prompt, params }
@@ -115,8 +120,9 @@ impl Outcome {
 /// What a message from a node means for the sequences it concerns (see [`apply`]).
 #[derive(Debug)]
 pub enum Update {
-    /// Sequence `seq` produced `token` (appended to its outcome) and/or ended (`finished`: its finish is set).
-    Token { seq: u64, token: Option<u32>, finished: bool },
+    /// Sequence `seq` produced `token` (appended to its outcome; with its log-probability when the job asked)
+    /// and/or ended (`finished`: its finish is set).
+    Token { seq: u64, token: Option<u32>, finished: bool, logprobs: Option<TokenLogprobs> },
     /// A stage leader reported its timings of `seq` (recorded in the outcome).
     Stats { seq: u64 },
     /// A stage failed, or one sequence (`seq`) did. `failure.retry` says whether other nodes may help.
@@ -129,7 +135,7 @@ pub enum Update {
 /// caller does not know, e.g. one it cancelled). Shared by the batch [`run`] and the API server's scheduler.
 pub fn apply<'a>(event: (MemberRef, NodeMsg), outcome: impl FnOnce(u64) -> Option<&'a mut Outcome>) -> Update {
     match event {
-        (_, NodeMsg::Token { seq, token, finish, .. }) => {
+        (_, NodeMsg::Token { seq, token, finish, logprobs, .. }) => {
             let Some(o) = outcome(seq) else { return Update::Ignored };
             let now = Instant::now();
             if let Some(t) = token {
@@ -143,7 +149,7 @@ pub fn apply<'a>(event: (MemberRef, NodeMsg), outcome: impl FnOnce(u64) -> Optio
             if finish.is_some() {
                 o.finish = finish;
             }
-            Update::Token { seq, token, finished: finish.is_some() }
+            Update::Token { seq, token, finished: finish.is_some(), logprobs }
         }
         (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us }) => {
             let Some(o) = outcome(seq) else { return Update::Ignored };
@@ -207,7 +213,7 @@ pub async fn run(
             Err(e) => return Err(fail(None, format!("{e:#}"))),
         };
         match apply(event, |seq| index(seq).map(|i| &mut state[i])) {
-            Update::Token { seq, token, finished } => {
+            Update::Token { seq, token, finished, .. } => {
                 let i = index(seq).expect("a known sequence");
                 if let Some(t) = token {
                     on_token(i, t);
@@ -238,6 +244,22 @@ mod tests {
             Update::Failed { failure, .. } => failure,
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_resumed_job_carries_its_tokens_for_the_penalties() {
+        let mut params = JobParams::new(64, 10);
+        params.skip_draws = 1;
+        let job = Job { prompt: vec![1, 2], params };
+        let o = Outcome { tokens: vec![7, 8, 7], ..Outcome::default() };
+        let r = resumed(&job, &o);
+        assert_eq!(r.prompt, [1, 2, 7, 8, 7]);
+        assert_eq!((r.params.max_tokens, r.params.skip_draws), (7, 4));
+        assert!(r.params.history.is_empty(), "no penalties: nothing to carry");
+        let mut job = job;
+        job.params.penalties.frequency = 0.5;
+        job.params.history = vec![9];
+        assert_eq!(resumed(&job, &o).params.history, [9, 7, 8, 7]);
     }
 
     #[test]

@@ -245,12 +245,10 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
             let req =
                 PlanRequest { context: capacity, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
             let params = JobParams {
-                capacity: capacity as u32,
-                max_tokens: args.prompt.tokens as u32,
                 sampling,
                 stop,
-                skip_draws: 0,
                 prefill_chunk: args.prefill_chunk,
+                ..JobParams::new(capacity as u32, args.prompt.tokens as u32)
             };
             let jobs: Vec<Job> =
                 (0..args.sequences).map(|_| Job { prompt: ids.clone(), params: params.clone() }).collect();

@@ -24,7 +24,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/2";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/3";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
@@ -44,6 +44,10 @@ pub const MAX_GROUP: usize = 64;
 pub const MAX_STOP_TOKENS: usize = 64;
 /// Longest error message.
 pub const MAX_ERROR: usize = 4096;
+/// Most alternatives reported with a token's log-probability (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most entries of a job's logit bias.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// Names a plan (random, chosen by the coordinator).
 pub type PlanId = [u8; 16];
@@ -179,6 +183,29 @@ pub struct JobParams {
     /// first stage's next batch with the other sequences' steps, so they wait about one chunk for their next
     /// token. 0: as few steps as the frame size allows.
     pub prefill_chunk: u32,
+    /// Added to the logits before sampling, by token id (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// OpenAI's presence and frequency penalties, over the tokens this job generated.
+    pub penalties: Penalties,
+    /// Tokens the job already generated before this sequence started (a sequence resumed after a node loss): the
+    /// penalties count them. Empty for a new sequence or when the penalties are zero.
+    pub history: Vec<u32>,
+    /// Report each token's log-probability with this many most likely alternatives (None: no log-probabilities).
+    pub logprobs: Option<u8>,
+}
+
+/// OpenAI's repetition penalties: each logit is lowered by `presence` if its token was generated before and by
+/// `frequency` times the number of times it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Penalties {
+    pub presence: f32,
+    pub frequency: f32,
+}
+
+impl Penalties {
+    pub fn is_none(&self) -> bool {
+        self.presence == 0.0 && self.frequency == 0.0
+    }
 }
 
 impl JobParams {
@@ -191,11 +218,33 @@ impl JobParams {
             stop: vec![],
             skip_draws: 0,
             prefill_chunk: 0,
+            logit_bias: vec![],
+            penalties: Penalties::default(),
+            history: vec![],
+            logprobs: None,
         }
+    }
+
+    /// Whether sampling needs the logits (not just the most likely token).
+    pub fn needs_logits(&self) -> bool {
+        !self.sampling.is_greedy()
+            || !self.logit_bias.is_empty()
+            || !self.penalties.is_none()
+            || self.logprobs.is_some()
     }
 
     pub fn validate(&self) -> Result<(), WireError> {
         check_len("stop tokens", self.stop.len(), MAX_STOP_TOKENS)?;
+        check_len("logit bias", self.logit_bias.len(), MAX_LOGIT_BIAS)?;
+        check_len("history", self.history.len(), MAX_TOKENS)?;
+        check_len("top log-probabilities", self.logprobs.unwrap_or(0) as usize, MAX_TOP_LOGPROBS)?;
+        let finite = |x: f32| x.is_finite();
+        if !self.logit_bias.iter().all(|b| finite(b.1))
+            || !finite(self.penalties.presence)
+            || !finite(self.penalties.frequency)
+        {
+            return Err(WireError::Invalid("a logit bias or penalty is not a finite number".into()));
+        }
         self.sampling.validate().map_err(WireError::Invalid)?;
         if self.capacity == 0 {
             return Err(WireError::Invalid("capacity 0".into()));
@@ -272,8 +321,8 @@ pub enum NodeMsg {
     /// Pipes are open.
     Wired,
     /// From the last stage's leader: the `index`-th generated token of `seq` (None when the sequence ended on a
-    /// stop token), and whether the sequence ended.
-    Token { seq: u64, index: u32, token: Option<u32>, finish: Option<Finish> },
+    /// stop token), whether the sequence ended, and the token's log-probability when the job asked for it.
+    Token { seq: u64, index: u32, token: Option<u32>, finish: Option<Finish>, logprobs: Option<TokenLogprobs> },
     /// From every stage's leader when a sequence closes: how long the stage computed for it.
     SeqStats { seq: u64, steps: u32, compute_us: u64, prefill_us: u64 },
     /// The stage (seq None) or one sequence failed.
@@ -286,9 +335,20 @@ impl NodeMsg {
             NodeMsg::Need { tensors } => check_len("need list", tensors.len(), MAX_TENSORS),
             NodeMsg::Loaded { backend, .. } => check_str("backend", backend, 256),
             NodeMsg::Error { message, .. } => check_str("error", message, MAX_ERROR),
+            NodeMsg::Token { logprobs: Some(l), .. } => {
+                check_len("top log-probabilities", l.top.len(), MAX_TOP_LOGPROBS)
+            }
             NodeMsg::Wired | NodeMsg::Token { .. } | NodeMsg::SeqStats { .. } => Ok(()),
         }
     }
+}
+
+/// A sampled token's log-probability under the model (the log-softmax of the raw logits, before bias, penalties
+/// and temperature, as vLLM reports it) and the most likely tokens with theirs, most likely first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// What a step carries into a stage.
@@ -341,6 +401,21 @@ mod tests {
         assert!(JobParams { stop: vec![0; MAX_STOP_TOKENS + 1], ..params.clone() }.validate().is_err());
         let bad_sampling = SamplingParams { top_p: 0.0, ..SamplingParams::default() };
         assert!(JobParams { sampling: bad_sampling, ..params.clone() }.validate().is_err());
+        assert!(JobParams { logprobs: Some(20), ..params.clone() }.validate().is_ok());
+        assert!(JobParams { logprobs: Some(21), ..params.clone() }.validate().is_err());
+        assert!(JobParams { logit_bias: vec![(1, 0.5); MAX_LOGIT_BIAS + 1], ..params.clone() }.validate().is_err());
+        assert!(JobParams { logit_bias: vec![(1, f32::INFINITY)], ..params.clone() }.validate().is_err());
+        let nan = Penalties { presence: f32::NAN, frequency: 0.0 };
+        assert!(JobParams { penalties: nan, ..params.clone() }.validate().is_err());
+        let token = |n| NodeMsg::Token {
+            seq: 1,
+            index: 0,
+            token: Some(3),
+            finish: None,
+            logprobs: Some(TokenLogprobs { logprob: -0.5, top: vec![(3, -0.5); n] }),
+        };
+        assert!(token(MAX_TOP_LOGPROBS).validate().is_ok());
+        assert!(token(MAX_TOP_LOGPROBS + 1).validate().is_err());
         assert!(SessionMsg::Start { seq: 1, prompt: vec![], params: params.clone() }.validate().is_err());
         assert!(SessionMsg::Data { tensor: 0, offset: 0, data: vec![0; MAX_DATA_CHUNK + 1] }.validate().is_err());
         let step = |input| PipeMsg::Step { seq: 1, job: None, input, sample: true };

@@ -7,8 +7,8 @@ use std::cell::Cell;
 
 use edge_protocol::capability::MAX_CAPABILITIES_RECORD;
 use edge_protocol::stage::{
-    JobParams, Manifest, MemberRef, NodeMsg, PipeMsg, SessionMsg, StageAccept, StageOpen, StepInput, TensorEntry,
-    MAX_OPEN_FRAME, MAX_STAGE_FRAME,
+    JobParams, Manifest, MemberRef, NodeMsg, Penalties, PipeMsg, SessionMsg, StageAccept, StageOpen, StepInput,
+    TensorEntry, TokenLogprobs, MAX_OPEN_FRAME, MAX_STAGE_FRAME,
 };
 use edge_protocol::LayerSlice;
 use edge_protocol::{
@@ -153,7 +153,16 @@ fn truncations_fail() {
 }
 
 fn sample_job() -> JobParams {
-    JobParams { stop: vec![2, 3], skip_draws: 4, prefill_chunk: 32, ..JobParams::new(64, 9) }
+    JobParams {
+        stop: vec![2, 3],
+        skip_draws: 4,
+        prefill_chunk: 32,
+        logit_bias: vec![(5, -100.0)],
+        penalties: Penalties { presence: 0.5, frequency: -0.25 },
+        history: vec![7, 7, 8],
+        logprobs: Some(3),
+        ..JobParams::new(64, 9)
+    }
 }
 
 fn sample_manifest() -> Manifest {
@@ -186,7 +195,9 @@ fn stage_messages_truncated_fail() {
     every_truncation_fails(&SessionMsg::Start { seq: 1 << 50, prompt: vec![1, 2, 3], params: sample_job() }, max);
     every_truncation_fails(&SessionMsg::Wire { next: Some("a".into()), upstream: None, group: vec!["b".into()] }, max);
     every_truncation_fails(&NodeMsg::Need { tensors: vec![(1, 77), (4, 0)] }, max);
-    every_truncation_fails(&NodeMsg::Token { seq: 5, index: 2, token: Some(9), finish: None }, max);
+    every_truncation_fails(&NodeMsg::Token { seq: 5, index: 2, token: Some(9), finish: None, logprobs: None }, max);
+    let logprobs = Some(TokenLogprobs { logprob: -1.5, top: vec![(9, -1.5), (4, -2.0)] });
+    every_truncation_fails(&NodeMsg::Token { seq: 5, index: 2, token: Some(9), finish: None, logprobs }, max);
     let step = PipeMsg::Step { seq: 3, job: Some(sample_job()), input: StepInput::Hidden(vec![0.5; 40]), sample: true };
     every_truncation_fails(&step, max);
     every_truncation_fails(&PipeMsg::Partial { seq: 3, data: vec![1.0; 20] }, max);

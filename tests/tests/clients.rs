@@ -41,6 +41,23 @@ fn the_openai_and_ollama_client_libraries_work_against_the_server() {
     assert_eq!(r["chat_streamed"], chat, "the stream is the whole answer");
     assert_eq!(r["ollama_chat_streamed"], chat, "Ollama's chat is the same greedy answer");
     assert_eq!(r["ollama_models"][0], format!("{model}:latest"));
+    // Log-probabilities as the library parses them: the greedy tokens spell the answer, each the first of its
+    // top 3 (whose log-probabilities fall).
+    let entries = r["chat_logprobs"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{r}");
+    let spelled: String = entries.iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert_eq!(spelled, r["chat_logprobs_text"].as_str().unwrap());
+    assert!(chat.starts_with(&spelled), "the same greedy answer: {spelled:?} vs {chat:?}");
+    for e in entries {
+        assert_eq!(e[2][0], e[0], "{e}");
+        assert_eq!(e[3][0], e[1], "{e}");
+        let lps: Vec<f64> = e[3].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(lps.len() == 3 && lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0, "{e}");
+    }
+    let penalized = r["completion_penalized"].as_str().unwrap();
+    assert_ne!(penalized, completion, "a frequency penalty of 1.5 changes 16 greedy tokens");
+    assert_eq!(r["ollama_generate_penalized"], penalized, "Ollama's frequency_penalty option is the same");
+    assert_eq!(r["bad_top_logprobs"], 400);
     assert_eq!(r["bad_temperature"], 400);
     assert_eq!(r["wrong_key"], 401);
     assert_eq!(r["ollama_unknown_model"], 404);

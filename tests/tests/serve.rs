@@ -196,6 +196,64 @@ fn the_openai_api_serves_the_cluster() {
     assert_eq!(events[events.len() - 2]["choices"][0]["finish_reason"], "stop");
     assert_eq!(events.last().unwrap(), "[DONE]");
 
+    // Log-probabilities: the greedy text unchanged, one entry per token, each token the most likely of its top 5.
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"logprobs": 5})));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], greedy_text.as_str(), "asking for log-probabilities changes nothing");
+    let lp = &r["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.len(), 32, "{lp}");
+    assert_eq!(tokens.concat(), greedy_text, "the tokens spell the text");
+    let mut offset = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        let best = top.values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+        let own = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(top.len() <= 5 && top.len() >= 4, "{top:?}");
+        assert!(own <= 0.0 && (own - best).abs() < 1e-5, "greedy token {i} is the most likely: {own} vs {best}");
+        assert_eq!(top.get(*t).and_then(Value::as_f64), Some(own), "{top:?}");
+        assert_eq!(lp["text_offset"][i], offset);
+        offset += t.chars().count();
+    }
+    // Streamed: the chunks carry the same entries.
+    let events = stream(&url, "/v1/completions", &completion(model, json!({"stream": true, "logprobs": 5})));
+    let streamed: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e.get("choices")?.get(0)?.get("logprobs"))
+        .filter(|l| !l.is_null())
+        .flat_map(|l| {
+            let n = l["tokens"].as_array().unwrap().len();
+            (0..n).map(|i| json!([l["tokens"][i], l["token_logprobs"][i], l["text_offset"][i]])).collect::<Vec<_>>()
+        })
+        .collect();
+    let whole: Vec<Value> =
+        (0..32).map(|i| json!([lp["tokens"][i], lp["token_logprobs"][i], lp["text_offset"][i]])).collect();
+    assert_eq!(streamed, whole);
+    assert_eq!(streamed_text(&events), greedy_text);
+
+    // Logit bias: -100 on the greedy first token picks another; +100 on a token makes every token that one.
+    let first = GREEDY_32[0].to_string();
+    let (status, r) = post(
+        &url,
+        "/v1/completions",
+        &completion(model, json!({"max_tokens": 1, "logit_bias": {first.as_str(): -100}})),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_ne!(r["choices"][0]["text"], tok.decode(&GREEDY_32[..1]).as_str(), "{r}");
+    let forced = GREEDY_32[5];
+    let body = completion(model, json!({"max_tokens": 3, "logit_bias": {forced.to_string(): 100}}));
+    let (status, r) = post(&url, "/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], tok.decode(&[forced; 3]).as_str(), "{r}");
+
+    // Penalties change the greedy text, and the same request gives the same text again.
+    let body = completion(model, json!({"frequency_penalty": 1.5, "presence_penalty": 0.5}));
+    let (status, r) = post(&url, "/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    let penalized = r["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_ne!(penalized, greedy_text, "32 tokens of a story repeat some token");
+    assert_eq!(post(&url, "/v1/completions", &body).1["choices"][0]["text"], penalized.as_str());
+
     // Chat, whole and streamed: same text, the first chunk carries the role, usage matches.
     let chat = json!({"model": model, "temperature": 0, "max_tokens": 40,
                       "messages": [{"role": "user", "content": "What is the capital of France?"}]});
@@ -222,6 +280,25 @@ fn the_openai_api_serves_the_cluster() {
     assert_eq!(events[n - 1], "[DONE]");
     assert_eq!(events[n - 2]["usage"], usage);
     assert_eq!(events[n - 3]["choices"][0]["finish_reason"], finish);
+    // Chat log-probabilities, streamed: an entry per completion token (the end-of-turn token is not one), each
+    // the first of its top 2, the same text.
+    streamed["logprobs"] = json!(true);
+    streamed["top_logprobs"] = json!(2);
+    let events = stream(&url, "/v1/chat/completions", &streamed);
+    assert_eq!(streamed_text(&events), answer);
+    let entries: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e.get("choices")?.get(0)?.get("logprobs")?.get("content"))
+        .flat_map(|c| c.as_array().unwrap().clone())
+        .collect();
+    assert_eq!(entries.len() as u64, completion_tokens, "{entries:?}");
+    for e in &entries {
+        assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 2, "{e}");
+        assert_eq!(e["top_logprobs"][0]["token"], e["token"], "{e}");
+        assert_eq!(e["top_logprobs"][0]["logprob"], e["logprob"], "{e}");
+        let bytes: Vec<u8> = e["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert_eq!(String::from_utf8_lossy(&bytes), e["token"].as_str().unwrap());
+    }
 
     // Two requests at once: both get the greedy text.
     let handles: Vec<_> = (0..2)
@@ -319,6 +396,20 @@ fn the_openai_api_serves_the_cluster() {
     assert_eq!((status, r["error"]["param"].as_str()), (400, Some("n")));
     let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"echo": true})));
     assert_eq!((status, r["error"]["param"].as_str()), (400, Some("echo")));
+    for (extra, param) in [
+        (json!({"logprobs": 21}), "logprobs"),
+        (json!({"logit_bias": {"99999999": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"12": 200}}), "logit_bias"),
+        (json!({"presence_penalty": -3}), "presence_penalty"),
+    ] {
+        let (status, r) = post(&url, "/v1/completions", &completion(model, extra.clone()));
+        assert_eq!((status, r["error"]["param"].as_str()), (400, Some(param)), "{extra}: {r}");
+    }
+    let mut bad = chat.clone();
+    bad["logprobs"] = json!(true);
+    bad["top_logprobs"] = json!(21);
+    let (status, r) = post(&url, "/v1/chat/completions", &bad);
+    assert_eq!((status, r["error"]["param"].as_str()), (400, Some("top_logprobs")), "{r}");
     let (status, r) = post(&url, "/v1/completions", &completion("gpt-4", json!({})));
     assert_eq!(status, 404);
     assert_eq!(r["error"]["code"], "model_not_found");
@@ -504,7 +595,8 @@ fn a_lost_node_is_replaced_mid_stream_and_too_few_nodes_answer_503() {
         Server::start(&key, &nodes.iter().collect::<Vec<_>>(), &["--ctx", CTX_ARG, "--stages", "2", "--api-key", KEY]);
     let url = server.url.clone();
     let model = model_path().file_stem().unwrap().to_string_lossy().into_owned();
-    let body = completion(&model, json!({"max_tokens": 48}));
+    // With penalties, the resumed sequence must also remember the tokens it generated before the loss.
+    let body = completion(&model, json!({"max_tokens": 48, "frequency_penalty": 2, "presence_penalty": 2}));
     let (status, r) = post(&url, "/v1/completions", &body);
     assert_eq!(status, 200, "{r}");
     let want = r["choices"][0]["text"].as_str().unwrap().to_string();
@@ -522,7 +614,7 @@ fn a_lost_node_is_replaced_mid_stream_and_too_few_nodes_answer_503() {
     for line in BufReader::new(resp.body_mut().as_reader()).lines().map_while(Result::ok) {
         let Some(data) = line.strip_prefix("data: ") else { continue };
         events.push(if data == "[DONE]" { Value::from("[DONE]") } else { serde_json::from_str(data).unwrap() });
-        if events.len() == 5 {
+        if events.len() == 25 {
             let i = nodes.iter().position(|n| n.peer_id == victim).unwrap();
             drop(nodes.remove(i));
         }

@@ -10,16 +10,20 @@
 //! `Authorization: Bearer KEY`.
 //!
 //! - [`openai`]: request parsing and validation, error bodies, response and chunk shapes, SSE framing.
+//! - [`sampling`]: the sampling fields of a request (temperature to logit bias and log-probabilities).
+//! - [`logprobs`]: token log-probabilities in the API's shapes.
 //! - [`stop`]: stop strings over streamed text.
 //! - [`routes`]: the HTTP handlers.
 //! - [`client`]: `edge-coord status`.
 
 pub mod client;
 pub mod dashboard;
+pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
 pub mod routes;
+pub mod sampling;
 pub mod scheduler;
 pub mod status;
 pub mod stop;

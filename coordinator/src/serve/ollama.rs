@@ -1,10 +1,11 @@
 //! The Ollama API (what Open WebUI, Zed, AnythingLLM and the `ollama` client libraries speak), on the same
 //! scheduler as the OpenAI routes and behind the same API key: `/api/version`, `/api/tags`, `/api/show`, `/api/ps`,
 //! `/api/generate` and `/api/chat` (NDJSON streams by default, `"stream": false` for one object; durations in
-//! nanoseconds; `options`: `num_predict`, `temperature`, `top_k`, `top_p`, `seed`, `stop`). A request is translated
-//! into the OpenAI request it means and checked by the same parser, so both APIs refuse the same things. Ollama's
-//! defaults apply (temperature 0.8, top_k 40, top_p 0.9, no token limit but the context). `GET /` answers
-//! "Ollama is running" to clients that do not ask for HTML (browsers get the dashboard).
+//! nanoseconds; `options`: `num_predict`, `temperature`, `top_k`, `top_p`, `seed`, `stop`, `presence_penalty`,
+//! `frequency_penalty`). A request is translated into the OpenAI request it means and checked by the same parser,
+//! so both APIs refuse the same things. Ollama's defaults apply (temperature 0.8, top_k 40, top_p 0.9, no token
+//! limit but the context). `GET /` answers "Ollama is running" to clients that do not ask for HTML (browsers get
+//! the dashboard).
 
 use std::convert::Infallible;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -146,7 +147,7 @@ fn translate(body: &Value, chat: bool) -> Result<(Endpoint, Value, bool), ApiErr
         Some(_) => return Err(ApiError::invalid("options", "options must be an object")),
     };
     let mut req = json!({"model": model, "temperature": 0.8, "top_k": 40, "top_p": 0.9});
-    for k in ["temperature", "top_k", "top_p", "seed", "stop"] {
+    for k in ["temperature", "top_k", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty"] {
         if let Some(v) = opts.get(k).filter(|v| !v.is_null()) {
             req[k] = v.clone();
         }
@@ -266,7 +267,7 @@ async fn whole(mut line: Line, mut rx: mpsc::UnboundedReceiver<Event>) -> Respon
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Text(t) => {
+            Event::Text(t, _) => {
                 line.first.get_or_insert_with(Instant::now);
                 text.push_str(&t);
             }
@@ -287,7 +288,7 @@ fn ndjson(line: Line, rx: mpsc::UnboundedReceiver<Event>) -> Response {
             return None;
         }
         let (v, end) = match rx.recv().await {
-            Some(Event::Text(t)) => {
+            Some(Event::Text(t, _)) => {
                 line.first.get_or_insert_with(Instant::now);
                 (line.text(&t, false), false)
             }

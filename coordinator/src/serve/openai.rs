@@ -5,8 +5,10 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use edge_node::tokenizer::ChatMessage;
-use edge_protocol::stage::SamplingParams;
+use edge_protocol::stage::{Penalties, SamplingParams};
 use serde_json::{json, Map, Value};
+
+use super::sampling::Sampling;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -144,6 +146,10 @@ pub struct Options {
     /// `None`: the endpoint's default.
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
+    pub penalties: Penalties,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Alternatives to report with each token's log-probability; None: no log-probabilities.
+    pub logprobs: Option<u8>,
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
@@ -162,7 +168,7 @@ pub struct Parsed {
     pub options: Options,
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -174,30 +180,30 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// A field, `None` when absent or null.
-fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     o.get(name).filter(|v| !v.is_null())
 }
 
-fn wrong_type(name: &str, want: &str, v: &Value) -> ApiError {
+pub(super) fn wrong_type(name: &str, want: &str, v: &Value) -> ApiError {
     ApiError::invalid(name, format!("Invalid type for '{name}': expected {want}, but got {}.", type_name(v)))
         .with_code("invalid_type")
 }
 
-fn number(o: &Map<String, Value>, name: &str) -> Result<Option<f64>, ApiError> {
+pub(super) fn number(o: &Map<String, Value>, name: &str) -> Result<Option<f64>, ApiError> {
     match field(o, name) {
         None => Ok(None),
         Some(v) => v.as_f64().map(Some).ok_or_else(|| wrong_type(name, "a number", v)),
     }
 }
 
-fn integer(o: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(super) fn integer(o: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
     match field(o, name) {
         None => Ok(None),
         Some(v) => v.as_i64().map(Some).ok_or_else(|| wrong_type(name, "an integer", v)),
     }
 }
 
-fn boolean(o: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+pub(super) fn boolean(o: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
     match field(o, name) {
         None => Ok(None),
         Some(v) => v.as_bool().map(Some).ok_or_else(|| wrong_type(name, "a boolean", v)),
@@ -215,7 +221,7 @@ fn token_count(o: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiE
     }
 }
 
-fn out_of_range(name: &str, message: String) -> ApiError {
+pub(super) fn out_of_range(name: &str, message: String) -> ApiError {
     ApiError::invalid(name, message).with_code("invalid_value")
 }
 
@@ -243,30 +249,7 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
             None => token_count(o, "max_tokens")?,
         },
     };
-    let temperature = number(o, "temperature")?.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(out_of_range("temperature", format!("'temperature' must be between 0 and 2, got {temperature}.")));
-    }
-    let top_p = number(o, "top_p")?.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(out_of_range("top_p", format!("'top_p' must be greater than 0 and at most 1, got {top_p}.")));
-    }
-    // Not OpenAI's, but common (llama.cpp, vLLM): 0 disables it.
-    let top_k = match integer(o, "top_k")? {
-        None => 0,
-        Some(k) if (0..=1 << 20).contains(&k) => k as usize,
-        Some(k) => return Err(out_of_range("top_k", format!("'top_k' must be between 0 and 1048576, got {k}."))),
-    };
-    let seed = match field(o, "seed") {
-        None => rand::random::<u64>(),
-        Some(v) => match (v.as_u64(), v.as_i64()) {
-            (Some(s), _) => s,
-            (None, Some(s)) => s as u64,
-            _ => return Err(wrong_type("seed", "an integer", v)),
-        },
-    };
-    let sampling = SamplingParams { temperature: temperature as f32, top_k, top_p: top_p as f32, seed };
-    sampling.validate().map_err(|e| out_of_range("temperature", e))?;
+    let Sampling { params: sampling, penalties, logit_bias, logprobs } = super::sampling::parse(endpoint, o)?;
     let stop = match field(o, "stop") {
         None => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -318,16 +301,6 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
     if boolean(o, "echo")? == Some(true) {
         return Err(ApiError::unsupported("echo", "'echo'"));
     }
-    match field(o, "logprobs") {
-        None | Some(Value::Bool(false)) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => {}
-        Some(_) => return Err(ApiError::unsupported("logprobs", "'logprobs'")),
-    }
-    for p in ["presence_penalty", "frequency_penalty"] {
-        if number(o, p)?.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::unsupported(p, &format!("'{p}' other than 0")));
-        }
-    }
     for p in ["tools", "functions"] {
         if field(o, p).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
             return Err(ApiError::unsupported(p, &format!("'{p}'")));
@@ -341,7 +314,8 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
             return Err(ApiError::unsupported("response_format", "a 'response_format' other than text"));
         }
     }
-    Ok(Parsed { input, options: Options { model, max_tokens, sampling, stop, stream, include_usage } })
+    let options = Options { model, max_tokens, sampling, penalties, logit_bias, logprobs, stop, stream, include_usage };
+    Ok(Parsed { input, options })
 }
 
 fn prompt(o: &Map<String, Value>) -> Result<String, ApiError> {
@@ -520,6 +494,11 @@ impl Head {
         json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
     }
 
+    /// Sets the log-probabilities of a response's or chunk's choice.
+    pub fn set_logprobs(v: &mut Value, logprobs: Value) {
+        v["choices"][0]["logprobs"] = logprobs;
+    }
+
     /// The usage chunk after the last one (`stream_options.include_usage`): no choices.
     pub fn usage_chunk(&self, usage: Usage) -> Value {
         let object = match self.endpoint {
@@ -622,9 +601,9 @@ mod tests {
             (json!({"model": "m", "prompt": "x", "stream_options": {"include_usage": true}}), Some("stream_options")),
             (json!({"model": "m", "prompt": "x", "n": 2}), Some("n")),
             (json!({"model": "m", "prompt": "x", "echo": true}), Some("echo")),
-            (json!({"model": "m", "prompt": "x", "logprobs": 3}), Some("logprobs")),
+            (json!({"model": "m", "prompt": "x", "logprobs": 30}), Some("logprobs")),
             (json!({"model": "m", "prompt": "x", "best_of": 2}), Some("best_of")),
-            (json!({"model": "m", "prompt": "x", "frequency_penalty": 1}), Some("frequency_penalty")),
+            (json!({"model": "m", "prompt": "x", "frequency_penalty": 3}), Some("frequency_penalty")),
         ];
         for (body, param) in cases {
             let e = err(c, body.clone());

@@ -15,6 +15,7 @@ use edge_protocol::stage::JobParams;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::logprobs::{self, Entry};
 use super::openai::{self, ApiError, Endpoint, Head, Input, Usage, MAX_BODY_BYTES, SSE_DONE};
 use super::scheduler::Event;
 use super::status::{JobKind, Status, Totals};
@@ -149,10 +150,11 @@ async fn chat(State(app): State<App>, ApiJson(body): ApiJson) -> Response {
 async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response, ApiError> {
     let parsed = openai::parse(endpoint, &body)?;
     let a = submit(&app, endpoint, endpoint, parsed).await?;
+    let logprobs = a.options.logprobs.is_some();
     if a.options.stream {
-        Ok(stream(a.head, a.rx, a.prompt_tokens, a.options.include_usage))
+        Ok(stream(a.head, a.rx, a.prompt_tokens, a.options.include_usage, logprobs))
     } else {
-        whole(a.head, a.rx, a.prompt_tokens).await
+        whole(a.head, a.rx, a.prompt_tokens, logprobs).await
     }
 }
 
@@ -191,6 +193,11 @@ pub(super) async fn submit(
             None => return Err(ApiError::invalid(param, "The prompt is empty.")),
         }
     }
+    let vocab = tok.vocab_size();
+    if let Some((id, _)) = o.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
+        let msg = format!("'logit_bias' names token {id}, outside the vocabulary of {vocab} tokens.");
+        return Err(ApiError::invalid("logit_bias", msg).with_code("invalid_value"));
+    }
     let max_tokens = openai::budget(budget_as, ids.len(), o.max_tokens, app.context)?;
     let prompt_tokens = ids.len();
     let params = JobParams {
@@ -200,6 +207,10 @@ pub(super) async fn submit(
         stop: app.eog.clone(),
         skip_draws: 0,
         prefill_chunk: app.prefill_chunk,
+        logit_bias: o.logit_bias.clone(),
+        penalties: o.penalties,
+        history: vec![],
+        logprobs: o.logprobs,
     };
     let head = Head::new(endpoint, &app.model_id);
     let kind = if endpoint == Endpoint::Chat { JobKind::Chat } else { JobKind::Completion };
@@ -207,15 +218,36 @@ pub(super) async fn submit(
     Ok(Accepted { rx, prompt_tokens, head, options: o })
 }
 
+/// The log-probabilities of `entries` in the endpoint's shape (completions: their text starts at `offset`).
+fn logprobs_json(endpoint: Endpoint, entries: &[Entry], offset: usize) -> Value {
+    match endpoint {
+        Endpoint::Chat => logprobs::chat(entries),
+        Endpoint::Completions => logprobs::completion(entries, offset),
+    }
+}
+
 /// Waits for the end and answers with the whole response.
-async fn whole(head: Head, mut rx: mpsc::UnboundedReceiver<Event>, prompt_tokens: usize) -> Result<Response, ApiError> {
+async fn whole(
+    head: Head,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+    with_logprobs: bool,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut entries = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Text(t) => text.push_str(&t),
+            Event::Text(t, lp) => {
+                text.push_str(&t);
+                entries.extend(lp);
+            }
             Event::Done { finish_reason, completion_tokens } => {
                 let usage = Usage { prompt_tokens, completion_tokens };
-                return Ok(Json(head.response(&text, finish_reason, usage)).into_response());
+                let mut r = head.response(&text, finish_reason, usage);
+                if with_logprobs {
+                    Head::set_logprobs(&mut r, logprobs_json(head.endpoint, &entries, 0));
+                }
+                return Ok(Json(r).into_response());
             }
             Event::Failed(e) => return Err(e),
         }
@@ -228,6 +260,9 @@ struct Streaming {
     rx: mpsc::UnboundedReceiver<Event>,
     prompt_tokens: usize,
     include_usage: bool,
+    /// Whether the request asked for log-probabilities, and (completions) the characters their tokens made so far.
+    logprobs: bool,
+    offset: usize,
     started: bool,
     done: bool,
 }
@@ -235,8 +270,14 @@ struct Streaming {
 /// The SSE stream of one request: a chunk per piece of text (chat: first a chunk with the assistant role), a last
 /// chunk with the finish reason, the usage chunk if asked, then `[DONE]`. Dropping it (the client went away)
 /// drops the receiver, which tells the scheduler to cancel the sequence.
-fn stream(head: Head, rx: mpsc::UnboundedReceiver<Event>, prompt_tokens: usize, include_usage: bool) -> Response {
-    let state = Streaming { head, rx, prompt_tokens, include_usage, started: false, done: false };
+fn stream(
+    head: Head,
+    rx: mpsc::UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+    include_usage: bool,
+    logprobs: bool,
+) -> Response {
+    let state = Streaming { head, rx, prompt_tokens, include_usage, logprobs, offset: 0, started: false, done: false };
     let body = futures::stream::unfold(state, |mut s| async move {
         if s.done {
             return None;
@@ -261,7 +302,14 @@ fn stream(head: Head, rx: mpsc::UnboundedReceiver<Event>, prompt_tokens: usize, 
 /// The SSE text for one scheduler event (the end also brings the usage chunk and `[DONE]`).
 fn sse_event(s: &mut Streaming, ev: Option<Event>) -> String {
     match ev {
-        Some(Event::Text(t)) => openai::sse(&s.head.chunk(Some(&t), false, None)),
+        Some(Event::Text(t, entries)) => {
+            let mut chunk = s.head.chunk(Some(&t), false, None);
+            if s.logprobs {
+                Head::set_logprobs(&mut chunk, logprobs_json(s.head.endpoint, &entries, s.offset));
+                s.offset += logprobs::chars(&entries);
+            }
+            openai::sse(&chunk)
+        }
         Some(Event::Done { finish_reason, completion_tokens }) => {
             s.done = true;
             let mut out = openai::sse(&s.head.chunk(None, false, Some(finish_reason)));
@@ -353,6 +401,8 @@ mod tests {
             rx,
             prompt_tokens: 4,
             include_usage,
+            logprobs: false,
+            offset: 0,
             started: true,
             done: false,
         };
@@ -376,7 +426,7 @@ mod tests {
     #[test]
     fn the_end_of_a_stream_is_the_finish_chunk_the_usage_and_done() {
         let (mut s, _tx) = streaming(Endpoint::Chat, true);
-        let t = sse_event(&mut s, Some(Event::Text("hi".into())));
+        let t = sse_event(&mut s, Some(Event::Text("hi".into(), vec![])));
         assert_eq!(data(&t)[0]["choices"][0]["delta"], json!({"content": "hi"}));
         assert!(!s.done);
         let end = sse_event(&mut s, Some(Event::Done { finish_reason: "length", completion_tokens: 3 }));

@@ -16,6 +16,7 @@ use edge_node::tokenizer::{TextStream, Tokenizer};
 use edge_protocol::stage::Finish;
 use tokio::sync::mpsc;
 
+use super::logprobs::Entry;
 use super::metrics::Metrics;
 use super::openai::ApiError;
 use super::status::{JobKind, JobState, JobStatus, ModelInfo, NodeStatus, PlanStatus, StageMemberStatus, StageStatus};
@@ -41,8 +42,10 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// What the scheduler tells a request's handler.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// More text (never empty).
-    Text(String),
+    /// More text, with the log-probabilities of the tokens generated since the previous `Text` when the request
+    /// asked for them. The text is never empty, except on the last `Text` of a request when it only carries the
+    /// log-probabilities of tokens whose text was held back (a stop string) or empty.
+    Text(String, Vec<Entry>),
     /// The end: OpenAI's finish reason and the tokens generated.
     Done { finish_reason: &'static str, completion_tokens: usize },
     /// The request failed (status and message for the API error).
@@ -205,6 +208,8 @@ struct Active {
     first_token: bool,
     /// When its last token came (the inter-token histogram).
     last_token: Option<Instant>,
+    /// Log-probabilities of the tokens whose text has not been sent yet.
+    logprobs: Vec<Entry>,
 }
 
 /// What the scheduler needs to (re)plan.
@@ -454,6 +459,7 @@ impl Scheduler {
                 stats: 0,
                 first_token: false,
                 last_token: None,
+                logprobs: Vec::new(),
             };
             self.board().job(&a.sub.id, |j| j.state = JobState::Running);
             if let Err(f) = self.start_seq(&mut a).await {
@@ -504,6 +510,9 @@ impl Scheduler {
         let mut b = self.board.lock().expect("board lock");
         match error {
             None => {
+                if !a.logprobs.is_empty() {
+                    let _ = a.sub.events.send(Event::Text(String::new(), std::mem::take(&mut a.logprobs)));
+                }
                 let reason = if a.stop.stopped() { "stop" } else { finish_reason(a.outcome.finish) };
                 let _ = a.sub.events.send(Event::Done { finish_reason: reason, completion_tokens });
                 let tps = (completion_tokens > 1).then(|| a.outcome.decode_tps());
@@ -530,10 +539,13 @@ impl Scheduler {
         let active = &mut self.active;
         let update = job::apply(e, |seq| active.iter_mut().find(|a| a.seq == Some(seq)).map(|a| &mut a.outcome));
         match update {
-            Update::Token { seq, token, finished } => {
+            Update::Token { seq, token, finished, logprobs } => {
                 let Some(i) = self.active.iter().position(|a| a.seq == Some(seq)) else { return };
                 let mut a = self.active.swap_remove(i);
                 if a.ended_at.is_none() {
+                    if let (Some(t), Some(lp)) = (token, &logprobs) {
+                        a.logprobs.push(Entry::new(self.setup.tok, t, lp));
+                    }
                     self.on_token(&mut a, token, finished).await;
                 }
                 self.active.push(a);
@@ -592,7 +604,7 @@ impl Scheduler {
             let piece = a.text.push(t);
             let (out, stopped) = a.stop.push(&piece);
             if !out.is_empty() {
-                let _ = a.sub.events.send(Event::Text(out));
+                let _ = a.sub.events.send(Event::Text(out, std::mem::take(&mut a.logprobs)));
             }
             if stopped {
                 if !finished {
@@ -611,7 +623,7 @@ impl Scheduler {
                 out.push_str(&a.stop.finish());
             }
             if !out.is_empty() {
-                let _ = a.sub.events.send(Event::Text(out));
+                let _ = a.sub.events.send(Event::Text(out, std::mem::take(&mut a.logprobs)));
             }
             self.end(a, None);
         }

@@ -333,11 +333,8 @@ impl Worker {
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
         if let Some(job) = &job {
             self.shard.open_sequence(seq, job.capacity as usize)?;
-            let sampler = (spec.head && !job.sampling.is_greedy()).then(|| {
-                let mut s = Sampler::new(job.sampling);
-                s.skip(job.skip_draws);
-                s
-            });
+            // A greedy job without bias, penalties or log-probabilities lets the head return just the argmax.
+            let sampler = (spec.head && job.needs_logits()).then(|| Sampler::for_job(job));
             self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, ..Default::default() });
         }
         let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
@@ -401,9 +398,9 @@ impl Worker {
     fn sampled(&mut self, seq: u64, out: ShardOutput) -> Result<(), ShardError> {
         let len = self.shard.sequence_len(seq)?;
         let state = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
-        let token = match (out, &mut state.sampler) {
-            (ShardOutput::Tokens(t), _) => *t.last().ok_or_else(|| ShardError::BadInput("no token".into()))?,
-            (ShardOutput::Logits(l), Some(s)) => s.sample(&l),
+        let (token, logprobs) = match (out, &mut state.sampler) {
+            (ShardOutput::Tokens(t), _) => (*t.last().ok_or_else(|| ShardError::BadInput("no token".into()))?, None),
+            (ShardOutput::Logits(l), Some(s)) => s.pick(&l),
             _ => return Err(ShardError::BadInput("the head produced nothing to sample".into())),
         };
         let job = state.job.as_ref().ok_or(ShardError::UnknownSequence(seq))?;
@@ -419,7 +416,8 @@ impl Worker {
         };
         let emitted = (finish != Some(Finish::Stop)).then_some(token);
         state.generated += emitted.is_some() as u32;
-        self.report(NodeMsg::Token { seq, index, token: emitted, finish });
+        let logprobs = logprobs.filter(|_| emitted.is_some());
+        self.report(NodeMsg::Token { seq, index, token: emitted, finish, logprobs });
         match finish {
             None => {
                 self.send_next(PipeMsg::Step { seq, job: None, input: StepInput::Tokens(vec![token]), sample: true })
