@@ -17,6 +17,8 @@ out["models"] = [m.id for m in oa.models.list()]
 c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)
 out["completion"] = c.choices[0].text
 out["completion_usage"] = [c.usage.prompt_tokens, c.usage.completion_tokens]
+c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0, n=2)
+out["completion_n"] = [[ch.index, ch.text] for ch in c.choices]
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 r = oa.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
 out["chat"] = r.choices[0].message.content

@@ -34,6 +34,7 @@ fn the_openai_and_ollama_client_libraries_work_against_the_server() {
     let completion = r["completion"].as_str().unwrap();
     assert!(!completion.is_empty());
     assert_eq!(r["completion_usage"], serde_json::json!([11, 16]));
+    assert_eq!(r["completion_n"], serde_json::json!([[0, completion], [1, completion]]), "two greedy choices");
     assert_eq!(r["ollama_generate"], completion, "Ollama's raw generate is the same greedy completion");
     assert_eq!(r["ollama_generate_counts"], serde_json::json!([11, 16]));
     let chat = r["chat"].as_str().unwrap();

@@ -254,6 +254,33 @@ fn the_openai_api_serves_the_cluster() {
     assert_ne!(penalized, greedy_text, "32 tokens of a story repeat some token");
     assert_eq!(post(&url, "/v1/completions", &body).1["choices"][0]["text"], penalized.as_str());
 
+    // n choices: each its own sequence, choice i sampled with seed + i (so it equals that request alone), the
+    // usage counting them all; streamed, each index spells the same text.
+    let body = completion(model, json!({"n": 3, "temperature": 0.9, "seed": 7, "max_tokens": 12}));
+    let (status, r) = post(&url, "/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    let choices = r["choices"].as_array().unwrap();
+    let texts: Vec<&str> = choices.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "three seeds, one text: {texts:?}");
+    assert_eq!(r["usage"]["completion_tokens"], 36, "{r}");
+    let alone = completion(model, json!({"temperature": 0.9, "seed": 9, "max_tokens": 12}));
+    assert_eq!(post(&url, "/v1/completions", &alone).1["choices"][0]["text"], texts[2], "choice 2 is seed 9");
+    let mut streamed_n = body.clone();
+    streamed_n["stream"] = json!(true);
+    let events = stream(&url, "/v1/completions", &streamed_n);
+    for (i, want) in texts.iter().enumerate() {
+        let got: String = events
+            .iter()
+            .filter_map(|e| e.get("choices")?.get(0))
+            .filter(|c| c["index"] == i)
+            .filter_map(|c| c["text"].as_str())
+            .collect();
+        assert_eq!(&got, want, "streamed choice {i}");
+    }
+    let finishes = events.iter().filter(|e| !e["choices"][0]["finish_reason"].is_null()).count();
+    assert_eq!((finishes, events.last().unwrap()), (3, &json!("[DONE]")));
+
     // Chat, whole and streamed: same text, the first chunk carries the role, usage matches.
     let chat = json!({"model": model, "temperature": 0, "max_tokens": 40,
                       "messages": [{"role": "user", "content": "What is the capital of France?"}]});
@@ -392,7 +419,7 @@ fn the_openai_api_serves_the_cluster() {
     assert_eq!(r["error"]["param"], "max_tokens");
     let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"temperature": 5})));
     assert_eq!((status, r["error"]["param"].as_str()), (400, Some("temperature")));
-    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"n": 2})));
+    let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"n": 17})));
     assert_eq!((status, r["error"]["param"].as_str()), (400, Some("n")));
     let (status, r) = post(&url, "/v1/completions", &completion(model, json!({"echo": true})));
     assert_eq!((status, r["error"]["param"].as_str()), (400, Some("echo")));

@@ -14,6 +14,7 @@
 //! - [`logprobs`]: token log-probabilities in the API's shapes.
 //! - [`stop`]: stop strings over streamed text.
 //! - [`routes`]: the HTTP handlers.
+//! - [`respond`]: whole responses and SSE streams of a request's choices.
 //! - [`client`]: `edge-coord status`.
 
 pub mod client;
@@ -22,6 +23,7 @@ pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod respond;
 pub mod routes;
 pub mod sampling;
 pub mod scheduler;

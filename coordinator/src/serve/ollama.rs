@@ -251,15 +251,16 @@ async fn respond(app: App, body: Result<ApiJson, ApiError>, chat: bool) -> Respo
         Ok(p) => p,
         Err(e) => return error(e),
     };
-    let a = match submit(&app, endpoint, Endpoint::Chat, parsed).await {
+    let mut a = match submit(&app, endpoint, Endpoint::Chat, parsed).await {
         Ok(a) => a,
         Err(e) => return error(e),
     };
     line.prompt_tokens = a.prompt_tokens;
+    let rx = a.rx.remove(0); // one choice: Ollama has no `n`
     if stream {
-        ndjson(line, a.rx)
+        ndjson(line, rx)
     } else {
-        whole(line, a.rx).await
+        whole(line, rx).await
     }
 }
 

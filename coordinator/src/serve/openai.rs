@@ -14,6 +14,8 @@ use super::sampling::Sampling;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Most choices (`n`) of one request.
+pub const MAX_CHOICES: usize = 16;
 /// Default `max_tokens` of `/v1/completions` (OpenAI's).
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
@@ -153,6 +155,8 @@ pub struct Options {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate, each a sequence of its own.
+    pub n: usize,
 }
 
 /// The input to tokenize.
@@ -287,13 +291,11 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
     if include_usage && !stream {
         return Err(ApiError::invalid("stream_options", "'stream_options' is only allowed when 'stream' is true."));
     }
-    match integer(o, "n")? {
-        None | Some(1) => {}
-        Some(n) => {
-            return Err(ApiError::invalid("n", format!("'n' must be 1 (one choice per request), got {n}."))
-                .with_code("unsupported_value"))
-        }
-    }
+    let n = match integer(o, "n")? {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => return Err(out_of_range("n", format!("'n' must be between 1 and {MAX_CHOICES}, got {n}."))),
+    };
     match integer(o, "best_of")? {
         None | Some(1) => {}
         Some(_) => return Err(ApiError::unsupported("best_of", "'best_of' other than 1")),
@@ -314,7 +316,8 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
             return Err(ApiError::unsupported("response_format", "a 'response_format' other than text"));
         }
     }
-    let options = Options { model, max_tokens, sampling, penalties, logit_bias, logprobs, stop, stream, include_usage };
+    let options =
+        Options { model, max_tokens, sampling, penalties, logit_bias, logprobs, stop, stream, include_usage, n };
     Ok(Parsed { input, options })
 }
 
@@ -599,7 +602,8 @@ mod tests {
             (json!({"model": "m", "prompt": "x", "stop": [1]}), Some("stop")),
             (json!({"model": "m", "prompt": "x", "stream": "yes"}), Some("stream")),
             (json!({"model": "m", "prompt": "x", "stream_options": {"include_usage": true}}), Some("stream_options")),
-            (json!({"model": "m", "prompt": "x", "n": 2}), Some("n")),
+            (json!({"model": "m", "prompt": "x", "n": 17}), Some("n")),
+            (json!({"model": "m", "prompt": "x", "n": 0}), Some("n")),
             (json!({"model": "m", "prompt": "x", "echo": true}), Some("echo")),
             (json!({"model": "m", "prompt": "x", "logprobs": 30}), Some("logprobs")),
             (json!({"model": "m", "prompt": "x", "best_of": 2}), Some("best_of")),

@@ -1,11 +1,9 @@
 //! The HTTP side: routes, the API-key check, the JSON body extractor (OpenAI-shaped errors instead of axum's
-//! plain-text rejections, 1 MiB limit), the generation handlers (whole responses and SSE streams) and the status.
+//! plain-text rejections, 1 MiB limit), the generation handlers (parse, tokenize, queue a sequence per choice;
+//! [`super::respond`] answers) and the status.
 
-use std::convert::Infallible;
-
-use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,8 +13,8 @@ use edge_protocol::stage::JobParams;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::logprobs::{self, Entry};
-use super::openai::{self, ApiError, Endpoint, Head, Input, Usage, MAX_BODY_BYTES, SSE_DONE};
+use super::openai::{self, ApiError, Endpoint, Head, Input, MAX_BODY_BYTES};
+use super::respond;
 use super::scheduler::Event;
 use super::status::{JobKind, Status, Totals};
 use super::{dashboard, App};
@@ -152,22 +150,23 @@ async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response,
     let a = submit(&app, endpoint, endpoint, parsed).await?;
     let logprobs = a.options.logprobs.is_some();
     if a.options.stream {
-        Ok(stream(a.head, a.rx, a.prompt_tokens, a.options.include_usage, logprobs))
+        Ok(respond::stream(a.head, a.rx, a.prompt_tokens, a.options.include_usage, logprobs))
     } else {
-        whole(a.head, a.rx, a.prompt_tokens, logprobs).await
+        respond::whole(a.head, a.rx, a.prompt_tokens, logprobs).await
     }
 }
 
-/// A request the scheduler took: its events, its prompt's length, its response head and options.
+/// A request the scheduler took: the events of each of its choices, its prompt's length, its response head and
+/// options.
 pub(super) struct Accepted {
-    pub rx: mpsc::UnboundedReceiver<Event>,
+    pub rx: Vec<mpsc::UnboundedReceiver<Event>>,
     pub prompt_tokens: usize,
     pub head: Head,
     pub options: openai::Options,
 }
 
 /// Tokenizes a parsed request, checks its budget (`budget_as` says whose default applies to a missing
-/// `max_tokens`) and queues it.
+/// `max_tokens`) and queues a sequence for each of its `n` choices (choice i samples with seed + i).
 pub(super) async fn submit(
     app: &App,
     endpoint: Endpoint,
@@ -214,119 +213,14 @@ pub(super) async fn submit(
     };
     let head = Head::new(endpoint, &app.model_id);
     let kind = if endpoint == Endpoint::Chat { JobKind::Chat } else { JobKind::Completion };
-    let rx = app.scheduler.submit(head.id.clone(), kind, Job { prompt: ids, params }, o.stop.clone())?;
+    let mut rx = Vec::with_capacity(o.n);
+    for i in 0..o.n {
+        let mut params = params.clone();
+        params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
+        let job = Job { prompt: ids.clone(), params };
+        rx.push(app.scheduler.submit(head.id.clone(), kind, job, o.stop.clone())?);
+    }
     Ok(Accepted { rx, prompt_tokens, head, options: o })
-}
-
-/// The log-probabilities of `entries` in the endpoint's shape (completions: their text starts at `offset`).
-fn logprobs_json(endpoint: Endpoint, entries: &[Entry], offset: usize) -> Value {
-    match endpoint {
-        Endpoint::Chat => logprobs::chat(entries),
-        Endpoint::Completions => logprobs::completion(entries, offset),
-    }
-}
-
-/// Waits for the end and answers with the whole response.
-async fn whole(
-    head: Head,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    prompt_tokens: usize,
-    with_logprobs: bool,
-) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let mut entries = Vec::new();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t, lp) => {
-                text.push_str(&t);
-                entries.extend(lp);
-            }
-            Event::Done { finish_reason, completion_tokens } => {
-                let usage = Usage { prompt_tokens, completion_tokens };
-                let mut r = head.response(&text, finish_reason, usage);
-                if with_logprobs {
-                    Head::set_logprobs(&mut r, logprobs_json(head.endpoint, &entries, 0));
-                }
-                return Ok(Json(r).into_response());
-            }
-            Event::Failed(e) => return Err(e),
-        }
-    }
-    Err(ApiError::server("the scheduler stopped"))
-}
-
-struct Streaming {
-    head: Head,
-    rx: mpsc::UnboundedReceiver<Event>,
-    prompt_tokens: usize,
-    include_usage: bool,
-    /// Whether the request asked for log-probabilities, and (completions) the characters their tokens made so far.
-    logprobs: bool,
-    offset: usize,
-    started: bool,
-    done: bool,
-}
-
-/// The SSE stream of one request: a chunk per piece of text (chat: first a chunk with the assistant role), a last
-/// chunk with the finish reason, the usage chunk if asked, then `[DONE]`. Dropping it (the client went away)
-/// drops the receiver, which tells the scheduler to cancel the sequence.
-fn stream(
-    head: Head,
-    rx: mpsc::UnboundedReceiver<Event>,
-    prompt_tokens: usize,
-    include_usage: bool,
-    logprobs: bool,
-) -> Response {
-    let state = Streaming { head, rx, prompt_tokens, include_usage, logprobs, offset: 0, started: false, done: false };
-    let body = futures::stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let out = if !s.started && s.head.endpoint == Endpoint::Chat {
-            s.started = true;
-            openai::sse(&s.head.chunk(Some(""), true, None))
-        } else {
-            s.started = true;
-            let ev = s.rx.recv().await;
-            sse_event(&mut s, ev)
-        };
-        Some((Ok::<_, Infallible>(Bytes::from(out)), s))
-    });
-    Response::builder()
-        .header(CONTENT_TYPE, "text/event-stream")
-        .header(CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|e| ApiError::server(e.to_string()).into_response())
-}
-
-/// The SSE text for one scheduler event (the end also brings the usage chunk and `[DONE]`).
-fn sse_event(s: &mut Streaming, ev: Option<Event>) -> String {
-    match ev {
-        Some(Event::Text(t, entries)) => {
-            let mut chunk = s.head.chunk(Some(&t), false, None);
-            if s.logprobs {
-                Head::set_logprobs(&mut chunk, logprobs_json(s.head.endpoint, &entries, s.offset));
-                s.offset += logprobs::chars(&entries);
-            }
-            openai::sse(&chunk)
-        }
-        Some(Event::Done { finish_reason, completion_tokens }) => {
-            s.done = true;
-            let mut out = openai::sse(&s.head.chunk(None, false, Some(finish_reason)));
-            if s.include_usage {
-                out += &openai::sse(&s.head.usage_chunk(Usage { prompt_tokens: s.prompt_tokens, completion_tokens }));
-            }
-            out + SSE_DONE
-        }
-        Some(Event::Failed(e)) => {
-            s.done = true;
-            openai::sse(&e.body()) + SSE_DONE
-        }
-        None => {
-            s.done = true;
-            openai::sse(&ApiError::server("the scheduler stopped").body()) + SSE_DONE
-        }
-    }
 }
 
 /// 200 `{"status": "ok"}` while a plan runs, else 503 with the reason.
@@ -388,68 +282,4 @@ async fn status(State(app): State<App>) -> Json<Status> {
             uptime_s: b.started.elapsed().as_secs_f64(),
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn streaming(endpoint: Endpoint, include_usage: bool) -> (Streaming, mpsc::UnboundedSender<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let s = Streaming {
-            head: Head::new(endpoint, "m"),
-            rx,
-            prompt_tokens: 4,
-            include_usage,
-            logprobs: false,
-            offset: 0,
-            started: true,
-            done: false,
-        };
-        (s, tx)
-    }
-
-    fn data(text: &str) -> Vec<Value> {
-        text.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                let d = e.strip_prefix("data: ").expect("a data line");
-                if d == "[DONE]" {
-                    Value::String("[DONE]".into())
-                } else {
-                    serde_json::from_str(d).unwrap()
-                }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_end_of_a_stream_is_the_finish_chunk_the_usage_and_done() {
-        let (mut s, _tx) = streaming(Endpoint::Chat, true);
-        let t = sse_event(&mut s, Some(Event::Text("hi".into(), vec![])));
-        assert_eq!(data(&t)[0]["choices"][0]["delta"], json!({"content": "hi"}));
-        assert!(!s.done);
-        let end = sse_event(&mut s, Some(Event::Done { finish_reason: "length", completion_tokens: 3 }));
-        assert!(s.done);
-        let d = data(&end);
-        assert_eq!(d.len(), 3);
-        assert_eq!(d[0]["choices"][0]["finish_reason"], "length");
-        assert_eq!(d[1]["usage"], json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}));
-        assert_eq!(d[2], "[DONE]");
-        assert!(end.ends_with("data: [DONE]\n\n"));
-
-        let (mut s, _tx) = streaming(Endpoint::Completions, false);
-        let d = data(&sse_event(&mut s, Some(Event::Done { finish_reason: "stop", completion_tokens: 1 })));
-        assert_eq!(d.len(), 2, "no usage chunk unless asked");
-        assert_eq!(d[0]["choices"][0]["text"], "");
-    }
-
-    #[test]
-    fn a_failure_mid_stream_is_an_error_event_then_done() {
-        let (mut s, _tx) = streaming(Endpoint::Completions, true);
-        let d = data(&sse_event(&mut s, Some(Event::Failed(ApiError::unavailable("gone")))));
-        assert_eq!(d[0]["error"]["code"], "cluster_unavailable");
-        assert_eq!(d[1], "[DONE]");
-        assert!(s.done);
-    }
 }
