@@ -9,13 +9,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use edge_node::net::peers::PeerSnapshot;
 use edge_protocol::stage::JobParams;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::metrics::Live;
 use super::openai::{self, ApiError, Endpoint, Head, Input, MAX_BODY_BYTES};
 use super::respond;
-use super::scheduler::Event;
+use super::scheduler::{Board, Event};
 use super::status::{JobKind, Status, Totals};
 use super::{dashboard, App};
 use crate::job::Job;
@@ -218,7 +220,9 @@ pub(super) async fn submit(
         let mut params = params.clone();
         params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
         let job = Job { prompt: ids.clone(), params };
-        rx.push(app.scheduler.submit(head.id.clone(), kind, job, o.stop.clone())?);
+        // Each choice is a job of its own on the dashboard.
+        let id = if i == 0 { head.id.clone() } else { format!("{}-{i}", head.id) };
+        rx.push(app.scheduler.submit(id, kind, job, o.stop.clone())?);
     }
     Ok(Accepted { rx, prompt_tokens, head, options: o })
 }
@@ -235,22 +239,22 @@ async fn health(State(app): State<App>) -> Response {
     }
 }
 
+/// Each board member as the coordinator sees it now: connected or not, and its round trip.
+fn live(b: &Board, peers: &[PeerSnapshot]) -> Vec<Live> {
+    b.members
+        .iter()
+        .map(|n| {
+            let p = peers.iter().find(|p| p.peer_id == n.id);
+            Live { id: n.id.clone(), alive: p.is_some(), rtt_s: p.and_then(|p| p.rtt_us).map(|r| r as f64 / 1e6) }
+        })
+        .collect()
+}
+
 /// The Prometheus exposition ([`super::metrics`]).
 async fn metrics(State(app): State<App>) -> Response {
     let peers = app.client.peers().await.unwrap_or_default();
     let b = app.scheduler.board.lock().expect("board lock");
-    let live: Vec<super::metrics::Live> = b
-        .members
-        .iter()
-        .map(|n| {
-            let p = peers.iter().find(|p| p.peer_id == n.id);
-            super::metrics::Live {
-                id: n.id.clone(),
-                alive: p.is_some(),
-                rtt_s: p.and_then(|p| p.rtt_us).map(|r| r as f64 / 1e6),
-            }
-        })
-        .collect();
+    let live = live(&b, &peers);
     let text = super::metrics::render(&b, &live);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
@@ -261,11 +265,11 @@ async fn status(State(app): State<App>) -> Json<Status> {
     let nodes = b
         .members
         .iter()
-        .map(|n| {
-            let live = peers.iter().find(|p| p.peer_id == n.id);
+        .zip(live(&b, &peers))
+        .map(|(n, live)| {
             let mut n = n.clone();
-            n.alive = live.is_some();
-            n.rtt_ms = live.and_then(|p| p.rtt_us).map(|r| r as f64 / 1e3).or(n.rtt_ms.filter(|_| n.alive));
+            n.alive = live.alive;
+            n.rtt_ms = live.rtt_s.map(|r| r * 1e3).or(n.rtt_ms.filter(|_| n.alive));
             n.active_sequences = if b.in_plan(&n.id) { b.running } else { 0 };
             n.tokens_per_s = b.rate(&n.id);
             n

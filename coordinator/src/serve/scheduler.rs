@@ -470,11 +470,16 @@ impl Scheduler {
                 break;
             }
         }
+        self.publish_load();
+    }
+
+    /// Puts the running sequences and the queue depth on the board; returns the running count.
+    fn publish_load(&self) -> usize {
         let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
         let mut b = self.board();
         b.running = running;
         b.metrics.queued = self.queue.len();
-        drop(b);
+        running
     }
 
     /// Starts (or resumes) `a` on the current deployment.
@@ -663,11 +668,7 @@ impl Scheduler {
         for id in cancelled {
             self.board().job(&id, |j| j.state = JobState::Cancelled);
         }
-        let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
-        let mut b = self.board();
-        b.running = running;
-        b.metrics.queued = self.queue.len();
-        drop(b);
+        let running = self.publish_load();
         if running > 0 && self.deployment.is_some() && self.last_event.elapsed() > job::STALL_TIMEOUT {
             self.failure = Some(Failure {
                 member: None,

@@ -370,12 +370,11 @@ impl Worker {
         if prefill {
             state.prefill += elapsed;
         }
-        if self.prompts.contains_key(&seq) {
+        if self.prompts.contains_key(&seq) && self.batching() {
             // Requests that arrived while this chunk ran go ahead of the next chunk.
-            if self.batching() {
-                self.take_arrivals();
-            }
-            let p = self.prompts.get_mut(&seq).expect("still prefilling");
+            self.take_arrivals();
+        }
+        if let Some(p) = self.prompts.get_mut(&seq) {
             self.queue.push_back(p.next_step(seq, None, self.me));
             if p.rest.is_empty() {
                 self.prompts.remove(&seq);
