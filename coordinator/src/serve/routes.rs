@@ -180,6 +180,11 @@ pub(super) async fn submit(
         return Err(ApiError::model_not_found(&o.model));
     }
     let tok = app.tok;
+    let vocab = tok.vocab_size();
+    if let Some((id, _)) = o.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
+        let msg = format!("'logit_bias' names token {id}, outside the vocabulary of {vocab} tokens.");
+        return Err(ApiError::invalid("logit_bias", msg).with_code("invalid_value"));
+    }
     let encoded = tokio::task::spawn_blocking(move || match parsed.input {
         Input::Prompt(p) => tok.encode(&p),
         Input::Messages(m) => tok.encode_with_special(&tok.chat_prompt(&m)),
@@ -194,24 +199,16 @@ pub(super) async fn submit(
             None => return Err(ApiError::invalid(param, "The prompt is empty.")),
         }
     }
-    let vocab = tok.vocab_size();
-    if let Some((id, _)) = o.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
-        let msg = format!("'logit_bias' names token {id}, outside the vocabulary of {vocab} tokens.");
-        return Err(ApiError::invalid("logit_bias", msg).with_code("invalid_value"));
-    }
     let max_tokens = openai::budget(budget_as, ids.len(), o.max_tokens, app.context)?;
     let prompt_tokens = ids.len();
     let params = JobParams {
-        capacity: (prompt_tokens + max_tokens) as u32,
-        max_tokens: max_tokens as u32,
         sampling: o.sampling,
         stop: app.eog.clone(),
-        skip_draws: 0,
         prefill_chunk: app.prefill_chunk,
         logit_bias: o.logit_bias.clone(),
         penalties: o.penalties,
-        history: vec![],
         logprobs: o.logprobs,
+        ..JobParams::new((prompt_tokens + max_tokens) as u32, max_tokens as u32)
     };
     let head = Head::new(endpoint, &app.model_id);
     let kind = if endpoint == Endpoint::Chat { JobKind::Chat } else { JobKind::Completion };
