@@ -194,16 +194,13 @@ pub async fn deploy(
     for (sess, p) in d.sessions.iter_mut().zip(&prepared) {
         sess.send(&SessionMsg::Load(p.manifest.clone())).await?;
     }
-    let mut needs: Vec<Option<Vec<(u32, u64)>>> = vec![None; d.sessions.len()];
+    let mut loading = Loading::new(d.sessions.len());
     let deadline = Instant::now() + NEED_TIMEOUT;
-    while needs.iter().any(|n| n.is_none()) {
+    while !loading.answered() {
         let (m, msg) = next_event(&mut d.events, deadline, "checking node caches").await?;
-        match msg {
-            NodeMsg::Need { tensors } => needs[d.index(m)?] = Some(tensors),
-            NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
-            other => bail!("unexpected {other:?} while loading"),
-        }
+        loading.on(d.index(m)?, m, msg)?;
     }
+    let needs = loading.needs.clone();
 
     // Ship what is missing, all members at once, a progress bar each.
     let style =
@@ -239,26 +236,21 @@ pub async fn deploy(
     futures::future::try_join_all(sends).await?;
 
     let deadline = Instant::now() + LOAD_TIMEOUT;
-    let mut loads: Vec<Option<LoadReport>> = vec![None; d.sessions.len()];
-    while loads.iter().any(|l| l.is_none()) {
+    while !loading.loaded() {
         let (m, msg) = next_event(&mut d.events, deadline, "loading stages").await?;
-        let i = d.index(m)?;
-        match msg {
-            NodeMsg::Loaded { backend, load_ms, .. } => {
-                loads[i] = Some(LoadReport {
-                    member: m,
-                    peer: d.sessions[i].peer,
-                    backend,
-                    sent_bytes: sent[i],
-                    stage_bytes: prepared[i].manifest.bytes(),
-                    load_ms,
-                })
-            }
-            NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
-            other => bail!("unexpected {other:?} while loading"),
-        }
+        loading.on(d.index(m)?, m, msg)?;
     }
-    d.loads = loads.into_iter().flatten().collect();
+    let loaded = loading.loads.into_iter().flatten();
+    d.loads = (d.sessions.iter().zip(&prepared).zip(sent).zip(loaded))
+        .map(|(((sess, p), sent_bytes), (backend, load_ms))| LoadReport {
+            member: sess.member,
+            peer: sess.peer,
+            backend,
+            sent_bytes,
+            stage_bytes: p.manifest.bytes(),
+            load_ms,
+        })
+        .collect();
 
     // Wire: each leader to the next stage's leader (the last to the first: the ring), groups among themselves.
     let n = d.stages.len();
@@ -284,6 +276,43 @@ pub async fn deploy(
         }
     }
     Ok(d)
+}
+
+/// What the members said while loading, in whatever order their sessions deliver it: each member answers its
+/// manifest with what its cache lacks (Need), then, once it holds every tensor, says it has loaded. A member whose
+/// cache holds everything loads right after its Need, which may be before another member has answered at all.
+struct Loading {
+    needs: Vec<Option<Vec<(u32, u64)>>>,
+    loads: Vec<Option<(String, u32)>>,
+}
+
+impl Loading {
+    fn new(members: usize) -> Self {
+        Self { needs: vec![None; members], loads: vec![None; members] }
+    }
+
+    /// Every member has said what it lacks.
+    fn answered(&self) -> bool {
+        self.needs.iter().all(Option::is_some)
+    }
+
+    /// Every member has loaded its stage.
+    fn loaded(&self) -> bool {
+        self.loads.iter().all(Option::is_some)
+    }
+
+    /// Takes member `i`'s message; anything out of order is an error naming the member.
+    fn on(&mut self, i: usize, m: MemberRef, msg: NodeMsg) -> anyhow::Result<()> {
+        match msg {
+            NodeMsg::Need { tensors } if self.needs[i].is_none() => self.needs[i] = Some(tensors),
+            NodeMsg::Loaded { backend, load_ms, .. } if self.needs[i].is_some() && self.loads[i].is_none() => {
+                self.loads[i] = Some((backend, load_ms))
+            }
+            NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
+            other => bail!("stage {} member {}: unexpected {other:?} while loading", m.stage, m.member),
+        }
+        Ok(())
+    }
 }
 
 impl Deployment {
@@ -330,5 +359,46 @@ impl Deployment {
         for s in &mut self.sessions {
             let _ = s.w.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded() -> NodeMsg {
+        NodeMsg::Loaded { backend: "cpu".into(), load_ms: 5, received_bytes: 0 }
+    }
+
+    fn member(i: u32) -> MemberRef {
+        MemberRef { stage: i, member: 0 }
+    }
+
+    #[test]
+    fn a_cached_member_may_load_before_another_member_answers() {
+        let mut l = Loading::new(2);
+        l.on(0, member(0), NodeMsg::Need { tensors: vec![] }).unwrap();
+        l.on(0, member(0), loaded()).unwrap();
+        assert!(!l.answered() && !l.loaded());
+        l.on(1, member(1), NodeMsg::Need { tensors: vec![(3, 0)] }).unwrap();
+        assert!(l.answered() && !l.loaded());
+        l.on(1, member(1), loaded()).unwrap();
+        assert!(l.loaded());
+        assert_eq!(l.needs[1], Some(vec![(3, 0)]));
+        assert_eq!(l.loads[0], Some(("cpu".to_string(), 5)));
+    }
+
+    #[test]
+    fn out_of_order_messages_and_node_errors_name_the_member() {
+        let mut l = Loading::new(2);
+        let e = l.on(1, member(1), loaded()).unwrap_err().to_string();
+        assert!(e.starts_with("stage 1 member 0: unexpected Loaded"), "{e}");
+        l.on(0, member(0), NodeMsg::Need { tensors: vec![] }).unwrap();
+        let e = l.on(0, member(0), NodeMsg::Need { tensors: vec![] }).unwrap_err().to_string();
+        assert!(e.contains("unexpected Need"), "{e}");
+        l.on(0, member(0), loaded()).unwrap();
+        assert!(l.on(0, member(0), loaded()).is_err(), "loaded twice");
+        let e = l.on(1, member(1), NodeMsg::Error { seq: None, message: "out of memory".into() }).unwrap_err();
+        assert_eq!(e.to_string(), "stage 1 member 0: out of memory");
     }
 }
