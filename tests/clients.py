@@ -8,6 +8,15 @@ import sys
 
 import ollama
 import openai
+import pydantic
+
+
+class City(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")  # additionalProperties: false in the schema
+    name: str = pydantic.Field(max_length=24)
+    country: str = pydantic.Field(max_length=24)
+    population: int = pydantic.Field(ge=0, le=100_000_000)
+
 
 url, key, model, prompt = sys.argv[1:5]
 out = {}
@@ -35,6 +44,12 @@ out["chat_logprobs"] = [
     [c.token, c.logprob, [t.token for t in c.top_logprobs], [t.logprob for t in c.top_logprobs]]
     for c in r.choices[0].logprobs.content
 ]
+# Structured output as the library sends it (a strict schema made from a pydantic model) and parses it back.
+city_messages = [{"role": "user", "content": "Describe the city of Paris."}]
+p = oa.chat.completions.parse(
+    model=model, messages=city_messages, max_tokens=80, temperature=0, response_format=City
+)
+out["parsed_city"] = p.choices[0].message.parsed.model_dump()
 c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0, frequency_penalty=1.5)
 out["completion_penalized"] = c.choices[0].text
 try:
@@ -62,6 +77,10 @@ g = ol.generate(
     model=model, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 16, "frequency_penalty": 1.5}
 )
 out["ollama_generate_penalized"] = g.response
+r = ol.chat(
+    model=model, messages=city_messages, format=City.model_json_schema(), options={"temperature": 0, "num_predict": 80}
+)
+out["ollama_city"] = City.model_validate_json(r.message.content).model_dump()
 parts = []
 for chunk in ol.chat(model=model, messages=messages, options={"temperature": 0, "num_predict": 24}, stream=True):
     parts.append(chunk.message.content)

@@ -3,6 +3,7 @@
 
 use edge_node::backend::LoadedModel;
 
+pub mod http;
 pub mod server;
 pub use server::Server;
 

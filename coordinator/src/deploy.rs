@@ -12,8 +12,8 @@ use edge_node::model::stage::{stage_image, StageImage};
 use edge_node::net::Client;
 use edge_protocol::bulk::{read_msg, write_msg};
 use edge_protocol::stage::{
-    Hash, JobParams, Manifest, MemberRef, NodeMsg, PlanId, SessionMsg, StageOpen, TensorEntry, MAX_DATA_CHUNK,
-    MAX_STAGE_FRAME,
+    Hash, JobParams, Manifest, MemberRef, NodeMsg, PlanId, SessionMsg, StageOpen, TensorEntry, Vocabulary,
+    MAX_DATA_CHUNK, MAX_STAGE_FRAME,
 };
 use edge_protocol::{LayerSlice, ShardSpec};
 use futures::io::WriteHalf;
@@ -91,8 +91,8 @@ fn prepare<'a>(
     me: MemberRef,
     spec: ShardSpec,
     slice: Option<LayerSlice>,
-    sequences: u32,
-    context: u32,
+    vocab: Option<&Vocabulary>,
+    (sequences, context): (u32, u32),
 ) -> anyhow::Result<Prepared<'a>> {
     let image = stage_image(&model.gguf, &model.config, spec, slice)?;
     let mut meta = GgufWriter::new();
@@ -110,8 +110,9 @@ fn prepare<'a>(
             hash: *blake3::hash(&t.data).as_bytes(),
         })
         .collect();
-    let manifest =
-        Manifest { model: model_hash, me, spec, slice, metadata: meta.to_bytes()?, tensors, sequences, context };
+    let metadata = meta.to_bytes()?;
+    let vocab = vocab.cloned();
+    let manifest = Manifest { model: model_hash, me, spec, slice, metadata, tensors, sequences, context, vocab };
     Ok(Prepared { image, manifest })
 }
 
@@ -140,15 +141,21 @@ pub async fn deploy(
 ) -> anyhow::Result<Deployment> {
     anyhow::ensure!(!stages.is_empty(), "empty plan");
     let plan: PlanId = rand::random();
-    let model_hash = {
+    // The model's hash, and its vocabulary for the stages that sample (they match grammars against it).
+    let (model_hash, vocab) = {
         let m = model.gguf.clone();
-        tokio::task::spawn_blocking(move || *blake3::hash(m.bytes()).as_bytes()).await?
+        tokio::task::spawn_blocking(move || {
+            let vocab = edge_node::tokenizer::Tokenizer::from_gguf(&m).ok().map(|t| t.vocabulary());
+            (*blake3::hash(m.bytes()).as_bytes(), vocab)
+        })
+        .await?
     };
     let mut prepared = Vec::new();
     for (s, a) in stages.iter().enumerate() {
         for (j, (_, slice)) in a.members.iter().enumerate() {
             let me = MemberRef { stage: s as u32, member: j as u32 };
-            prepared.push(prepare(model, model_hash, me, a.spec, *slice, sequences, context)?);
+            let vocab = vocab.as_ref().filter(|_| a.spec.head);
+            prepared.push(prepare(model, model_hash, me, a.spec, *slice, vocab, (sequences, context))?);
         }
     }
 

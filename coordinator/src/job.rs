@@ -80,7 +80,7 @@ pub fn resumed(job: &Job, o: &Outcome) -> Job {
     let mut prompt = job.prompt.clone();
     prompt.extend_from_slice(&o.tokens);
     let mut history = job.params.history.clone();
-    if !job.params.penalties.is_none() {
+    if job.params.keeps_history() {
         history.extend_from_slice(&o.tokens);
     }
     let params = JobParams {
@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resumed_job_carries_its_tokens_for_the_penalties() {
+    fn a_resumed_job_carries_its_tokens_for_the_penalties_and_the_grammar() {
         let mut params = JobParams::new(64, 10);
         params.skip_draws = 1;
         let job = Job { prompt: vec![1, 2], params };
@@ -259,6 +259,10 @@ mod tests {
         let mut job = job;
         job.params.penalties.frequency = 0.5;
         job.params.history = vec![9];
+        assert_eq!(resumed(&job, &o).params.history, [9, 7, 8, 7]);
+        // A grammar has matched the tokens too.
+        job.params.penalties.frequency = 0.0;
+        job.params.grammar = Some(edge_protocol::stage::Grammar::Lark("start: /a+/".into()));
         assert_eq!(resumed(&job, &o).params.history, [9, 7, 8, 7]);
     }
 

@@ -30,6 +30,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_writer;
 pub mod gpu;
+pub mod grammar;
 pub mod model;
 pub mod net;
 pub mod perplexity;

@@ -1,11 +1,14 @@
 //! Turning logits into a token: greedy (temperature 0, the default), or temperature with top-k and top-p
 //! filtering, applied in llama.cpp's order (top-k, top-p, temperature), reproducible for a seed. Before that, a
 //! job's logit bias and presence/frequency penalties (OpenAI's definitions, over the tokens the job generated)
-//! shift the logits; the token's log-probability, when asked for, is taken from the model's own distribution.
+//! shift the logits, and a job's grammar masks the tokens it does not allow ([`crate::grammar`]); the token's
+//! log-probability, when asked for, is taken from the model's own distribution.
 
 use std::collections::HashMap;
 
 use edge_protocol::stage::{JobParams, Penalties, TokenLogprobs};
+
+use crate::grammar::Constraint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -20,6 +23,8 @@ pub struct Sampler {
     counts: HashMap<u32, u32>,
     /// Alternatives to report with each token's log-probability (None: no log-probabilities).
     logprobs: Option<usize>,
+    /// The job's grammar, matched against the tokens generated so far.
+    constraint: Option<Constraint>,
 }
 
 impl Sampler {
@@ -31,7 +36,14 @@ impl Sampler {
             penalties: Penalties::default(),
             counts: HashMap::new(),
             logprobs: None,
+            constraint: None,
         }
+    }
+
+    /// Constrains the tokens to `c`'s grammar, which has already matched `history` (a resumed sequence's tokens).
+    pub fn constrain(&mut self, mut c: Constraint, history: &[u32]) {
+        history.iter().for_each(|&t| c.advance(t));
+        self.constraint = Some(c);
     }
 
     /// The sampler of a job's sequence, already past the tokens and draws the job made before (a resumed sequence).
@@ -72,7 +84,7 @@ impl Sampler {
 
     /// Picks a token from the logits of one position, with its log-probability if the job asked for it.
     pub fn pick(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprobs>) {
-        let token = if self.bias.is_empty() && self.counts.is_empty() {
+        let token = if self.bias.is_empty() && self.counts.is_empty() && self.constraint.is_none() {
             self.draw(logits)
         } else {
             let mut shifted = logits.to_vec();
@@ -87,9 +99,15 @@ impl Sampler {
                     *l -= presence + frequency * n as f32;
                 }
             }
+            if let Some(c) = &mut self.constraint {
+                c.mask(&mut shifted);
+            }
             self.draw(&shifted)
         };
         self.record(token);
+        if let Some(c) = &mut self.constraint {
+            c.advance(token);
+        }
         (token, self.logprobs.map(|k| logprobs(logits, token, k)))
     }
 
@@ -128,7 +146,8 @@ impl Sampler {
             }
             r -= w;
         }
-        cand.last().map_or(0, |c| c.0)
+        // Rounding left a sliver: the last token that had any weight (never a masked one).
+        cand.iter().zip(&weights).rev().find(|(_, w)| **w > 0.0).map_or(cand[0].0, |(c, _)| c.0)
     }
 }
 
@@ -216,6 +235,26 @@ mod tests {
         // Negative values encourage repetition.
         let mut s = Sampler::for_job(&job(|j| j.penalties = Penalties { presence: -2.0, frequency: 0.0 }));
         assert_eq!([s.sample(&[0.0, 1.0]), s.sample(&[1.5, 1.0])], [1, 1]);
+    }
+
+    #[test]
+    fn a_grammar_masks_the_draw_and_a_resumed_sequence_continues_it() {
+        use edge_protocol::stage::{Grammar, Vocabulary};
+        // Tokens: "a", "b", "c", end. The grammar wants "ab" then the end; the model prefers "c".
+        let v = Vocabulary::from_pieces([&b"a"[..], b"b", b"c", b"<e>"], vec![3], vec![3]);
+        let g = crate::grammar::Grammars::new(&v).unwrap();
+        let grammar = Grammar::Lark(r#"start: "ab""#.into());
+        let logits = [0.0, 1.0, 5.0, -1.0];
+        for temperature in [0.0, 1.0] {
+            let mut s = Sampler::for_job(&job(|j| j.sampling.temperature = temperature));
+            s.constrain(g.compile(&grammar).unwrap(), &[]);
+            let picks: Vec<u32> = (0..3).map(|_| s.sample(&logits)).collect();
+            assert_eq!(picks, [0, 1, 3], "temperature {temperature}");
+        }
+        // Resumed after "a": the grammar has matched it, so "b" comes next.
+        let mut s = Sampler::for_job(&job(|_| {}));
+        s.constrain(g.compile(&grammar).unwrap(), &[0]);
+        assert_eq!([s.sample(&logits), s.sample(&logits)], [1, 3]);
     }
 
     #[test]

@@ -234,6 +234,8 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     eog: HashSet<u32>,
+    /// Control tokens (type control or unknown, or promoted like llama.cpp does), by id.
+    control: Vec<u32>,
     pre: PreFamily,
     /// `tokenizer.chat_template`, compiled (ChatML if absent or unusable).
     chat: ChatTemplate,
@@ -380,6 +382,7 @@ impl Tokenizer {
         let mut special_tokens = Vec::new();
         let mut user_tokens = Vec::new();
         let mut is_literal = vec![false; n];
+        let mut control = Vec::new();
         for (i, (&t, &ty)) in tokens.iter().zip(&types).enumerate() {
             if ids.get(t) != Some(&(i as u32)) {
                 continue; // shadowed duplicate
@@ -387,6 +390,7 @@ impl Tokenizer {
             if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN || promoted.contains(t) {
                 special_tokens.push(AddedToken::from(t, true).normalized(false));
                 is_literal[i] = true;
+                control.push(i as u32);
             } else if ty == TYPE_USER_DEFINED {
                 user_tokens.push(AddedToken::from(t, false).normalized(false));
                 is_literal[i] = true;
@@ -444,7 +448,7 @@ impl Tokenizer {
         let chat =
             ChatTemplate::new(g.get("tokenizer.chat_template").and_then(Value::as_str), text_of(bos), text_of(eos));
 
-        Ok(Tokenizer { special, plain, pieces, ids, bos, eos, add_bos, add_eos, eog, pre, chat })
+        Ok(Tokenizer { special, plain, pieces, ids, bos, eos, add_bos, add_eos, eog, control, pre, chat })
     }
 
     fn encode_inner(&self, tk: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
@@ -488,6 +492,15 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.pieces.len()
+    }
+
+    /// Every token's bytes, the control tokens and the end-of-generation tokens: what the stage that samples
+    /// needs to match grammars.
+    pub fn vocabulary(&self) -> edge_protocol::stage::Vocabulary {
+        let mut eog: Vec<u32> = self.eog.iter().copied().collect();
+        eog.sort_unstable();
+        let pieces = self.pieces.iter().map(Vec::as_slice);
+        edge_protocol::stage::Vocabulary::from_pieces(pieces, self.control.clone(), eog)
     }
 
     pub fn bos(&self) -> Option<u32> {

@@ -94,6 +94,7 @@ fn strangers_to_a_plan_get_nothing() {
             }],
             sequences: 1,
             context: 8,
+            vocab: None,
         };
         write_msg(&mut s, &SessionMsg::Load(manifest), MAX_STAGE_FRAME).await.unwrap();
         let need: NodeMsg = read_msg(&mut s, MAX_STAGE_FRAME).await.unwrap();

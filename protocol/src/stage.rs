@@ -24,7 +24,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/3";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/4";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
@@ -48,6 +48,11 @@ pub const MAX_ERROR: usize = 4096;
 pub const MAX_TOP_LOGPROBS: usize = 20;
 /// Most entries of a job's logit bias.
 pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Largest grammar of a job (a JSON schema or a Lark grammar).
+pub const MAX_GRAMMAR: usize = 256 << 10;
+/// Most tokens in a [`Vocabulary`], and most bytes of all their texts together.
+pub const MAX_VOCAB: usize = 1 << 20;
+pub const MAX_VOCAB_BYTES: usize = 6 << 20;
 
 /// Names a plan (random, chosen by the coordinator).
 pub type PlanId = [u8; 16];
@@ -110,11 +115,89 @@ pub struct Manifest {
     /// Sequences the stage must be able to hold at once, each of `context` positions.
     pub sequences: u32,
     pub context: u32,
+    /// The model's vocabulary, for a stage with the head: it samples, and a job's grammar is matched against the
+    /// bytes of each token there (constrained decoding). None for other stages.
+    pub vocab: Option<Vocabulary>,
+}
+
+/// Every token's bytes (a token's text as it decodes), for matching grammars on the stage that samples. The
+/// tokenizer itself stays with the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vocabulary {
+    /// All tokens' bytes, one after the other.
+    #[serde(with = "crate::wire::bytes")]
+    pub bytes: Vec<u8>,
+    /// Where each token's bytes end in `bytes` (token i is `bytes[ends[i-1]..ends[i]]`).
+    pub ends: Vec<u32>,
+    /// Control tokens (`<|im_end|>` and the like), which no grammar may spell as text.
+    pub special: Vec<u32>,
+    /// End-of-generation tokens: what a finished grammar allows.
+    pub eog: Vec<u32>,
+}
+
+impl Vocabulary {
+    pub fn from_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>, special: Vec<u32>, eog: Vec<u32>) -> Self {
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        for p in pieces {
+            bytes.extend_from_slice(p);
+            ends.push(bytes.len() as u32);
+        }
+        Vocabulary { bytes, ends, special, eog }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Token `i`'s bytes (call [`Vocabulary::validate`] first).
+    pub fn piece(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_len("vocabulary", self.ends.len(), MAX_VOCAB)?;
+        check_len("vocabulary bytes", self.bytes.len(), MAX_VOCAB_BYTES)?;
+        let n = self.ends.len() as u32;
+        let ordered = self.ends.windows(2).all(|w| w[0] <= w[1]);
+        if self.is_empty() || !ordered || self.ends[self.ends.len() - 1] as usize != self.bytes.len() {
+            return Err(WireError::Invalid("vocabulary offsets do not cover its bytes in order".into()));
+        }
+        if self.eog.is_empty() || self.special.iter().chain(&self.eog).any(|&t| t >= n) {
+            return Err(WireError::Invalid("vocabulary special or end tokens outside it (or none ends)".into()));
+        }
+        check_len("end-of-generation tokens", self.eog.len(), MAX_STOP_TOKENS)?;
+        Ok(())
+    }
+}
+
+/// A job's grammar: the output must be a sentence of it (constrained decoding on the stage that samples).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Grammar {
+    /// A JSON schema, as JSON text (`{"type": "object"}` for any object).
+    JsonSchema(String),
+    /// A grammar in llguidance's Lark dialect (which can embed JSON schemas with `%json`).
+    Lark(String),
+}
+
+impl Grammar {
+    pub fn text(&self) -> &str {
+        match self {
+            Grammar::JsonSchema(s) | Grammar::Lark(s) => s,
+        }
+    }
 }
 
 impl Manifest {
     pub fn validate(&self) -> Result<(), WireError> {
         check_len("metadata", self.metadata.len(), MAX_METADATA)?;
+        if let Some(v) = &self.vocab {
+            v.validate()?;
+        }
         check_len("tensor list", self.tensors.len(), MAX_TENSORS)?;
         for t in &self.tensors {
             check_str("tensor name", &t.name, MAX_TENSOR_NAME)?;
@@ -192,6 +275,8 @@ pub struct JobParams {
     pub history: Vec<u32>,
     /// Report each token's log-probability with this many most likely alternatives (None: no log-probabilities).
     pub logprobs: Option<u8>,
+    /// The grammar the output must follow (None: free text).
+    pub grammar: Option<Grammar>,
 }
 
 /// OpenAI's repetition penalties: each logit is lowered by `presence` if its token was generated before and by
@@ -222,7 +307,14 @@ impl JobParams {
             penalties: Penalties::default(),
             history: vec![],
             logprobs: None,
+            grammar: None,
         }
+    }
+
+    /// Whether a resumed sequence needs the tokens generated before (penalties count them, a grammar has
+    /// matched them).
+    pub fn keeps_history(&self) -> bool {
+        !self.penalties.is_none() || self.grammar.is_some()
     }
 
     /// Whether sampling needs the logits (not just the most likely token).
@@ -231,12 +323,14 @@ impl JobParams {
             || !self.logit_bias.is_empty()
             || !self.penalties.is_none()
             || self.logprobs.is_some()
+            || self.grammar.is_some()
     }
 
     pub fn validate(&self) -> Result<(), WireError> {
         check_len("stop tokens", self.stop.len(), MAX_STOP_TOKENS)?;
         check_len("logit bias", self.logit_bias.len(), MAX_LOGIT_BIAS)?;
         check_len("history", self.history.len(), MAX_TOKENS)?;
+        check_len("grammar", self.grammar.as_ref().map_or(0, |g| g.text().len()), MAX_GRAMMAR)?;
         check_len("top log-probabilities", self.logprobs.unwrap_or(0) as usize, MAX_TOP_LOGPROBS)?;
         let finite = |x: f32| x.is_finite();
         if !self.logit_bias.iter().all(|b| finite(b.1))
@@ -423,6 +517,27 @@ mod tests {
         assert!(step(StepInput::Hidden(vec![0.0; 4])).validate().is_ok());
         let wire = SessionMsg::Wire { next: None, upstream: None, group: vec!["p".into(); MAX_GROUP + 1] };
         assert!(wire.validate().is_err());
+        let grammar = |n| JobParams { grammar: Some(Grammar::Lark("x".repeat(n))), ..params.clone() };
+        assert!(grammar(MAX_GRAMMAR).validate().is_ok());
+        assert!(grammar(MAX_GRAMMAR + 1).validate().is_err());
+    }
+
+    #[test]
+    fn a_vocabulary_is_checked_before_use() {
+        let v = Vocabulary::from_pieces([&b"a"[..], b"", b"<|end|>", b" bc"], vec![2], vec![2]);
+        assert!(v.validate().is_ok());
+        assert_eq!((v.len(), v.piece(0), v.piece(1), v.piece(3)), (4, &b"a"[..], &b""[..], &b" bc"[..]));
+        let broken = [
+            Vocabulary { ends: vec![1, 0, 8, 11], ..v.clone() },
+            Vocabulary { ends: vec![1, 1, 8, 12], ..v.clone() },
+            Vocabulary { eog: vec![], ..v.clone() },
+            Vocabulary { eog: vec![4], ..v.clone() },
+            Vocabulary { special: vec![9], ..v.clone() },
+            Vocabulary::from_pieces([], vec![], vec![0]),
+        ];
+        for b in broken {
+            assert!(b.validate().is_err(), "{b:?}");
+        }
     }
 
     #[test]

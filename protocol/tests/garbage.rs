@@ -7,8 +7,8 @@ use std::cell::Cell;
 
 use edge_protocol::capability::MAX_CAPABILITIES_RECORD;
 use edge_protocol::stage::{
-    JobParams, Manifest, MemberRef, NodeMsg, Penalties, PipeMsg, SessionMsg, StageAccept, StageOpen, StepInput,
-    TensorEntry, TokenLogprobs, MAX_OPEN_FRAME, MAX_STAGE_FRAME,
+    Grammar, JobParams, Manifest, MemberRef, NodeMsg, Penalties, PipeMsg, SessionMsg, StageAccept, StageOpen,
+    StepInput, TensorEntry, TokenLogprobs, Vocabulary, MAX_OPEN_FRAME, MAX_STAGE_FRAME,
 };
 use edge_protocol::LayerSlice;
 use edge_protocol::{
@@ -161,6 +161,7 @@ fn sample_job() -> JobParams {
         penalties: Penalties { presence: 0.5, frequency: -0.25 },
         history: vec![7, 7, 8],
         logprobs: Some(3),
+        grammar: Some(Grammar::JsonSchema(r#"{"type": "object"}"#.into())),
         ..JobParams::new(64, 9)
     }
 }
@@ -181,6 +182,7 @@ fn sample_manifest() -> Manifest {
         }],
         sequences: 2,
         context: 128,
+        vocab: Some(Vocabulary::from_pieces([&b"a"[..], b"<|end|>", b" b"], vec![1], vec![1])),
     }
 }
 

@@ -55,6 +55,11 @@ fn the_openai_and_ollama_client_libraries_work_against_the_server() {
         let lps: Vec<f64> = e[3].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert!(lps.len() == 3 && lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0, "{e}");
     }
+    // Structured output: the library's strict schema from a pydantic model, parsed back into the model.
+    let city = &r["parsed_city"];
+    assert!(city["name"].is_string() && city["country"].is_string() && city["population"].is_i64(), "{r}");
+    let ollama_city = &r["ollama_city"];
+    assert!(ollama_city["name"].is_string() && ollama_city["population"].is_i64(), "{r}");
     let penalized = r["completion_penalized"].as_str().unwrap();
     assert_ne!(penalized, completion, "a frequency penalty of 1.5 changes 16 greedy tokens");
     assert_eq!(r["ollama_generate_penalized"], penalized, "Ollama's frequency_penalty option is the same");

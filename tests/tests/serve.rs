@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use edge_node::tokenizer::Tokenizer;
+use edge_tests::http::{self, agent, streamed_text};
 use edge_tests::{bin, new_key, Node, NodeSpec, Server, GREEDY_32, REFERENCE_PROMPT};
 use serde_json::{json, Value};
 
@@ -17,27 +18,12 @@ const KEY: &str = "sk-test-0123456789";
 const CTX: usize = 256;
 const CTX_ARG: &str = "256";
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(180)))
-        .build()
-        .into()
-}
-
-/// POSTs `body` (raw bytes) with the API key `key`: status and body text.
 fn post_raw(url: &str, path: &str, body: &[u8], key: Option<&str>) -> (u16, String) {
-    let mut req = agent().post(format!("{url}{path}")).header("Content-Type", "application/json");
-    if let Some(k) = key {
-        req = req.header("Authorization", format!("Bearer {k}"));
-    }
-    let mut resp = req.send(body).unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+    http::post_raw(url, path, body, key)
 }
 
 fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
-    let (status, text) = post_raw(url, path, body.to_string().as_bytes(), Some(KEY));
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}")))
+    http::post_json(url, path, body, Some(KEY))
 }
 
 fn get(url: &str, path: &str, key: Option<&str>) -> (u16, Value) {
@@ -70,38 +56,8 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-/// An SSE response read to its end: the `data:` payloads in order (`[DONE]` as a string).
 fn stream(url: &str, path: &str, body: &Value) -> Vec<Value> {
-    let mut resp = agent()
-        .post(format!("{url}{path}"))
-        .header("Authorization", format!("Bearer {KEY}"))
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
-    assert!(ct.starts_with("text/event-stream"), "{ct}");
-    let reader = BufReader::new(resp.body_mut().as_reader());
-    let mut events = Vec::new();
-    let mut lines = reader.lines().map_while(Result::ok);
-    while let Some(line) = lines.next() {
-        if line.is_empty() {
-            continue;
-        }
-        let data = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data line: {line:?}"));
-        assert_eq!(lines.next().as_deref(), Some(""), "one data line per event");
-        events.push(if data == "[DONE]" { Value::from("[DONE]") } else { serde_json::from_str(data).unwrap() });
-    }
-    events
-}
-
-/// The streamed text: every chunk's `text` (completions) or `delta.content` (chat).
-fn streamed_text(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter_map(|e| e.get("choices")?.get(0))
-        .filter_map(|c| c["text"].as_str().or(c["delta"]["content"].as_str()))
-        .collect()
+    http::sse(url, path, body, Some(KEY))
 }
 
 fn completion(model: &str, extra: Value) -> Value {

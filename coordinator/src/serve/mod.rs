@@ -11,6 +11,7 @@
 //!
 //! - [`openai`]: request parsing and validation, error bodies, response and chunk shapes, SSE framing.
 //! - [`sampling`]: the sampling fields of a request (temperature to logit bias and log-probabilities).
+//! - [`format`]: structured output (`response_format`) as a grammar.
 //! - [`logprobs`]: token log-probabilities in the API's shapes.
 //! - [`stop`]: stop strings over streamed text.
 //! - [`routes`]: the HTTP handlers.
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod dashboard;
+pub mod format;
 pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
@@ -91,6 +93,19 @@ pub struct AppState {
     pub client: edge_node::net::Client,
     /// Most prompt tokens per step (see [`ServeArgs::prefill_chunk`]).
     pub prefill_chunk: u32,
+    /// The vocabulary indexed for grammars, built at the first request that has one (to check that it compiles
+    /// before it is queued; the stage that samples compiles it again).
+    pub grammars: std::sync::OnceLock<Result<edge_node::grammar::Grammars, String>>,
+}
+
+impl AppState {
+    /// Whether `g` compiles for this model (blocking: the first call indexes the vocabulary).
+    pub fn check_grammar(&self, g: &edge_protocol::stage::Grammar, param: &str) -> Result<(), openai::ApiError> {
+        let grammars = self
+            .grammars
+            .get_or_init(|| edge_node::grammar::Grammars::new(&self.tok.vocabulary()).map_err(|e| format!("{e:#}")));
+        format::check(grammars, g, param)
+    }
 }
 
 pub type App = Arc<AppState>;
@@ -158,6 +173,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 scheduler: handle,
                 client: joined.client.clone(),
                 prefill_chunk: args.prefill_chunk,
+                grammars: Default::default(),
             });
             let addr = listener.local_addr()?;
             eprintln!(

@@ -2,7 +2,7 @@
 //! scheduler as the OpenAI routes and behind the same API key: `/api/version`, `/api/tags`, `/api/show`, `/api/ps`,
 //! `/api/generate` and `/api/chat` (NDJSON streams by default, `"stream": false` for one object; durations in
 //! nanoseconds; `options`: `num_predict`, `temperature`, `top_k`, `top_p`, `seed`, `stop`, `presence_penalty`,
-//! `frequency_penalty`). A request is translated into the OpenAI request it means and checked by the same parser,
+//! `frequency_penalty`; `format`: "json" or a JSON schema, as OpenAI's `response_format`). A request is translated into the OpenAI request it means and checked by the same parser,
 //! so both APIs refuse the same things. Ollama's defaults apply (temperature 0.8, top_k 40, top_p 0.9, no token
 //! limit but the context). `GET /` answers "Ollama is running" to clients that do not ask for HTML (browsers get
 //! the dashboard).
@@ -125,7 +125,7 @@ fn translate(body: &Value, chat: bool) -> Result<(Endpoint, Value, bool), ApiErr
         o.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("model", "model is required"))?;
     let model = model.strip_suffix(":latest").unwrap_or(model);
     // What this server cannot do yet is refused, never silently ignored.
-    for k in ["format", "images", "tools", "suffix", "context", "template", "think"] {
+    for k in ["images", "tools", "suffix", "context", "template", "think"] {
         if o.get(k).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("") && v != &json!(false)) {
             return Err(ApiError::invalid(k, format!("'{k}' is not supported by this server yet")));
         }
@@ -151,6 +151,16 @@ fn translate(body: &Value, chat: bool) -> Result<(Endpoint, Value, bool), ApiErr
         if let Some(v) = opts.get(k).filter(|v| !v.is_null()) {
             req[k] = v.clone();
         }
+    }
+    // `format`: "json" (any JSON object) or a JSON schema, constrained as OpenAI's response_format.
+    match o.get("format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if f.is_empty() => {}
+        Some(Value::String(f)) if f == "json" => req["response_format"] = json!({"type": "json_object"}),
+        Some(s @ Value::Object(_)) => {
+            req["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "format", "schema": s}})
+        }
+        Some(_) => return Err(ApiError::invalid("format", "format must be \"json\" or a JSON schema object")),
     }
     match opts.get("num_predict") {
         None | Some(Value::Null) => {}
@@ -340,13 +350,20 @@ mod tests {
         .unwrap();
         assert_eq!((endpoint, stream, req["prompt"].clone()), (Endpoint::Completions, false, json!("x")));
         assert!(req.get("max_tokens").is_none());
+        // format: "json", or a schema.
+        let (_, req, _) = translate(&json!({"model": "m", "prompt": "x", "format": "json"}), false).unwrap();
+        assert_eq!(req["response_format"], json!({"type": "json_object"}));
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        let (_, req, _) = translate(&json!({"model": "m", "prompt": "x", "format": schema}), false).unwrap();
+        assert_eq!(req["response_format"]["json_schema"]["schema"], schema);
         for bad in [
             json!({"prompt": "x"}),
             json!({"model": "m", "stream": 1}),
             json!({"model": "m", "options": 3}),
             json!({"model": "m", "options": {"num_predict": "many"}}),
             json!([1]),
-            json!({"model": "m", "prompt": "x", "format": "json"}),
+            json!({"model": "m", "prompt": "x", "format": "yaml"}),
+            json!({"model": "m", "prompt": "x", "format": 3}),
             json!({"model": "m", "prompt": "x", "images": ["aGk="]}),
             json!({"model": "m", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}),
         ] {

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use edge_node::tokenizer::ChatMessage;
-use edge_protocol::stage::{Penalties, SamplingParams};
+use edge_protocol::stage::Grammar;
 use serde_json::{json, Map, Value};
 
 use super::sampling::Sampling;
@@ -147,11 +147,9 @@ pub struct Options {
     pub model: String,
     /// `None`: the endpoint's default.
     pub max_tokens: Option<usize>,
-    pub sampling: SamplingParams,
-    pub penalties: Penalties,
-    pub logit_bias: Vec<(u32, f32)>,
-    /// Alternatives to report with each token's log-probability; None: no log-probabilities.
-    pub logprobs: Option<u8>,
+    pub sampling: Sampling,
+    /// The grammar the output must follow (`response_format`).
+    pub grammar: Option<Grammar>,
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
@@ -253,7 +251,8 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
             None => token_count(o, "max_tokens")?,
         },
     };
-    let Sampling { params: sampling, penalties, logit_bias, logprobs } = super::sampling::parse(endpoint, o)?;
+    let sampling = super::sampling::parse(endpoint, o)?;
+    let grammar = super::format::parse(o)?;
     let stop = match field(o, "stop") {
         None => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -311,13 +310,7 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
     if field(o, "suffix").is_some_and(|s| s.as_str() != Some("")) {
         return Err(ApiError::unsupported("suffix", "'suffix'"));
     }
-    if let Some(rf) = field(o, "response_format") {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::unsupported("response_format", "a 'response_format' other than text"));
-        }
-    }
-    let options =
-        Options { model, max_tokens, sampling, penalties, logit_bias, logprobs, stop, stream, include_usage, n };
+    let options = Options { model, max_tokens, sampling, grammar, stop, stream, include_usage, n };
     Ok(Parsed { input, options })
 }
 
@@ -523,6 +516,7 @@ pub const SSE_DONE: &str = "data: [DONE]\n\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edge_protocol::stage::SamplingParams;
 
     fn ok(endpoint: Endpoint, body: Value) -> Parsed {
         parse(endpoint, &body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
@@ -538,7 +532,8 @@ mod tests {
         assert_eq!(p.input, Input::Prompt("hi".into()));
         let o = p.options;
         assert_eq!((o.model.as_str(), o.max_tokens, o.stream, o.include_usage), ("m", None, false, false));
-        assert_eq!((o.sampling.temperature, o.sampling.top_p, o.sampling.top_k), (1.0, 1.0, 0));
+        let p = o.sampling.params;
+        assert_eq!((p.temperature, p.top_p, p.top_k), (1.0, 1.0, 0));
         assert!(o.stop.is_empty());
     }
 
@@ -552,7 +547,7 @@ mod tests {
         );
         let o = p.options;
         assert_eq!(o.max_tokens, Some(5));
-        assert_eq!(o.sampling, SamplingParams { temperature: 0.0, top_k: 3, top_p: 0.5, seed: 7 });
+        assert_eq!(o.sampling.params, SamplingParams { temperature: 0.0, top_k: 3, top_p: 0.5, seed: 7 });
         assert_eq!(o.stop, ["a", "b"]);
         assert!(o.stream && o.include_usage);
         assert_eq!(ok(Endpoint::Completions, json!({"model": "m", "prompt": "", "stop": "x"})).options.stop, ["x"]);

@@ -150,7 +150,7 @@ async fn chat(State(app): State<App>, ApiJson(body): ApiJson) -> Response {
 async fn generate(app: App, endpoint: Endpoint, body: Value) -> Result<Response, ApiError> {
     let parsed = openai::parse(endpoint, &body)?;
     let a = submit(&app, endpoint, endpoint, parsed).await?;
-    let logprobs = a.options.logprobs.is_some();
+    let logprobs = a.options.sampling.logprobs.is_some();
     if a.options.stream {
         Ok(respond::stream(a.head, a.rx, a.prompt_tokens, a.options.include_usage, logprobs))
     } else {
@@ -181,9 +181,15 @@ pub(super) async fn submit(
     }
     let tok = app.tok;
     let vocab = tok.vocab_size();
-    if let Some((id, _)) = o.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
+    if let Some((id, _)) = o.sampling.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
         let msg = format!("'logit_bias' names token {id}, outside the vocabulary of {vocab} tokens.");
         return Err(ApiError::invalid("logit_bias", msg).with_code("invalid_value"));
+    }
+    if let Some(g) = o.grammar.clone() {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.check_grammar(&g, "response_format"))
+            .await
+            .map_err(|e| ApiError::server(format!("checking the grammar failed: {e}")))??;
     }
     let encoded = tokio::task::spawn_blocking(move || match parsed.input {
         Input::Prompt(p) => tok.encode(&p),
@@ -202,12 +208,13 @@ pub(super) async fn submit(
     let max_tokens = openai::budget(budget_as, ids.len(), o.max_tokens, app.context)?;
     let prompt_tokens = ids.len();
     let params = JobParams {
-        sampling: o.sampling,
+        sampling: o.sampling.params,
         stop: app.eog.clone(),
         prefill_chunk: app.prefill_chunk,
-        logit_bias: o.logit_bias.clone(),
-        penalties: o.penalties,
-        logprobs: o.logprobs,
+        logit_bias: o.sampling.logit_bias.clone(),
+        penalties: o.sampling.penalties,
+        logprobs: o.sampling.logprobs,
+        grammar: o.grammar.clone(),
         ..JobParams::new((prompt_tokens + max_tokens) as u32, max_tokens as u32)
     };
     let head = Head::new(endpoint, &app.model_id);

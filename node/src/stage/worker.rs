@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, MAX_STAGE_FRAME};
 
+use crate::grammar::Grammars;
 use crate::sampler::Sampler;
 use crate::shard::{HeadOutput, NoReduce, Reducer, Shard, ShardError, ShardInput, ShardOutput, Step};
 
@@ -91,6 +92,8 @@ pub struct Worker {
     /// The first stage's prompts still to enter, by sequence: the next chunk is queued when the previous one has
     /// run, behind the other sequences' waiting steps (chunked prefill).
     prompts: HashMap<u64, Prompt>,
+    /// The vocabulary indexed for grammars (a stage with the head, when the coordinator sent it).
+    grammars: Option<Grammars>,
 }
 
 /// The rest of a prompt and its chunk size.
@@ -119,7 +122,14 @@ impl Worker {
             out: None,
             seqs: HashMap::new(),
             prompts: HashMap::new(),
+            grammars: None,
         }
+    }
+
+    /// Lets the stage sample under jobs' grammars.
+    pub fn with_grammars(mut self, grammars: Option<Grammars>) -> Worker {
+        self.grammars = grammars;
+        self
     }
 
     fn leader(&self) -> bool {
@@ -333,8 +343,12 @@ impl Worker {
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
         if let Some(job) = &job {
             self.shard.open_sequence(seq, job.capacity as usize)?;
-            // A greedy job without bias, penalties or log-probabilities lets the head return just the argmax.
-            let sampler = (spec.head && job.needs_logits()).then(|| Sampler::for_job(job));
+            // A greedy job without bias, penalties, log-probabilities or grammar lets the head return just the
+            // argmax.
+            let sampler = match spec.head && job.needs_logits() {
+                true => Some(self.sampler(job)?),
+                false => None,
+            };
             self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, ..Default::default() });
         }
         let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
@@ -342,6 +356,19 @@ impl Worker {
         let prefill = state.steps == 0 || !sample;
         let want = if greedy { HeadOutput::ArgmaxLast } else { HeadOutput::LogitsLast };
         Ok(Some(Ready { seq, job, input, sample, want, prefill }))
+    }
+
+    /// The sampler of a new sequence on the head stage, under the job's grammar if it has one.
+    fn sampler(&self, job: &JobParams) -> Result<Sampler, ShardError> {
+        let mut s = Sampler::for_job(job);
+        if let Some(g) = &job.grammar {
+            let grammars = self.grammars.as_ref().ok_or_else(|| {
+                ShardError::BadInput("this stage was loaded without a vocabulary: it cannot follow a grammar".into())
+            })?;
+            let c = grammars.compile(g).map_err(|e| ShardError::BadInput(format!("the grammar: {e:#}")))?;
+            s.constrain(c, &job.history);
+        }
+        Ok(s)
     }
 
     /// Runs one prepared step alone (a tensor-parallel member sums partials with its group inside).
@@ -494,9 +521,9 @@ impl Reducer for GroupReduce<'_> {
 }
 
 /// Starts the worker thread; returns its queue.
-pub fn spawn(shard: Box<dyn Shard + Send>, me: MemberRef) -> Sender<Work> {
+pub fn spawn(shard: Box<dyn Shard + Send>, me: MemberRef, grammars: Option<Grammars>) -> Sender<Work> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let worker = Worker::new(shard, me, rx);
+    let worker = Worker::new(shard, me, rx).with_grammars(grammars);
     std::thread::Builder::new()
         .name(format!("stage-{}-{}", me.stage, me.member))
         .spawn(move || worker.run())
