@@ -50,6 +50,24 @@ p = oa.chat.completions.parse(
     model=model, messages=city_messages, max_tokens=80, temperature=0, response_format=City
 )
 out["parsed_city"] = p.choices[0].message.parsed.model_dump()
+# A required tool call, read back by the library.
+weather = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+r = oa.chat.completions.create(
+    model=model, messages=messages, max_tokens=60, temperature=0, tools=[weather], tool_choice="required"
+)
+call = r.choices[0].message.tool_calls[0]
+out["tool_call"] = [r.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments)]
 c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0, frequency_penalty=1.5)
 out["completion_penalized"] = c.choices[0].text
 try:

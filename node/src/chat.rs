@@ -127,7 +127,17 @@ impl ChatTemplate {
     /// The prompt for `messages` followed by the assistant's turn (`add_generation_prompt=True`); ChatML if the
     /// template is absent or unusable or fails on these messages (logged once).
     pub fn render(&self, messages: &[ChatMessage]) -> String {
-        match self.try_render(messages) {
+        self.render_with_tools(messages, None)
+    }
+
+    /// Whether the model's template renders tools itself (it uses the `tools` variable).
+    pub fn knows_tools(&self) -> bool {
+        self.is_model_template() && self.source.as_deref().is_some_and(|s| s.contains("tools"))
+    }
+
+    /// [`ChatTemplate::render`] with the `tools` variable set (OpenAI's `tools` list, as HF templates take it).
+    pub fn render_with_tools(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>) -> String {
+        match self.try_render_with(messages, tools) {
             Ok(s) => s,
             Err(e) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
@@ -141,16 +151,25 @@ impl ChatTemplate {
     /// Like [`ChatTemplate::render`] but reports why the model's template could not be used (a model without a
     /// template renders ChatML without error).
     pub fn try_render(&self, messages: &[ChatMessage]) -> Result<String, ChatTemplateError> {
+        self.try_render_with(messages, None)
+    }
+
+    fn try_render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, ChatTemplateError> {
         let env = match &self.compiled {
             Compiled::Absent => return Ok(chatml(messages)),
             Compiled::Unusable(e) => return Err(e.clone()),
             Compiled::Ready(env) => env,
         };
-        let input: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        let input: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>()
+            + tools.map_or(0, |t| t.to_string().len());
         let limit = OUTPUT_BASE_BYTES.saturating_add(input.saturating_mul(OUTPUT_PER_INPUT_BYTE));
         let ctx = minijinja::context! {
             messages => Value::from_serialize(messages),
-            tools => Value::from(()),
+            tools => tools.map_or(Value::from(()), Value::from_serialize),
             documents => Value::from(()),
             add_generation_prompt => true,
             bos_token => self.bos_token.as_str(),

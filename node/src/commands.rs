@@ -74,9 +74,9 @@ impl PromptArgs {
         let ids = if self.chat {
             let mut msgs = Vec::new();
             if let Some(s) = &self.system {
-                msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+                msgs.push(ChatMessage::new("system", s.clone()));
             }
-            msgs.push(ChatMessage { role: "user".into(), content: self.prompt.clone() });
+            msgs.push(ChatMessage::new("user", self.prompt.clone()));
             tok.encode_with_special(&tok.chat_prompt(&msgs))?
         } else {
             tok.encode(&self.prompt)?

@@ -24,6 +24,7 @@
 pub mod backend;
 pub mod bench;
 pub mod chat;
+pub mod chat_tools;
 pub mod commands;
 pub mod cpu;
 pub mod generate;

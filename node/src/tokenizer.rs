@@ -145,16 +145,21 @@ pub enum TokenizerError {
     Backend(String),
 }
 
-/// One chat turn for [`Tokenizer::chat_prompt`].
+/// One chat turn for [`Tokenizer::chat_prompt`]: `system`, `user`, `assistant` (with the tool calls it made, if
+/// any) or `tool` (a tool's result, answering the call `tool_call_id`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::chat_tools::ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
     }
 }
 
@@ -540,6 +545,12 @@ impl Tokenizer {
     /// [`crate::chat`]). Encode it with [`Tokenizer::encode_with_special`].
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> String {
         self.chat.render(messages)
+    }
+
+    /// [`Tokenizer::chat_prompt`] with tools the model may call (OpenAI's `tools` list): the model's template
+    /// renders them if it knows tools, else they are described in the system message ([`crate::chat_tools`]).
+    pub fn chat_prompt_with_tools(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>) -> String {
+        crate::chat_tools::render(&self.chat, messages, tools)
     }
 
     /// The chat template behind [`Tokenizer::chat_prompt`].

@@ -60,6 +60,9 @@ fn the_openai_and_ollama_client_libraries_work_against_the_server() {
     assert!(city["name"].is_string() && city["country"].is_string() && city["population"].is_i64(), "{r}");
     let ollama_city = &r["ollama_city"];
     assert!(ollama_city["name"].is_string() && ollama_city["population"].is_i64(), "{r}");
+    let call = &r["tool_call"];
+    assert_eq!((&call[0], &call[1]), (&serde_json::json!("tool_calls"), &serde_json::json!("get_weather")), "{r}");
+    assert!(call[2]["city"].is_string(), "{r}");
     let penalized = r["completion_penalized"].as_str().unwrap();
     assert_ne!(penalized, completion, "a frequency penalty of 1.5 changes 16 greedy tokens");
     assert_eq!(r["ollama_generate_penalized"], penalized, "Ollama's frequency_penalty option is the same");

@@ -31,6 +31,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod status;
 pub mod stop;
+pub mod tools;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -286,6 +286,7 @@ async fn whole(mut line: Line, mut rx: mpsc::UnboundedReceiver<Event>) -> Respon
                 return Json(line.done(&text, finish_reason, completion_tokens)).into_response()
             }
             Event::Failed(e) => return error(e),
+            Event::Call(_) => {} // tools are refused on this API
         }
     }
     error(ApiError::server("the scheduler stopped"))
@@ -307,6 +308,7 @@ fn ndjson(line: Line, rx: mpsc::UnboundedReceiver<Event>) -> Response {
                 (line.done("", finish_reason, completion_tokens), true)
             }
             Some(Event::Failed(e)) => (json!({"error": e.message}), true),
+            Some(Event::Call(_)) => (line.text("", false), false), // tools are refused on this API
             None => (json!({"error": "the scheduler stopped"}), true),
         };
         Some((Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n")), (line, rx, end)))

@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use edge_node::chat_tools::{FunctionCall, ToolCall};
 use edge_node::tokenizer::ChatMessage;
 use edge_protocol::stage::Grammar;
 use serde_json::{json, Map, Value};
@@ -148,8 +149,10 @@ pub struct Options {
     /// `None`: the endpoint's default.
     pub max_tokens: Option<usize>,
     pub sampling: Sampling,
-    /// The grammar the output must follow (`response_format`).
+    /// The grammar the output must follow (`response_format`, or a required tool call).
     pub grammar: Option<Grammar>,
+    /// The tools the model may call (chat).
+    pub tools: Option<super::tools::Tools>,
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
@@ -302,15 +305,27 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
     if boolean(o, "echo")? == Some(true) {
         return Err(ApiError::unsupported("echo", "'echo'"));
     }
-    for p in ["tools", "functions"] {
-        if field(o, p).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
-            return Err(ApiError::unsupported(p, &format!("'{p}'")));
-        }
+    if field(o, "functions").is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+        return Err(ApiError::unsupported("functions", "'functions' (use 'tools')"));
     }
+    let tools = match endpoint {
+        Endpoint::Chat => super::tools::parse(o)?,
+        Endpoint::Completions if field(o, "tools").is_some() => {
+            return Err(ApiError::unsupported("tools", "'tools' in a legacy completion"))
+        }
+        Endpoint::Completions => None,
+    };
+    let grammar = match (grammar, tools.as_ref().map(|t| t.grammar()).transpose()?.flatten()) {
+        (Some(_), Some(_)) => {
+            let msg = "A required tool call and a 'response_format' cannot be asked for together.";
+            return Err(ApiError::invalid("tool_choice", msg));
+        }
+        (g, t) => g.or(t),
+    };
     if field(o, "suffix").is_some_and(|s| s.as_str() != Some("")) {
         return Err(ApiError::unsupported("suffix", "'suffix'"));
     }
-    let options = Options { model, max_tokens, sampling, grammar, stop, stream, include_usage, n };
+    let options = Options { model, max_tokens, sampling, grammar, tools, stop, stream, include_usage, n };
     Ok(Parsed { input, options })
 }
 
@@ -355,13 +370,25 @@ fn messages(o: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(ApiError::invalid(
                         &param(".role"),
-                        format!("Unsupported role {other:?}: expected system, developer, user or assistant."),
+                        format!("Unsupported role {other:?}: expected system, developer, user, assistant or tool."),
                     ))
                 }
             };
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) if role == "assistant" => tool_calls(v, &param(".tool_calls"))?,
+                Some(_) => {
+                    return Err(ApiError::invalid(&param(".tool_calls"), "Only assistant messages make tool calls."))
+                }
+            };
+            let tool_call_id = m.get("tool_call_id").and_then(Value::as_str).map(str::to_string);
+            if role == "tool" && tool_call_id.is_none() {
+                return Err(ApiError::invalid(&param(".tool_call_id"), "A tool message needs 'tool_call_id'."));
+            }
             let content = match m.get("content") {
                 None | Some(Value::Null) if role == "assistant" => String::new(),
                 Some(Value::String(s)) => s.clone(),
@@ -383,7 +410,37 @@ fn messages(o: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
                 Some(v) => return Err(wrong_type(&param(".content"), "a string or an array of text parts", v)),
                 None => return Err(ApiError::invalid(&param(".content"), "Each message needs 'content'.")),
             };
-            Ok(ChatMessage::new(role, content))
+            Ok(ChatMessage { tool_calls, tool_call_id, ..ChatMessage::new(role, content) })
+        })
+        .collect()
+}
+
+/// An assistant message's `tool_calls` (their `arguments` are JSON text; templates get the object).
+fn tool_calls(v: &Value, param: &str) -> Result<Vec<ToolCall>, ApiError> {
+    let Some(list) = v.as_array() else { return Err(wrong_type(param, "an array", v)) };
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let f = c.get("function");
+            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+            let args = f.and_then(|f| f.get("arguments"));
+            let arguments = match args {
+                Some(Value::String(s)) => serde_json::from_str(s).ok(),
+                Some(o @ Value::Object(_)) => Some(o.clone()),
+                None | Some(Value::Null) => Some(json!({})),
+                Some(_) => None,
+            };
+            match (name, arguments) {
+                (Some(name), Some(arguments)) => Ok(ToolCall {
+                    id: c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    kind: "function".into(),
+                    function: FunctionCall { name: name.to_string(), arguments },
+                }),
+                _ => Err(ApiError::invalid(
+                    &format!("{param}[{i}]"),
+                    "A tool call needs function.name and function.arguments (a JSON object, as text).",
+                )),
+            }
         })
         .collect()
 }
@@ -615,14 +672,21 @@ mod tests {
             (json!({"model": "m"}), "messages"),
             (json!({"model": "m", "messages": []}), "messages"),
             (json!({"model": "m", "messages": "hi"}), "messages"),
-            (json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}), "messages[0].role"),
+            (json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}), "messages[0].role"),
+            (json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}), "messages[0].tool_call_id"),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f",
+                       "arguments": "{not json"}}]}]}),
+                "messages[0].tool_calls[0]",
+            ),
             (json!({"model": "m", "messages": [{"content": "x"}]}), "messages[0].role"),
             (json!({"model": "m", "messages": [{"role": "user"}]}), "messages[0].content"),
             (
                 json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
                 "messages[0].content[0]",
             ),
-            (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}), "tools"),
+            (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}), "tools[0]"),
+            (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "functions": [{}]}), "functions"),
         ] {
             assert_eq!(err(chat, body.clone()).param.as_deref(), Some(param), "{body}");
         }

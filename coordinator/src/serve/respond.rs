@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use super::logprobs::{self, Entry};
 use super::openai::{self, ApiError, Endpoint, Head, Usage, SSE_DONE};
 use super::scheduler::Event;
+use super::tools;
+use edge_node::chat_tools::FunctionCall;
 
 /// The log-probabilities of `entries` in the endpoint's shape (completions: their text starts at `offset`).
 fn logprobs_json(endpoint: Endpoint, entries: &[Entry], offset: usize) -> Value {
@@ -30,19 +32,27 @@ fn set_index(v: &mut Value, index: usize) {
     v["choices"][0]["index"] = index.into();
 }
 
-/// One choice to its end: text, log-probabilities, finish reason and tokens.
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<Event>,
-) -> Result<(String, Vec<Entry>, &'static str, usize), ApiError> {
-    let (mut text, mut entries) = (String::new(), Vec::new());
+/// One choice, ended.
+struct Ended {
+    text: String,
+    entries: Vec<Entry>,
+    calls: Vec<FunctionCall>,
+    finish_reason: &'static str,
+    completion_tokens: usize,
+}
+
+/// One choice to its end: text, log-probabilities, tool calls, finish reason and tokens.
+async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Ended, ApiError> {
+    let (mut text, mut entries, mut calls) = (String::new(), Vec::new(), Vec::new());
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Text(t, lp) => {
                 text.push_str(&t);
                 entries.extend(lp);
             }
+            Event::Call(c) => calls.push(c),
             Event::Done { finish_reason, completion_tokens } => {
-                return Ok((text, entries, finish_reason, completion_tokens))
+                return Ok(Ended { text, entries, calls, finish_reason, completion_tokens })
             }
             Event::Failed(e) => return Err(e),
         }
@@ -59,16 +69,23 @@ pub async fn whole(
     with_logprobs: bool,
 ) -> Result<Response, ApiError> {
     let ends = futures::future::try_join_all(rxs.into_iter().map(collect)).await?;
-    let completion_tokens = ends.iter().map(|e| e.3).sum();
+    let completion_tokens = ends.iter().map(|e| e.completion_tokens).sum();
     let usage = Usage { prompt_tokens, completion_tokens };
     let choices: Vec<Value> = ends
         .iter()
         .enumerate()
-        .map(|(i, (text, entries, reason, _))| {
-            let mut r = head.response(text, reason, usage);
+        .map(|(i, e)| {
+            let mut r = head.response(&e.text, e.finish_reason, usage);
             set_index(&mut r, i);
             if with_logprobs {
-                Head::set_logprobs(&mut r, logprobs_json(head.endpoint, entries, 0));
+                Head::set_logprobs(&mut r, logprobs_json(head.endpoint, &e.entries, 0));
+            }
+            if !e.calls.is_empty() {
+                // OpenAI's shape: the calls, and no content unless the model wrote some besides them.
+                let message = &mut r["choices"][0]["message"];
+                message["tool_calls"] = e.calls.iter().map(|c| tools::call_json(c, &tools::call_id())).collect();
+                let content = e.text.trim();
+                message["content"] = if content.is_empty() { Value::Null } else { content.into() };
             }
             r["choices"][0].take()
         })
@@ -85,7 +102,7 @@ fn tagged(index: usize, rx: mpsc::UnboundedReceiver<Event>) -> Tagged {
     futures::stream::unfold(Some(rx), move |rx| async move {
         let mut rx = rx?;
         let ev = rx.recv().await;
-        let more = matches!(ev, Some(Event::Text(..)));
+        let more = matches!(ev, Some(Event::Text(..) | Event::Call(_)));
         Some(((index, ev), more.then_some(rx)))
     })
     .boxed()
@@ -100,6 +117,8 @@ struct Streaming {
     /// made so far.
     logprobs: bool,
     offsets: Vec<usize>,
+    /// Tool calls streamed so far, per choice.
+    calls: Vec<usize>,
     /// Choices not yet ended, and the tokens of those that have.
     open: usize,
     completion_tokens: usize,
@@ -125,6 +144,7 @@ pub fn stream(
         include_usage,
         logprobs,
         offsets: vec![0; n],
+        calls: vec![0; n],
         open: n,
         completion_tokens: 0,
         started: false,
@@ -174,6 +194,16 @@ fn sse_event(s: &mut Streaming, i: usize, ev: Option<Event>) -> String {
             }
             openai::sse(&chunk)
         }
+        Some(Event::Call(c)) => {
+            // A whole call in one delta (OpenAI streams the arguments in pieces; clients join them either way).
+            let mut chunk = s.head.chunk(None, false, None);
+            set_index(&mut chunk, i);
+            let mut call = tools::call_json(&c, &tools::call_id());
+            call["index"] = s.calls[i].into();
+            s.calls[i] += 1;
+            chunk["choices"][0]["delta"]["tool_calls"] = Value::Array(vec![call]);
+            openai::sse(&chunk)
+        }
         Some(Event::Done { finish_reason, completion_tokens }) => {
             let mut chunk = s.head.chunk(None, false, Some(finish_reason));
             set_index(&mut chunk, i);
@@ -214,6 +244,7 @@ mod tests {
             include_usage,
             logprobs: false,
             offsets: vec![0; n],
+            calls: vec![0; n],
             open: n,
             completion_tokens: 0,
             started: true,
@@ -268,6 +299,21 @@ mod tests {
         assert_eq!(d[1]["usage"]["completion_tokens"], 7);
         assert_eq!(d[2], "[DONE]");
         assert!(s.done);
+    }
+
+    #[test]
+    fn tool_calls_stream_as_indexed_deltas() {
+        let mut s = streaming(Endpoint::Chat, false, 1);
+        let call = |name: &str| FunctionCall { name: name.into(), arguments: json!({"a": 1}) };
+        for (k, name) in ["f", "g"].into_iter().enumerate() {
+            let d = data(&sse_event(&mut s, 0, Some(Event::Call(call(name)))));
+            let c = &d[0]["choices"][0]["delta"]["tool_calls"][0];
+            assert_eq!(
+                (&c["index"], &c["function"]["name"], &c["function"]["arguments"]),
+                (&json!(k), &json!(name), &json!("{\"a\":1}"))
+            );
+            assert!(c["id"].as_str().unwrap().starts_with("call_"));
+        }
     }
 
     #[test]

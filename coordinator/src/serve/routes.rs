@@ -19,6 +19,7 @@ use super::openai::{self, ApiError, Endpoint, Head, Input, MAX_BODY_BYTES};
 use super::respond;
 use super::scheduler::{Board, Event};
 use super::status::{JobKind, Status, Totals};
+use super::tools;
 use super::{dashboard, App};
 use crate::job::Job;
 
@@ -187,13 +188,16 @@ pub(super) async fn submit(
     }
     if let Some(g) = o.grammar.clone() {
         let app = app.clone();
-        tokio::task::spawn_blocking(move || app.check_grammar(&g, "response_format"))
+        let param =
+            if o.tools.as_ref().is_some_and(|t| t.choice != tools::Choice::Auto) { "tools" } else { "response_format" };
+        tokio::task::spawn_blocking(move || app.check_grammar(&g, param))
             .await
             .map_err(|e| ApiError::server(format!("checking the grammar failed: {e}")))??;
     }
+    let tool_list = o.tools.as_ref().map(|t| t.list.clone());
     let encoded = tokio::task::spawn_blocking(move || match parsed.input {
         Input::Prompt(p) => tok.encode(&p),
-        Input::Messages(m) => tok.encode_with_special(&tok.chat_prompt(&m)),
+        Input::Messages(m) => tok.encode_with_special(&tok.chat_prompt_with_tools(&m, tool_list.as_ref())),
     })
     .await
     .map_err(|e| ApiError::server(format!("tokenizing failed: {e}")))?;
@@ -226,7 +230,8 @@ pub(super) async fn submit(
         let job = Job { prompt: ids.clone(), params };
         // Each choice is a job of its own on the dashboard.
         let id = if i == 0 { head.id.clone() } else { format!("{}-{i}", head.id) };
-        rx.push(app.scheduler.submit(id, kind, job, o.stop.clone())?);
+        let events = app.scheduler.submit(id, kind, job, o.stop.clone())?;
+        rx.push(if o.tools.is_some() { tools::split_calls(events) } else { events });
     }
     Ok(Accepted { rx, prompt_tokens, head, options: o })
 }

@@ -46,6 +46,8 @@ pub enum Event {
     /// asked for them. The text is never empty, except on the last `Text` of a request when it only carries the
     /// log-probabilities of tokens whose text was held back (a stop string) or empty.
     Text(String, Vec<Entry>),
+    /// A call of one of the request's tools, read out of the text ([`super::tools::split_calls`]).
+    Call(edge_node::chat_tools::FunctionCall),
     /// The end: OpenAI's finish reason and the tokens generated.
     Done { finish_reason: &'static str, completion_tokens: usize },
     /// The request failed (status and message for the API error).
