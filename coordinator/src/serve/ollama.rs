@@ -2,7 +2,8 @@
 //! scheduler as the OpenAI routes and behind the same API key: `/api/version`, `/api/tags`, `/api/show`, `/api/ps`,
 //! `/api/generate` and `/api/chat` (NDJSON streams by default, `"stream": false` for one object; durations in
 //! nanoseconds; `options`: `num_predict`, `temperature`, `top_k`, `top_p`, `seed`, `stop`, `presence_penalty`,
-//! `frequency_penalty`; `format`: "json" or a JSON schema, as OpenAI's `response_format`). A request is translated into the OpenAI request it means and checked by the same parser,
+//! `frequency_penalty`; `format`: "json" or a JSON schema, as OpenAI's `response_format`; chat `tools`, whose
+//! calls come back in `message.tool_calls`). A request is translated into the OpenAI request it means and checked by the same parser,
 //! so both APIs refuse the same things. Ollama's defaults apply (temperature 0.8, top_k 40, top_p 0.9, no token
 //! limit but the context). `GET /` answers "Ollama is running" to clients that do not ask for HTML (browsers get
 //! the dashboard).
@@ -17,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use edge_node::chat_tools::FunctionCall;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -125,7 +127,7 @@ fn translate(body: &Value, chat: bool) -> Result<(Endpoint, Value, bool), ApiErr
         o.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("model", "model is required"))?;
     let model = model.strip_suffix(":latest").unwrap_or(model);
     // What this server cannot do yet is refused, never silently ignored.
-    for k in ["images", "tools", "suffix", "context", "template", "think"] {
+    for k in ["images", "suffix", "context", "template", "think"].into_iter().chain((!chat).then_some("tools")) {
         if o.get(k).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("") && v != &json!(false)) {
             return Err(ApiError::invalid(k, format!("'{k}' is not supported by this server yet")));
         }
@@ -178,7 +180,17 @@ fn translate(body: &Value, chat: bool) -> Result<(Endpoint, Value, bool), ApiErr
         }
     };
     let endpoint = if chat {
-        req["messages"] = o.get("messages").cloned().unwrap_or(json!([]));
+        let mut messages = o.get("messages").cloned().unwrap_or(json!([]));
+        // Ollama's tool results name the tool, not the call: the call id is the tool's name.
+        for m in messages.as_array_mut().into_iter().flatten() {
+            if m["role"] == "tool" && m.get("tool_call_id").is_none() {
+                m["tool_call_id"] = m.get("tool_name").cloned().unwrap_or(json!(""));
+            }
+        }
+        req["messages"] = messages;
+        if let Some(tools) = o.get("tools").filter(|t| !t.is_null()) {
+            req["tools"] = tools.clone();
+        }
         Endpoint::Chat
     } else if o.get("raw").and_then(Value::as_bool) == Some(true) {
         req["prompt"] = json!(text("prompt")?.unwrap_or_default());
@@ -224,7 +236,18 @@ impl Line {
         v
     }
 
+    /// A line carrying the model's calls (Ollama's shape: arguments as an object).
+    fn calls(&self, calls: &[FunctionCall], done: bool) -> Value {
+        let mut v = self.text("", done);
+        let calls: Vec<Value> =
+            calls.iter().map(|c| json!({"function": {"name": c.name, "arguments": c.arguments}})).collect();
+        v["message"]["tool_calls"] = calls.into();
+        v
+    }
+
     fn done(&self, t: &str, reason: &str, eval_count: usize) -> Value {
+        // Ollama ends a turn that called tools with "stop" too.
+        let reason = if reason == "tool_calls" { "stop" } else { reason };
         let now = Instant::now();
         let first = self.first.unwrap_or(now);
         let ns = |d: std::time::Duration| d.as_nanos() as u64;
@@ -276,6 +299,7 @@ async fn respond(app: App, body: Result<ApiJson, ApiError>, chat: bool) -> Respo
 
 async fn whole(mut line: Line, mut rx: mpsc::UnboundedReceiver<Event>) -> Response {
     let mut text = String::new();
+    let mut calls = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Text(t, _) => {
@@ -283,10 +307,14 @@ async fn whole(mut line: Line, mut rx: mpsc::UnboundedReceiver<Event>) -> Respon
                 text.push_str(&t);
             }
             Event::Done { finish_reason, completion_tokens } => {
-                return Json(line.done(&text, finish_reason, completion_tokens)).into_response()
+                let mut v = line.done(&text, finish_reason, completion_tokens);
+                if !calls.is_empty() {
+                    v["message"]["tool_calls"] = line.calls(&calls, true)["message"]["tool_calls"].take();
+                }
+                return Json(v).into_response();
             }
             Event::Failed(e) => return error(e),
-            Event::Call(_) => {} // tools are refused on this API
+            Event::Call(c) => calls.push(c),
         }
     }
     error(ApiError::server("the scheduler stopped"))
@@ -308,7 +336,7 @@ fn ndjson(line: Line, rx: mpsc::UnboundedReceiver<Event>) -> Response {
                 (line.done("", finish_reason, completion_tokens), true)
             }
             Some(Event::Failed(e)) => (json!({"error": e.message}), true),
-            Some(Event::Call(_)) => (line.text("", false), false), // tools are refused on this API
+            Some(Event::Call(c)) => (line.calls(&[c], false), false),
             None => (json!({"error": "the scheduler stopped"}), true),
         };
         Some((Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n")), (line, rx, end)))
@@ -352,6 +380,22 @@ mod tests {
         .unwrap();
         assert_eq!((endpoint, stream, req["prompt"].clone()), (Endpoint::Completions, false, json!("x")));
         assert!(req.get("max_tokens").is_none());
+        // Chat tools pass through; a tool's result is tied to its call by the tool's name.
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        let body = json!({"model": "m", "tools": tools, "messages": [{"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
+            {"role": "tool", "content": "42", "tool_name": "f"}]});
+        let (_, req, _) = translate(&body, true).unwrap();
+        assert_eq!((&req["tools"], &req["messages"][2]["tool_call_id"]), (&tools, &json!("f")));
+        assert!(openai::parse(Endpoint::Chat, &req).unwrap().options.tools.is_some());
+        let generate = json!({"model": "m", "prompt": "x", "tools": tools});
+        assert_eq!(translate(&generate, false).unwrap_err().param.as_deref(), Some("tools"));
+        let line = Line { model: "m".into(), chat: true, start: Instant::now(), first: None, prompt_tokens: 1 };
+        let call = FunctionCall { name: "f".into(), arguments: json!({"a": 1}) };
+        assert_eq!(
+            line.calls(&[call], false)["message"]["tool_calls"],
+            json!([{"function": {"name": "f", "arguments": {"a": 1}}}])
+        );
         // format: "json", or a schema.
         let (_, req, _) = translate(&json!({"model": "m", "prompt": "x", "format": "json"}), false).unwrap();
         assert_eq!(req["response_format"], json!({"type": "json_object"}));

@@ -106,17 +106,13 @@ async fn serve<R: AsyncRead + Unpin>(
     }
 
     // Load on this node's backend.
-    let (shard, grammars) = {
+    let shard = {
         let (s, m) = (server.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || {
-            let grammars = m.vocab.as_ref().map(crate::grammar::Grammars::new).transpose()?;
-            anyhow::Ok((s.load(plan, &m)?, grammars))
-        })
-        .await??
+        tokio::task::spawn_blocking(move || s.load(plan, &m)).await??
     };
     let backend = shard.backend_name();
     let me = manifest.me;
-    let work = worker::spawn(shard, me, grammars);
+    let work = worker::spawn(shard, me, manifest.vocab.clone());
     let held = edge_protocol::HeldShard { model: manifest.model, spec: manifest.spec };
     let hosted = Arc::new(Hosted { me, held, work: work.clone(), accept: Mutex::new(None) });
     server.set_hosted(plan, Some(hosted.clone()));

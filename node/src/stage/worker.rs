@@ -7,9 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, MAX_STAGE_FRAME};
+use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, Vocabulary, MAX_STAGE_FRAME};
 
 use crate::grammar::Grammars;
 use crate::sampler::Sampler;
@@ -92,8 +93,9 @@ pub struct Worker {
     /// The first stage's prompts still to enter, by sequence: the next chunk is queued when the previous one has
     /// run, behind the other sequences' waiting steps (chunked prefill).
     prompts: HashMap<u64, Prompt>,
-    /// The vocabulary indexed for grammars (a stage with the head, when the coordinator sent it).
-    grammars: Option<Grammars>,
+    /// The model's vocabulary (a stage with the head), and once a job has a grammar, the vocabulary indexed.
+    vocab: Option<Vocabulary>,
+    grammars: Option<Arc<Grammars>>,
 }
 
 /// The rest of a prompt and its chunk size.
@@ -122,13 +124,14 @@ impl Worker {
             out: None,
             seqs: HashMap::new(),
             prompts: HashMap::new(),
+            vocab: None,
             grammars: None,
         }
     }
 
     /// Lets the stage sample under jobs' grammars.
-    pub fn with_grammars(mut self, grammars: Option<Grammars>) -> Worker {
-        self.grammars = grammars;
+    pub fn with_vocabulary(mut self, vocab: Option<Vocabulary>) -> Worker {
+        self.vocab = vocab;
         self
     }
 
@@ -359,12 +362,19 @@ impl Worker {
     }
 
     /// The sampler of a new sequence on the head stage, under the job's grammar if it has one.
-    fn sampler(&self, job: &JobParams) -> Result<Sampler, ShardError> {
+    fn sampler(&mut self, job: &JobParams) -> Result<Sampler, ShardError> {
         let mut s = Sampler::for_job(job);
         if let Some(g) = &job.grammar {
-            let grammars = self.grammars.as_ref().ok_or_else(|| {
-                ShardError::BadInput("this stage was loaded without a vocabulary: it cannot follow a grammar".into())
-            })?;
+            if self.grammars.is_none() {
+                let vocab = self.vocab.as_ref().ok_or_else(|| {
+                    ShardError::BadInput(
+                        "this stage was loaded without a vocabulary: it cannot follow a grammar".into(),
+                    )
+                })?;
+                let shared = crate::grammar::shared(vocab).map_err(|e| ShardError::BadInput(format!("{e:#}")))?;
+                self.grammars = Some(shared);
+            }
+            let grammars = self.grammars.as_ref().expect("set above");
             let c = grammars.compile(g).map_err(|e| ShardError::BadInput(format!("the grammar: {e:#}")))?;
             s.constrain(c, &job.history);
         }
@@ -521,9 +531,9 @@ impl Reducer for GroupReduce<'_> {
 }
 
 /// Starts the worker thread; returns its queue.
-pub fn spawn(shard: Box<dyn Shard + Send>, me: MemberRef, grammars: Option<Grammars>) -> Sender<Work> {
+pub fn spawn(shard: Box<dyn Shard + Send>, me: MemberRef, vocab: Option<Vocabulary>) -> Sender<Work> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let worker = Worker::new(shard, me, rx).with_grammars(grammars);
+    let worker = Worker::new(shard, me, rx).with_vocabulary(vocab);
     std::thread::Builder::new()
         .name(format!("stage-{}-{}", me.stage, me.member))
         .spawn(move || worker.run())
