@@ -68,6 +68,13 @@ r = oa.chat.completions.create(
 )
 call = r.choices[0].message.tool_calls[0]
 out["tool_call"] = [r.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments)]
+# Embeddings: the library asks for base64 and decodes it; floats when asked.
+texts = ["The cat sat on the mat.", "Paris is the capital of France."]
+e = oa.embeddings.create(model=model, input=texts)
+out["embeddings"] = [d.embedding for d in e.data]
+out["embeddings_usage"] = [e.usage.prompt_tokens, e.usage.total_tokens]
+e = oa.embeddings.create(model=model, input=texts[0], encoding_format="float", dimensions=32)
+out["embedding_short"] = e.data[0].embedding
 c = oa.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0, frequency_penalty=1.5)
 out["completion_penalized"] = c.choices[0].text
 try:
@@ -99,6 +106,8 @@ r = ol.chat(
     model=model, messages=city_messages, format=City.model_json_schema(), options={"temperature": 0, "num_predict": 80}
 )
 out["ollama_city"] = City.model_validate_json(r.message.content).model_dump()
+out["ollama_embed"] = ol.embed(model=model, input=texts).embeddings
+out["ollama_embeddings"] = ol.embeddings(model=model, prompt=texts[1]).embedding
 parts = []
 for chunk in ol.chat(model=model, messages=messages, options={"temperature": 0, "num_predict": 24}, stream=True):
     parts.append(chunk.message.content)

@@ -24,6 +24,17 @@ pub fn post_raw(url: &str, path: &str, body: &[u8], key: Option<&str>) -> (u16, 
     (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
 }
 
+/// GETs a JSON document (status 200).
+pub fn get_json(url: &str, path: &str, key: Option<&str>) -> Value {
+    let mut req = agent().get(format!("{url}{path}"));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+}
+
 /// POSTs a JSON body: status and JSON answer.
 pub fn post_json(url: &str, path: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
     let (status, text) = post_raw(url, path, body.to_string().as_bytes(), key);

@@ -48,6 +48,9 @@ pub struct Outcome {
     pub stages: Vec<StageTime>,
     /// Times the job was resumed on a new plan after a failure.
     pub resumed: u32,
+    /// An embedding job's result (unit length).
+    #[serde(skip)]
+    pub embedding: Option<Vec<f32>>,
     #[serde(skip)]
     started_at: Option<Instant>,
     #[serde(skip)]
@@ -101,6 +104,11 @@ impl Outcome {
         if self.finish.is_some() {
             return None;
         }
+        if job.params.embed {
+            // An embedding holds just its prompt (checked when it was accepted) and resumes from scratch.
+            self.stages = vec![StageTime::default(); n_stages];
+            return Some(job.clone());
+        }
         if self.tokens.len() as u32 >= job.params.max_tokens {
             self.finish = Some(Finish::Length);
             return None;
@@ -150,6 +158,13 @@ pub fn apply<'a>(event: (MemberRef, NodeMsg), outcome: impl FnOnce(u64) -> Optio
                 o.finish = finish;
             }
             Update::Token { seq, token, finished: finish.is_some(), logprobs }
+        }
+        (_, NodeMsg::Embedding { seq, vector }) => {
+            let Some(o) = outcome(seq) else { return Update::Ignored };
+            o.first_token = o.started_at.map(|t| t.elapsed()).unwrap_or_default();
+            o.embedding = Some(vector);
+            o.finish = Some(Finish::Stop);
+            Update::Token { seq, token: None, finished: true, logprobs: None }
         }
         (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us }) => {
             let Some(o) = outcome(seq) else { return Update::Ignored };

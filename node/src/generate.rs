@@ -127,7 +127,9 @@ pub fn generate(
         match out {
             ShardOutput::Tokens(t) => t.last().copied().ok_or_else(|| ShardError::BadInput("no token produced".into())),
             ShardOutput::Logits(l) => Ok(sampler.sample(&l)),
-            ShardOutput::Hidden(_) => Err(ShardError::BadInput("the last shard has no head".into())),
+            ShardOutput::Hidden(_) | ShardOutput::HiddenSum(_) => {
+                Err(ShardError::BadInput("the last shard gave no token".into()))
+            }
         }
     };
 

@@ -8,7 +8,7 @@ use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
 use crate::shard::{
-    check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
+    check_input, normed_sum, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
 };
 
 /// Per-layer vectors, read once at load (a few KiB each).
@@ -229,6 +229,8 @@ impl Shard for ReferenceShard {
         }
         Ok(if !spec.head {
             ShardOutput::Hidden(x)
+        } else if want == HeadOutput::HiddenSum {
+            ShardOutput::HiddenSum(normed_sum(&x, w.output_norm.as_ref().expect("head shard"), w.cfg.rms_eps))
         } else if want == HeadOutput::LogitsLast {
             ShardOutput::Logits(logits)
         } else {
@@ -238,7 +240,7 @@ impl Shard for ReferenceShard {
 }
 
 /// Reads a small F32 tensor (norm weights, biases).
-fn read_f32(g: &Gguf, info: &TensorInfo) -> Vec<f32> {
+pub fn read_f32(g: &Gguf, info: &TensorInfo) -> Vec<f32> {
     let mut v = vec![0.0; info.n_elements() as usize];
     dequantize_row(info.ty, g.data(info), &mut v);
     v

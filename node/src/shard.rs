@@ -30,6 +30,9 @@ pub enum HeadOutput {
     ArgmaxAll,
     /// Full logits of the last position (for sampling).
     LogitsLast,
+    /// The final-normed hidden state of every position of the step, summed (an embedding pools these sums over
+    /// the chunks of a prompt; no logits are computed).
+    HiddenSum,
 }
 
 /// What comes out of a shard.
@@ -41,6 +44,20 @@ pub enum ShardOutput {
     Tokens(Vec<u32>),
     /// Logits `(vocab)` of the last position.
     Logits(Vec<f32>),
+    /// `(dim)`: the sum over the step's positions of the hidden state after the final norm.
+    HiddenSum(Vec<f32>),
+}
+
+/// The final norm (`weight`, `eps`) of each row of `x` `(n, dim)`, summed over the rows: what
+/// [`HeadOutput::HiddenSum`] returns on every backend.
+pub fn normed_sum(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let dim = weight.len();
+    let (mut sum, mut row) = (vec![0.0; dim], vec![0.0; dim]);
+    for xi in x.chunks_exact(dim) {
+        crate::reference::rmsnorm(&mut row, xi, weight, eps);
+        sum.iter_mut().zip(&row).for_each(|(s, r)| *s += r);
+    }
+    sum
 }
 
 #[derive(Debug, thiserror::Error)]

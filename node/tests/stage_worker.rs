@@ -105,3 +105,53 @@ fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
     let long_inputs: Vec<usize> = calls.iter().flatten().filter(|s| s.0 == 1).map(|s| s.1).collect();
     assert_eq!(long_inputs, [4, 4, 4, 1], "the long prompt in chunks of 4, then its decode step: {calls:?}");
 }
+
+#[test]
+fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let whole = ShardSpec::whole(cfg.n_layers as u32);
+    let ids = prompt(cfg.vocab, 12, 3);
+    let mut alone = CpuShard::load(&g, &cfg, whole).unwrap();
+    alone.open_sequence(1, 64).unwrap();
+    let ShardOutput::HiddenSum(mut want) = alone.forward(1, ShardInput::Tokens(&ids), HeadOutput::HiddenSum).unwrap()
+    else {
+        panic!("a hidden sum expected")
+    };
+    let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+    want.iter_mut().for_each(|v| *v /= norm);
+
+    let shard = CpuShard::load(&g, &cfg, whole).unwrap();
+    let me = MemberRef { stage: 0, member: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
+    let embed = JobParams { embed: true, ..JobParams::new(64, 1) };
+    tx.send(Work::Start { seq: 1, prompt: ids.clone(), params: embed.clone() }).unwrap();
+    let chunked = JobParams { prefill_chunk: 5, ..embed };
+    tx.send(Work::Start { seq: 2, prompt: ids.clone(), params: chunked }).unwrap();
+    let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
+
+    let (mut vectors, mut closed) = (vec![None, None], 0);
+    while closed < 2 {
+        match from_worker.blocking_recv().expect("the worker reports") {
+            NodeMsg::Embedding { seq, vector } => {
+                assert!(vectors[seq as usize - 1].replace(vector).is_none(), "one embedding per job");
+            }
+            NodeMsg::SeqStats { seq, .. } => {
+                assert!(vectors[seq as usize - 1].is_some(), "the embedding comes before the close");
+                closed += 1;
+            }
+            NodeMsg::Token { seq, .. } => panic!("sequence {seq} sampled a token"),
+            NodeMsg::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    tx.send(Work::Shutdown).unwrap();
+    worker.join().unwrap();
+    for v in vectors.into_iter().map(Option::unwrap) {
+        let dot: f32 = v.iter().zip(&want).map(|(a, b)| a * b).sum();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "unit length: {norm}");
+        assert!(dot > 0.9999, "the whole prompt's mean direction, in one step or in chunks of 5: {dot}");
+    }
+}

@@ -257,6 +257,17 @@ fn greedy(shard: &mut dyn Shard, reduce: &mut dyn Reducer) -> Result<Greedy, Sha
     Ok(Greedy { prompt_argmax, generated, logits })
 }
 
+/// An embedding's head output over the prompt: the sum of its final-normed hidden states.
+fn pooled(shard: &mut dyn Shard, reduce: &mut dyn Reducer) -> Result<Vec<f32>, ShardError> {
+    shard.open_sequence(2, 64)?;
+    let out = shard.forward_reduce(2, ShardInput::Tokens(&common::REFERENCE_IDS), HeadOutput::HiddenSum, reduce)?;
+    shard.close_sequence(2);
+    match out {
+        ShardOutput::HiddenSum(s) => Ok(s),
+        other => panic!("expected a hidden sum, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Tests
 
@@ -304,6 +315,7 @@ fn wgpu_stages_match_the_whole_model() {
     let spec = ShardSpec::whole(30);
     let mut whole = GpuShard::load(ctx.clone(), &g, &cfg, spec, GpuOptions::default()).unwrap();
     let want = greedy(&mut whole, &mut edge_node::shard::NoReduce).unwrap();
+    let want_sum = pooled(&mut whole, &mut edge_node::shard::NoReduce).unwrap();
     drop(whole);
     assert_eq!(want.prompt_argmax, common::REFERENCE_ARGMAX);
     println!("unsliced wgpu greedy tokens: {:?}", want.generated);
@@ -323,6 +335,10 @@ fn wgpu_stages_match_the_whole_model() {
         let (diff, scale) = max_diff(&got.logits, &want.logits);
         println!("wgpu {name}: last logits max abs diff {diff:.3e} (largest |logit| {scale:.1})");
         assert!(diff <= HIDDEN_TOL * scale, "{name}: logits differ by {diff}");
+        // An embedding's pooled hidden states too (every member holds them).
+        let (sum, _) = same_on_every_member(lockstep(&mut members, |shard, reduce| pooled(shard, reduce)));
+        let (diff, scale) = max_diff(&sum, &want_sum);
+        assert!(diff <= HIDDEN_TOL * scale, "{name}: pooled hidden states differ by {diff} (largest {scale})");
     }
 }
 

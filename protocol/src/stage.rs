@@ -24,7 +24,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/4";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/5";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
@@ -53,6 +53,8 @@ pub const MAX_GRAMMAR: usize = 256 << 10;
 /// Most tokens in a [`Vocabulary`], and most bytes of all their texts together.
 pub const MAX_VOCAB: usize = 1 << 20;
 pub const MAX_VOCAB_BYTES: usize = 6 << 20;
+/// Largest embedding (the model's width).
+pub const MAX_EMBEDDING: usize = 1 << 16;
 
 /// Names a plan (random, chosen by the coordinator).
 pub type PlanId = [u8; 16];
@@ -277,6 +279,9 @@ pub struct JobParams {
     pub logprobs: Option<u8>,
     /// The grammar the output must follow (None: free text).
     pub grammar: Option<Grammar>,
+    /// An embedding, not a generation: the last stage pools the prompt's final-normed hidden states (mean over
+    /// the positions, then unit length) and answers [`NodeMsg::Embedding`] instead of sampling.
+    pub embed: bool,
 }
 
 /// OpenAI's repetition penalties: each logit is lowered by `presence` if its token was generated before and by
@@ -308,6 +313,7 @@ impl JobParams {
             history: vec![],
             logprobs: None,
             grammar: None,
+            embed: false,
         }
     }
 
@@ -417,6 +423,8 @@ pub enum NodeMsg {
     /// From the last stage's leader: the `index`-th generated token of `seq` (None when the sequence ended on a
     /// stop token), whether the sequence ended, and the token's log-probability when the job asked for it.
     Token { seq: u64, index: u32, token: Option<u32>, finish: Option<Finish>, logprobs: Option<TokenLogprobs> },
+    /// From the last stage's leader: the embedding of an `embed` job's prompt (it ends the sequence).
+    Embedding { seq: u64, vector: Vec<f32> },
     /// From every stage's leader when a sequence closes: how long the stage computed for it.
     SeqStats { seq: u64, steps: u32, compute_us: u64, prefill_us: u64 },
     /// The stage (seq None) or one sequence failed.
@@ -432,6 +440,7 @@ impl NodeMsg {
             NodeMsg::Token { logprobs: Some(l), .. } => {
                 check_len("top log-probabilities", l.top.len(), MAX_TOP_LOGPROBS)
             }
+            NodeMsg::Embedding { vector, .. } => check_len("embedding", vector.len(), MAX_EMBEDDING),
             NodeMsg::Wired | NodeMsg::Token { .. } | NodeMsg::SeqStats { .. } => Ok(()),
         }
     }
@@ -510,6 +519,9 @@ mod tests {
         };
         assert!(token(MAX_TOP_LOGPROBS).validate().is_ok());
         assert!(token(MAX_TOP_LOGPROBS + 1).validate().is_err());
+        let embedding = |n| NodeMsg::Embedding { seq: 1, vector: vec![0.5; n] };
+        assert!(embedding(MAX_EMBEDDING).validate().is_ok());
+        assert!(embedding(MAX_EMBEDDING + 1).validate().is_err());
         assert!(SessionMsg::Start { seq: 1, prompt: vec![], params: params.clone() }.validate().is_err());
         assert!(SessionMsg::Data { tensor: 0, offset: 0, data: vec![0; MAX_DATA_CHUNK + 1] }.validate().is_err());
         let step = |input| PipeMsg::Step { seq: 1, job: None, input, sample: true };

@@ -66,6 +66,27 @@ fn the_openai_and_ollama_client_libraries_work_against_the_server() {
     let penalized = r["completion_penalized"].as_str().unwrap();
     assert_ne!(penalized, completion, "a frequency penalty of 1.5 changes 16 greedy tokens");
     assert_eq!(r["ollama_generate_penalized"], penalized, "Ollama's frequency_penalty option is the same");
+    // Embeddings: unit vectors of the model's width, the same through both libraries (OpenAI's as base64).
+    let vectors = |v: &Value| -> Vec<Vec<f64>> { serde_json::from_value(v.clone()).unwrap() };
+    let (openai, ollama) = (vectors(&r["embeddings"]), vectors(&r["ollama_embed"]));
+    assert_eq!(openai.len(), 2);
+    for v in &openai {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(v.len() == 576 && (norm - 1.0).abs() < 1e-4, "{} values of norm {norm}", v.len());
+    }
+    assert_ne!(openai[0], openai[1]);
+    for (a, b) in openai.iter().zip(&ollama) {
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6), "OpenAI's and Ollama's embeddings differ");
+    }
+    let single: Vec<f64> = serde_json::from_value(r["ollama_embeddings"].clone()).unwrap();
+    assert!(single.iter().zip(&openai[1]).all(|(x, y)| (x - y).abs() < 1e-6), "/api/embeddings is the same");
+    let usage = r["embeddings_usage"].as_array().unwrap();
+    assert!(usage[0].as_u64().unwrap() > 10 && usage[0] == usage[1], "{usage:?}");
+    let short: Vec<f64> = serde_json::from_value(r["embedding_short"].clone()).unwrap();
+    let norm = short.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!(short.len() == 32 && (norm - 1.0).abs() < 1e-4, "dimensions=32");
+    let scale = short[0] / openai[0][0];
+    assert!(short.iter().zip(&openai[0]).all(|(s, o)| (s - o * scale).abs() < 1e-5), "the first 32, rescaled");
     assert_eq!(r["bad_top_logprobs"], 400);
     assert_eq!(r["bad_temperature"], 400);
     assert_eq!(r["wrong_key"], 401);

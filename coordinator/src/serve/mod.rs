@@ -3,6 +3,7 @@
 //! serves:
 //!
 //! - `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (OpenAI's shapes, streaming as SSE),
+//!   `POST /v1/embeddings`, and Ollama's API ([`ollama`], [`embeddings`]),
 //! - `GET /api/status` (nodes, plan, recent jobs: [`status`]), read by the dashboard and `edge-coord status`,
 //! - the dashboard page (`dashboard`).
 //!
@@ -11,6 +12,7 @@
 //!
 //! - [`openai`]: request parsing and validation, error bodies, response and chunk shapes, SSE framing.
 //! - [`sampling`]: the sampling fields of a request (temperature to logit bias and log-probabilities).
+//! - [`embeddings`]: `/v1/embeddings` and Ollama's `/api/embed`.
 //! - [`format`]: structured output (`response_format`) as a grammar.
 //! - [`logprobs`]: token log-probabilities in the API's shapes.
 //! - [`stop`]: stop strings over streamed text.
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod dashboard;
+pub mod embeddings;
 pub mod format;
 pub mod logprobs;
 pub mod metrics;
@@ -86,6 +89,8 @@ pub struct AppState {
     pub created: u64,
     pub tok: &'static Tokenizer,
     pub context: usize,
+    /// The model's width: an embedding's length.
+    pub dim: usize,
     /// End-of-generation tokens.
     pub eog: Vec<u32>,
     /// blake3 of the API key (compared in constant time).
@@ -169,6 +174,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 created,
                 tok,
                 context,
+                dim: desc.dim,
                 eog,
                 api_key: args.api_key.as_deref().map(|k| blake3::hash(k.trim().as_bytes())),
                 scheduler: handle,

@@ -39,7 +39,7 @@ pub fn router() -> Router<App> {
 }
 
 /// Ollama's error shape: `{"error": "..."}` with the status the OpenAI side chose.
-fn error(e: ApiError) -> Response {
+pub(super) fn error(e: ApiError) -> Response {
     (e.status, Json(json!({"error": e.message}))).into_response()
 }
 
@@ -62,7 +62,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// The names a request may use for the model: its id, or the id with Ollama's default tag.
-fn model_name(app: &App, name: &str) -> Result<(), ApiError> {
+pub(super) fn model_name(app: &App, name: &str) -> Result<(), ApiError> {
     if name == app.model_id || name.strip_suffix(":latest") == Some(&app.model_id) {
         Ok(())
     } else {
@@ -315,6 +315,7 @@ async fn whole(mut line: Line, mut rx: mpsc::UnboundedReceiver<Event>) -> Respon
             }
             Event::Failed(e) => return error(e),
             Event::Call(c) => calls.push(c),
+            Event::Embedding(_) => {} // only embedding requests get one
         }
     }
     error(ApiError::server("the scheduler stopped"))
@@ -327,7 +328,14 @@ fn ndjson(line: Line, rx: mpsc::UnboundedReceiver<Event>) -> Response {
         if ended {
             return None;
         }
-        let (v, end) = match rx.recv().await {
+        // (Only embedding requests get an embedding.)
+        let ev = loop {
+            match rx.recv().await {
+                Some(Event::Embedding(_)) => continue,
+                ev => break ev,
+            }
+        };
+        let (v, end) = match ev {
             Some(Event::Text(t, _)) => {
                 line.first.get_or_insert_with(Instant::now);
                 (line.text(&t, false), false)
@@ -337,7 +345,7 @@ fn ndjson(line: Line, rx: mpsc::UnboundedReceiver<Event>) -> Response {
             }
             Some(Event::Failed(e)) => (json!({"error": e.message}), true),
             Some(Event::Call(c)) => (line.calls(&[c], false), false),
-            None => (json!({"error": "the scheduler stopped"}), true),
+            Some(Event::Embedding(_)) | None => (json!({"error": "the scheduler stopped"}), true),
         };
         Some((Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n")), (line, rx, end)))
     });

@@ -55,6 +55,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Ended, ApiErr
                 return Ok(Ended { text, entries, calls, finish_reason, completion_tokens })
             }
             Event::Failed(e) => return Err(e),
+            Event::Embedding(_) => {} // only embedding requests get one
         }
     }
     Err(ApiError::server("the scheduler stopped"))
@@ -224,6 +225,7 @@ fn sse_event(s: &mut Streaming, i: usize, ev: Option<Event>) -> String {
             s.done = true;
             openai::sse(&e.body()) + SSE_DONE
         }
+        Some(Event::Embedding(_)) => String::new(), // only embedding requests get one
         None => {
             s.done = true;
             openai::sse(&ApiError::server("the scheduler stopped").body()) + SSE_DONE

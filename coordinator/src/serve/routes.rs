@@ -30,6 +30,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/models/{model}", get(model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .merge(super::embeddings::router())
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
         .merge(super::ollama::router())

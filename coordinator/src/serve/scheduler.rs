@@ -48,6 +48,8 @@ pub enum Event {
     Text(String, Vec<Entry>),
     /// A call of one of the request's tools, read out of the text ([`super::tools::split_calls`]).
     Call(edge_node::chat_tools::FunctionCall),
+    /// An embedding request's vector (unit length), right before its `Done`.
+    Embedding(Vec<f32>),
     /// The end: OpenAI's finish reason and the tokens generated.
     Done { finish_reason: &'static str, completion_tokens: usize },
     /// The request failed (status and message for the API error).
@@ -519,6 +521,11 @@ impl Scheduler {
             None => {
                 if !a.logprobs.is_empty() {
                     let _ = a.sub.events.send(Event::Text(String::new(), std::mem::take(&mut a.logprobs)));
+                }
+                if let Some(v) = a.outcome.embedding.take() {
+                    // Its prompt went through every stage; nothing else is counted for it.
+                    b.count(a.sub.job.prompt.len() as u64);
+                    let _ = a.sub.events.send(Event::Embedding(v));
                 }
                 let reason = if a.stop.stopped() { "stop" } else { finish_reason(a.outcome.finish) };
                 let _ = a.sub.events.send(Event::Done { finish_reason: reason, completion_tokens });

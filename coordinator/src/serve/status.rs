@@ -8,7 +8,7 @@
 //!  "plan":{"id":str,"stages":[{"layers":[start,end),"embed":bool,"head":bool,
 //!            "members":[{"node":str,"kv_heads":[a,b)|null,"ffn":[a,b)|null}],"predicted_us":float}],
 //!          "predicted_tokens_per_s":float,"sequences":int} | null,
-//!  "jobs":[{"id":str,"kind":"completion"|"chat","state":"queued"|"running"|"done"|"failed"|"cancelled",
+//!  "jobs":[{"id":str,"kind":"completion"|"chat"|"embedding","state":"queued"|"running"|"done"|"failed"|"cancelled",
 //!           "prompt_tokens":int,"completion_tokens":int,"tokens_per_s":float|null,"first_token_ms":float|null,
 //!           "created":int,"finish_reason":str|null,"error":str|null}],
 //!  "totals":{"requests":int,"completion_tokens":int,"uptime_s":float}}
@@ -129,6 +129,7 @@ pub struct JobStatus {
 pub enum JobKind {
     Completion,
     Chat,
+    Embedding,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +169,7 @@ impl JobKind {
         match self {
             JobKind::Completion => "completion",
             JobKind::Chat => "chat",
+            JobKind::Embedding => "embedding",
         }
     }
 }

@@ -286,7 +286,7 @@ mod tests {
                     assert_eq!((finish_reason, completion_tokens), ("tool_calls", 9));
                     break;
                 }
-                Event::Failed(e) => panic!("{e:?}"),
+                other => panic!("{other:?}"),
             }
         }
         assert_eq!(text, "Sure.\n");

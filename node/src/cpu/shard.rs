@@ -19,8 +19,8 @@ use crate::model::{ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
 use crate::reference::{argmax, rmsnorm};
 use crate::shard::{
-    check_distinct, check_input, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput,
-    ShardOutput, Step,
+    check_distinct, check_input, normed_sum, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError,
+    ShardInput, ShardOutput, Step,
 };
 
 struct Layer {
@@ -427,11 +427,13 @@ impl Shard for CpuShard {
         let wanted = |(s, g): (&Step, &Seg)| match s.want {
             HeadOutput::ArgmaxAll => g.row0..g.row0 + g.n,
             HeadOutput::ArgmaxLast | HeadOutput::LogitsLast => g.row0 + g.n - 1..g.row0 + g.n,
+            HeadOutput::HiddenSum => 0..0,
         };
         let head_rows: Vec<usize> = steps.iter().zip(&segs).flat_map(wanted).collect();
         let vocab = self.cfg.vocab;
-        let logits = self.head(&x, &head_rows);
+        let logits = if head_rows.is_empty() { Vec::new() } else { self.head(&x, &head_rows) };
         let mut per_row = logits.chunks_exact(vocab);
+        let norm = &self.head.as_ref().expect("head shard").0;
         Ok(steps
             .iter()
             .zip(&segs)
@@ -439,6 +441,9 @@ impl Shard for CpuShard {
                 HeadOutput::ArgmaxAll => ShardOutput::Tokens(per_row.by_ref().take(g.n).map(argmax).collect()),
                 HeadOutput::ArgmaxLast => ShardOutput::Tokens(vec![argmax(per_row.next().expect("a row"))]),
                 HeadOutput::LogitsLast => ShardOutput::Logits(per_row.next().expect("a row").to_vec()),
+                HeadOutput::HiddenSum => {
+                    ShardOutput::HiddenSum(normed_sum(&x[g.row0 * dim..(g.row0 + g.n) * dim], norm, self.cfg.rms_eps))
+                }
             })
             .collect())
     }

@@ -14,7 +14,9 @@ use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{ModelConfig, RopeStyle, ShardTensors};
-use crate::shard::{check_input, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput};
+use crate::shard::{
+    check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
+};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
@@ -83,6 +85,8 @@ pub struct GpuShard {
     pub(super) embed: Option<Dispatch>,
     pub(super) layers: Vec<GpuLayer>,
     pub(super) head: Vec<Dispatch>, // norm + head matmul chunks, argmax
+    /// The final norm's weights on the host (embeddings: [`HeadOutput::HiddenSum`]).
+    output_norm: Option<Vec<f32>>,
     pub(super) seqs: Sequences<GpuSeq>,
 }
 
@@ -168,6 +172,7 @@ impl GpuShard {
             embed: None,
             layers: Vec::new(),
             head: Vec::new(),
+            output_norm: t.output_norm.as_ref().map(|n| crate::reference::read_f32(g, n)),
             seqs: Sequences::default(),
         };
         let vector = |info: &TensorInfo| ctx.uniform_view(&info.name, g.data(info));
@@ -404,10 +409,12 @@ impl GpuShard {
             let attention = [&s.kv.rope[l], &s.kv.attention[l]];
             layer.qkv.iter().chain(attention).chain(&layer.o).chain(&layer.gate_up).chain(&layer.down)
         });
-        let head_dispatches = if head.is_some() { &self.head[..] } else { &[] };
+        let logits = head.is_some_and(|h| h != HeadOutput::HiddenSum);
+        let head_dispatches = if logits { &self.head[..] } else { &[] };
         let read = match head {
             None if !self.spec.head => Some(self.hidden_bytes(dims)),
             None => None,
+            Some(HeadOutput::HiddenSum) => Some(self.hidden_bytes(dims)),
             Some(h) => Some(self.head_bytes(h, dims)),
         };
         let out = self.submit(dims, embed.into_iter().chain(layers).chain(head_dispatches), read)?;
@@ -423,6 +430,7 @@ impl GpuShard {
         };
         let (head_n, head_row0) = match head {
             Some(HeadOutput::ArgmaxAll) => (n, 0),
+            Some(HeadOutput::HiddenSum) => (0, 0),
             Some(_) => (1, n - 1),
             None => (0, 0),
         };
@@ -607,7 +615,7 @@ impl Shard for GpuShard {
             // Intermediate steps of a last-position request skip the head entirely.
             let head = match want {
                 _ if !self.spec.head => None,
-                HeadOutput::ArgmaxAll => Some(want),
+                HeadOutput::ArgmaxAll | HeadOutput::HiddenSum => Some(want),
                 _ if end == n => Some(want),
                 _ => None,
             };
@@ -617,7 +625,9 @@ impl Shard for GpuShard {
                 self.step(seq, part, head)?
             };
             match (head, out) {
-                (None, Some(b)) => hidden.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&b)),
+                (None | Some(HeadOutput::HiddenSum), Some(b)) => {
+                    hidden.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&b))
+                }
                 (Some(HeadOutput::LogitsLast), Some(b)) => last = bytemuck::pod_collect_to_vec::<u8, f32>(&b),
                 (Some(_), Some(b)) => tokens.extend(bytemuck::pod_collect_to_vec::<u8, u32>(&b)),
                 _ => {}
@@ -626,6 +636,9 @@ impl Shard for GpuShard {
         }
         Ok(if !self.spec.head {
             ShardOutput::Hidden(hidden)
+        } else if want == HeadOutput::HiddenSum {
+            let norm = self.output_norm.as_ref().expect("head shard");
+            ShardOutput::HiddenSum(normed_sum(&hidden, norm, self.cfg.rms_eps))
         } else if want == HeadOutput::LogitsLast {
             ShardOutput::Logits(last)
         } else {

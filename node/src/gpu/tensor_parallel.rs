@@ -48,6 +48,7 @@ impl GpuShard {
             self.reduced_block(dims, layer.gate_up.iter().chain(&layer.down), &mut x, reduce)?;
         }
         let out = match head {
+            Some(HeadOutput::HiddenSum) => Some(bytemuck::cast_slice(&x).to_vec()),
             Some(want) => {
                 self.ctx.queue.write_buffer(&self.act.x, 0, bytemuck::cast_slice(&x));
                 self.submit(dims, &self.head, Some(self.head_bytes(want, dims)))?

@@ -79,6 +79,8 @@ struct SeqState {
     compute: Duration,
     prefill: Duration,
     cancelled: bool,
+    /// An embedding job's sum of final-normed hidden states so far.
+    pooled: Option<Vec<f32>>,
 }
 
 pub struct Worker {
@@ -357,7 +359,13 @@ impl Worker {
         let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
         let greedy = state.sampler.is_none();
         let prefill = state.steps == 0 || !sample;
-        let want = if greedy { HeadOutput::ArgmaxLast } else { HeadOutput::LogitsLast };
+        let want = if state.job.as_ref().is_some_and(|j| j.embed) {
+            HeadOutput::HiddenSum
+        } else if greedy {
+            HeadOutput::ArgmaxLast
+        } else {
+            HeadOutput::LogitsLast
+        };
         Ok(Some(Ready { seq, job, input, sample, want, prefill }))
     }
 
@@ -425,8 +433,39 @@ impl Worker {
                 self.send_next(PipeMsg::Step { seq, job, input: StepInput::Hidden(h), sample });
                 Ok(())
             }
+            ShardOutput::HiddenSum(sum) => self.pooled(seq, sum, sample),
             _ if !sample => Ok(()),
             out => self.sampled(seq, out),
+        }
+    }
+
+    /// The last stage's leader adds a chunk of an embedding job's prompt to its pool; after the last chunk it
+    /// reports the mean, scaled to unit length, and ends the sequence.
+    fn pooled(&mut self, seq: u64, sum: Vec<f32>, last: bool) -> Result<(), ShardError> {
+        let state = self.seqs.get_mut(&seq).ok_or(ShardError::UnknownSequence(seq))?;
+        let acc = state.pooled.get_or_insert_with(|| vec![0.0; sum.len()]);
+        acc.iter_mut().zip(&sum).for_each(|(a, s)| *a += s);
+        if !last {
+            return Ok(());
+        }
+        let mut vector = state.pooled.take().expect("pooled above");
+        // The mean's direction is the sum's: scaling the sum to unit length is the normalized mean.
+        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            vector.iter_mut().for_each(|v| *v /= norm);
+        }
+        self.report(NodeMsg::Embedding { seq, vector });
+        self.end_sequence(seq);
+        Ok(())
+    }
+
+    /// The last stage's leader ends a sequence: the ring carries the close to the first stage, which sends it
+    /// down the pipeline back to here.
+    fn end_sequence(&mut self, seq: u64) {
+        if self.shard.spec().embed {
+            self.close(seq)
+        } else {
+            self.send_next(PipeMsg::Close { seq })
         }
     }
 
@@ -458,9 +497,7 @@ impl Worker {
             None => {
                 self.send_next(PipeMsg::Step { seq, job: None, input: StepInput::Tokens(vec![token]), sample: true })
             }
-            // The ring carries the close to the first stage, which sends it down the pipeline back to here.
-            Some(_) if self.shard.spec().embed => self.close(seq),
-            Some(_) => self.send_next(PipeMsg::Close { seq }),
+            Some(_) => self.end_sequence(seq),
         }
         Ok(())
     }
