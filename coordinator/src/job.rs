@@ -132,7 +132,8 @@ pub enum Update {
     /// and/or ended (`finished`: its finish is set).
     Token { seq: u64, token: Option<u32>, finished: bool, logprobs: Option<TokenLogprobs> },
     /// A stage leader reported its timings of `seq` (recorded in the outcome).
-    Stats { seq: u64 },
+    /// A stage's timings arrived; `forked`: the prompt positions the first stage copied from another sequence.
+    Stats { seq: u64, forked: u32 },
     /// A stage failed, or one sequence (`seq`) did. `failure.retry` says whether other nodes may help.
     Failed { seq: Option<u64>, failure: Failure },
     /// Nothing for a known sequence.
@@ -166,12 +167,12 @@ pub fn apply<'a>(event: (MemberRef, NodeMsg), outcome: impl FnOnce(u64) -> Optio
             o.finish = Some(Finish::Stop);
             Update::Token { seq, token: None, finished: true, logprobs: None }
         }
-        (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us }) => {
+        (m, NodeMsg::SeqStats { seq, steps, compute_us, prefill_us, forked }) => {
             let Some(o) = outcome(seq) else { return Update::Ignored };
             match o.stages.get_mut(m.stage as usize) {
                 Some(s) => {
                     *s = StageTime { steps, compute_us, prefill_us };
-                    Update::Stats { seq }
+                    Update::Stats { seq, forked: if m.stage == 0 { forked } else { 0 } }
                 }
                 None => Update::Ignored,
             }

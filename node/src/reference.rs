@@ -195,6 +195,13 @@ impl Shard for ReferenceShard {
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
         self.seqs.truncate(seq, len)
     }
+    fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
+        let kv_dim = self.w.cfg.kv_dim();
+        self.seqs.fork(from, to, len, |f, t| {
+            f.copy_prefix(t, len, kv_dim);
+            Ok(())
+        })
+    }
 
     fn forward_reduce(
         &mut self,

@@ -124,6 +124,9 @@ pub trait Shard {
     fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError>;
     /// Forgets positions `len..` of a sequence (to replay or roll back).
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError>;
+    /// Gives the open, empty sequence `to` a copy of the first `len` positions of `from` (choices of one request
+    /// share their prompt's prefill): `to` then continues as if it had run them itself.
+    fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError>;
     /// Runs the shard over the next positions of `seq`. A shard without the head returns
     /// [`ShardOutput::Hidden`] whatever `want` says.
     fn forward(&mut self, seq: SeqId, input: ShardInput<'_>, want: HeadOutput) -> Result<ShardOutput, ShardError> {
@@ -218,6 +221,32 @@ impl<S> Sequences<S> {
         Ok(s)
     }
 
+    /// The checks and bookkeeping of [`Shard::fork`]: `copy` gets both sequences' KV states and copies the first
+    /// `len` positions.
+    pub fn fork(
+        &mut self,
+        from: SeqId,
+        to: SeqId,
+        len: usize,
+        copy: impl FnOnce(&S, &mut S) -> Result<(), ShardError>,
+    ) -> Result<(), ShardError> {
+        if from == to {
+            return Err(ShardError::BadInput(format!("sequence {from} cannot be forked into itself")));
+        }
+        let [f, t] = self.map.get_disjoint_mut([&from, &to]);
+        let f = f.ok_or(ShardError::UnknownSequence(from))?;
+        let t = t.ok_or(ShardError::UnknownSequence(to))?;
+        if len == 0 || len > f.len || len > t.capacity || t.len != 0 {
+            return Err(ShardError::BadInput(format!(
+                "cannot fork {len} positions of sequence {from} (holding {}) into sequence {to} (holding {} of {})",
+                f.len, t.len, t.capacity
+            )));
+        }
+        copy(&f.kv, &mut t.kv)?;
+        t.len = len;
+        Ok(())
+    }
+
     /// Forgets positions `len..` of a sequence.
     pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
         let s = self.get_mut(seq)?;
@@ -248,6 +277,18 @@ impl HostKv {
             return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
         };
         Ok(HostKv { k, v, capacity })
+    }
+
+    /// Copies the first `len` positions of every layer into `to` (the same layers and width; the capacity may
+    /// differ), for [`Shard::fork`].
+    pub fn copy_prefix(&self, to: &mut HostKv, len: usize, kv_dim: usize) {
+        let layers = self.k.len() / (self.capacity * kv_dim).max(1);
+        let n = len * kv_dim;
+        for l in 0..layers {
+            let (src, dst) = (l * self.capacity * kv_dim, l * to.capacity * kv_dim);
+            to.k[dst..dst + n].copy_from_slice(&self.k[src..src + n]);
+            to.v[dst..dst + n].copy_from_slice(&self.v[src..src + n]);
+        }
     }
 }
 

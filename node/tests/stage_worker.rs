@@ -11,16 +11,23 @@ use edge_node::model::ModelConfig;
 use edge_node::quant::GgmlType;
 use edge_node::shard::{HeadOutput, Reducer, SeqId, Shard, ShardError, ShardInput, ShardOutput, Step};
 use edge_node::stage::worker::{Outbox, Work, Worker};
-use edge_protocol::stage::{JobParams, MemberRef, NodeMsg};
+use edge_protocol::stage::{Fork, JobParams, MemberRef, NodeMsg};
 use edge_protocol::ShardSpec;
 
 /// Each forward call's steps as (sequence, input tokens).
 type Calls = Arc<Mutex<Vec<Vec<(SeqId, usize)>>>>;
 
-/// A CPU shard that records what each forward call ran.
+/// A CPU shard that records what each forward call ran, and each fork as (from, to, positions).
 struct Recording {
     inner: CpuShard,
     calls: Calls,
+    forks: Arc<Mutex<Vec<(SeqId, SeqId, usize)>>>,
+}
+
+impl Recording {
+    fn new(inner: CpuShard, calls: Calls) -> Recording {
+        Recording { inner, calls, forks: Arc::default() }
+    }
 }
 
 fn rows(input: &ShardInput<'_>) -> usize {
@@ -52,6 +59,10 @@ impl Shard for Recording {
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
         self.inner.truncate(seq, len)
     }
+    fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
+        self.forks.lock().unwrap().push((from, to, len));
+        self.inner.fork(from, to, len)
+    }
     fn forward_reduce(
         &mut self,
         seq: SeqId,
@@ -75,10 +86,7 @@ impl Shard for Recording {
 fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
     let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
     let calls = Calls::default();
-    let shard = Recording {
-        inner: CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(),
-        calls: calls.clone(),
-    };
+    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
@@ -154,4 +162,52 @@ fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
         assert!((norm - 1.0).abs() < 1e-5, "unit length: {norm}");
         assert!(dot > 0.9999, "the whole prompt's mean direction, in one step or in chunks of 5: {dot}");
     }
+}
+
+#[test]
+fn forks_share_their_parents_prefill_and_generate_its_tokens() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let calls = Calls::default();
+    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let forks = shard.forks.clone();
+    let me = MemberRef { stage: 0, member: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
+    // Three choices of one request (greedy, so all say the same), sent together as the coordinator sends them:
+    // the parent's prompt is prefilled in chunks of 4, the forks wait for it. A fork of a sequence that is not
+    // here runs its whole prompt.
+    let ids = prompt(cfg.vocab, 12, 4);
+    let params = JobParams { prefill_chunk: 4, ..JobParams::new(64, 5) };
+    let fork = |parent| JobParams { fork: Some(Fork { parent, len: 11 }), ..params.clone() };
+    tx.send(Work::Start { seq: 1, prompt: ids.clone(), params: params.clone() }).unwrap();
+    tx.send(Work::Start { seq: 2, prompt: ids.clone(), params: fork(1) }).unwrap();
+    tx.send(Work::Start { seq: 3, prompt: ids.clone(), params: fork(1) }).unwrap();
+    tx.send(Work::Start { seq: 4, prompt: ids.clone(), params: fork(99) }).unwrap();
+    let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
+
+    let mut tokens = vec![Vec::new(); 4];
+    let mut closed = 0;
+    while closed < 4 {
+        match from_worker.blocking_recv().expect("the worker reports") {
+            NodeMsg::Token { seq, token, .. } => tokens[seq as usize - 1].extend(token),
+            NodeMsg::SeqStats { .. } => closed += 1,
+            NodeMsg::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    tx.send(Work::Shutdown).unwrap();
+    worker.join().unwrap();
+
+    assert_eq!(tokens[0].len(), 5);
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "every choice says what the parent says: {tokens:?}");
+    assert_eq!(*forks.lock().unwrap(), [(1, 2, 11), (1, 3, 11)], "the unknown parent is not forked");
+    let calls = calls.lock().unwrap().clone();
+    let prompt_rows = |seq: SeqId| -> usize {
+        let rows: Vec<usize> = calls.iter().flatten().filter(|s| s.0 == seq).map(|s| s.1).collect();
+        rows[..rows.len() - 4].iter().sum()
+    };
+    assert_eq!(prompt_rows(1), 12, "{calls:?}");
+    assert_eq!((prompt_rows(2), prompt_rows(3)), (1, 1), "the forks run only the last prompt token: {calls:?}");
+    assert_eq!(prompt_rows(4), 12, "{calls:?}");
 }

@@ -24,7 +24,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/5";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/6";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
@@ -282,6 +282,17 @@ pub struct JobParams {
     /// An embedding, not a generation: the last stage pools the prompt's final-normed hidden states (mean over
     /// the positions, then unit length) and answers [`NodeMsg::Embedding`] instead of sampling.
     pub embed: bool,
+    /// The sequence's first positions are another's (the `n` choices of one request share one prefill): each
+    /// stage copies them from that sequence's KV cache, and the job's first step carries the rest of the prompt.
+    pub fork: Option<Fork>,
+}
+
+/// Start a sequence from the first `len` positions of the sequence `parent` (whose prompt begins with the same
+/// `len` tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub parent: u64,
+    pub len: u32,
 }
 
 /// OpenAI's repetition penalties: each logit is lowered by `presence` if its token was generated before and by
@@ -314,6 +325,7 @@ impl JobParams {
             logprobs: None,
             grammar: None,
             embed: false,
+            fork: None,
         }
     }
 
@@ -348,6 +360,9 @@ impl JobParams {
         self.sampling.validate().map_err(WireError::Invalid)?;
         if self.capacity == 0 {
             return Err(WireError::Invalid("capacity 0".into()));
+        }
+        if self.fork.is_some_and(|f| f.len == 0 || f.len >= self.capacity) {
+            return Err(WireError::Invalid("a fork of no positions, or of more than the sequence holds".into()));
         }
         Ok(())
     }
@@ -425,8 +440,9 @@ pub enum NodeMsg {
     Token { seq: u64, index: u32, token: Option<u32>, finish: Option<Finish>, logprobs: Option<TokenLogprobs> },
     /// From the last stage's leader: the embedding of an `embed` job's prompt (it ends the sequence).
     Embedding { seq: u64, vector: Vec<f32> },
-    /// From every stage's leader when a sequence closes: how long the stage computed for it.
-    SeqStats { seq: u64, steps: u32, compute_us: u64, prefill_us: u64 },
+    /// From every stage's leader when a sequence closes: how long the stage computed for it, and how many of its
+    /// positions it copied from another sequence ([`JobParams::fork`]) instead of computing them.
+    SeqStats { seq: u64, steps: u32, compute_us: u64, prefill_us: u64, forked: u32 },
     /// The stage (seq None) or one sequence failed.
     Error { seq: Option<u64>, message: String },
 }
@@ -506,6 +522,9 @@ mod tests {
         assert!(JobParams { sampling: bad_sampling, ..params.clone() }.validate().is_err());
         assert!(JobParams { logprobs: Some(20), ..params.clone() }.validate().is_ok());
         assert!(JobParams { logprobs: Some(21), ..params.clone() }.validate().is_err());
+        assert!(JobParams { fork: Some(Fork { parent: 1, len: 7 }), ..params.clone() }.validate().is_ok());
+        assert!(JobParams { fork: Some(Fork { parent: 1, len: 8 }), ..params.clone() }.validate().is_err());
+        assert!(JobParams { fork: Some(Fork { parent: 1, len: 0 }), ..params.clone() }.validate().is_err());
         assert!(JobParams { logit_bias: vec![(1, 0.5); MAX_LOGIT_BIAS + 1], ..params.clone() }.validate().is_err());
         assert!(JobParams { logit_bias: vec![(1, f32::INFINITY)], ..params.clone() }.validate().is_err());
         let nan = Penalties { presence: f32::NAN, frequency: 0.0 };

@@ -220,6 +220,7 @@ fn the_openai_api_serves_the_cluster() {
     assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
     assert!(texts[0] != texts[1] || texts[1] != texts[2], "three seeds, one text: {texts:?}");
     assert_eq!(r["usage"]["completion_tokens"], 36, "{r}");
+    let n_prompt = r["usage"]["prompt_tokens"].as_f64().unwrap();
     let alone = completion(model, json!({"temperature": 0.9, "seed": 9, "max_tokens": 12}));
     assert_eq!(post(&url, "/v1/completions", &alone).1["choices"][0]["text"], texts[2], "choice 2 is seed 9");
     let mut streamed_n = body.clone();
@@ -516,6 +517,8 @@ fn the_openai_api_serves_the_cluster() {
     assert!(sample(&m, "edge_requests_total{outcome=\"cancelled\"}") >= 1.0, "the abandoned stream: {m}");
     assert_eq!(sample(&m, "edge_generation_tokens_total"), now["totals"]["completion_tokens"].as_f64().unwrap());
     assert!(sample(&m, "edge_prompt_tokens_total") >= 11.0 * done, "{m}");
+    // Choices 1 and 2 of an n=3 request fork choice 0's prefill: all but its last prompt position, each.
+    assert!(sample(&m, "edge_prompt_tokens_shared_total") >= 2.0 * (n_prompt - 1.0), "{m}");
     assert_eq!((sample(&m, "edge_plan_up"), sample(&m, "edge_running_sequences")), (1.0, 0.0));
     for n in [&a, &b] {
         assert_eq!(sample(&m, &format!("edge_node_up{{node=\"{}\"}}", n.peer_id)), 1.0);

@@ -2,7 +2,8 @@
 //!
 //! - `edge_requests_total{outcome}`: completion requests that ended, by outcome (`done`, `failed`, `cancelled`:
 //!   the client went away, `rejected`: refused on arrival with 429 or 503);
-//! - `edge_prompt_tokens_total`, `edge_generation_tokens_total`;
+//! - `edge_prompt_tokens_total`, `edge_prompt_tokens_shared_total` (positions the `n` choices of a request copied
+//!   from the first choice's prefill), `edge_generation_tokens_total`;
 //! - `edge_time_to_first_token_seconds`, `edge_inter_token_latency_seconds`: histograms (arrival to first token,
 //!   queueing included; the gap between a sequence's consecutive tokens);
 //! - `edge_queue_depth`, `edge_running_sequences`, `edge_plan_up` (1 while a plan runs);
@@ -68,6 +69,8 @@ pub struct Metrics {
     pub outcomes: BTreeMap<&'static str, u64>,
     /// Prompt tokens of the accepted requests.
     pub prompt_tokens: u64,
+    /// Prompt positions that a choice copied from another choice's prefill instead of computing them.
+    pub forked_tokens: u64,
     pub ttft: Histogram,
     pub itl: Histogram,
     /// Requests waiting for a sequence slot.
@@ -79,6 +82,7 @@ impl Default for Metrics {
         Metrics {
             outcomes: BTreeMap::new(),
             prompt_tokens: 0,
+            forked_tokens: 0,
             ttft: Histogram::new(&TTFT_BUCKETS),
             itl: Histogram::new(&ITL_BUCKETS),
             queued: 0,
@@ -124,6 +128,8 @@ pub fn render(b: &Board, live: &[Live]) -> String {
     counter("edge_requests_total", "Completion requests that ended, by outcome.", "counter", &outcomes);
     let one = |v: f64| vec![(String::new(), v)];
     counter("edge_prompt_tokens_total", "Prompt tokens of accepted requests.", "counter", &one(m.prompt_tokens as f64));
+    let forked = "Prompt tokens whose prefill a request's choice shared with another choice (copied, not computed).";
+    counter("edge_prompt_tokens_shared_total", forked, "counter", &one(m.forked_tokens as f64));
     counter("edge_generation_tokens_total", "Tokens generated.", "counter", &one(b.completion_tokens as f64));
     counter("edge_queue_depth", "Requests waiting for a sequence slot.", "gauge", &one(m.queued as f64));
     counter("edge_running_sequences", "Sequences running on the plan.", "gauge", &one(b.running as f64));

@@ -231,7 +231,9 @@ pub(super) async fn submit(
         let job = Job { prompt: ids.clone(), params };
         // Each choice is a job of its own on the dashboard.
         let id = if i == 0 { head.id.clone() } else { format!("{}-{i}", head.id) };
-        let events = app.scheduler.submit(id, kind, job, o.stop.clone())?;
+        // Choices after the first fork its prefill.
+        let first = (i > 0).then(|| head.id.clone());
+        let events = app.scheduler.submit_choice(id, kind, job, o.stop.clone(), first)?;
         rx.push(if o.tools.is_some() { tools::split_calls(events) } else { events });
     }
     Ok(Accepted { rx, prompt_tokens, head, options: o })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use edge_node::backend::LoadedModel;
 use edge_node::tokenizer::{TextStream, Tokenizer};
-use edge_protocol::stage::Finish;
+use edge_protocol::stage::{Finish, Fork};
 use tokio::sync::mpsc;
 
 use super::logprobs::Entry;
@@ -63,6 +63,8 @@ pub struct Submission {
     pub job: Job,
     pub stop: Vec<String>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Another choice of the same request (its id) whose prompt's prefill this one shares while both run.
+    pub shares_prefill_with: Option<String>,
     arrived: Instant,
     _ticket: Ticket,
 }
@@ -175,6 +177,19 @@ impl Handle {
         job: Job,
         stop: Vec<String>,
     ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+        self.submit_choice(id, kind, job, stop, None)
+    }
+
+    /// [`Scheduler::submit`] for a further choice of a request: it forks the prefill of the choice
+    /// `shares_prefill_with` when that one runs (the same prompt), instead of running the prompt again.
+    pub fn submit_choice(
+        &self,
+        id: String,
+        kind: JobKind,
+        job: Job,
+        stop: Vec<String>,
+        shares_prefill_with: Option<String>,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
         let refused = |e: ApiError| {
             self.board.lock().expect("board lock").metrics.ended("rejected");
             Err(e)
@@ -189,7 +204,8 @@ impl Handle {
             return refused(ApiError::queue_full(self.limit));
         }
         let (events, rx) = mpsc::unbounded_channel();
-        let sub = Submission { id, kind, job, stop, events, arrived: Instant::now(), _ticket: ticket };
+        let sub =
+            Submission { id, kind, job, stop, events, shares_prefill_with, arrived: Instant::now(), _ticket: ticket };
         match self.tx.try_send(sub) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => refused(ApiError::queue_full(self.limit)),
@@ -210,10 +226,21 @@ struct Active {
     ended_at: Option<Instant>,
     stats: usize,
     first_token: bool,
+    /// Prompt positions its sequence forked from another's instead of running them (it shares that prefill).
+    shared: usize,
     /// When its last token came (the inter-token histogram).
     last_token: Option<Instant>,
     /// Log-probabilities of the tokens whose text has not been sent yet.
     logprobs: Vec<Entry>,
+}
+
+/// The fork a choice starts from: the first stage copies all but the last prompt position from its sibling's
+/// sequence when that one is running (else, or for a one-token prompt, the choice runs its whole prompt).
+fn fork_of(sub: &Submission, running: &[Active]) -> Option<Fork> {
+    let with = sub.shares_prefill_with.as_ref()?;
+    let len = sub.job.prompt.len().checked_sub(1).filter(|&l| l > 0 && !sub.job.params.embed)?;
+    let parent = running.iter().find(|a| &a.sub.id == with && a.ended_at.is_none())?.seq?;
+    Some(Fork { parent, len: len as u32 })
 }
 
 /// What the scheduler needs to (re)plan.
@@ -462,11 +489,13 @@ impl Scheduler {
                 ended_at: None,
                 stats: 0,
                 first_token: false,
+                shared: 0,
                 last_token: None,
                 logprobs: Vec::new(),
             };
             self.board().job(&a.sub.id, |j| j.state = JobState::Running);
-            if let Err(f) = self.start_seq(&mut a).await {
+            let fork = fork_of(&a.sub, &self.active);
+            if let Err(f) = self.start_seq(&mut a, fork).await {
                 self.failure = Some(f);
             }
             self.active.push(a);
@@ -486,12 +515,14 @@ impl Scheduler {
         running
     }
 
-    /// Starts (or resumes) `a` on the current deployment.
-    async fn start_seq(&mut self, a: &mut Active) -> Result<(), Failure> {
+    /// Starts (or resumes) `a` on the current deployment, sharing the positions of `fork`.
+    async fn start_seq(&mut self, a: &mut Active, fork: Option<Fork>) -> Result<(), Failure> {
         let seq = self.new_seq();
         let Some(d) = self.deployment.as_mut() else { return Ok(()) };
         match a.outcome.restart(&a.sub.job, self.n_stages, Instant::now()) {
-            Some(j) => {
+            Some(mut j) => {
+                j.params.fork = fork;
+                a.shared = fork.map_or(0, |f| f.len as usize);
                 a.first_token = false;
                 d.start(seq, j.prompt, j.params).await.map_err(|e| Failure {
                     member: Some(d.first()),
@@ -564,7 +595,8 @@ impl Scheduler {
                 }
                 self.active.push(a);
             }
-            Update::Stats { seq } => {
+            Update::Stats { seq, forked } => {
+                self.board().metrics.forked_tokens += forked as u64;
                 if let Some(a) = self.active.iter_mut().find(|a| a.seq == Some(seq)) {
                     a.stats += 1;
                 }
@@ -598,7 +630,7 @@ impl Scheduler {
                 if !a.first_token {
                     a.first_token = true;
                     // The stages just processed the (re)started prompt.
-                    let prompt = (a.sub.job.prompt.len() + a.outcome.tokens.len() - 1) as u64;
+                    let prompt = (a.sub.job.prompt.len() + a.outcome.tokens.len() - 1 - a.shared) as u64;
                     b.count(prompt);
                     if a.outcome.tokens.len() == 1 {
                         let ms = a.sub.arrived.elapsed().as_secs_f64() * 1e3;
@@ -758,11 +790,13 @@ impl Scheduler {
         };
         self.install(planned);
         let mut active = std::mem::take(&mut self.active);
-        for a in &mut active {
+        for i in 0..active.len() {
             if self.failure.is_some() {
                 break;
             }
-            if let Err(f) = self.start_seq(a).await {
+            // (A choice resumed before its sibling is a sequence of its own.)
+            let fork = fork_of(&active[i].sub, &active);
+            if let Err(f) = self.start_seq(&mut active[i], fork).await {
                 self.failure = Some(f);
             }
         }

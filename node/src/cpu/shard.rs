@@ -368,6 +368,13 @@ impl Shard for CpuShard {
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
         self.seqs.truncate(seq, len)
     }
+    fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
+        let kv_dim = self.cfg.kv_dim();
+        self.seqs.fork(from, to, len, |f, t| {
+            f.copy_prefix(t, len, kv_dim);
+            Ok(())
+        })
+    }
 
     fn batches(&self) -> bool {
         true

@@ -70,7 +70,8 @@ pub(super) struct GpuLayer {
 pub(super) struct GpuSeq {
     pub(super) rope: Vec<Dispatch>,      // per layer
     pub(super) attention: Vec<Dispatch>, // per layer
-    _kv: Vec<wgpu::Buffer>,
+    /// K and V of each layer: `(capacity, kv_dim)` f32 each.
+    kv: Vec<wgpu::Buffer>,
 }
 
 pub struct GpuShard {
@@ -549,7 +550,7 @@ impl Shard for GpuShard {
         let rope = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (c.rope == RopeStyle::Neox).to_string())]);
         let att = self.pipeline(Kernel::Attention, None, vec![("HD", c.head_dim.to_string())]);
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
-        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), _kv: Vec::new() };
+        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), kv: Vec::new() };
         for l in 0..self.layers.len() {
             let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
             let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
@@ -569,7 +570,7 @@ impl Shard for GpuShard {
                 grid: Grid::Attention { heads: c.n_heads as u32 },
                 weight_bytes: 0,
             });
-            s._kv.extend([k, v]);
+            s.kv.extend([k, v]);
         }
         self.ctx.check()?;
         self.seqs.insert(seq, capacity, s);
@@ -586,6 +587,20 @@ impl Shard for GpuShard {
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
         self.seqs.truncate(seq, len)
+    }
+
+    fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
+        let ctx = self.ctx.clone();
+        let bytes = (len * self.cfg.kv_dim() * 4) as u64;
+        self.seqs.fork(from, to, len, |f, t| {
+            // Queued before any later step of `to`: the queue runs submissions in order.
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("fork") });
+            for (src, dst) in f.kv.iter().zip(&t.kv) {
+                enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+            }
+            ctx.submit(enc);
+            ctx.check()
+        })
     }
 
     fn forward_reduce(

@@ -5,12 +5,14 @@
 //! members first, so all members run the same steps in the same order, and exchanges partial sums with them
 //! inside [`Shard::forward_reduce`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_protocol::stage::{Finish, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, Vocabulary, MAX_STAGE_FRAME};
+use edge_protocol::stage::{
+    Finish, Fork, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, Vocabulary, MAX_STAGE_FRAME,
+};
 
 use crate::grammar::Grammars;
 use crate::sampler::Sampler;
@@ -79,6 +81,8 @@ struct SeqState {
     compute: Duration,
     prefill: Duration,
     cancelled: bool,
+    /// Positions copied from the parent of a fork.
+    forked: u32,
     /// An embedding job's sum of final-normed hidden states so far.
     pooled: Option<Vec<f32>>,
 }
@@ -98,6 +102,17 @@ pub struct Worker {
     /// The model's vocabulary (a stage with the head), and once a job has a grammar, the vocabulary indexed.
     vocab: Option<Vocabulary>,
     grammars: Option<Arc<Grammars>>,
+    /// The first stage's sequences from their `Start` until they close.
+    live: HashSet<u64>,
+    /// Starts of forks waiting for their parent to run the shared positions here, by parent.
+    forks: HashMap<u64, Vec<Waiting>>,
+}
+
+/// A fork's `Start`, held until its parent has the positions it shares.
+struct Waiting {
+    seq: u64,
+    prompt: Vec<u32>,
+    params: JobParams,
 }
 
 /// The rest of a prompt and its chunk size.
@@ -128,6 +143,8 @@ impl Worker {
             prompts: HashMap::new(),
             vocab: None,
             grammars: None,
+            live: HashSet::new(),
+            forks: HashMap::new(),
         }
     }
 
@@ -162,6 +179,9 @@ impl Worker {
                     if let Some(s) = self.seqs.get_mut(&seq) {
                         s.cancelled = true;
                     }
+                    // A fork that has not started yet just never starts.
+                    self.forks.values_mut().for_each(|w| w.retain(|w| w.seq != seq));
+                    self.forks.retain(|_, w| !w.is_empty());
                 }
                 Work::Pipe { msg: PipeMsg::Partial { data, .. }, from } => {
                     if let Some(q) = self.partials.get_mut(from.member as usize) {
@@ -205,27 +225,98 @@ impl Worker {
         self.shard.close_sequence(seq);
         self.seqs.remove(&seq);
         self.prompts.remove(&seq);
+        self.gone(seq);
     }
 
     /// The first stage's leader turns a prompt into steps of at most the job's `prefill_chunk` tokens (and what
     /// fits a frame): the first is queued now, each next one when the previous has run ([`Prompt`]).
-    fn start(&mut self, seq: u64, prompt: Vec<u32>, params: JobParams) {
+    ///
+    /// A fork ([`JobParams::fork`]) starts once its parent holds the shared positions here: its first step (the
+    /// prompt after them) goes to the front of the queue, ahead of anything that could close the parent, and
+    /// reaches every later stage behind the parent's steps that wrote those positions. A fork whose parent is
+    /// gone (or never came) runs its whole prompt instead.
+    fn start(&mut self, seq: u64, prompt: Vec<u32>, mut params: JobParams) {
+        if let Some(f) = params.fork {
+            match self.fork_ready(f, prompt.len()) {
+                Some(true) => return self.begin(seq, prompt, params, true),
+                Some(false) => {
+                    self.forks.entry(f.parent).or_default().push(Waiting { seq, prompt, params });
+                    return;
+                }
+                None => params.fork = None,
+            }
+        }
+        self.begin(seq, prompt, params, false)
+    }
+
+    /// Whether a fork can start now (Some(true)), after its parent has run further here (Some(false)), or only
+    /// as a sequence of its own (None: the parent is gone, or nothing of the prompt is left after the fork).
+    fn fork_ready(&self, f: Fork, prompt: usize) -> Option<bool> {
+        let len = f.len as usize;
+        if len >= prompt {
+            return None;
+        }
+        if self.shard.sequence_len(f.parent).is_ok_and(|n| n >= len) {
+            return Some(true);
+        }
+        self.live.contains(&f.parent).then_some(false)
+    }
+
+    /// Queues a sequence's first step (the prompt after its fork's positions), the rest in chunks behind it.
+    fn begin(&mut self, seq: u64, prompt: Vec<u32>, params: JobParams, front: bool) {
         let dim = self.shard.config().dim;
         let mut chunk = (MAX_STAGE_FRAME / 2 / (dim * 4)).clamp(1, 4096);
         if params.prefill_chunk > 0 {
             chunk = chunk.min(params.prefill_chunk as usize);
         }
-        let mut p = Prompt { rest: prompt.into(), chunk };
-        self.queue.push_back(p.next_step(seq, Some(params), self.me));
+        let shared = params.fork.map_or(0, |f| f.len as usize);
+        let mut p = Prompt { rest: prompt.into_iter().skip(shared).collect(), chunk };
+        let first = p.next_step(seq, Some(params), self.me);
+        match front {
+            true => self.queue.push_front(first),
+            false => self.queue.push_back(first),
+        }
+        self.live.insert(seq);
         if !p.rest.is_empty() {
             self.prompts.insert(seq, p);
         }
+    }
+
+    /// Starts the forks of `parent` that can start now (or, with the parent gone, as sequences of their own).
+    fn release_forks(&mut self, parent: u64) {
+        let Some(waiting) = self.forks.remove(&parent) else { return };
+        let (mut ready, mut wait, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+        for w in waiting {
+            match w.params.fork.and_then(|f| self.fork_ready(f, w.prompt.len())) {
+                Some(true) => ready.push(w),
+                Some(false) => wait.push(w),
+                None => alone.push(w),
+            }
+        }
+        if !wait.is_empty() {
+            self.forks.insert(parent, wait);
+        }
+        // Each ready one goes to the front of the queue: backwards, so they run in the order they came.
+        for w in ready.into_iter().rev() {
+            self.begin(w.seq, w.prompt, w.params, true);
+        }
+        for mut w in alone {
+            w.params.fork = None;
+            self.begin(w.seq, w.prompt, w.params, false);
+        }
+    }
+
+    /// A sequence closed or failed here: its waiting forks cannot share its positions any more.
+    fn gone(&mut self, seq: u64) {
+        self.live.remove(&seq);
+        self.release_forks(seq);
     }
 
     fn close(&mut self, seq: u64) {
         self.prompts.remove(&seq);
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
+        self.gone(seq);
         if let Some(s) = self.seqs.remove(&seq) {
             if self.leader() {
                 self.report(NodeMsg::SeqStats {
@@ -233,6 +324,7 @@ impl Worker {
                     steps: s.steps,
                     compute_us: s.compute.as_micros() as u64,
                     prefill_us: s.prefill.as_micros() as u64,
+                    forked: s.forked,
                 });
             }
         }
@@ -270,7 +362,9 @@ impl Worker {
     }
 
     /// Runs this step together with the steps of other sequences waiting right behind it (at most one per
-    /// sequence, up to the first message that is not a step, so nothing is reordered within a sequence). When
+    /// sequence, up to the first message that is not a step, so nothing is reordered within a sequence; a fork's
+    /// first step waits for the next batch when its parent is in this one, whose step may write the positions
+    /// it copies). When
     /// the batch fails (one bad step fails all of it, before any sequence moves), each step runs alone, so only
     /// the bad one fails.
     fn step_batch(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
@@ -278,7 +372,9 @@ impl Worker {
         let mut steps = vec![(seq, job, input, sample)];
         while steps.len() < MAX_BATCH {
             match self.queue.front() {
-                Some(Work::Pipe { msg: PipeMsg::Step { seq, .. }, .. }) if steps.iter().all(|s| s.0 != *seq) => {
+                Some(Work::Pipe { msg: PipeMsg::Step { seq, job, .. }, .. })
+                    if steps.iter().all(|s| s.0 != *seq && Some(s.0) != job.as_ref().and_then(parent)) =>
+                {
                     if let Some(Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. }) =
                         self.queue.pop_front()
                     {
@@ -348,13 +444,19 @@ impl Worker {
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
         if let Some(job) = &job {
             self.shard.open_sequence(seq, job.capacity as usize)?;
+            if let Some(f) = job.fork {
+                // (A failure here fails the step, which closes the sequence again.)
+                self.shard.fork(f.parent, seq, f.len as usize)?;
+                tracing::debug!(seq, parent = f.parent, positions = f.len, "forked");
+            }
             // A greedy job without bias, penalties, log-probabilities or grammar lets the head return just the
             // argmax.
             let sampler = match spec.head && job.needs_logits() {
                 true => Some(self.sampler(job)?),
                 false => None,
             };
-            self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, ..Default::default() });
+            let forked = job.fork.map_or(0, |f| f.len);
+            self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, forked, ..Default::default() });
         }
         let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
         let greedy = state.sampler.is_none();
@@ -425,6 +527,7 @@ impl Worker {
                 self.prompts.remove(&seq);
             }
         }
+        self.release_forks(seq);
         if !self.leader() {
             return Ok(());
         }
@@ -501,6 +604,11 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// The sequence a job forks from.
+fn parent(job: &JobParams) -> Option<u64> {
+    job.fork.map(|f| f.parent)
 }
 
 /// The all-reduce of a tensor-parallel member: send the partial to every other member, collect theirs (queueing
