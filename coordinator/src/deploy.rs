@@ -28,6 +28,20 @@ pub struct Assignment {
     pub members: Vec<(PeerId, Option<LayerSlice>)>,
 }
 
+/// What every deployment of a model sends besides its tensors, worked out once per process: the file's hash (it
+/// names the model in each manifest) and the vocabulary the sampling stage matches grammars against.
+pub struct ModelFacts {
+    pub hash: Hash,
+    pub vocab: Vocabulary,
+}
+
+impl ModelFacts {
+    /// Hashes the whole file (blocking: a few hundred milliseconds for a model of a few hundred megabytes).
+    pub fn of(model: &LoadedModel, tok: &edge_node::tokenizer::Tokenizer) -> ModelFacts {
+        ModelFacts { hash: *blake3::hash(model.gguf.bytes()).as_bytes(), vocab: tok.vocabulary() }
+    }
+}
+
 /// What loading a member cost.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
@@ -133,7 +147,7 @@ async fn next_event(
 /// each stage must be able to hold at once.
 pub async fn deploy(
     client: &Client,
-    model: &LoadedModel,
+    (model, facts): (&LoadedModel, &ModelFacts),
     stages: Vec<Assignment>,
     sequences: u32,
     context: u32,
@@ -141,21 +155,13 @@ pub async fn deploy(
 ) -> anyhow::Result<Deployment> {
     anyhow::ensure!(!stages.is_empty(), "empty plan");
     let plan: PlanId = rand::random();
-    // The model's hash, and its vocabulary for the stages that sample (they match grammars against it).
-    let (model_hash, vocab) = {
-        let m = model.gguf.clone();
-        tokio::task::spawn_blocking(move || {
-            let vocab = edge_node::tokenizer::Tokenizer::from_gguf(&m).ok().map(|t| t.vocabulary());
-            (*blake3::hash(m.bytes()).as_bytes(), vocab)
-        })
-        .await?
-    };
     let mut prepared = Vec::new();
     for (s, a) in stages.iter().enumerate() {
         for (j, (_, slice)) in a.members.iter().enumerate() {
             let me = MemberRef { stage: s as u32, member: j as u32 };
-            let vocab = vocab.as_ref().filter(|_| a.spec.head);
-            prepared.push(prepare(model, model_hash, me, a.spec, *slice, vocab, (sequences, context))?);
+            // The stages that sample get the vocabulary.
+            let vocab = Some(&facts.vocab).filter(|_| a.spec.head);
+            prepared.push(prepare(model, facts.hash, me, a.spec, *slice, vocab, (sequences, context))?);
         }
     }
 

@@ -160,6 +160,7 @@ pub fn even_pipeline(
 /// What to put on the cluster: the model, the planner's request, and an optional forced pipeline depth.
 pub struct Target<'a> {
     pub model: &'a LoadedModel,
+    pub facts: &'a deploy::ModelFacts,
     pub desc: &'a ModelDescription,
     pub req: &'a PlanRequest,
     /// `--stages K`: an even K-stage pipeline (fewer when recovering with fewer nodes).
@@ -196,7 +197,7 @@ pub async fn plan_and_deploy(
     recovering: bool,
     progress: &indicatif::MultiProgress,
 ) -> Result<Planned, PlanFailure> {
-    let Target { model, desc, req, stages } = *target;
+    let Target { model, facts, desc, req, stages } = *target;
     let members: Vec<cluster::Member> = cluster::members(client, discovery, true)
         .await
         .map_err(PlanFailure::NoPlan)?
@@ -218,9 +219,10 @@ pub async fn plan_and_deploy(
     let plan = planned.map_err(PlanFailure::NoPlan)?;
     eprintln!("{}", plan.describe(&nodes));
     let assigned = assignments(&plan, desc, &nodes).map_err(PlanFailure::NoPlan)?;
-    let deployment = deploy::deploy(client, model, assigned, req.sequences as u32, req.context as u32, progress)
-        .await
-        .map_err(PlanFailure::Deploy)?;
+    let deployment =
+        deploy::deploy(client, (model, facts), assigned, req.sequences as u32, req.context as u32, progress)
+            .await
+            .map_err(PlanFailure::Deploy)?;
     Ok(Planned { plan, nodes, members, deployment })
 }
 
@@ -237,6 +239,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
     );
     let capacity = context.min(ids.len() + args.prompt.tokens);
     let desc = ModelDescription::from_gguf(&m.gguf, &m.config)?;
+    let facts = deploy::ModelFacts::of(&m, &tok);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let report = rt.block_on(async {
         let joined = cluster::join(&args.join).await?;
@@ -267,7 +270,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
             let mut attempt = 0;
             let (plan, nodes, loads) = loop {
                 // Plan on the members alive now (after a loss, without the nodes that failed).
-                let target = Target { model: &m, desc: &desc, req: &req, stages: args.stages };
+                let target = Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages };
                 // After a loss, fewer members than --min-nodes are expected.
                 let discovery = if attempt > 0 { discovery.relaxed() } else { discovery.clone() };
                 let Planned { plan, nodes, deployment: mut d, .. } =

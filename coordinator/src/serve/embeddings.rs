@@ -20,15 +20,15 @@ use tokio::sync::mpsc;
 use super::ollama::{error, model_name};
 use super::openai::{field, integer, type_name, wrong_type, ApiError};
 use super::routes::ApiJson;
-use super::scheduler::Event;
 use super::status::JobKind;
+use super::submit::Event;
 use super::App;
 use crate::job::Job;
 
 /// Most inputs in one request (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
 /// Inputs of one request queued at once.
-const IN_FLIGHT: usize = 8;
+pub const IN_FLIGHT: usize = 8;
 
 pub fn router() -> Router<App> {
     Router::new()

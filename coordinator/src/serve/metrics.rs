@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::scheduler::Board;
+use super::board::Board;
 use super::status::JobState;
 
 /// Upper bounds (s) of the time-to-first-token buckets.

@@ -7,19 +7,21 @@
 //! - `GET /api/status` (nodes, plan, recent jobs: [`status`]), read by the dashboard and `edge-coord status`,
 //! - the dashboard page (`dashboard`).
 //!
-//! Requests run on the [`scheduler`]. With `--api-key` (or `EDGE_API_KEY`) every `/v1` and `/api` route needs
+//! Requests are queued through a [`submit::Handle`] and run on the [`scheduler`], which keeps the [`board`] (what
+//! `/api/status` and `/metrics` read) up to date. With `--api-key` (or `EDGE_API_KEY`) every `/v1` and `/api` route needs
 //! `Authorization: Bearer KEY`.
 //!
 //! - [`openai`]: request parsing and validation, error bodies, response and chunk shapes, SSE framing.
 //! - [`sampling`]: the sampling fields of a request (temperature to logit bias and log-probabilities).
 //! - [`embeddings`]: `/v1/embeddings` and Ollama's `/api/embed`.
-//! - [`format`]: structured output (`response_format`) as a grammar.
+//! - [`format`](mod@format): structured output (`response_format`) as a grammar.
 //! - [`logprobs`]: token log-probabilities in the API's shapes.
 //! - [`stop`]: stop strings over streamed text.
 //! - [`routes`]: the HTTP handlers.
 //! - [`respond`]: whole responses and SSE streams of a request's choices.
 //! - [`client`]: `edge-coord status`.
 
+pub mod board;
 pub mod client;
 pub mod dashboard;
 pub mod embeddings;
@@ -34,6 +36,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod status;
 pub mod stop;
+pub mod submit;
 pub mod tools;
 
 use std::collections::HashSet;
@@ -95,7 +98,7 @@ pub struct AppState {
     pub eog: Vec<u32>,
     /// blake3 of the API key (compared in constant time).
     pub api_key: Option<blake3::Hash>,
-    pub scheduler: scheduler::Handle,
+    pub scheduler: submit::Handle,
     pub client: edge_node::net::Client,
     /// Most prompt tokens per step (see [`ServeArgs::prefill_chunk`]).
     pub prefill_chunk: u32,
@@ -139,6 +142,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
     );
     let eog: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
     let desc = ModelDescription::from_gguf(&m.gguf, &m.config)?;
+    let facts = crate::deploy::ModelFacts::of(&m, tok);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let joined = cluster::join(&args.join).await?;
@@ -150,7 +154,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {}", args.listen))?;
             let req = PlanRequest { context, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
             let progress = indicatif::MultiProgress::new();
-            let target = Target { model: &m, desc: &desc, req: &req, stages: args.stages };
+            let target = Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages };
             let planned = plan_and_deploy(&joined.client, &discovery, &target, &HashSet::new(), false, &progress)
                 .await
                 .map_err(|e| match e {
@@ -162,12 +166,13 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 joined_client: joined.client.clone(),
                 discovery: discovery.relaxed(),
                 model: Arc::new(m),
+                facts,
                 desc: desc.clone(),
                 req,
                 stages: args.stages,
                 tok,
             };
-            let (handle, task) = scheduler::start(setup, planned, scheduler::Board::new(info));
+            let (handle, task) = scheduler::start(setup, planned, board::Board::new(info));
             let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let app = Arc::new(AppState {
                 model_id: model_id.clone(),

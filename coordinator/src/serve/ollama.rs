@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::openai::{self, ApiError, Endpoint};
 use super::routes::{submit, ApiJson};
-use super::scheduler::Event;
+use super::submit::Event;
 use super::App;
 
 /// The routes (merged under the API key check).

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::logprobs::{self, Entry};
 use super::openai::{self, ApiError, Endpoint, Head, Usage, SSE_DONE};
-use super::scheduler::Event;
+use super::submit::Event;
 use super::tools;
 use edge_node::chat_tools::FunctionCall;
 

@@ -14,11 +14,12 @@ use edge_protocol::stage::JobParams;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::board::Board;
 use super::metrics::Live;
 use super::openai::{self, ApiError, Endpoint, Head, Input, MAX_BODY_BYTES};
 use super::respond;
-use super::scheduler::{Board, Event};
 use super::status::{JobKind, Status, Totals};
+use super::submit::Event;
 use super::tools;
 use super::{dashboard, App};
 use crate::job::Job;

@@ -6,8 +6,7 @@
 //! request from its prompt plus the tokens it has (as `edge-coord run` does); when no plan fits, running and
 //! waiting requests fail and new ones get 503 until the cluster can hold the model again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,13 +15,14 @@ use edge_node::tokenizer::{TextStream, Tokenizer};
 use edge_protocol::stage::{Finish, Fork};
 use tokio::sync::mpsc;
 
+use super::board::{member_status, plan_status, Board};
 use super::logprobs::Entry;
-use super::metrics::Metrics;
 use super::openai::ApiError;
-use super::status::{JobKind, JobState, JobStatus, ModelInfo, NodeStatus, PlanStatus, StageMemberStatus, StageStatus};
+use super::status::{JobState, JobStatus};
 use super::stop::StopMatcher;
+use super::submit::{Event, Handle, Submission};
 use crate::deploy::Deployment;
-use crate::job::{self, Failure, Job, Outcome, Update};
+use crate::job::{self, Failure, Outcome, Update};
 use crate::plan::PlanRequest;
 use crate::run::{plan_and_deploy, PlanFailure, Planned, Target, MAX_RECOVERIES};
 use crate::ModelDescription;
@@ -36,183 +36,6 @@ const TICK: Duration = Duration::from_millis(250);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// While no plan fits, how often to try again.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
-/// Window of the per-node token rate.
-pub const RATE_WINDOW: Duration = Duration::from_secs(10);
-
-/// What the scheduler tells a request's handler.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// More text, with the log-probabilities of the tokens generated since the previous `Text` when the request
-    /// asked for them. The text is never empty, except on the last `Text` of a request when it only carries the
-    /// log-probabilities of tokens whose text was held back (a stop string) or empty.
-    Text(String, Vec<Entry>),
-    /// A call of one of the request's tools, read out of the text ([`super::tools::split_calls`]).
-    Call(edge_node::chat_tools::FunctionCall),
-    /// An embedding request's vector (unit length), right before its `Done`.
-    Embedding(Vec<f32>),
-    /// The end: OpenAI's finish reason and the tokens generated.
-    Done { finish_reason: &'static str, completion_tokens: usize },
-    /// The request failed (status and message for the API error).
-    Failed(ApiError),
-}
-
-/// A request for the scheduler.
-pub struct Submission {
-    pub id: String,
-    pub kind: JobKind,
-    pub job: Job,
-    pub stop: Vec<String>,
-    pub events: mpsc::UnboundedSender<Event>,
-    /// Another choice of the same request (its id) whose prompt's prefill this one shares while both run.
-    pub shares_prefill_with: Option<String>,
-    arrived: Instant,
-    _ticket: Ticket,
-}
-
-/// Counts a request against the queue limit until it is dropped.
-struct Ticket(Arc<AtomicUsize>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What the status page needs that only the scheduler knows; shared with the HTTP handlers.
-pub struct Board {
-    pub started: Instant,
-    pub model: ModelInfo,
-    /// Why new requests are refused (503), while no plan runs.
-    pub unavailable: Option<String>,
-    pub plan: Option<PlanStatus>,
-    /// Every member seen when planning, by peer id (the live fields are filled in when the status is read).
-    pub members: Vec<NodeStatus>,
-    pub jobs: VecDeque<JobStatus>,
-    pub requests: u64,
-    pub completion_tokens: u64,
-    /// Sequences running now.
-    pub running: usize,
-    /// Per node: (second, tokens its stage processed in that second), the last [`RATE_WINDOW`].
-    tokens: HashMap<String, VecDeque<(Instant, u64)>>,
-    /// Counters and histograms of `/metrics`.
-    pub metrics: Metrics,
-}
-
-impl Board {
-    pub fn new(model: ModelInfo) -> Board {
-        Board {
-            started: Instant::now(),
-            model,
-            unavailable: None,
-            plan: None,
-            members: Vec::new(),
-            jobs: VecDeque::new(),
-            requests: 0,
-            completion_tokens: 0,
-            running: 0,
-            tokens: HashMap::new(),
-            metrics: Metrics::default(),
-        }
-    }
-
-    /// Updates a job's record; its move into a final state is counted in the metrics.
-    fn job(&mut self, id: &str, f: impl FnOnce(&mut JobStatus)) {
-        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
-            let from = j.state;
-            f(j);
-            self.metrics.transition(from, j.state);
-        }
-    }
-
-    /// `n` tokens went through every stage of the plan.
-    fn count(&mut self, n: u64) {
-        let now = Instant::now();
-        let nodes: Vec<String> =
-            self.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).map(|m| m.node.clone()).collect();
-        for node in nodes {
-            let q = self.tokens.entry(node).or_default();
-            match q.back_mut() {
-                Some((t, c)) if now.duration_since(*t) < Duration::from_secs(1) => *c += n,
-                _ => q.push_back((now, n)),
-            }
-            while q.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
-                q.pop_front();
-            }
-        }
-    }
-
-    /// Tokens per second `node` processed over the last [`RATE_WINDOW`].
-    pub fn rate(&self, node: &str) -> f64 {
-        let now = Instant::now();
-        let sum: u64 = self
-            .tokens
-            .get(node)
-            .map_or(0, |q| q.iter().filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW).map(|(_, c)| c).sum());
-        let window = RATE_WINDOW.as_secs_f64().min(self.started.elapsed().as_secs_f64()).max(1.0);
-        sum as f64 / window
-    }
-
-    /// Whether `node` runs a stage of the current plan.
-    pub fn in_plan(&self, node: &str) -> bool {
-        self.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).any(|m| m.node == node)
-    }
-}
-
-/// The handlers' side: submit requests, read the board.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Submission>,
-    pending: Arc<AtomicUsize>,
-    limit: usize,
-    pub board: Arc<Mutex<Board>>,
-}
-
-impl Handle {
-    /// Queues a request; its events come back on the returned channel. Refused at once (429, 503) when the queue
-    /// is full or the cluster cannot run the model.
-    pub fn submit(
-        &self,
-        id: String,
-        kind: JobKind,
-        job: Job,
-        stop: Vec<String>,
-    ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
-        self.submit_choice(id, kind, job, stop, None)
-    }
-
-    /// [`Scheduler::submit`] for a further choice of a request: it forks the prefill of the choice
-    /// `shares_prefill_with` when that one runs (the same prompt), instead of running the prompt again.
-    pub fn submit_choice(
-        &self,
-        id: String,
-        kind: JobKind,
-        job: Job,
-        stop: Vec<String>,
-        shares_prefill_with: Option<String>,
-    ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
-        let refused = |e: ApiError| {
-            self.board.lock().expect("board lock").metrics.ended("rejected");
-            Err(e)
-        };
-        // (The board's lock is released before `refused` takes it again.)
-        let unavailable = self.board.lock().expect("board lock").unavailable.clone();
-        if let Some(why) = unavailable {
-            return refused(ApiError::unavailable(why));
-        }
-        let ticket = Ticket(self.pending.clone());
-        if self.pending.fetch_add(1, Ordering::SeqCst) >= self.limit {
-            return refused(ApiError::queue_full(self.limit));
-        }
-        let (events, rx) = mpsc::unbounded_channel();
-        let sub =
-            Submission { id, kind, job, stop, events, shares_prefill_with, arrived: Instant::now(), _ticket: ticket };
-        match self.tx.try_send(sub) {
-            Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => refused(ApiError::queue_full(self.limit)),
-            Err(mpsc::error::TrySendError::Closed(_)) => refused(ApiError::unavailable("the scheduler has stopped")),
-        }
-    }
-}
 
 /// A request that holds a sequence slot.
 struct Active {
@@ -249,6 +72,7 @@ pub struct Setup {
     /// How to discover members when re-planning (no minimum: after a loss fewer are expected).
     pub discovery: crate::cluster::Discovery,
     pub model: Arc<LoadedModel>,
+    pub facts: crate::deploy::ModelFacts,
     pub desc: ModelDescription,
     pub req: PlanRequest,
     pub stages: Option<usize>,
@@ -277,8 +101,7 @@ pub fn start(setup: Setup, planned: Planned, board: Board) -> (Handle, tokio::ta
     let sequences = setup.req.sequences;
     let (tx, rx) = mpsc::channel(QUEUE_LIMIT + sequences);
     let board = Arc::new(Mutex::new(board));
-    let handle =
-        Handle { tx, pending: Arc::new(AtomicUsize::new(0)), limit: QUEUE_LIMIT + sequences, board: board.clone() };
+    let handle = Handle::new(tx, QUEUE_LIMIT + sequences, board.clone());
     let progress = indicatif::MultiProgress::new();
     let mut s = Scheduler {
         setup,
@@ -304,56 +127,6 @@ fn finish_reason(f: Option<Finish>) -> &'static str {
         Some(Finish::Length) | Some(Finish::Context) => "length",
         _ => "stop",
     }
-}
-
-/// A plan as the status shows it.
-pub fn plan_status(p: &Planned) -> PlanStatus {
-    let stages = p
-        .plan
-        .stages
-        .iter()
-        .zip(&p.deployment.stages)
-        .map(|(s, a)| StageStatus {
-            layers: (s.layer_start, s.layer_end),
-            embed: s.embed,
-            head: s.head,
-            members: a
-                .members
-                .iter()
-                .map(|(peer, slice)| StageMemberStatus {
-                    node: peer.to_string(),
-                    kv_heads: slice.map(|l| l.kv_heads),
-                    ffn: slice.map(|l| l.ffn),
-                })
-                .collect(),
-            predicted_us: s.compute_us,
-        })
-        .collect();
-    PlanStatus {
-        id: edge_node::stage::store::hex(&p.deployment.plan),
-        stages,
-        predicted_tokens_per_s: p.plan.prediction.throughput_tokens_per_s,
-        sequences: p.plan.prediction.sequences,
-    }
-}
-
-/// A member as the status shows it (the live fields, `alive` and `rtt_ms`, are refreshed when it is read).
-pub fn member_status(m: &crate::cluster::Member) -> Option<NodeStatus> {
-    let c = m.peer.capabilities.as_ref()?;
-    let id = m.peer.peer_id.clone();
-    Some(NodeStatus {
-        name: id[id.len().saturating_sub(6)..].to_string(),
-        id,
-        adapter: c.adapter.clone(),
-        backend: c.backend.clone(),
-        memory_bytes: c.memory_bytes,
-        gemv_gbps: c.gemv_gbps as f64,
-        rtt_ms: m.peer.rtt_us.map(|r| r as f64 / 1e3),
-        bandwidth_mbps: m.bandwidth_mbps,
-        alive: true,
-        active_sequences: 0,
-        tokens_per_s: 0.0,
-    })
 }
 
 impl Scheduler {
@@ -739,7 +512,8 @@ impl Scheduler {
     }
 
     fn target(&self) -> Target<'_> {
-        Target { model: &self.setup.model, desc: &self.setup.desc, req: &self.setup.req, stages: self.setup.stages }
+        let s = &self.setup;
+        Target { model: &s.model, facts: &s.facts, desc: &s.desc, req: &s.req, stages: s.stages }
     }
 
     /// A stage failed: close the plan, re-plan without the lost nodes, resume the running requests.
@@ -821,68 +595,5 @@ impl Scheduler {
                 self.board().unavailable = Some(why);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use edge_protocol::stage::JobParams;
-
-    fn handle(limit: usize) -> (Handle, mpsc::Receiver<Submission>) {
-        let (tx, rx) = mpsc::channel(limit);
-        let info = ModelInfo { id: "m".into(), arch: "llama".into(), layers: 1, context: 8 };
-        let board = Arc::new(Mutex::new(Board::new(info)));
-        (Handle { tx, pending: Arc::new(AtomicUsize::new(0)), limit, board }, rx)
-    }
-
-    fn job() -> Job {
-        let params = JobParams::new(8, 4);
-        Job { prompt: vec![1], params }
-    }
-
-    #[test]
-    fn requests_beyond_the_queue_get_429_and_an_unavailable_cluster_503() {
-        let (h, mut rx) = handle(2);
-        let submit = || h.submit("id".into(), JobKind::Completion, job(), vec![]);
-        let _a = submit().unwrap();
-        let _b = submit().unwrap();
-        let e = submit().unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (429, Some("queue_full")));
-        // A request the scheduler is done with frees its place.
-        drop(rx.try_recv().unwrap());
-        assert!(submit().is_ok());
-        h.board.lock().unwrap().unavailable = Some("no plan fits".into());
-        let e = submit().unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (503, Some("cluster_unavailable")));
-        assert!(e.message.contains("no plan fits"));
-        // Both refusals count as rejected requests in /metrics.
-        assert_eq!(h.board.lock().unwrap().metrics.outcomes.get("rejected"), Some(&2));
-    }
-
-    #[test]
-    fn the_token_rate_counts_the_plan_nodes_over_the_window() {
-        let (h, _rx) = handle(1);
-        let mut b = h.board.lock().unwrap();
-        let member = |node: &str| StageMemberStatus { node: node.into(), kv_heads: None, ffn: None };
-        let stage = |node: &str| StageStatus {
-            layers: (0, 1),
-            embed: true,
-            head: true,
-            members: vec![member(node)],
-            predicted_us: 1.0,
-        };
-        b.plan = Some(PlanStatus {
-            id: "p".into(),
-            stages: vec![stage("x"), stage("y")],
-            predicted_tokens_per_s: 1.0,
-            sequences: 1,
-        });
-        b.count(5);
-        b.count(5);
-        assert!(b.in_plan("x") && b.in_plan("y") && !b.in_plan("z"));
-        // Uptime under a second counts as one second.
-        assert_eq!(b.rate("x"), 10.0);
-        assert_eq!(b.rate("z"), 0.0);
     }
 }

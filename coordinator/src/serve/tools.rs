@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::openai::{field, wrong_type, ApiError};
-use super::scheduler::Event;
+use super::submit::Event;
 
 /// Most tools in one request.
 pub const MAX_TOOLS: usize = 128;
