@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::ollama::{error, model_name};
-use super::openai::{field, integer, type_name, wrong_type, ApiError};
+use super::openai::{field, integer, wrong_type, ApiError};
 use super::routes::ApiJson;
 use super::status::JobKind;
 use super::submit::Event;
@@ -192,17 +192,7 @@ async fn openai(State(app): State<App>, ApiJson(body): ApiJson) -> Response {
 }
 
 async fn openai_response(app: App, body: Value) -> Result<Response, ApiError> {
-    let Some(o) = body.as_object() else {
-        return Err(ApiError::bad_json(format!("expected a JSON object, got {}", type_name(&body))));
-    };
-    let model = match field(o, "model") {
-        None => {
-            return Err(ApiError::invalid("model", "You must provide a model parameter.")
-                .with_code("missing_required_parameter"))
-        }
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => return Err(wrong_type("model", "a string", v)),
-    };
+    let (o, model) = super::openai::object_and_model(&body)?;
     let base64 = match field(o, "encoding_format").map(|v| (v, v.as_str())) {
         None | Some((_, Some("float"))) => false,
         Some((_, Some("base64"))) => true,

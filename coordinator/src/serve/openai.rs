@@ -230,8 +230,8 @@ pub(super) fn out_of_range(name: &str, message: String) -> ApiError {
     ApiError::invalid(name, message).with_code("invalid_value")
 }
 
-/// Parses a request body of `endpoint`.
-pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
+/// A request body's object and its `model` (required, a string).
+pub fn object_and_model(body: &Value) -> Result<(&serde_json::Map<String, Value>, String), ApiError> {
     let Some(o) = body.as_object() else {
         return Err(ApiError::bad_json(format!("expected a JSON object, got {}", type_name(body))));
     };
@@ -243,6 +243,12 @@ pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
         Some(Value::String(s)) => s.clone(),
         Some(v) => return Err(wrong_type("model", "a string", v)),
     };
+    Ok((o, model))
+}
+
+/// Parses a request body of `endpoint`.
+pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
+    let (o, model) = object_and_model(body)?;
     let input = match endpoint {
         Endpoint::Completions => Input::Prompt(prompt(o)?),
         Endpoint::Chat => Input::Messages(messages(o)?),
