@@ -164,8 +164,9 @@ fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
     }
 }
 
-#[test]
-fn forks_share_their_parents_prefill_and_generate_its_tokens() {
+/// Runs three greedy choices of one request and a fork of a sequence that is not here through a one-stage worker,
+/// each generating `max_tokens`; returns each one's tokens, the forks the shard made and its forward calls.
+fn choices(max_tokens: u32) -> (Vec<Vec<u32>>, Vec<(SeqId, SeqId, usize)>, Vec<Vec<(SeqId, usize)>>) {
     let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
     let calls = Calls::default();
     let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
@@ -174,11 +175,10 @@ fn forks_share_their_parents_prefill_and_generate_its_tokens() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
     tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
-    // Three choices of one request (greedy, so all say the same), sent together as the coordinator sends them:
-    // the parent's prompt is prefilled in chunks of 4, the forks wait for it. A fork of a sequence that is not
-    // here runs its whole prompt.
+    // Sent together as the coordinator sends them: the parent's prompt is prefilled in chunks of 4, the forks
+    // wait for it. A fork of a sequence that is not here runs its whole prompt.
     let ids = prompt(cfg.vocab, 12, 4);
-    let params = JobParams { prefill_chunk: 4, ..JobParams::new(64, 5) };
+    let params = JobParams { prefill_chunk: 4, ..JobParams::new(64, max_tokens) };
     let fork = |parent| JobParams { fork: Some(Fork { parent, len: 11 }), ..params.clone() };
     tx.send(Work::Start { seq: 1, prompt: ids.clone(), params: params.clone() }).unwrap();
     tx.send(Work::Start { seq: 2, prompt: ids.clone(), params: fork(1) }).unwrap();
@@ -198,11 +198,17 @@ fn forks_share_their_parents_prefill_and_generate_its_tokens() {
     }
     tx.send(Work::Shutdown).unwrap();
     worker.join().unwrap();
+    let forks = forks.lock().unwrap().clone();
+    let calls = calls.lock().unwrap().clone();
+    (tokens, forks, calls)
+}
 
+#[test]
+fn forks_share_their_parents_prefill_and_generate_its_tokens() {
+    let (tokens, forks, calls) = choices(5);
     assert_eq!(tokens[0].len(), 5);
     assert!(tokens.iter().all(|t| *t == tokens[0]), "every choice says what the parent says: {tokens:?}");
-    assert_eq!(*forks.lock().unwrap(), [(1, 2, 11), (1, 3, 11)], "the unknown parent is not forked");
-    let calls = calls.lock().unwrap().clone();
+    assert_eq!(forks, [(1, 2, 11), (1, 3, 11)], "the unknown parent is not forked");
     let prompt_rows = |seq: SeqId| -> usize {
         let rows: Vec<usize> = calls.iter().flatten().filter(|s| s.0 == seq).map(|s| s.1).collect();
         rows[..rows.len() - 4].iter().sum()
@@ -210,4 +216,13 @@ fn forks_share_their_parents_prefill_and_generate_its_tokens() {
     assert_eq!(prompt_rows(1), 12, "{calls:?}");
     assert_eq!((prompt_rows(2), prompt_rows(3)), (1, 1), "the forks run only the last prompt token: {calls:?}");
     assert_eq!(prompt_rows(4), 12, "{calls:?}");
+}
+
+#[test]
+fn a_parent_that_ends_at_its_first_token_closes_after_its_forks_copied_it() {
+    // On one stage the parent closes right after its last token, which comes out of the same step that lets its
+    // forks start: the close waits until they have copied its positions.
+    let (tokens, forks, _) = choices(1);
+    assert!(tokens.iter().all(|t| t.len() == 1 && *t == tokens[0]), "{tokens:?}");
+    assert_eq!(forks, [(1, 2, 11), (1, 3, 11)]);
 }

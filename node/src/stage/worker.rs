@@ -106,6 +106,11 @@ pub struct Worker {
     live: HashSet<u64>,
     /// Starts of forks waiting for their parent to run the shared positions here, by parent.
     forks: HashMap<u64, Vec<Waiting>>,
+    /// Forks begun (their first step queued) that have not copied their parent's positions yet, by parent: a
+    /// parent that ends meanwhile (a one-stage plan closes it right after its last token) closes once they have.
+    unopened: HashMap<u64, usize>,
+    /// Parents whose close waits for their `unopened` forks.
+    closing: HashSet<u64>,
 }
 
 /// A fork's `Start`, held until its parent has the positions it shares.
@@ -145,6 +150,8 @@ impl Worker {
             grammars: None,
             live: HashSet::new(),
             forks: HashMap::new(),
+            unopened: HashMap::new(),
+            closing: HashSet::new(),
         }
     }
 
@@ -270,6 +277,9 @@ impl Worker {
             chunk = chunk.min(params.prefill_chunk as usize);
         }
         let shared = params.fork.map_or(0, |f| f.len as usize);
+        if let Some(f) = params.fork {
+            *self.unopened.entry(f.parent).or_default() += 1;
+        }
         let mut p = Prompt { rest: prompt.into_iter().skip(shared).collect(), chunk };
         let first = p.next_step(seq, Some(params), self.me);
         match front {
@@ -306,6 +316,18 @@ impl Worker {
         }
     }
 
+    /// A fork of `parent` has copied its positions (or failed to): the parent's close no longer waits for it.
+    fn fork_opened(&mut self, parent: u64) {
+        let Some(n) = self.unopened.get_mut(&parent) else { return };
+        *n -= 1;
+        if *n == 0 {
+            self.unopened.remove(&parent);
+            if self.closing.remove(&parent) {
+                self.close(parent);
+            }
+        }
+    }
+
     /// A sequence closed or failed here: its waiting forks cannot share its positions any more.
     fn gone(&mut self, seq: u64) {
         self.live.remove(&seq);
@@ -313,6 +335,10 @@ impl Worker {
     }
 
     fn close(&mut self, seq: u64) {
+        if self.unopened.contains_key(&seq) {
+            self.closing.insert(seq);
+            return;
+        }
         self.prompts.remove(&seq);
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
@@ -364,9 +390,8 @@ impl Worker {
     /// Runs this step together with the steps of other sequences waiting right behind it (at most one per
     /// sequence, up to the first message that is not a step, so nothing is reordered within a sequence; a fork's
     /// first step waits for the next batch when its parent is in this one, whose step may write the positions
-    /// it copies). When
-    /// the batch fails (one bad step fails all of it, before any sequence moves), each step runs alone, so only
-    /// the bad one fails.
+    /// it copies). When the batch fails (one bad step fails all of it, before any sequence moves), each step runs
+    /// alone, so only the bad one fails.
     fn step_batch(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
         self.take_arrivals();
         let mut steps = vec![(seq, job, input, sample)];
@@ -443,11 +468,15 @@ impl Worker {
         }
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
         if let Some(job) = &job {
-            self.shard.open_sequence(seq, job.capacity as usize)?;
+            let opened = self.shard.open_sequence(seq, job.capacity as usize);
             if let Some(f) = job.fork {
                 // (A failure here fails the step, which closes the sequence again.)
-                self.shard.fork(f.parent, seq, f.len as usize)?;
+                let forked = opened.and_then(|()| self.shard.fork(f.parent, seq, f.len as usize));
+                self.fork_opened(f.parent);
+                forked?;
                 tracing::debug!(seq, parent = f.parent, positions = f.len, "forked");
+            } else {
+                opened?;
             }
             // A greedy job without bias, penalties, log-probabilities or grammar lets the head return just the
             // argmax.
