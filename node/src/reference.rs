@@ -196,11 +196,7 @@ impl Shard for ReferenceShard {
         self.seqs.truncate(seq, len)
     }
     fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
-        let kv_dim = self.w.cfg.kv_dim();
-        self.seqs.fork(from, to, len, |f, t| {
-            f.copy_prefix(t, len, kv_dim);
-            Ok(())
-        })
+        self.seqs.fork_host(from, to, len, self.w.cfg.kv_dim())
     }
 
     fn forward_reduce(

@@ -262,6 +262,16 @@ pub struct HostKv {
     pub capacity: usize,
 }
 
+impl Sequences<HostKv> {
+    /// [`Shard::fork`] of a backend that keeps its KV cache in host memory.
+    pub fn fork_host(&mut self, from: SeqId, to: SeqId, len: usize, kv_dim: usize) -> Result<(), ShardError> {
+        self.fork(from, to, len, |f, t| {
+            f.copy_prefix(t, len, kv_dim);
+            Ok(())
+        })
+    }
+}
+
 impl HostKv {
     /// Zeroed K and V for `capacity` positions, or a clear error when the memory is not there (the capacity is
     /// bounded by the model's context, checked before).

@@ -21,8 +21,11 @@ type Calls = Arc<Mutex<Vec<Vec<(SeqId, usize)>>>>;
 struct Recording {
     inner: CpuShard,
     calls: Calls,
-    forks: Arc<Mutex<Vec<(SeqId, SeqId, usize)>>>,
+    forks: Arc<Mutex<Vec<Fork3>>>,
 }
+
+/// A fork as (from, to, positions).
+type Fork3 = (SeqId, SeqId, usize);
 
 impl Recording {
     fn new(inner: CpuShard, calls: Calls) -> Recording {
@@ -164,9 +167,12 @@ fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
     }
 }
 
+/// Each sequence's tokens, the forks the shard made and its forward calls.
+type Choices = (Vec<Vec<u32>>, Vec<Fork3>, Vec<Vec<(SeqId, usize)>>);
+
 /// Runs three greedy choices of one request and a fork of a sequence that is not here through a one-stage worker,
 /// each generating `max_tokens`; returns each one's tokens, the forks the shard made and its forward calls.
-fn choices(max_tokens: u32) -> (Vec<Vec<u32>>, Vec<(SeqId, SeqId, usize)>, Vec<Vec<(SeqId, usize)>>) {
+fn choices(max_tokens: u32) -> Choices {
     let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
     let calls = Calls::default();
     let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());

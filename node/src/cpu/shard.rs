@@ -369,11 +369,7 @@ impl Shard for CpuShard {
         self.seqs.truncate(seq, len)
     }
     fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
-        let kv_dim = self.cfg.kv_dim();
-        self.seqs.fork(from, to, len, |f, t| {
-            f.copy_prefix(t, len, kv_dim);
-            Ok(())
-        })
+        self.seqs.fork_host(from, to, len, self.cfg.kv_dim())
     }
 
     fn batches(&self) -> bool {

@@ -81,8 +81,6 @@ struct SeqState {
     compute: Duration,
     prefill: Duration,
     cancelled: bool,
-    /// Positions copied from the parent of a fork.
-    forked: u32,
     /// An embedding job's sum of final-normed hidden states so far.
     pooled: Option<Vec<f32>>,
 }
@@ -350,7 +348,7 @@ impl Worker {
                     steps: s.steps,
                     compute_us: s.compute.as_micros() as u64,
                     prefill_us: s.prefill.as_micros() as u64,
-                    forked: s.forked,
+                    forked: s.job.and_then(|j| j.fork).map_or(0, |f| f.len),
                 });
             }
         }
@@ -484,8 +482,7 @@ impl Worker {
                 true => Some(self.sampler(job)?),
                 false => None,
             };
-            let forked = job.fork.map_or(0, |f| f.len);
-            self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, forked, ..Default::default() });
+            self.seqs.insert(seq, SeqState { job: Some(job.clone()), sampler, ..Default::default() });
         }
         let state = self.seqs.get(&seq).ok_or(ShardError::UnknownSequence(seq))?;
         let greedy = state.sampler.is_none();
