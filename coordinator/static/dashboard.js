@@ -295,7 +295,7 @@ function renderTopology(s) {
 
     const stages = place.get(node.id) || [];
     const g = svg("g", { class: node.alive ? "" : "dead" });
-    g.append(svg("title", {}, `${node.id}\n${node.adapter} (${node.backend})\nmemory ${fmt.bytes(node.memory_bytes)}, GEMV ${fmt.num(node.gemv_gbps)} GB/s`));
+    g.append(svg("title", {}, `${node.id}\n${node.adapter} (${node.backend})\nmemory ${fmt.bytes(node.memory_bytes)}, GEMV ${fmt.num(node.gemv_gbps)} GB/s, batched rows ${fmt.num(node.row_gmacs)} G MAC/s`));
     g.append(svg("rect", { x: p.x, y: p.y, width: boxW, height: boxH, rx: 9, class: "box" }));
     // Stage color stripe(s) on the left edge.
     if (stages.length) {

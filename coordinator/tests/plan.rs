@@ -50,6 +50,7 @@ fn node(id: &str, usable: u64, gemv_gbps: f64) -> NodeProfile {
         memory_bytes: memory_for_usable(usable),
         gemv_gbps,
         dispatch_us: 10.0,
+        row_gmacs: 0.0,
         link: LinkProfile { latency_us: 100.0, bandwidth_mbps: 100.0 },
     }
 }
@@ -184,6 +185,64 @@ fn sequences_prefer_more_stages_when_it_raises_throughput() {
     let single_for_eight = predict(&model, &nodes, &req(100, 8), &one.stages);
     assert!(close(single_for_eight.throughput_tokens_per_s, 1e6 / 11_730.0));
     assert!(many.prediction.throughput_tokens_per_s > single_for_eight.throughput_tokens_per_s);
+}
+
+/// The toy model with 1,000,000 multiply-adds per token per layer, on nodes whose batched rows run at `row_gmacs`.
+fn batched_case(row_gmacs: f64, nodes: usize) -> (ModelDescription, Vec<NodeProfile>) {
+    let mut model = toy(10);
+    model.flops_per_token_per_layer = 2_000_000;
+    let nodes = (0..nodes).map(|i| NodeProfile { row_gmacs, ..node(&format!("n{i}"), 100_000_000, 1.0) }).collect();
+    (model, nodes)
+}
+
+#[test]
+fn a_node_with_batched_kernels_runs_its_sequences_as_one_batch() {
+    // Each row after the first adds, per layer, its multiply-adds at 10 G MAC/s (1,000,000 / 1e4 = 100 us) and
+    // its own KV read (50 us); the head 64 x 256 / 1e4 = 1.6384 us. Eight sequences in one step of 8 rows:
+    // 11,730 + 7 x (10 x 150 + 1.6384) = 22,241.4688 us for 8 tokens.
+    let (model, nodes) = batched_case(10.0, 1);
+    let p = plan(&model, &nodes, &req(100, 8)).unwrap();
+    assert_eq!(layout(&p), vec![(0, 0, 10)]);
+    assert!(close(p.prediction.token_latency_us, 11_730.0), "{:?}", p.prediction);
+    assert_eq!((p.prediction.batch, p.prediction.micro_batches), (8, 1));
+    assert!(close(p.prediction.batch_latency_us, 22_241.4688), "{:?}", p.prediction);
+    assert!(close(p.prediction.throughput_tokens_per_s, 8e6 / 22_241.4688), "{:?}", p.prediction);
+    // Without batched kernels a batch costs each row a whole step: one token per 11,730 us, batch 1.
+    let (model, nodes) = batched_case(0.0, 1);
+    let p = plan(&model, &nodes, &req(100, 8)).unwrap();
+    assert_eq!((p.prediction.batch, p.prediction.micro_batches), (1, 8));
+    assert!(close(p.prediction.throughput_tokens_per_s, 1e6 / 11_730.0), "{:?}", p.prediction);
+}
+
+#[test]
+fn a_batched_pipeline_keeps_both_stages_busy_with_two_micro_batches() {
+    // Two such nodes, 8 sequences in 2 groups of 4, 5 + 5 layers. Links: a batch's hidden states travel
+    // together, 100 + 4 x 10 = 140 us a node. First stage: 5 x 1110 + 10 + 100 + 3 x 5 x 150 = 7910 us, occupancy
+    // 7910 + 2 x 140 = 8190; last: 5 x 1110 + 520 + 100 + 3 x (750 + 1.6384) = 8424.9152, occupancy 8704.9152,
+    // the bottleneck. Latency 7910 + 8424.9152 + 4 x 140 = 16,894.9152 < 2 x 8704.9152: 8e6 / 17,409.8304 tok/s
+    // (one batch of 8 on both: 346.9; on one node: 359.7; unbatched: 156.5).
+    let (model, nodes) = batched_case(10.0, 2);
+    let p = plan(&model, &nodes, &req(100, 8)).unwrap();
+    assert_eq!(layout(&p), vec![(0, 0, 5), (1, 5, 10)]);
+    assert_eq!((p.prediction.batch, p.prediction.micro_batches), (4, 2));
+    assert!(close(p.prediction.batch_bottleneck_us, 8704.9152), "{:?}", p.prediction);
+    assert!(close(p.prediction.throughput_tokens_per_s, 8e6 / 17_409.8304), "{:?}", p.prediction);
+    let single = predict(&model, &nodes, &req(100, 8), &plan(&model, &nodes[..1], &req(100, 8)).unwrap().stages);
+    assert!(close(single.throughput_tokens_per_s, 8e6 / 22_241.4688));
+}
+
+#[test]
+fn batch_sizes_are_powers_of_two_and_all_sequences() {
+    use edge_coord::plan::batches;
+    assert_eq!(batches(1), vec![(1, 1)]);
+    assert_eq!(batches(8), vec![(1, 8), (2, 4), (4, 2), (8, 1)]);
+    assert_eq!(batches(5), vec![(1, 5), (2, 3), (4, 2), (5, 1)]);
+    for s in 1..=100 {
+        let b = batches(s);
+        assert!(b.iter().all(|&(size, groups)| size * groups >= s && size * (groups - 1) < s), "{s}: {b:?}");
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(b.len(), (s as f64).log2().ceil() as usize + 1, "{s}: {b:?}");
+    }
 }
 
 #[test]
@@ -349,15 +408,17 @@ fn brute_force_with(
 }
 
 fn arb_node() -> impl Strategy<Value = NodeProfile> {
-    (0.2f64..1.3, 0.5f64..8.0, 0.0f64..50.0, 0.0f64..2000.0, 1.0f64..1000.0).prop_map(|(mem, g, d, lat, bw)| {
-        NodeProfile {
+    let rate = prop_oneof![Just(0.0), 0.05f64..50.0]; // no batched kernels, or a batched row rate
+    (0.2f64..1.3, 0.5f64..8.0, 0.0f64..50.0, 0.0f64..2000.0, 1.0f64..1000.0, rate).prop_map(
+        |(mem, g, d, lat, bw, row)| NodeProfile {
             id: String::new(),
             memory_bytes: (mem * 1e7) as u64, // scaled to the model below
             gemv_gbps: g,
             dispatch_us: d,
+            row_gmacs: row,
             link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
-        }
-    })
+        },
+    )
 }
 
 fn arb_case(uniform: bool) -> impl Strategy<Value = (ModelDescription, Vec<NodeProfile>, PlanRequest)> {
@@ -371,9 +432,11 @@ fn arb_case(uniform: bool) -> impl Strategy<Value = (ModelDescription, Vec<NodeP
         prop::collection::vec(arb_node(), 1..=4),
         1usize..=1000,
         1usize..=8,
+        0u64..4_000_000,
     )
-        .prop_map(move |(l, sizes, embed, head, kv, act, mut nodes, context, sequences)| {
+        .prop_map(move |(l, sizes, embed, head, kv, act, mut nodes, context, sequences, flops)| {
             let mut m = toy(l);
+            m.flops_per_token_per_layer = flops;
             m.layer_weight_bytes = if uniform { vec![sizes[0]; l] } else { sizes[..l].to_vec() };
             (m.embed_bytes, m.head_bytes, m.kv_bytes_per_token_per_layer, m.activation_bytes_per_token) =
                 (embed, head, kv, act);
@@ -495,6 +558,7 @@ fn tp_node(id: &str, memory: u64, gemv_gbps: f64, latency_us: f64, bandwidth_mbp
         memory_bytes: memory,
         gemv_gbps,
         dispatch_us: 1.0,
+        row_gmacs: 0.0,
         link: LinkProfile { latency_us, bandwidth_mbps },
     }
 }
@@ -581,19 +645,20 @@ fn auto_keeps_whole_layers_on_slow_links() {
 /// 1,024 nodes of four profiles (phones to desktops) with various links.
 fn big_cluster(memory_scale: u64) -> Vec<NodeProfile> {
     let profiles = [
-        (1u64, 1.0, 40.0, 2000.0, 20.0),
-        (2, 2.5, 30.0, 1000.0, 50.0),
-        (4, 6.0, 20.0, 300.0, 120.0),
-        (16, 20.0, 10.0, 100.0, 1000.0),
+        (1u64, 1.0, 40.0, 2000.0, 20.0, 0.0),
+        (2, 2.5, 30.0, 1000.0, 50.0, 5.0),
+        (4, 6.0, 20.0, 300.0, 120.0, 0.0),
+        (16, 20.0, 10.0, 100.0, 1000.0, 100.0),
     ];
     (0..1024)
         .map(|i| {
-            let (mem, g, d, lat, bw) = profiles[i * 7 % 4];
+            let (mem, g, d, lat, bw, row) = profiles[i * 7 % 4];
             NodeProfile {
                 id: format!("node-{i:04}"),
                 memory_bytes: mem * memory_scale,
                 gemv_gbps: g,
                 dispatch_us: d,
+                row_gmacs: row,
                 link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
             }
         })

@@ -248,6 +248,7 @@ pub async fn start_member(
         memory_bytes: o.memory.unwrap_or_else(available_memory),
         gemv_gbps: bench.gemv_gbps,
         dispatch_us: bench.dispatch_us,
+        row_gmacs: bench.row_gmacs,
         shards: Vec::new(),
         load: 0,
         listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
@@ -309,8 +310,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         let c = &member.capabilities;
         eprintln!(
-            "edge-node {}: {} ({}), GEMV {:.2} GB/s, dispatch {:.0} us; Ctrl-C to stop",
-            c.peer_id, c.adapter, c.backend, c.gemv_gbps, c.dispatch_us
+            "edge-node {}: {} ({}), GEMV {:.2} GB/s, dispatch {:.0} us, batched rows {:.1} G MAC/s; Ctrl-C to stop",
+            c.peer_id, c.adapter, c.backend, c.gemv_gbps, c.dispatch_us, c.row_gmacs
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

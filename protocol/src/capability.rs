@@ -51,6 +51,9 @@ pub struct Capabilities {
     pub gemv_gbps: f32,
     /// Measured per-dispatch overhead, microseconds.
     pub dispatch_us: f32,
+    /// Measured multiply-adds per second (G MAC/s) that each row after the first adds to a batched matmul step
+    /// (several sequences' tokens sharing one read of the weights); 0: the backend runs a batch row by row.
+    pub row_gmacs: f32,
     /// Shards in the node's cache.
     pub shards: Vec<HeldShard>,
     /// Plans whose stages the node runs now (each a coordinator session).
@@ -87,7 +90,9 @@ impl Capabilities {
                 return Err(WireError::Invalid(format!("held shard has an inverted range: {}", s.spec)));
             }
         }
-        for (name, v) in [("gemv_gbps", self.gemv_gbps), ("dispatch_us", self.dispatch_us)] {
+        for (name, v) in
+            [("gemv_gbps", self.gemv_gbps), ("dispatch_us", self.dispatch_us), ("row_gmacs", self.row_gmacs)]
+        {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(WireError::Invalid(format!("{name} is {v}, not a finite non-negative number")));
             }
@@ -182,6 +187,7 @@ mod tests {
             memory_bytes: 8 << 30,
             gemv_gbps: 5.9,
             dispatch_us: 35.0,
+            row_gmacs: 12.5,
             shards: vec![HeldShard { model: [7; 32], spec: ShardSpec::split(30, &[10])[0] }],
             load: 1,
             listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip4/127.0.0.1/udp/4001/quic-v1".into()],
@@ -276,6 +282,7 @@ mod tests {
             Capabilities { shards: vec![good.shards[0]; MAX_HELD_SHARDS + 1], ..good.clone() },
             Capabilities { gemv_gbps: f32::NAN, ..good.clone() },
             Capabilities { dispatch_us: -1.0, ..good.clone() },
+            Capabilities { row_gmacs: f32::INFINITY, ..good.clone() },
             Capabilities {
                 shards: vec![HeldShard {
                     model: [0; 32],

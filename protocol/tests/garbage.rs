@@ -114,6 +114,7 @@ fn sample_caps() -> Capabilities {
         memory_bytes: 3 << 30,
         gemv_gbps: 5.9,
         dispatch_us: 35.0,
+        row_gmacs: 12.5,
         shards: vec![HeldShard { model: [3; 32], spec: ShardSpec::whole(30) }],
         load: 70_000,
         listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip6/::1/udp/9/quic-v1".into()],

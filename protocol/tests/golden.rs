@@ -37,6 +37,7 @@ fn fixed_caps() -> Capabilities {
         memory_bytes: 8 << 30,
         gemv_gbps: 5.5,
         dispatch_us: 35.25,
+        row_gmacs: 2.0,
         shards: vec![
             HeldShard {
                 model: [0xab; 32],
@@ -64,6 +65,7 @@ const CAPS_HEX: &str = concat!(
     "fd", "0000000002000000",                                                 // memory_bytes 8 GiB
     "0000b040",                                                               // gemv_gbps 5.5
     "00000d42",                                                               // dispatch_us 35.25
+    "00000040",                                                               // row_gmacs 2.0
     "02",                                                                     // 2 shards
     "abababababababababababababababababababababababababababababababab", "000a0100",  // [0xab; 32], 0..10 +embed
     "0101010101010101010101010101010101010101010101010101010101010101", "0afb2c010001", // [0x01; 32], 10..300 +head
@@ -95,18 +97,18 @@ fn capabilities_record() {
 fn signed_capabilities() {
     const PUBLIC_KEY: &str = "08011220ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
     const SIGNATURE: &str = concat!(
-        "c8691d5b685d5f2acb5ee73e17ce898d1ed6f4fa2db2a0106cbdf634cec291e4",
-        "a9bd6bec57e71147e63518e63712cb2695e8b5ed495e3f451dee1ce5eb4b670f",
+        "61c854ac9086bd97a60fbea2d4f74907e7250c09dc601a226c2e372d0f0f4290",
+        "36c4d8e848af987ed7e4cefa3245f1048f3aee3faa75bea686ece177fe8c6402",
     );
     let signed = SignedCapabilities::sign(&fixed_caps(), &fixed_key()).unwrap();
     assert_eq!(hex::encode(&signed.record), CAPS_HEX);
     assert_eq!(hex::encode(&signed.public_key), PUBLIC_KEY);
     // Pins the domain separation too: a different prefix gives a different signature.
     assert_eq!(hex::encode(&signed.signature), SIGNATURE);
-    // The record is 232 bytes: a one-byte length (< 251).
-    pinned(&signed, &format!("e8{CAPS_HEX}24{PUBLIC_KEY}40{SIGNATURE}"));
+    // The record is 236 bytes: a one-byte length (< 251).
+    pinned(&signed, &format!("ec{CAPS_HEX}24{PUBLIC_KEY}40{SIGNATURE}"));
     assert_eq!(signed.verify(&FIXED_PEER.parse().unwrap()).unwrap(), fixed_caps());
-    pinned(&ControlResponse::Capabilities(signed), &format!("00e8{CAPS_HEX}24{PUBLIC_KEY}40{SIGNATURE}"));
+    pinned(&ControlResponse::Capabilities(signed), &format!("00ec{CAPS_HEX}24{PUBLIC_KEY}40{SIGNATURE}"));
 }
 
 #[test]

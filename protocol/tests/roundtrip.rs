@@ -45,6 +45,7 @@ fn capabilities(max_str: usize, max_vec: usize) -> impl Strategy<Value = Capabil
             any::<u64>(),
             number(),
             number(),
+            number(),
             vec(held_shard(), 0..=max_vec),
             any::<u32>(),
             vec(text(max_str), 0..=max_vec),
@@ -53,7 +54,7 @@ fn capabilities(max_str: usize, max_vec: usize) -> impl Strategy<Value = Capabil
         .prop_map(
             |(
                 (peer_id, version, agent, adapter, device_type, backend),
-                (memory_bytes, gemv_gbps, dispatch_us, shards, load, listen_addrs),
+                (memory_bytes, gemv_gbps, dispatch_us, row_gmacs, shards, load, listen_addrs),
             )| Capabilities {
                 peer_id,
                 version,
@@ -64,6 +65,7 @@ fn capabilities(max_str: usize, max_vec: usize) -> impl Strategy<Value = Capabil
                 memory_bytes,
                 gemv_gbps,
                 dispatch_us,
+                row_gmacs,
                 shards,
                 load,
                 listen_addrs,
@@ -191,6 +193,7 @@ proptest! {
         mut caps in capabilities(MAX_CAP_STRING / 4, 16),
         gemv in 0.0f32..1e6,
         dispatch in 0.0f32..1e6,
+        row in 0.0f32..1e6,
         many_shards in proptest::option::of(held_shard()),
         many_addrs in proptest::option::of(text(MAX_CAP_STRING / 4)),
     ) {
@@ -198,6 +201,7 @@ proptest! {
         caps.peer_id = peer.to_base58();
         caps.gemv_gbps = gemv;
         caps.dispatch_us = dispatch;
+        caps.row_gmacs = row;
         for s in &mut caps.shards {
             if s.spec.layer_start > s.spec.layer_end {
                 std::mem::swap(&mut s.spec.layer_start, &mut s.spec.layer_end);

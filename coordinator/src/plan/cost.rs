@@ -50,6 +50,8 @@ pub struct CostModel<'a> {
     pub model: &'a ModelDescription,
     pub context: usize,
     pub sequences: usize,
+    /// Rows (sequences' tokens) in every stage step the times below are for: 1 for one sequence's decode.
+    pub batch: usize,
     prefix: Vec<u64>,
 }
 
@@ -60,7 +62,47 @@ impl<'a> CostModel<'a> {
         for &b in &model.layer_weight_bytes {
             prefix.push(prefix.last().unwrap().saturating_add(b));
         }
-        CostModel { model, context: req.context, sequences: req.sequences, prefix }
+        CostModel { model, context: req.context, sequences: req.sequences, batch: 1, prefix }
+    }
+
+    /// The same model with `batch` rows in every step.
+    pub fn with_batch(&self, batch: usize) -> CostModel<'a> {
+        CostModel { batch: batch.max(1), ..self.clone() }
+    }
+
+    /// A step of [`CostModel::batch`] rows on node `n` from what one row costs (`one`, us) and what each further
+    /// row adds on a node with batched kernels (`extra_row`, us): `one + (batch - 1) x extra_row` when the node
+    /// measured a batched rate (`row_gmacs > 0`: the rows share one read of the weights), else `batch x one`
+    /// (its backend runs the rows one after another).
+    pub fn rows(&self, n: &NodeProfile, one: f64, extra_row: f64) -> f64 {
+        let b = self.batch.max(1) as f64;
+        if self.batch <= 1 {
+            one
+        } else if n.row_gmacs > 0.0 {
+            one + (b - 1.0) * extra_row
+        } else {
+            b * one
+        }
+    }
+
+    /// Time (us) `macs` multiply-adds of one more row take on node `n` in a batched step (0 without a batched
+    /// rate, where [`CostModel::rows`] does not use it).
+    pub fn row_us(&self, n: &NodeProfile, macs: f64) -> f64 {
+        if n.row_gmacs > 0.0 {
+            macs / (n.row_gmacs * 1e3)
+        } else {
+            0.0
+        }
+    }
+
+    /// Multiply-adds of one token through one layer (its weights' parameter count).
+    pub fn layer_macs(&self) -> f64 {
+        self.model.flops_per_token_per_layer as f64 / 2.0
+    }
+
+    /// Multiply-adds of one token through the output head.
+    pub fn head_macs(&self) -> f64 {
+        self.model.dim as f64 * self.model.vocab as f64
     }
 
     pub fn n_layers(&self) -> usize {
@@ -114,34 +156,51 @@ impl<'a> CostModel<'a> {
     }
 
     /// The one-way cost of a node's own link for one hop (us): latency plus the hidden state over its bandwidth.
-    /// A hop `a -> b` costs `link_us(a) + link_us(b)`.
+    /// A hop `a -> b` costs `link_us(a) + link_us(b)`. A batch's rows travel together (one latency) from a node
+    /// with batched kernels, one after another otherwise.
     pub fn link_us(&self, n: &NodeProfile) -> f64 {
-        n.link.latency_us + (self.model.activation_bytes_per_token * DECODE_TOKENS) as f64 / n.link.bandwidth_mbps
+        let bytes = (self.model.activation_bytes_per_token * DECODE_TOKENS) as f64 / n.link.bandwidth_mbps;
+        self.rows(n, n.link.latency_us + bytes, bytes)
     }
 
-    /// Time (us) of one layer of `bytes` weights on node `n`: weights and KV read at GEMV bandwidth, dispatches.
+    /// Time (us) of one layer of `bytes` weights on node `n`: weights and KV read at GEMV bandwidth, dispatches;
+    /// each further row of a batch reads its own KV cache and adds its multiply-adds at the batched rate.
     pub fn node_layer_us(&self, n: &NodeProfile, bytes: f64) -> f64 {
-        (bytes + self.kv_read_bytes_per_layer()) / (n.gemv_gbps * 1e3) + DISPATCHES_PER_LAYER * n.dispatch_us
+        let kv = self.kv_read_bytes_per_layer() / (n.gemv_gbps * 1e3);
+        let one = bytes / (n.gemv_gbps * 1e3) + kv + DISPATCHES_PER_LAYER * n.dispatch_us;
+        self.rows(n, one, kv + self.row_us(n, self.layer_macs()))
     }
 
     /// Embedding lookup on node `n` (us).
     pub fn embed_us(&self, n: &NodeProfile) -> f64 {
-        EMBED_DISPATCHES * n.dispatch_us
+        self.rows(n, EMBED_DISPATCHES * n.dispatch_us, 0.0)
+    }
+
+    /// Final norm and head of one row on node `n` (us).
+    fn head_one_us(&self, n: &NodeProfile) -> f64 {
+        self.model.head_bytes as f64 / (n.gemv_gbps * 1e3) + HEAD_DISPATCHES * n.dispatch_us
     }
 
     /// Final norm and head on node `n` (us).
     pub fn head_us(&self, n: &NodeProfile) -> f64 {
-        self.model.head_bytes as f64 / (n.gemv_gbps * 1e3) + HEAD_DISPATCHES * n.dispatch_us
+        self.rows(n, self.head_one_us(n), self.row_us(n, self.head_macs()))
     }
 
-    /// Compute time (us) of one decode step of whole layers `[a, b)` on node `n`.
+    /// The fixed cost of a step on node `n` (us): [`STEP_OVERHEAD_US`] once per step.
+    pub fn step_overhead_us(&self, n: &NodeProfile) -> f64 {
+        self.rows(n, STEP_OVERHEAD_US, 0.0)
+    }
+
+    /// Compute time (us) of one decode step (of [`CostModel::batch`] rows) of whole layers `[a, b)` on node `n`.
     pub fn node_stage_us(&self, n: &NodeProfile, a: usize, b: usize, embed: bool, head: bool) -> f64 {
         let layers = (b - a) as f64;
-        (self.layer_bytes(a, b) as f64 + self.kv_read_bytes_per_layer() * layers) / (n.gemv_gbps * 1e3)
-            + DISPATCHES_PER_LAYER * layers * n.dispatch_us
+        let kv = self.kv_read_bytes_per_layer() * layers / (n.gemv_gbps * 1e3);
+        let one =
+            self.layer_bytes(a, b) as f64 / (n.gemv_gbps * 1e3) + kv + DISPATCHES_PER_LAYER * layers * n.dispatch_us;
+        self.rows(n, one, kv + self.row_us(n, layers * self.layer_macs()))
             + if embed { self.embed_us(n) } else { 0.0 }
             + if head { self.head_us(n) } else { 0.0 }
-            + STEP_OVERHEAD_US
+            + self.step_overhead_us(n)
     }
 }
 
@@ -168,6 +227,9 @@ pub struct TpGroup {
     pub allreduce_us: f64,
     /// The group's link term: its leader's (member 0 receives the stage input and sends its output).
     pub link_us: f64,
+    /// Rows of the cost model's batch: a tensor-parallel stage runs a batch's rows one after another (its members
+    /// would need the leader's batch composition), so each of its times is this many single-row steps.
+    rows: f64,
 }
 
 impl TpGroup {
@@ -241,8 +303,12 @@ impl TpGroup {
                 2.0 * l.latency_us + reduce_bytes / l.bandwidth_mbps
             })
             .fold(0.0, f64::max);
-        let link_us = shares.first().map_or(0.0, |s| cost.link_us(&nodes[s.node]));
-        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us }
+        let rows = cost.batch.max(1) as f64;
+        let link_us = shares.first().map_or(0.0, |s| {
+            let l = &nodes[s.node].link;
+            rows * (l.latency_us + (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps)
+        });
+        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, rows }
     }
 
     /// Fraction of a layer's weight bytes member `i` reads (the simulator times each member separately).
@@ -265,13 +331,14 @@ impl TpGroup {
             (cost.model.activation_bytes_per_token * DECODE_TOKENS) as f64
         };
         let copies = (self.shares.len() - 1) as f64;
-        self.shares[1..]
-            .iter()
-            .map(|s| {
-                let l = &nodes[s.node].link;
-                leader.latency_us + l.latency_us + bytes * copies / leader.bandwidth_mbps + bytes / l.bandwidth_mbps
-            })
-            .fold(0.0, f64::max)
+        self.rows
+            * self.shares[1..]
+                .iter()
+                .map(|s| {
+                    let l = &nodes[s.node].link;
+                    leader.latency_us + l.latency_us + bytes * copies / leader.bandwidth_mbps + bytes / l.bandwidth_mbps
+                })
+                .fold(0.0, f64::max)
     }
 
     /// Time (us) of one layer of `bytes` weights: the slowest member, two all-reduces and two syncs.
@@ -287,17 +354,22 @@ impl TpGroup {
                     + DISPATCHES_PER_LAYER * n.dispatch_us
             })
             .fold(0.0, f64::max);
-        slowest + 2.0 * (self.allreduce_us + TP_SYNC_US)
+        self.rows * (slowest + 2.0 * (self.allreduce_us + TP_SYNC_US))
     }
 
     /// Embedding lookup (replicated on every member; us).
-    pub fn embed_us(&self, cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
-        self.shares.iter().map(|s| cost.embed_us(&nodes[s.node])).fold(0.0, f64::max)
+    pub fn embed_us(&self, _cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
+        self.rows * self.shares.iter().map(|s| EMBED_DISPATCHES * nodes[s.node].dispatch_us).fold(0.0, f64::max)
     }
 
     /// Head (replicated on every member; us).
     pub fn head_us(&self, cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
-        self.shares.iter().map(|s| cost.head_us(&nodes[s.node])).fold(0.0, f64::max)
+        self.rows * self.shares.iter().map(|s| cost.head_one_us(&nodes[s.node])).fold(0.0, f64::max)
+    }
+
+    /// The fixed cost of the group's step (us): [`STEP_OVERHEAD_US`] per row.
+    pub fn step_overhead_us(&self) -> f64 {
+        self.rows * STEP_OVERHEAD_US
     }
 
     /// Compute time (us) of one decode step of layers `[a, b)`.
@@ -314,7 +386,7 @@ impl TpGroup {
             + if embed { self.embed_us(cost, nodes) } else { 0.0 }
             + if head { self.head_us(cost, nodes) } else { 0.0 }
             + self.broadcast_us(cost, nodes, embed)
-            + STEP_OVERHEAD_US
+            + self.step_overhead_us()
     }
 
     /// Memory of member `i` for `layers` layers holding `weight_bytes` of whole-layer weights.

@@ -70,6 +70,17 @@ impl Plan {
             if p.sequences == 1 { "" } else { "s" },
             p.bottleneck_us / 1e3
         );
+        if p.batch > 1 {
+            let _ = writeln!(
+                out,
+                "batched    {} group{} of {} sequences in every stage step (batch round {:.2} ms, bottleneck {:.2} ms)",
+                p.micro_batches,
+                if p.micro_batches == 1 { "" } else { "s" },
+                p.batch,
+                p.batch_latency_us / 1e3,
+                p.batch_bottleneck_us / 1e3
+            );
+        }
         out
     }
 }

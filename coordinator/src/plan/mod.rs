@@ -47,15 +47,28 @@
 //! **Prediction**: `token_latency_us = sum of stage times + sum of hops` (one sequence), `tokens_per_s = 1e6 /
 //! token_latency_us`. Each stage of a pipeline is busy per token for its *occupancy*: its time plus the halves of
 //! its incoming and outgoing hops that use its own link (`stage + 2 x link(stage)`; a single stage: its time), so
-//! the occupancies add up to the token latency. `throughput_tokens_per_s` with `sequences` concurrent sequences
-//! `= min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, the bottleneck being the largest occupancy.
-//! (Charging each stage its whole outgoing hop instead would make the bottleneck depend on which node follows
-//! which, and the search below inexact.)
+//! the occupancies add up to the token latency. (Charging each stage its whole outgoing hop instead would make the
+//! bottleneck depend on which node follows which, and the search below inexact.)
+//!
+//! **Batches.** A stage runs the waiting steps of different sequences as one step of several rows. With
+//! `sequences` concurrent sequences moving as `m` groups of up to `b` (a *batch*, `m = ceil(sequences / b)`), a
+//! step of `b` rows on a node that measured a batched rate (`row_gmacs`, G multiply-adds/s of each row after the
+//! first) takes the one-row time plus, for each further row, its multiply-adds (`flops_per_token_per_layer / 2`
+//! per layer, `dim x vocab` for the head) at `row_gmacs` and its own KV read at `gemv_gbps`: the weights are read
+//! once. Its link carries the `b` hidden states after one latency. A node without a batched rate (`row_gmacs = 0`,
+//! the wgpu backend) and a tensor-parallel stage (whose members run a batch row by row) take `b` times the
+//! one-row step and link. With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck
+//! `B_b`, one round moves every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b
+//! of sequences x 1e6 / max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
+//! `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, every token stepping alone. The prediction
+//! reports the best `b` (`batch`), `m` (`micro_batches`), `L_b` and `B_b`.
 //!
 //! # Search ([`pipeline`])
 //!
 //! The objective is the token latency for one sequence and the throughput for several (ties: fewer nodes, then
-//! less memory, then lower node indices). Since hops decompose into per-node terms, a stage's occupancy depends
+//! less memory, then lower node indices). For several, the search below runs once per batch size `b` with the
+//! times at `b` and `m` groups in place of the sequences (a round's `max(L_b, m x B_b)` is `m` times the one-row
+//! objective's `max(L / m, B)`), and the best plan over all of them wins. Since hops decompose into per-node terms, a stage's occupancy depends
 //! only on its node, its number of layers and its role (first: embedding, last: head, or in between). A dynamic
 //! program over the nodes (each used at most once) and the number of layers covered, with two flags (first and
 //! last stage placed), finds the plan of least latency among plans whose occupancies are all at most a cap, in
@@ -95,6 +108,10 @@ pub struct NodeProfile {
     pub gemv_gbps: f64,
     /// Cost of one kernel dispatch, us.
     pub dispatch_us: f64,
+    /// Multiply-adds per second (G MAC/s) each row after the first adds to a batched step (several sequences'
+    /// tokens sharing one read of the weights); 0: the node runs a batch's rows one after another.
+    #[serde(default)]
+    pub row_gmacs: f64,
     pub link: LinkProfile,
 }
 
@@ -116,11 +133,13 @@ impl NodeProfile {
         let c = m.peer.capabilities.as_ref()?;
         let gemv = c.gemv_gbps as f64;
         let dispatch = c.dispatch_us as f64;
+        let row = c.row_gmacs as f64;
         Some(NodeProfile {
             id: m.peer.peer_id.clone(),
             memory_bytes: c.memory_bytes,
             gemv_gbps: if gemv.is_finite() && gemv > 0.0 { gemv } else { DEFAULT_GEMV_GBPS },
             dispatch_us: if dispatch.is_finite() && dispatch >= 0.0 { dispatch } else { 0.0 },
+            row_gmacs: if row.is_finite() && row >= 0.0 { row } else { 0.0 },
             link: LinkProfile {
                 latency_us: m.peer.rtt_us.map_or(DEFAULT_LATENCY_US, |r| r as f64 / 2.0),
                 bandwidth_mbps: m
@@ -215,9 +234,22 @@ pub struct Prediction {
     pub token_latency_us: f64,
     /// One sequence: `1e6 / token_latency_us`.
     pub tokens_per_s: f64,
-    /// `sequences` concurrent sequences: `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`.
+    /// `sequences` concurrent sequences in `micro_batches` groups of `batch` (see the module documentation):
+    /// `sequences x 1e6 / max(batch_latency_us, micro_batches x batch_bottleneck_us)`.
     pub throughput_tokens_per_s: f64,
     pub sequences: usize,
+    /// Rows of every stage step behind `throughput_tokens_per_s` (1: every sequence's token steps alone).
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// Groups of `batch` sequences in flight at once.
+    #[serde(default = "one")]
+    pub micro_batches: usize,
+    /// One batch through every stage and hop (us).
+    #[serde(default)]
+    pub batch_latency_us: f64,
+    /// The largest stage occupancy at that batch (us).
+    #[serde(default)]
+    pub batch_bottleneck_us: f64,
     /// Compute time of each stage (us).
     pub stage_us: Vec<f64>,
     /// Hop `i` goes from stage `i` to stage `i + 1` (the last back to the first); empty for one stage (us).
@@ -247,6 +279,10 @@ pub enum PlanError {
         human(*needed_bytes), breakdown, human(*available_bytes), (cost::USABLE_MEMORY_FRACTION * 100.0).round()
     )]
     DoesNotFit { needed_bytes: u64, available_bytes: u64, nodes: usize, breakdown: String, detail: String },
+}
+
+fn one() -> usize {
+    1
 }
 
 fn human(b: u64) -> String {
@@ -296,28 +332,87 @@ pub fn plan(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
         return force_tensor_parallel(&cost, nodes, req, k);
     }
     let all: Vec<usize> = (0..nodes.len()).collect();
-    let mut best = pipeline::search(&cost, nodes, req, None, &all);
-    if req.tensor_parallel == TpMode::Auto {
-        let max_k = cost::MAX_TENSOR_PARALLEL.min(model.n_kv_heads).min(nodes.len());
-        for k in 2..=max_k {
-            let members = fastest(nodes, k);
-            let Ok(shares) = TpGroup::split(&cost, nodes, &members) else { continue };
-            let group = TpGroup::new(&cost, nodes, shares);
-            let others: Vec<usize> = all.iter().copied().filter(|i| !members.contains(i)).collect();
-            if let Some(p) = pipeline::search(&cost, nodes, req, Some(group), &others) {
-                if best.as_ref().is_none_or(|b| pipeline::better(&p, b)) {
-                    best = Some(p);
-                }
+    let mut best: Option<Plan> = None;
+    let mut offer = |p: Option<Plan>| {
+        if let Some(p) = p {
+            if best.as_ref().is_none_or(|b| pipeline::better(&p, b)) {
+                best = Some(p);
+            }
+        }
+    };
+    // Without batched kernels anywhere a batch only costs more (see `batches`): one row is the optimum.
+    let batching = nodes.iter().any(|n| n.row_gmacs > 0.0);
+    for (b, m) in batches(req.sequences).into_iter().filter(|&(b, _)| batching || b == 1) {
+        let cost = cost.with_batch(b);
+        offer(pipeline::search(&cost, nodes, req, m, None, &all));
+        if req.tensor_parallel == TpMode::Auto {
+            let max_k = cost::MAX_TENSOR_PARALLEL.min(model.n_kv_heads).min(nodes.len());
+            for k in 2..=max_k {
+                let members = fastest(nodes, k);
+                let Ok(shares) = TpGroup::split(&cost, nodes, &members) else { continue };
+                let group = TpGroup::new(&cost, nodes, shares);
+                let others: Vec<usize> = all.iter().copied().filter(|i| !members.contains(i)).collect();
+                offer(pipeline::search(&cost, nodes, req, m, Some(group), &others));
             }
         }
     }
     best.ok_or_else(|| does_not_fit(&cost, nodes))
 }
 
+/// The ways `sequences` sequences may move through a plan, as `(batch, micro_batches)`: `micro_batches =
+/// ceil(sequences / batch)` groups of up to `batch` sequences, for `batch` 1, 2, 4, ... below `sequences` and
+/// `sequences` itself (`(1, sequences)`: every token on its own; `(sequences, 1)`: one batch of all). Powers of
+/// two keep the search to `log2(sequences) + 1` batch sizes.
+pub fn batches(sequences: usize) -> Vec<(usize, usize)> {
+    let s = sequences.max(1);
+    let mut out: Vec<(usize, usize)> = std::iter::successors(Some(1usize), |b| Some(b * 2))
+        .take_while(|&b| b < s)
+        .map(|b| (b, s.div_ceil(b)))
+        .collect();
+    out.push((s, 1));
+    out
+}
+
 /// Evaluates `stages` (in pipeline order) under the cost model; fills nothing in, checks nothing.
 /// Panics if a member's node index is out of range.
 pub fn predict(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, stages: &[Stage]) -> Prediction {
     let cost = CostModel::new(model, req);
+    let one = occupancies(&cost, nodes, stages);
+    let s = req.sequences.max(1);
+    let mut best = (0.0, 1, s, one.latency, one.bottleneck);
+    for (b, m) in batches(s) {
+        let o = if b == 1 { one.clone() } else { occupancies(&cost.with_batch(b), nodes, stages) };
+        let tps = s as f64 * 1e6 / o.latency.max(m as f64 * o.bottleneck);
+        if tps > best.0 {
+            best = (tps, b, m, o.latency, o.bottleneck);
+        }
+    }
+    let (throughput_tokens_per_s, batch, micro_batches, batch_latency_us, batch_bottleneck_us) = best;
+    Prediction {
+        token_latency_us: one.latency,
+        tokens_per_s: 1e6 / one.latency,
+        throughput_tokens_per_s,
+        sequences: req.sequences,
+        batch,
+        micro_batches,
+        batch_latency_us,
+        batch_bottleneck_us,
+        stage_us: one.stage_us,
+        hop_us: one.hop_us,
+        bottleneck_us: one.bottleneck,
+    }
+}
+
+/// The stages' times, hops, latency and bottleneck under `cost` (at its batch).
+#[derive(Debug, Clone)]
+struct Occupancies {
+    stage_us: Vec<f64>,
+    hop_us: Vec<f64>,
+    latency: f64,
+    bottleneck: f64,
+}
+
+fn occupancies(cost: &CostModel, nodes: &[NodeProfile], stages: &[Stage]) -> Occupancies {
     let mut stage_us = Vec::with_capacity(stages.len());
     let mut link_us = Vec::with_capacity(stages.len());
     for s in stages {
@@ -327,29 +422,20 @@ pub fn predict(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanReques
             link_us.push(cost.link_us(&nodes[m.node]));
         } else {
             let shares = s.members.iter().map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn }).collect();
-            let g = TpGroup::new(&cost, nodes, shares);
-            stage_us.push(g.stage_us(&cost, nodes, a, b, s.embed, s.head));
+            let g = TpGroup::new(cost, nodes, shares);
+            stage_us.push(g.stage_us(cost, nodes, a, b, s.embed, s.head));
             link_us.push(g.link_us);
         }
     }
     let n = stages.len();
     let hop_us: Vec<f64> = if n < 2 { Vec::new() } else { (0..n).map(|i| link_us[i] + link_us[(i + 1) % n]).collect() };
-    let token_latency_us = stage_us.iter().sum::<f64>() + hop_us.iter().sum::<f64>();
-    let bottleneck_us = if n < 2 {
+    let latency = stage_us.iter().sum::<f64>() + hop_us.iter().sum::<f64>();
+    let bottleneck = if n < 2 {
         stage_us.first().copied().unwrap_or(0.0)
     } else {
         (0..n).map(|i| stage_us[i] + 2.0 * link_us[i]).fold(0.0, f64::max)
     };
-    let s = req.sequences.max(1) as f64;
-    Prediction {
-        token_latency_us,
-        tokens_per_s: 1e6 / token_latency_us,
-        throughput_tokens_per_s: (s * 1e6 / token_latency_us).min(1e6 / bottleneck_us),
-        sequences: req.sequences,
-        stage_us,
-        hop_us,
-        bottleneck_us,
-    }
+    Occupancies { stage_us, hop_us, latency, bottleneck }
 }
 
 /// Fills in the stages' predicted times and the prediction.
@@ -385,6 +471,9 @@ fn validate(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
         }
         if !(n.dispatch_us.is_finite() && n.dispatch_us >= 0.0) {
             return bad(format!("dispatch cost {} us is not a non-negative number", n.dispatch_us));
+        }
+        if !(n.row_gmacs.is_finite() && n.row_gmacs >= 0.0) {
+            return bad(format!("batched row rate {} G MAC/s is not a non-negative number", n.row_gmacs));
         }
         if !(n.link.latency_us.is_finite() && n.link.latency_us >= 0.0) {
             return bad(format!("link latency {} us is not a non-negative number", n.link.latency_us));

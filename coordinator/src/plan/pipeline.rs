@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 
-use super::cost::{usable_memory, CostModel, TpGroup, STEP_OVERHEAD_US};
+use super::cost::{usable_memory, CostModel, TpGroup};
 use super::{finish, NodeProfile, Plan, PlanRequest, Stage, StageMember};
 
 /// Stage roles: a stage in between, the first (embedding), the last (head).
@@ -114,7 +114,7 @@ fn node_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], i: usize)
         bytes.saturating_add(extra).saturating_add(kv.saturating_mul(m as u64)).saturating_add(cost.workspace_bytes(h))
             <= usable
     };
-    let mid = STEP_OVERHEAD_US + 2.0 * cost.link_us(n);
+    let mid = cost.step_overhead_us(n) + 2.0 * cost.link_us(n);
     Unit {
         kind: UnitKind::Node(i),
         alpha: cost.node_layer_us(n, cost.mean_layer_bytes()),
@@ -132,7 +132,7 @@ fn group_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], g: TpGro
     };
     let maxlen = max_lengths(cost, windows, fits);
     let whole_fits = fits(cost.layer_bytes(0, l), l, true, true);
-    let fixed = STEP_OVERHEAD_US + 2.0 * g.link_us;
+    let fixed = g.step_overhead_us() + 2.0 * g.link_us;
     let (mid, first) = (fixed + g.broadcast_us(cost, nodes, false), fixed + g.broadcast_us(cost, nodes, true));
     Unit {
         alpha: g.layer_us(cost, nodes, cost.mean_layer_bytes()),
@@ -416,11 +416,13 @@ pub fn units(cost: &CostModel, nodes: &[NodeProfile], group: Option<TpGroup>, ca
 }
 
 /// The best plan using `group` (if any) and the nodes in `candidates`: the best single stage against the best
-/// pipeline.
+/// pipeline, with `micro_batches` groups of `cost.batch` sequences in flight (the plans' predictions are then
+/// made for `req`, every batch size considered).
 pub fn search(
     cost: &CostModel,
     nodes: &[NodeProfile],
     req: &PlanRequest,
+    micro_batches: usize,
     group: Option<TpGroup>,
     candidates: &[usize],
 ) -> Option<Plan> {
@@ -444,7 +446,7 @@ pub fn search(
     if let Some((_, u)) = single {
         offer(finish(cost.model, nodes, req, vec![unit_stage(cost, &units[u], 0, l)]));
     }
-    if let Some(c) = best_pipeline(&units, l, req.sequences) {
+    if let Some(c) = best_pipeline(&units, l, micro_batches) {
         let stages = c.stages.iter().map(|&(u, a, b)| unit_stage(cost, &units[u], a, b)).collect();
         offer(finish(cost.model, nodes, req, stages));
     }

@@ -133,6 +133,7 @@ pub fn member_status(m: &crate::cluster::Member) -> Option<NodeStatus> {
         backend: c.backend.clone(),
         memory_bytes: c.memory_bytes,
         gemv_gbps: c.gemv_gbps as f64,
+        row_gmacs: c.row_gmacs as f64,
         rtt_ms: m.peer.rtt_us.map(|r| r as f64 / 1e3),
         bandwidth_mbps: m.bandwidth_mbps,
         alive: true,

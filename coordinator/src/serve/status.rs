@@ -4,7 +4,7 @@
 //! ```text
 //! {"model":{"id":str,"arch":str,"layers":int,"context":int},
 //!  "nodes":[{"id":str,"name":str,"adapter":str,"backend":str,"memory_bytes":int,"gemv_gbps":float,
-//!            "rtt_ms":float|null,"bandwidth_mbps":float|null,"alive":bool,"active_sequences":int,"tokens_per_s":float}],
+//!            "row_gmacs":float,"rtt_ms":float|null,"bandwidth_mbps":float|null,"alive":bool,"active_sequences":int,"tokens_per_s":float}],
 //!  "plan":{"id":str,"stages":[{"layers":[start,end),"embed":bool,"head":bool,
 //!            "members":[{"node":str,"kv_heads":[a,b)|null,"ffn":[a,b)|null}],"predicted_us":float}],
 //!          "predicted_tokens_per_s":float,"sequences":int} | null,
@@ -57,6 +57,9 @@ pub struct NodeStatus {
     pub memory_bytes: u64,
     /// Measured quantized-GEMV bandwidth, GB/s.
     pub gemv_gbps: f64,
+    /// Measured G multiply-adds/s of each row after the first in a batched step (0: batches run row by row).
+    #[serde(default)]
+    pub row_gmacs: f64,
     /// Ping round trip from the coordinator (live), ms.
     pub rtt_ms: Option<f64>,
     /// Link bandwidth measured when the cluster was planned, MB/s.

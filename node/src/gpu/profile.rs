@@ -108,6 +108,9 @@ pub struct SelfBench {
     pub runtime: String,
     pub gemv_gbps: f32,
     pub dispatch_us: f32,
+    /// G multiply-adds/s each row after the first adds to a batched matmul (0: batches run row by row).
+    #[serde(default)]
+    pub row_gmacs: f32,
 }
 
 fn bench_matrix(rows: usize, cols: usize) -> Vec<u8> {
@@ -130,37 +133,54 @@ pub fn self_benchmark(ctx: &std::sync::Arc<GpuContext>) -> Result<SelfBench, Sha
         runtime: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
         gemv_gbps: (GgmlType::Q4_1.row_bytes(cols) * rows) as f32 / secs as f32 / 1e9,
         dispatch_us: dispatch as f32 * 1e6,
+        row_gmacs: 0.0, // the wgpu shard runs a batch's steps one after another
     })
 }
 
 /// The same measurement for the CPU backends (no dispatches): the native kernels on the process-wide pool, or
-/// the f32 reference.
+/// the f32 reference. The native backend also times a batch of [`BATCH_ROWS`] rows through the same matrix in
+/// its interleaved layout: what each row after the first costs is its `row_gmacs` (the planner's cost of a
+/// batched step). The reference runs a batch row by row (0).
 pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
     use crate::cpu::{kernels::Kernels, matmul};
     use crate::quant::GgmlType;
     let (rows, cols) = (4096, 1024);
     let w = bench_matrix(rows, cols);
-    let x = vec![0.5f32; cols];
-    let mut y = vec![0.0f32; rows];
+    let x: Vec<f32> = (0..BATCH_ROWS * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 14.0).collect();
+    let mut y = vec![0.0f32; BATCH_ROWS * rows];
     let kernels = Kernels::detect();
     let pool = crate::cpu::pool::global();
     let m = matmul::Mat::raw(GgmlType::Q4_1, rows, cols, kernels).expect("Q4_1 has a kernel");
+    let packed =
+        matmul::Mat::raw(GgmlType::Q4_1, rows, cols, kernels).expect("Q4_1 has a kernel").repacked(&w, kernels);
     let mut acts = matmul::Acts::default();
-    let mut once = || {
+    // Seconds per call of `f`, after one warm-up call.
+    let time = |reps: usize, f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let mut gemv = |m: &matmul::Mat, n: usize| {
         if reference {
-            crate::reference::matvec_bytes(GgmlType::Q4_1, &w, cols, &x, &mut y);
+            crate::reference::matvec_bytes(GgmlType::Q4_1, &w, cols, &x[..cols], &mut y[..rows]);
         } else {
-            acts.quantize(&x, cols, &[&m]);
-            matmul::matmul(&pool, &w, &[&m], &acts, 1, &mut [&mut y]);
+            acts.quantize(&x[..n * cols], cols, &[m]);
+            matmul::matmul(&pool, &w, &[m], &acts, n, &mut [&mut y[..n * rows]]);
         }
     };
-    once();
-    let reps = if reference { 5 } else { 50 };
-    let t = Instant::now();
-    for _ in 0..reps {
-        once();
-    }
-    let secs = t.elapsed().as_secs_f64() / reps as f64;
+    let secs = time(if reference { 5 } else { 50 }, &mut || gemv(&m, 1));
+    let row_gmacs = if reference {
+        0.0
+    } else {
+        let one = time(20, &mut || gemv(&packed, 1));
+        let batch = time(20, &mut || gemv(&packed, BATCH_ROWS));
+        // A noisy machine can time the batch at or under one row: count it as at least a tenth of a row's GEMV.
+        let extra = (batch - one).max(one / 10.0) / (BATCH_ROWS - 1) as f64;
+        (rows * cols) as f64 / extra / 1e9
+    };
     SelfBench {
         adapter: if reference {
             "cpu reference (f32)".into()
@@ -170,5 +190,9 @@ pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
         runtime: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
         gemv_gbps: w.len() as f32 / secs as f32 / 1e9,
         dispatch_us: 0.0,
+        row_gmacs: row_gmacs as f32,
     }
 }
+
+/// Rows of the batched step the CPU self-benchmark times.
+pub const BATCH_ROWS: usize = 8;
