@@ -205,8 +205,8 @@ fn a_node_with_batched_kernels_runs_its_sequences_as_one_batch() {
     assert_eq!(layout(&p), vec![(0, 0, 10)]);
     assert!(close(p.prediction.token_latency_us, 11_730.0), "{:?}", p.prediction);
     assert_eq!((p.prediction.batch, p.prediction.micro_batches), (8, 1));
-    assert!(close(p.prediction.batch_latency_us, 22_241.4688), "{:?}", p.prediction);
-    assert!(close(p.prediction.throughput_tokens_per_s, 8e6 / 22_241.4688), "{:?}", p.prediction);
+    assert!(close(p.prediction.batch_latency_us, 22_241.468_8), "{:?}", p.prediction);
+    assert!(close(p.prediction.throughput_tokens_per_s, 8e6 / 22_241.468_8), "{:?}", p.prediction);
     // Without batched kernels a batch costs each row a whole step: one token per 11,730 us, batch 1.
     let (model, nodes) = batched_case(0.0, 1);
     let p = plan(&model, &nodes, &req(100, 8)).unwrap();
@@ -226,9 +226,9 @@ fn a_batched_pipeline_keeps_both_stages_busy_with_two_micro_batches() {
     assert_eq!(layout(&p), vec![(0, 0, 5), (1, 5, 10)]);
     assert_eq!((p.prediction.batch, p.prediction.micro_batches), (4, 2));
     assert!(close(p.prediction.batch_bottleneck_us, 8704.9152), "{:?}", p.prediction);
-    assert!(close(p.prediction.throughput_tokens_per_s, 8e6 / 17_409.8304), "{:?}", p.prediction);
+    assert!(close(p.prediction.throughput_tokens_per_s, 8e6 / 17_409.830_4), "{:?}", p.prediction);
     let single = predict(&model, &nodes, &req(100, 8), &plan(&model, &nodes[..1], &req(100, 8)).unwrap().stages);
-    assert!(close(single.throughput_tokens_per_s, 8e6 / 22_241.4688));
+    assert!(close(single.throughput_tokens_per_s, 8e6 / 22_241.468_8));
 }
 
 #[test]

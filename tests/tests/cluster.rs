@@ -66,6 +66,7 @@ fn three_nodes_and_a_coordinator_form_a_cluster() {
         assert_eq!(caps["backend"], "cpu");
         assert_eq!(caps["memory_bytes"], 1_000_000_000u64);
         assert!(caps["gemv_gbps"].as_f64().unwrap() > 0.0, "measured at start: {caps}");
+        assert!(caps["row_gmacs"].as_f64().unwrap() > 0.0, "the cpu backend batches rows: {caps}");
         assert!(m["rtt_us"].as_u64().is_some(), "ping measured the link: {m}");
         assert!(m["bandwidth_mbps"].as_f64().unwrap() > 0.0, "probe measured the link: {m}");
     }
