@@ -96,8 +96,7 @@ pub fn node_profile(n: &SimNode) -> NodeProfile {
         memory_bytes: n.device.memory_bytes,
         gemv_gbps: n.device.gemv_gbps,
         dispatch_us: n.device.dispatch_us,
-        // The simulated stages run a batch's steps one after another, as the wgpu backend does.
-        row_gmacs: 0.0,
+        row_gmacs: n.device.row_gmacs,
         link: LinkProfile { latency_us: n.link.planner_latency_us(), bandwidth_mbps: n.link.bandwidth_mbps },
     }
 }

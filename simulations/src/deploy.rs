@@ -28,8 +28,8 @@ pub enum TensorKey {
 pub struct RunStage {
     pub cost: StageCost,
     pub queue: VecDeque<Step>,
-    /// The step running and when it started (us).
-    pub busy: Option<(Step, f64)>,
+    /// The steps running (several requests' when the stage batches) and when they started (us).
+    pub busy: Option<(Vec<Step>, f64)>,
 }
 
 /// A plan put on the cluster.

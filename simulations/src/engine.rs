@@ -492,7 +492,8 @@ impl<'c> Sim<'c> {
         self.try_start(r, stage);
     }
 
-    /// Starts the stage's next step if it is idle.
+    /// Starts the stage's next step if it is idle: on a stage that batches, every waiting step of a request not
+    /// yet in the batch (one chunk or token per request, in queue order), as the runtime's stage worker does.
     fn try_start(&mut self, r: usize, stage: usize) {
         let epoch = self.replicas[r].epoch;
         let Some(d) = self.replicas[r].plan.as_mut() else { return };
@@ -500,9 +501,26 @@ impl<'c> Sim<'c> {
         if s.busy.is_some() {
             return;
         }
-        let Some(step) = s.queue.pop_front() else { return };
-        s.busy = Some((step, self.now));
-        let us = s.cost.step_us(step.tokens as usize, step.pos as usize, &mut self.rng);
+        let Some(first) = s.queue.pop_front() else { return };
+        let mut batch = vec![first];
+        if s.cost.batches() {
+            let mut left = std::collections::VecDeque::with_capacity(s.queue.len());
+            while let Some(step) = s.queue.pop_front() {
+                if batch.iter().any(|b| b.req == step.req) {
+                    left.push_back(step);
+                } else {
+                    batch.push(step);
+                }
+            }
+            s.queue = left;
+        }
+        let us = if s.cost.batches() {
+            let rows: Vec<(usize, usize)> = batch.iter().map(|b| (b.tokens as usize, b.pos as usize)).collect();
+            s.cost.batch_us(&rows)
+        } else {
+            s.cost.step_us(first.tokens as usize, first.pos as usize, &mut self.rng)
+        };
+        s.busy = Some((batch, self.now));
         let leader = s.cost.leader();
         let host = (!s.cost.is_tensor_parallel()).then(|| self.cfg.cluster.nodes[leader].host).flatten();
         match host {
@@ -522,31 +540,36 @@ impl<'c> Sim<'c> {
         let Some(d) = self.replicas[r].plan.as_mut() else { return };
         let n_stages = d.stages.len();
         let s = &mut d.stages[stage as usize];
-        let Some((step, start)) = s.busy.take() else { return };
+        let Some((batch, start)) = s.busy.take() else { return };
         let me = s.cost.leader() as u32;
         let first = d.stages[0].cost.leader() as u32;
         let next = d.stages.get(stage as usize + 1).map(|n| n.cost.leader() as u32);
-        if self.cfg.trace {
-            let (req, tokens, end) = (step.req, step.tokens, self.now);
-            self.c.trace.push(TraceEvent::Step { replica: rep, epoch, stage, req, tokens, start, end });
-        }
-        if let Some(next) = next {
-            let bytes = self.cfg.model.activation_bytes_per_token * step.tokens as u64;
-            self.send(rep, epoch, me, next, bytes, Msg::Step { stage: stage + 1, step });
-        } else if step.sample && !self.reqs[step.req as usize].ended {
-            let req = &mut self.reqs[step.req as usize];
-            req.generated += 1;
-            let index = req.generated - 1;
-            let last = req.generated >= req.max_tokens;
-            let pos = req.prompt + req.generated - 1;
-            self.send(rep, epoch, me, self.coord, TOKEN_BYTES, Msg::Token { req: step.req, index, last });
-            if !last {
-                let next = Step { req: step.req, tokens: 1, pos, sample: true };
-                let msg = Msg::Step { stage: 0, step: next };
-                if n_stages == 1 {
-                    self.enqueue(r, 0, next);
-                } else {
-                    self.send(rep, epoch, me, first, TOKEN_BYTES, msg);
+        for step in batch {
+            if self.cfg.trace {
+                let (req, tokens, end) = (step.req, step.tokens, self.now);
+                self.c.trace.push(TraceEvent::Step { replica: rep, epoch, stage, req, tokens, start, end });
+            }
+            if let Some(next) = next {
+                let bytes = self.cfg.model.activation_bytes_per_token * step.tokens as u64;
+                self.send(rep, epoch, me, next, bytes, Msg::Step { stage: stage + 1, step });
+            } else if step.sample && !self.reqs[step.req as usize].ended {
+                let req = &mut self.reqs[step.req as usize];
+                req.generated += 1;
+                let index = req.generated - 1;
+                let last = req.generated >= req.max_tokens;
+                let pos = req.prompt + req.generated - 1;
+                self.send(rep, epoch, me, self.coord, TOKEN_BYTES, Msg::Token { req: step.req, index, last });
+                if !last {
+                    let next = Step { req: step.req, tokens: 1, pos, sample: true };
+                    let msg = Msg::Step { stage: 0, step: next };
+                    if n_stages == 1 {
+                        // Queued only: the stage starts once every step of this batch has been handled.
+                        if let Some(d) = self.replicas[r].plan.as_mut() {
+                            d.stages[0].queue.push_back(next);
+                        }
+                    } else {
+                        self.send(rep, epoch, me, first, TOKEN_BYTES, msg);
+                    }
                 }
             }
         }

@@ -22,6 +22,9 @@ pub struct DeviceProfile {
     pub gemv_gbps: f64,
     /// What the self-benchmark would report: one dispatch (us).
     pub dispatch_us: f64,
+    /// What the self-benchmark would report for a batched step: G multiply-adds/s each row after the first adds
+    /// (0: the node's backend runs a batch row by row, as wgpu does; its stages then take one step at a time).
+    pub row_gmacs: f64,
     /// Effective FLOPS of a prefill batch (GFLOPS): a chunk of `T` tokens takes at least
     /// `T x FLOPs per token / prefill_gflops`, whatever the planner's (bandwidth) formula says.
     pub prefill_gflops: f64,
@@ -65,6 +68,7 @@ pub const LAVAPIPE_2CORE: DeviceProfile = DeviceProfile {
     // measured 2.9-4.3 GB/s and 29-52 us (~35 us per dispatch, ENVIRONMENT.md).
     gemv_gbps: 2.9,
     dispatch_us: 35.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // 128 tokens x 216.7 MFLOP (30 layers x 2 x 3.54 M params + attention) / (128 / 26.2 tok/s) = 5.7 GFLOPS.
     prefill_gflops: 5.7,
     // The planner predicts 40.4 ms per token for one node with the numbers above (see the validation test);
@@ -87,6 +91,7 @@ pub const PI5: DeviceProfile = DeviceProfile {
     // LPDDR4X-4267 on a 32-bit bus: 17 GB/s peak, ~10 GB/s in copy benchmarks; GEMV through Mesa v3dv at ~60%.
     gemv_gbps: 6.0,
     dispatch_us: 50.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // VideoCore VII: ~50 GFLOPS FP32 peak, half of it.
     prefill_gflops: 25.0,
     calibration: 1.0,
@@ -108,6 +113,7 @@ pub const JETSON_ORIN_NANO: DeviceProfile = DeviceProfile {
     // LPDDR5 128-bit: 68 GB/s peak; GEMV at 60%.
     gemv_gbps: 40.0,
     dispatch_us: 15.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // 1024 CUDA cores at 625 MHz: 1.28 TFLOPS FP32; 30%.
     prefill_gflops: 400.0,
     calibration: 1.0,
@@ -128,6 +134,7 @@ pub const PHONE: DeviceProfile = DeviceProfile {
     // LPDDR5 ~25-40 GB/s peak, shared with the display and the CPU; thermal limits.
     gemv_gbps: 15.0,
     dispatch_us: 40.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // Adreno 710-class ~0.8 TFLOPS FP32; 30%.
     prefill_gflops: 250.0,
     calibration: 1.0,
@@ -148,6 +155,7 @@ pub const LAPTOP_IGPU: DeviceProfile = DeviceProfile {
     // DDR4-3200 dual channel: 51.2 GB/s peak; GEMV at 60%.
     gemv_gbps: 30.0,
     dispatch_us: 20.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // 2.2 TFLOPS FP32; ~28%.
     prefill_gflops: 600.0,
     calibration: 1.0,
@@ -169,6 +177,7 @@ pub const M2: DeviceProfile = DeviceProfile {
     // LPDDR5: 100 GB/s peak; GEMV at 70%.
     gemv_gbps: 70.0,
     dispatch_us: 10.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // 3.6 TFLOPS FP32; ~28%.
     prefill_gflops: 1000.0,
     calibration: 1.0,
@@ -189,6 +198,7 @@ pub const RTX4070: DeviceProfile = DeviceProfile {
     // GDDR6X: 504 GB/s peak; GEMV at 70%.
     gemv_gbps: 350.0,
     dispatch_us: 5.0,
+    row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
     // 29 TFLOPS FP32; ~28%.
     prefill_gflops: 8000.0,
     calibration: 1.0,
@@ -200,8 +210,31 @@ pub const RTX4070: DeviceProfile = DeviceProfile {
     source: "assumed: 504 GB/s GDDR6X, 29 TFLOPS FP32",
 };
 
-pub const DEVICES: [&DeviceProfile; 7] =
-    [&LAVAPIPE_2CORE, &PI5, &JETSON_ORIN_NANO, &PHONE, &LAPTOP_IGPU, &M2, &RTX4070];
+/// This project's machine on the native CPU backend (AVX2 path, 2 threads; 2026-12-04): `edge-node serve`'s
+/// self-benchmark 15.0-15.7 GB/s GEMV and 88-93 G multiply-adds/s per batched row; SmolLM2-135M Q4_1 prefill
+/// 618 tok/s on a 128-token prompt and decode 7.7 ms/token in `edge-node bench` (README "Performance").
+pub const CPU_2CORE: DeviceProfile = DeviceProfile {
+    name: "cpu-2core",
+    label: "CPU backend, 2 cores (this machine)",
+    memory_bytes: 20 * GB,
+    gemv_gbps: 15.0,
+    dispatch_us: 0.0,
+    row_gmacs: 90.0,
+    // 618 tok/s x 216.7 MFLOP per token.
+    prefill_gflops: 134.0,
+    // The planner predicts 7.05 ms per token for one node with the numbers above; measured 7.7 ms.
+    calibration: 1.09,
+    threads: 2,
+    reference_threads: 2,
+    // One thread per node 92.3 tok/s against 115.8 with two (README "Distributed decode"): 1.25 = 2 ^ 0.33.
+    thread_scaling: 0.33,
+    storage_mbps: 1000.0,
+    mtbf_s: 86_400.0,
+    source: "measured on this machine (edge-node serve's self-benchmark, edge-node bench; 2026-12-04)",
+};
+
+pub const DEVICES: [&DeviceProfile; 8] =
+    [&LAVAPIPE_2CORE, &PI5, &JETSON_ORIN_NANO, &PHONE, &LAPTOP_IGPU, &M2, &RTX4070, &CPU_2CORE];
 
 pub fn device(name: &str) -> Option<&'static DeviceProfile> {
     DEVICES.iter().copied().find(|d| d.name == name)

@@ -7,6 +7,11 @@
 //!   full of `context`. With calibration 1 and no jitter a step takes exactly the planner's stage time.
 //! - **Prefill** (a chunk of `T` tokens from position `p0`): `max(factor x bandwidth time of the chunk,
 //!   T x FLOPs per token / prefill_gflops)`: weights are streamed once per chunk, compute grows with `T`.
+//! - **A batch** (a stage whose node measured a batched rate, `row_gmacs > 0`, runs the waiting steps of
+//!   different requests as one step, as the runtime's CPU backend does): `factor x (node_stage_us at an empty cache
+//!   + every step's KV read at its own positions + (rows - 1) x row_us)`, `row_us` being the planner's
+//!   [`CostModel::row_us`] of one row's multiply-adds; for chunks of several tokens at least their FLOPs over
+//!   `prefill_gflops`. One decode step alone takes exactly the decode time above.
 //! - **Tensor parallel**: per layer, the slowest member's time (each member its share of the weights and KV
 //!   heads, times its own factor), plus two all-reduces (the slowest member's `2 x latency + bytes / bw` with
 //!   sampled jitter and loss) and two `TP_SYNC_US`; plus the replicated embedding/head, the leader's broadcast of
@@ -53,6 +58,8 @@ pub struct StageCost {
     head_bytes: f64,
     /// Head FLOPs (one row of logits per step).
     head_flops: f64,
+    /// A pipeline stage whose node batches: what each row after the first adds (us, before the factor).
+    row_us: Option<f64>,
     flops_layer: f64,
     q_dim: f64,
     act_bytes: u64,
@@ -92,8 +99,13 @@ impl StageCost {
                 }
             })
             .collect::<Vec<_>>();
-        let fixed_us = cost.node_stage_us(&profiles[stage.members[0].node], a, b, stage.embed, stage.head);
+        let leader = &profiles[stage.members[0].node];
+        let fixed_us = cost.node_stage_us(leader, a, b, stage.embed, stage.head);
+        let head_macs = if stage.head { cost.head_macs() } else { 0.0 };
+        let row_us = (members.len() == 1 && leader.row_gmacs > 0.0)
+            .then(|| cost.row_us(leader, (b - a) as f64 * cost.layer_macs() + head_macs));
         StageCost {
+            row_us,
             layers: b - a,
             embed: stage.embed,
             head: stage.head,
@@ -127,6 +139,26 @@ impl StageCost {
 
     pub fn is_tensor_parallel(&self) -> bool {
         self.members.len() > 1
+    }
+
+    /// Whether the stage runs the waiting steps of several requests as one batch.
+    pub fn batches(&self) -> bool {
+        self.row_us.is_some()
+    }
+
+    /// Time (us) of one batched step of `steps` (tokens, first position) on a stage that [`StageCost::batches`].
+    pub fn batch_us(&self, steps: &[(usize, usize)]) -> f64 {
+        let (m, row_us) = (&self.members[0], self.row_us.unwrap_or(0.0));
+        let rows: usize = steps.iter().map(|s| s.0).sum();
+        let positions: usize = steps.iter().map(|&(t, p)| p + t).sum();
+        let kv = self.kv_bytes_per_pos_layer * positions as f64 * self.layers as f64 / (m.gbps * 1e3);
+        let time = m.factor * (self.fixed_us + kv + rows.saturating_sub(1) as f64 * row_us);
+        let flops: f64 = steps
+            .iter()
+            .filter(|s| s.0 > 1)
+            .map(|&(t, p)| t as f64 * self.flops_of(self.layers, p as f64 + (t as f64 + 1.0) / 2.0))
+            .sum();
+        time.max(flops / (m.gflops * 1e3))
     }
 
     /// Time (us) of a step of `tokens` tokens starting at position `pos` (decode: `tokens == 1`).

@@ -8,7 +8,7 @@ use edge_coord::plan::{predict, PlanRequest, TpMode};
 use edge_coord::ModelDescription;
 use edge_sim::config::{Arrivals, Churn, Replicas, SimConfig, Workload};
 use edge_sim::deploy::plan_nodes;
-use edge_sim::profiles::{DeviceProfile, ETHERNET, LAVAPIPE_2CORE, PHONE, PI5, WIFI};
+use edge_sim::profiles::{DeviceProfile, CPU_2CORE, ETHERNET, LAVAPIPE_2CORE, PHONE, PI5, WIFI};
 use edge_sim::stats::TraceEvent;
 use edge_sim::{models, simulate, validate, Cluster, SimResult};
 
@@ -77,6 +77,56 @@ fn tensor_parallel_token_interval_is_the_planner_prediction() {
     let cluster = Cluster::homogeneous(3, &uncalibrated(&PI5), ETHERNET).steady();
     let req = PlanRequest { context: 64, sequences: 1, tensor_parallel: TpMode::Force(3) };
     check_intervals(&models::smollm2(), &cluster, req, None, 0.0);
+}
+
+/// A node whose backend batches (the CPU backend) runs eight sequences as steps of eight rows, as the runtime's
+/// stage worker does: the first request's prefill runs alone, the second step carries its first token and the
+/// other seven prompts, and from then on every step holds all eight. Each token then comes one batched step after
+/// the last: the planner's batched latency at that cache length (the first request is one position ahead of the
+/// others, which the planner's average does not see: within 0.5%). The first request also ends a step earlier,
+/// so the others' last step has seven rows.
+#[test]
+fn a_batching_node_steps_every_sequence_at_the_planner_batched_time() {
+    let cluster = Cluster::homogeneous(1, &uncalibrated(&CPU_2CORE), ETHERNET).steady();
+    let model = models::smollm2();
+    let (prompt, tokens) = (16, 24);
+    let req = PlanRequest { context: 64, sequences: 8, tensor_parallel: TpMode::Off };
+    let mut cfg = validate::run_config(&model, &cluster, &req, None, prompt, tokens, 1);
+    cfg.trace = true;
+    let r = simulate(&cfg).unwrap();
+    let (plan, sub) = plan_nodes(&model, &cluster.node_profiles(), &[0], &req, None).unwrap();
+    let mut rows: Vec<(f64, u32)> = Vec::new();
+    for e in &r.trace {
+        if let TraceEvent::Step { start, tokens: t, .. } = *e {
+            match rows.last_mut() {
+                Some(last) if last.0 == start => last.1 += 1,
+                _ => rows.push((start, 1)),
+            }
+            assert!(t == 1 || t as usize == prompt);
+        }
+    }
+    let sizes: Vec<u32> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(sizes.len(), tokens + 1, "{sizes:?}");
+    assert_eq!(&sizes[..2], &[1, 8]);
+    assert!(sizes[2..tokens].iter().all(|&n| n == 8), "{sizes:?}");
+    assert_eq!(sizes[tokens], 7);
+    let times = token_times(&r);
+    assert_eq!(times.len(), 8);
+    for (req_id, t) in &times {
+        assert_eq!(t.len(), tokens);
+        let (from, to) = if *req_id == 0 { (2, tokens) } else { (1, tokens - 1) };
+        for k in from..to {
+            let at = PlanRequest { context: 2 * (prompt + k), ..req };
+            let p = predict(&model, &sub, &at, &plan.stages);
+            assert_eq!(p.batch, 8, "{p:?}");
+            let got = t[k].1 - t[k - 1].1;
+            let rel = (got - p.batch_latency_us).abs() / p.batch_latency_us;
+            assert!(rel < 0.005, "request {req_id} token {k}: {got} us, planner {} us", p.batch_latency_us);
+        }
+    }
+    // Eight tokens per batched step: more than 2.5 times one sequence's rate on this profile.
+    let one = predict(&model, &sub, &PlanRequest { context: 64, ..req }, &plan.stages);
+    assert!(one.throughput_tokens_per_s > 2.5 * one.tokens_per_s, "{one:?}");
 }
 
 fn busy_config(seed: u64) -> SimConfig {

@@ -192,16 +192,17 @@ fn scenario(a: ScenarioArgs) -> anyhow::Result<()> {
 
 fn profiles_table() {
     println!(
-        "{:<18} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8}  SOURCE",
-        "DEVICE", "MEMORY GB", "GEMV GB/s", "DISP US", "PREFILL GF", "CALIB", "MTBF H"
+        "{:<18} {:>9} {:>9} {:>8} {:>9} {:>10} {:>6} {:>8}  SOURCE",
+        "DEVICE", "MEMORY GB", "GEMV GB/s", "DISP US", "ROW GMAC", "PREFILL GF", "CALIB", "MTBF H"
     );
     for d in profiles::DEVICES {
         println!(
-            "{:<18} {:>9.1} {:>9.1} {:>8.0} {:>10.0} {:>6.2} {:>8.1}  {}",
+            "{:<18} {:>9.1} {:>9.1} {:>8.0} {:>9.0} {:>10.0} {:>6.2} {:>8.1}  {}",
             d.name,
             d.memory_bytes as f64 / 1e9,
             d.gemv_gbps,
             d.dispatch_us,
+            d.row_gmacs,
             d.prefill_gflops,
             d.calibration,
             d.mtbf_s / 3600.0,
