@@ -51,6 +51,8 @@ pub struct LoadReport {
     pub sent_bytes: u64,
     pub stage_bytes: u64,
     pub load_ms: u32,
+    /// The member's backend runs several sequences' steps as one batch.
+    pub batches: bool,
 }
 
 /// How long a node may take to answer each phase.
@@ -255,18 +257,22 @@ pub async fn deploy(
     }
     let loaded = loading.loads.into_iter().flatten();
     d.loads = (d.sessions.iter().zip(&prepared).zip(sent).zip(loaded))
-        .map(|(((sess, p), sent_bytes), (backend, load_ms))| LoadReport {
+        .map(|(((sess, p), sent_bytes), (backend, load_ms, batches))| LoadReport {
             member: sess.member,
             peer: sess.peer,
             backend,
             sent_bytes,
             stage_bytes: p.manifest.bytes(),
             load_ms,
+            batches,
         })
         .collect();
 
-    // Wire: each leader to the next stage's leader (the last to the first: the ring), groups among themselves.
+    // Wire: each leader to the next stage's leader (the last to the first: the ring), groups among themselves; a
+    // group batches when every member's backend does.
     let n = d.stages.len();
+    let batched: Vec<bool> =
+        (0..n).map(|s| d.loads.iter().filter(|l| l.member.stage as usize == s).all(|l| l.batches)).collect();
     for i in 0..d.sessions.len() {
         let m = d.sessions[i].member;
         let s = m.stage as usize;
@@ -275,6 +281,7 @@ pub async fn deploy(
             next: (m.member == 0).then(|| leader((s + 1) % n)),
             upstream: (m.member == 0).then(|| leader((s + n - 1) % n)),
             group: d.stages[s].members.iter().map(|(p, _)| p.to_string()).collect(),
+            batched: batched[s],
         };
         d.sessions[i].send(&msg).await?;
     }
@@ -296,7 +303,7 @@ pub async fn deploy(
 /// cache holds everything loads right after its Need, which may be before another member has answered at all.
 struct Loading {
     needs: Vec<Option<Vec<(u32, u64)>>>,
-    loads: Vec<Option<(String, u32)>>,
+    loads: Vec<Option<(String, u32, bool)>>,
 }
 
 impl Loading {
@@ -318,8 +325,8 @@ impl Loading {
     fn on(&mut self, i: usize, m: MemberRef, msg: NodeMsg) -> anyhow::Result<()> {
         match msg {
             NodeMsg::Need { tensors } if self.needs[i].is_none() => self.needs[i] = Some(tensors),
-            NodeMsg::Loaded { backend, load_ms, .. } if self.needs[i].is_some() && self.loads[i].is_none() => {
-                self.loads[i] = Some((backend, load_ms))
+            NodeMsg::Loaded { backend, load_ms, batches, .. } if self.needs[i].is_some() && self.loads[i].is_none() => {
+                self.loads[i] = Some((backend, load_ms, batches))
             }
             NodeMsg::Error { message, .. } => bail!("stage {} member {}: {message}", m.stage, m.member),
             other => bail!("stage {} member {}: unexpected {other:?} while loading", m.stage, m.member),
@@ -380,7 +387,7 @@ mod tests {
     use super::*;
 
     fn loaded() -> NodeMsg {
-        NodeMsg::Loaded { backend: "cpu".into(), load_ms: 5, received_bytes: 0 }
+        NodeMsg::Loaded { backend: "cpu".into(), load_ms: 5, received_bytes: 0, batches: true }
     }
 
     fn member(i: u32) -> MemberRef {
@@ -398,7 +405,7 @@ mod tests {
         l.on(1, member(1), loaded()).unwrap();
         assert!(l.loaded());
         assert_eq!(l.needs[1], Some(vec![(3, 0)]));
-        assert_eq!(l.loads[0], Some(("cpu".to_string(), 5)));
+        assert_eq!(l.loads[0], Some(("cpu".to_string(), 5, true)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The first stage's worker queue: a request that arrives while a long prompt is prefilled in chunks joins the
-//! very next batch (with that prompt's next chunk), so its first token waits about one chunk, not two.
+//! The stage worker's queue: a request that arrives while a long prompt is prefilled in chunks joins the very next
+//! batch (with that prompt's next chunk), so its first token waits about one chunk, not two; embeddings; forks;
+//! the members of a tensor-parallel stage running the very same batches.
 
 mod common;
 
@@ -11,8 +12,8 @@ use edge_node::model::ModelConfig;
 use edge_node::quant::GgmlType;
 use edge_node::shard::{HeadOutput, Reducer, SeqId, Shard, ShardError, ShardInput, ShardOutput, Step};
 use edge_node::stage::worker::{Outbox, Work, Worker};
-use edge_protocol::stage::{Fork, JobParams, MemberRef, NodeMsg};
-use edge_protocol::ShardSpec;
+use edge_protocol::stage::{Fork, JobParams, MemberRef, NodeMsg, PipeMsg};
+use edge_protocol::{LayerSlice, ShardSpec};
 
 /// Each forward call's steps as (sequence, input tokens).
 type Calls = Arc<Mutex<Vec<Vec<(SeqId, usize)>>>>;
@@ -94,7 +95,8 @@ fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
     // Everything is queued before the worker runs: the long prompt's Start, then the short one's behind it.
-    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
+    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None], group_batches: false }))
+        .unwrap();
     let long = JobParams { prefill_chunk: 4, ..JobParams::new(64, 2) };
     tx.send(Work::Start { seq: 1, prompt: prompt(cfg.vocab, 12, 1), params: long }).unwrap();
     tx.send(Work::Start { seq: 2, prompt: prompt(cfg.vocab, 3, 2), params: JobParams::new(64, 2) }).unwrap();
@@ -135,7 +137,8 @@ fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
+    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None], group_batches: false }))
+        .unwrap();
     let embed = JobParams { embed: true, ..JobParams::new(64, 1) };
     tx.send(Work::Start { seq: 1, prompt: ids.clone(), params: embed.clone() }).unwrap();
     let chunked = JobParams { prefill_chunk: 5, ..embed };
@@ -180,7 +183,8 @@ fn choices(max_tokens: u32) -> Choices {
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None] })).unwrap();
+    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None], group_batches: false }))
+        .unwrap();
     // Sent together as the coordinator sends them: the parent's prompt is prefilled in chunks of 4, the forks
     // wait for it. A fork of a sequence that is not here runs its whole prompt.
     let ids = prompt(cfg.vocab, 12, 4);
@@ -231,4 +235,87 @@ fn a_parent_that_ends_at_its_first_token_closes_after_its_forks_copied_it() {
     let (tokens, forks, _) = choices(1);
     assert!(tokens.iter().all(|t| t.len() == 1 && *t == tokens[0]), "{tokens:?}");
     assert_eq!(forks, [(1, 2, 11), (1, 3, 11)]);
+}
+
+/// Each sequence's tokens and each member's forward calls.
+type PairRun = (Vec<Vec<u32>>, [Vec<Vec<(SeqId, usize)>>; 2]);
+
+/// A pipe from member `from` into a worker's queue, as a session's pipe delivers it.
+fn pipe(from: u32, to: &std::sync::mpsc::Sender<Work>) -> tokio::sync::mpsc::Sender<PipeMsg> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PipeMsg>(64);
+    let to = to.clone();
+    std::thread::spawn(move || {
+        while let Some(msg) = rx.blocking_recv() {
+            if to.send(Work::Pipe { from: MemberRef { stage: 0, member: from }, msg }).is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}
+
+/// Four greedy requests sent together through a one-stage plan whose stage is the tiny model split two ways (KV
+/// heads and FFN columns), the members wired to each other as a session wires them; `batched`: the group batches.
+fn tensor_parallel_pair(batched: bool) -> PairRun {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let spec = ShardSpec::whole(cfg.n_layers as u32);
+    let slices = [LayerSlice { kv_heads: (0, 1), ffn: (0, 64) }, LayerSlice { kv_heads: (1, 2), ffn: (64, 96) }];
+    let calls = [Calls::default(), Calls::default()];
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| std::sync::mpsc::channel()).unzip();
+    let (to_coord, mut from_leader) = tokio::sync::mpsc::unbounded_channel();
+    let (to_coord_1, mut from_member) = tokio::sync::mpsc::unbounded_channel();
+    let group = vec![None, Some(pipe(0, &txs[1]))];
+    txs[0].send(Work::Wired(Outbox { coordinator: to_coord, next: None, group, group_batches: batched })).unwrap();
+    let group = vec![Some(pipe(1, &txs[0])), None];
+    txs[1].send(Work::Wired(Outbox { coordinator: to_coord_1, next: None, group, group_batches: batched })).unwrap();
+    for seq in 1..=4u64 {
+        let ids = prompt(cfg.vocab, 2 + seq as usize, seq);
+        txs[0].send(Work::Start { seq, prompt: ids, params: JobParams::new(64, 6) }).unwrap();
+    }
+    let workers: Vec<_> = common::member_models(&g, &cfg, spec, &slices)
+        .into_iter()
+        .zip(rxs)
+        .zip(&calls)
+        .enumerate()
+        .map(|(i, (((m, c), rx), calls))| {
+            let shard = Recording::new(CpuShard::load(&m, &c, spec).unwrap(), calls.clone());
+            let me = MemberRef { stage: 0, member: i as u32 };
+            std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run())
+        })
+        .collect();
+
+    let mut tokens = vec![Vec::new(); 4];
+    let mut finished = 0;
+    while finished < 4 {
+        match from_leader.blocking_recv().expect("the leader reports") {
+            NodeMsg::Token { seq, token, finish, .. } => {
+                tokens[seq as usize - 1].extend(token);
+                finished += finish.is_some() as usize;
+            }
+            NodeMsg::Error { message, .. } => panic!("leader: {message}"),
+            _ => {}
+        }
+    }
+    for tx in &txs {
+        tx.send(Work::Shutdown).unwrap();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    while let Ok(msg) = from_member.try_recv() {
+        assert!(!matches!(msg, NodeMsg::Error { .. }), "member 1: {msg:?}");
+    }
+    let calls = calls.map(|c| c.lock().unwrap().clone());
+    (tokens, calls)
+}
+
+#[test]
+fn tensor_parallel_members_run_the_same_batches_and_the_same_tokens_as_steps_alone() {
+    let (alone, alone_calls) = tensor_parallel_pair(false);
+    assert!(alone_calls.iter().flatten().all(|c| c.len() == 1), "{alone_calls:?}");
+    let (batched, calls) = tensor_parallel_pair(true);
+    assert!(batched.iter().all(|t| t.len() == 6), "{batched:?}");
+    assert_eq!(batched, alone, "a row's result does not depend on the batch");
+    assert_eq!(calls[0], calls[1], "both members run the very same batches");
+    assert!(calls[0].iter().any(|c| c.len() > 1), "the leader batched: {:?}", calls[0]);
 }

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::member_models;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -156,20 +158,6 @@ fn lockstep<S: Shard + Send, T: Send>(
 
 // ---------------------------------------------------------------------------------------------------------------
 // Members, outputs and comparisons
-
-/// The stage images of `spec` for each slice, rebuilt as models (what a node loads).
-fn member_models(g: &Gguf, cfg: &ModelConfig, spec: ShardSpec, slices: &[LayerSlice]) -> Vec<(Gguf, ModelConfig)> {
-    slices
-        .iter()
-        .map(|s| {
-            let img = stage_image(g, cfg, spec, Some(*s)).unwrap();
-            let m = parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
-            let c = ModelConfig::from_gguf(&m).unwrap();
-            assert!(c.partial_layers);
-            (m, c)
-        })
-        .collect()
-}
 
 fn gpu_members(
     ctx: &Arc<GpuContext>,

@@ -41,6 +41,8 @@ pub const MAX_TENSOR_NAME: usize = 256;
 pub const MAX_TOKENS: usize = 1 << 20;
 /// Most members of a tensor-parallel stage, and most stop tokens of a job.
 pub const MAX_GROUP: usize = 64;
+/// Most sequences in one batched step of a tensor-parallel stage ([`PipeMsg::Run`]).
+pub const MAX_BATCH_STEPS: usize = 64;
 pub const MAX_STOP_TOKENS: usize = 64;
 /// Longest error message.
 pub const MAX_ERROR: usize = 4096;
@@ -397,8 +399,10 @@ pub enum SessionMsg {
     /// ring that carries sampled tokens back), and within a tensor-parallel stage to every other member of
     /// `group` (peer ids in member order; one entry for a plain stage). `upstream` is the leader that sends
     /// into this stage (the previous stage's; the last stage's for the first); pipes from anyone else are
-    /// refused. Answered with [`NodeMsg::Wired`].
-    Wire { next: Option<String>, upstream: Option<String>, group: Vec<String> },
+    /// refused. `batched`: every member of the group said it batches ([`NodeMsg::Loaded`]), so the leader runs the
+    /// waiting steps of several sequences as one step and tells the others which with [`PipeMsg::Run`]. Answered
+    /// with [`NodeMsg::Wired`].
+    Wire { next: Option<String>, upstream: Option<String>, group: Vec<String>, batched: bool },
     /// Start a sequence (to the first stage's leader): prefill `prompt`, then generate.
     Start { seq: u64, prompt: Vec<u32>, params: JobParams },
     /// Stop a sequence early (to the first stage's leader).
@@ -410,7 +414,7 @@ impl SessionMsg {
         match self {
             SessionMsg::Load(m) => m.validate(),
             SessionMsg::Data { data, .. } => check_len("data chunk", data.len(), MAX_DATA_CHUNK),
-            SessionMsg::Wire { next, upstream, group } => {
+            SessionMsg::Wire { next, upstream, group, .. } => {
                 check_len("group", group.len(), MAX_GROUP)?;
                 next.iter().chain(upstream).chain(group).try_for_each(|p| check_str("peer id", p, 128))
             }
@@ -431,8 +435,9 @@ impl SessionMsg {
 pub enum NodeMsg {
     /// The tensors still missing, each with the bytes already held (resume from there). Empty: all cached.
     Need { tensors: Vec<(u32, u64)> },
-    /// The stage is loaded and ready to be wired.
-    Loaded { backend: String, load_ms: u32, received_bytes: u64 },
+    /// The stage is loaded and ready to be wired; `batches`: its backend runs the steps of several sequences as
+    /// one step (one read of the weights for all of them).
+    Loaded { backend: String, load_ms: u32, received_bytes: u64, batches: bool },
     /// Pipes are open.
     Wired,
     /// From the last stage's leader: the `index`-th generated token of `seq` (None when the sequence ended on a
@@ -489,6 +494,9 @@ pub enum PipeMsg {
     Close { seq: u64 },
     /// A tensor-parallel member's partial sums for the current block of the current step.
     Partial { seq: u64, data: Vec<f32> },
+    /// From the leader of a batched tensor-parallel stage to the other members: run the steps of `seqs` (forwarded
+    /// before, in this order) now, as one batch when there are several.
+    Run { seqs: Vec<u64> },
 }
 
 impl PipeMsg {
@@ -502,6 +510,13 @@ impl PipeMsg {
                     StepInput::Tokens(t) if t.is_empty() => Err(WireError::Invalid("empty step".into())),
                     StepInput::Hidden(h) if h.is_empty() => Err(WireError::Invalid("empty step".into())),
                     _ => Ok(()),
+                }
+            }
+            PipeMsg::Run { seqs } => {
+                check_len("batch", seqs.len(), MAX_BATCH_STEPS)?;
+                match seqs.is_empty() {
+                    true => Err(WireError::Invalid("empty batch".into())),
+                    false => Ok(()),
                 }
             }
             PipeMsg::Close { .. } | PipeMsg::Partial { .. } => Ok(()),
@@ -546,8 +561,12 @@ mod tests {
         let step = |input| PipeMsg::Step { seq: 1, job: None, input, sample: true };
         assert!(step(StepInput::Tokens(vec![])).validate().is_err());
         assert!(step(StepInput::Hidden(vec![0.0; 4])).validate().is_ok());
-        let wire = SessionMsg::Wire { next: None, upstream: None, group: vec!["p".into(); MAX_GROUP + 1] };
+        let wire =
+            SessionMsg::Wire { next: None, upstream: None, group: vec!["p".into(); MAX_GROUP + 1], batched: true };
         assert!(wire.validate().is_err());
+        assert!(PipeMsg::Run { seqs: vec![1; MAX_BATCH_STEPS] }.validate().is_ok());
+        assert!(PipeMsg::Run { seqs: vec![1; MAX_BATCH_STEPS + 1] }.validate().is_err());
+        assert!(PipeMsg::Run { seqs: vec![] }.validate().is_err());
         let grammar = |n| JobParams { grammar: Some(Grammar::Lark("x".repeat(n))), ..params.clone() };
         assert!(grammar(MAX_GRAMMAR).validate().is_ok());
         assert!(grammar(MAX_GRAMMAR + 1).validate().is_err());

@@ -196,7 +196,8 @@ fn stage_messages_truncated_fail() {
     every_truncation_fails(&SessionMsg::Load(sample_manifest()), max);
     every_truncation_fails(&SessionMsg::Data { tensor: 3, offset: 1 << 40, data: vec![5; 700] }, max);
     every_truncation_fails(&SessionMsg::Start { seq: 1 << 50, prompt: vec![1, 2, 3], params: sample_job() }, max);
-    every_truncation_fails(&SessionMsg::Wire { next: Some("a".into()), upstream: None, group: vec!["b".into()] }, max);
+    let wire = SessionMsg::Wire { next: Some("a".into()), upstream: None, group: vec!["b".into()], batched: true };
+    every_truncation_fails(&wire, max);
     every_truncation_fails(&NodeMsg::Need { tensors: vec![(1, 77), (4, 0)] }, max);
     every_truncation_fails(&NodeMsg::Token { seq: 5, index: 2, token: Some(9), finish: None, logprobs: None }, max);
     let logprobs = Some(TokenLogprobs { logprob: -1.5, top: vec![(9, -1.5), (4, -2.0)] });
@@ -204,6 +205,7 @@ fn stage_messages_truncated_fail() {
     let step = PipeMsg::Step { seq: 3, job: Some(sample_job()), input: StepInput::Hidden(vec![0.5; 40]), sample: true };
     every_truncation_fails(&step, max);
     every_truncation_fails(&PipeMsg::Partial { seq: 3, data: vec![1.0; 20] }, max);
+    every_truncation_fails(&PipeMsg::Run { seqs: vec![3, 4, 5] }, max);
 }
 
 #[test]

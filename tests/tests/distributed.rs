@@ -320,7 +320,8 @@ fn cpu_node(key: &str, peers: &[&str]) -> Node {
 
 /// The native CPU backend across processes (three members on two cores, each with its own pool): pipelines of
 /// one to three stages give the greedy tokens of one CPU shard in this process, a two-way tensor-parallel stage
-/// those of one node, and a member killed mid-generation is replaced with the same text. Pipelines hand over the
+/// those of one node (also with four sequences batched in it), and a member killed mid-generation is replaced
+/// with the same text. Pipelines hand over the
 /// exact hidden states, and every output element is one thread's fixed-order sum, so the bits do not depend on
 /// the split; tensor-parallel partial sums are added in another order, which moves logits by float rounding.
 #[test]
@@ -387,7 +388,15 @@ fn the_cpu_backend_distributed_generates_one_cpu_nodes_tokens_and_recovers() {
         let r = run_prompt(&key, &[&a, &c], QWEN_PROMPT, 16, &extra).unwrap_or_else(|e| panic!("{shape:?}: {e}"));
         tokens(&r, 0)
     };
-    assert_eq!(qwen(&["--tensor-parallel", "2"]), qwen(&["--stages", "1"]), "qwen2: 2-way tensor parallel vs one node");
+    let tp = qwen(&["--tensor-parallel", "2"]);
+    assert_eq!(tp, qwen(&["--stages", "1"]), "qwen2: 2-way tensor parallel vs one node");
+    // Concurrent sequences in the tensor-parallel stage: its members batch them (the leader says which steps run
+    // together) and each sequence gets the tokens it gets alone.
+    let r = run_prompt(&key, &[&a, &c], QWEN_PROMPT, 16, &["-m", model, "--tensor-parallel", "2", "--sequences", "4"])
+        .unwrap_or_else(|e| panic!("4 sequences, 2-way tensor parallel: {e}"));
+    for i in 0..4 {
+        assert_eq!(tokens(&r, i), tp, "sequence {i} of 4 in a batched tensor-parallel stage");
+    }
 
     drop(c);
 }

@@ -227,9 +227,12 @@ pub struct TpGroup {
     pub allreduce_us: f64,
     /// The group's link term: its leader's (member 0 receives the stage input and sends its output).
     pub link_us: f64,
-    /// Rows of the cost model's batch: a tensor-parallel stage runs a batch's rows one after another (its members
-    /// would need the leader's batch composition), so each of its times is this many single-row steps.
+    /// Rows of the cost model's batch.
     rows: f64,
+    /// Every member measured a batched rate: the group runs a batch's rows as one step (the leader tells the
+    /// others which), each further row adding its multiply-adds and KV read on each member and its hidden state
+    /// to the all-reduces; else it runs them one after another, `rows` single-row steps.
+    batched: bool,
 }
 
 impl TpGroup {
@@ -296,19 +299,43 @@ impl TpGroup {
             .collect();
         let k = shares.len() as f64;
         let reduce_bytes = (m.dim as u64 * 4 * DECODE_TOKENS) as f64 * (k - 1.0);
+        let rows = cost.batch.max(1) as f64;
+        let batched = rows > 1.0 && shares.iter().all(|s| nodes[s.node].row_gmacs > 0.0);
+        let together = if batched { rows } else { 1.0 }; // rows in one all-reduce, one hop
         let allreduce_us = shares
             .iter()
             .map(|s| {
                 let l = &nodes[s.node].link;
-                2.0 * l.latency_us + reduce_bytes / l.bandwidth_mbps
+                2.0 * l.latency_us + together * reduce_bytes / l.bandwidth_mbps
             })
             .fold(0.0, f64::max);
-        let rows = cost.batch.max(1) as f64;
         let link_us = shares.first().map_or(0.0, |s| {
             let l = &nodes[s.node].link;
-            rows * (l.latency_us + (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps)
+            let one =
+                l.latency_us + together * (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps;
+            one * rows / together
         });
-        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, rows }
+        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, rows, batched }
+    }
+
+    /// A time of the group's step from one row's (`one`) and what each further row adds (`extra`).
+    fn scale(&self, one: f64, extra: f64) -> f64 {
+        if self.rows <= 1.0 {
+            one
+        } else if self.batched {
+            one + (self.rows - 1.0) * extra
+        } else {
+            self.rows * one
+        }
+    }
+
+    /// How many separate steps a batch takes: 1 when the group batches, else one per row.
+    fn steps(&self) -> f64 {
+        if self.batched {
+            1.0
+        } else {
+            self.rows
+        }
     }
 
     /// Fraction of a layer's weight bytes member `i` reads (the simulator times each member separately).
@@ -331,7 +358,8 @@ impl TpGroup {
             (cost.model.activation_bytes_per_token * DECODE_TOKENS) as f64
         };
         let copies = (self.shares.len() - 1) as f64;
-        self.rows
+        let bytes = bytes * self.rows / self.steps();
+        self.steps()
             * self.shares[1..]
                 .iter()
                 .map(|s| {
@@ -350,26 +378,29 @@ impl TpGroup {
             .enumerate()
             .map(|(i, s)| {
                 let n = &nodes[s.node];
-                (bytes * self.weight_share[i] + kv_read * self.kv_share[i]) / (n.gemv_gbps * 1e3)
-                    + DISPATCHES_PER_LAYER * n.dispatch_us
+                let kv = kv_read * self.kv_share[i] / (n.gemv_gbps * 1e3);
+                let one =
+                    bytes * self.weight_share[i] / (n.gemv_gbps * 1e3) + kv + DISPATCHES_PER_LAYER * n.dispatch_us;
+                self.scale(one, kv + cost.row_us(n, cost.layer_macs() * self.weight_share[i]))
             })
             .fold(0.0, f64::max);
-        self.rows * (slowest + 2.0 * (self.allreduce_us + TP_SYNC_US))
+        slowest + 2.0 * self.steps() * (self.allreduce_us + TP_SYNC_US)
     }
 
     /// Embedding lookup (replicated on every member; us).
     pub fn embed_us(&self, _cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
-        self.rows * self.shares.iter().map(|s| EMBED_DISPATCHES * nodes[s.node].dispatch_us).fold(0.0, f64::max)
+        self.shares.iter().map(|s| self.scale(EMBED_DISPATCHES * nodes[s.node].dispatch_us, 0.0)).fold(0.0, f64::max)
     }
 
     /// Head (replicated on every member; us).
     pub fn head_us(&self, cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
-        self.rows * self.shares.iter().map(|s| cost.head_one_us(&nodes[s.node])).fold(0.0, f64::max)
+        let head = |n: &NodeProfile| self.scale(cost.head_one_us(n), cost.row_us(n, cost.head_macs()));
+        self.shares.iter().map(|s| head(&nodes[s.node])).fold(0.0, f64::max)
     }
 
-    /// The fixed cost of the group's step (us): [`STEP_OVERHEAD_US`] per row.
+    /// The fixed cost of the group's step (us): [`STEP_OVERHEAD_US`] per separate step.
     pub fn step_overhead_us(&self) -> f64 {
-        self.rows * STEP_OVERHEAD_US
+        self.steps() * STEP_OVERHEAD_US
     }
 
     /// Compute time (us) of one decode step of layers `[a, b)`.

@@ -55,9 +55,11 @@
 //! step of `b` rows on a node that measured a batched rate (`row_gmacs`, G multiply-adds/s of each row after the
 //! first) takes the one-row time plus, for each further row, its multiply-adds (`flops_per_token_per_layer / 2`
 //! per layer, `dim x vocab` for the head) at `row_gmacs` and its own KV read at `gemv_gbps`: the weights are read
-//! once. Its link carries the `b` hidden states after one latency. A node without a batched rate (`row_gmacs = 0`,
-//! the wgpu backend) and a tensor-parallel stage (whose members run a batch row by row) take `b` times the
-//! one-row step and link. With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck
+//! once. Its link carries the `b` hidden states after one latency. A tensor-parallel stage whose members all
+//! measured a batched rate batches the same way, each member adding its share of a row's multiply-adds and KV
+//! read per further row, and every all-reduce and the leader's broadcast carrying the `b` rows after one latency.
+//! A node without a batched rate (`row_gmacs = 0`, the wgpu backend), and a group with such a member, take `b`
+//! times the one-row step and link. With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck
 //! `B_b`, one round moves every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b
 //! of sequences x 1e6 / max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
 //! `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, every token stepping alone. The prediction

@@ -110,7 +110,7 @@ async fn serve<R: AsyncRead + Unpin>(
         let (s, m) = (server.clone(), manifest.clone());
         tokio::task::spawn_blocking(move || s.load(plan, &m)).await??
     };
-    let backend = shard.backend_name();
+    let (backend, batches) = (shard.backend_name(), shard.batches());
     let me = manifest.me;
     let work = worker::spawn(shard, me, manifest.vocab.clone());
     let held = edge_protocol::HeldShard { model: manifest.model, spec: manifest.spec };
@@ -118,12 +118,13 @@ async fn serve<R: AsyncRead + Unpin>(
     server.set_hosted(plan, Some(hosted.clone()));
     let load_ms = t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
     tracing::info!(stage = me.stage, member = me.member, spec = %manifest.spec, received, load_ms, "stage loaded");
-    tx.send(NodeMsg::Loaded { backend, load_ms, received_bytes: received })?;
+    tx.send(NodeMsg::Loaded { backend, load_ms, received_bytes: received, batches })?;
 
     while let Some(msg) = next_msg(r).await? {
         match msg {
-            SessionMsg::Wire { next, upstream, group } => {
-                let outbox = wire(server, plan, &hosted, [next, upstream], group, tx.clone()).await?;
+            SessionMsg::Wire { next, upstream, group, batched } => {
+                let mut outbox = wire(server, plan, &hosted, [next, upstream], group, tx.clone()).await?;
+                outbox.group_batches = batched;
                 work.send(Work::Wired(outbox)).context("stage stopped")?;
                 tx.send(NodeMsg::Wired)?;
             }
@@ -172,7 +173,7 @@ async fn wire(
     for (j, p) in group.iter().enumerate() {
         out_group.push(if j == me.member as usize { None } else { Some(server.pipe_out(*p, plan, me).await?) });
     }
-    Ok(Outbox { coordinator, next, group: out_group })
+    Ok(Outbox { coordinator, next, group: out_group, group_batches: false })
 }
 
 impl StageServer {

@@ -1,9 +1,11 @@
 //! The thread that owns a loaded stage: it takes steps in arrival order from one queue, runs them on the shard,
-//! steps of different sequences that wait together as one batch when the backend batches (continuous batching;
-//! not yet in a tensor-parallel stage, whose members must run identical steps), and sends the results on
-//! (hidden states to the next stage; sampled tokens to the coordinator and around the ring to the first stage). A tensor-parallel member's leader (member 0) forwards every step to the other
+//! steps of different sequences that wait together as one batch when the backend batches (continuous batching),
+//! and sends the results on (hidden states to the next stage; sampled tokens to the coordinator and around the
+//! ring to the first stage). A tensor-parallel member's leader (member 0) forwards every step to the other
 //! members first, so all members run the same steps in the same order, and exchanges partial sums with them
-//! inside [`Shard::forward_reduce`].
+//! inside [`Shard::forward_reduce`] / [`Shard::forward_batch`]. In a group whose members all batch, the leader
+//! follows the steps it forwarded with [`PipeMsg::Run`] (which of them it runs now, together); the others hold
+//! their steps until it comes, so every member runs the very same batches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -16,7 +18,7 @@ use edge_protocol::stage::{
 
 use crate::grammar::Grammars;
 use crate::sampler::Sampler;
-use crate::shard::{HeadOutput, NoReduce, Reducer, Shard, ShardError, ShardInput, ShardOutput, Step};
+use crate::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput, Step};
 
 /// How long a tensor-parallel member waits for the others' partial sums before failing the step.
 pub const REDUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,6 +59,8 @@ pub struct Outbox {
     pub next: Option<tokio::sync::mpsc::Sender<PipeMsg>>,
     /// The other members of a tensor-parallel stage, by member index (None at this member's own index).
     pub group: Vec<Option<tokio::sync::mpsc::Sender<PipeMsg>>>,
+    /// Every member of the group batches: the leader says which steps run together ([`PipeMsg::Run`]).
+    pub group_batches: bool,
 }
 
 pub enum Work {
@@ -109,6 +113,8 @@ pub struct Worker {
     unopened: HashMap<u64, usize>,
     /// Parents whose close waits for their `unopened` forks.
     closing: HashSet<u64>,
+    /// A member of a batched group: the steps forwarded by the leader, waiting for its [`PipeMsg::Run`].
+    parked: Vec<Ready>,
 }
 
 /// A fork's `Start`, held until its parent has the positions it shares.
@@ -150,6 +156,7 @@ impl Worker {
             forks: HashMap::new(),
             unopened: HashMap::new(),
             closing: HashSet::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -194,8 +201,11 @@ impl Worker {
                     }
                 }
                 Work::Pipe { msg: PipeMsg::Close { seq }, .. } => self.close(seq),
+                Work::Pipe { msg: PipeMsg::Run { seqs }, .. } => self.run_parked(&seqs),
                 Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. } => {
-                    if self.batching() {
+                    if self.follows() {
+                        self.park(seq, job, input, sample);
+                    } else if self.batching() {
                         self.step_batch(seq, job, input, sample);
                     } else if let Err(e) = self.step(seq, job, input, sample) {
                         self.fail(seq, e);
@@ -338,6 +348,7 @@ impl Worker {
             return;
         }
         self.prompts.remove(&seq);
+        self.parked.retain(|r| r.seq != seq);
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
         self.gone(seq);
@@ -370,7 +381,92 @@ impl Worker {
     }
 
     fn batching(&self) -> bool {
-        self.shard.batches() && self.out.as_ref().is_none_or(|o| o.group.len() <= 1)
+        self.shard.batches() && self.out.as_ref().is_none_or(|o| o.group.len() <= 1 || o.group_batches)
+    }
+
+    /// A tensor-parallel group whose members all batch.
+    fn batched_group(&self) -> bool {
+        self.out.as_ref().is_some_and(|o| o.group.len() > 1 && o.group_batches)
+    }
+
+    /// A member (not the leader) of a batched group: it runs what the leader's [`PipeMsg::Run`] says.
+    fn follows(&self) -> bool {
+        !self.leader() && self.batched_group()
+    }
+
+    /// The leader of a batched group tells the others which of the steps it forwarded it runs now.
+    fn announce(&self, ready: &[Ready]) {
+        if self.batched_group() {
+            self.to_group(&PipeMsg::Run { seqs: ready.iter().map(|r| r.seq).collect() });
+        }
+    }
+
+    /// A member of a batched group holds a forwarded step (opened, its head output decided) for the leader's run.
+    fn park(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
+        match self.prepare(seq, job, input, sample) {
+            Ok(Some(r)) => self.parked.push(r),
+            Ok(None) => {}
+            Err(e) => self.fail(seq, e),
+        }
+    }
+
+    /// A member of a batched group runs the held steps of `seqs` as the leader does: together when there are
+    /// several. A batch that fails before anything moved (a bad step) stays held: the leader runs each alone next.
+    fn run_parked(&mut self, seqs: &[u64]) {
+        let mut ready = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match self.parked.iter().position(|r| r.seq == *seq) {
+                Some(i) => ready.push(self.parked.remove(i)),
+                None => tracing::warn!(seq, "the leader ran a step this member does not hold"),
+            }
+        }
+        if ready.len() <= 1 {
+            for r in ready {
+                let seq = r.seq;
+                if let Err(e) = self.run_one(r) {
+                    self.fail(seq, e);
+                }
+            }
+            return;
+        }
+        match self.run_batch(&ready) {
+            Ok((outs, elapsed)) => self.finish_batch(ready, outs, elapsed),
+            Err(ShardError::Group(e)) => {
+                for r in ready {
+                    self.fail(r.seq, ShardError::Group(e.clone()));
+                }
+            }
+            Err(_) => self.parked.splice(0..0, ready).for_each(drop),
+        }
+    }
+
+    /// Runs prepared steps of different sequences as one batch (summing partials with the group, if any).
+    fn run_batch(&mut self, ready: &[Ready]) -> Result<(Vec<ShardOutput>, Duration), ShardError> {
+        let batch: Vec<Step> =
+            ready.iter().map(|r| Step { seq: r.seq, input: r.shard_input(), want: r.want }).collect();
+        let t = Instant::now();
+        let mut reduce = GroupReduce {
+            me: self.me.member as usize,
+            seq: ready[0].seq,
+            group: self.out.as_ref().map(|o| &o.group[..]).unwrap_or(&[]),
+            rx: &self.rx,
+            queue: &mut self.queue,
+            partials: &mut self.partials,
+        };
+        let outs = self.shard.forward_batch(&batch, &mut reduce)?;
+        Ok((outs, t.elapsed()))
+    }
+
+    /// Books a batch's time (each sequence its share, by rows) and sends every result on.
+    fn finish_batch(&mut self, ready: Vec<Ready>, outs: Vec<ShardOutput>, elapsed: Duration) {
+        let dim = self.shard.config().dim;
+        let rows: usize = ready.iter().map(|r| r.rows(dim)).sum();
+        for (r, out) in ready.into_iter().zip(outs) {
+            let (seq, share) = (r.seq, elapsed.mul_f64(r.rows(dim) as f64 / rows.max(1) as f64));
+            if let Err(e) = self.finish(r, share, out) {
+                self.fail(seq, e);
+            }
+        }
     }
 
     /// Moves what has arrived into the queue. A new sequence's `Start` is taken at once (it only queues its
@@ -416,26 +512,22 @@ impl Worker {
             }
         }
         if ready.len() > 1 {
-            let batch: Vec<Step> =
-                ready.iter().map(|r| Step { seq: r.seq, input: r.shard_input(), want: r.want }).collect();
-            let t = Instant::now();
-            let outs = self.shard.forward_batch(&batch, &mut NoReduce);
-            let elapsed = t.elapsed();
-            if let Ok(outs) = outs {
-                // Each sequence's share of the batch's time, by rows.
-                let dim = self.shard.config().dim;
-                let rows: usize = ready.iter().map(|r| r.rows(dim)).sum();
-                for (r, out) in ready.into_iter().zip(outs) {
-                    let (seq, share) = (r.seq, elapsed.mul_f64(r.rows(dim) as f64 / rows.max(1) as f64));
-                    if let Err(e) = self.finish(r, share, out) {
-                        self.fail(seq, e);
+            self.announce(&ready);
+            match self.run_batch(&ready) {
+                Ok((outs, elapsed)) => return self.finish_batch(ready, outs, elapsed),
+                // A group that failed fails each step alone too: end them now.
+                Err(ShardError::Group(e)) => {
+                    for r in ready {
+                        self.fail(r.seq, ShardError::Group(e.clone()));
                     }
+                    return;
                 }
-                return;
+                Err(_) => {}
             }
         }
         for r in ready {
             let seq = r.seq;
+            self.announce(std::slice::from_ref(&r));
             if let Err(e) = self.run_one(r) {
                 self.fail(seq, e);
             }

@@ -47,3 +47,22 @@ pub struct Qwen2Reference {
 pub fn qwen2_reference() -> Qwen2Reference {
     serde_json::from_str(include_str!("../fixtures/qwen2_reference.json")).unwrap()
 }
+
+/// The stage images of `spec` for each slice, rebuilt as models (what a node loads).
+pub fn member_models(
+    g: &Gguf,
+    cfg: &ModelConfig,
+    spec: edge_protocol::ShardSpec,
+    slices: &[edge_protocol::LayerSlice],
+) -> Vec<(Gguf, ModelConfig)> {
+    slices
+        .iter()
+        .map(|s| {
+            let img = edge_node::model::stage::stage_image(g, cfg, spec, Some(*s)).unwrap();
+            let m = edge_node::gguf::parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
+            let c = ModelConfig::from_gguf(&m).unwrap();
+            assert!(c.partial_layers);
+            (m, c)
+        })
+        .collect()
+}
