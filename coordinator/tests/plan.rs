@@ -232,8 +232,9 @@ fn a_batched_pipeline_keeps_both_stages_busy_with_two_micro_batches() {
 }
 
 #[test]
-fn batch_sizes_are_powers_of_two_and_all_sequences() {
-    use edge_coord::plan::batches;
+fn batch_sizes_are_powers_of_two_and_all_sequences_up_to_the_workers_batch() {
+    use edge_coord::plan::{batches, MAX_BATCH};
+    assert_eq!(MAX_BATCH, 32);
     assert_eq!(batches(1), vec![(1, 1)]);
     assert_eq!(batches(8), vec![(1, 8), (2, 4), (4, 2), (8, 1)]);
     assert_eq!(batches(5), vec![(1, 5), (2, 3), (4, 2), (5, 1)]);
@@ -241,7 +242,8 @@ fn batch_sizes_are_powers_of_two_and_all_sequences() {
         let b = batches(s);
         assert!(b.iter().all(|&(size, groups)| size * groups >= s && size * (groups - 1) < s), "{s}: {b:?}");
         assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(b.len(), (s as f64).log2().ceil() as usize + 1, "{s}: {b:?}");
+        assert_eq!(b.len(), (s.min(32) as f64).log2().ceil() as usize + 1, "{s}: {b:?}");
+        assert_eq!(b.last().unwrap().0, s.min(32));
     }
 }
 

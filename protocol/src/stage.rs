@@ -7,7 +7,8 @@
 //!   sampled tokens, per-sequence timings, errors). The stage lives as long as its session: when the stream
 //!   closes the node frees it.
 //! - a **pipe** (node -> node, opened after wiring): [`PipeMsg`]s — hidden states to the next stage, sampled
-//!   tokens around the ring back to the first stage, and the partial sums of a tensor-parallel stage. Data never
+//!   tokens around the ring back to the first stage, and within a tensor-parallel stage the steps the leader
+//!   forwards, which of them run together ([`PipeMsg::Run`]) and the partial sums. Data never
 //!   passes through the coordinator.
 //!
 //! The node answers the first frame with a [`StageAccept`] before anything else flows: the opener knows its stream

@@ -2,7 +2,8 @@
 //!
 //! A request arrives at the coordinator, queues for one of its replica's sequence slots, and its prompt is sent
 //! to the first stage's leader, which cuts it into chunks (as `node/src/stage/worker.rs` does: as many tokens as
-//! fit half a stage frame). Every stage serves one step at a time from one FIFO queue; a finished step's hidden
+//! fit half a stage frame). Every stage serves its FIFO queue one step at a time, or, on nodes that batch, the
+//! waiting steps of up to 32 requests as one step (stopping at a second step of a request); a finished step's hidden
 //! state goes to the next stage over the links ([`crate::net`]); the last stage samples after the last chunk and
 //! sends the token to the coordinator and to the first stage (a one-stage plan to itself), which runs the next
 //! decode step; after `max_tokens` tokens the sequence ends and frees its slot. Failures and re-plans are in
@@ -12,6 +13,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 
 use edge_coord::plan::NodeProfile;
+use edge_node::stage::worker::MAX_BATCH;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -504,19 +506,17 @@ impl<'c> Sim<'c> {
         let Some(first) = s.queue.pop_front() else { return };
         let mut batch = vec![first];
         if s.cost.batches() {
-            let mut left = std::collections::VecDeque::with_capacity(s.queue.len());
-            while let Some(step) = s.queue.pop_front() {
-                if batch.iter().any(|b| b.req == step.req) {
-                    left.push_back(step);
-                } else {
-                    batch.push(step);
+            // As the runtime's worker: up to its batch, stopping at a second step of a request in the batch.
+            while batch.len() < MAX_BATCH {
+                match s.queue.front() {
+                    Some(next) if batch.iter().all(|b| b.req != next.req) => batch.extend(s.queue.pop_front()),
+                    _ => break,
                 }
             }
-            s.queue = left;
         }
         let us = if s.cost.batches() {
             let rows: Vec<(usize, usize)> = batch.iter().map(|b| (b.tokens as usize, b.pos as usize)).collect();
-            s.cost.batch_us(&rows)
+            s.cost.batch_us(&rows, &mut self.rng)
         } else {
             s.cost.step_us(first.tokens as usize, first.pos as usize, &mut self.rng)
         };

@@ -11,7 +11,9 @@
 //!   different requests as one step, as the runtime's CPU backend does): `factor x (node_stage_us at an empty cache
 //!   + every step's KV read at its own positions + (rows - 1) x row_us)`, `row_us` being the planner's
 //!   [`CostModel::row_us`] of one row's multiply-adds; for chunks of several tokens at least their FLOPs over
-//!   `prefill_gflops`. One decode step alone takes exactly the decode time above.
+//!   `prefill_gflops`. One decode step alone takes exactly the decode time above. A tensor-parallel group batches
+//!   when all its members do: the formula below with every step's rows, each member adding per further row its
+//!   share of a row's multiply-adds (and the head's), the all-reduces and the broadcast carrying every row.
 //! - **Tensor parallel**: per layer, the slowest member's time (each member its share of the weights and KV
 //!   heads, times its own factor), plus two all-reduces (the slowest member's `2 x latency + bytes / bw` with
 //!   sampled jitter and loss) and two `TP_SYNC_US`; plus the replicated embedding/head, the leader's broadcast of
@@ -40,6 +42,10 @@ struct Member {
     link: LinkSpec,
     weight_share: f64,
     kv_share: f64,
+    /// What each row after the first adds to this member's part of a layer, and to the head, in a batched step
+    /// (us, before the factor; 0 without a batched rate).
+    row_layer_us: f64,
+    row_head_us: f64,
 }
 
 /// The costs of one stage of a plan.
@@ -58,7 +64,8 @@ pub struct StageCost {
     head_bytes: f64,
     /// Head FLOPs (one row of logits per step).
     head_flops: f64,
-    /// A pipeline stage whose node batches: what each row after the first adds (us, before the factor).
+    /// A stage whose nodes all batch (a tensor-parallel group batches when all its members do, as the runtime
+    /// wires it): for a single node, what each row after the first adds (us, before the factor).
     row_us: Option<f64>,
     flops_layer: f64,
     q_dim: f64,
@@ -96,14 +103,19 @@ impl StageCost {
                     link: n.link,
                     weight_share: group.as_ref().map_or(1.0, |g| g.weight_share(i)),
                     kv_share: group.as_ref().map_or(1.0, |g| g.kv_share(i)),
+                    row_layer_us: cost.row_us(
+                        &profiles[m.node],
+                        cost.layer_macs() * group.as_ref().map_or(1.0, |g| g.weight_share(i)),
+                    ),
+                    row_head_us: cost.row_us(&profiles[m.node], cost.head_macs()),
                 }
             })
             .collect::<Vec<_>>();
         let leader = &profiles[stage.members[0].node];
         let fixed_us = cost.node_stage_us(leader, a, b, stage.embed, stage.head);
         let head_macs = if stage.head { cost.head_macs() } else { 0.0 };
-        let row_us = (members.len() == 1 && leader.row_gmacs > 0.0)
-            .then(|| cost.row_us(leader, (b - a) as f64 * cost.layer_macs() + head_macs));
+        let batches = stage.members.iter().all(|m| profiles[m.node].row_gmacs > 0.0);
+        let row_us = batches.then(|| cost.row_us(leader, (b - a) as f64 * cost.layer_macs() + head_macs));
         StageCost {
             row_us,
             layers: b - a,
@@ -147,7 +159,10 @@ impl StageCost {
     }
 
     /// Time (us) of one batched step of `steps` (tokens, first position) on a stage that [`StageCost::batches`].
-    pub fn batch_us(&self, steps: &[(usize, usize)]) -> f64 {
+    pub fn batch_us(&self, steps: &[(usize, usize)], rng: &mut StdRng) -> f64 {
+        if self.members.len() > 1 {
+            return self.group_step_us(steps, rng);
+        }
         let (m, row_us) = (&self.members[0], self.row_us.unwrap_or(0.0));
         let rows: usize = steps.iter().map(|s| s.0).sum();
         let positions: usize = steps.iter().map(|&(t, p)| p + t).sum();
@@ -166,7 +181,7 @@ impl StageCost {
         if self.members.len() == 1 {
             self.node_step_us(tokens, pos)
         } else {
-            self.group_step_us(tokens, pos, rng)
+            self.group_step_us(&[(tokens, pos)], rng)
         }
     }
 
@@ -195,17 +210,24 @@ impl StageCost {
         }
     }
 
-    fn group_step_us(&self, tokens: usize, pos: usize, rng: &mut StdRng) -> f64 {
+    /// One step of a tensor-parallel group carrying `steps` (tokens, first position): one step alone, or a batch
+    /// on a group that batches (each further row adds its multiply-adds on every member; the all-reduces and the
+    /// broadcast carry every row).
+    fn group_step_us(&self, steps: &[(usize, usize)], rng: &mut StdRng) -> f64 {
         let k = self.members.len();
-        let t = tokens as f64;
-        let kv_read = self.kv_bytes_per_pos_layer * (pos + tokens) as f64;
-        let mean_pos = pos as f64 + (t + 1.0) / 2.0;
-        let prefill = tokens > 1;
-        let layer_flops = t * (self.flops_layer + 4.0 * self.q_dim * mean_pos);
+        let tokens: usize = steps.iter().map(|s| s.0).sum();
+        let kv_read = self.kv_bytes_per_pos_layer * steps.iter().map(|&(t, p)| p + t).sum::<usize>() as f64;
+        let prefill = steps.iter().any(|s| s.0 > 1);
+        let layer_flops: f64 = steps
+            .iter()
+            .map(|&(t, p)| t as f64 * (self.flops_layer + 4.0 * self.q_dim * (p as f64 + (t as f64 + 1.0) / 2.0)))
+            .sum();
+        let extra_rows = tokens.saturating_sub(1) as f64;
         let member_layer = |m: &Member, bytes: f64| {
             let bw = m.factor
                 * ((bytes * m.weight_share + kv_read * m.kv_share) / (m.gbps * 1e3)
-                    + DISPATCHES_PER_LAYER * m.dispatch_us);
+                    + DISPATCHES_PER_LAYER * m.dispatch_us
+                    + extra_rows * m.row_layer_us);
             if prefill {
                 bw.max(layer_flops * m.weight_share / (m.gflops * 1e3))
             } else {
@@ -233,7 +255,10 @@ impl StageCost {
                 .members
                 .iter()
                 .map(|m| {
-                    let bw = m.factor * (self.head_bytes / (m.gbps * 1e3) + HEAD_DISPATCHES * m.dispatch_us);
+                    let bw = m.factor
+                        * (self.head_bytes / (m.gbps * 1e3)
+                            + HEAD_DISPATCHES * m.dispatch_us
+                            + extra_rows * m.row_head_us);
                     if prefill {
                         bw.max(self.head_flops / (m.gflops * 1e3))
                     } else {

@@ -79,22 +79,24 @@ fn tensor_parallel_token_interval_is_the_planner_prediction() {
     check_intervals(&models::smollm2(), &cluster, req, None, 0.0);
 }
 
-/// A node whose backend batches (the CPU backend) runs eight sequences as steps of eight rows, as the runtime's
+/// One stage on `nodes` CPU-backend nodes (one, or a tensor-parallel group): eight sequences sent together run
+/// as steps of eight rows, as the runtime's
 /// stage worker does: the first request's prefill runs alone, the second step carries its first token and the
 /// other seven prompts, and from then on every step holds all eight. Each token then comes one batched step after
 /// the last: the planner's batched latency at that cache length (the first request is one position ahead of the
 /// others, which the planner's average does not see: within 0.5%). The first request also ends a step earlier,
-/// so the others' last step has seven rows.
-#[test]
-fn a_batching_node_steps_every_sequence_at_the_planner_batched_time() {
-    let cluster = Cluster::homogeneous(1, &uncalibrated(&CPU_2CORE), ETHERNET).steady();
+/// so the others' last step has seven rows. Returns the planner's prediction for the plan.
+fn check_batched_steps(nodes: usize, tensor_parallel: TpMode) -> edge_coord::plan::Prediction {
+    let cluster = Cluster::homogeneous(nodes, &uncalibrated(&CPU_2CORE), ETHERNET).steady();
     let model = models::smollm2();
     let (prompt, tokens) = (16, 24);
-    let req = PlanRequest { context: 64, sequences: 8, tensor_parallel: TpMode::Off };
+    let req = PlanRequest { context: 64, sequences: 8, tensor_parallel };
     let mut cfg = validate::run_config(&model, &cluster, &req, None, prompt, tokens, 1);
     cfg.trace = true;
     let r = simulate(&cfg).unwrap();
-    let (plan, sub) = plan_nodes(&model, &cluster.node_profiles(), &[0], &req, None).unwrap();
+    let all: Vec<usize> = (0..nodes).collect();
+    let (plan, sub) = plan_nodes(&model, &cluster.node_profiles(), &all, &req, None).unwrap();
+    assert_eq!(plan.stages.len(), 1);
     let mut rows: Vec<(f64, u32)> = Vec::new();
     for e in &r.trace {
         if let TraceEvent::Step { start, tokens: t, .. } = *e {
@@ -124,9 +126,21 @@ fn a_batching_node_steps_every_sequence_at_the_planner_batched_time() {
             assert!(rel < 0.005, "request {req_id} token {k}: {got} us, planner {} us", p.batch_latency_us);
         }
     }
+    predict(&model, &sub, &PlanRequest { context: 64, ..req }, &plan.stages)
+}
+
+#[test]
+fn a_batching_node_steps_every_sequence_at_the_planner_batched_time() {
+    let one = check_batched_steps(1, TpMode::Off);
     // Eight tokens per batched step: more than 2.5 times one sequence's rate on this profile.
-    let one = predict(&model, &sub, &PlanRequest { context: 64, ..req }, &plan.stages);
     assert!(one.throughput_tokens_per_s > 2.5 * one.tokens_per_s, "{one:?}");
+}
+
+/// The same with the stage split over two such nodes (tensor parallel): the group batches as one node does, its
+/// all-reduces carrying every row.
+#[test]
+fn a_batching_tensor_parallel_group_steps_every_sequence_at_the_planner_batched_time() {
+    check_batched_steps(2, TpMode::Force(2));
 }
 
 fn busy_config(seed: u64) -> SimConfig {

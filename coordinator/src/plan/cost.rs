@@ -223,7 +223,7 @@ pub struct TpGroup {
     weight_share: Vec<f64>,
     /// Fraction of the KV heads each member holds.
     kv_share: Vec<f64>,
-    /// One all-reduce of a `dim` hidden state (us).
+    /// One all-reduce (us): of a `dim` hidden state, or of every row's in a step of a batching group.
     pub allreduce_us: f64,
     /// The group's link term: its leader's (member 0 receives the stage input and sends its output).
     pub link_us: f64,
@@ -369,7 +369,8 @@ impl TpGroup {
                 .fold(0.0, f64::max)
     }
 
-    /// Time (us) of one layer of `bytes` weights: the slowest member, two all-reduces and two syncs.
+    /// Time (us) of one layer of `bytes` weights in a step of the cost model's batch: the slowest member, two
+    /// all-reduces and two syncs (per row when the group does not batch).
     pub fn layer_us(&self, cost: &CostModel, nodes: &[NodeProfile], bytes: f64) -> f64 {
         let kv_read = cost.kv_read_bytes_per_layer();
         let slowest = self
@@ -403,7 +404,7 @@ impl TpGroup {
         self.steps() * STEP_OVERHEAD_US
     }
 
-    /// Compute time (us) of one decode step of layers `[a, b)`.
+    /// Compute time (us) of one decode step (of the cost model's batch) of layers `[a, b)`.
     pub fn stage_us(
         &self,
         cost: &CostModel,

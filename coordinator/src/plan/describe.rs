@@ -73,7 +73,7 @@ impl Plan {
         if p.batch > 1 {
             let _ = writeln!(
                 out,
-                "batched    {} group{} of {} sequences in every stage step (batch round {:.2} ms, bottleneck {:.2} ms)",
+                "batched    {} group{} of {} sequences in every stage step (a batch through the plan {:.2} ms, bottleneck {:.2} ms)",
                 p.micro_batches,
                 if p.micro_batches == 1 { "" } else { "s" },
                 p.batch,

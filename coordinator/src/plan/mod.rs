@@ -92,6 +92,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelDescription;
 use cost::{usable_memory, CostModel, TpGroup, TpShare};
+pub use edge_node::stage::worker::MAX_BATCH;
 
 /// GEMV bandwidth assumed for a member that did not measure one (GB/s).
 pub const DEFAULT_GEMV_GBPS: f64 = 1.0;
@@ -362,16 +363,17 @@ pub fn plan(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
 }
 
 /// The ways `sequences` sequences may move through a plan, as `(batch, micro_batches)`: `micro_batches =
-/// ceil(sequences / batch)` groups of up to `batch` sequences, for `batch` 1, 2, 4, ... below `sequences` and
-/// `sequences` itself (`(1, sequences)`: every token on its own; `(sequences, 1)`: one batch of all). Powers of
-/// two keep the search to `log2(sequences) + 1` batch sizes.
+/// ceil(sequences / batch)` groups of up to `batch` sequences, for `batch` 1, 2, 4, ... below the largest, which
+/// is `sequences` or the stage worker's [`MAX_BATCH`], whichever is smaller (`(1, sequences)`: every token on its
+/// own; `(sequences, 1)`: one batch of all). Powers of two keep the search to `log2(largest) + 1` batch sizes.
 pub fn batches(sequences: usize) -> Vec<(usize, usize)> {
     let s = sequences.max(1);
+    let top = s.min(MAX_BATCH);
     let mut out: Vec<(usize, usize)> = std::iter::successors(Some(1usize), |b| Some(b * 2))
-        .take_while(|&b| b < s)
+        .take_while(|&b| b < top)
         .map(|b| (b, s.div_ceil(b)))
         .collect();
-    out.push((s, 1));
+    out.push((top, s.div_ceil(top)));
     out
 }
 
@@ -382,7 +384,10 @@ pub fn predict(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanReques
     let one = occupancies(&cost, nodes, stages);
     let s = req.sequences.max(1);
     let mut best = (0.0, 1, s, one.latency, one.bottleneck);
-    for (b, m) in batches(s) {
+    // Stages that do not batch take `b` times as long for `b` rows: one row is their optimum (and float rounding
+    // must not make a wgpu plan look batched).
+    let batching = stages.iter().any(|st| st.members.iter().all(|m| nodes[m.node].row_gmacs > 0.0));
+    for (b, m) in batches(s).into_iter().filter(|&(b, _)| batching || b == 1) {
         let o = if b == 1 { one.clone() } else { occupancies(&cost.with_batch(b), nodes, stages) };
         let tps = s as f64 * 1e6 / o.latency.max(m as f64 * o.bottleneck);
         if tps > best.0 {

@@ -285,13 +285,13 @@ impl<'u> Dp<'u> {
     }
 }
 
-/// The best pipeline of two or more stages over `units` for `sequences` concurrent sequences (latency for one,
-/// throughput for more), under the DP's model.
-pub fn best_pipeline(units: &[Unit], l: usize, sequences: usize) -> Option<Choice> {
+/// The best pipeline of two or more stages over `units` for `groups` groups of sequences in flight (one: latency;
+/// more: throughput), under the DP's model at the units' batch.
+pub fn best_pipeline(units: &[Unit], l: usize, groups: usize) -> Option<Choice> {
     let mut dp = Dp::new(units, l);
     let p0 = dp.run(f64::INFINITY)?;
-    let s = sequences.max(1) as f64;
-    if sequences <= 1 || p0.latency / s >= p0.bottleneck {
+    let s = groups.max(1) as f64;
+    if groups <= 1 || p0.latency / s >= p0.bottleneck {
         return Some(p0);
     }
     // The optimum's bottleneck is at most p0's: its value is at most p0's, which is p0's bottleneck.
@@ -380,15 +380,19 @@ fn unit_stage(cost: &CostModel, unit: &Unit, a: usize, b: usize) -> Stage {
 }
 
 /// Bit pattern of a node's profile (nodes with equal keys are interchangeable).
-fn profile_key(n: &NodeProfile) -> (u64, u64, u64, u64, u64) {
+fn profile_key(n: &NodeProfile) -> ProfileKey {
     (
         n.memory_bytes,
         n.gemv_gbps.to_bits(),
         n.dispatch_us.to_bits(),
+        n.row_gmacs.to_bits(),
         n.link.latency_us.to_bits(),
         n.link.bandwidth_mbps.to_bits(),
     )
 }
+
+/// Memory and the bit patterns of every measured rate of a node.
+type ProfileKey = (u64, u64, u64, u64, u64, u64);
 
 /// The units of a search: `group` first (if any), then the nodes of `candidates` in index order, at most
 /// `n_layers` of each profile (the lowest indices), without those that can hold nothing.
@@ -396,8 +400,8 @@ pub fn units(cost: &CostModel, nodes: &[NodeProfile], group: Option<TpGroup>, ca
     let windows = mid_windows(cost);
     let l = cost.n_layers();
     let mut out: Vec<Unit> = group.map(|g| group_unit(cost, nodes, &windows, g)).into_iter().collect();
-    let mut seen: HashMap<(u64, u64, u64, u64, u64), usize> = HashMap::new();
-    let mut memo: HashMap<(u64, u64, u64, u64, u64), Unit> = HashMap::new();
+    let mut seen: HashMap<ProfileKey, usize> = HashMap::new();
+    let mut memo: HashMap<ProfileKey, Unit> = HashMap::new();
     let mut sorted = candidates.to_vec();
     sorted.sort_unstable();
     for i in sorted {

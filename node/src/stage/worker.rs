@@ -237,9 +237,12 @@ impl Worker {
     fn fail(&mut self, seq: u64, e: ShardError) {
         tracing::warn!(seq, cause = %e, "step failed");
         self.report(NodeMsg::Error { seq: Some(seq), message: e.to_string() });
+        // The other members of a group free it too (they may hold its step, forwarded before it failed here).
+        self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
         self.seqs.remove(&seq);
         self.prompts.remove(&seq);
+        self.parked.retain(|r| r.seq != seq);
         self.gone(seq);
     }
 
