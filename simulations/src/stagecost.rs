@@ -8,8 +8,8 @@
 //! - **Prefill** (a chunk of `T` tokens from position `p0`): `max(factor x bandwidth time of the chunk,
 //!   T x FLOPs per token / prefill_gflops)`: weights are streamed once per chunk, compute grows with `T`.
 //! - **A batch** (a stage whose node measured a batched rate, `row_gmacs > 0`, runs the waiting steps of
-//!   different requests as one step, as the runtime's CPU backend does): `factor x (node_stage_us at an empty cache
-//!   + every step's KV read at its own positions + (rows - 1) x row_us)`, `row_us` being the planner's
+//!   different requests as one step, as the runtime's CPU backend does): `factor x (node_stage_us at an empty
+//!   cache + every step's KV read at its own positions + (rows - 1) x row_us)`, `row_us` being the planner's
 //!   [`CostModel::row_us`] of one row's multiply-adds; for chunks of several tokens at least their FLOPs over
 //!   `prefill_gflops`. One decode step alone takes exactly the decode time above. A tensor-parallel group batches
 //!   when all its members do: the formula below with every step's rows, each member adding per further row its
