@@ -42,8 +42,10 @@ pub struct Mat {
     dot: DotFn,
     dot4: Option<Dot4Fn>,
     tile: Option<(TileFn, usize, usize)>,
-    /// The weights in the interleaved layout with their kernel, when the path has one for the type.
-    packed: Option<(Arc<[u8]>, PackedFn)>,
+    /// The weights in the interleaved layout with their kernel, when the path has one for the type. They live in
+    /// pages of their own (an anonymous mapping), not on the heap: a node loads and frees whole stages as plans
+    /// come and go, and a heap keeps what it once held (each thread's arena), so its resident memory would grow.
+    packed: Option<(Arc<memmap2::Mmap>, PackedFn)>,
 }
 
 impl Mat {
@@ -68,9 +70,18 @@ impl Mat {
     /// This matrix (whose bytes are `w`) in the interleaved layout when `kernels` has a kernel for its type and
     /// its rows fill whole groups; else unchanged.
     pub fn repacked(self, w: &[u8], kernels: Kernels) -> Mat {
-        match (kernels.packed(self.ty), repack::repack(self.ty, self.rows, self.cols, w)) {
-            (Some(kernel), Some(bytes)) => Mat { act: ActType::Q8_1, packed: Some((bytes.into(), kernel)), ..self },
-            _ => self,
+        let (Some(kernel), Some(len)) = (kernels.packed(self.ty), repack::packed_len(self.ty, self.rows, self.cols))
+        else {
+            return self;
+        };
+        let pages = memmap2::MmapMut::map_anon(len).and_then(|mut m| {
+            repack::repack_into(self.ty, self.rows, self.cols, w, &mut m);
+            m.make_read_only()
+        });
+        match pages {
+            Ok(pages) => Mat { act: ActType::Q8_1, packed: Some((Arc::new(pages), kernel)), ..self },
+            // No memory for a copy: the kernels read the GGML layout in place.
+            Err(_) => self,
         }
     }
 

@@ -72,14 +72,25 @@ pub const fn offset(ty: GgmlType) -> Option<f32> {
 /// `rows` rows of `cols` weights in GGML blocks (`src`) in the interleaved layout; `None` when the type has no
 /// such layout or the rows do not fill whole groups.
 pub fn repack(ty: GgmlType, rows: usize, cols: usize, src: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; packed_len(ty, rows, cols)?];
+    repack_into(ty, rows, cols, src, &mut out);
+    Some(out)
+}
+
+/// Bytes of `rows` x `cols` weights of `ty` in the interleaved layout; `None` when the type has no such layout
+/// or the rows do not fill whole groups.
+pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> Option<usize> {
     let gb = group_block(ty)?;
-    if !rows.is_multiple_of(ROWS) || !cols.is_multiple_of(32) {
-        return None;
-    }
+    (rows.is_multiple_of(ROWS) && cols.is_multiple_of(32)).then_some(rows / ROWS * cols / 32 * gb)
+}
+
+/// [`repack`] into `out` ([`packed_len`] bytes).
+pub fn repack_into(ty: GgmlType, rows: usize, cols: usize, src: &[u8], out: &mut [u8]) {
+    let gb = group_block(ty).expect("a packed type");
     let (blocks, bb) = (cols / 32, ty.block().1);
     let row_bytes = blocks * bb;
     assert!(src.len() >= rows * row_bytes, "repack: {} bytes for {rows} x {cols} {ty:?}", src.len());
-    let mut out = vec![0u8; rows / ROWS * blocks * gb];
+    assert_eq!(Some(out.len()), packed_len(ty, rows, cols));
     for (g, og) in out.chunks_exact_mut(blocks * gb).enumerate() {
         for (b, o) in og.chunks_exact_mut(gb).enumerate() {
             for r in 0..ROWS {
@@ -103,5 +114,4 @@ pub fn repack(ty: GgmlType, rows: usize, cols: usize, src: &[u8]) -> Option<Vec<
             }
         }
     }
-    Some(out)
 }
