@@ -424,14 +424,42 @@ fn arb_node() -> impl Strategy<Value = NodeProfile> {
 }
 
 fn arb_case(uniform: bool) -> impl Strategy<Value = (ModelDescription, Vec<NodeProfile>, PlanRequest)> {
+    arb_case_of(uniform, 2..=8, prop::collection::vec(arb_node(), 1..=4))
+}
+
+/// Nodes and copies of them that are slower, hold less and sit behind slower links (factor 1: an equal copy).
+fn arb_nodes_with_worse_copies() -> impl Strategy<Value = Vec<NodeProfile>> {
+    (prop::collection::vec(arb_node(), 1..=3), prop::collection::vec((0usize..3, 1.0f64..2.0, any::<bool>()), 2..=4))
+        .prop_map(|(mut nodes, copies)| {
+            let n = nodes.len();
+            for (i, f, equal) in copies {
+                let mut c = nodes[i % n].clone();
+                let f = if equal { 1.0 } else { f };
+                c.gemv_gbps /= f;
+                c.memory_bytes = (c.memory_bytes as f64 / f) as u64;
+                c.dispatch_us *= f;
+                c.row_gmacs /= f;
+                c.link.latency_us *= f;
+                c.link.bandwidth_mbps /= f;
+                nodes.push(c);
+            }
+            nodes
+        })
+}
+
+fn arb_case_of(
+    uniform: bool,
+    layers: std::ops::RangeInclusive<usize>,
+    nodes: impl Strategy<Value = Vec<NodeProfile>>,
+) -> impl Strategy<Value = (ModelDescription, Vec<NodeProfile>, PlanRequest)> {
     (
-        2usize..=8,
+        layers,
         prop::collection::vec(100_000u64..3_000_000, 8),
         0u64..3_000_000,
         0u64..3_000_000,
         0u64..3000,
         1u64..100_000,
-        prop::collection::vec(arb_node(), 1..=4),
+        nodes,
         1usize..=1000,
         1usize..=8,
         0u64..4_000_000,
@@ -469,6 +497,25 @@ proptest! {
                 prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
                 let again = predict(&model, &nodes, &r, &p.stages);
                 prop_assert_eq!(again, p.prediction.clone());
+            }
+            (Err(PlanError::DoesNotFit { .. }), None) => {}
+            (got, want) => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),
+        }
+    }
+
+    /// More nodes than layers, many of them worse copies of others (which the search drops when enough others
+    /// dominate them): still the brute force's best.
+    #[test]
+    fn dropping_dominated_nodes_keeps_the_best_plan(
+        (model, nodes, r) in arb_case_of(true, 2..=3, arb_nodes_with_worse_copies())
+    ) {
+        let got = plan(&model, &nodes, &r);
+        let want = brute_force(&model, &nodes, &r);
+        match (got, want) {
+            (Ok(p), Some((v, best))) => {
+                check_plan(&model, &nodes, &p);
+                let pv = 1e6 / p.prediction.throughput_tokens_per_s;
+                prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
             }
             (Err(PlanError::DoesNotFit { .. }), None) => {}
             (got, want) => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),

@@ -416,7 +416,43 @@ pub fn units(cost: &CostModel, nodes: &[NodeProfile], group: Option<TpGroup>, ca
         out.push(unit);
     }
     out.retain(|u| u.whole_us.is_some() || u.maxlen.iter().any(|&m| m > 0));
+    drop_dominated(&mut out, l);
     out
+}
+
+/// Whether unit `a` is at least as good as `b` in every respect the search sees: time per layer, each role's
+/// fixed time, each role's most layers, and the whole model on its own.
+fn at_least_as_good(a: &Unit, b: &Unit) -> bool {
+    a.alpha <= b.alpha
+        && (0..3).all(|r| a.beta[r] <= b.beta[r] && a.maxlen[r] >= b.maxlen[r])
+        && match (a.whole_us, b.whole_us) {
+            (_, None) => true,
+            (Some(x), Some(y)) => x <= y,
+            (None, Some(_)) => false,
+        }
+}
+
+/// Drops every node unit that `n_layers` others dominate (at least as good everywhere; among equals, the lower
+/// index dominates). A pipeline has at most `n_layers` stages, so a plan using such a unit leaves one of its
+/// dominators free, and swapping them costs nothing; each swap moves to a unit with fewer dominators, so some
+/// best plan uses none of the dropped units. With many nodes and few layers this leaves the fast ones.
+fn drop_dominated(units: &mut Vec<Unit>, l: usize) {
+    let nodes: Vec<usize> = (0..units.len()).filter(|&u| matches!(units[u].kind, UnitKind::Node(_))).collect();
+    if nodes.len() <= l {
+        return;
+    }
+    let dominates = |a: usize, b: usize| {
+        let (ua, ub) = (&units[a], &units[b]);
+        at_least_as_good(ua, ub) && (a < b || !at_least_as_good(ub, ua))
+    };
+    let dropped: Vec<bool> = (0..units.len())
+        .map(|b| matches!(units[b].kind, UnitKind::Node(_)) && nodes.iter().filter(|&&a| a != b && dominates(a, b)).take(l).count() >= l)
+        .collect();
+    let mut i = 0;
+    units.retain(|_| {
+        i += 1;
+        !dropped[i - 1]
+    });
 }
 
 /// The best plan using `group` (if any) and the nodes in `candidates`: the best single stage against the best
