@@ -195,8 +195,9 @@ pub fn pipeline_vs_tp(out: &Path, quick: bool) -> Result<String, SimError> {
 }
 
 /// (b2) The planner's throughput objective against forced even pipelines on a high-latency link: 64 phones on
-/// 5G serving Qwen2.5-0.5B to 64 users. The planner charges every stage its links' latency as busy time, so it
-/// keeps the model on one phone; in the runtime a hop's latency overlaps with other sequences' compute.
+/// 5G serving Qwen2.5-0.5B to 64 users. In the runtime a hop's latency overlaps with other sequences' compute,
+/// and the planner counts it in a token's time only (it once charged it as busy time and kept the model on one
+/// phone).
 pub fn latency_hiding(quick: bool) -> Result<String, SimError> {
     let model_name = "qwen2.5-0.5b";
     let model = models::model(model_name).expect("known model");

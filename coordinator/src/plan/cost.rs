@@ -155,12 +155,17 @@ impl<'a> CostModel<'a> {
             + self.workspace_bytes(head)
     }
 
-    /// The one-way cost of a node's own link for one hop (us): latency plus the hidden state over its bandwidth.
-    /// A hop `a -> b` costs `link_us(a) + link_us(b)`. A batch's rows travel together (one latency) from a node
-    /// with batched kernels, one after another otherwise.
+    /// The one-way cost of a node's own link for one hop (us): its latency plus [`CostModel::link_busy_us`]. A hop
+    /// `a -> b` costs `link_us(a) + link_us(b)`; a batch's rows follow each other after one latency.
     pub fn link_us(&self, n: &NodeProfile) -> f64 {
+        n.link.latency_us + self.link_busy_us(n)
+    }
+
+    /// The time a node's own link is busy with one hop (us): every row's hidden state over its bandwidth. Unlike
+    /// the latency, this keeps the link from carrying the next step.
+    pub fn link_busy_us(&self, n: &NodeProfile) -> f64 {
         let bytes = (self.model.activation_bytes_per_token * DECODE_TOKENS) as f64 / n.link.bandwidth_mbps;
-        self.rows(n, n.link.latency_us + bytes, bytes)
+        self.batch.max(1) as f64 * bytes
     }
 
     /// Time (us) of one layer of `bytes` weights on node `n`: weights and KV read at GEMV bandwidth, dispatches;
@@ -225,8 +230,11 @@ pub struct TpGroup {
     kv_share: Vec<f64>,
     /// One all-reduce (us): of a `dim` hidden state, or of every row's in a step of a batching group.
     pub allreduce_us: f64,
-    /// The group's link term: its leader's (member 0 receives the stage input and sends its output).
+    /// The group's link term: its leader's (member 0 receives the stage input and sends its output), latency
+    /// and every row's hidden state.
     pub link_us: f64,
+    /// The part of `link_us` that keeps the leader's link busy: every row's hidden state over its bandwidth.
+    pub link_busy_us: f64,
     /// Rows of the cost model's batch.
     rows: f64,
     /// Every member measured a batched rate: the group runs a batch's rows as one step (the leader tells the
@@ -309,13 +317,12 @@ impl TpGroup {
                 2.0 * l.latency_us + together * reduce_bytes / l.bandwidth_mbps
             })
             .fold(0.0, f64::max);
-        let link_us = shares.first().map_or(0.0, |s| {
+        let (link_us, link_busy_us) = shares.first().map_or((0.0, 0.0), |s| {
             let l = &nodes[s.node].link;
-            let one =
-                l.latency_us + together * (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps;
-            one * rows / together
+            let busy = rows * (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps;
+            (l.latency_us + busy, busy)
         });
-        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, rows, batched }
+        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, link_busy_us, rows, batched }
     }
 
     /// A time of the group's step from one row's (`one`) and what each further row adds (`extra`).

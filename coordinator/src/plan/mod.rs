@@ -45,10 +45,12 @@
 //! are in node-index order; the first holds the first heads and columns and leads.
 //!
 //! **Prediction**: `token_latency_us = sum of stage times + sum of hops` (one sequence), `tokens_per_s = 1e6 /
-//! token_latency_us`. Each stage of a pipeline is busy per token for its *occupancy*: its time plus the halves of
-//! its incoming and outgoing hops that use its own link (`stage + 2 x link(stage)`; a single stage: its time), so
-//! the occupancies add up to the token latency. (Charging each stage its whole outgoing hop instead would make the
-//! bottleneck depend on which node follows which, and the search below inexact.)
+//! token_latency_us`. Each stage of a pipeline is busy per token for its *occupancy*: its time plus the time its
+//! own link carries the hidden state in and out (`stage + 2 x bytes/bw`; a single stage: its time). A hop's
+//! latency adds to a token's time but keeps no stage busy: while a hidden state is in flight the stage runs other
+//! sequences' steps (the `sequences / latency` bound below covers the latency). (Charging each stage its whole
+//! outgoing hop instead of its own link's halves would make the bottleneck depend on which node follows which,
+//! and the search below inexact.)
 //!
 //! **Batches.** A stage runs the waiting steps of different sequences as one step of several rows. With
 //! `sequences` concurrent sequences moving as `m` groups of up to `b` (a *batch*, `m = ceil(sequences / b)`), a
@@ -422,16 +424,20 @@ struct Occupancies {
 fn occupancies(cost: &CostModel, nodes: &[NodeProfile], stages: &[Stage]) -> Occupancies {
     let mut stage_us = Vec::with_capacity(stages.len());
     let mut link_us = Vec::with_capacity(stages.len());
+    let mut busy_us = Vec::with_capacity(stages.len());
     for s in stages {
         let (a, b) = (s.layer_start as usize, s.layer_end as usize);
         if let [m] = &s.members[..] {
-            stage_us.push(cost.node_stage_us(&nodes[m.node], a, b, s.embed, s.head));
-            link_us.push(cost.link_us(&nodes[m.node]));
+            let n = &nodes[m.node];
+            stage_us.push(cost.node_stage_us(n, a, b, s.embed, s.head));
+            link_us.push(cost.link_us(n));
+            busy_us.push(cost.link_busy_us(n));
         } else {
             let shares = s.members.iter().map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn }).collect();
             let g = TpGroup::new(cost, nodes, shares);
             stage_us.push(g.stage_us(cost, nodes, a, b, s.embed, s.head));
             link_us.push(g.link_us);
+            busy_us.push(g.link_busy_us);
         }
     }
     let n = stages.len();
@@ -440,7 +446,7 @@ fn occupancies(cost: &CostModel, nodes: &[NodeProfile], stages: &[Stage]) -> Occ
     let bottleneck = if n < 2 {
         stage_us.first().copied().unwrap_or(0.0)
     } else {
-        (0..n).map(|i| stage_us[i] + 2.0 * link_us[i]).fold(0.0, f64::max)
+        (0..n).map(|i| stage_us[i] + 2.0 * busy_us[i]).fold(0.0, f64::max)
     };
     Occupancies { stage_us, hop_us, latency, bottleneck }
 }

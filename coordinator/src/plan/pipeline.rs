@@ -25,13 +25,15 @@ pub enum UnitKind {
     Group(TpGroup),
 }
 
-/// A unit's costs by role: a stage of `m` layers is busy `alpha x m + beta[role]` (its time plus its two link
-/// terms) and fits when `m <= maxlen[role]`.
+/// A unit's costs by role: a stage of `m` layers is busy `alpha x m + beta[role]` (its time plus the time its own
+/// link carries the hops in and out), adds `hop` more (those hops' latencies) to a token's latency, and fits when
+/// `m <= maxlen[role]`.
 #[derive(Debug, Clone)]
 pub struct Unit {
     pub kind: UnitKind,
     alpha: f64,
     beta: [f64; 3],
+    hop: f64,
     maxlen: [usize; 3],
     /// The whole model as one stage: its time, if it fits.
     whole_us: Option<f64>,
@@ -114,11 +116,12 @@ fn node_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], i: usize)
         bytes.saturating_add(extra).saturating_add(kv.saturating_mul(m as u64)).saturating_add(cost.workspace_bytes(h))
             <= usable
     };
-    let mid = cost.step_overhead_us(n) + 2.0 * cost.link_us(n);
+    let mid = cost.step_overhead_us(n) + 2.0 * cost.link_busy_us(n);
     Unit {
         kind: UnitKind::Node(i),
         alpha: cost.node_layer_us(n, cost.mean_layer_bytes()),
         beta: [mid, mid + cost.embed_us(n), mid + cost.head_us(n)],
+        hop: 2.0 * n.link.latency_us,
         maxlen: max_lengths(cost, windows, fits),
         whole_us: (cost.stage_memory(0, l, true, true) <= usable).then(|| cost.node_stage_us(n, 0, l, true, true)),
     }
@@ -132,11 +135,12 @@ fn group_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], g: TpGro
     };
     let maxlen = max_lengths(cost, windows, fits);
     let whole_fits = fits(cost.layer_bytes(0, l), l, true, true);
-    let fixed = g.step_overhead_us() + 2.0 * g.link_us;
+    let fixed = g.step_overhead_us() + 2.0 * g.link_busy_us;
     let (mid, first) = (fixed + g.broadcast_us(cost, nodes, false), fixed + g.broadcast_us(cost, nodes, true));
     Unit {
         alpha: g.layer_us(cost, nodes, cost.mean_layer_bytes()),
         beta: [mid, first + g.embed_us(cost, nodes), mid + g.head_us(cost, nodes)],
+        hop: 2.0 * (g.link_us - g.link_busy_us),
         maxlen,
         whole_us: whole_fits.then(|| g.stage_us(cost, nodes, 0, l, true, true)),
         kind: UnitKind::Group(g),
@@ -206,7 +210,7 @@ impl<'u> Dp<'u> {
                 if m_max == 0 {
                     continue;
                 }
-                let (alpha, beta) = (unit.alpha, unit.beta[role]);
+                let (alpha, beta) = (unit.alpha, unit.beta[role] + unit.hop);
                 for from in 0..4 {
                     let to = match role {
                         MID => from,
@@ -276,7 +280,7 @@ impl<'u> Dp<'u> {
         let mut stages = Vec::with_capacity(ordered.len());
         for (u, role, m) in ordered {
             let occ = self.units[u].occupancy(role, m);
-            latency += occ;
+            latency += occ + self.units[u].hop;
             bottleneck = bottleneck.max(occ);
             stages.push((u, start, start + m));
             start += m;
@@ -424,6 +428,7 @@ pub fn units(cost: &CostModel, nodes: &[NodeProfile], group: Option<TpGroup>, ca
 /// fixed time, each role's most layers, and the whole model on its own.
 fn at_least_as_good(a: &Unit, b: &Unit) -> bool {
     a.alpha <= b.alpha
+        && a.hop <= b.hop
         && (0..3).all(|r| a.beta[r] <= b.beta[r] && a.maxlen[r] >= b.maxlen[r])
         && match (a.whole_us, b.whole_us) {
             (_, None) => true,
