@@ -1,13 +1,7 @@
-//! The planner on hand-checked cases, against a brute-force search, at cluster scale, and through the CLI.
-//!
-//! Most cases use a toy model whose costs are easy to work out by hand (see `toy`): 10 layers of 1,000,000 bytes,
-//! embedding and head of 500,000 bytes, 1000 bytes of KV per token per layer, a 1000-byte hidden state, and
-//! nodes of 1 GB/s GEMV, 10 us dispatches and links of 100 us / 100 MB/s. At context 100:
-//! - one layer on a 1 GB/s node: (1,000,000 + 1000 x 100/2) / 1e3 + 6 x 10 = 1110 us;
-//! - embedding: 1 dispatch = 10 us; head: 500,000 / 1e3 + 2 x 10 = 520 us; every stage: + 100 us (step);
-//! - a node's link term: 100 + 1000 / 100 = 110 us; a hop between two such nodes: 220 us;
-//! - workspace: 256 x (2 x 64 + (64 + 2 x 32) + 64 + 64 + 128) x 4 = 524,288 bytes, + 32 x 256 x 4 = 32,768 on
-//!   the head stage; KV cache: 1000 x 100 x sequences bytes per layer.
+//! The planner on hand-checked cases, against a brute-force search, at cluster scale, and through the CLI. The
+//! toy model and nodes of most cases are described in `common`.
+
+mod common;
 
 use std::process::Command;
 use std::time::Instant;
@@ -21,78 +15,7 @@ use edge_coord::ModelDescription;
 use edge_node::quant::GgmlType;
 use proptest::prelude::*;
 
-fn toy(layers: usize) -> ModelDescription {
-    ModelDescription {
-        arch: "llama".into(),
-        n_layers: layers,
-        dim: 64,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-        ffn_dim: 128,
-        vocab: 256,
-        ffn_block: 32,
-        layer_weight_bytes: vec![1_000_000; layers],
-        embed_bytes: 500_000,
-        head_bytes: 500_000,
-        tied_embeddings: false,
-        kv_bytes_per_token_per_layer: 1000,
-        activation_bytes_per_token: 1000,
-        flops_per_token_per_layer: 0,
-        context: 1000,
-    }
-}
-
-/// A node with `usable` bytes the planner may use.
-fn node(id: &str, usable: u64, gemv_gbps: f64) -> NodeProfile {
-    NodeProfile {
-        id: id.into(),
-        memory_bytes: memory_for_usable(usable),
-        gemv_gbps,
-        dispatch_us: 10.0,
-        row_gmacs: 0.0,
-        link: LinkProfile { latency_us: 100.0, bandwidth_mbps: 100.0 },
-    }
-}
-
-fn req(context: usize, sequences: usize) -> PlanRequest {
-    PlanRequest { context, sequences, tensor_parallel: TpMode::Off }
-}
-
-/// `(node, start, end)` of each stage of a plan of whole layers.
-fn layout(p: &Plan) -> Vec<(usize, u32, u32)> {
-    p.stages
-        .iter()
-        .map(|s| {
-            assert_eq!(s.members.len(), 1, "{p:?}");
-            (s.members[0].node, s.layer_start, s.layer_end)
-        })
-        .collect()
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-/// Checks that a plan is well formed: stages cover the layers in order, embed first, head last, every member's
-/// memory within its node's usable memory, no node used twice.
-fn check_plan(model: &ModelDescription, nodes: &[NodeProfile], p: &Plan) {
-    let mut at = 0;
-    let mut used = Vec::new();
-    for (i, s) in p.stages.iter().enumerate() {
-        assert_eq!(s.layer_start, at, "{p:?}");
-        assert!(s.layer_end > s.layer_start, "{p:?}");
-        assert_eq!(s.embed, i == 0);
-        assert_eq!(s.head, i + 1 == p.stages.len());
-        at = s.layer_end;
-        for m in &s.members {
-            assert!(m.memory_bytes <= usable_memory(nodes[m.node].memory_bytes), "{m:?} on {:?}", nodes[m.node]);
-            assert!(!used.contains(&m.node), "node {} used twice: {p:?}", m.node);
-            used.push(m.node);
-        }
-    }
-    assert_eq!(at as usize, model.n_layers);
-}
+use common::*;
 
 #[test]
 fn one_fast_node_that_fits_runs_alone() {
@@ -854,5 +777,33 @@ fn cli_reports_a_cluster_too_small() {
     let out = edge_coord(&["plan", "--nodes", "/nonexistent/nodes.json", "--model", &model]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nodes.json"));
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn cli_shows_replicas() {
+    // Four nodes that each hold SmolLM2 with four sequences' KV (context 512), no batched kernels: four replicas
+    // of one sequence each out-run one plan for four.
+    let model = model_path();
+    let nodes: Vec<_> = ["a", "b", "c", "d"].iter().map(|id| tp_node(id, 1_000_000_000, 2.0, 200.0, 100.0)).collect();
+    let file = write_nodes("replicas", &nodes);
+    let base = ["plan", "--nodes", file.to_str().unwrap(), "--model", &model, "--context", "512", "--sequences", "4"];
+    let out = edge_coord(&base);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4 replicas of 1 sequence each") && stdout.contains("replica 3: 1 node"), "{stdout}");
+
+    let out = edge_coord(&[&base[..], &["--replicas", "2", "--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: edge_coord::plan::replicas::Replicas = serde_json::from_value(v["replicas"].clone()).unwrap();
+    assert_eq!((r.replicas.len(), r.sequences_each), (2, 2));
+    assert_eq!(v["plan"], serde_json::to_value(&r.replicas[0].plan).unwrap());
+
+    for (bad, says) in [("0", "at least 1"), ("5", "only 4 nodes")] {
+        let out = edge_coord(&[&base[..], &["--replicas", bad]].concat());
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     let _ = std::fs::remove_file(file);
 }

@@ -30,8 +30,9 @@ pub struct Workload {
     pub output_tokens: usize,
     /// Lengths are uniform in `mean x [1 - spread, 1 + spread]` (0: fixed).
     pub length_spread: f64,
-    /// Concurrent sequences a replica's plan is made for (its KV cache); more requests queue. `None`: the users
-    /// divided over the replicas (closed loop) or 8, at most 64 (`edge-coord run` allows 64).
+    /// Concurrent sequences the replicas are planned for together (their KV caches), each replica taking its
+    /// share, at most 64 (`edge-coord run` allows 64); more requests queue. `None`: the users (closed loop), the
+    /// batch, or 8 per node (open loop).
     pub sequences: Option<usize>,
 }
 
@@ -43,27 +44,9 @@ impl Workload {
     }
 }
 
-/// How many independent copies of the model the cluster runs (requests go to the least loaded). The runtime
-/// today runs one plan (`Fixed(1)`); more replicas are what a scheduler over a large cluster would do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Replicas {
-    Fixed(usize),
-    /// The power of two (up to the node count and the concurrent users) whose plans predict the most throughput.
-    Auto,
-}
-
-impl std::str::FromStr for Replicas {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Replicas, String> {
-        match s {
-            "auto" => Ok(Replicas::Auto),
-            n => match n.parse::<usize>() {
-                Ok(k) if k >= 1 => Ok(Replicas::Fixed(k)),
-                _ => Err(format!("{n:?} is not auto or a number of replicas (at least 1)")),
-            },
-        }
-    }
-}
+/// How many independent copies of the model the cluster runs (requests go to the least loaded): the planner's
+/// [`ReplicaMode`](edge_coord::plan::replicas::ReplicaMode), `Fixed(1)` (one plan) or `Auto`.
+pub use edge_coord::plan::replicas::ReplicaMode as Replicas;
 
 /// Nodes failing and coming back.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

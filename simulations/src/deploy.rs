@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use edge_coord::plan::{self, cost, NodeProfile, Plan, PlanRequest, Stage, StageMember};
+use edge_coord::plan::{self, cost, replicas, NodeProfile, Plan, PlanRequest, Stage, StageMember};
 use edge_coord::ModelDescription;
 
 use crate::config::{Arrivals, Replicas, SimConfig};
@@ -128,25 +128,8 @@ pub fn plan_nodes(
     Ok((p, sub))
 }
 
-/// Like [`plan_nodes`], halving the sequences until a plan fits (a smaller KV cache).
-pub fn plan_fitting(
-    model: &ModelDescription,
-    profiles: &[NodeProfile],
-    global: &[usize],
-    req: &PlanRequest,
-    stages: Option<usize>,
-) -> Result<(Plan, Vec<NodeProfile>, PlanRequest), String> {
-    let mut req = *req;
-    loop {
-        match plan_nodes(model, profiles, global, &req, stages) {
-            Ok((p, sub)) => return Ok((p, sub, req)),
-            Err(e) if req.sequences <= 1 => return Err(e),
-            Err(_) => req.sequences /= 2,
-        }
-    }
-}
-
-/// Nodes of replica `r` of `count`: every `count`-th node (so each replica gets the cluster's mix).
+/// Nodes of replica `r` of `count`: every `count`-th node (so each replica gets the cluster's mix). Forced even
+/// pipelines (`cfg.stages`) are placed this way; the planner places its replicas itself.
 pub fn partition(n: usize, count: usize) -> Vec<Vec<usize>> {
     let mut groups = vec![Vec::new(); count];
     for i in 0..n {
@@ -155,56 +138,72 @@ pub fn partition(n: usize, count: usize) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Sequence slots per replica for `replicas` replicas.
-pub fn sequences_for(cfg: &SimConfig, replicas: usize) -> usize {
-    let s = cfg.workload.sequences.unwrap_or(match cfg.workload.arrivals {
-        Arrivals::Closed { users, .. } => users.div_ceil(replicas),
-        Arrivals::Batch { count } => count.div_ceil(replicas),
-        Arrivals::Poisson { .. } => 8,
-    });
-    s.clamp(1, 64)
+/// Most sequences one replica runs (`edge-coord run` allows 64).
+pub const MAX_SEQUENCES: usize = 64;
+
+/// Concurrent sequences all replicas together are planned for: see [`crate::config::Workload::sequences`].
+pub fn total_sequences(cfg: &SimConfig) -> usize {
+    let n = cfg.cluster.nodes.len();
+    cfg.workload
+        .sequences
+        .unwrap_or(match cfg.workload.arrivals {
+            Arrivals::Closed { users, .. } => users,
+            Arrivals::Batch { count } => count,
+            Arrivals::Poisson { .. } => 8 * n,
+        })
+        .max(1)
 }
 
-/// The replica count: fixed, or the power of two (up to the nodes and the concurrent demand) whose plans
-/// predict the most throughput together (every replica must have a plan; ties: fewer replicas).
-pub fn choose_replicas(cfg: &SimConfig, profiles: &[NodeProfile]) -> usize {
-    let n = profiles.len();
-    let Replicas::Auto = cfg.replicas else {
-        let Replicas::Fixed(k) = cfg.replicas else { unreachable!() };
-        return k.clamp(1, n);
-    };
-    let demand = match cfg.workload.arrivals {
-        Arrivals::Closed { users, .. } => users,
-        Arrivals::Batch { count } => count,
-        Arrivals::Poisson { .. } => n,
-    };
-    let (mut best, mut best_score) = (1, f64::NEG_INFINITY);
-    let mut r = 1;
-    while r <= n.min(demand.max(1)) {
-        let req = plan_request(cfg, r);
-        let mut score = 0.0;
-        for g in partition(n, r) {
-            match plan_fitting(&cfg.model, profiles, &g, &req, cfg.stages) {
-                Ok((p, ..)) => score += p.prediction.throughput_tokens_per_s,
-                Err(_) => {
-                    score = f64::NEG_INFINITY;
-                    break;
-                }
-            }
-        }
-        if score > best_score * (1.0 + 1e-9) {
-            (best, best_score) = (r, score);
-        }
-        r *= 2;
-    }
-    best
-}
-
-pub fn plan_request(cfg: &SimConfig, replicas: usize) -> PlanRequest {
+/// The request for `sequences` sequences (the context the workload needs).
+pub fn plan_request(cfg: &SimConfig, sequences: usize) -> PlanRequest {
     PlanRequest {
         context: cfg.context.unwrap_or_else(|| cfg.workload.context()).min(cfg.model.context),
-        sequences: sequences_for(cfg, replicas),
+        sequences,
         tensor_parallel: cfg.tensor_parallel,
+    }
+}
+
+/// The replicas' node groups and each one's request. The planner's replicas ([`replicas::plan_replicas`], the
+/// code `edge-coord plan --replicas` runs): for `Auto` on the whole load, for `Fixed(k)` on `k` shares of at most
+/// [`MAX_SEQUENCES`], halved until the plans fit. A forced even pipeline: `Fixed(k)` (`Auto`: 1) groups of
+/// [`partition`], each share halved until its pipeline fits. Nothing fits: one replica of every node, down.
+pub fn choose_replicas(cfg: &SimConfig, profiles: &[NodeProfile]) -> Vec<(Vec<usize>, PlanRequest)> {
+    let n = profiles.len();
+    let total = total_sequences(cfg);
+    let all = || vec![((0..n).collect(), plan_request(cfg, total.min(MAX_SEQUENCES)))];
+    let (k, mode) = match cfg.replicas {
+        Replicas::Fixed(k) => (k.clamp(1, n), Replicas::Fixed(k.clamp(1, n))),
+        Replicas::Auto if cfg.stages.is_some() => (1, Replicas::Fixed(1)),
+        Replicas::Auto => {
+            match replicas::plan_replicas(&cfg.model, profiles, &plan_request(cfg, total), Replicas::Auto) {
+                Ok(r) => {
+                    let req = plan_request(cfg, r.sequences_each);
+                    return r.replicas.into_iter().map(|x| (x.nodes, req)).collect();
+                }
+                Err(_) => return all(),
+            }
+        }
+    };
+    let mut each = total.div_ceil(k).min(MAX_SEQUENCES);
+    loop {
+        let req = plan_request(cfg, each);
+        let found = match cfg.stages {
+            None => replicas::plan_replicas(&cfg.model, profiles, &plan_request(cfg, each * k), mode)
+                .ok()
+                .map(|r| r.replicas.into_iter().map(|x| (x.nodes, req)).collect()),
+            Some(_) => {
+                let groups = partition(n, k);
+                groups
+                    .iter()
+                    .all(|g| plan_nodes(&cfg.model, profiles, g, &req, cfg.stages).is_ok())
+                    .then(|| groups.into_iter().map(|g| (g, req)).collect())
+            }
+        };
+        match found {
+            Some(groups) => return groups,
+            None if each <= 1 => return all(),
+            None => each /= 2,
+        }
     }
 }
 
@@ -285,16 +284,12 @@ impl Sim<'_> {
     /// Replicas, their first plans, and churn.
     fn setup(&mut self) -> Vec<Option<PlanSummary>> {
         let n = self.profiles.len();
-        let count = choose_replicas(self.cfg, &self.profiles);
-        let req = plan_request(self.cfg, count);
-        let mut summaries = Vec::with_capacity(count);
-        for (r, nodes) in partition(n, count).into_iter().enumerate() {
+        let groups = choose_replicas(self.cfg, &self.profiles);
+        let mut summaries = Vec::with_capacity(groups.len());
+        for (r, (nodes, req)) in groups.into_iter().enumerate() {
             for &g in &nodes {
                 self.replica_of[g] = r as u32;
             }
-            // Fewer sequences when the KV cache of all of them does not fit.
-            let req = plan_fitting(&self.cfg.model, &self.profiles, &nodes, &req, self.cfg.stages)
-                .map_or(req, |(_, _, fitted)| fitted);
             self.replicas.push(Replica {
                 nodes,
                 epoch: 0,

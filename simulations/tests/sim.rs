@@ -338,7 +338,10 @@ fn on_5g_the_planner_pipelines_a_small_model_for_many_users() {
         let r = simulate(&cfg).unwrap();
         let p = r.plans[0].clone().unwrap();
         let (predicted, got) = (p.predicted_throughput, r.tokens_per_s);
-        println!("{stages:?}, prompts of {prompt_tokens}: {} stages, predicted {predicted:.1} tok/s, simulated {got:.1}", p.stages);
+        println!(
+            "{stages:?}, prompts of {prompt_tokens}: {} stages, predicted {predicted:.1} tok/s, simulated {got:.1}",
+            p.stages
+        );
         (p.stages, predicted, got)
     };
     let (stages, _, got) = run(None, 128);
@@ -348,4 +351,44 @@ fn on_5g_the_planner_pipelines_a_small_model_for_many_users() {
     let (stages, predicted, got) = run(None, 4);
     assert!(stages > 1, "{stages} stages");
     assert!((got / predicted - 1.0).abs() < 0.1, "simulated {got:.1} against predicted {predicted:.1} tok/s");
+}
+
+/// Simulator finding 1: one plan stops scaling at a handful of nodes, replicas use the rest. 16 Raspberry Pi 5s
+/// serving Qwen2.5-0.5B to 16 users: the simulation runs the replicas the planner's `plan_replicas` chooses
+/// (the code `edge-coord plan --replicas auto` runs), and they deliver more than one plan on the same nodes.
+#[test]
+fn sixteen_pis_run_the_planners_replicas_and_beat_one_plan() {
+    let model = models::model("qwen2.5-0.5b").unwrap();
+    let users = Workload {
+        arrivals: Arrivals::Closed { users: 16, think_s: 0.0 },
+        prompt_tokens: 16,
+        output_tokens: 128,
+        length_spread: 0.5,
+        sequences: None,
+    };
+    let cluster = Cluster::homogeneous(16, &PI5, ETHERNET);
+    let run = |replicas: Replicas| {
+        let mut cfg = SimConfig::new("qwen", model.clone(), cluster.clone(), users);
+        cfg.replicas = replicas;
+        cfg.seconds = Some(120.0);
+        cfg.warmup_s = 30.0;
+        let r = simulate(&cfg).unwrap();
+        println!("{replicas}: {} replicas, {:.1} tok/s", r.replicas, r.tokens_per_s);
+        r
+    };
+    let auto = run(Replicas::Auto);
+    let one = run(Replicas::Fixed(1));
+    let req = PlanRequest { context: users.context(), sequences: 16, tensor_parallel: TpMode::Auto };
+    let planned = edge_coord::plan::replicas::plan_replicas(&model, &cluster.node_profiles(), &req, Replicas::Auto);
+    let planned = planned.unwrap();
+    assert_eq!(auto.replicas, planned.replicas.len());
+    assert!(auto.replicas > 1, "{} replicas", auto.replicas);
+    assert!(
+        auto.tokens_per_s > 1.5 * one.tokens_per_s,
+        "{:.1} against one plan's {:.1}",
+        auto.tokens_per_s,
+        one.tokens_per_s
+    );
+    let predicted = planned.throughput_tokens_per_s;
+    assert!((auto.tokens_per_s / predicted - 1.0).abs() < 0.15, "{:.1} against {predicted:.1}", auto.tokens_per_s);
 }

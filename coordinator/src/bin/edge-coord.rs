@@ -82,6 +82,10 @@ enum Command {
         /// Tensor parallelism: auto, off, or K (the whole model as one stage over the K fastest nodes).
         #[arg(long, default_value = "auto")]
         tensor_parallel: edge_coord::plan::TpMode,
+        /// Independent copies of the model on disjoint nodes, sharing the --sequences: auto (as many as raise the
+        /// predicted throughput without slowing any sequence) or N.
+        #[arg(long, default_value = "auto")]
+        replicas: edge_coord::plan::replicas::ReplicaMode,
         /// Plan offline for the nodes in this JSON file (an array of node profiles) instead of discovering them.
         #[arg(long, conflicts_with_all = ["peer", "local_node"])]
         nodes: Option<PathBuf>,
@@ -122,7 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plan { model, context, sequences, tensor_parallel, nodes, discover, json } => {
+        Command::Plan { model, context, sequences, tensor_parallel, replicas, nodes, discover, json } => {
             let path = edge_node::setup::resolve_model(model.as_deref())?;
             let m = edge_node::backend::LoadedModel::open(&path)?;
             let d = edge_coord::ModelDescription::from_gguf(&m.gguf, &m.config)?;
@@ -147,9 +151,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("context {context} capped at the model's {}", d.context);
             }
             let req = edge_coord::plan::PlanRequest { context: context.min(d.context), sequences, tensor_parallel };
-            let plan = edge_coord::plan::plan(&d, &profiles, &req)?;
+            let r = edge_coord::plan::replicas::plan_replicas(&d, &profiles, &req, replicas)?;
             if json {
-                let v = serde_json::json!({ "request": req, "nodes": profiles, "plan": plan });
+                // "plan": the first replica's, the only one unless there are several.
+                let v = serde_json::json!({
+                    "request": req, "nodes": profiles, "plan": r.replicas[0].plan, "replicas": r,
+                });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
@@ -162,7 +169,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if req.sequences == 1 { "" } else { "s" },
                     req.tensor_parallel
                 );
-                print!("{}", plan.describe(&profiles));
+                if let [one] = &r.replicas[..] {
+                    print!("{}", one.plan.describe(&profiles));
+                } else {
+                    println!(
+                        "{} replicas of {} sequence{} each: {:.1} tok/s together",
+                        r.replicas.len(),
+                        r.sequences_each,
+                        if r.sequences_each == 1 { "" } else { "s" },
+                        r.throughput_tokens_per_s
+                    );
+                    for (i, rep) in r.replicas.iter().enumerate() {
+                        let used = rep.plan.nodes_used();
+                        println!(
+                            "\nreplica {i}: {} node{} ({used} in its plan)",
+                            rep.nodes.len(),
+                            if rep.nodes.len() == 1 { "" } else { "s" }
+                        );
+                        print!("{}", rep.plan.describe(&profiles));
+                    }
+                }
             }
             Ok(())
         }

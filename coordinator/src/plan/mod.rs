@@ -88,6 +88,7 @@
 pub mod cost;
 mod describe;
 pub mod pipeline;
+pub mod replicas;
 
 use edge_protocol::{LayerSlice, ShardSpec};
 use serde::{Deserialize, Serialize};
@@ -276,6 +277,8 @@ pub enum PlanError {
     BadContext { context: usize, max: usize },
     #[error("at least one sequence is needed")]
     NoSequences,
+    #[error("{replicas} replicas are impossible: {reason}")]
+    BadReplicas { replicas: usize, reason: String },
     #[error("tensor parallel over {k} nodes is impossible: {reason}")]
     BadTensorParallel { k: usize, reason: String },
     #[error(

@@ -451,7 +451,10 @@ fn drop_dominated(units: &mut Vec<Unit>, l: usize) {
         at_least_as_good(ua, ub) && (a < b || !at_least_as_good(ub, ua))
     };
     let dropped: Vec<bool> = (0..units.len())
-        .map(|b| matches!(units[b].kind, UnitKind::Node(_)) && nodes.iter().filter(|&&a| a != b && dominates(a, b)).take(l).count() >= l)
+        .map(|b| {
+            matches!(units[b].kind, UnitKind::Node(_))
+                && nodes.iter().filter(|&&a| a != b && dominates(a, b)).take(l).count() >= l
+        })
         .collect();
     let mut i = 0;
     units.retain(|_| {
