@@ -118,7 +118,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Auto replicas are well formed, predict at least one plan's throughput, and slow no sequence below one
-    /// plan's rate at the load.
+    /// plan's rate at the load (when one plan holds the load).
     #[test]
     fn auto_replicas_never_do_worse_than_one_plan((nodes, sequences, tp) in arb_cluster()) {
         let model = toy(10);
@@ -138,7 +138,25 @@ proptest! {
                 prop_assert_eq!(&one.replicas[0].plan, &plan(&model, &nodes, &direct).unwrap());
             }
             (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            // More replicas may hold what one plan's nodes cannot.
+            (Err(PlanError::DoesNotFit { .. }), Ok(auto)) => check_replicas(&model, &nodes, &auto),
             (a, b) => prop_assert!(false, "one plan {a:?} against auto {b:?}"),
         }
     }
+}
+
+#[test]
+fn a_load_one_plan_cannot_hold_is_shared_by_replicas() {
+    // Nodes of 12.6 MB usable; 400 sequences, 1 MB of KV cache each over the 10 layers (100 KB a layer). One
+    // plan has at most 10 stages, one layer each: a stage would need 1 MB of weights, 0.52 MB of workspace and
+    // 40 MB of KV. Four replicas of 100 sequences on 10 nodes each fit (1 + 0.52 + 10 MB, + 0.5 MB of embedding
+    // or head at the ends); five would leave 8 nodes to a replica, and a stage of two layers holds 16 MB of KV.
+    let model = toy(10);
+    let nodes: Vec<_> = (0..40).map(|i| node(&format!("n{i}"), 12_600_000, 1.0)).collect();
+    let one = plan_replicas(&model, &nodes, &req(100, 400), ReplicaMode::Fixed(1)).unwrap_err();
+    assert!(matches!(one, PlanError::DoesNotFit { .. }), "{one}");
+    let r = plan_replicas(&model, &nodes, &req(100, 400), ReplicaMode::Auto).unwrap();
+    check_replicas(&model, &nodes, &r);
+    assert_eq!((r.replicas.len(), r.sequences_each), (4, 100), "{r:?}");
+    assert!(r.replicas.iter().all(|x| x.plan.stages.len() == 10));
 }

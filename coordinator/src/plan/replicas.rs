@@ -15,6 +15,8 @@
 //! count only when it raises that total by more than 1% (ties: fewer replicas), and only when it hurts no
 //! request's speed at that load: every replica's time per token of one of its sequences (`ceil(sequences / k) /
 //! throughput`) must be at most one plan's (`sequences / throughput`). With one sequence this is one replica.
+//! When one plan cannot hold the load (a plan uses at most `n_layers` stages, so many sequences' KV caches may
+//! not fit on the nodes it takes), the smallest count that fits takes its place.
 
 use std::fmt;
 use std::str::FromStr;
@@ -101,19 +103,36 @@ pub fn plan_replicas(
         }),
         ReplicaMode::Fixed(k) => build(model, nodes, req, k),
         ReplicaMode::Auto => {
-            let mut best = build(model, nodes, req, 1)?;
-            let one_interval = best.slowest_token_interval_us();
             let top = n.min(req.sequences.max(1));
-            let counts = (2..=top.min(EVERY_COUNT_UP_TO))
+            let counts = (1..=top.min(EVERY_COUNT_UP_TO))
                 .chain(std::iter::successors(Some(EVERY_COUNT_UP_TO * 2), |k| Some(k * 2)).take_while(|&k| k <= top));
+            // The first count that fits (usually one plan) sets the speed no sequence may fall below.
+            let mut best: Option<(Replicas, f64)> = None;
+            let mut first_error = None;
             for k in counts {
-                let Ok(r) = build(model, nodes, req, k) else { continue };
-                let gains = r.throughput_tokens_per_s > best.throughput_tokens_per_s * (1.0 + MIN_GAIN);
-                if gains && r.slowest_token_interval_us() <= one_interval * (1.0 + 1e-9) {
-                    best = r;
+                match build(model, nodes, req, k) {
+                    Ok(r) => match &best {
+                        None => {
+                            let interval = r.slowest_token_interval_us();
+                            best = Some((r, interval));
+                        }
+                        Some((b, limit)) => {
+                            let gains = r.throughput_tokens_per_s > b.throughput_tokens_per_s * (1.0 + MIN_GAIN);
+                            if gains && r.slowest_token_interval_us() <= limit * (1.0 + 1e-9) {
+                                best = Some((r, *limit));
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-            Ok(best)
+            match (best, first_error) {
+                (Some((r, _)), _) => Ok(r),
+                (None, Some(e)) => Err(e),
+                (None, None) => unreachable!("at least one replica count is tried"),
+            }
         }
     }
 }
