@@ -4,7 +4,6 @@
 //! throughput.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 
 use super::cost::{usable_memory, CostModel, TpGroup};
 use super::{finish, NodeProfile, Plan, PlanRequest, Stage, StageMember};
@@ -172,7 +171,7 @@ pub struct Dp<'u> {
     next_stages: Vec<u32>,
     /// Per unit, flags and layer count: `SKIP` or `role << 30 | start`.
     choice: Vec<u32>,
-    window: VecDeque<usize>,
+    window: Vec<u32>,
 }
 
 impl<'u> Dp<'u> {
@@ -186,7 +185,7 @@ impl<'u> Dp<'u> {
             next_cost: vec![0.0; w],
             next_stages: vec![0; w],
             choice: vec![SKIP; units.len() * w],
-            window: VecDeque::with_capacity(l + 1),
+            window: vec![0; l + 1],
         }
     }
 
@@ -204,6 +203,8 @@ impl<'u> Dp<'u> {
             self.next_stages.copy_from_slice(&self.stages);
             let choice = &mut self.choice[u * 4 * w..(u + 1) * 4 * w];
             choice.fill(SKIP);
+            // Flag states no pipeline has reached yet are skipped.
+            let live: [bool; 4] = std::array::from_fn(|f| self.cost[f * w..(f + 1) * w].iter().any(|c| c.is_finite()));
             // On ties a later unit keeps the later role: lower node indices come first in the pipeline.
             for role in [LAST, MID, FIRST] {
                 let m_max = unit.cap_len(role, cap, l);
@@ -219,22 +220,31 @@ impl<'u> Dp<'u> {
                         _ => continue,
                     };
                     let (old_c, old_s) = (&self.cost[from * w..(from + 1) * w], &self.stages[from * w..(from + 1) * w]);
+                    if !live[from] {
+                        continue;
+                    }
+                    // Sliding-window minimum of (cost - alpha x start, stages) over the starts in reach, as a
+                    // monotone queue in `window[head..tail]` (each start enters once).
                     let key = |j: usize| (old_c[j] - alpha * j as f64, old_s[j]);
                     let win = &mut self.window;
-                    win.clear();
+                    let (mut head, mut tail) = (0usize, 0usize);
                     for end in 1..=l {
                         let j = end - 1;
                         if old_c[j].is_finite() {
                             let kj = key(j);
-                            while win.back().is_some_and(|&b| key(b) >= kj) {
-                                win.pop_back();
+                            while tail > head && key(win[tail - 1] as usize) >= kj {
+                                tail -= 1;
                             }
-                            win.push_back(j);
+                            win[tail] = j as u32;
+                            tail += 1;
                         }
-                        while win.front().is_some_and(|&f| f + m_max < end) {
-                            win.pop_front();
+                        while tail > head && win[head] as usize + m_max < end {
+                            head += 1;
                         }
-                        let Some(&start) = win.front() else { continue };
+                        if tail == head {
+                            continue;
+                        }
+                        let start = win[head] as usize;
                         let (kc, ks) = key(start);
                         let cand = (kc + alpha * end as f64 + beta, ks + 1);
                         let slot = to * w + end;
