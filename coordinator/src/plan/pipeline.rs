@@ -212,7 +212,7 @@ impl<'u> Dp<'u> {
                     continue;
                 }
                 let (alpha, beta) = (unit.alpha, unit.beta[role] + unit.hop);
-                for from in 0..4 {
+                for (from, &reached) in live.iter().enumerate() {
                     let to = match role {
                         MID => from,
                         FIRST if from & HAS_FIRST == 0 => from | HAS_FIRST,
@@ -220,7 +220,7 @@ impl<'u> Dp<'u> {
                         _ => continue,
                     };
                     let (old_c, old_s) = (&self.cost[from * w..(from + 1) * w], &self.stages[from * w..(from + 1) * w]);
-                    if !live[from] {
+                    if !reached {
                         continue;
                     }
                     // Sliding-window minimum of (cost - alpha x start, stages) over the starts in reach, as a
