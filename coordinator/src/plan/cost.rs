@@ -75,14 +75,7 @@ impl<'a> CostModel<'a> {
     /// measured a batched rate (`row_gmacs > 0`: the rows share one read of the weights), else `batch x one`
     /// (its backend runs the rows one after another).
     pub fn rows(&self, n: &NodeProfile, one: f64, extra_row: f64) -> f64 {
-        let b = self.batch.max(1) as f64;
-        if self.batch <= 1 {
-            one
-        } else if n.row_gmacs > 0.0 {
-            one + (b - 1.0) * extra_row
-        } else {
-            b * one
-        }
+        batch_time(self.batch as f64, n.row_gmacs > 0.0, one, extra_row)
     }
 
     /// Time (us) `macs` multiply-adds of one more row take on node `n` in a batched step (0 without a batched
@@ -327,13 +320,7 @@ impl TpGroup {
 
     /// A time of the group's step from one row's (`one`) and what each further row adds (`extra`).
     fn scale(&self, one: f64, extra: f64) -> f64 {
-        if self.rows <= 1.0 {
-            one
-        } else if self.batched {
-            one + (self.rows - 1.0) * extra
-        } else {
-            self.rows * one
-        }
+        batch_time(self.rows, self.batched, one, extra)
     }
 
     /// How many separate steps a batch takes: 1 when the group batches, else one per row.
@@ -396,7 +383,7 @@ impl TpGroup {
     }
 
     /// Embedding lookup (replicated on every member; us).
-    pub fn embed_us(&self, _cost: &CostModel, nodes: &[NodeProfile]) -> f64 {
+    pub fn embed_us(&self, nodes: &[NodeProfile]) -> f64 {
         self.shares.iter().map(|s| self.scale(EMBED_DISPATCHES * nodes[s.node].dispatch_us, 0.0)).fold(0.0, f64::max)
     }
 
@@ -422,7 +409,7 @@ impl TpGroup {
         head: bool,
     ) -> f64 {
         (a..b).map(|l| self.layer_us(cost, nodes, cost.model.layer_weight_bytes[l] as f64)).sum::<f64>()
-            + if embed { self.embed_us(cost, nodes) } else { 0.0 }
+            + if embed { self.embed_us(nodes) } else { 0.0 }
             + if head { self.head_us(cost, nodes) } else { 0.0 }
             + self.broadcast_us(cost, nodes, embed)
             + self.step_overhead_us()
@@ -459,4 +446,16 @@ fn argmin(values: impl Iterator<Item = f64>) -> usize {
         }
     }
     best.0
+}
+
+/// A step of `rows` rows from what one row costs (`one`) and what each further row adds when the rows run as one
+/// batched step (`extra`): `one + (rows - 1) x extra` when `batched`, else `rows x one` (one step per row).
+fn batch_time(rows: f64, batched: bool, one: f64, extra: f64) -> f64 {
+    if rows <= 1.0 {
+        one
+    } else if batched {
+        one + (rows - 1.0) * extra
+    } else {
+        rows * one
+    }
 }

@@ -138,7 +138,7 @@ fn group_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], g: TpGro
     let (mid, first) = (fixed + g.broadcast_us(cost, nodes, false), fixed + g.broadcast_us(cost, nodes, true));
     Unit {
         alpha: g.layer_us(cost, nodes, cost.mean_layer_bytes()),
-        beta: [mid, first + g.embed_us(cost, nodes), mid + g.head_us(cost, nodes)],
+        beta: [mid, first + g.embed_us(nodes), mid + g.head_us(cost, nodes)],
         hop: 2.0 * (g.link_us - g.link_busy_us),
         maxlen,
         whole_us: whole_fits.then(|| g.stage_us(cost, nodes, 0, l, true, true)),
