@@ -791,7 +791,8 @@ fn cli_shows_replicas() {
     let out = edge_coord(&base);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("4 replicas of 1 sequence each") && stdout.contains("replica 3: 1 node"), "{stdout}");
+    assert!(stdout.contains("4 replicas sharing the 4 sequences"), "{stdout}");
+    assert!(stdout.contains("replica 4: 1 node (1 in its plan), 1 sequence\n"), "{stdout}");
 
     let out = edge_coord(&[&base[..], &["--replicas", "2", "--json"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -801,6 +802,7 @@ fn cli_shows_replicas() {
     assert_eq!(v["plan"], serde_json::to_value(&r.replicas[0].plan).unwrap());
 
     for (bad, says) in [("0", "at least 1"), ("5", "only 4 nodes")] {
+        // (The count is checked before the sequences: 5 replicas of 4 sequences would be refused for both.)
         let out = edge_coord(&[&base[..], &["--replicas", bad]].concat());
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));

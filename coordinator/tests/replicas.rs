@@ -23,7 +23,8 @@ fn check_replicas(model: &ModelDescription, nodes: &[NodeProfile], r: &Replicas)
                 assert!(x.nodes.contains(&m.node), "{r:?}");
             }
         }
-        assert_eq!(x.plan.prediction.sequences, r.sequences_each);
+        let seqs = x.plan.prediction.sequences;
+        assert!(seqs + 1 >= r.sequences_each && seqs <= r.sequences_each && seqs >= 1, "{r:?}");
     }
     let sum: f64 = r.replicas.iter().map(|x| x.plan.prediction.throughput_tokens_per_s).sum();
     assert!(close(sum, r.throughput_tokens_per_s));
@@ -95,6 +96,29 @@ fn unused_nodes_are_spares_and_bad_counts_are_errors() {
     assert_eq!("auto".parse::<ReplicaMode>(), Ok(ReplicaMode::Auto));
     assert_eq!("3".parse::<ReplicaMode>(), Ok(ReplicaMode::Fixed(3)));
     assert!("0".parse::<ReplicaMode>().is_err() && "many".parse::<ReplicaMode>().is_err());
+    // No nodes, no sequences, more replicas than sequences.
+    for mode in [ReplicaMode::Auto, ReplicaMode::Fixed(1)] {
+        assert!(matches!(plan_replicas(&model, &[], &req(100, 2), mode), Err(PlanError::NoNodes)));
+        assert!(matches!(plan_replicas(&model, &nodes, &req(100, 0), mode), Err(PlanError::NoSequences)));
+    }
+    let err = plan_replicas(&model, &nodes, &req(100, 2), ReplicaMode::Fixed(3)).unwrap_err();
+    assert!(err.to_string().contains("only 2 sequences to share"), "{err}");
+}
+
+#[test]
+fn sequences_that_do_not_divide_go_to_the_first_replicas() {
+    // Five sequences on three replicas: 2, 2 and 1, the extra ones on the fastest nodes; the total counts five.
+    let model = toy(10);
+    let nodes: Vec<_> = (0..3).map(|i| node(&format!("n{i}"), 100_000_000, 1.0 + i as f64)).collect();
+    let r = plan_replicas(&model, &nodes, &req(100, 5), ReplicaMode::Fixed(3)).unwrap();
+    check_replicas(&model, &nodes, &r);
+    let seqs: Vec<(Vec<usize>, usize)> =
+        r.replicas.iter().map(|x| (x.nodes.clone(), x.plan.prediction.sequences)).collect();
+    assert_eq!(seqs, vec![(vec![2], 2), (vec![1], 2), (vec![0], 1)]);
+    assert_eq!(r.sequences_each, 2);
+    // One node, no batched kernels: a token per whole-model step whatever its sequences.
+    let alone = |i: usize| plan(&model, &nodes[i..=i], &req(100, 1)).unwrap().prediction.throughput_tokens_per_s;
+    assert!(close(r.throughput_tokens_per_s, alone(0) + alone(1) + alone(2)), "{r:?}");
 }
 
 fn arb_cluster() -> impl Strategy<Value = (Vec<NodeProfile>, usize, bool)> {

@@ -31,8 +31,8 @@ pub struct Workload {
     /// Lengths are uniform in `mean x [1 - spread, 1 + spread]` (0: fixed).
     pub length_spread: f64,
     /// Concurrent sequences the replicas are planned for together (their KV caches), each replica taking its
-    /// share, at most 64 (`edge-coord run` allows 64); more requests queue. `None`: the users (closed loop), the
-    /// batch, or 8 per node (open loop).
+    /// share (with `--replicas N`, at most 64 each: `edge-coord run` allows 64), halved until the plans fit;
+    /// more requests queue. `None`: the users (closed loop), the batch, or 8 per node (open loop).
     pub sequences: Option<usize>,
 }
 

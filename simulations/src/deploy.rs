@@ -163,46 +163,58 @@ pub fn plan_request(cfg: &SimConfig, sequences: usize) -> PlanRequest {
     }
 }
 
-/// The replicas' node groups and each one's request. The planner's replicas ([`replicas::plan_replicas`], the
-/// code `edge-coord plan --replicas` runs): for `Auto` on the whole load, for `Fixed(k)` on `k` shares of at most
-/// [`MAX_SEQUENCES`], halved until the plans fit. A forced even pipeline: `Fixed(k)` (`Auto`: 1) groups of
-/// [`partition`], each share halved until its pipeline fits. Nothing fits: one replica of every node, down.
-pub fn choose_replicas(cfg: &SimConfig, profiles: &[NodeProfile]) -> Vec<(Vec<usize>, PlanRequest)> {
+/// A replica as set up: the nodes it may use, those its first plan runs on, and its request.
+pub struct ReplicaSpec {
+    pub nodes: Vec<usize>,
+    pub first: Vec<usize>,
+    pub req: PlanRequest,
+}
+
+/// The replicas. The planner's ([`replicas::plan_replicas`], the code `edge-coord plan --replicas` runs): `Auto`
+/// on the whole load, `Fixed(k)` on `k` shares of at most [`MAX_SEQUENCES`]; the first plans are the planner's
+/// (its nodes, its sequences). A forced even pipeline: `Fixed(k)` (`Auto`: 1) groups of [`partition`]. The load
+/// is halved until the plans fit; nothing fits: one replica of every node with one sequence (it stays down).
+pub fn choose_replicas(cfg: &SimConfig, profiles: &[NodeProfile]) -> Vec<ReplicaSpec> {
     let n = profiles.len();
-    let total = total_sequences(cfg);
-    let all = || vec![((0..n).collect(), plan_request(cfg, total.min(MAX_SEQUENCES)))];
-    let (k, mode) = match cfg.replicas {
-        Replicas::Fixed(k) => (k.clamp(1, n), Replicas::Fixed(k.clamp(1, n))),
-        Replicas::Auto if cfg.stages.is_some() => (1, Replicas::Fixed(1)),
-        Replicas::Auto => {
-            match replicas::plan_replicas(&cfg.model, profiles, &plan_request(cfg, total), Replicas::Auto) {
-                Ok(r) => {
-                    let req = plan_request(cfg, r.sequences_each);
-                    return r.replicas.into_iter().map(|x| (x.nodes, req)).collect();
-                }
-                Err(_) => return all(),
-            }
-        }
+    let auto = cfg.replicas == Replicas::Auto && cfg.stages.is_none();
+    let k = match cfg.replicas {
+        Replicas::Fixed(k) => k.clamp(1, n),
+        Replicas::Auto => 1,
     };
-    let mut each = total.div_ceil(k).min(MAX_SEQUENCES);
+    let total = total_sequences(cfg);
+    let (mut load, floor) = if auto { (total, 1) } else { (total.div_ceil(k).min(MAX_SEQUENCES) * k, k) };
     loop {
-        let req = plan_request(cfg, each);
-        let found = match cfg.stages {
-            None => replicas::plan_replicas(&cfg.model, profiles, &plan_request(cfg, each * k), mode)
-                .ok()
-                .map(|r| r.replicas.into_iter().map(|x| (x.nodes, req)).collect()),
+        let found: Option<Vec<ReplicaSpec>> = match cfg.stages {
+            None => {
+                let mode = if auto { Replicas::Auto } else { Replicas::Fixed(k) };
+                replicas::plan_replicas(&cfg.model, profiles, &plan_request(cfg, load), mode).ok().map(|r| {
+                    r.replicas
+                        .into_iter()
+                        .map(|x| {
+                            let mut first: Vec<usize> =
+                                x.plan.stages.iter().flat_map(|s| s.members.iter().map(|m| m.node)).collect();
+                            first.sort_unstable();
+                            ReplicaSpec { nodes: x.nodes, first, req: plan_request(cfg, x.plan.prediction.sequences) }
+                        })
+                        .collect()
+                })
+            }
             Some(_) => {
+                let req = plan_request(cfg, load / k);
                 let groups = partition(n, k);
                 groups
                     .iter()
                     .all(|g| plan_nodes(&cfg.model, profiles, g, &req, cfg.stages).is_ok())
-                    .then(|| groups.into_iter().map(|g| (g, req)).collect())
+                    .then(|| groups.into_iter().map(|g| ReplicaSpec { first: g.clone(), nodes: g, req }).collect())
             }
         };
         match found {
-            Some(groups) => return groups,
-            None if each <= 1 => return all(),
-            None => each /= 2,
+            Some(specs) => return specs,
+            None if load <= floor => {
+                let all: Vec<usize> = (0..n).collect();
+                return vec![ReplicaSpec { first: all.clone(), nodes: all, req: plan_request(cfg, 1) }];
+            }
+            None => load = (load / 2).max(floor),
         }
     }
 }
@@ -224,8 +236,13 @@ pub fn summary(p: &Plan) -> PlanSummary {
 impl Sim<'_> {
     /// A plan for replica `r` on its nodes that are up, with its stages' costs.
     pub fn plan_replica(&self, r: usize) -> Result<Deployed, String> {
+        let global: Vec<usize> = self.replicas[r].nodes.iter().copied().filter(|&g| self.up[g]).collect();
+        self.plan_replica_on(r, global)
+    }
+
+    /// A plan for replica `r` on the nodes `global`, with its stages' costs.
+    fn plan_replica_on(&self, r: usize, global: Vec<usize>) -> Result<Deployed, String> {
         let rep = &self.replicas[r];
-        let global: Vec<usize> = rep.nodes.iter().copied().filter(|&g| self.up[g]).collect();
         let (p, sub) = plan_nodes(&self.cfg.model, &self.profiles, &global, &rep.req, self.cfg.stages)?;
         let nodes = &self.cfg.cluster.nodes;
         let stages = p
@@ -286,7 +303,7 @@ impl Sim<'_> {
         let n = self.profiles.len();
         let groups = choose_replicas(self.cfg, &self.profiles);
         let mut summaries = Vec::with_capacity(groups.len());
-        for (r, (nodes, req)) in groups.into_iter().enumerate() {
+        for (r, ReplicaSpec { nodes, first, req }) in groups.into_iter().enumerate() {
             for &g in &nodes {
                 self.replica_of[g] = r as u32;
             }
@@ -301,7 +318,8 @@ impl Sim<'_> {
                 sequences: req.sequences,
                 req,
             });
-            match self.plan_replica(r) {
+            // The planner's plan: on the nodes it chose (the replica's spares join later re-plans).
+            match self.plan_replica_on(r, first) {
                 Ok(d) => {
                     summaries.push(Some(summary(&d.plan)));
                     let t = self.ship(&d, self.cfg.cold_start);

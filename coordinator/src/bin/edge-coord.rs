@@ -172,19 +172,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let [one] = &r.replicas[..] {
                     print!("{}", one.plan.describe(&profiles));
                 } else {
+                    let plural = |n: usize| if n == 1 { "" } else { "s" };
                     println!(
-                        "{} replicas of {} sequence{} each: {:.1} tok/s together",
+                        "{} replicas sharing the {} sequences: {:.1} tok/s together",
                         r.replicas.len(),
-                        r.sequences_each,
-                        if r.sequences_each == 1 { "" } else { "s" },
+                        req.sequences,
                         r.throughput_tokens_per_s
                     );
                     for (i, rep) in r.replicas.iter().enumerate() {
-                        let used = rep.plan.nodes_used();
+                        let (nodes, used, seqs) =
+                            (rep.nodes.len(), rep.plan.nodes_used(), rep.plan.prediction.sequences);
                         println!(
-                            "\nreplica {i}: {} node{} ({used} in its plan)",
-                            rep.nodes.len(),
-                            if rep.nodes.len() == 1 { "" } else { "s" }
+                            "\nreplica {}: {nodes} node{} ({used} in its plan), {seqs} sequence{}",
+                            i + 1,
+                            plural(nodes),
+                            plural(seqs)
                         );
                         print!("{}", rep.plan.describe(&profiles));
                     }

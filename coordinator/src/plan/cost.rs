@@ -228,6 +228,8 @@ pub struct TpGroup {
     pub link_us: f64,
     /// The part of `link_us` that keeps the leader's link busy: every row's hidden state over its bandwidth.
     pub link_busy_us: f64,
+    /// The leader's link latency, the rest of `link_us`.
+    pub link_latency_us: f64,
     /// Rows of the cost model's batch.
     rows: f64,
     /// Every member measured a batched rate: the group runs a batch's rows as one step (the leader tells the
@@ -310,12 +312,12 @@ impl TpGroup {
                 2.0 * l.latency_us + together * reduce_bytes / l.bandwidth_mbps
             })
             .fold(0.0, f64::max);
-        let (link_us, link_busy_us) = shares.first().map_or((0.0, 0.0), |s| {
+        let (link_latency_us, link_busy_us) = shares.first().map_or((0.0, 0.0), |s| {
             let l = &nodes[s.node].link;
-            let busy = rows * (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps;
-            (l.latency_us + busy, busy)
+            (l.latency_us, rows * (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps)
         });
-        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, link_busy_us, rows, batched }
+        let link_us = link_latency_us + link_busy_us;
+        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, link_busy_us, link_latency_us, rows, batched }
     }
 
     /// A time of the group's step from one row's (`one`) and what each further row adds (`extra`).

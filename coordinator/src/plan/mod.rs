@@ -61,7 +61,7 @@
 //! measured a batched rate batches the same way, each member adding its share of a row's multiply-adds and KV
 //! read per further row, and every all-reduce and the leader's broadcast carrying the `b` rows after one latency.
 //! A node without a batched rate (`row_gmacs = 0`, the wgpu backend), and a group with such a member, take `b`
-//! times the one-row step and link. With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck
+//! times the one-row step; their links carry the `b` hidden states one after another after one latency. With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck
 //! `B_b`, one round moves every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b
 //! of sequences x 1e6 / max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
 //! `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, every token stepping alone. The prediction
@@ -80,7 +80,8 @@
 //! optimum is found by a binary search over the caps (the distinct occupancies): the latency at a cap falls as
 //! the cap rises, and the best plan sits at the crossing `latency / sequences = cap`, or just below it. Single
 //! stages (no hops) are compared separately. Nodes with identical profiles form a class of which at most
-//! `n_layers` are considered. The search is exact when all layers have the same size (the usual case); with mixed
+//! `n_layers` are considered, and a node that `n_layers` others match or beat in every cost the search sees is
+//! dropped (a pipeline has at most `n_layers` stages, so one of them is free to take its place). The search is exact when all layers have the same size (the usual case); with mixed
 //! layer sizes it uses the mean layer for time and the largest window of layers for memory (plans always fit).
 //! `TpMode::Auto` also tries a tensor-parallel group of the `k` fastest nodes (`k = 2..=min(8, n_kv_heads, n)`)
 //! as one more unit of the same search and keeps it when it predicts better.
@@ -260,7 +261,8 @@ pub struct Prediction {
     pub stage_us: Vec<f64>,
     /// Hop `i` goes from stage `i` to stage `i + 1` (the last back to the first); empty for one stage (us).
     pub hop_us: Vec<f64>,
-    /// The largest stage occupancy: stage time plus its own link's part of its two hops (us).
+    /// The largest stage occupancy: stage time plus the time its own link carries its two hops' hidden states
+    /// (latency not included) (us).
     pub bottleneck_us: f64,
 }
 

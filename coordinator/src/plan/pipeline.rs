@@ -139,15 +139,15 @@ fn group_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], g: TpGro
     Unit {
         alpha: g.layer_us(cost, nodes, cost.mean_layer_bytes()),
         beta: [mid, first + g.embed_us(nodes), mid + g.head_us(cost, nodes)],
-        hop: 2.0 * (g.link_us - g.link_busy_us),
+        hop: 2.0 * g.link_latency_us,
         maxlen,
         whole_us: whole_fits.then(|| g.stage_us(cost, nodes, 0, l, true, true)),
         kind: UnitKind::Group(g),
     }
 }
 
-/// A pipeline found by the DP: `(unit, first layer, end layer)` in pipeline order, with its modeled latency and
-/// bottleneck (sum and max of the occupancies).
+/// A pipeline found by the DP: `(unit, first layer, end layer)` in pipeline order, with its modeled latency (the
+/// occupancies plus the hops' latencies) and bottleneck (the largest occupancy).
 #[derive(Debug, Clone)]
 pub struct Choice {
     pub stages: Vec<(usize, usize, usize)>,
@@ -409,7 +409,8 @@ fn profile_key(n: &NodeProfile) -> ProfileKey {
 type ProfileKey = (u64, u64, u64, u64, u64, u64);
 
 /// The units of a search: `group` first (if any), then the nodes of `candidates` in index order, at most
-/// `n_layers` of each profile (the lowest indices), without those that can hold nothing.
+/// `n_layers` of each profile (the lowest indices), without those that can hold nothing and those
+/// [`drop_dominated`] drops.
 pub fn units(cost: &CostModel, nodes: &[NodeProfile], group: Option<TpGroup>, candidates: &[usize]) -> Vec<Unit> {
     let windows = mid_windows(cost);
     let l = cost.n_layers();

@@ -6,15 +6,16 @@
 //! Replica `i` is planned by [`plan`] on the fastest `ceil(left / (k - i))` nodes still free, an equal share of
 //! what is left; the nodes its plan leaves unused go back to the free ones, so the next replica may take them.
 //! Nodes no plan uses are dealt out as spares, in turn, for re-plans after a lost node. So the first replica is
-//! the fastest (a lone request goes there) and a replica's pool stays small: `k` replicas cost about as much
-//! planning as one.
+//! the fastest (a lone request goes there). Replica `i`'s pool is about `1 / (k - i)` of the nodes, so `k`
+//! replicas cost about `H_k = 1 + 1/2 + ... + 1/k` plans on every node (less where nodes of one profile form a
+//! class), and `Auto` tries up to ~26 counts.
 //!
 //! **How many** (`ReplicaMode::Auto`). `req.sequences` is the expected load: `k` replicas share it, each planned
-//! for `ceil(sequences / k)` sequences. Among `k = 1..=16` and the powers of two above, up to the nodes and the
+//! for `sequences / k` sequences (the first `sequences % k`, the fastest, for one more). Among `k = 1..=16` and the powers of two above, up to the nodes and the
 //! sequences, the count whose replicas all have a plan and predict the most throughput together wins, a larger
 //! count only when it raises that total by more than 1% (ties: fewer replicas), and only when it hurts no
-//! request's speed at that load: every replica's time per token of one of its sequences (`ceil(sequences / k) /
-//! throughput`) must be at most one plan's (`sequences / throughput`). With one sequence this is one replica.
+//! request's speed at that load: every replica's time per token of one of its sequences (its sequences /
+//! its throughput) must be at most one plan's (`sequences / throughput`). With one sequence this is one replica.
 //! When one plan cannot hold the load (a plan uses at most `n_layers` stages, so many sequences' KV caches may
 //! not fit on the nodes it takes), the smallest count that fits takes its place.
 
@@ -74,17 +75,18 @@ pub struct Replica {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Replicas {
     pub replicas: Vec<Replica>,
-    /// Sequences each replica is planned for: `ceil(sequences / replicas)`.
+    /// Most sequences a replica is planned for: `ceil(sequences / replicas)` (the first `sequences % replicas`
+    /// replicas take one more than the others; each plan's prediction names its own).
     pub sequences_each: usize,
     /// The replicas' predicted throughput together (tok/s).
     pub throughput_tokens_per_s: f64,
 }
 
 impl Replicas {
-    /// Time per token of one sequence of the slowest replica, each replica running `sequences_each` (us).
+    /// Time per token of one sequence of the slowest replica, each running the sequences it is planned for (us).
     pub fn slowest_token_interval_us(&self) -> f64 {
-        let each = self.sequences_each as f64;
-        self.replicas.iter().map(|r| each * 1e6 / r.plan.prediction.throughput_tokens_per_s).fold(0.0, f64::max)
+        let interval = |p: &Plan| p.prediction.sequences as f64 * 1e6 / p.prediction.throughput_tokens_per_s;
+        self.replicas.iter().map(|r| interval(&r.plan)).fold(0.0, f64::max)
     }
 }
 
@@ -96,14 +98,27 @@ pub fn plan_replicas(
     mode: ReplicaMode,
 ) -> Result<Replicas, PlanError> {
     let n = nodes.len();
+    if n == 0 {
+        return Err(PlanError::NoNodes);
+    }
+    if req.sequences == 0 {
+        return Err(PlanError::NoSequences);
+    }
+    let s = req.sequences;
     match mode {
-        ReplicaMode::Fixed(k) if k == 0 || k > n => Err(PlanError::BadReplicas {
+        ReplicaMode::Fixed(k) if k == 0 || k > n || k > s => Err(PlanError::BadReplicas {
             replicas: k,
-            reason: if k == 0 { "at least one is needed".into() } else { format!("the cluster has only {n} nodes") },
+            reason: if k == 0 {
+                "at least one is needed".into()
+            } else if k > n {
+                format!("the cluster has only {n} nodes")
+            } else {
+                format!("there are only {s} sequences to share")
+            },
         }),
         ReplicaMode::Fixed(k) => build(model, nodes, req, k),
         ReplicaMode::Auto => {
-            let top = n.min(req.sequences.max(1));
+            let top = n.min(s);
             let counts = (1..=top.min(EVERY_COUNT_UP_TO))
                 .chain(std::iter::successors(Some(EVERY_COUNT_UP_TO * 2), |k| Some(k * 2)).take_while(|&k| k <= top));
             // The first count that fits (usually one plan) sets the speed no sequence may fall below.
@@ -152,8 +167,7 @@ fn fastest_first(nodes: &[NodeProfile]) -> Vec<usize> {
 
 /// Exactly `k` replicas, or the error of the first that finds no plan.
 fn build(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, k: usize) -> Result<Replicas, PlanError> {
-    let each = req.sequences.max(1).div_ceil(k);
-    let sub_req = PlanRequest { sequences: each, ..*req };
+    let s = req.sequences;
     let mut free = fastest_first(nodes);
     let mut replicas = Vec::with_capacity(k);
     for i in 0..k {
@@ -166,6 +180,8 @@ fn build(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, k: 
         let mut pool: Vec<usize> = free[..share].to_vec();
         pool.sort_unstable();
         let profiles: Vec<NodeProfile> = pool.iter().map(|&g| nodes[g].clone()).collect();
+        // The first (fastest) replicas take the sequences that do not divide evenly.
+        let sub_req = PlanRequest { sequences: s / k + usize::from(i < s % k), ..*req };
         let mut p = plan(model, &profiles, &sub_req).map_err(|e| match e {
             PlanError::DoesNotFit { .. } if k > 1 => PlanError::BadReplicas {
                 replicas: k,
@@ -187,5 +203,5 @@ fn build(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, k: 
         r.nodes.sort_unstable();
     }
     let throughput_tokens_per_s = replicas.iter().map(|r| r.plan.prediction.throughput_tokens_per_s).sum();
-    Ok(Replicas { replicas, sequences_each: each, throughput_tokens_per_s })
+    Ok(Replicas { replicas, sequences_each: s.div_ceil(k), throughput_tokens_per_s })
 }
