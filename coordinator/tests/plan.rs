@@ -407,6 +407,24 @@ fn arb_case_of(
         })
 }
 
+/// The plan's value is the brute force's best (the plan, if any), and both agree on when nothing fits.
+fn equals_brute_force(
+    model: &ModelDescription,
+    nodes: &[NodeProfile],
+    r: &PlanRequest,
+) -> Result<Option<Plan>, TestCaseError> {
+    match (plan(model, nodes, r), brute_force(model, nodes, r)) {
+        (Ok(p), Some((v, best))) => {
+            check_plan(model, nodes, &p);
+            let pv = 1e6 / p.prediction.throughput_tokens_per_s;
+            prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
+            Ok(Some(p))
+        }
+        (Err(PlanError::DoesNotFit { .. }), None) => Ok(None),
+        (got, want) => Err(TestCaseError::fail(format!("planner {got:?} vs brute force {want:?}"))),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -414,18 +432,8 @@ proptest! {
     /// sequence (latency) and for several (throughput), and both agree on when nothing fits.
     #[test]
     fn the_search_equals_brute_force((model, nodes, r) in arb_case(true)) {
-        let got = plan(&model, &nodes, &r);
-        let want = brute_force(&model, &nodes, &r);
-        match (got, want) {
-            (Ok(p), Some((v, best))) => {
-                check_plan(&model, &nodes, &p);
-                let pv = 1e6 / p.prediction.throughput_tokens_per_s;
-                prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
-                let again = predict(&model, &nodes, &r, &p.stages);
-                prop_assert_eq!(again, p.prediction.clone());
-            }
-            (Err(PlanError::DoesNotFit { .. }), None) => {}
-            (got, want) => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),
+        if let Some(p) = equals_brute_force(&model, &nodes, &r)? {
+            prop_assert_eq!(predict(&model, &nodes, &r, &p.stages), p.prediction.clone());
         }
     }
 
@@ -435,17 +443,7 @@ proptest! {
     fn dropping_dominated_nodes_keeps_the_best_plan(
         (model, nodes, r) in arb_case_of(true, 2..=3, arb_nodes_with_worse_copies())
     ) {
-        let got = plan(&model, &nodes, &r);
-        let want = brute_force(&model, &nodes, &r);
-        match (got, want) {
-            (Ok(p), Some((v, best))) => {
-                check_plan(&model, &nodes, &p);
-                let pv = 1e6 / p.prediction.throughput_tokens_per_s;
-                prop_assert!(close(pv, v), "planner {pv} vs brute force {v}\nplanner {:?}\nbest {:?}", p, best);
-            }
-            (Err(PlanError::DoesNotFit { .. }), None) => {}
-            (got, want) => prop_assert!(false, "planner {got:?} vs brute force {want:?}"),
-        }
+        equals_brute_force(&model, &nodes, &r)?;
     }
 
     /// With layers of different sizes plans still fit, and are found whenever one exists.

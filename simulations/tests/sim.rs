@@ -211,14 +211,19 @@ fn stages_run_one_step_at_a_time_and_tokens_arrive_in_order() {
     }
 }
 
-fn churn_run(device: DeviceProfile, nodes: usize, mtbf_s: f64, down_s: f64) -> SimResult {
-    let workload = Workload {
-        arrivals: Arrivals::Closed { users: 4, think_s: 2.0 },
-        prompt_tokens: 32,
-        output_tokens: 32,
-        length_spread: 0.0,
+/// A closed loop of `users` with `think_s` between requests, prompts and answers of the given mean lengths.
+fn closed_loop(users: usize, think_s: f64, prompt_tokens: usize, output_tokens: usize, spread: f64) -> Workload {
+    Workload {
+        arrivals: Arrivals::Closed { users, think_s },
+        prompt_tokens,
+        output_tokens,
+        length_spread: spread,
         sequences: None,
-    };
+    }
+}
+
+fn churn_run(device: DeviceProfile, nodes: usize, mtbf_s: f64, down_s: f64) -> SimResult {
+    let workload = closed_loop(4, 2.0, 32, 32, 0.0);
     let cluster = Cluster::homogeneous(nodes, &device, ETHERNET);
     let mut cfg = SimConfig::new("smollm2", models::smollm2(), cluster, workload);
     cfg.seconds = Some(3000.0);
@@ -282,13 +287,7 @@ fn lavapipe_prefill_matches_the_measured_rate() {
 
 #[test]
 fn a_1024_node_scenario_runs_quickly() {
-    let workload = Workload {
-        arrivals: Arrivals::Closed { users: 2048, think_s: 1.0 },
-        prompt_tokens: 128,
-        output_tokens: 128,
-        length_spread: 0.5,
-        sequences: None,
-    };
+    let workload = closed_loop(2048, 1.0, 128, 128, 0.5);
     let cluster = Cluster::mixed(1024, &[(&PI5, 1.0), (&PHONE, 1.0)], WIFI);
     let mut cfg = SimConfig::new("smollm2", models::smollm2(), cluster, workload);
     cfg.replicas = Replicas::Auto;
@@ -324,13 +323,7 @@ fn planner_plans_1024_distinct_nodes_within_a_second() {
 fn on_5g_the_planner_pipelines_a_small_model_for_many_users() {
     let model = models::model("qwen2.5-0.5b").unwrap();
     let run = |stages: Option<usize>, prompt_tokens: usize| {
-        let users = Workload {
-            arrivals: Arrivals::Closed { users: 64, think_s: 0.0 },
-            prompt_tokens,
-            output_tokens: 128,
-            length_spread: 0.5,
-            sequences: None,
-        };
+        let users = closed_loop(64, 0.0, prompt_tokens, 128, 0.5);
         let mut cfg = SimConfig::new("qwen", model.clone(), Cluster::homogeneous(64, &PHONE, FIVE_G), users);
         cfg.stages = stages;
         cfg.seconds = Some(60.0);
@@ -359,13 +352,7 @@ fn on_5g_the_planner_pipelines_a_small_model_for_many_users() {
 #[test]
 fn sixteen_pis_run_the_planners_replicas_and_beat_one_plan() {
     let model = models::model("qwen2.5-0.5b").unwrap();
-    let users = Workload {
-        arrivals: Arrivals::Closed { users: 16, think_s: 0.0 },
-        prompt_tokens: 16,
-        output_tokens: 128,
-        length_spread: 0.5,
-        sequences: None,
-    };
+    let users = closed_loop(16, 0.0, 16, 128, 0.5);
     let cluster = Cluster::homogeneous(16, &PI5, ETHERNET);
     let run = |replicas: Replicas| {
         let mut cfg = SimConfig::new("qwen", model.clone(), cluster.clone(), users);

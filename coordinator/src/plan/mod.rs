@@ -503,8 +503,8 @@ fn validate(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
     Ok(())
 }
 
-/// The `k` fastest nodes (GEMV bandwidth, then memory, then index), in index order.
-fn fastest(nodes: &[NodeProfile], k: usize) -> Vec<usize> {
+/// Node indices fastest first: GEMV bandwidth, then memory, then index.
+fn fastest_first(nodes: &[NodeProfile]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by(|&a, &b| {
         nodes[b]
@@ -513,6 +513,12 @@ fn fastest(nodes: &[NodeProfile], k: usize) -> Vec<usize> {
             .then(nodes[b].memory_bytes.cmp(&nodes[a].memory_bytes))
             .then(a.cmp(&b))
     });
+    order
+}
+
+/// The `k` fastest nodes ([`fastest_first`]), in index order.
+fn fastest(nodes: &[NodeProfile], k: usize) -> Vec<usize> {
+    let mut order = fastest_first(nodes);
     order.truncate(k);
     order.sort_unstable();
     order

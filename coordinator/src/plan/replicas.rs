@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{plan, NodeProfile, Plan, PlanError, PlanRequest};
+use super::{fastest_first, plan, NodeProfile, Plan, PlanError, PlanRequest};
 use crate::ModelDescription;
 
 /// Replica counts tried one by one; above this, powers of two.
@@ -150,19 +150,6 @@ pub fn plan_replicas(
             }
         }
     }
-}
-
-/// Nodes fastest first: GEMV bandwidth, then memory, then index.
-fn fastest_first(nodes: &[NodeProfile]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..nodes.len()).collect();
-    order.sort_by(|&a, &b| {
-        nodes[b]
-            .gemv_gbps
-            .total_cmp(&nodes[a].gemv_gbps)
-            .then(nodes[b].memory_bytes.cmp(&nodes[a].memory_bytes))
-            .then(a.cmp(&b))
-    });
-    order
 }
 
 /// Exactly `k` replicas, or the error of the first that finds no plan.
