@@ -796,7 +796,7 @@ fn cli_shows_replicas() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r: edge_coord::plan::replicas::Replicas = serde_json::from_value(v["replicas"].clone()).unwrap();
-    assert_eq!((r.replicas.len(), r.sequences_each), (2, 2));
+    assert_eq!((r.replicas.len(), r.sequences_each()), (2, 2));
     assert_eq!(v["plan"], serde_json::to_value(&r.replicas[0].plan).unwrap());
 
     for (bad, says) in [("0", "at least 1"), ("5", "only 4 nodes")] {

@@ -24,7 +24,7 @@ fn check_replicas(model: &ModelDescription, nodes: &[NodeProfile], r: &Replicas)
             }
         }
         let seqs = x.plan.prediction.sequences;
-        assert!(seqs + 1 >= r.sequences_each && seqs <= r.sequences_each && seqs >= 1, "{r:?}");
+        assert!(seqs + 1 >= r.sequences_each() && seqs <= r.sequences_each() && seqs >= 1, "{r:?}");
     }
     let sum: f64 = r.replicas.iter().map(|x| x.plan.prediction.throughput_tokens_per_s).sum();
     assert!(close(sum, r.throughput_tokens_per_s));
@@ -51,7 +51,7 @@ fn equal_nodes_that_each_hold_the_model_serve_one_replica_each() {
     let r = plan_replicas(&model, &nodes, &req(100, 4), ReplicaMode::Auto).unwrap();
     check_replicas(&model, &nodes, &r);
     assert_eq!(r.replicas.len(), 4, "{r:?}");
-    assert_eq!(r.sequences_each, 1);
+    assert_eq!(r.sequences_each(), 1);
     assert!(close(r.throughput_tokens_per_s, 4e6 / 11_730.0), "{r:?}");
     let one = plan_replicas(&model, &nodes, &req(100, 4), ReplicaMode::Fixed(1)).unwrap();
     assert!(one.throughput_tokens_per_s < 300.0, "{one:?}");
@@ -115,7 +115,7 @@ fn sequences_that_do_not_divide_go_to_the_first_replicas() {
     let seqs: Vec<(Vec<usize>, usize)> =
         r.replicas.iter().map(|x| (x.nodes.clone(), x.plan.prediction.sequences)).collect();
     assert_eq!(seqs, vec![(vec![2], 2), (vec![1], 2), (vec![0], 1)]);
-    assert_eq!(r.sequences_each, 2);
+    assert_eq!(r.sequences_each(), 2);
     // One node, no batched kernels: a token per whole-model step whatever its sequences.
     let alone = |i: usize| plan(&model, &nodes[i..=i], &req(100, 1)).unwrap().prediction.throughput_tokens_per_s;
     assert!(close(r.throughput_tokens_per_s, alone(0) + alone(1) + alone(2)), "{r:?}");
@@ -181,6 +181,6 @@ fn a_load_one_plan_cannot_hold_is_shared_by_replicas() {
     assert!(matches!(one, PlanError::DoesNotFit { .. }), "{one}");
     let r = plan_replicas(&model, &nodes, &req(100, 400), ReplicaMode::Auto).unwrap();
     check_replicas(&model, &nodes, &r);
-    assert_eq!((r.replicas.len(), r.sequences_each), (4, 100), "{r:?}");
+    assert_eq!((r.replicas.len(), r.sequences_each()), (4, 100), "{r:?}");
     assert!(r.replicas.iter().all(|x| x.plan.stages.len() == 10));
 }

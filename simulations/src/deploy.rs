@@ -191,8 +191,7 @@ pub fn choose_replicas(cfg: &SimConfig, profiles: &[NodeProfile]) -> Vec<Replica
                     r.replicas
                         .into_iter()
                         .map(|x| {
-                            let mut first: Vec<usize> =
-                                x.plan.stages.iter().flat_map(|s| s.members.iter().map(|m| m.node)).collect();
+                            let mut first: Vec<usize> = x.plan.member_nodes().collect();
                             first.sort_unstable();
                             ReplicaSpec { nodes: x.nodes, first, req: plan_request(cfg, x.plan.prediction.sequences) }
                         })
@@ -254,7 +253,7 @@ impl Sim<'_> {
                 busy: None,
             })
             .collect();
-        let members = p.stages.iter().flat_map(|s| s.members.iter().map(|m| global[m.node])).collect();
+        let members = p.member_nodes().map(|i| global[i]).collect();
         Ok(Deployed { plan: p, stages, members })
     }
 

@@ -223,12 +223,10 @@ pub struct TpGroup {
     kv_share: Vec<f64>,
     /// One all-reduce (us): of a `dim` hidden state, or of every row's in a step of a batching group.
     pub allreduce_us: f64,
-    /// The group's link term: its leader's (member 0 receives the stage input and sends its output), latency
-    /// and every row's hidden state.
-    pub link_us: f64,
-    /// The part of `link_us` that keeps the leader's link busy: every row's hidden state over its bandwidth.
+    /// The part of [`TpGroup::link_us`] that keeps the leader's link busy: every row's hidden state over its
+    /// bandwidth.
     pub link_busy_us: f64,
-    /// The leader's link latency, the rest of `link_us`.
+    /// The leader's link latency, the rest of [`TpGroup::link_us`].
     pub link_latency_us: f64,
     /// Rows of the cost model's batch.
     rows: f64,
@@ -316,8 +314,13 @@ impl TpGroup {
             let l = &nodes[s.node].link;
             (l.latency_us, rows * (m.activation_bytes_per_token * DECODE_TOKENS) as f64 / l.bandwidth_mbps)
         });
-        let link_us = link_latency_us + link_busy_us;
-        TpGroup { shares, weight_share, kv_share, allreduce_us, link_us, link_busy_us, link_latency_us, rows, batched }
+        TpGroup { shares, weight_share, kv_share, allreduce_us, link_busy_us, link_latency_us, rows, batched }
+    }
+
+    /// The group's link term: its leader's (member 0 receives the stage input and sends its output), latency
+    /// and every row's hidden state.
+    pub fn link_us(&self) -> f64 {
+        self.link_latency_us + self.link_busy_us
     }
 
     /// A time of the group's step from one row's (`one`) and what each further row adds (`extra`).

@@ -61,8 +61,8 @@
 //! measured a batched rate batches the same way, each member adding its share of a row's multiply-adds and KV
 //! read per further row, and every all-reduce and the leader's broadcast carrying the `b` rows after one latency.
 //! A node without a batched rate (`row_gmacs = 0`, the wgpu backend), and a group with such a member, take `b`
-//! times the one-row step; their links carry the `b` hidden states one after another after one latency. With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck
-//! `B_b`, one round moves every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b
+//! times the one-row step; their links carry the `b` hidden states one after another after one latency. With
+//! the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck `B_b`, one round moves every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b
 //! of sequences x 1e6 / max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
 //! `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, every token stepping alone. The prediction
 //! reports the best `b` (`batch`), `m` (`micro_batches`), `L_b` and `B_b`.
@@ -81,8 +81,8 @@
 //! the cap rises, and the best plan sits at the crossing `latency / sequences = cap`, or just below it. Single
 //! stages (no hops) are compared separately. Nodes with identical profiles form a class of which at most
 //! `n_layers` are considered, and a node that `n_layers` others match or beat in every cost the search sees is
-//! dropped (a pipeline has at most `n_layers` stages, so one of them is free to take its place). The search is exact when all layers have the same size (the usual case); with mixed
-//! layer sizes it uses the mean layer for time and the largest window of layers for memory (plans always fit).
+//! dropped (a pipeline has at most `n_layers` stages, so one of them is free to take its place). The search is
+//! exact when all layers have the same size (the usual case); with mixed layer sizes it uses the mean layer for time and the largest window of layers for memory (plans always fit).
 //! `TpMode::Auto` also tries a tensor-parallel group of the `k` fastest nodes (`k = 2..=min(8, n_kv_heads, n)`)
 //! as one more unit of the same search and keeps it when it predicts better.
 
@@ -328,6 +328,11 @@ impl Plan {
         self.stages.iter().map(|s| s.members.len()).sum()
     }
 
+    /// The node index of every stage member, in pipeline and member order.
+    pub fn member_nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.stages.iter().flat_map(|s| s.members.iter().map(|m| m.node))
+    }
+
     /// Memory the plan needs over all members.
     pub fn memory_bytes(&self) -> u64 {
         self.stages.iter().flat_map(|s| &s.members).map(|m| m.memory_bytes).sum()
@@ -441,7 +446,7 @@ fn occupancies(cost: &CostModel, nodes: &[NodeProfile], stages: &[Stage]) -> Occ
             let shares = s.members.iter().map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn }).collect();
             let g = TpGroup::new(cost, nodes, shares);
             stage_us.push(g.stage_us(cost, nodes, a, b, s.embed, s.head));
-            link_us.push(g.link_us);
+            link_us.push(g.link_us());
             busy_us.push(g.link_busy_us);
         }
     }

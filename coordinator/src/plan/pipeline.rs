@@ -219,10 +219,10 @@ impl<'u> Dp<'u> {
                         LAST if from & HAS_LAST == 0 => from | HAS_LAST,
                         _ => continue,
                     };
-                    let (old_c, old_s) = (&self.cost[from * w..(from + 1) * w], &self.stages[from * w..(from + 1) * w]);
                     if !reached {
                         continue;
                     }
+                    let (old_c, old_s) = (&self.cost[from * w..(from + 1) * w], &self.stages[from * w..(from + 1) * w]);
                     // Sliding-window minimum of (cost - alpha x start, stages) over the starts in reach, as a
                     // monotone queue in `window[head..tail]` (each start enters once).
                     let key = |j: usize| (old_c[j] - alpha * j as f64, old_s[j]);

@@ -75,14 +75,17 @@ pub struct Replica {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Replicas {
     pub replicas: Vec<Replica>,
-    /// Most sequences a replica is planned for: `ceil(sequences / replicas)` (the first `sequences % replicas`
-    /// replicas take one more than the others; each plan's prediction names its own).
-    pub sequences_each: usize,
     /// The replicas' predicted throughput together (tok/s).
     pub throughput_tokens_per_s: f64,
 }
 
 impl Replicas {
+    /// Most sequences a replica is planned for: `ceil(sequences / replicas)` (the first `sequences % replicas`
+    /// replicas take one more than the others; each plan's prediction names its own).
+    pub fn sequences_each(&self) -> usize {
+        self.replicas.iter().map(|r| r.plan.prediction.sequences).max().unwrap_or(0)
+    }
+
     /// Time per token of one sequence of the slowest replica, each running the sequences it is planned for (us).
     pub fn slowest_token_interval_us(&self) -> f64 {
         let interval = |p: &Plan| p.prediction.sequences as f64 * 1e6 / p.prediction.throughput_tokens_per_s;
@@ -179,7 +182,7 @@ fn build(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, k: 
         for m in p.stages.iter_mut().flat_map(|s| s.members.iter_mut()) {
             m.node = pool[m.node];
         }
-        let used: Vec<usize> = p.stages.iter().flat_map(|s| s.members.iter().map(|m| m.node)).collect();
+        let used: Vec<usize> = p.member_nodes().collect();
         free.retain(|g| !used.contains(g));
         replicas.push(Replica { nodes: used, plan: p });
     }
@@ -190,5 +193,5 @@ fn build(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, k: 
         r.nodes.sort_unstable();
     }
     let throughput_tokens_per_s = replicas.iter().map(|r| r.plan.prediction.throughput_tokens_per_s).sum();
-    Ok(Replicas { replicas, sequences_each: s.div_ceil(k), throughput_tokens_per_s })
+    Ok(Replicas { replicas, throughput_tokens_per_s })
 }
