@@ -55,13 +55,14 @@ impl Server {
                 if std::env::var_os("EDGE_TEST_LOGS").is_some() {
                     eprintln!("[serve] {line}");
                 }
-                if let Some(rest) = line.strip_prefix("serving ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
                 if let Some(f) = file.as_mut() {
                     let _ = writeln!(f, "{line}");
                 }
-                log2.lock().unwrap().push_str(&(line + "\n"));
+                log2.lock().unwrap().push_str(&format!("{line}\n"));
+                // (After the line is in the log: the log holds it once `start` returns.)
+                if let Some(rest) = line.strip_prefix("serving ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
             }
         });
         let url = rx.recv_timeout(Duration::from_secs(240)).unwrap_or_else(|_| {

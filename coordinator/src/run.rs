@@ -197,7 +197,25 @@ pub async fn plan_and_deploy(
     recovering: bool,
     progress: &indicatif::MultiProgress,
 ) -> Result<Planned, PlanFailure> {
-    let Target { model, facts, desc, req, stages } = *target;
+    let Target { desc, req, stages, .. } = *target;
+    let (members, nodes) = discover(client, discovery, excluded).await?;
+    let planned = match stages {
+        Some(k) if recovering => even_pipeline(desc, &nodes, req, k.min(nodes.len())),
+        Some(k) => even_pipeline(desc, &nodes, req, k),
+        None => plan::plan(desc, &nodes, req).map_err(anyhow::Error::from),
+    };
+    let plan = planned.map_err(PlanFailure::NoPlan)?;
+    eprintln!("{}", plan.describe(&nodes));
+    deploy_plan(client, target, plan, nodes, members, progress).await
+}
+
+/// The members alive now (as `discovery` says, links measured) that sent a capability record, without
+/// `excluded` peer ids, with their profiles for the planner.
+pub async fn discover(
+    client: &edge_node::net::Client,
+    discovery: &cluster::Discovery,
+    excluded: &HashSet<String>,
+) -> Result<(Vec<cluster::Member>, Vec<NodeProfile>), PlanFailure> {
     let members: Vec<cluster::Member> = cluster::members(client, discovery, true)
         .await
         .map_err(PlanFailure::NoPlan)?
@@ -211,18 +229,24 @@ pub async fn plan_and_deploy(
             "no members answered (check --peer addresses and the cluster key)"
         )));
     }
-    let planned = match stages {
-        Some(k) if recovering => even_pipeline(desc, &nodes, req, k.min(nodes.len())),
-        Some(k) => even_pipeline(desc, &nodes, req, k),
-        None => plan::plan(desc, &nodes, req).map_err(anyhow::Error::from),
-    };
-    let plan = planned.map_err(PlanFailure::NoPlan)?;
-    eprintln!("{}", plan.describe(&nodes));
+    Ok((members, nodes))
+}
+
+/// Ships `plan` (over `nodes`, from `members`) for the plan's own sequence count.
+pub async fn deploy_plan(
+    client: &edge_node::net::Client,
+    target: &Target<'_>,
+    plan: Plan,
+    nodes: Vec<NodeProfile>,
+    members: Vec<cluster::Member>,
+    progress: &indicatif::MultiProgress,
+) -> Result<Planned, PlanFailure> {
+    let Target { model, facts, desc, req, .. } = *target;
     let assigned = assignments(&plan, desc, &nodes).map_err(PlanFailure::NoPlan)?;
-    let deployment =
-        deploy::deploy(client, (model, facts), assigned, req.sequences as u32, req.context as u32, progress)
-            .await
-            .map_err(PlanFailure::Deploy)?;
+    let sequences = plan.prediction.sequences as u32;
+    let deployment = deploy::deploy(client, (model, facts), assigned, sequences, req.context as u32, progress)
+        .await
+        .map_err(PlanFailure::Deploy)?;
     Ok(Planned { plan, nodes, members, deployment })
 }
 

@@ -16,6 +16,7 @@ const state = {
   rendered: {}, // section -> JSON of what it last drew (redraw only on change)
   firstStatus: null, // resolves after the first /api/status answer (or failure)
   chat: { messages: [], busy: false, abort: null, replies: 0 },
+  replica: 0, // the replica whose plan the plan card and the pipeline arrows show
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -206,16 +207,38 @@ function renderHeader(s) {
 // ---------------------------------------------------------------------------------------------------------------
 // Plan helpers
 
-/** peer id -> [{stage index, member index, member}] for every place the node has in the plan. */
-function placements(plan) {
+/** Every replica's plan (null while it has none); with one replica, just the plan. */
+function plans(s) {
+  const reps = s.replicas || [];
+  return reps.length > 1 ? reps.map((r) => r.plan) : [s.plan];
+}
+
+/** The plan of the replica the plan card shows. */
+function shownPlan(s) {
+  const all = plans(s);
+  return all[Math.min(state.replica, all.length - 1)] || null;
+}
+
+/** peer id -> [{replica, stage index, member index, members of the stage, member}] for every place the node has
+ *  in a replica's plan. */
+function placements(s) {
   const map = new Map();
-  (plan?.stages || []).forEach((st, si) =>
-    (st.members || []).forEach((m, mi) => {
-      if (!map.has(m.node)) map.set(m.node, []);
-      map.get(m.node).push({ stage: si, member: mi, tp: st.members.length > 1, m });
-    }),
+  plans(s).forEach((plan, ri) =>
+    (plan?.stages || []).forEach((st, si) =>
+      (st.members || []).forEach((m, mi) => {
+        if (!map.has(m.node)) map.set(m.node, []);
+        const of = st.members.length;
+        map.get(m.node).push({ replica: ri, sequences: plan.sequences, stage: si, member: mi, tp: of > 1, of, m });
+      }),
+    ),
   );
   return map;
+}
+
+/** A place as text: "stage 2", "stage 1 (2/3)" for a tensor-parallel member, prefixed "r2 " with replicas. */
+function placeText(s, p) {
+  const r = (s.replicas || []).length > 1 ? `r${p.replica + 1} ` : "";
+  return `${r}stage ${p.stage + 1}${p.tp ? ` (${p.member + 1}/${p.of})` : ""}`;
 }
 
 function nodeName(s, peer) {
@@ -229,22 +252,24 @@ function nodeName(s, peer) {
 
 function renderTopology(s) {
   const nodes = s.nodes || [];
-  const plan = s.plan;
-  const place = placements(plan);
-  // Nodes in plan order (stage, member), then the ones the plan does not use.
+  const plan = shownPlan(s);
+  const place = placements(s);
+  // Nodes in plan order (replica, stage, member), then the ones no plan uses.
   const order = [...nodes].sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
   function rank(n) {
     const p = place.get(n.id);
-    return p ? p[0].stage * 1000 + p[0].member : 1e9;
+    return p ? p[0].replica * 1e6 + p[0].stage * 1000 + p[0].member : 1e9;
   }
   const data = order.map((n) => [n.id, n.name, n.backend, n.alive, n.active_sequences, round(n.tokens_per_s, 1),
-    round(n.rtt_ms, 2), round(n.bandwidth_mbps, 0), place.get(n.id)?.map((p) => p.stage)]);
+    round(n.rtt_ms, 2), round(n.bandwidth_mbps, 0), place.get(n.id)?.map((p) => [p.replica, p.stage])]);
   const hops = (plan?.stages || []).map((st) => st.members?.[0]?.node);
   const requests = s.totals?.requests;
   if (!changed("topology", [data, hops, requests])) return;
 
   const used = order.filter((n) => place.has(n.id)).length;
-  $("topology-sub").textContent = `${nodes.length} node${nodes.length === 1 ? "" : "s"}, ${used} in the plan`;
+  const reps = (s.replicas || []).length;
+  $("topology-sub").textContent = `${nodes.length} node${nodes.length === 1 ? "" : "s"}, ${used} in ` +
+    (reps > 1 ? `${reps} replicas (arrows: replica ${Math.min(state.replica, reps - 1) + 1})` : "the plan");
 
   const W = 760, boxW = 196, boxH = 58;
   const n = order.length;
@@ -304,7 +329,7 @@ function renderTopology(s) {
         x: p.x, y: p.y + k * h, width: 7, height: h, class: `fill-${stageClass(st.stage)}`,
       })));
     }
-    const stageText = stages.length ? stages.map((st) => `stage ${st.stage + 1}${st.tp ? ` (${st.member + 1}/${plan.stages[st.stage].members.length})` : ""}`).join(", ") : "idle";
+    const stageText = stages.length ? stages.map((p) => placeText(s, p)).join(", ") : "idle";
     g.append(svg("text", { x: p.x + 16, y: p.y + 19, class: "name" }, node.name));
     g.append(svg("text", { x: p.x + boxW - 10, y: p.y + 19, "text-anchor": "end", class: "muted" }, node.alive ? node.backend : "offline"));
     g.append(svg("text", { x: p.x + 16, y: p.y + 36, class: "muted" }, stageText));
@@ -312,7 +337,7 @@ function renderTopology(s) {
     const seqs = node.active_sequences || 0;
     g.append(svg("text", { x: p.x + 16, y: p.y + 51 },
       `${seqs} seq · ${fmt.num(node.tokens_per_s)} tok/s`));
-    const lw = 44, lf = Math.min(1, seqs / Math.max(1, plan?.sequences || 1));
+    const lw = 44, lf = Math.min(1, seqs / Math.max(1, stages[0]?.sequences || 1));
     g.append(svg("rect", { x: p.x + boxW - 10 - lw, y: p.y + 44, width: lw, height: 6, rx: 3, class: "load-bg" }));
     if (lf > 0) g.append(svg("rect", { x: p.x + boxW - 10 - lw, y: p.y + 44, width: lw * lf, height: 6, rx: 3, class: "load-fg" }));
     boxes.append(g);
@@ -349,13 +374,35 @@ function round(v, digits) {
 // Plan: one horizontal bar of the model's layers, a segment per stage (its width proportional to its layers);
 // a tensor-parallel stage is split into one row per member.
 
+/** With several replicas: one button each (its load, or why it has no plan) choosing the plan shown. */
+function renderReplicas(s) {
+  const reps = s.replicas || [];
+  const shown = Math.min(state.replica, Math.max(0, reps.length - 1));
+  if (!changed("replicas", [reps.map((r) => [r.plan?.id, r.running, r.queued, r.unavailable]), shown])) return;
+  const box = $("replicas");
+  box.hidden = reps.length < 2;
+  box.replaceChildren(...(reps.length < 2 ? [] : reps.map((r, i) => {
+    const what = r.plan
+      ? `${r.plan.stages.length} stage${r.plan.stages.length === 1 ? "" : "s"} · ${r.running} running · ${r.queued} waiting`
+      : r.unavailable ? "unavailable" : "re-planning";
+    const b = el("button", { type: "button", class: `small${i === shown ? "" : " ghost"}`, title: r.unavailable || null },
+      `replica ${i + 1}: ${what}`);
+    b.addEventListener("click", () => {
+      state.replica = i;
+      if (state.status) render(state.status);
+    });
+    return b;
+  })));
+}
+
 function renderPlan(s) {
-  const plan = s.plan;
+  renderReplicas(s);
+  const plan = shownPlan(s);
   const layers = s.model?.layers || 0;
   if (!changed("plan", [plan, layers, (s.nodes || []).map((n) => [n.id, n.name])])) return;
   const bar = $("planbar"), ruler = $("ruler"), list = $("stages");
   if (!plan || !plan.stages?.length) {
-    $("plan-sub").textContent = "no plan yet";
+    $("plan-sub").textContent = (s.replicas || []).length > 1 ? "this replica has no plan now" : "no plan yet";
     bar.replaceChildren();
     ruler.replaceChildren();
     list.replaceChildren();
@@ -423,14 +470,16 @@ function renderPlan(s) {
 
 function renderNodes(s) {
   const nodes = s.nodes || [];
-  const place = placements(s.plan);
-  if (!changed("nodes", [nodes, s.plan?.id, s.plan?.sequences])) return;
-  const cap = Math.max(1, s.plan?.sequences || 1);
+  const place = placements(s);
+  if (!changed("nodes", [nodes, plans(s).map((p) => [p?.id, p?.sequences])])) return;
+  const replicas = (s.replicas || []).length > 1;
   const rows = nodes.map((n) => {
     const stages = place.get(n.id) || [];
     const stageCell = stages.length
-      ? stages.map((p) => [el("span", { class: `swatch ${stageClass(p.stage)}` }), `${p.stage + 1}`, " "])
+      ? stages.map((p) => [el("span", { class: `swatch ${stageClass(p.stage)}` }),
+        `${replicas ? `r${p.replica + 1}·` : ""}${p.stage + 1}`, " "])
       : el("span", { class: "sub" }, "—");
+    const cap = Math.max(1, stages[0]?.sequences || 1);
     const meter = el("span", { class: "meter" }, el("i", {}));
     meter.firstChild.style.width = `${Math.min(100, (100 * (n.active_sequences || 0)) / cap)}%`;
     return el("tr", { class: n.alive ? "" : "dead", title: n.id },
@@ -456,7 +505,8 @@ function renderJobs(s) {
   $("jobs-sub").textContent = s.jobs?.length ? `${s.jobs.length} kept` : "";
   const rows = [];
   for (const j of jobs) {
-    rows.push(el("tr", { title: `${j.id} (${j.kind})` },
+    const on = (s.replicas || []).length > 1 ? `, replica ${(j.replica ?? 0) + 1}` : "";
+    rows.push(el("tr", { title: `${j.id} (${j.kind}${on})` },
       el("td", { class: "mono" }, fmt.shortId(j.id)),
       el("td", { title: j.finish_reason ? `finish: ${j.finish_reason}` : null },
         el("span", { class: `pillbox st-${j.state}` }, j.state)),

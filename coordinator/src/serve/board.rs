@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::metrics::Metrics;
-use super::status::{JobStatus, ModelInfo, NodeStatus, PlanStatus, StageMemberStatus, StageStatus};
+use super::status::{JobStatus, ModelInfo, NodeStatus, PlanStatus, ReplicaStatus, StageMemberStatus, StageStatus};
 use crate::run::Planned;
 
 /// Window of the per-node token rate.
@@ -15,16 +15,14 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 pub struct Board {
     pub started: Instant,
     pub model: ModelInfo,
-    /// Why new requests are refused (503), while no plan runs.
-    pub unavailable: Option<String>,
-    pub plan: Option<PlanStatus>,
+    /// Each replica of the model (its plan, load, and why it refuses requests while no plan of it fits), by
+    /// replica index.
+    pub replicas: Vec<ReplicaStatus>,
     /// Every member seen when planning, by peer id (the live fields are filled in when the status is read).
     pub members: Vec<NodeStatus>,
     pub jobs: VecDeque<JobStatus>,
     pub requests: u64,
     pub completion_tokens: u64,
-    /// Sequences running now.
-    pub running: usize,
     /// Per node: (second, tokens its stage processed in that second), the last [`RATE_WINDOW`].
     tokens: HashMap<String, VecDeque<(Instant, u64)>>,
     /// Counters and histograms of `/metrics`.
@@ -36,13 +34,11 @@ impl Board {
         Board {
             started: Instant::now(),
             model,
-            unavailable: None,
-            plan: None,
+            replicas: Vec::new(),
             members: Vec::new(),
             jobs: VecDeque::new(),
             requests: 0,
             completion_tokens: 0,
-            running: 0,
             tokens: HashMap::new(),
             metrics: Metrics::default(),
         }
@@ -57,11 +53,48 @@ impl Board {
         }
     }
 
-    /// `n` tokens went through every stage of the plan.
-    pub(super) fn count(&mut self, n: u64) {
+    /// Replica `i`'s slot (created when it is first used).
+    pub(super) fn replica(&mut self, i: usize) -> &mut ReplicaStatus {
+        if self.replicas.len() <= i {
+            self.replicas.resize_with(i + 1, ReplicaStatus::default);
+        }
+        &mut self.replicas[i]
+    }
+
+    /// The first replica's plan that runs now.
+    pub fn plan(&self) -> Option<&PlanStatus> {
+        self.replicas.iter().find_map(|r| r.plan.as_ref())
+    }
+
+    /// Sequences running on every replica.
+    pub fn running(&self) -> usize {
+        self.replicas.iter().map(|r| r.running).sum()
+    }
+
+    /// Requests waiting on every replica.
+    pub fn queued(&self) -> usize {
+        self.replicas.iter().map(|r| r.queued).sum()
+    }
+
+    /// Why new requests are refused (503): when every replica is unavailable, the first one's reason.
+    pub fn unavailable(&self) -> Option<String> {
+        let mut reasons = self.replicas.iter().map(|r| r.unavailable.as_ref());
+        let first = reasons.next()??;
+        reasons.all(|r| r.is_some()).then(|| first.clone())
+    }
+
+    /// `n` tokens went through every stage of replica `replica`'s plan.
+    pub(super) fn count(&mut self, replica: usize, n: u64) {
         let now = Instant::now();
-        let nodes: Vec<String> =
-            self.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).map(|m| m.node.clone()).collect();
+        let nodes: Vec<String> = self
+            .replicas
+            .get(replica)
+            .and_then(|r| r.plan.as_ref())
+            .iter()
+            .flat_map(|p| &p.stages)
+            .flat_map(|s| &s.members)
+            .map(|m| m.node.clone())
+            .collect();
         for node in nodes {
             let q = self.tokens.entry(node).or_default();
             match q.back_mut() {
@@ -85,9 +118,11 @@ impl Board {
         sum as f64 / window
     }
 
-    /// Whether `node` runs a stage of the current plan.
-    pub fn in_plan(&self, node: &str) -> bool {
-        self.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).any(|m| m.node == node)
+    /// The replica whose plan `node` runs a stage of.
+    pub fn replica_of(&self, node: &str) -> Option<usize> {
+        self.replicas
+            .iter()
+            .position(|r| r.plan.iter().flat_map(|p| &p.stages).flat_map(|s| &s.members).any(|m| m.node == node))
     }
 }
 
@@ -158,17 +193,36 @@ mod tests {
             members: vec![member(node)],
             predicted_us: 1.0,
         };
-        b.plan = Some(PlanStatus {
+        let plan = |nodes: [&str; 2]| PlanStatus {
             id: "p".into(),
-            stages: vec![stage("x"), stage("y")],
+            stages: nodes.iter().map(|n| stage(n)).collect(),
             predicted_tokens_per_s: 1.0,
             sequences: 1,
-        });
-        b.count(5);
-        b.count(5);
-        assert!(b.in_plan("x") && b.in_plan("y") && !b.in_plan("z"));
+        };
+        b.replica(0).plan = Some(plan(["x", "y"]));
+        b.replica(1).plan = Some(plan(["v", "w"]));
+        b.count(0, 5);
+        b.count(0, 5);
+        b.count(1, 3);
+        assert_eq!(
+            [b.replica_of("x"), b.replica_of("y"), b.replica_of("w"), b.replica_of("z")],
+            [Some(0), Some(0), Some(1), None]
+        );
         // Uptime under a second counts as one second.
         assert_eq!(b.rate("x"), 10.0);
+        assert_eq!(b.rate("v"), 3.0);
         assert_eq!(b.rate("z"), 0.0);
+    }
+
+    #[test]
+    fn the_cluster_is_unavailable_only_when_every_replica_is() {
+        let info = ModelInfo { id: "m".into(), arch: "llama".into(), layers: 1, context: 8 };
+        let mut b = Board::new(info);
+        assert_eq!(b.unavailable(), None);
+        b.replica(0).unavailable = Some("a".into());
+        b.replica(1);
+        assert_eq!(b.unavailable(), None);
+        b.replica(1).unavailable = Some("b".into());
+        assert_eq!(b.unavailable().as_deref(), Some("a"));
     }
 }

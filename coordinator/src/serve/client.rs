@@ -102,45 +102,25 @@ pub fn render(s: &Status) -> String {
             n.tokens_per_s
         );
     }
-    match &s.plan {
-        None => {
-            let _ = writeln!(o, "\nplan: none (the cluster cannot run the model now)");
-        }
-        Some(p) => {
-            let _ = writeln!(
-                o,
-                "\nplan {} | {} stage(s) | {} sequences | predicted {:.1} tok/s",
-                &p.id[..p.id.len().min(12)],
-                p.stages.len(),
-                p.sequences,
-                p.predicted_tokens_per_s
-            );
-            for (i, st) in p.stages.iter().enumerate() {
-                let members: Vec<String> = st
-                    .members
-                    .iter()
-                    .map(|m| match (m.kv_heads, m.ffn) {
-                        (Some(h), Some(f)) => {
-                            format!("{} (kv heads {}..{}, ffn {}..{})", short(&m.node), h.0, h.1, f.0, f.1)
-                        }
-                        _ => short(&m.node).to_string(),
-                    })
-                    .collect();
-                let role = match (st.embed, st.head) {
-                    (true, true) => " [embed, head]",
-                    (true, false) => " [embed]",
-                    (false, true) => " [head]",
-                    _ => "",
-                };
-                let _ = writeln!(
-                    o,
-                    "  stage {i}: layers {}..{}{role} on {} | predicted {:.2} ms/token",
-                    st.layers.0,
-                    st.layers.1,
-                    members.join(", "),
-                    st.predicted_us / 1e3
-                );
+    if s.replicas.len() > 1 {
+        for (i, r) in s.replicas.iter().enumerate() {
+            let load = format!("replica {}: {} running, {} waiting", i + 1, r.running, r.queued);
+            match (&r.plan, &r.unavailable) {
+                (Some(p), _) => render_plan(&mut o, &format!("{load} | plan"), p),
+                (None, Some(why)) => {
+                    let _ = writeln!(o, "\n{load} | unavailable: {why}");
+                }
+                (None, None) => {
+                    let _ = writeln!(o, "\n{load} | re-planning");
+                }
             }
+        }
+    } else {
+        match &s.plan {
+            None => {
+                let _ = writeln!(o, "\nplan: none (the cluster cannot run the model now)");
+            }
+            Some(p) => render_plan(&mut o, "plan", p),
         }
     }
     let _ = writeln!(o, "\njobs (most recent first)");
@@ -171,6 +151,44 @@ pub fn render(s: &Status) -> String {
     o
 }
 
+/// A plan's line and its stages.
+fn render_plan(o: &mut String, label: &str, p: &super::status::PlanStatus) {
+    let _ = writeln!(
+        o,
+        "\n{label} {} | {} stage(s) | {} sequences | predicted {:.1} tok/s",
+        &p.id[..p.id.len().min(12)],
+        p.stages.len(),
+        p.sequences,
+        p.predicted_tokens_per_s
+    );
+    for (i, st) in p.stages.iter().enumerate() {
+        let members: Vec<String> = st
+            .members
+            .iter()
+            .map(|m| match (m.kv_heads, m.ffn) {
+                (Some(h), Some(f)) => {
+                    format!("{} (kv heads {}..{}, ffn {}..{})", short(&m.node), h.0, h.1, f.0, f.1)
+                }
+                _ => short(&m.node).to_string(),
+            })
+            .collect();
+        let role = match (st.embed, st.head) {
+            (true, true) => " [embed, head]",
+            (true, false) => " [embed]",
+            (false, true) => " [head]",
+            _ => "",
+        };
+        let _ = writeln!(
+            o,
+            "  stage {i}: layers {}..{}{role} on {} | predicted {:.2} ms/token",
+            st.layers.0,
+            st.layers.1,
+            members.join(", "),
+            st.predicted_us / 1e3
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +216,29 @@ mod tests {
             "cmpl-1",
             "length",
             "2.50 ms/token",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_replica_is_shown_with_its_load() {
+        let plan = serde_json::json!({"id": "00ff00ff00ff00ff", "stages": [{"layers": [0, 30], "embed": true, "head": true,
+            "members": [{"node": "12D3KooWabcdef123456", "kv_heads": null, "ffn": null}], "predicted_us": 2500.0}],
+            "predicted_tokens_per_s": 100.0, "sequences": 2});
+        let v = serde_json::json!({
+            "model": {"id": "M", "arch": "llama", "layers": 30, "context": 512},
+            "nodes": [], "plan": plan, "jobs": [],
+            "replicas": [{"plan": plan, "running": 2, "queued": 1, "unavailable": null},
+                         {"plan": null, "running": 0, "queued": 0, "unavailable": "no plan fits"},
+                         {"plan": null, "running": 1, "queued": 0, "unavailable": null}],
+            "totals": {"requests": 1, "completion_tokens": 32, "uptime_s": 9.0}
+        });
+        let text = render(&serde_json::from_value(v).unwrap());
+        for want in [
+            "replica 1: 2 running, 1 waiting | plan 00ff00ff00ff | 1 stage(s) | 2 sequences",
+            "replica 2: 0 running, 0 waiting | unavailable: no plan fits",
+            "replica 3: 1 running, 0 waiting | re-planning",
         ] {
             assert!(text.contains(want), "{want:?} missing in\n{text}");
         }

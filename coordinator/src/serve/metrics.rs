@@ -73,8 +73,6 @@ pub struct Metrics {
     pub forked_tokens: u64,
     pub ttft: Histogram,
     pub itl: Histogram,
-    /// Requests waiting for a sequence slot.
-    pub queued: usize,
 }
 
 impl Default for Metrics {
@@ -85,7 +83,6 @@ impl Default for Metrics {
             forked_tokens: 0,
             ttft: Histogram::new(&TTFT_BUCKETS),
             itl: Histogram::new(&ITL_BUCKETS),
-            queued: 0,
         }
     }
 }
@@ -131,14 +128,16 @@ pub fn render(b: &Board, live: &[Live]) -> String {
     let forked = "Prompt tokens whose prefill a request's choice shared with another choice (copied, not computed).";
     counter("edge_prompt_tokens_shared_total", forked, "counter", &one(m.forked_tokens as f64));
     counter("edge_generation_tokens_total", "Tokens generated.", "counter", &one(b.completion_tokens as f64));
-    counter("edge_queue_depth", "Requests waiting for a sequence slot.", "gauge", &one(m.queued as f64));
-    counter("edge_running_sequences", "Sequences running on the plan.", "gauge", &one(b.running as f64));
+    counter("edge_queue_depth", "Requests waiting for a sequence slot.", "gauge", &one(b.queued() as f64));
+    counter("edge_running_sequences", "Sequences running on every replica.", "gauge", &one(b.running() as f64));
     counter(
         "edge_plan_up",
         "1 while a plan runs (requests are served), else 0.",
         "gauge",
-        &one(b.plan.is_some() as u8 as f64),
+        &one(b.plan().is_some() as u8 as f64),
     );
+    let replicas_up = b.replicas.iter().filter(|r| r.plan.is_some()).count();
+    counter("edge_replicas_up", "Replicas of the model whose plan runs now.", "gauge", &one(replicas_up as f64));
     let label = |id: &str| format!("{{node=\"{}\"}}", id.replace(['\\', '"', '\n'], "_"));
     let rates: Vec<(String, f64)> = live.iter().map(|n| (label(&n.id), b.rate(&n.id))).collect();
     counter("edge_node_tokens_per_second", "Tokens a node's stage processed per second (last ~10 s).", "gauge", &rates);

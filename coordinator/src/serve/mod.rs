@@ -1,14 +1,15 @@
 //! `edge-coord serve`: an OpenAI-compatible HTTP API backed by the cluster. At startup it joins the cluster, plans
-//! the model for `--sequences` concurrent sequences and deploys it (the same code as `edge-coord run`), then
-//! serves:
+//! the model's replicas (`--replicas`, [`crate::plan::replicas`]) for `--sequences` concurrent sequences and
+//! deploys each (the same code as `edge-coord run`), then serves:
 //!
 //! - `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (OpenAI's shapes, streaming as SSE),
 //!   `POST /v1/embeddings`, and Ollama's API ([`ollama`], [`embeddings`]),
 //! - `GET /api/status` (nodes, plan, recent jobs: [`status`]), read by the dashboard and `edge-coord status`,
 //! - the dashboard page (`dashboard`).
 //!
-//! Requests are queued through a [`submit::Handle`] and run on the [`scheduler`], which keeps the [`board`] (what
-//! `/api/status` and `/metrics` read) up to date. With `--api-key` (or `EDGE_API_KEY`) every `/v1` and `/api` route needs
+//! Requests are routed by a [`submit::Handle`] to the replica that will finish them soonest and run on its
+//! [`scheduler`] (one per replica, [`fleet`]), which keeps the [`board`] (what `/api/status` and `/metrics` read)
+//! up to date. With `--api-key` (or `EDGE_API_KEY`) every `/v1` and `/api` route needs
 //! `Authorization: Bearer KEY`.
 //!
 //! - [`openai`]: request parsing and validation, error bodies, response and chunk shapes, SSE framing.
@@ -25,6 +26,7 @@ pub mod board;
 pub mod client;
 pub mod dashboard;
 pub mod embeddings;
+pub mod fleet;
 pub mod format;
 pub mod logprobs;
 pub mod metrics;
@@ -39,7 +41,6 @@ pub mod stop;
 pub mod submit;
 pub mod tools;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -47,8 +48,8 @@ use edge_node::commands::ModelArgs;
 use edge_node::tokenizer::Tokenizer;
 
 use crate::cluster::{self, JoinArgs};
-use crate::plan::{self, PlanRequest};
-use crate::run::{plan_and_deploy, PlanFailure, Target};
+use crate::plan::{self, replicas::ReplicaMode, PlanRequest};
+use crate::run::Target;
 use crate::ModelDescription;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,9 +62,14 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on the API (`/v1/...`, `/api/...`).
     #[arg(long, env = "EDGE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Concurrent sequences the plan holds (more requests wait in a queue of 64, then get 429).
+    /// Concurrent sequences the cluster holds, shared by the replicas (more requests wait in a queue of 64 per
+    /// replica, then get 429).
     #[arg(long, default_value_t = 4)]
     pub sequences: usize,
+    /// Copies of the model on disjoint nodes: `auto` (as many as raise the predicted throughput for
+    /// `--sequences` without slowing any sequence down; nodes that join later may add one) or N.
+    #[arg(long, default_value = "auto")]
+    pub replicas: ReplicaMode,
     /// Context of each sequence in tokens (prompt + completion) [default: the model's, at most 4096].
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -142,7 +148,11 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
     );
     let eog: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
     let desc = ModelDescription::from_gguf(&m.gguf, &m.config)?;
-    let facts = crate::deploy::ModelFacts::of(&m, tok);
+    if let (Some(k), ReplicaMode::Fixed(n)) = (args.stages, args.replicas) {
+        anyhow::ensure!(n == 1, "--stages {k} forces one pipeline: it cannot be combined with --replicas {n}");
+    }
+    let facts = Arc::new(crate::deploy::ModelFacts::of(&m, tok));
+    let m = Arc::new(m);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let joined = cluster::join(&args.join).await?;
@@ -155,24 +165,31 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
             let req = PlanRequest { context, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
             let progress = indicatif::MultiProgress::new();
             let target = Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages };
-            let planned = plan_and_deploy(&joined.client, &discovery, &target, &HashSet::new(), false, &progress)
-                .await
-                .map_err(|e| match e {
-                    PlanFailure::NoPlan(e) | PlanFailure::Deploy(e) => e,
-                })?;
+            let fleet = Arc::new(fleet::Fleet::new(args.replicas));
+            let planned = fleet::deploy_all(&joined.client, &discovery, &target, &fleet, &progress).await?;
             let info =
                 status::ModelInfo { id: model_id.clone(), arch: desc.arch.clone(), layers: desc.n_layers, context };
             let setup = scheduler::Setup {
                 joined_client: joined.client.clone(),
                 discovery: discovery.relaxed(),
-                model: Arc::new(m),
-                facts,
+                model: m.clone(),
+                facts: facts.clone(),
                 desc: desc.clone(),
                 req,
                 stages: args.stages,
                 tok,
+                fleet: fleet.clone(),
             };
-            let (handle, task) = scheduler::start(setup, planned, board::Board::new(info));
+            let handle = submit::Handle::new(board::Board::new(info));
+            let replicas = planned.len();
+            let mut tasks: Vec<_> = planned
+                .into_iter()
+                .map(|p| {
+                    let setup = scheduler::Setup { req: fleet::replica_request(&p, &req), ..setup.clone() };
+                    scheduler::start(setup, p, &handle)
+                })
+                .collect();
+            tasks.push(tokio::spawn(fleet::scout(setup, handle.downgrade())));
             let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let app = Arc::new(AppState {
                 model_id: model_id.clone(),
@@ -189,13 +206,14 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
             });
             let addr = listener.local_addr()?;
             eprintln!(
-                "serving http://{addr} (model {model_id}, {} sequences of {context} tokens{})",
+                "serving http://{addr} (model {model_id}, {} sequences of {context} tokens on {replicas} replica{}{})",
                 args.sequences,
+                if replicas == 1 { "" } else { "s" },
                 if args.api_key.is_some() { ", API key required" } else { "" }
             );
             axum::serve(listener, routes::router(app)).with_graceful_shutdown(shutdown()).await?;
-            // The router (and with it every handle) is gone: the scheduler closes the plan and ends.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+            // The router (and with it every handle) is gone: each scheduler closes its plan and ends.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), futures::future::join_all(tasks)).await;
             anyhow::Ok(())
         }
         .await;

@@ -92,7 +92,7 @@ async fn tags(State(app): State<App>) -> Json<Value> {
 
 /// The model while a plan runs it.
 async fn ps(State(app): State<App>) -> Json<Value> {
-    let running = app.scheduler.board.lock().expect("board lock").plan.is_some();
+    let running = app.scheduler.board.lock().expect("board lock").plan().is_some();
     let models: Vec<Value> = if running {
         let mut m = model_entry(&app);
         m["expires_at"] = json!("2262-04-11T23:47:16.854775807Z");

@@ -243,7 +243,7 @@ pub(super) async fn submit(
 /// 200 `{"status": "ok"}` while a plan runs, else 503 with the reason.
 async fn health(State(app): State<App>) -> Response {
     let b = app.scheduler.board.lock().expect("board lock");
-    match (&b.plan, &b.unavailable) {
+    match (b.plan(), b.unavailable()) {
         (Some(_), _) => Json(json!({"status": "ok"})).into_response(),
         (None, why) => {
             let reason = why.clone().unwrap_or_else(|| "no plan runs yet".into());
@@ -283,7 +283,7 @@ async fn status(State(app): State<App>) -> Json<Status> {
             let mut n = n.clone();
             n.alive = live.alive;
             n.rtt_ms = live.rtt_s.map(|r| r * 1e3).or(n.rtt_ms.filter(|_| n.alive));
-            n.active_sequences = if b.in_plan(&n.id) { b.running } else { 0 };
+            n.active_sequences = b.replica_of(&n.id).map_or(0, |r| b.replicas[r].running);
             n.tokens_per_s = b.rate(&n.id);
             n
         })
@@ -291,7 +291,8 @@ async fn status(State(app): State<App>) -> Json<Status> {
     Json(Status {
         model: b.model.clone(),
         nodes,
-        plan: b.plan.clone(),
+        plan: b.plan().cloned(),
+        replicas: b.replicas.clone(),
         jobs: b.jobs.iter().cloned().collect(),
         totals: Totals {
             requests: b.requests,

@@ -1,12 +1,15 @@
-//! The scheduler: one task owns the [`Deployment`] and runs the API's requests on it. Requests arrive over a
+//! The scheduler: one task per replica owns its [`Deployment`] and runs the requests the router sends it. Requests arrive over a
 //! channel and wait in a bounded queue; up to `sequences` run at once as separate sequences (the plan was made to
 //! hold that many). Tokens become text here (a streaming detokenizer per request, then the stop strings), which
 //! goes back to the request's handler over its own channel. A handler that goes away (the client disconnected)
-//! cancels its sequence. When a stage fails, the scheduler re-plans on the members left and resumes every running
-//! request from its prompt plus the tokens it has (as `edge-coord run` does); when no plan fits, running and
-//! waiting requests fail and new ones get 503 until the cluster can hold the model again.
+//! cancels its sequence. When a stage fails, the scheduler re-plans ([`replan`]) on the members left (without the
+//! other replicas' nodes) and resumes every running request from its prompt plus the tokens it has (as
+//! `edge-coord run` does); when no plan fits, its running and waiting requests move to the other replicas (or
+//! fail when there are none) and it takes no more until the nodes left to it can hold the model again.
 
-use std::collections::{HashSet, VecDeque};
+mod replan;
+
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,15 +19,16 @@ use edge_protocol::stage::{Finish, Fork};
 use tokio::sync::mpsc;
 
 use super::board::{member_status, plan_status, Board};
+use super::fleet::{nodes_of, Fleet};
 use super::logprobs::Entry;
 use super::openai::ApiError;
 use super::status::{JobState, JobStatus};
 use super::stop::StopMatcher;
-use super::submit::{Event, Handle, Submission};
+use super::submit::{Event, Handle, Submission, Weak, Work};
 use crate::deploy::Deployment;
 use crate::job::{self, Failure, Outcome, Update};
 use crate::plan::PlanRequest;
-use crate::run::{plan_and_deploy, PlanFailure, Planned, Target, MAX_RECOVERIES};
+use crate::run::Planned;
 use crate::ModelDescription;
 
 /// Requests that may wait for a free sequence.
@@ -38,8 +42,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 
 /// A request that holds a sequence slot.
-struct Active {
-    sub: Submission,
+pub struct Active {
+    pub(super) sub: Submission,
     outcome: Outcome,
     /// Its sequence on the current deployment (None before it is started there).
     seq: Option<u64>,
@@ -66,26 +70,34 @@ fn fork_of(sub: &Submission, running: &[Active]) -> Option<Fork> {
     Some(Fork { parent, len: len as u32 })
 }
 
-/// What the scheduler needs to (re)plan.
+/// What a replica's scheduler needs to (re)plan.
+#[derive(Clone)]
 pub struct Setup {
     pub joined_client: edge_node::net::Client,
     /// How to discover members when re-planning (no minimum: after a loss fewer are expected).
     pub discovery: crate::cluster::Discovery,
     pub model: Arc<LoadedModel>,
-    pub facts: crate::deploy::ModelFacts,
+    pub facts: Arc<crate::deploy::ModelFacts>,
     pub desc: ModelDescription,
+    /// This replica's request (its share of the sequences).
     pub req: PlanRequest,
     pub stages: Option<usize>,
     pub tok: &'static Tokenizer,
+    pub fleet: Arc<Fleet>,
 }
 
 pub struct Scheduler {
     setup: Setup,
-    rx: mpsc::Receiver<Submission>,
+    /// Its index among the replicas.
+    replica: usize,
+    rx: mpsc::Receiver<Work>,
+    router: Weak,
     board: Arc<Mutex<Board>>,
     deployment: Option<Deployment>,
     n_stages: usize,
     queue: VecDeque<Submission>,
+    /// Running requests handed over by a replica that lost its plan: they start before the queue.
+    moved: VecDeque<Active>,
     active: Vec<Active>,
     next_seq: u64,
     last_event: Instant,
@@ -96,20 +108,22 @@ pub struct Scheduler {
     progress: indicatif::MultiProgress,
 }
 
-/// Starts the scheduler on a deployed plan; returns the handle for the HTTP side and the task.
-pub fn start(setup: Setup, planned: Planned, board: Board) -> (Handle, tokio::task::JoinHandle<()>) {
+/// Starts a replica's scheduler on its deployed plan, as a new replica of `router`; returns the task.
+pub fn start(setup: Setup, planned: Planned, router: &Handle) -> tokio::task::JoinHandle<()> {
     let sequences = setup.req.sequences;
     let (tx, rx) = mpsc::channel(QUEUE_LIMIT + sequences);
-    let board = Arc::new(Mutex::new(board));
-    let handle = Handle::new(tx, QUEUE_LIMIT + sequences, board.clone());
+    let replica = router.add_replica(tx, QUEUE_LIMIT + sequences);
     let progress = indicatif::MultiProgress::new();
     let mut s = Scheduler {
         setup,
+        replica,
         rx,
-        board,
+        router: router.downgrade(),
+        board: router.board.clone(),
         deployment: None,
         n_stages: 0,
         queue: VecDeque::new(),
+        moved: VecDeque::new(),
         active: Vec::new(),
         next_seq: rand::random::<u64>() >> 2,
         last_event: Instant::now(),
@@ -119,7 +133,7 @@ pub fn start(setup: Setup, planned: Planned, board: Board) -> (Handle, tokio::ta
         progress,
     };
     s.install(planned);
-    (handle, tokio::spawn(s.run()))
+    tokio::spawn(s.run())
 }
 
 fn finish_reason(f: Option<Finish>) -> &'static str {
@@ -137,6 +151,7 @@ impl Scheduler {
     /// Takes a newly deployed plan.
     fn install(&mut self, p: Planned) {
         let status = plan_status(&p);
+        self.setup.fleet.claim(self.replica, nodes_of(&p));
         {
             let mut b = self.board();
             for m in p.members.iter().filter_map(member_status) {
@@ -145,8 +160,9 @@ impl Scheduler {
                     None => b.members.push(m),
                 }
             }
-            b.plan = Some(status);
-            b.unavailable = None;
+            let r = b.replica(self.replica);
+            r.plan = Some(status);
+            r.unavailable = None;
         }
         self.n_stages = p.deployment.stages.len();
         self.deployment = Some(p.deployment);
@@ -167,7 +183,7 @@ impl Scheduler {
                 continue;
             }
             enum Ev {
-                Submit(Option<Submission>),
+                Submit(Option<Work>),
                 Node(anyhow::Result<Option<(edge_protocol::stage::MemberRef, edge_protocol::stage::NodeMsg)>>),
                 Tick,
             }
@@ -183,7 +199,8 @@ impl Scheduler {
             };
             match ev {
                 Ev::Submit(None) => break,
-                Ev::Submit(Some(sub)) => self.enqueue(sub),
+                Ev::Submit(Some(Work::New(sub))) => self.enqueue(*sub),
+                Ev::Submit(Some(Work::Moved(a))) => self.moved.push_back(*a),
                 Ev::Node(Ok(Some(e))) => {
                     self.last_event = Instant::now();
                     self.on_event(e).await;
@@ -210,6 +227,7 @@ impl Scheduler {
             tokens_per_s: None,
             first_token_ms: None,
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            replica: self.replica,
             finish_reason: None,
             error: None,
         };
@@ -219,24 +237,16 @@ impl Scheduler {
             b.metrics.prompt_tokens += sub.job.prompt.len() as u64;
             b.jobs.push_front(record);
             b.jobs.truncate(super::status::MAX_JOBS);
-            b.unavailable.clone()
+            b.replica(self.replica).unavailable.clone()
         };
         match unavailable {
-            Some(why) => self.reject(sub, ApiError::unavailable(why)),
+            // (Sent here just before this replica lost its plan.)
+            Some(why) => self.hand_over(vec![self.admitted(sub)], &why),
             None => {
                 self.queue.push_back(sub);
-                self.board().metrics.queued = self.queue.len();
+                self.publish_load();
             }
         }
-    }
-
-    fn reject(&self, sub: Submission, e: ApiError) {
-        let msg = e.message.clone();
-        let _ = sub.events.send(Event::Failed(e));
-        self.board().job(&sub.id, |j| {
-            j.state = JobState::Failed;
-            j.error = Some(msg);
-        });
     }
 
     fn new_seq(&mut self) -> u64 {
@@ -244,27 +254,37 @@ impl Scheduler {
         self.next_seq
     }
 
-    /// Starts waiting requests while there are free slots.
+    /// A request as it starts running.
+    fn admitted(&self, sub: Submission) -> Active {
+        Active {
+            stop: StopMatcher::new(sub.stop.clone()),
+            sub,
+            outcome: Outcome::default(),
+            seq: None,
+            text: TextStream::new(self.setup.tok),
+            ended_at: None,
+            stats: 0,
+            first_token: false,
+            shared: 0,
+            last_token: None,
+            logprobs: Vec::new(),
+        }
+    }
+
+    /// Starts handed-over and waiting requests while there are free slots.
     async fn admit(&mut self) {
         let Some(n) = self.deployment.as_ref().map(|_| self.setup.req.sequences) else { return };
         while self.active.len() < n {
-            let Some(sub) = self.queue.pop_front() else { break };
-            if sub.events.is_closed() {
-                self.board().job(&sub.id, |j| j.state = JobState::Cancelled);
-                continue;
-            }
-            let mut a = Active {
-                stop: StopMatcher::new(sub.stop.clone()),
-                sub,
-                outcome: Outcome::default(),
-                seq: None,
-                text: TextStream::new(self.setup.tok),
-                ended_at: None,
-                stats: 0,
-                first_token: false,
-                shared: 0,
-                last_token: None,
-                logprobs: Vec::new(),
+            let mut a = match self.moved.pop_front() {
+                Some(a) => a,
+                None => {
+                    let Some(sub) = self.queue.pop_front() else { break };
+                    if sub.events.is_closed() {
+                        self.board().job(&sub.id, |j| j.state = JobState::Cancelled);
+                        continue;
+                    }
+                    self.admitted(sub)
+                }
             };
             self.board().job(&a.sub.id, |j| j.state = JobState::Running);
             let fork = fork_of(&a.sub, &self.active);
@@ -282,9 +302,11 @@ impl Scheduler {
     /// Puts the running sequences and the queue depth on the board; returns the running count.
     fn publish_load(&self) -> usize {
         let running = self.active.iter().filter(|a| a.ended_at.is_none()).count();
+        let queued = self.queue.len() + self.moved.len();
         let mut b = self.board();
-        b.running = running;
-        b.metrics.queued = self.queue.len();
+        let r = b.replica(self.replica);
+        r.running = running;
+        r.queued = queued;
         running
     }
 
@@ -328,7 +350,7 @@ impl Scheduler {
                 }
                 if let Some(v) = a.outcome.embedding.take() {
                     // Its prompt went through every stage; nothing else is counted for it.
-                    b.count(a.sub.job.prompt.len() as u64);
+                    b.count(self.replica, a.sub.job.prompt.len() as u64);
                     let _ = a.sub.events.send(Event::Embedding(v));
                 }
                 let reason = if a.stop.stopped() { "stop" } else { finish_reason(a.outcome.finish) };
@@ -404,7 +426,7 @@ impl Scheduler {
                     a.first_token = true;
                     // The stages just processed the (re)started prompt.
                     let prompt = (a.sub.job.prompt.len() + a.outcome.tokens.len() - 1 - a.shared) as u64;
-                    b.count(prompt);
+                    b.count(self.replica, prompt);
                     if a.outcome.tokens.len() == 1 {
                         let ms = a.sub.arrived.elapsed().as_secs_f64() * 1e3;
                         b.job(&a.sub.id, |j| j.first_token_ms = Some(ms));
@@ -415,7 +437,7 @@ impl Scheduler {
                 if let Some(prev) = a.last_token.replace(now) {
                     b.metrics.itl.observe(now.duration_since(prev).as_secs_f64());
                 }
-                b.count(1);
+                b.count(self.replica, 1);
                 b.completion_tokens += 1;
                 let n = a.outcome.tokens.len();
                 b.job(&a.sub.id, |j| j.completion_tokens = n);
@@ -489,111 +511,6 @@ impl Scheduler {
                 message: format!("no word from the cluster for {} s", job::STALL_TIMEOUT.as_secs()),
                 retry: true,
             });
-        }
-    }
-
-    /// Everything running and waiting fails; new requests get 503 until a plan fits again.
-    fn go_unavailable(&mut self, why: String) {
-        eprintln!("error: {why}; answering 503 until the cluster can run the model again");
-        {
-            let mut b = self.board();
-            b.unavailable = Some(why.clone());
-            b.plan = None;
-        }
-        let mut active = std::mem::take(&mut self.active);
-        for a in &mut active {
-            self.end(a, Some(ApiError::unavailable(why.clone())));
-        }
-        for sub in std::mem::take(&mut self.queue) {
-            self.reject(sub, ApiError::unavailable(why.clone()));
-        }
-        self.board().running = 0;
-        self.last_attempt = Instant::now();
-    }
-
-    fn target(&self) -> Target<'_> {
-        let s = &self.setup;
-        Target { model: &s.model, facts: &s.facts, desc: &s.desc, req: &s.req, stages: s.stages }
-    }
-
-    /// A stage failed: close the plan, re-plan without the lost nodes, resume the running requests.
-    async fn recover(&mut self, failure: Failure) {
-        let mut excluded = HashSet::new();
-        if let Some(d) = self.deployment.take() {
-            // Give the other sessions a moment to report their own breakage.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            excluded.extend(d.lost_peers().iter().map(|p| p.to_string()));
-            d.close().await;
-        }
-        self.board().plan = None;
-        self.active.retain(|a| a.ended_at.is_none());
-        for a in &mut self.active {
-            a.seq = None;
-        }
-        self.recoveries += 1;
-        if !failure.retry || self.recoveries > MAX_RECOVERIES {
-            self.go_unavailable(format!("the cluster keeps failing: {failure}"));
-            return;
-        }
-        eprintln!(
-            "warning: {failure}; re-planning without {} lost node(s) and resuming {} request(s)",
-            excluded.len(),
-            self.active.len()
-        );
-        let client = self.setup.joined_client.clone();
-        let mut attempt = 0;
-        let planned = loop {
-            let r =
-                plan_and_deploy(&client, &self.setup.discovery, &self.target(), &excluded, true, &self.progress).await;
-            match r {
-                Ok(p) => break p,
-                Err(PlanFailure::NoPlan(e)) => {
-                    self.go_unavailable(format!("no set of the remaining nodes can run the model: {e:#}"));
-                    return;
-                }
-                Err(PlanFailure::Deploy(e)) if attempt < MAX_RECOVERIES => {
-                    eprintln!("warning: deploying failed ({e:#}); planning again");
-                    attempt += 1;
-                    tokio::time::sleep(edge_node::net::event_loop::LIVENESS_TIMEOUT).await;
-                }
-                Err(PlanFailure::Deploy(e)) => {
-                    self.go_unavailable(format!("deploying failed: {e:#}"));
-                    return;
-                }
-            }
-        };
-        self.install(planned);
-        let mut active = std::mem::take(&mut self.active);
-        for i in 0..active.len() {
-            if self.failure.is_some() {
-                break;
-            }
-            // (A choice resumed before its sibling is a sequence of its own.)
-            let fork = fork_of(&active[i].sub, &active);
-            if let Err(f) = self.start_seq(&mut active[i], fork).await {
-                self.failure = Some(f);
-            }
-        }
-        self.active = active;
-    }
-
-    /// While unavailable: try to plan on whoever is there now.
-    async fn retry(&mut self) {
-        self.last_attempt = Instant::now();
-        let client = self.setup.joined_client.clone();
-        let r = plan_and_deploy(&client, &self.setup.discovery, &self.target(), &HashSet::new(), true, &self.progress)
-            .await;
-        self.last_attempt = Instant::now();
-        match r {
-            Ok(p) => {
-                eprintln!("the cluster can run the model again; serving");
-                self.recoveries = 0;
-                self.install(p);
-            }
-            Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
-                let why = format!("no set of the members can run the model: {e:#}");
-                self.board().unavailable = Some(why);
-            }
         }
     }
 }

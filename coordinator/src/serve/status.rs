@@ -8,9 +8,10 @@
 //!  "plan":{"id":str,"stages":[{"layers":[start,end),"embed":bool,"head":bool,
 //!            "members":[{"node":str,"kv_heads":[a,b)|null,"ffn":[a,b)|null}],"predicted_us":float}],
 //!          "predicted_tokens_per_s":float,"sequences":int} | null,
+//!  "replicas":[{"plan":{...as "plan"...}|null,"running":int,"queued":int,"unavailable":str|null}],
 //!  "jobs":[{"id":str,"kind":"completion"|"chat"|"embedding","state":"queued"|"running"|"done"|"failed"|"cancelled",
 //!           "prompt_tokens":int,"completion_tokens":int,"tokens_per_s":float|null,"first_token_ms":float|null,
-//!           "created":int,"finish_reason":str|null,"error":str|null}],
+//!           "created":int,"replica":int,"finish_reason":str|null,"error":str|null}],
 //!  "totals":{"requests":int,"completion_tokens":int,"uptime_s":float}}
 //! ```
 
@@ -22,8 +23,11 @@ pub struct Status {
     pub model: ModelInfo,
     /// Every member seen when the cluster was last planned on, plus the ones of the current plan.
     pub nodes: Vec<NodeStatus>,
-    /// The plan running now; `null` while the cluster is unavailable (no plan fits the members alive).
+    /// The first replica's plan running now; `null` while no replica runs one (no plan fits the members alive).
     pub plan: Option<PlanStatus>,
+    /// Every replica of the model, by index (requests go to the one that will finish them soonest).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
     /// Most recent first, at most [`MAX_JOBS`].
     pub jobs: Vec<JobStatus>,
     pub totals: Totals,
@@ -84,6 +88,19 @@ pub struct PlanStatus {
     pub sequences: usize,
 }
 
+/// One copy of the model on its own nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Its plan; `null` while it re-plans or while no plan of it fits.
+    pub plan: Option<PlanStatus>,
+    /// Sequences running on it.
+    pub running: usize,
+    /// Requests waiting for one of its sequence slots.
+    pub queued: usize,
+    /// Why it takes no requests (no plan of it fits the nodes left to it); `null` while it serves or re-plans.
+    pub unavailable: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageStatus {
     /// Layers `[start, end)`.
@@ -122,6 +139,9 @@ pub struct JobStatus {
     pub first_token_ms: Option<f64>,
     /// Arrival, unix seconds.
     pub created: u64,
+    /// The replica that runs (or ran) it.
+    #[serde(default)]
+    pub replica: usize,
     /// OpenAI's: `stop` or `length` once done.
     pub finish_reason: Option<String>,
     pub error: Option<String>,
