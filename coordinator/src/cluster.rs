@@ -154,8 +154,18 @@ pub async fn measure_bandwidth(client: &Client, peer: PeerId) -> Option<f64> {
 
 /// The members with their links measured.
 pub async fn members(client: &Client, d: &Discovery, measure: bool) -> anyhow::Result<Vec<Member>> {
+    members_but(client, d, measure, &HashSet::new()).await
+}
+
+/// [`members`] without the peer ids in `excluded` (not measured either: they may be busy serving).
+pub async fn members_but(
+    client: &Client,
+    d: &Discovery,
+    measure: bool,
+    excluded: &HashSet<String>,
+) -> anyhow::Result<Vec<Member>> {
     let mut out = Vec::new();
-    for p in discover(client, d).await? {
+    for p in discover(client, d).await?.into_iter().filter(|p| !excluded.contains(&p.peer_id)) {
         let bandwidth_mbps = match (measure, p.peer_id.parse::<PeerId>()) {
             (true, Ok(peer)) => measure_bandwidth(client, peer).await,
             _ => None,

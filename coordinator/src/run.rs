@@ -216,12 +216,8 @@ pub async fn discover(
     discovery: &cluster::Discovery,
     excluded: &HashSet<String>,
 ) -> Result<(Vec<cluster::Member>, Vec<NodeProfile>), PlanFailure> {
-    let members: Vec<cluster::Member> = cluster::members(client, discovery, true)
-        .await
-        .map_err(PlanFailure::NoPlan)?
-        .into_iter()
-        .filter(|m| !excluded.contains(&m.peer.peer_id))
-        .collect();
+    let members: Vec<cluster::Member> =
+        cluster::members_but(client, discovery, true, excluded).await.map_err(PlanFailure::NoPlan)?;
     let (members, nodes): (Vec<cluster::Member>, Vec<NodeProfile>) =
         members.into_iter().filter_map(|m| NodeProfile::from_member(&m).map(|n| (m, n))).unzip();
     if nodes.is_empty() {

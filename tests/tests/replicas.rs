@@ -39,10 +39,15 @@ fn model_name() -> String {
 
 /// A greedy completion of the reference prompt: its text (the status must be 200).
 fn complete(url: &str, max_tokens: usize) -> String {
+    complete_with_id(url, max_tokens).1
+}
+
+/// [`complete`] with the response's id (the job's id in the status).
+fn complete_with_id(url: &str, max_tokens: usize) -> (String, String) {
     let body = json!({"model": model_name(), "prompt": REFERENCE_PROMPT, "max_tokens": max_tokens, "temperature": 0});
     let (status, r) = post_json(url, "/v1/completions", &body, None);
     assert_eq!(status, 200, "{r}");
-    r["choices"][0]["text"].as_str().unwrap().to_string()
+    (r["id"].as_str().unwrap().to_string(), r["choices"][0]["text"].as_str().unwrap().to_string())
 }
 
 /// The peer ids of a replica's plan (empty while it has none).
@@ -122,8 +127,18 @@ fn two_replicas_share_the_requests_and_a_lost_node_changes_no_text() {
     }
     let victim = r1[0].clone();
     drop(nodes.remove(nodes.iter().position(|n| n.peer_id == victim).unwrap()));
-    // The other replica keeps answering meanwhile.
-    assert_eq!(complete(&url, 32), want32, "{}", server.log());
+    // While replica 1 re-plans (its plan is gone from the status), a new request goes to replica 0 and is
+    // answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(&url)["replicas"][1]["plan"].is_null() {
+        assert!(Instant::now() < deadline, "replica 1 never noticed its lost node\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (id, text) = complete_with_id(&url, 32);
+    assert_eq!(text, want32, "{}", server.log());
+    let s = status(&url);
+    let job = s["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).unwrap();
+    assert_eq!(job["replica"], 0, "{job}");
     for t in running {
         assert_eq!(t.join().unwrap(), want64, "{}", server.log());
     }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::board::Board;
 use super::scheduler::{self, Setup};
 use super::submit;
 use crate::cluster::Discovery;
@@ -22,6 +23,8 @@ pub struct Fleet {
     seen: Mutex<HashSet<String>>,
     /// Held while a replica plans and deploys.
     pub planning: tokio::sync::Mutex<()>,
+    /// The replicas' scheduler tasks (joined at shutdown, when they have closed their plans).
+    pub tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Fleet {
@@ -31,6 +34,7 @@ impl Fleet {
             claims: Mutex::new(Vec::new()),
             seen: Mutex::new(HashSet::new()),
             planning: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -54,10 +58,15 @@ impl Fleet {
         self.claims.lock().expect("claims lock").iter().flatten().cloned().collect()
     }
 
-    /// Remembers the members seen when planning; returns the ones not seen before.
-    pub fn see<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-        let mut seen = self.seen.lock().expect("seen lock");
-        ids.into_iter().filter(|id| seen.insert(id.to_string())).map(str::to_string).collect()
+    /// The members among `ids` not seen when planning.
+    pub fn unseen<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let seen = self.seen.lock().expect("seen lock");
+        ids.into_iter().filter(|id| !seen.contains(*id)).map(str::to_string).collect()
+    }
+
+    /// Remembers members seen when planning.
+    pub fn mark_seen(&self, ids: &[String]) {
+        self.seen.lock().expect("seen lock").extend(ids.iter().cloned());
     }
 }
 
@@ -81,12 +90,12 @@ pub async fn deploy_all(
     let none = HashSet::new();
     if target.stages.is_some() || fleet.mode == ReplicaMode::Fixed(1) {
         let p = plan_and_deploy(client, discovery, target, &none, false, progress).await.map_err(fail)?;
-        fleet.see(p.members.iter().map(|m| m.peer.peer_id.as_str()));
+        fleet.mark_seen(&p.members.iter().map(|m| m.peer.peer_id.clone()).collect::<Vec<_>>());
         fleet.claim(0, nodes_of(&p));
         return Ok(vec![p]);
     }
     let (members, nodes) = discover(client, discovery, &none).await.map_err(fail)?;
-    fleet.see(members.iter().map(|m| m.peer.peer_id.as_str()));
+    fleet.mark_seen(&members.iter().map(|m| m.peer.peer_id.clone()).collect::<Vec<_>>());
     let mode = match fleet.mode {
         // Fewer nodes than replicas: as many as there are nodes now, more as nodes join ([`scout`]).
         ReplicaMode::Fixed(k) if k > nodes.len() => {
@@ -103,9 +112,18 @@ pub async fn deploy_all(
             eprintln!("replica {} of {n}:", i + 1);
         }
         eprintln!("{}", r.plan.describe(&nodes));
-        let p = deploy_plan(client, target, r.plan, nodes.clone(), members.clone(), progress).await.map_err(fail)?;
-        fleet.claim(i, nodes_of(&p));
-        planned.push(p);
+        match deploy_plan(client, target, r.plan, nodes.clone(), members.clone(), progress).await {
+            Ok(p) => {
+                fleet.claim(i, nodes_of(&p));
+                planned.push(p);
+            }
+            Err(e) => {
+                for p in planned {
+                    p.deployment.close().await;
+                }
+                return Err(fail(e));
+            }
+        }
     }
     Ok(planned)
 }
@@ -125,74 +143,84 @@ const MEASURE_SLACK: f64 = 0.10;
 
 /// Every [`SCOUT_EVERY`], looks for members that joined since the last plan. When the members no replica holds
 /// (the new ones and the spares) can run a plan of the model for as many sequences as the largest replica, that
-/// plan is deployed and served as a new replica: with `--replicas N` while fewer than N run, with `auto` when it
-/// is about as fast per sequence as the slowest replica (within [`MEASURE_SLACK`]). Ends (after the replicas it
-/// started) when the router is gone.
+/// plan is deployed and served as a new replica (its task joins [`Fleet::tasks`]): with `--replicas N` while
+/// fewer than N run, with `auto` when it is about as fast per sequence as the slowest replica (within
+/// [`MEASURE_SLACK`]). New members that cannot make a replica (no plan fits them, or too slow) stay spares
+/// until more join; a look that fails to discover or deploy is tried again. Ends when the router is gone (or is
+/// aborted at shutdown).
 pub async fn scout(setup: Setup, router: submit::Weak) {
-    let mut started = Vec::new();
-    if setup.stages.is_none() {
-        let progress = indicatif::MultiProgress::new();
-        loop {
-            tokio::time::sleep(SCOUT_EVERY).await;
+    if setup.stages.is_some() {
+        return;
+    }
+    let progress = indicatif::MultiProgress::new();
+    loop {
+        tokio::time::sleep(SCOUT_EVERY).await;
+        if router.upgrade().is_none() {
+            break;
+        }
+        if let Some((replica, p, planning)) = new_replica(&setup, &router, &progress).await {
             let Some(handle) = router.upgrade() else { break };
-            if let Some((replica, p, planning)) = new_replica(&setup, &handle, &progress).await {
-                // Its nodes are claimed as it starts, before another replica may plan.
-                started.push(scheduler::start(replica, p, &handle));
-                drop(planning);
-            }
+            // Its nodes are claimed as it starts, before another replica may plan.
+            let task = scheduler::start(replica, p, &handle);
+            setup.fleet.tasks.lock().expect("tasks lock").push(task);
+            drop(planning);
         }
     }
-    futures::future::join_all(started).await;
 }
 
-/// A replica on the members no replica holds, when some joined since the last look and they are worth one.
+/// The running replicas' largest share of sequences and slowest time per token of one sequence (us), when a
+/// new replica is wanted now: not while one re-plans or waits for nodes (it takes the free ones itself).
+fn wanted(mode: ReplicaMode, b: &Board) -> Option<(usize, f64)> {
+    if matches!(mode, ReplicaMode::Fixed(k) if b.replicas.len() >= k) || b.replicas.iter().any(|r| r.plan.is_none()) {
+        return None;
+    }
+    let plans = b.replicas.iter().filter_map(|r| r.plan.as_ref());
+    Some(plans.fold((1, 0.0f64), |(s, t), p| {
+        (s.max(p.sequences), t.max(p.sequences as f64 * 1e6 / p.predicted_tokens_per_s.max(1e-9)))
+    }))
+}
+
+/// A replica on the members no replica holds, when some joined since the last look and they are worth one; with
+/// the planning lock, held until the replica has started.
 async fn new_replica<'a>(
     setup: &'a Setup,
-    router: &submit::Handle,
+    router: &submit::Weak,
     progress: &indicatif::MultiProgress,
 ) -> Option<(Setup, Planned, tokio::sync::MutexGuard<'a, ()>)> {
-    // The running replicas' largest share of sequences and slowest time per token of one sequence (us).
-    let (sequences, interval) = {
-        let b = router.board.lock().expect("board lock");
-        // A replica that re-plans or waits for nodes takes the free ones itself.
-        let wanted = match setup.fleet.mode {
-            ReplicaMode::Auto => true,
-            ReplicaMode::Fixed(k) => b.replicas.len() < k,
-        };
-        if !wanted || b.replicas.iter().any(|r| r.plan.is_none()) {
-            return None;
-        }
-        let plans = b.replicas.iter().filter_map(|r| r.plan.as_ref());
-        plans.fold((1, 0.0f64), |(s, t), p| {
-            (s.max(p.sequences), t.max(p.sequences as f64 * 1e6 / p.predicted_tokens_per_s.max(1e-9)))
-        })
-    };
+    let fleet = &setup.fleet;
+    wanted(fleet.mode, &router.board.lock().expect("board lock"))?;
     let client = &setup.joined_client;
     let look = Discovery { wait: SCOUT_LOOK, min_nodes: 0, expected: Vec::new() };
     let found = crate::cluster::discover(client, &look).await.ok()?;
-    if setup.fleet.see(found.iter().map(|p| p.peer_id.as_str())).is_empty() {
+    let new = fleet.unseen(found.iter().map(|p| p.peer_id.as_str()));
+    if new.is_empty() {
         return None;
     }
-    let planning = setup.fleet.planning.lock().await;
-    let taken = setup.fleet.all();
-    let (members, nodes) = discover(client, &setup.discovery, &taken).await.ok()?;
+    let planning = fleet.planning.lock().await;
+    // (Again: a replica may have lost its plan, and its nodes, meanwhile.)
+    let (sequences, interval) = wanted(fleet.mode, &router.board.lock().expect("board lock"))?;
+    let (members, nodes) = discover(client, &setup.discovery, &fleet.all()).await.ok()?;
     let req = crate::plan::PlanRequest { sequences, ..setup.req };
-    let plan = crate::plan::plan(&setup.desc, &nodes, &req).ok()?;
+    let Ok(plan) = crate::plan::plan(&setup.desc, &nodes, &req) else {
+        fleet.mark_seen(&new);
+        return None;
+    };
     let p = &plan.prediction;
     let slower = p.sequences as f64 * 1e6 / p.throughput_tokens_per_s.max(1e-9) > interval * (1.0 + MEASURE_SLACK);
-    if setup.fleet.mode == ReplicaMode::Auto && slower {
-        tracing::info!(
-            nodes = nodes.len(),
-            "the new members would be a slower replica than the others; kept as spares"
-        );
+    if fleet.mode == ReplicaMode::Auto && slower {
+        eprintln!("{} member(s) joined; a replica on them would be slower than the others: kept as spares", new.len());
+        fleet.mark_seen(&new);
         return None;
     }
     eprintln!("new replica on the members that joined:\n{}", plan.describe(&nodes));
     let target = Target { model: &setup.model, facts: &setup.facts, desc: &setup.desc, req: &req, stages: None };
     match deploy_plan(client, &target, plan, nodes, members, progress).await {
-        Ok(p) => Some((Setup { req, ..setup.clone() }, p, planning)),
+        Ok(p) => {
+            fleet.mark_seen(&new);
+            Some((Setup { req, ..setup.clone() }, p, planning))
+        }
         Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
-            eprintln!("warning: deploying a new replica failed: {e:#}");
+            eprintln!("warning: deploying a new replica failed ({e:#}); trying again in {} s", SCOUT_EVERY.as_secs());
             None
         }
     }

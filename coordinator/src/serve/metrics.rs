@@ -6,7 +6,8 @@
 //!   from the first choice's prefill), `edge_generation_tokens_total`;
 //! - `edge_time_to_first_token_seconds`, `edge_inter_token_latency_seconds`: histograms (arrival to first token,
 //!   queueing included; the gap between a sequence's consecutive tokens);
-//! - `edge_queue_depth`, `edge_running_sequences`, `edge_plan_up` (1 while a plan runs);
+//! - `edge_queue_depth`, `edge_running_sequences` (all replicas), `edge_plan_up` (1 while a plan runs),
+//!   `edge_replicas_up` (replicas whose plan runs);
 //! - per node (`node` = peer id): `edge_node_tokens_per_second` (tokens its stage processed over the last ~10 s),
 //!   `edge_node_rtt_seconds` (ping round trip from the coordinator, when known), `edge_node_up`.
 

@@ -182,14 +182,12 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
             };
             let handle = submit::Handle::new(board::Board::new(info));
             let replicas = planned.len();
-            let mut tasks: Vec<_> = planned
-                .into_iter()
-                .map(|p| {
-                    let setup = scheduler::Setup { req: fleet::replica_request(&p, &req), ..setup.clone() };
-                    scheduler::start(setup, p, &handle)
-                })
-                .collect();
-            tasks.push(tokio::spawn(fleet::scout(setup, handle.downgrade())));
+            for p in planned {
+                let setup = scheduler::Setup { req: fleet::replica_request(&p, &req), ..setup.clone() };
+                let task = scheduler::start(setup, p, &handle);
+                fleet.tasks.lock().expect("tasks lock").push(task);
+            }
+            let scout = tokio::spawn(fleet::scout(setup, handle.downgrade()));
             let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let app = Arc::new(AppState {
                 model_id: model_id.clone(),
@@ -212,7 +210,10 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 if args.api_key.is_some() { ", API key required" } else { "" }
             );
             axum::serve(listener, routes::router(app)).with_graceful_shutdown(shutdown()).await?;
-            // The router (and with it every handle) is gone: each scheduler closes its plan and ends.
+            // The router (and with it every handle) is gone: each scheduler closes its plan and ends. (A replica
+            // the scout is deploying now is dropped; its nodes end its sessions.)
+            scout.abort();
+            let tasks = std::mem::take(&mut *fleet.tasks.lock().expect("tasks lock"));
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), futures::future::join_all(tasks)).await;
             anyhow::Ok(())
         }

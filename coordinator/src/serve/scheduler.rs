@@ -200,7 +200,7 @@ impl Scheduler {
             match ev {
                 Ev::Submit(None) => break,
                 Ev::Submit(Some(Work::New(sub))) => self.enqueue(*sub),
-                Ev::Submit(Some(Work::Moved(a))) => self.moved.push_back(*a),
+                Ev::Submit(Some(Work::Moved(a))) => self.take_over(*a),
                 Ev::Node(Ok(Some(e))) => {
                     self.last_event = Instant::now();
                     self.on_event(e).await;
@@ -252,6 +252,24 @@ impl Scheduler {
     fn new_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+
+    /// A running request handed over by another replica: it resumes here before the queue (or moves on when
+    /// this replica lost its plan too).
+    fn take_over(&mut self, a: Active) {
+        let replica = self.replica;
+        self.board().job(&a.sub.id, |j| {
+            j.replica = replica;
+            j.state = JobState::Queued;
+        });
+        let unavailable = self.board().replica(replica).unavailable.clone();
+        match unavailable {
+            Some(why) => self.hand_over(vec![a], &why),
+            None => {
+                self.moved.push_back(a);
+                self.publish_load();
+            }
+        }
     }
 
     /// A request as it starts running.
@@ -498,6 +516,13 @@ impl Scheduler {
             let keep = !s.events.is_closed();
             if !keep {
                 cancelled.push(s.id.clone());
+            }
+            keep
+        });
+        self.moved.retain(|a| {
+            let keep = !a.sub.events.is_closed();
+            if !keep {
+                cancelled.push(a.sub.id.clone());
             }
             keep
         });

@@ -43,8 +43,6 @@ pub struct Submission {
     /// Another choice of the same request (its id) whose prompt's prefill this one shares while both run.
     pub shares_prefill_with: Option<String>,
     pub(super) arrived: Instant,
-    /// The replica it was sent to.
-    pub(super) replica: usize,
     /// Its place in that replica's queue.
     pub(super) _ticket: Option<Ticket>,
 }
@@ -199,14 +197,12 @@ impl Handle {
             events,
             shares_prefill_with,
             arrived: Instant::now(),
-            replica: 0,
             _ticket: None,
         }));
         let mut closed = 0;
         for &i in &order {
             let Some(ticket) = lanes[i].ticket() else { continue };
             let mut s = sub.take().expect("a submission to send");
-            s.replica = i;
             s._ticket = Some(ticket);
             let id = s.id.clone();
             match lanes[i].tx.try_send(Work::New(s)) {
@@ -247,7 +243,6 @@ impl Handle {
             for i in self.order(&lanes, None, Some(from)) {
                 // A running request takes its place even beyond the limit (it was admitted already).
                 let _ = lanes[i].pending.fetch_add(1, Ordering::SeqCst);
-                a.sub.replica = i;
                 a.sub._ticket = Some(Ticket(lanes[i].pending.clone()));
                 match lanes[i].tx.try_send(Work::Moved(a)) {
                     Ok(()) => continue 'next,
@@ -295,9 +290,9 @@ mod tests {
     /// The replica each submission went to, in order.
     fn drain(rxs: &mut [mpsc::Receiver<Work>]) -> Vec<(String, usize)> {
         let mut got = Vec::new();
-        for rx in rxs {
+        for (i, rx) in rxs.iter_mut().enumerate() {
             while let Ok(Work::New(s)) = rx.try_recv() {
-                got.push((s.id.clone(), s.replica));
+                got.push((s.id.clone(), i));
                 std::mem::forget(s); // keep its place taken
             }
         }
@@ -334,7 +329,7 @@ mod tests {
         let got = drain(&mut rxs);
         let on = |r: usize| got.iter().filter(|g| g.1 == r).count();
         assert_eq!((on(0), on(1)), (2, 4), "{got:?}");
-        // Each load ratio ties on the first request: the lower index (the faster replica, fastest first) wins.
+        // The first request goes to the faster replica.
         assert_eq!(got[0], ("r0".to_string(), 1));
         // A further choice goes to its first choice's replica, even when that one is busier.
         h.submit_choice("r0-1".into(), JobKind::Chat, job(), vec![], Some("r0".into())).unwrap();

@@ -68,6 +68,8 @@ impl Scheduler {
     /// A stage failed: close the plan, re-plan without the lost nodes (and the other replicas' nodes), resume the
     /// running requests.
     pub(super) async fn recover(&mut self, failure: Failure) {
+        // New requests go to the other replicas from now on.
+        self.board().replica(self.replica).plan = None;
         let mut excluded = HashSet::new();
         if let Some(d) = self.deployment.take() {
             // Give the other sessions a moment to report their own breakage.
@@ -75,7 +77,6 @@ impl Scheduler {
             excluded.extend(d.lost_peers().iter().map(|p| p.to_string()));
             d.close().await;
         }
-        self.board().replica(self.replica).plan = None;
         self.active.retain(|a| a.ended_at.is_none());
         for a in &mut self.active {
             a.seq = None;
