@@ -165,6 +165,9 @@ pub struct Target<'a> {
     pub req: &'a PlanRequest,
     /// `--stages K`: an even K-stage pipeline (fewer when recovering with fewer nodes).
     pub stages: Option<usize>,
+    /// After a loss: the plan that ran (over its nodes), whose layout is kept with the lost members replaced
+    /// when that predicts nearly as well as a fresh plan ([`plan::repair`]).
+    pub previous: Option<(&'a Plan, &'a [NodeProfile])>,
 }
 
 /// A plan deployed on the cluster.
@@ -205,6 +208,14 @@ pub async fn plan_and_deploy(
         None => plan::plan(desc, &nodes, req).map_err(anyhow::Error::from),
     };
     let plan = planned.map_err(PlanFailure::NoPlan)?;
+    let (plan, kept) = plan::repair::keep_or_fresh(desc, &nodes, req, plan, target.previous);
+    if kept {
+        eprintln!(
+            "keeping the plan's layout with the lost node(s) replaced (within {:.0}% of a new plan's throughput; \
+             the other members need nothing shipped)",
+            (1.0 - plan::repair::KEEP_LAYOUT) * 100.0
+        );
+    }
     eprintln!("{}", plan.describe(&nodes));
     deploy_plan(client, target, plan, nodes, members, progress).await
 }
@@ -288,9 +299,13 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
             }
             let mut excluded: HashSet<String> = HashSet::new();
             let mut attempt = 0;
+            // The plan that ran before a loss, over its nodes.
+            let mut previous: Option<(Plan, Vec<NodeProfile>)> = None;
             let (plan, nodes, loads) = loop {
                 // Plan on the members alive now (after a loss, without the nodes that failed).
-                let target = Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages };
+                let last = previous.as_ref().map(|(p, n)| (p, n.as_slice()));
+                let target =
+                    Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages, previous: last };
                 // After a loss, fewer members than --min-nodes are expected.
                 let discovery = if attempt > 0 { discovery.relaxed() } else { discovery.clone() };
                 let Planned { plan, nodes, deployment: mut d, .. } =
@@ -333,6 +348,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<()> {
                             lost.len()
                         );
                         excluded.extend(lost.iter().map(|p| p.to_string()));
+                        previous = Some((plan, nodes));
                         attempt += 1;
                     }
                 }

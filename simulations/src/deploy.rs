@@ -35,6 +35,8 @@ pub struct RunStage {
 /// A plan put on the cluster.
 pub struct Deployed {
     pub plan: Plan,
+    /// The nodes the plan's member indices refer to.
+    pub nodes: Vec<NodeProfile>,
     pub stages: Vec<RunStage>,
     /// Cluster indices of every member.
     pub members: Vec<usize>,
@@ -58,6 +60,8 @@ pub struct Replica {
     pub plan: Option<Deployed>,
     /// The plan being shipped.
     pub pending: Option<Deployed>,
+    /// The last plan that ran, over its nodes: a re-plan keeps its layout when it can (`plan::repair`).
+    pub last: Option<(Plan, Vec<NodeProfile>)>,
     pub in_flight: Vec<u32>,
     pub queue: VecDeque<u32>,
     /// Sequence slots (the plan's `sequences`).
@@ -243,6 +247,8 @@ impl Sim<'_> {
     fn plan_replica_on(&self, r: usize, global: Vec<usize>) -> Result<Deployed, String> {
         let rep = &self.replicas[r];
         let (p, sub) = plan_nodes(&self.cfg.model, &self.profiles, &global, &rep.req, self.cfg.stages)?;
+        let last = rep.last.as_ref().map(|(p, n)| (p, n.as_slice()));
+        let (p, _) = plan::repair::keep_or_fresh(&self.cfg.model, &sub, &rep.req, p, last);
         let nodes = &self.cfg.cluster.nodes;
         let stages = p
             .stages
@@ -254,7 +260,7 @@ impl Sim<'_> {
             })
             .collect();
         let members = p.member_nodes().map(|i| global[i]).collect();
-        Ok(Deployed { plan: p, stages, members })
+        Ok(Deployed { plan: p, nodes: sub, stages, members })
     }
 
     /// Puts every tensor of `d` in its members' caches; returns the time (us) to ship what they lacked from the
@@ -312,6 +318,7 @@ impl Sim<'_> {
                 state: RepState::Down,
                 plan: None,
                 pending: None,
+                last: None,
                 in_flight: Vec::new(),
                 queue: VecDeque::new(),
                 sequences: req.sequences,

@@ -32,7 +32,9 @@ impl Sim<'_> {
         let rep = &mut self.replicas[r];
         rep.epoch += 1;
         rep.state = RepState::Recovering;
-        rep.plan = None;
+        if let Some(d) = rep.plan.take() {
+            rep.last = Some((d.plan, d.nodes));
+        }
         rep.pending = None;
         let epoch = rep.epoch;
         self.host_drop(r as u32);

@@ -261,6 +261,25 @@ fn churn_with_room_to_spare_replans_without_failing_requests() {
 }
 
 #[test]
+fn a_replan_ships_about_the_lost_stage_not_the_whole_layout() {
+    // Finding 4: 16 phones over Wi-Fi run a 7B in 8 stages while nodes fail every 30 min on average. A re-plan
+    // keeps the layout with the lost member replaced by a spare (`plan::repair`); a fresh plan shipped ~2 stages.
+    let model = models::model("llama-7b-q4").unwrap();
+    let workload = closed_loop(8, 5.0, 128, 128, 0.5);
+    let mut cfg = SimConfig::new("llama-7b-q4", model.clone(), Cluster::homogeneous(16, &PHONE, WIFI), workload);
+    cfg.seconds = Some(3600.0);
+    cfg.churn = Some(Churn { mtbf_s: Some(1800.0), down_s: 600.0 });
+    let r = simulate(&cfg).unwrap();
+    println!("{}", r.table());
+    let stages = r.plans[0].as_ref().unwrap().stages;
+    let weights = model.layer_weight_bytes.iter().sum::<u64>() + model.embed_bytes + model.head_bytes;
+    let stage = weights as f64 / stages as f64;
+    assert!(r.replans >= 5, "{} re-plans", r.replans);
+    let each = r.shipped_bytes as f64 / r.replans as f64;
+    assert!(each <= 1.3 * stage, "{each:.0} bytes shipped per re-plan; a stage holds {stage:.0}");
+}
+
+#[test]
 fn matches_the_measured_three_node_benchmark() {
     for row in validate::rows().unwrap() {
         println!(

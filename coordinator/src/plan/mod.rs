@@ -89,6 +89,7 @@
 pub mod cost;
 mod describe;
 pub mod pipeline;
+pub mod repair;
 pub mod replicas;
 
 use edge_protocol::{LayerSlice, ShardSpec};

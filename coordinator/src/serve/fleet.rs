@@ -213,7 +213,8 @@ async fn new_replica<'a>(
         return None;
     }
     eprintln!("new replica on the members that joined:\n{}", plan.describe(&nodes));
-    let target = Target { model: &setup.model, facts: &setup.facts, desc: &setup.desc, req: &req, stages: None };
+    let target =
+        Target { model: &setup.model, facts: &setup.facts, desc: &setup.desc, req: &req, stages: None, previous: None };
     match deploy_plan(client, &target, plan, nodes, members, progress).await {
         Ok(p) => {
             fleet.mark_seen(&new);

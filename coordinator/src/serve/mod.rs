@@ -164,7 +164,8 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {}", args.listen))?;
             let req = PlanRequest { context, sequences: args.sequences, tensor_parallel: args.tensor_parallel };
             let progress = indicatif::MultiProgress::new();
-            let target = Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages };
+            let target =
+                Target { model: &m, facts: &facts, desc: &desc, req: &req, stages: args.stages, previous: None };
             let fleet = Arc::new(fleet::Fleet::new(args.replicas));
             let planned = fleet::deploy_all(&joined.client, &discovery, &target, &fleet, &progress).await?;
             let info =

@@ -94,6 +94,8 @@ pub struct Scheduler {
     router: Weak,
     board: Arc<Mutex<Board>>,
     deployment: Option<Deployment>,
+    /// The plan that runs (or ran before a loss) over its nodes: a re-plan keeps its layout when it can.
+    previous: Option<(crate::plan::Plan, Vec<crate::plan::NodeProfile>)>,
     n_stages: usize,
     queue: VecDeque<Submission>,
     /// Running requests handed over by a replica that lost its plan: they start before the queue.
@@ -121,6 +123,7 @@ pub fn start(setup: Setup, planned: Planned, router: &Handle) -> tokio::task::Jo
         router: router.downgrade(),
         board: router.board.clone(),
         deployment: None,
+        previous: None,
         n_stages: 0,
         queue: VecDeque::new(),
         moved: VecDeque::new(),
@@ -165,6 +168,7 @@ impl Scheduler {
             r.unavailable = None;
         }
         self.n_stages = p.deployment.stages.len();
+        self.previous = Some((p.plan, p.nodes));
         self.deployment = Some(p.deployment);
         self.last_event = Instant::now();
     }

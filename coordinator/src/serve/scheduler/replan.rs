@@ -62,7 +62,8 @@ impl Scheduler {
 
     fn target(&self) -> Target<'_> {
         let s = &self.setup;
-        Target { model: &s.model, facts: &s.facts, desc: &s.desc, req: &s.req, stages: s.stages }
+        let previous = self.previous.as_ref().map(|(p, n)| (p, n.as_slice()));
+        Target { model: &s.model, facts: &s.facts, desc: &s.desc, req: &s.req, stages: s.stages, previous }
     }
 
     /// A stage failed: close the plan, re-plan without the lost nodes (and the other replicas' nodes), resume the
