@@ -4,12 +4,13 @@
 mod common;
 
 use edge_coord::plan::repair::{keep_or_fresh, repair, KEEP_LAYOUT};
-use edge_coord::plan::{plan, predict, NodeProfile, PlanRequest, TpMode};
+use edge_coord::plan::{plan, predict, NodeProfile, Plan, PlanRequest, TpMode};
+use edge_coord::ModelDescription;
 
 use common::*;
 
 /// The node ids of a plan's stages with their layers.
-fn by_id(nodes: &[NodeProfile], p: &edge_coord::plan::Plan) -> Vec<(String, u32, u32)> {
+fn by_id(nodes: &[NodeProfile], p: &Plan) -> Vec<(String, u32, u32)> {
     layout(p).into_iter().map(|(n, a, b)| (nodes[n].id.clone(), a, b)).collect()
 }
 
@@ -18,13 +19,18 @@ fn small(id: &str, gemv_gbps: f64) -> NodeProfile {
     node(id, 5_200_000, gemv_gbps)
 }
 
-#[test]
-fn a_lost_stage_moves_to_the_fastest_free_node_that_holds_it_and_the_others_stay() {
-    let model = toy(10);
-    let r = req(100, 1);
+/// The toy model planned on three small nodes `a`, `b`, `c` (3 stages) for one sequence.
+fn three_stages() -> (ModelDescription, PlanRequest, Vec<NodeProfile>, Plan) {
+    let (model, r) = (toy(10), req(100, 1));
     let old: Vec<_> = ["a", "b", "c"].iter().map(|id| small(id, 1.0)).collect();
     let before = plan(&model, &old, &r).unwrap();
     assert_eq!(before.stages.len(), 3, "{before:?}");
+    (model, r, old, before)
+}
+
+#[test]
+fn a_lost_stage_moves_to_the_fastest_free_node_that_holds_it_and_the_others_stay() {
+    let (model, r, old, before) = three_stages();
     let lost = old[layout(&before)[1].0].id.clone();
     // The nodes now (another order), without the lost one, with two spares: a tiny one and a slow one.
     let mut now: Vec<_> = old.iter().filter(|n| n.id != lost).cloned().rev().collect();
@@ -50,10 +56,7 @@ fn a_lost_stage_moves_to_the_fastest_free_node_that_holds_it_and_the_others_stay
 
 #[test]
 fn no_repair_without_a_free_node_that_holds_the_stage_or_for_a_tensor_parallel_stage() {
-    let model = toy(10);
-    let r = req(100, 1);
-    let old: Vec<_> = ["a", "b", "c"].iter().map(|id| small(id, 1.0)).collect();
-    let before = plan(&model, &old, &r).unwrap();
+    let (model, r, old, before) = three_stages();
     let mut now: Vec<_> = old[1..].to_vec();
     now.push(node("tiny", 1_000_000, 9.0));
     assert_eq!(repair(&model, &now, &r, &before, &old), None);
@@ -69,10 +72,7 @@ fn no_repair_without_a_free_node_that_holds_the_stage_or_for_a_tensor_parallel_s
 
 #[test]
 fn the_repair_is_kept_when_it_predicts_nearly_as_well_as_a_fresh_plan() {
-    let model = toy(10);
-    let r = req(100, 1);
-    let old: Vec<_> = ["a", "b", "c"].iter().map(|id| small(id, 1.0)).collect();
-    let before = plan(&model, &old, &r).unwrap();
+    let (model, r, old, before) = three_stages();
     let lost = old[layout(&before)[0].0].id.clone();
     let survivors: Vec<_> = old.iter().filter(|n| n.id != lost).cloned().collect();
 

@@ -75,17 +75,43 @@ fn concurrently(url: &str, n: usize, max_tokens: usize) -> Vec<std::thread::Join
         .collect()
 }
 
+/// `n` CPU members, the others dialing the first.
+fn members(key: &str, n: usize) -> Vec<Node> {
+    let mut nodes = vec![Node::start(key, NodeSpec::default())];
+    for _ in 1..n {
+        let addr = nodes[0].addr.clone();
+        nodes.push(Node::start(key, NodeSpec { peers: &[&addr], ..Default::default() }));
+    }
+    nodes
+}
+
+/// Waits (at most 2 minutes) until replica `replica` runs a request that has 4 tokens or more.
+fn wait_until_generating(server: &Server, replica: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(&server.url);
+        let busy = s["jobs"].as_array().unwrap().iter().any(|j| {
+            j["replica"] == replica && j["state"] == "running" && j["completion_tokens"].as_u64().unwrap() >= 4
+        });
+        if busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica {replica} never ran a request: {s}\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The replica of every job in the status.
+fn job_replicas(url: &str) -> Vec<u64> {
+    status(url)["jobs"].as_array().unwrap().iter().map(|j| j["replica"].as_u64().unwrap()).collect()
+}
+
 #[test]
 fn two_replicas_share_the_requests_and_a_lost_node_changes_no_text() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (want32, want64) = (greedy_text(32), greedy_text(64));
     let key = new_key();
-    let first = Node::start(&key, NodeSpec::default());
-    let mut nodes = vec![first];
-    for _ in 0..3 {
-        let addr = nodes[0].addr.clone();
-        nodes.push(Node::start(&key, NodeSpec { peers: &[&addr], ..Default::default() }));
-    }
+    let mut nodes = members(&key, 4);
     // (Whole layers only: tensor-parallel partial sums are added in another order than one node's.)
     let args = ["--ctx", "256", "--replicas", "2", "--sequences", "4", "--tensor-parallel", "off"];
     let server = Server::start(&key, &nodes.iter().collect::<Vec<_>>(), &args);
@@ -105,26 +131,12 @@ fn two_replicas_share_the_requests_and_a_lost_node_changes_no_text() {
     for t in concurrently(&url, 6, 32) {
         assert_eq!(t.join().unwrap(), want32);
     }
-    let s = status(&url);
-    let used: Vec<u64> = s["jobs"].as_array().unwrap().iter().map(|j| j["replica"].as_u64().unwrap()).collect();
+    let used = job_replicas(&url);
     assert!(used.contains(&0) && used.contains(&1), "jobs ran on replicas {used:?}");
 
     // Kill a node of replica 1 while it generates.
     let running = concurrently(&url, 8, 64);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(&url);
-        let busy = s["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["replica"] == 1 && j["state"] == "running" && j["completion_tokens"].as_u64().unwrap() >= 4);
-        if busy {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica 1 never ran a request: {s}\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_generating(&server, 1);
     let victim = r1[0].clone();
     drop(nodes.remove(nodes.iter().position(|n| n.peer_id == victim).unwrap()));
     // While replica 1 re-plans (its plan is gone from the status), a new request goes to replica 0 and is
@@ -192,8 +204,7 @@ fn a_node_that_joins_later_becomes_a_new_replica() {
     for t in concurrently(&url, 4, 24) {
         assert_eq!(t.join().unwrap(), want);
     }
-    let s = status(&url);
-    let used: Vec<u64> = s["jobs"].as_array().unwrap().iter().map(|j| j["replica"].as_u64().unwrap()).collect();
+    let used = job_replicas(&url);
     assert!(used.contains(&1), "the new replica took no request: {used:?}");
 }
 
@@ -202,11 +213,7 @@ fn a_replica_left_without_nodes_hands_its_running_requests_to_another() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let want = greedy_text(64);
     let key = new_key();
-    let mut nodes = vec![Node::start(&key, NodeSpec::default())];
-    for _ in 0..2 {
-        let addr = nodes[0].addr.clone();
-        nodes.push(Node::start(&key, NodeSpec { peers: &[&addr], ..Default::default() }));
-    }
+    let mut nodes = members(&key, 3);
     let args = ["--ctx", "256", "--replicas", "2", "--sequences", "4", "--tensor-parallel", "off"];
     let server = Server::start(&key, &nodes.iter().collect::<Vec<_>>(), &args);
     let url = server.url.clone();
@@ -215,20 +222,7 @@ fn a_replica_left_without_nodes_hands_its_running_requests_to_another() {
     assert!(!r0.is_empty(), "{s}");
 
     let running = concurrently(&url, 6, 64);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(&url);
-        let busy = s["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["replica"] == 1 && j["state"] == "running" && j["completion_tokens"].as_u64().unwrap() >= 4);
-        if busy {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica 1 never ran a request: {s}\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_generating(&server, 1);
     // Every node replica 0 does not hold goes: replica 1 cannot plan again.
     nodes.retain(|n| r0.contains(&n.peer_id));
     for t in running {
