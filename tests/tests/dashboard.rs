@@ -2,7 +2,8 @@
 //! page opened in headless Chromium. The DOM after the scripts ran must show the model, both nodes and the plan's
 //! layer ranges, and the reply the `#ask=` deep link streamed must equal the API's non-streamed greedy answer to
 //! the same request; the screenshot must be a real rendering with both stage colors of the plan bar. A second
-//! server with `--api-key` checks the page's key flow (401, the key field, localStorage, the chat with the key).
+//! server with `--api-key` checks the page's key flow (401, the key field, localStorage, the chat with the key), and
+//! a third with `--replicas 2` the replica buttons (one per replica, each drawing its own plan).
 //!
 //! Chromium is driven two ways: `--dump-dom` with a virtual-time budget (the way a script would use it; virtual time
 //! waits for pending requests but not for a streamed body, so it cannot see a whole streamed reply), and the
@@ -195,6 +196,39 @@ fn the_dashboard_shows_the_cluster_and_streams_a_chat_reply_in_chromium() {
          && document.getElementById('keybar').hidden || null",
         Duration::from_secs(30),
     );
+    assert!(browser.exceptions().is_empty(), "script errors: {}", browser.diagnostics());
+    drop(browser);
+    drop(server);
+
+    // ---- Two replicas, one node each: a button per replica; the plan bar shows the chosen replica's plan.
+    let args = ["--replicas", "2", "--tensor-parallel", "off"];
+    let server = Server::start_logged(&key, &[&a, &b], &args, Some(&out.join("serve-replicas.log")));
+    let status = http.get_json(&format!("{}/api/status", server.url));
+    let replica_node = |i: usize| {
+        let id = status["replicas"][i]["plan"]["stages"][0]["members"][0]["node"].as_str().expect("a plan");
+        let node = status["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).expect("its node");
+        node["name"].as_str().unwrap().to_string()
+    };
+    let (first, second) = (replica_node(0), replica_node(1));
+    assert_ne!(first, second, "{status:#}");
+    let mut browser = Browser::launch(&chromium, &profiles.0.join("cdp-replicas"));
+    let tab = browser.open();
+    browser.call("Page.navigate", json!({"url": format!("{}/", server.url)}), Some(&tab));
+    let shown = "(() => { const b = document.querySelectorAll('#replicas button');
+                          const who = document.querySelector('#planbar .seg .who');
+                          return b.length === 2 && who ? [...b].map((x) => x.textContent).concat(who.textContent) : null; })()";
+    let buttons = browser.wait_for(&tab, shown, Duration::from_secs(30));
+    let texts: Vec<&str> = buttons.as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(texts[0].starts_with("replica 1: 1 stage") && texts[1].starts_with("replica 2: 1 stage"), "{texts:?}");
+    assert!(texts[2].contains(&first), "replica 1's node {first} is drawn: {texts:?}");
+    browser.eval(&tab, "document.querySelectorAll('#replicas button')[1].click(); true");
+    let who = browser.wait_for(
+        &tab,
+        &format!("document.querySelector('#planbar .seg .who').textContent.includes({second:?}) || null"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(who, true, "replica 2's node {second} is drawn after its button is clicked");
+    assert!(browser.exceptions().is_empty(), "script errors: {}", browser.diagnostics());
 }
 
 /// `chromium` (or `$EDGE_CHROMIUM`). Fails, never skips, when it is missing.

@@ -190,7 +190,7 @@ fn a_node_that_joins_later_becomes_a_new_replica() {
     assert_eq!(complete(&url, 24), want);
 
     let b = Node::start(&key, NodeSpec { peers: &[&a.addr], ..Default::default() });
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let s = loop {
         let s = status(&url);
         let up = s["replicas"].as_array().unwrap().iter().filter(|r| !r["plan"].is_null()).count();

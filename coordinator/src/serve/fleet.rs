@@ -199,11 +199,21 @@ async fn new_replica<'a>(
     let planning = fleet.planning.lock().await;
     // (Again: a replica may have lost its plan, and its nodes, meanwhile.)
     let (sequences, interval) = wanted(fleet.mode, &router.board.lock().expect("board lock"))?;
-    let (members, nodes) = discover(client, &setup.discovery, &fleet.all()).await.ok()?;
+    let (members, nodes) = match discover(client, &setup.discovery, &fleet.all()).await {
+        Ok(found) => found,
+        Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
+            eprintln!("warning: {} member(s) joined but were not found again ({e:#}); looking again", new.len());
+            return None;
+        }
+    };
     let req = crate::plan::PlanRequest { sequences, ..setup.req };
-    let Ok(plan) = crate::plan::plan(&setup.desc, &nodes, &req) else {
-        fleet.mark_seen(&new);
-        return None;
+    let plan = match crate::plan::plan(&setup.desc, &nodes, &req) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{} member(s) joined; no replica fits the free members ({e}): kept as spares", new.len());
+            fleet.mark_seen(&new);
+            return None;
+        }
     };
     let p = &plan.prediction;
     let slower = p.sequences as f64 * 1e6 / p.throughput_tokens_per_s.max(1e-9) > interval * (1.0 + MEASURE_SLACK);

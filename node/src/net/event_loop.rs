@@ -215,7 +215,14 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => match result {
                 Ok(rtt) => {
                     self.peers.seen(peer);
-                    self.peers.entry(peer).rtt = Some(rtt);
+                    let e = self.peers.entry(peer);
+                    e.rtt = Some(rtt);
+                    // A member connected before it had its record (it signs it once it listens) answered the
+                    // request made on connecting with an error: ask again, one request at a time.
+                    if e.caps.is_none() && !self.auto_caps.values().any(|p| *p == peer) {
+                        let id = self.swarm.behaviour_mut().control.send_request(&peer, ControlRequest::Capabilities);
+                        self.auto_caps.insert(id, peer);
+                    }
                 }
                 Err(e) => tracing::debug!(%peer, cause = %e, "ping failed"),
             },
