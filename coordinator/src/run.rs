@@ -189,6 +189,15 @@ pub enum PlanFailure {
     Deploy(anyhow::Error),
 }
 
+impl PlanFailure {
+    /// The error, whichever kind of failure it is.
+    pub fn error(self) -> anyhow::Error {
+        match self {
+            PlanFailure::NoPlan(e) | PlanFailure::Deploy(e) => e,
+        }
+    }
+}
+
 /// Discovers the members alive now (as `discovery` says, links measured), leaves out `excluded` peer ids, plans
 /// (or builds the forced even pipeline), prints the plan on stderr and deploys it. `recovering`: a forced pipeline may
 /// shrink to the nodes left.

@@ -84,17 +84,14 @@ pub async fn deploy_all(
     fleet: &Fleet,
     progress: &indicatif::MultiProgress,
 ) -> anyhow::Result<Vec<Planned>> {
-    let fail = |e: PlanFailure| match e {
-        PlanFailure::NoPlan(e) | PlanFailure::Deploy(e) => e,
-    };
     let none = HashSet::new();
     if target.stages.is_some() || fleet.mode == ReplicaMode::Fixed(1) {
-        let p = plan_and_deploy(client, discovery, target, &none, false, progress).await.map_err(fail)?;
+        let p = plan_and_deploy(client, discovery, target, &none, false, progress).await.map_err(PlanFailure::error)?;
         fleet.mark_seen(&p.members.iter().map(|m| m.peer.peer_id.clone()).collect::<Vec<_>>());
         fleet.claim(0, nodes_of(&p));
         return Ok(vec![p]);
     }
-    let (members, nodes) = discover(client, discovery, &none).await.map_err(fail)?;
+    let (members, nodes) = discover(client, discovery, &none).await.map_err(PlanFailure::error)?;
     fleet.mark_seen(&members.iter().map(|m| m.peer.peer_id.clone()).collect::<Vec<_>>());
     let mode = match fleet.mode {
         // Fewer nodes than replicas: as many as there are nodes now, more as nodes join ([`scout`]).
@@ -121,7 +118,7 @@ pub async fn deploy_all(
                 for p in planned {
                     p.deployment.close().await;
                 }
-                return Err(fail(e));
+                return Err(e.error());
             }
         }
     }
@@ -201,7 +198,8 @@ async fn new_replica<'a>(
     let (sequences, interval) = wanted(fleet.mode, &router.board.lock().expect("board lock"))?;
     let (members, nodes) = match discover(client, &setup.discovery, &fleet.all()).await {
         Ok(found) => found,
-        Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
+        Err(e) => {
+            let e = e.error();
             eprintln!("warning: {} member(s) joined but were not found again ({e:#}); looking again", new.len());
             return None;
         }
@@ -230,7 +228,8 @@ async fn new_replica<'a>(
             fleet.mark_seen(&new);
             Some((Setup { req, ..setup.clone() }, p, planning))
         }
-        Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
+        Err(e) => {
+            let e = e.error();
             eprintln!("warning: deploying a new replica failed ({e:#}); trying again in {} s", SCOUT_EVERY.as_secs());
             None
         }

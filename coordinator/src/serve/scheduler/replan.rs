@@ -151,8 +151,8 @@ impl Scheduler {
                 self.recoveries = 0;
                 self.install(p);
             }
-            Err(PlanFailure::NoPlan(e) | PlanFailure::Deploy(e)) => {
-                let why = format!("no set of the members can run the model: {e:#}");
+            Err(e) => {
+                let why = format!("no set of the members can run the model: {:#}", e.error());
                 self.board().replica(self.replica).unavailable = Some(why);
             }
         }
