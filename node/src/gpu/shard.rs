@@ -113,6 +113,11 @@ impl GpuShard {
                 align / 4
             )));
         }
+        if let Some(features) = c.gemma_features() {
+            return Err(ShardError::BadInput(format!(
+                "the wgpu backend does not implement {features} yet; use --backend cpu or reference"
+            )));
+        }
         if c.head_dim > 128 || !c.head_dim.is_multiple_of(4) {
             return Err(ShardError::Gpu(format!(
                 "head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)",

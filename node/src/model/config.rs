@@ -11,9 +11,29 @@ pub enum RopeStyle {
     Neox,
 }
 
+/// The activation of the gated feed-forward block: `act(W_gate·x) * (W_up·x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (llama, qwen2): silu(x) = x / (1 + e^-x).
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (gemma3): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    GeluTanh,
+}
+
+/// Sliding-window attention (gemma3): local layers attend to the last `window` positions (their own included),
+/// with their own RoPE base; every `period`-th layer (counted from 1) is global.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlidingWindow {
+    pub window: usize,
+    /// Layers `l` with `l % period < period - 1` are local (llama.cpp's `set_swa_pattern`).
+    pub period: usize,
+    /// RoPE base of the local layers (`rope.freq_base_swa`, default 10000).
+    pub rope_theta: f32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    /// `general.architecture`: `llama` or `qwen2`.
+    /// `general.architecture`: `llama`, `qwen2` or `gemma3`.
     pub arch: String,
     pub n_layers: usize,
     /// Model width (hidden size).
@@ -36,6 +56,16 @@ pub struct ModelConfig {
     /// The file holds a tensor-parallel slice of every layer (`edge.partial_layers`): the attention and FFN
     /// outputs are partial sums that the members of the stage add up (see [`crate::shard::Reducer`]).
     pub partial_layers: bool,
+    /// The token embedding is multiplied by this (gemma3: sqrt(dim); 1 otherwise).
+    pub embed_scale: f32,
+    pub act: Activation,
+    /// Each head's query and key are RMS-normed before RoPE (`attn_q_norm`, `attn_k_norm`; gemma3).
+    pub qk_norm: bool,
+    /// The attention and FFN outputs are RMS-normed before the residual add (`post_attention_norm`,
+    /// `post_ffw_norm`; gemma3). In a tensor-parallel stage the norm applies to the summed output.
+    pub post_norms: bool,
+    /// Sliding-window attention on the local layers (gemma3), indexed by absolute layer.
+    pub sliding: Option<SlidingWindow>,
 }
 
 impl ModelConfig {
@@ -43,9 +73,14 @@ impl ModelConfig {
         let arch = g.get_str("general.architecture")?.to_string();
         let rope = match arch.as_str() {
             "llama" => RopeStyle::Adjacent,
-            "qwen2" => RopeStyle::Neox,
-            other => return Err(GgufError::Corrupt(format!("architecture {other:?} is not supported (llama, qwen2)"))),
+            "qwen2" | "gemma3" => RopeStyle::Neox,
+            other => {
+                return Err(GgufError::Corrupt(format!(
+                    "architecture {other:?} is not supported (llama, qwen2, gemma3)"
+                )))
+            }
         };
+        let gemma = arch == "gemma3";
         let key = |k: &str| format!("{arch}.{k}");
         let n_layers = g.get_u64(&key("block_count"))? as usize;
         let dim = g.get_u64(&key("embedding_length"))? as usize;
@@ -82,6 +117,20 @@ impl ModelConfig {
         // Any layer: a pipeline stage's file starts at its first layer, not at blk.0.
         let qkv_bias = g.tensors.iter().any(|t| t.name.ends_with(".attn_q.bias"));
         let partial_layers = g.get("edge.partial_layers").and_then(|v| v.as_bool()).unwrap_or(false);
+        let sliding = match g.get(&key("attention.sliding_window")).and_then(|v| v.as_u64()) {
+            Some(window) if gemma && window > 0 => {
+                if g.has(&key("attention.sliding_window_pattern")) || g.has(&key("rope.scaling.type")) {
+                    return bad("gemma3 files with a sliding_window_pattern or RoPE scaling are not supported".into());
+                }
+                let rope_theta =
+                    g.get(&key("rope.freq_base_swa")).and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32;
+                Some(SlidingWindow { window: window as usize, period: 6, rope_theta })
+            }
+            _ => None,
+        };
+        if gemma && g.has(&key("final_logit_softcapping")) {
+            return bad("gemma3 files with final logit soft-capping are not supported".into());
+        }
         Ok(ModelConfig {
             arch,
             n_layers,
@@ -98,7 +147,31 @@ impl ModelConfig {
             qkv_bias,
             tied_embeddings,
             partial_layers,
+            embed_scale: if gemma { (dim as f32).sqrt() } else { 1.0 },
+            act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            qk_norm: gemma,
+            post_norms: gemma,
+            sliding,
         })
+    }
+
+    /// The window of absolute layer `layer` when it is a local (sliding-window) layer.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding.filter(|s| layer % s.period < s.period - 1).map(|s| s.window)
+    }
+
+    /// RoPE base of absolute layer `layer`.
+    pub fn rope_theta_of(&self, layer: usize) -> f32 {
+        match self.sliding {
+            Some(s) if self.window(layer).is_some() => s.rope_theta,
+            _ => self.rope_theta,
+        }
+    }
+
+    /// The features of gemma3 beyond the llama/qwen2 block, named for a backend that lacks them.
+    pub fn gemma_features(&self) -> Option<&'static str> {
+        (self.qk_norm || self.post_norms || self.act != Activation::Silu || self.sliding.is_some() || self.embed_scale != 1.0)
+            .then_some("gemma3's QK-norm, post-norms, GeGLU and sliding-window attention")
     }
 
     /// Width of the key/value projections.

@@ -4,5 +4,5 @@ mod config;
 pub mod stage;
 mod weights;
 
-pub use config::{ModelConfig, RopeStyle};
+pub use config::{Activation, ModelConfig, RopeStyle, SlidingWindow};
 pub use weights::{LayerTensors, Matrix, ShardTensors};

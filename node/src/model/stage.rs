@@ -95,6 +95,7 @@ pub fn stage_image<'a>(
                 tensors.push(whole(info));
             }
             tensors.extend([&l.bq, &l.bk, &l.bv].into_iter().flatten().map(whole));
+            tensors.extend(l.extra_norms().map(whole));
         }
         push_head(&t, &mut tensors, whole);
         return Ok(StageImage { kv, tensors });
@@ -120,6 +121,7 @@ pub fn stage_image<'a>(
         for (b, r) in [(&l.bq, q_rows), (&l.bk, kv_rows), (&l.bv, kv_rows)] {
             tensors.extend(b.as_ref().map(|b| rows(g, b, r)));
         }
+        tensors.extend(l.extra_norms().map(whole));
     }
     push_head(&t, &mut tensors, whole);
     set(key("attention.head_count"), Value::U32(((k1 - k0) * group) as u32));

@@ -24,6 +24,19 @@ pub struct LayerTensors {
     pub w_gate: Matrix,         // (ffn_dim, dim)
     pub w_up: Matrix,           // (ffn_dim, dim)
     pub w_down: Matrix,         // (dim, ffn_dim)
+    /// gemma3: per-head norms of query and key `(head_dim)`, and the norms of the attention and FFN outputs
+    /// `(dim)` (all four or none, with [`ModelConfig::qk_norm`] and [`ModelConfig::post_norms`]).
+    pub q_norm: Option<TensorInfo>,
+    pub k_norm: Option<TensorInfo>,
+    pub post_attn_norm: Option<TensorInfo>,
+    pub post_ffn_norm: Option<TensorInfo>,
+}
+
+impl LayerTensors {
+    /// The norm vectors a tensor-parallel member holds whole, besides `attn_norm` and `ffn_norm`.
+    pub fn extra_norms(&self) -> impl Iterator<Item = &TensorInfo> {
+        [&self.q_norm, &self.k_norm, &self.post_attn_norm, &self.post_ffn_norm].into_iter().flatten()
+    }
 }
 
 /// Every tensor a shard reads.
@@ -74,6 +87,14 @@ impl ShardTensors {
                 Ok(None)
             }
         };
+        let required = |name: &str, n: usize, on: bool| -> Result<Option<TensorInfo>, GgufError> {
+            if on {
+                vector(name, n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let hd = cfg.head_dim;
         let mut layers = Vec::with_capacity(spec.n_layers() as usize);
         for l in spec.layer_start..spec.layer_end {
             let p = |s: &str| format!("blk.{l}.{s}");
@@ -90,6 +111,10 @@ impl ShardTensors {
                 w_gate: matrix(&p("ffn_gate.weight"), f, d)?,
                 w_up: matrix(&p("ffn_up.weight"), f, d)?,
                 w_down: matrix(&p("ffn_down.weight"), d, f)?,
+                q_norm: required(&p("attn_q_norm.weight"), hd, cfg.qk_norm)?,
+                k_norm: required(&p("attn_k_norm.weight"), hd, cfg.qk_norm)?,
+                post_attn_norm: required(&p("post_attention_norm.weight"), d, cfg.post_norms)?,
+                post_ffn_norm: required(&p("post_ffw_norm.weight"), d, cfg.post_norms)?,
             });
         }
         let embed = if spec.embed { Some(matrix("token_embd.weight", v, d)?) } else { None };
@@ -109,6 +134,7 @@ impl ShardTensors {
         for l in &self.layers {
             v.extend([&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down]);
             v.extend(l.bq.iter().chain(&l.bk).chain(&l.bv));
+            v.extend(l.extra_norms());
         }
         v.extend(self.output_norm.iter());
         if let Some(o) = &self.output {

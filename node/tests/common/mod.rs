@@ -32,6 +32,40 @@ pub fn qwen05() -> (Gguf, ModelConfig) {
     (g, cfg)
 }
 
+/// Gemma-3-270M Q4_K_M (gemma3: SentencePiece, sliding window, QK-norm, one KV head). Fails (never skips) when it
+/// is missing: run `bash scripts/setup.sh`.
+pub fn gemma3() -> (Gguf, ModelConfig) {
+    let path = edge_node::setup::known_model(&edge_node::setup::GEMMA3_270M);
+    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
+    let g = Gguf::open(&path).unwrap();
+    let cfg = ModelConfig::from_gguf(&g).unwrap();
+    (g, cfg)
+}
+
+/// One prompt of scripts/gemma3_reference.py: llama.cpp's ids, numpy's argmax at every position and its top
+/// logits at the last one.
+#[derive(serde::Deserialize)]
+pub struct Gemma3Prompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub argmax: Vec<u32>,
+    pub top_last: Vec<(u32, f32)>,
+}
+
+/// The numpy reference of scripts/gemma3_reference.py on Gemma-3-270M: a short prompt with its greedy
+/// continuation, and a long one (node/tests/fixtures/teacher_text.txt) past the sliding window.
+#[derive(serde::Deserialize)]
+pub struct Gemma3Reference {
+    pub model_sha256: String,
+    pub short: Gemma3Prompt,
+    pub greedy: Vec<u32>,
+    pub long: Gemma3Prompt,
+}
+
+pub fn gemma3_reference() -> Gemma3Reference {
+    serde_json::from_str(include_str!("../fixtures/gemma3_reference.json")).unwrap()
+}
+
 /// The numpy reference of scripts/qwen2_reference.py on Qwen2.5-Coder-0.5B: prompt, llama.cpp's token ids, the
 /// argmax and top logits at every position.
 #[derive(serde::Deserialize)]
