@@ -16,6 +16,8 @@ the forward pass is written from llama.cpp's gemma3 graph (llm_build_gemma3_iswa
 The GGUF's norm weights already hold (1 + w): the converter adds the one, so they are used as they are.
 
 The long prompt (node/tests/fixtures/teacher_text.txt, over 512 tokens) is where the window masks keys.
+The fixture also holds llama.cpp's own argmax over the long prompt and its greedy continuation of the short one
+(llama-cpp-python, the same file), for the agreement checks against llama.cpp.
 
 Needs: `pip install numpy gguf` and llama-cpp-python (for the token ids; vocab only, no weights are run).
 Run:   python3 scripts/gemma3_reference.py [--model PATH] [--check]
@@ -165,15 +167,26 @@ def main():
     ids = list(short_ids)
     for _ in range(CONTINUE):
         ids.append(int(np.argmax(logits(m, forward(m, ids)[-1:])[0])))
+    llama = Llama(model_path=str(args.model), n_ctx=1024, logits_all=True, verbose=False)
+    llama.eval(long_ids)
+    llama_long = [int(t) for t in np.argmax(np.asarray(llama.scores[: len(long_ids)]), axis=-1)]
+    llama.reset()
+    llama_greedy, seq = [], list(short_ids)
+    for _ in range(CONTINUE):
+        llama.reset()
+        llama.eval(seq)
+        seq.append(int(np.argmax(llama.scores[len(seq) - 1])))
+        llama_greedy.append(seq[-1])
     fixture = {
         "model_sha256": hashlib.sha256(args.model.read_bytes()).hexdigest(),
         "short": prompt_entry(m, SHORT, short_ids),
         "greedy": ids[len(short_ids) :],
         "long": prompt_entry(m, "node/tests/fixtures/teacher_text.txt", long_ids),
+        "llama_cpp": {"greedy": llama_greedy, "long_argmax": llama_long},
     }
     if args.check:
         old = json.loads(OUT.read_text())
-        same = all(old[k] == fixture[k] for k in ("greedy",)) and all(
+        same = all(old[k] == fixture[k] for k in ("greedy", "llama_cpp")) and all(
             old[p][k] == fixture[p][k] for p in ("short", "long") for k in ("ids", "argmax")
         )
         print("fixture matches" if same else "fixture differs")

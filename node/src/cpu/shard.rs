@@ -15,9 +15,9 @@ use super::kernels::Kernels;
 use super::matmul::{matmul, Acts, Mat};
 use super::pool::Pool;
 use crate::gguf::{Gguf, GgufError, TensorInfo};
-use crate::model::{ModelConfig, RopeStyle, ShardTensors};
+use crate::model::{Activation, ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
-use crate::reference::{argmax, rmsnorm};
+use crate::reference::{argmax, head_norm, rmsnorm};
 use crate::shard::{
     check_distinct, check_input, normed_sum, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError,
     ShardInput, ShardOutput, Step,
@@ -27,6 +27,14 @@ struct Layer {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
     bias: [Option<Vec<f32>>; 3], // q, k, v
+    /// gemma3: per-head norms of queries and keys, and the norms of the attention and FFN outputs.
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// RoPE inverse frequencies of this layer (local layers have their own base).
+    freqs: Arc<Vec<f32>>,
+    /// Sliding window (local layers of gemma3): a row attends to this many positions, its own included.
+    window: Option<usize>,
     wq: Mat,
     wk: Mat,
     wv: Mat,
@@ -81,8 +89,6 @@ pub struct CpuShard {
     layers: Vec<Layer>,
     embed: Option<TensorInfo>,
     head: Option<(Vec<f32>, Mat)>,
-    /// RoPE inverse frequencies `theta^(-2i / head_dim)`, as the reference computes them.
-    freqs: Vec<f32>,
     seqs: Sequences<HostKv>,
     s: Scratch,
 }
@@ -101,11 +107,6 @@ impl CpuShard {
         kernels: Kernels,
         pool: Arc<Pool>,
     ) -> Result<CpuShard, ShardError> {
-        if let Some(features) = cfg.gemma_features() {
-            return Err(ShardError::BadInput(format!(
-                "the cpu backend does not implement {features} yet; use --backend reference"
-            )));
-        }
         let t = ShardTensors::resolve(gguf, cfg, spec)?;
         let mat = |info: &TensorInfo| {
             Mat::new(gguf, info, kernels).ok_or_else(|| {
@@ -120,11 +121,27 @@ impl CpuShard {
             dequantize_row(info.ty, gguf.data(info), &mut v);
             v
         };
+        // RoPE inverse frequencies `theta^(-2i / head_dim)`, as the reference computes them, per base.
+        let freqs_of = |theta: f32| {
+            Arc::new((0..cfg.head_dim / 2).map(|i| theta.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect::<Vec<f32>>())
+        };
+        let (global, local) = (freqs_of(cfg.rope_theta), cfg.sliding.map(|s| freqs_of(s.rope_theta)));
         let layers = t
             .layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(li, l)| {
+                let layer = spec.layer_start as usize + li; // absolute: the sliding-window pattern counts from 0
+                let window = cfg.window(layer);
                 Ok(Layer {
+                    qk_norm: l.q_norm.as_ref().zip(l.k_norm.as_ref()).map(|(q, k)| (read(q), read(k))),
+                    post_attn_norm: l.post_attn_norm.as_ref().map(read),
+                    post_ffn_norm: l.post_ffn_norm.as_ref().map(read),
+                    freqs: match (&local, window) {
+                        (Some(f), Some(_)) => f.clone(),
+                        _ => global.clone(),
+                    },
+                    window,
                     attn_norm: read(&l.attn_norm),
                     ffn_norm: read(&l.ffn_norm),
                     bias: [l.bq.as_ref().map(read), l.bk.as_ref().map(read), l.bv.as_ref().map(read)],
@@ -142,8 +159,6 @@ impl CpuShard {
             (Some(n), Some(o)) => Some((read(n), mat(o)?)),
             _ => None,
         };
-        let half = cfg.head_dim / 2;
-        let freqs = (0..half).map(|i| cfg.rope_theta.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect();
         Ok(CpuShard {
             gguf: gguf.clone(),
             cfg: cfg.clone(),
@@ -153,7 +168,6 @@ impl CpuShard {
             layers,
             embed: t.embed.clone(),
             head,
-            freqs,
             seqs: Sequences::default(),
             s: Scratch::default(),
         })
@@ -230,7 +244,11 @@ impl CpuShard {
                             x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                         }
                     }
-                    rope(qt, kt, g.pos0 + i, hd, &self.freqs, c.rope);
+                    if let Some((qn, kn)) = &l.qk_norm {
+                        head_norm(qt, qn, c.rms_eps);
+                        head_norm(kt, kn, c.rms_eps);
+                    }
+                    rope(qt, kt, g.pos0 + i, hd, &l.freqs, c.rope);
                     let row = layer_off + (g.pos0 + i) * kv_dim;
                     kv.k[row..row + kv_dim].copy_from_slice(kt);
                     kv.v[row..row + kv_dim].copy_from_slice(vt);
@@ -250,16 +268,16 @@ impl CpuShard {
                 })
                 .collect::<Result<Vec<_>, ShardError>>()?;
             let att = resize(&mut s.att, n * q_dim);
-            timed(&mut s.prof, 1, 0, || attention(&self.pool, self.kernels, c, &caches, q, att));
+            timed(&mut s.prof, 1, 0, || attention(&self.pool, self.kernels, c, l.window, &caches, q, att));
             s.acts.form_and_quantize(&self.pool, att, q_dim, &[&l.wo], |_, _| {});
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 2, l.wo.range.len(), || {
                 matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta])
             });
             reduce.all_reduce(delta)?;
-            x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
+            add_residual(x, delta, &l.post_attn_norm, c);
 
-            // Feed-forward: norm + quantize, gate and up in one job, SwiGLU + quantize, down.
+            // Feed-forward: norm + quantize, gate and up in one job, SwiGLU (or GeGLU) + quantize, down.
             let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
             s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.gate, &l.up], |t, o| {
                 rmsnorm(o, &xr[t * dim..][..dim], &l.ffn_norm, c.rms_eps)
@@ -269,13 +287,17 @@ impl CpuShard {
                 matmul(&self.pool, model, &[&l.gate, &l.up], &s.acts, n, &mut [&mut *gate, &mut *up])
             });
             let (up, kern) = (&*up, self.kernels);
-            s.acts.form_and_quantize(&self.pool, gate, ffn, &[&l.down], |t, g| kern.swiglu(g, &up[t * ffn..][..ffn]));
+            let geglu = c.act == Activation::GeluTanh;
+            s.acts.form_and_quantize(&self.pool, gate, ffn, &[&l.down], |t, g| match geglu {
+                true => kern.geglu(g, &up[t * ffn..][..ffn]),
+                false => kern.swiglu(g, &up[t * ffn..][..ffn]),
+            });
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 4, l.down.range.len(), || {
                 matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta])
             });
             reduce.all_reduce(delta)?;
-            x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
+            add_residual(x, delta, &l.post_ffn_norm, c);
         }
         Ok(())
     }
@@ -295,6 +317,18 @@ impl CpuShard {
         });
         logits
     }
+}
+
+/// x += delta, each row of `delta` RMS-normed with `post_norm` first when the model has one (gemma3: after the
+/// tensor-parallel sum, as the reference does).
+fn add_residual(x: &mut [f32], delta: &mut [f32], post_norm: &Option<Vec<f32>>, c: &ModelConfig) {
+    if let Some(w) = post_norm {
+        for d in delta.chunks_exact_mut(c.dim) {
+            let raw = d.to_vec();
+            rmsnorm(d, &raw, w, c.rms_eps);
+        }
+    }
+    x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
 }
 
 /// Rotary embedding of one token's queries and keys at `pos` (sines and cosines computed once for both).
@@ -322,10 +356,18 @@ struct Cache<'a> {
     row0: usize,
 }
 
-/// `att (rows, q_dim)`: each row's heads attend over its sequence's cache positions up to its own (causal), with
-/// grouped K/V heads. `caches` are sorted by `row0`, the first at row 0. A task is one row's K/V head with the
+/// `att (rows, q_dim)`: each row's heads attend over its sequence's cache positions up to its own (causal; the last
+/// `window` of them on a sliding-window layer), with grouped K/V heads. `caches` are sorted by `row0`, the first at row 0. A task is one row's K/V head with the
 /// query heads that share it, so one thread reads that head's cache once, from its own L2 for the later heads.
-fn attention(pool: &Pool, kern: Kernels, c: &ModelConfig, caches: &[Cache], q: &[f32], att: &mut [f32]) {
+fn attention(
+    pool: &Pool,
+    kern: Kernels,
+    c: &ModelConfig,
+    window: Option<usize>,
+    caches: &[Cache],
+    q: &[f32],
+    att: &mut [f32],
+) {
     let (hd, kv_dim, nh) = (c.head_dim, c.kv_dim(), c.n_heads);
     let n = att.len() / (nh * hd);
     let q_dim = nh * hd;
@@ -338,12 +380,13 @@ fn attention(pool: &Pool, kern: Kernels, c: &ModelConfig, caches: &[Cache], q: &
         let (t, kvh) = (task / nkv, task % nkv);
         let g = &caches[caches.partition_point(|g| g.row0 <= t) - 1];
         let last = g.pos0 + (t - g.row0);
+        let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
         for h in kvh * group..(kvh + 1) * group {
             let qh = &q[t * q_dim + h * hd..][..hd];
             // SAFETY: task (t, h) alone writes these hd elements.
             let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-            let (k, v) = (&g.k[kvh * hd..], &g.v[kvh * hd..]);
-            kern.attend(qh, k, v, kv_dim, last + 1, scale, scores, o);
+            let (k, v) = (&g.k[first * kv_dim + kvh * hd..], &g.v[first * kv_dim + kvh * hd..]);
+            kern.attend(qh, k, v, kv_dim, last + 1 - first, scale, scores, o);
         }
     };
     pool.tasks(n * nkv, Vec::new, job);
@@ -414,6 +457,9 @@ impl Shard for CpuShard {
                     let (rb, data) = (e.ty.row_bytes(dim), self.gguf.data(e));
                     for (&tok, xr) in t.iter().zip(xs.chunks_exact_mut(dim)) {
                         dequantize_row(e.ty, &data[tok as usize * rb..][..rb], xr);
+                        if self.cfg.embed_scale != 1.0 {
+                            xr.iter_mut().for_each(|v| *v *= self.cfg.embed_scale);
+                        }
                     }
                 }
                 ShardInput::Hidden(h) => xs.copy_from_slice(h),

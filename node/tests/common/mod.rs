@@ -60,6 +60,15 @@ pub struct Gemma3Reference {
     pub short: Gemma3Prompt,
     pub greedy: Vec<u32>,
     pub long: Gemma3Prompt,
+    pub llama_cpp: Gemma3LlamaCpp,
+}
+
+/// llama.cpp's own outputs on the same file (llama-cpp-python): its greedy continuation of the short prompt and
+/// its argmax at every position of the long one.
+#[derive(serde::Deserialize)]
+pub struct Gemma3LlamaCpp {
+    pub greedy: Vec<u32>,
+    pub long_argmax: Vec<u32>,
 }
 
 pub fn gemma3_reference() -> Gemma3Reference {

@@ -192,6 +192,12 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
     g.iter_mut().zip(u).for_each(|(g, u)| *g = crate::reference::silu(*g) * u);
 }
 
+/// GeGLU in place: `g = gelu_tanh(g) u` (the reference's formula; gemma3).
+pub fn geglu(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len());
+    g.iter_mut().zip(u).for_each(|(g, u)| *g = crate::reference::gelu_tanh(*g) * u);
+}
+
 /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`, `v_p`
 /// at `p * stride` in `k`, `v`; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]

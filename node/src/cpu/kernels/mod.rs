@@ -288,6 +288,12 @@ impl Kernels {
         }
     }
 
+    /// GeGLU in place, `g = gelu_tanh(g) u` (gemma3; see `generic::geglu`). Every path runs the portable loop:
+    /// it is a few microseconds per token and layer, next to matmuls of milliseconds.
+    pub fn geglu(self, g: &mut [f32], u: &[f32]) {
+        generic::geglu(g, u)
+    }
+
     /// This path's prefill tile for weights of type `ty`, with its (rows, tokens) (`None`: no tile kernel).
     pub fn tile(self, ty: GgmlType) -> Option<(TileFn, usize, usize)> {
         macro_rules! pick {
