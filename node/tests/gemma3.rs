@@ -103,3 +103,39 @@ fn greedy(shard: &mut dyn Shard, ids: &[u32], count: usize) -> Vec<u32> {
     shard.close_sequence(7);
     out
 }
+
+/// A 3-stage pipeline (layers 0..4, 4..11, 11..18: stages that start on a local layer, a global one inside, and
+/// a stage holding layers 11 and 17, both global) from stage images, as nodes load them: the same greedy tokens
+/// as one shard on the same backend, also past the sliding window. The window pattern counts absolute layers.
+#[test]
+fn a_three_stage_pipeline_gives_the_whole_models_tokens() {
+    let (g, cfg) = common::gemma3();
+    let r = common::gemma3_reference();
+    let stages: Vec<(edge_node::gguf::Gguf, edge_node::model::ModelConfig, ShardSpec)> =
+        ShardSpec::split(18, &[4, 11])
+            .into_iter()
+            .map(|spec| {
+                let img = edge_node::model::stage::stage_image(&g, &cfg, spec, None).unwrap();
+                let m = edge_node::gguf::parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
+                let c = edge_node::model::ModelConfig::from_gguf(&m).unwrap();
+                assert_eq!(c.window(17), None);
+                (m, c, spec)
+            })
+            .collect();
+    let mut shards: Vec<edge_node::cpu::CpuShard> =
+        stages.iter().map(|(m, c, spec)| edge_node::cpu::CpuShard::load(m, c, *spec).unwrap()).collect();
+    let ids = &r.long.ids[..600];
+    for s in &mut shards {
+        s.open_sequence(1, ids.len() + 8).unwrap();
+    }
+    let (mut hidden, mut out) = (Vec::new(), None);
+    for (i, s) in shards.iter_mut().enumerate() {
+        let input = if i == 0 { ShardInput::Tokens(ids) } else { ShardInput::Hidden(&hidden) };
+        match s.forward(1, input, HeadOutput::ArgmaxAll).unwrap() {
+            ShardOutput::Hidden(h) => hidden = h,
+            last => out = Some(last),
+        }
+    }
+    let mut whole = edge_node::cpu::CpuShard::load(&g, &cfg, ShardSpec::whole(18)).unwrap();
+    assert_eq!(out, Some(ShardOutput::Tokens(argmax_all(&mut whole, ids))));
+}
