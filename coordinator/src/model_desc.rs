@@ -56,6 +56,7 @@ impl ModelDescription {
                 let mut b = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].map(matrix).iter().sum::<u64>();
                 b += l.attn_norm.size + l.ffn_norm.size;
                 b += [&l.bq, &l.bk, &l.bv].iter().filter_map(|t| t.as_ref()).map(|t| t.size).sum::<u64>();
+                b += l.extra_norms().map(|t| t.size).sum::<u64>();
                 b
             })
             .collect();

@@ -141,6 +141,7 @@ pub fn even_pipeline(
                 node: i,
                 kv_heads: (0, desc.n_kv_heads as u32),
                 ffn: (0, desc.ffn_dim as u32),
+                q_heads: None,
                 memory_bytes: cost.stage_memory(
                     spec.layer_start as usize,
                     spec.layer_end as usize,

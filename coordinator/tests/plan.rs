@@ -296,7 +296,13 @@ fn brute_force_with(
                         if memory_bytes > usable_memory(nodes[sh.node].memory_bytes) {
                             return;
                         }
-                        members.push(StageMember { node: sh.node, kv_heads: sh.kv_heads, ffn: sh.ffn, memory_bytes });
+                        members.push(StageMember {
+                            node: sh.node,
+                            kv_heads: sh.kv_heads,
+                            ffn: sh.ffn,
+                            q_heads: sh.q_heads,
+                            memory_bytes,
+                        });
                     }
                     let (layer_start, layer_end) = (a as u32, (a + m) as u32);
                     stages.push(Stage { layer_start, layer_end, embed, head, members, compute_us: 0.0 });
@@ -319,6 +325,7 @@ fn brute_force_with(
                         node: n,
                         kv_heads: (0, model.n_kv_heads as u32),
                         ffn: (0, model.ffn_dim as u32),
+                        q_heads: None,
                         memory_bytes,
                     }],
                     compute_us: 0.0,

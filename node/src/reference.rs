@@ -13,13 +13,13 @@ use crate::shard::{
 
 /// Per-layer vectors, read once at load (a few KiB each).
 struct LayerVectors {
-    attn_norm: Vec<f32>,      // (dim)
-    ffn_norm: Vec<f32>,       // (dim)
-    bias_q: Option<Vec<f32>>, // (n_heads * head_dim)
-    bias_k: Option<Vec<f32>>, // (kv_dim)
-    bias_v: Option<Vec<f32>>, // (kv_dim)
-    q_norm: Option<Vec<f32>>, // (head_dim) gemma3
-    k_norm: Option<Vec<f32>>, // (head_dim) gemma3
+    attn_norm: Vec<f32>,              // (dim)
+    ffn_norm: Vec<f32>,               // (dim)
+    bias_q: Option<Vec<f32>>,         // (n_heads * head_dim)
+    bias_k: Option<Vec<f32>>,         // (kv_dim)
+    bias_v: Option<Vec<f32>>,         // (kv_dim)
+    q_norm: Option<Vec<f32>>,         // (head_dim) gemma3
+    k_norm: Option<Vec<f32>>,         // (head_dim) gemma3
     post_attn_norm: Option<Vec<f32>>, // (dim) gemma3
     post_ffn_norm: Option<Vec<f32>>,  // (dim) gemma3
 }
@@ -120,7 +120,7 @@ impl Weights {
         let mut v = vec![0.0; kv_dim]; // (kv_dim)
         let mut att = vec![0.0; q_dim]; // (n_heads * head_dim) attention output
         let layer = self.t.spec.layer_start as usize + li; // absolute: the sliding-window pattern counts from 0
-        // A local layer attends to the last `window` positions, its own included (llama.cpp's is_masked_swa).
+                                                           // A local layer attends to the last `window` positions, its own included (llama.cpp's is_masked_swa).
         let first = c.window(layer).map_or(0, |w| (pos + 1).saturating_sub(w));
         let mut scores = vec![0.0; pos + 1 - first]; // (positions attended)
 

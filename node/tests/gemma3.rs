@@ -71,7 +71,8 @@ fn cpu_backend_agrees_with_numpy_on_gemma3_past_the_window() {
     let mut shard = edge_node::cpu::CpuShard::load(&g, &cfg, ShardSpec::whole(18)).unwrap();
     let short = argmax_all(&mut shard, &r.short.ids);
     let long = argmax_all(&mut shard, &r.long.ids);
-    let (inside, past) = (agreement(&long[..512], &r.long.argmax[..512]), agreement(&long[512..], &r.long.argmax[512..]));
+    let (inside, past) =
+        (agreement(&long[..512], &r.long.argmax[..512]), agreement(&long[512..], &r.long.argmax[512..]));
     eprintln!(
         "gemma3 cpu vs numpy: short {:.1}%, long {:.2}% inside the window, {:.2}% past it ({} positions)",
         100.0 * agreement(&short, &r.short.argmax),
@@ -111,17 +112,16 @@ fn greedy(shard: &mut dyn Shard, ids: &[u32], count: usize) -> Vec<u32> {
 fn a_three_stage_pipeline_gives_the_whole_models_tokens() {
     let (g, cfg) = common::gemma3();
     let r = common::gemma3_reference();
-    let stages: Vec<(edge_node::gguf::Gguf, edge_node::model::ModelConfig, ShardSpec)> =
-        ShardSpec::split(18, &[4, 11])
-            .into_iter()
-            .map(|spec| {
-                let img = edge_node::model::stage::stage_image(&g, &cfg, spec, None).unwrap();
-                let m = edge_node::gguf::parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
-                let c = edge_node::model::ModelConfig::from_gguf(&m).unwrap();
-                assert_eq!(c.window(17), None);
-                (m, c, spec)
-            })
-            .collect();
+    let stages: Vec<(edge_node::gguf::Gguf, edge_node::model::ModelConfig, ShardSpec)> = ShardSpec::split(18, &[4, 11])
+        .into_iter()
+        .map(|spec| {
+            let img = edge_node::model::stage::stage_image(&g, &cfg, spec, None).unwrap();
+            let m = edge_node::gguf::parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
+            let c = edge_node::model::ModelConfig::from_gguf(&m).unwrap();
+            assert_eq!(c.window(17), None);
+            (m, c, spec)
+        })
+        .collect();
     let mut shards: Vec<edge_node::cpu::CpuShard> =
         stages.iter().map(|(m, c, spec)| edge_node::cpu::CpuShard::load(m, c, *spec).unwrap()).collect();
     let ids = &r.long.ids[..600];

@@ -259,7 +259,10 @@ fn pipe(from: u32, to: &std::sync::mpsc::Sender<Work>) -> tokio::sync::mpsc::Sen
 fn tensor_parallel_pair(batched: bool) -> PairRun {
     let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
     let spec = ShardSpec::whole(cfg.n_layers as u32);
-    let slices = [LayerSlice { kv_heads: (0, 1), ffn: (0, 64) }, LayerSlice { kv_heads: (1, 2), ffn: (64, 96) }];
+    let slices = [
+        LayerSlice { kv_heads: (0, 1), ffn: (0, 64), q_heads: None },
+        LayerSlice { kv_heads: (1, 2), ffn: (64, 96), q_heads: None },
+    ];
     let calls = [Calls::default(), Calls::default()];
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| std::sync::mpsc::channel()).unzip();
     let (to_coord, mut from_leader) = tokio::sync::mpsc::unbounded_channel();

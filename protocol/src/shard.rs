@@ -57,20 +57,40 @@ impl ShardSpec {
 
 /// The part of every layer a member of a tensor-parallel stage holds: a range of whole key/value heads (with the
 /// query heads that share them) and a range of FFN columns. `[start, end)` ranges.
+///
+/// A model with fewer key/value heads than members (gemma3 has one) splits query heads instead: `q_heads` is then
+/// a range of query heads inside the single key/value head `kv_heads`, which every member holds whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LayerSlice {
     pub kv_heads: (u32, u32),
     pub ffn: (u32, u32),
+    /// Query heads `[start, end)` (absolute), when they are split inside one key/value head; `None`: every query
+    /// head of `kv_heads`.
+    pub q_heads: Option<(u32, u32)>,
 }
 
 impl LayerSlice {
-    /// Checks the slice against a model with `n_kv_heads` key/value heads and `ffn_dim` FFN columns, split in
-    /// blocks of `ffn_block` columns.
-    pub fn validate(&self, n_kv_heads: u32, ffn_dim: u32, ffn_block: u32) -> Result<(), String> {
+    /// Checks the slice against a model with `n_heads` query heads, `n_kv_heads` key/value heads and `ffn_dim`
+    /// FFN columns, split in blocks of `ffn_block` columns.
+    pub fn validate(&self, n_heads: u32, n_kv_heads: u32, ffn_dim: u32, ffn_block: u32) -> Result<(), String> {
         let (k0, k1) = self.kv_heads;
         let (f0, f1) = self.ffn;
         if k0 >= k1 || k1 > n_kv_heads {
             return Err(format!("kv heads {k0}..{k1} do not fit a model with {n_kv_heads}"));
+        }
+        if let Some((q0, q1)) = self.q_heads {
+            let group = n_heads / n_kv_heads.max(1);
+            if n_kv_heads == 0
+                || n_heads % n_kv_heads != 0
+                || k1 - k0 != 1
+                || q0 >= q1
+                || q0 < k0 * group
+                || q1 > k1 * group
+            {
+                return Err(format!(
+                    "query heads {q0}..{q1} are not inside kv head {k0} of a model with {n_heads} / {n_kv_heads} heads"
+                ));
+            }
         }
         if f0 >= f1 || f1 > ffn_dim {
             return Err(format!("ffn columns {f0}..{f1} do not fit a model with {ffn_dim}"));
@@ -84,7 +104,11 @@ impl LayerSlice {
 
 impl std::fmt::Display for LayerSlice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "kv heads {}..{}, ffn {}..{}", self.kv_heads.0, self.kv_heads.1, self.ffn.0, self.ffn.1)
+        write!(f, "kv heads {}..{}", self.kv_heads.0, self.kv_heads.1)?;
+        if let Some((q0, q1)) = self.q_heads {
+            write!(f, " (query heads {q0}..{q1})")?;
+        }
+        write!(f, ", ffn {}..{}", self.ffn.0, self.ffn.1)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/7";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/8";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).

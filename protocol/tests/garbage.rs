@@ -172,7 +172,7 @@ fn sample_manifest() -> Manifest {
         model: [7; 32],
         me: MemberRef { stage: 1, member: 2 },
         spec: ShardSpec { layer_start: 3, layer_end: 9, embed: false, head: true },
-        slice: Some(LayerSlice { kv_heads: (1, 2), ffn: (32, 96) }),
+        slice: Some(LayerSlice { kv_heads: (1, 2), ffn: (32, 96), q_heads: None }),
         metadata: vec![0x47, 0x47, 0x55, 0x46, 3, 0, 0, 0],
         tensors: vec![TensorEntry {
             name: "blk.3.attn_q.weight".into(),

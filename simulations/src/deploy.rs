@@ -100,6 +100,7 @@ pub fn even_pipeline(model: &ModelDescription, nodes: &[NodeProfile], req: &Plan
             node: i,
             kv_heads: (0, model.n_kv_heads as u32),
             ffn: (0, model.ffn_dim as u32),
+            q_heads: None,
             memory_bytes,
         };
         let s =

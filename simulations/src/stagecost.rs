@@ -85,8 +85,11 @@ impl StageCost {
         let req0 = PlanRequest { context: 0, sequences: 1, tensor_parallel: edge_coord::plan::TpMode::Off };
         let cost = CostModel::new(model, &req0);
         let (a, b) = (stage.layer_start as usize, stage.layer_end as usize);
-        let shares: Vec<TpShare> =
-            stage.members.iter().map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn }).collect();
+        let shares: Vec<TpShare> = stage
+            .members
+            .iter()
+            .map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn, q_heads: m.q_heads })
+            .collect();
         let group = (shares.len() > 1).then(|| TpGroup::new(&cost, profiles, shares));
         let members = stage
             .members

@@ -211,6 +211,40 @@ pub struct TpShare {
     pub kv_heads: (u32, u32),
     /// FFN columns `[start, end)`.
     pub ffn: (u32, u32),
+    /// Query heads `[start, end)` inside the one key/value head, for a model that has only one ([`tp_units`]).
+    pub q_heads: Option<(u32, u32)>,
+}
+
+/// What a tensor-parallel split deals out: whole key/value heads (with their query heads), or, for a model with
+/// a single key/value head, its query heads, every member then holding the key/value head whole. Returns the
+/// number of units and whether they are query heads.
+pub fn tp_units(m: &ModelDescription) -> (usize, bool) {
+    if m.n_kv_heads == 1 && m.n_heads > 1 {
+        (m.n_heads, true)
+    } else {
+        (m.n_kv_heads, false)
+    }
+}
+
+/// The fractions of a layer's attention weights and of its KV cache a member with `units` of the model's
+/// [`tp_units`] holds.
+fn head_share(m: &ModelDescription, units: usize) -> (f64, f64) {
+    let (total, query) = tp_units(m);
+    let f = units as f64 / total.max(1) as f64;
+    if !query {
+        return (f, f);
+    }
+    // Every member reads all of Wk and Wv and its query heads' rows of Wq and columns of Wo.
+    let (q, kv) = (m.q_dim() as f64, m.kv_dim() as f64);
+    ((f * q + kv) / (q + kv), 1.0)
+}
+
+impl TpShare {
+    /// How many of the model's [`tp_units`] the member holds.
+    pub fn units(&self) -> usize {
+        let (a, b) = self.q_heads.unwrap_or(self.kv_heads);
+        (b - a) as usize
+    }
 }
 
 /// A tensor-parallel group: its members' shares and the derived costs.
@@ -243,13 +277,14 @@ impl TpGroup {
     pub fn split(cost: &CostModel, nodes: &[NodeProfile], members: &[usize]) -> Result<Vec<TpShare>, String> {
         let m = cost.model;
         let k = members.len();
-        let (heads, ffn, block) = (m.n_kv_heads, m.ffn_dim, m.ffn_block.max(1));
+        let ((heads, query), ffn, block) = (tp_units(m), m.ffn_dim, m.ffn_block.max(1));
         let blocks = ffn.div_ceil(block);
         if k < 2 {
             return Err("a tensor-parallel stage needs at least 2 nodes".into());
         }
         if k > heads {
-            return Err(format!("the model has only {heads} key/value heads: at most {heads} members"));
+            let what = if query { "query heads" } else { "key/value heads" };
+            return Err(format!("the model has only {heads} {what}: at most {heads} members"));
         }
         if k > blocks {
             return Err(format!("the FFN has only {blocks} blocks of {block} columns: at most {blocks} members"));
@@ -265,10 +300,10 @@ impl TpGroup {
         let kv_read = cost.kv_read_bytes_per_layer();
         let layer_us = |i: usize, f_blocks: usize| {
             let cols = (f_blocks * block).min(ffn) as f64;
-            let share = attn * h[i] as f64 / heads as f64 + (1.0 - attn) * cols / ffn.max(1) as f64;
+            let (attn_share, kv_share) = head_share(m, h[i]);
+            let share = attn * attn_share + (1.0 - attn) * cols / ffn.max(1) as f64;
             let n = &nodes[members[i]];
-            (w * share + kv_read * h[i] as f64 / heads as f64) / (n.gemv_gbps * 1e3)
-                + DISPATCHES_PER_LAYER * n.dispatch_us
+            (w * share + kv_read * kv_share) / (n.gemv_gbps * 1e3) + DISPATCHES_PER_LAYER * n.dispatch_us
         };
         let mut f = vec![1usize; k];
         for _ in k..blocks {
@@ -278,11 +313,12 @@ impl TpGroup {
         let (mut h0, mut f0) = (0usize, 0usize);
         Ok((0..k)
             .map(|i| {
-                let kv_heads = (h0 as u32, (h0 + h[i]) as u32);
+                let range = (h0 as u32, (h0 + h[i]) as u32);
+                let (kv_heads, q_heads) = if query { ((0, 1), Some(range)) } else { (range, None) };
                 let cols = (f0 * block, ((f0 + f[i]) * block).min(ffn));
                 h0 += h[i];
                 f0 += f[i];
-                TpShare { node: members[i], kv_heads, ffn: (cols.0 as u32, cols.1 as u32) }
+                TpShare { node: members[i], kv_heads, ffn: (cols.0 as u32, cols.1 as u32), q_heads }
             })
             .collect())
     }
@@ -290,13 +326,13 @@ impl TpGroup {
     pub fn new(cost: &CostModel, nodes: &[NodeProfile], shares: Vec<TpShare>) -> TpGroup {
         let m = cost.model;
         let attn = m.attention_weight_fraction();
-        let heads = m.n_kv_heads.max(1) as f64;
         let ffn = m.ffn_dim.max(1) as f64;
-        let kv_share: Vec<f64> = shares.iter().map(|s| (s.kv_heads.1 - s.kv_heads.0) as f64 / heads).collect();
+        let heads: Vec<(f64, f64)> = shares.iter().map(|s| head_share(m, s.units())).collect();
+        let kv_share: Vec<f64> = heads.iter().map(|h| h.1).collect();
         let weight_share = shares
             .iter()
-            .zip(&kv_share)
-            .map(|(s, kv)| attn * kv + (1.0 - attn) * (s.ffn.1 - s.ffn.0) as f64 / ffn)
+            .zip(&heads)
+            .map(|(s, h)| attn * h.0 + (1.0 - attn) * (s.ffn.1 - s.ffn.0) as f64 / ffn)
             .collect();
         let k = shares.len() as f64;
         let reduce_bytes = (m.dim as u64 * 4 * DECODE_TOKENS) as f64 * (k - 1.0);
@@ -431,9 +467,8 @@ impl TpGroup {
         head: bool,
     ) -> u64 {
         let m = cost.model;
-        let s = &self.shares[i];
-        let kv = cost.kv_cache_bytes_per_layer().saturating_mul(layers as u64) / m.n_kv_heads.max(1) as u64
-            * (s.kv_heads.1 - s.kv_heads.0) as u64;
+        let kv =
+            (cost.kv_cache_bytes_per_layer().saturating_mul(layers as u64) as f64 * self.kv_share[i]).ceil() as u64;
         (weight_bytes as f64 * self.weight_share[i]).ceil() as u64
             + kv
             + if embed { m.embed_bytes } else { 0 }

@@ -36,7 +36,9 @@ impl Plan {
             for (j, m) in s.members.iter().enumerate() {
                 let id = nodes.get(m.node).map_or_else(|| format!("#{}", m.node), |n| short_id(&n.id));
                 let (heads, ffn) = if s.members.len() > 1 {
-                    (format!("{}..{}", m.kv_heads.0, m.kv_heads.1), format!("{}..{}", m.ffn.0, m.ffn.1))
+                    let (h0, h1) = m.q_heads.unwrap_or(m.kv_heads);
+                    let q = if m.q_heads.is_some() { "q " } else { "" };
+                    (format!("{q}{h0}..{h1}"), format!("{}..{}", m.ffn.0, m.ffn.1))
                 } else {
                     ("all".to_string(), "all".to_string())
                 };

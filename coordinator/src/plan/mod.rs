@@ -231,6 +231,9 @@ pub struct StageMember {
     pub kv_heads: (u32, u32),
     /// FFN columns `[start, end)`: `(0, ffn_dim)` for whole layers.
     pub ffn: (u32, u32),
+    /// Query heads `[start, end)` inside the one key/value head, for a model that has only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q_heads: Option<(u32, u32)>,
     /// Memory the member needs for its part (weights, KV cache, workspace).
     pub memory_bytes: u64,
 }
@@ -318,8 +321,10 @@ impl Stage {
 impl StageMember {
     /// The member's slice of every layer, `None` when it holds whole layers.
     pub fn slice(&self, model: &ModelDescription) -> Option<LayerSlice> {
-        let whole = self.kv_heads == (0, model.n_kv_heads as u32) && self.ffn == (0, model.ffn_dim as u32);
-        (!whole).then_some(LayerSlice { kv_heads: self.kv_heads, ffn: self.ffn })
+        let whole = self.kv_heads == (0, model.n_kv_heads as u32)
+            && self.ffn == (0, model.ffn_dim as u32)
+            && self.q_heads.is_none_or(|q| q == (0, model.n_heads as u32));
+        (!whole).then_some(LayerSlice { kv_heads: self.kv_heads, ffn: self.ffn, q_heads: self.q_heads })
     }
 }
 
@@ -362,7 +367,7 @@ pub fn plan(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
         let cost = cost.with_batch(b);
         offer(pipeline::search(&cost, nodes, req, m, None, &all));
         if req.tensor_parallel == TpMode::Auto {
-            let max_k = cost::MAX_TENSOR_PARALLEL.min(model.n_kv_heads).min(nodes.len());
+            let max_k = cost::MAX_TENSOR_PARALLEL.min(cost::tp_units(model).0).min(nodes.len());
             for k in 2..=max_k {
                 let members = fastest(nodes, k);
                 let Ok(shares) = TpGroup::split(&cost, nodes, &members) else { continue };
@@ -444,7 +449,11 @@ fn occupancies(cost: &CostModel, nodes: &[NodeProfile], stages: &[Stage]) -> Occ
             link_us.push(cost.link_us(n));
             busy_us.push(cost.link_busy_us(n));
         } else {
-            let shares = s.members.iter().map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn }).collect();
+            let shares = s
+                .members
+                .iter()
+                .map(|m| TpShare { node: m.node, kv_heads: m.kv_heads, ffn: m.ffn, q_heads: m.q_heads })
+                .collect();
             let g = TpGroup::new(cost, nodes, shares);
             stage_us.push(g.stage_us(cost, nodes, a, b, s.embed, s.head));
             link_us.push(g.link_us());

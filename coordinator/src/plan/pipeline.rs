@@ -366,6 +366,7 @@ pub fn group_stage(cost: &CostModel, g: &TpGroup, a: usize, b: usize) -> Stage {
             node: s.node,
             kv_heads: s.kv_heads,
             ffn: s.ffn,
+            q_heads: s.q_heads,
             memory_bytes: g.member_memory(cost, i, cost.layer_bytes(a, b), b - a, embed, head),
         })
         .collect();
@@ -385,6 +386,7 @@ fn unit_stage(cost: &CostModel, unit: &Unit, a: usize, b: usize) -> Stage {
                 node: *i,
                 kv_heads: (0, m.n_kv_heads as u32),
                 ffn: (0, m.ffn_dim as u32),
+                q_heads: None,
                 memory_bytes: cost.stage_memory(a, b, a == 0, b == l),
             }],
             compute_us: 0.0,

@@ -123,7 +123,9 @@ impl CpuShard {
         };
         // RoPE inverse frequencies `theta^(-2i / head_dim)`, as the reference computes them, per base.
         let freqs_of = |theta: f32| {
-            Arc::new((0..cfg.head_dim / 2).map(|i| theta.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect::<Vec<f32>>())
+            Arc::new(
+                (0..cfg.head_dim / 2).map(|i| theta.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect::<Vec<f32>>(),
+            )
         };
         let (global, local) = (freqs_of(cfg.rope_theta), cfg.sliding.map(|s| freqs_of(s.rope_theta)));
         let layers = t

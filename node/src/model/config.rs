@@ -122,8 +122,7 @@ impl ModelConfig {
                 if g.has(&key("attention.sliding_window_pattern")) || g.has(&key("rope.scaling.type")) {
                     return bad("gemma3 files with a sliding_window_pattern or RoPE scaling are not supported".into());
                 }
-                let rope_theta =
-                    g.get(&key("rope.freq_base_swa")).and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32;
+                let rope_theta = g.get(&key("rope.freq_base_swa")).and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32;
                 Some(SlidingWindow { window: window as usize, period: 6, rope_theta })
             }
             _ => None,
@@ -170,7 +169,11 @@ impl ModelConfig {
 
     /// The features of gemma3 beyond the llama/qwen2 block, named for a backend that lacks them.
     pub fn gemma_features(&self) -> Option<&'static str> {
-        (self.qk_norm || self.post_norms || self.act != Activation::Silu || self.sliding.is_some() || self.embed_scale != 1.0)
+        (self.qk_norm
+            || self.post_norms
+            || self.act != Activation::Silu
+            || self.sliding.is_some()
+            || self.embed_scale != 1.0)
             .then_some("gemma3's QK-norm, post-norms, GeGLU and sliding-window attention")
     }
 

@@ -101,12 +101,15 @@ pub fn stage_image<'a>(
         return Ok(StageImage { kv, tensors });
     };
 
-    s.validate(cfg.n_kv_heads as u32, cfg.ffn_dim as u32, ffn_block(g)?).map_err(GgufError::Corrupt)?;
+    s.validate(cfg.n_heads as u32, cfg.n_kv_heads as u32, cfg.ffn_dim as u32, ffn_block(g)?)
+        .map_err(GgufError::Corrupt)?;
     let hd = cfg.head_dim;
     let group = cfg.n_heads / cfg.n_kv_heads;
     let (k0, k1) = (s.kv_heads.0 as usize, s.kv_heads.1 as usize);
     let (f0, f1) = (s.ffn.0 as usize, s.ffn.1 as usize);
-    let q_rows = (k0 * group * hd, k1 * group * hd);
+    // Query heads: those of the kv heads, or a range inside the one kv head (which the member holds whole).
+    let (h0, h1) = s.q_heads.map_or((k0 * group, k1 * group), |(a, b)| (a as usize, b as usize));
+    let q_rows = (h0 * hd, h1 * hd);
     let kv_rows = (k0 * hd, k1 * hd);
     for l in &t.layers {
         tensors.push(whole(&l.attn_norm));
@@ -124,7 +127,7 @@ pub fn stage_image<'a>(
         tensors.extend(l.extra_norms().map(whole));
     }
     push_head(&t, &mut tensors, whole);
-    set(key("attention.head_count"), Value::U32(((k1 - k0) * group) as u32));
+    set(key("attention.head_count"), Value::U32((h1 - h0) as u32));
     set(key("attention.head_count_kv"), Value::U32((k1 - k0) as u32));
     set(key("attention.key_length"), Value::U32(hd as u32));
     set(key("attention.value_length"), Value::U32(hd as u32));
@@ -277,7 +280,7 @@ mod tests {
         let g = parse_bytes(&tiny()).unwrap();
         let cfg = ModelConfig::from_gguf(&g).unwrap();
         let spec = ShardSpec::whole(2);
-        let slice = LayerSlice { kv_heads: (1, 2), ffn: (32, 96) };
+        let slice = LayerSlice { kv_heads: (1, 2), ffn: (32, 96), q_heads: None };
         let img = stage_image(&g, &cfg, spec, Some(slice)).unwrap();
         let s = parse_bytes(&img.writer().to_bytes().unwrap()).unwrap();
         let c = ModelConfig::from_gguf(&s).unwrap();
@@ -297,9 +300,9 @@ mod tests {
             assert_eq!(dn[r * 64..(r + 1) * 64], dn_full[r * 96 + 32..r * 96 + 96]);
         }
         // Off-block and out-of-range slices are refused.
-        let bad = LayerSlice { kv_heads: (0, 1), ffn: (16, 96) };
+        let bad = LayerSlice { kv_heads: (0, 1), ffn: (16, 96), q_heads: None };
         assert!(stage_image(&g, &cfg, spec, Some(bad)).is_err());
-        let bad = LayerSlice { kv_heads: (1, 3), ffn: (0, 96) };
+        let bad = LayerSlice { kv_heads: (1, 3), ffn: (0, 96), q_heads: None };
         assert!(stage_image(&g, &cfg, spec, Some(bad)).is_err());
     }
 }
