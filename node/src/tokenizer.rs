@@ -179,7 +179,7 @@ enum Encoder {
     /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`) by the `tokenizers` crate.
     Bpe(Box<Bpe>),
     /// SentencePiece (`tokenizer.ggml.model = "llama"`).
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -288,7 +288,7 @@ impl Tokenizer {
             let add_space_prefix = opt_bool(g, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
             let enc = Spm::new(&tokens, scores, &is_control, &is_user, &ids, unk, add_space_prefix)
                 .map_err(TokenizerError::Invalid)?;
-            (Encoder::Spm(enc), crate::tokenizer_spm::pieces(&tokens, &types, &is_literal), true)
+            (Encoder::Spm(Box::new(enc)), crate::tokenizer_spm::pieces(&tokens, &types, &is_literal), true)
         } else {
             let (enc, pieces) = build_bpe(g, &tokens, &ids, &is_control, &is_user)?;
             let llama3 = matches!(enc.pre, PreFamily::Llama3 { ignore_merges: true });
