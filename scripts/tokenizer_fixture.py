@@ -11,12 +11,13 @@ Needs:
   * jinja2 (`pip install jinja2`), which renders the chat template exactly as Hugging Face's
     `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` does.
   * The model (scripts/setup.sh downloads both). --model smollm2 (the default): SmolLM2-135M-Instruct Q4_1;
-    --model qwen2: Qwen2.5-Coder-0.5B-Instruct Q4_K_M. Found via --model-path, else (smollm2 only) $EDGE_MODEL,
+    --model qwen2: Qwen2.5-Coder-0.5B-Instruct Q4_K_M; --model gemma3: Gemma-3-270M Q4_K_M. Found via --model-path, else (smollm2 only) $EDGE_MODEL,
     else in $EDGE_MODELS_DIR / $XDG_CACHE_HOME/edge-infer/models / ~/.cache/edge-infer/models.
 
 Run from anywhere:
   python3 scripts/tokenizer_fixture.py                    # writes node/tests/fixtures/tokenizer_smollm2.json
   python3 scripts/tokenizer_fixture.py --model qwen2      # writes node/tests/fixtures/tokenizer_qwen2.json
+  python3 scripts/tokenizer_fixture.py --model gemma3     # writes node/tests/fixtures/tokenizer_gemma3.json
   python3 scripts/tokenizer_fixture.py [--model M] --check  # compares with the existing file, exits 1 on a difference
 
 Output: a JSON list of {"text": str, "ids": [int], "special": bool} and, for chat prompts, "messages":
@@ -25,7 +26,10 @@ jinja2 the way HF does (see render_chat), which Tokenizer::chat_prompt must repr
   * special = false: llama_tokenize(text, add_special=True, parse_special=False) -- what Tokenizer::encode does.
   * special = true:  llama_tokenize(text, add_special=True, parse_special=True) -- Tokenizer::encode_with_special.
 add_special=True means "add BOS/EOS if the GGUF asks for it" (tokenizer.ggml.add_bos_token /
-add_eos_token); both GGUFs say add_bos_token = false, so no entry starts with BOS.
+add_eos_token); both GGUFs say add_bos_token = false, so no entry starts with BOS; Gemma 3's says true, so every gemma3 entry does (even "").
+gemma3: the GGUF has no chat template, so the official Gemma 3 template (GEMMA3_TEMPLATE) is rendered; its output
+starts with "<bos>", which the entry's "text" leaves out (kept in "rendered"; see main), and every entry has
+"detokenized": llama.cpp's decoding of the ids after BOS.
 llama-cpp-python's Llama.tokenize(text, add_bos=..., special=...) passes add_bos straight through as add_special.
 """
 
@@ -41,6 +45,7 @@ FIXTURES = ROOT / "node" / "tests" / "fixtures"
 MODEL_FILES = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "qwen2": "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf",
+    "gemma3": "gemma-3-270m-q4_k_m.gguf",
 }
 
 REFERENCE_PROMPT = "Once upon a time, there was a little robot named"
@@ -161,9 +166,95 @@ QWEN2_SPECIAL = [
     "text <|im_start|> spaced <|im_end|>\n<|im_start|>assistant\n",
 ]
 
+# gemma3 only: SentencePiece (tokenizer.ggml.model = llama) without a space prefix; its user-defined tokens (runs of
+# spaces, tabs and newlines) split the text even without special-token parsing; byte fallback for characters the
+# vocabulary lacks; a literal byte-token text.
+GEMMA3_PLAIN = [
+    " leading space",
+    "  two leading spaces",
+    "a" + " " * 40 + "b" + "\t" * 35 + "c" + "\n" * 33 + "d",
+    "\t\n\n",
+    " \n \n\n \t x \t\t",
+    "中文字符和日本語のひらがな、한국어 텍스트",
+    "Emoji 😀🚀👍🏽🇫🇷👨‍👩‍👧 and ✅",
+    "a\u0300e\u0301\u0302o\u0308\u0323 Z\u0351\u0352\u0353 \u0915\u094d\u0937",
+    "private use \ue000 and \U000f0000 and \U0010fffd",
+    "<0x41>",
+    "literal <0x41><0x0A> and <0xZZ>",
+    "<start_of_turn>user",
+    "3.14159 2026 1,000,000 0x1F 007 12345678901234567890",
+    "fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n}\n",
+    "<end_of_turn>\n</s><eos><bos><pad><unk><mask><unused0>[multimodal]<start_of_image>",
+    "word\u2581piece \u2581",
+]
+GEMMA3_SPECIAL = [
+    "",
+    "<start_of_turn>user",
+    "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+    "<end_of_turn>\n</s><eos><bos><pad><unk><mask><unused0>[multimodal]<start_of_image>",
+    "Hello<start_of_turn>model\n  indented <0x41>",
+]
+
+# Gemma 3's chat template (google/gemma-3-270m-it, tokenizer_config.json); the GGUF has none.
+GEMMA3_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+GEMMA3_CHATS = CHATS[:4] + [
+    [
+        {"role": "system", "content": "You are a helpful assistant"},
+        {"role": "user", "content": "Hello"},
+    ],
+]
+
 MODELS = {
     "smollm2": {"plain": PLAIN, "special": [], "reference": (REFERENCE_PROMPT, REFERENCE_IDS)},
     "qwen2": {"plain": PLAIN + QWEN2_PLAIN, "special": QWEN2_SPECIAL, "reference": None},
+    "gemma3": {
+        "plain": PLAIN + GEMMA3_PLAIN,
+        "special": GEMMA3_SPECIAL,
+        "reference": None,
+        "template": GEMMA3_TEMPLATE,
+        "chats": GEMMA3_CHATS,
+    },
 }
 
 
@@ -230,7 +321,7 @@ def main():
     meta = llm.metadata
     print(f"llama-cpp-python {llama_cpp.__version__}; tokenizer.ggml.pre={meta.get('tokenizer.ggml.pre')}; "
           f"add_bos_token={meta.get('tokenizer.ggml.add_bos_token')}", file=sys.stderr)
-    template = meta.get("tokenizer.chat_template")
+    template = spec.get("template") or meta.get("tokenizer.chat_template")
     if not template:
         sys.exit(f"{model_path} has no tokenizer.chat_template")
 
@@ -250,9 +341,23 @@ def main():
 
     entries = [{"text": t, "ids": tok(t, False), "special": False} for t in spec["plain"]]
     entries += [{"text": t, "ids": tok(t, True), "special": True} for t in spec["special"]]
-    for msgs in CHATS:
+    if args.model == "gemma3":
+        # llama.cpp's own decoding of the ids after BOS (control tokens as their text).
+        for e in entries:
+            assert e["ids"][:1] == [llm.token_bos()], e
+            e["detokenized"] = llm.detokenize(e["ids"][1:], special=True).decode("utf-8", errors="replace")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token") in ("true", True, "1"))
+    for msgs in spec.get("chats", CHATS):
         text = render_chat(template, msgs, bos_token, eos_token)
-        entries.append({"text": text, "ids": tok(text, True), "special": True, "messages": msgs})
+        entry = {"text": text, "ids": tok(text, True), "special": True, "messages": msgs}
+        if add_bos and bos_token and text.startswith(bos_token):
+            # The template prints the BOS text and tokenizing adds BOS: llama.cpp's common_chat_templates_apply
+            # removes the text so that exactly one BOS id comes first (tokenizing the rendering as is gives two).
+            # "text" is therefore what Tokenizer::chat_prompt returns, "rendered" jinja2's output.
+            stripped = text[len(bos_token):]
+            entry = {"text": stripped, "rendered": text, "ids": tok(stripped, True), "special": True, "messages": msgs}
+            assert entry["ids"][:2] != [llm.token_bos()] * 2 and tok(text, True)[:2] == [llm.token_bos()] * 2
+        entries.append(entry)
 
     body = "[\n" + ",\n".join(json.dumps(e, ensure_ascii=False) for e in entries) + "\n]\n"
     if args.check:

@@ -13,7 +13,8 @@
 //! Failure never reaches the caller: a GGUF without a template, a template over [`MAX_TEMPLATE_BYTES`], one that
 //! does not parse, or a render that fails (`raise_exception`, an unsupported construct, more than
 //! [`RENDER_FUEL`] instructions, output beyond a bound, even a panic inside the engine) all give plain ChatML
-//! ([`chatml`]); a warning is logged once per template. [`ChatTemplate::try_render`] exposes the error.
+//! ([`chatml`]), or Gemma's turns for a vocabulary with `<start_of_turn>` ([`ChatFallback`],
+//! [`crate::chat_gemma`]); a warning is logged once per template. [`ChatTemplate::try_render`] exposes the error.
 //!
 //! Known differences from jinja2 (none affects the templates tested here): `strftime_now` uses UTC (Python uses
 //! local time); minijinja's own Jinja dialect applies (e.g. no `{% generation %}` tag, which then falls back).
@@ -62,6 +63,33 @@ pub fn chatml(messages: &[ChatMessage]) -> String {
     s
 }
 
+/// The prompt format used when the model's template is absent or unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatFallback {
+    /// Plain ChatML ([`chatml`]).
+    ChatMl,
+    /// Gemma's turns ([`crate::chat_gemma::gemma_turns`]), for vocabularies with `<start_of_turn>`.
+    GemmaTurns,
+}
+
+impl ChatFallback {
+    /// `messages` in this format, with the generation prompt (`bos_token`: the text Gemma's prompts start with;
+    /// ChatML has none).
+    pub fn render(self, messages: &[ChatMessage], bos_token: &str) -> String {
+        match self {
+            ChatFallback::ChatMl => chatml(messages),
+            ChatFallback::GemmaTurns => crate::chat_gemma::gemma_turns(messages, bos_token),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ChatFallback::ChatMl => "plain ChatML",
+            ChatFallback::GemmaTurns => "Gemma turn",
+        }
+    }
+}
+
 enum Compiled {
     /// The GGUF has no template: ChatML, silently.
     Absent,
@@ -75,15 +103,16 @@ pub struct ChatTemplate {
     compiled: Compiled,
     bos_token: String,
     eos_token: String,
+    fallback: ChatFallback,
     warned: AtomicBool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.compiled {
-            Compiled::Absent => "absent (ChatML)".to_owned(),
+            Compiled::Absent => format!("absent ({})", self.fallback.name()),
             Compiled::Ready(_) => format!("{} bytes", self.source.as_ref().map_or(0, String::len)),
-            Compiled::Unusable(e) => format!("unusable (ChatML): {e}"),
+            Compiled::Unusable(e) => format!("unusable ({}): {e}", self.fallback.name()),
         };
         f.debug_struct("ChatTemplate").field("template", &state).finish()
     }
@@ -94,12 +123,22 @@ impl ChatTemplate {
     /// of the BOS/EOS tokens (empty if the vocabulary has none). A template that cannot be used is logged once
     /// (here) and rendered as ChatML.
     pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> ChatTemplate {
+        ChatTemplate::with_fallback(source, bos_token, eos_token, ChatFallback::ChatMl)
+    }
+
+    /// [`ChatTemplate::new`] with another format than ChatML for when the template cannot be used.
+    pub fn with_fallback(
+        source: Option<&str>,
+        bos_token: &str,
+        eos_token: &str,
+        fallback: ChatFallback,
+    ) -> ChatTemplate {
         let compiled = match source {
             None => Compiled::Absent,
             Some(src) => match compile(src) {
                 Ok(env) => Compiled::Ready(Box::new(env)),
                 Err(e) => {
-                    tracing::warn!("{e}; using plain ChatML prompts");
+                    tracing::warn!("{e}; using {} prompts", fallback.name());
                     Compiled::Unusable(e)
                 }
             },
@@ -110,6 +149,7 @@ impl ChatTemplate {
             compiled,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            fallback,
             warned,
         }
     }
@@ -141,9 +181,9 @@ impl ChatTemplate {
             Ok(s) => s,
             Err(e) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("{e}; using plain ChatML prompts");
+                    tracing::warn!("{e}; using {} prompts", self.fallback.name());
                 }
-                chatml(messages)
+                self.fallback.render(messages, &self.bos_token)
             }
         }
     }
@@ -160,7 +200,7 @@ impl ChatTemplate {
         tools: Option<&serde_json::Value>,
     ) -> Result<String, ChatTemplateError> {
         let env = match &self.compiled {
-            Compiled::Absent => return Ok(chatml(messages)),
+            Compiled::Absent => return Ok(self.fallback.render(messages, &self.bos_token)),
             Compiled::Unusable(e) => return Err(e.clone()),
             Compiled::Ready(env) => env,
         };

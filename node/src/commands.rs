@@ -31,7 +31,8 @@ pub struct PromptArgs {
     /// The prompt text.
     #[arg(long, short = 'p')]
     pub prompt: String,
-    /// Wrap the prompt in the model's chat template (from the GGUF; ChatML if it has none) as a user message.
+    /// Wrap the prompt in the model's chat template (from the GGUF; if it has none, Gemma's turns for a Gemma
+    /// vocabulary, else ChatML) as a user message.
     #[arg(long)]
     pub chat: bool,
     /// System message for --chat.

@@ -11,7 +11,9 @@
 //! - [`reference`]: the plain f32 forward pass, the oracle for every kernel and distributed run.
 //! - [`gpu`]: the wgpu executor: WGSL kernels from `shaders/`, weights kept in their quantized blocks.
 //! - [`tokenizer`]: GGUF-embedded BPE vocabulary via the `tokenizers` crate, chat prompts, streaming text.
+//! - [`tokenizer_spm`]: SentencePiece vocabularies (Gemma) encoded like llama.cpp's SPM tokenizer.
 //! - [`chat`]: the model's own chat template (`tokenizer.chat_template`, Jinja via minijinja; ChatML fallback).
+//! - [`chat_gemma`]: Gemma's turn format, the fallback for vocabularies with `<start_of_turn>`.
 //! - [`sampler`]: greedy, temperature, top-k, top-p with a seed.
 //! - [`generate`]: the generation loop over a chain of shards, with timing.
 //! - [`bench`]: the `edge-node bench` measurements.
@@ -24,6 +26,7 @@
 pub mod backend;
 pub mod bench;
 pub mod chat;
+pub mod chat_gemma;
 pub mod chat_tools;
 pub mod commands;
 pub mod cpu;
@@ -43,3 +46,5 @@ pub mod setup;
 pub mod shard;
 pub mod stage;
 pub mod tokenizer;
+mod tokenizer_bpe;
+pub mod tokenizer_spm;

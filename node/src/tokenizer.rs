@@ -1,8 +1,11 @@
 //! Tokenizer built from the vocabulary embedded in a GGUF file, producing the same token ids as llama.cpp.
 //!
-//! Only GPT-2-style byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) are supported; that covers
-//! SmolLM2, Qwen2, Llama 3, StarCoder and most current BPE models. The BPE itself is the `tokenizers` crate's;
-//! this module only configures it the way llama.cpp (`src/llama-vocab.cpp`) interprets the GGUF metadata:
+//! Two kinds of vocabulary are supported: SentencePiece (`tokenizer.ggml.model = "llama"`: Gemma, Llama 2,
+//! Mistral), encoded by [`crate::tokenizer_spm`] (its module documentation has the algorithm; the special-token
+//! classes, BOS/EOS, end of generation and chat prompts below apply to it as well), and GPT-2-style byte-level BPE
+//! (`tokenizer.ggml.model = "gpt2"`), which covers SmolLM2, Qwen2, Llama 3, StarCoder and most current BPE
+//! models. The BPE itself is the `tokenizers` crate's; this module only configures it the way llama.cpp
+//! (`src/llama-vocab.cpp`) interprets the GGUF metadata:
 //!
 //! * **Vocabulary and merges** come from `tokenizer.ggml.tokens` and `tokenizer.ggml.merges` (merge rank = position
 //!   in the list; for a pair listed twice the first rank wins, as in llama.cpp).
@@ -35,7 +38,8 @@
 //!   `decode(encode(s)) == s` for any string.
 //!
 //! Checked against llama.cpp (llama-cpp-python 0.3.36): node/tests/tokenizer.rs compares SmolLM2 (`smollm`) and
-//! Qwen2.5-Coder (`qwen2`) with fixtures of llama.cpp's ids (scripts/tokenizer_fixture.py); 6,000 random
+//! Qwen2.5-Coder (`qwen2`), node/tests/tokenizer_gemma3.rs Gemma-3-270M (SentencePiece) with fixtures of
+//! llama.cpp's ids (scripts/tokenizer_fixture.py); 6,000 random
 //! mixed-script/whitespace/special-token strings gave identical ids with the real Qwen2.5 vocabulary, and 4,500
 //! with the SmolLM2 vocabulary relabelled as `smollm`, `qwen2`, `gpt-2`, `default` (and no `pre` key) and
 //! `llama-bpe`, with and without special-token parsing.
@@ -45,23 +49,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
-
-use crate::chat::ChatTemplate;
+use crate::chat::{ChatFallback, ChatTemplate};
 use crate::gguf::{Gguf, GgufError, Value};
-
-/// The GPT-2 pre-tokenizer regex, as llama.cpp writes it (without HF's trailing `|\s+`, which only changes how
-/// an unmatched lone whitespace is grouped, and `Isolated` splitting yields the same pieces either way).
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-/// Qwen2's regex with llama.cpp's adaptation of the case-insensitive contractions.
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Llama 3's regex (Qwen2's with digits grouped by up to three).
-const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+use crate::tokenizer_bpe::{build_bpe, Bpe, PreFamily};
+use crate::tokenizer_spm::Spm;
 
 /// Token texts llama.cpp always treats as end-of-generation (and promotes to control tokens).
 const EOG_TEXTS: &[&str] = &[
@@ -134,8 +125,10 @@ pub enum TokenizerError {
     /// A tokenizer metadata key is missing or has the wrong type.
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    /// The vocabulary is not a GPT-2-style BPE (e.g. SentencePiece `llama`), which this runtime does not tokenize.
-    #[error("unsupported tokenizer model {0:?} (only \"gpt2\" byte-level BPE is supported)")]
+    /// The vocabulary is neither GPT-2-style BPE nor SentencePiece (e.g. WordPiece `bert`, Unigram `t5`).
+    #[error(
+        "unsupported tokenizer model {0:?} (only \"gpt2\" byte-level BPE and \"llama\" SentencePiece are supported)"
+    )]
     UnsupportedModel(String),
     /// The tokenizer metadata is inconsistent (lengths differ, a token is not a string, …).
     #[error("invalid tokenizer metadata: {0}")]
@@ -163,73 +156,9 @@ impl ChatMessage {
     }
 }
 
-/// Pre-tokenizer regex family, chosen from `tokenizer.ggml.pre`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PreFamily {
-    /// `\p{N}` then GPT-2 (smollm, starcoder, refact, …).
-    Starcoder,
-    /// GPT-2 regex alone.
-    Gpt2,
-    /// Qwen2 regex.
-    Qwen2,
-    /// Llama 3 regex; `ignore_merges` says whether whole-vocabulary words skip BPE.
-    Llama3 { ignore_merges: bool },
-    /// llama.cpp's `LLAMA_VOCAB_PRE_TYPE_DEFAULT` list.
-    Default,
-    /// Unrecognised name: GPT-2 regex alone.
-    Fallback,
-}
-
-impl PreFamily {
-    fn from_name(pre: Option<&str>) -> PreFamily {
-        match pre {
-            None | Some("") | Some("default") => PreFamily::Default,
-            Some(
-                "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" | "mellum2",
-            ) => PreFamily::Starcoder,
-            Some(
-                "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-                | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
-                | "jais" | "exaone4",
-            ) => PreFamily::Gpt2,
-            Some("qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "stablelm2" | "megrez") => PreFamily::Qwen2,
-            Some(
-                "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-                | "jina-v5-nano",
-            ) => PreFamily::Llama3 { ignore_merges: true },
-            Some("dbrx" | "smaug-bpe") => PreFamily::Llama3 { ignore_merges: false },
-            Some(_) => PreFamily::Fallback,
-        }
-    }
-
-    fn regexes(self) -> &'static [&'static str] {
-        match self {
-            PreFamily::Starcoder => &[r"\p{N}", GPT2_REGEX],
-            PreFamily::Gpt2 | PreFamily::Fallback => &[GPT2_REGEX],
-            PreFamily::Qwen2 => &[QWEN2_REGEX],
-            PreFamily::Llama3 { .. } => &[LLAMA3_REGEX],
-            PreFamily::Default => &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]"],
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            PreFamily::Starcoder => "starcoder",
-            PreFamily::Gpt2 => "gpt2",
-            PreFamily::Qwen2 => "qwen2",
-            PreFamily::Llama3 { .. } => "llama3",
-            PreFamily::Default => "default",
-            PreFamily::Fallback => "gpt2 (fallback)",
-        }
-    }
-}
-
 /// A GGUF vocabulary ready to encode and decode. Cheap to share (`&Tokenizer` is `Send + Sync`).
 pub struct Tokenizer {
-    /// Matches special tokens in the input (for [`Tokenizer::encode_with_special`]).
-    special: tokenizers::Tokenizer,
-    /// Same model, special-token text encoded as plain text (for [`Tokenizer::encode`]).
-    plain: tokenizers::Tokenizer,
+    encoder: Encoder,
     /// The bytes each token decodes to.
     pieces: Vec<Vec<u8>>,
     /// Token text -> id (last id wins for duplicate texts, as in llama.cpp).
@@ -241,16 +170,23 @@ pub struct Tokenizer {
     eog: HashSet<u32>,
     /// Control tokens (type control or unknown, or promoted like llama.cpp does), by id.
     control: Vec<u32>,
-    pre: PreFamily,
-    /// `tokenizer.chat_template`, compiled (ChatML if absent or unusable).
+    /// `tokenizer.chat_template`, compiled (ChatML or Gemma turns if absent or unusable).
     chat: ChatTemplate,
+}
+
+/// How text becomes ids.
+enum Encoder {
+    /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`) by the `tokenizers` crate.
+    Bpe(Box<Bpe>),
+    /// SentencePiece (`tokenizer.ggml.model = "llama"`).
+    Spm(Box<Spm>),
 }
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
             .field("vocab_size", &self.pieces.len())
-            .field("pre", &self.pre.name())
+            .field("pre", &self.pre_tokenizer())
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("add_bos", &self.add_bos)
@@ -258,10 +194,6 @@ impl std::fmt::Debug for Tokenizer {
             .field("chat", &self.chat)
             .finish()
     }
-}
-
-fn backend(e: impl std::fmt::Display) -> TokenizerError {
-    TokenizerError::Backend(e.to_string())
 }
 
 /// Reads an optional token-id key; `Ok(None)` if absent, an error if present but not an integer.
@@ -279,32 +211,16 @@ fn opt_bool(g: &Gguf, key: &str) -> Result<Option<bool>, TokenizerError> {
     }
 }
 
-/// GPT-2's byte <-> printable-character table: char -> byte.
-fn byte_level_inverse() -> HashMap<char, u8> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
-    printable.extend(0xA1..=0xAC);
-    printable.extend(0xAE..=0xFF);
-    let mut map = HashMap::with_capacity(256);
-    let mut extra = 0u32;
-    for b in 0u32..256 {
-        let c = if printable.contains(&b) {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        map.insert(char::from_u32(c).expect("valid code point"), b as u8);
-    }
-    map
-}
-
 impl Tokenizer {
-    /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
+    /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata: byte-level BPE (`gpt2`) or
+    /// SentencePiece (`llama`, [`crate::tokenizer_spm`]).
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
         let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_owned()));
-        }
+        let spm = match model {
+            "gpt2" => false,
+            "llama" => true,
+            _ => return Err(TokenizerError::UnsupportedModel(model.to_owned())),
+        };
         let tokens = g
             .get_array("tokenizer.ggml.tokens")?
             .iter()
@@ -324,56 +240,12 @@ impl Tokenizer {
                 )))
             }
         };
-        let merges_raw = g.get_array("tokenizer.ggml.merges")?;
-        let pre = PreFamily::from_name(g.get("tokenizer.ggml.pre").and_then(Value::as_str));
 
         // Vocabulary (last duplicate wins, like llama.cpp's token_to_id map).
         let mut ids: HashMap<String, u32> = HashMap::with_capacity(n);
         for (i, t) in tokens.iter().enumerate() {
             ids.insert((*t).to_owned(), i as u32);
         }
-
-        // Merges: "a b" split at the first space after the first character (llama.cpp's rule). A pair listed
-        // twice keeps its first rank. Merges whose parts or result are not in the vocabulary are dropped (the
-        // `tokenizers` BPE requires them to exist; llama.cpp could apply them and then fall back to bytes).
-        let mut seen = HashSet::with_capacity(merges_raw.len());
-        let mut merges = Vec::with_capacity(merges_raw.len());
-        for (i, m) in merges_raw.iter().enumerate() {
-            let m = m.as_str().ok_or_else(|| TokenizerError::Invalid(format!("merge {i} is not a string")))?;
-            let split = m.char_indices().nth(1).and_then(|(start, _)| m[start..].find(' ').map(|p| p + start));
-            let Some(pos) = split else {
-                return Err(TokenizerError::Invalid(format!("merge {i} ({m:?}) has no separating space")));
-            };
-            let (a, b) = (&m[..pos], &m[pos + 1..]);
-            if !ids.contains_key(a) || !ids.contains_key(b) || !ids.contains_key(&format!("{a}{b}")) {
-                continue;
-            }
-            if seen.insert((a, b)) {
-                merges.push((a.to_owned(), b.to_owned()));
-            }
-        }
-
-        let ignore_merges = matches!(pre, PreFamily::Llama3 { ignore_merges: true });
-        let bpe = BPE::builder()
-            .vocab_and_merges(
-                ids.iter().map(|(k, &v)| (k.clone(), v)).collect::<tokenizers::models::bpe::Vocab>(),
-                merges,
-            )
-            .ignore_merges(ignore_merges)
-            .build()
-            .map_err(backend)?;
-
-        let mut splits: Vec<PreTokenizerWrapper> = Vec::new();
-        for re in pre.regexes() {
-            let split = Split::new(SplitPattern::Regex((*re).to_owned()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(backend)?;
-            splits.push(split.into());
-        }
-        splits.push(ByteLevel::new(false, false, false).into());
-
-        let mut special = tokenizers::Tokenizer::new(bpe);
-        special.with_pre_tokenizer(Some(Sequence::new(splits)));
-        special.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
 
         // Token classes, mirroring llama.cpp's attributes.
         let promoted: HashSet<&str> = EOG_TEXTS
@@ -384,48 +256,45 @@ impl Tokenizer {
             .chain(FIM_OTHER_TEXTS)
             .copied()
             .collect();
-        let mut special_tokens = Vec::new();
-        let mut user_tokens = Vec::new();
-        let mut is_literal = vec![false; n];
+        let mut is_control = vec![false; n];
+        let mut is_user = vec![false; n];
         let mut control = Vec::new();
         for (i, (&t, &ty)) in tokens.iter().zip(&types).enumerate() {
             if ids.get(t) != Some(&(i as u32)) {
                 continue; // shadowed duplicate
             }
             if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN || promoted.contains(t) {
-                special_tokens.push(AddedToken::from(t, true).normalized(false));
-                is_literal[i] = true;
+                is_control[i] = true;
                 control.push(i as u32);
             } else if ty == TYPE_USER_DEFINED {
-                user_tokens.push(AddedToken::from(t, false).normalized(false));
-                is_literal[i] = true;
+                is_user[i] = true;
             }
         }
-        special.add_tokens(&user_tokens);
-        special.add_special_tokens(&special_tokens);
-        let mut plain = special.clone();
-        plain.set_encode_special_tokens(true);
+        let is_literal: Vec<bool> = is_control.iter().zip(&is_user).map(|(c, u)| c | u).collect();
 
-        // Bytes of every token.
-        let inverse = byte_level_inverse();
-        let pieces = tokens
-            .iter()
-            .zip(&is_literal)
-            .map(|(t, &literal)| {
-                if literal {
-                    return t.as_bytes().to_vec();
-                }
-                t.chars()
-                    .map(|c| inverse.get(&c).copied())
-                    .collect::<Option<Vec<u8>>>()
-                    .unwrap_or_else(|| t.as_bytes().to_vec())
-            })
-            .collect();
-
+        // llama.cpp's defaults for a GGUF without the keys: SPM BOS 1, EOS 2, UNK 0 and BOS added; GPT-2 id 11 and
+        // BOS added only for the llama3 pre-tokenizers.
+        let (default_bos, default_eos) = if spm { (1, 2) } else { (GPT2_DEFAULT_SPECIAL, GPT2_DEFAULT_SPECIAL) };
         let in_range = |id: u64| (id < n as u64).then_some(id as u32);
-        let bos = in_range(opt_id(g, "tokenizer.ggml.bos_token_id")?.unwrap_or(GPT2_DEFAULT_SPECIAL.into()));
-        let eos = in_range(opt_id(g, "tokenizer.ggml.eos_token_id")?.unwrap_or(GPT2_DEFAULT_SPECIAL.into()));
-        let add_bos = opt_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(ignore_merges);
+        let bos = in_range(opt_id(g, "tokenizer.ggml.bos_token_id")?.unwrap_or(default_bos.into()));
+        let eos = in_range(opt_id(g, "tokenizer.ggml.eos_token_id")?.unwrap_or(default_eos.into()));
+        let (encoder, pieces, default_add_bos) = if spm {
+            let scores = match g.get("tokenizer.ggml.scores") {
+                None => Vec::new(),
+                Some(Value::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+                Some(_) => return Err(TokenizerError::Invalid("tokenizer.ggml.scores is not an array".into())),
+            };
+            let unk = in_range(opt_id(g, "tokenizer.ggml.unknown_token_id")?.unwrap_or(0));
+            let add_space_prefix = opt_bool(g, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+            let enc = Spm::new(&tokens, scores, &is_control, &is_user, &ids, unk, add_space_prefix)
+                .map_err(TokenizerError::Invalid)?;
+            (Encoder::Spm(Box::new(enc)), crate::tokenizer_spm::pieces(&tokens, &types, &is_literal), true)
+        } else {
+            let (enc, pieces) = build_bpe(g, &tokens, &ids, &is_control, &is_user)?;
+            let llama3 = matches!(enc.pre, PreFamily::Llama3 { ignore_merges: true });
+            (Encoder::Bpe(Box::new(enc)), pieces, llama3)
+        };
+        let add_bos = opt_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
         let add_eos = opt_bool(g, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
 
         // End of generation, as llama.cpp computes it.
@@ -450,37 +319,49 @@ impl Tokenizer {
         eog.extend(EOG_TEXTS.iter().filter_map(|t| ids.get(*t).copied()));
 
         let text_of = |id: Option<u32>| id.map_or("", |id| tokens[id as usize]);
-        let chat =
-            ChatTemplate::new(g.get("tokenizer.chat_template").and_then(Value::as_str), text_of(bos), text_of(eos));
+        // Gemma's turn format when the vocabulary has its turn markers and the GGUF no usable template.
+        let fallback = if ids.contains_key("<start_of_turn>") && ids.contains_key("<end_of_turn>") {
+            ChatFallback::GemmaTurns
+        } else {
+            ChatFallback::ChatMl
+        };
+        let chat = ChatTemplate::with_fallback(
+            g.get("tokenizer.chat_template").and_then(Value::as_str),
+            text_of(bos),
+            text_of(eos),
+            fallback,
+        );
 
-        Ok(Tokenizer { special, plain, pieces, ids, bos, eos, add_bos, add_eos, eog, control, pre, chat })
+        Ok(Tokenizer { encoder, pieces, ids, bos, eos, add_bos, add_eos, eog, control, chat })
     }
 
-    fn encode_inner(&self, tk: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = tk.encode_fast(text, false).map_err(backend)?;
-        let mut out = Vec::with_capacity(enc.len() + 2);
+    fn encode_inner(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if self.add_bos {
             out.extend(self.bos);
         }
-        out.extend_from_slice(enc.get_ids());
+        match &self.encoder {
+            Encoder::Bpe(bpe) => out.extend(bpe.encode(text, parse_special)?),
+            Encoder::Spm(spm) => spm.encode(&self.ids, text, parse_special, &mut out),
+        }
         if self.add_eos {
             out.extend(self.eos);
         }
         Ok(out)
     }
 
-    /// Plain text -> ids; adds BOS iff the GGUF says so (`tokenizer.ggml.add_bos_token`, default per llama.cpp
-    /// for the pre-tokenizer: true only for the llama3 family) and EOS iff `tokenizer.ggml.add_eos_token`.
+    /// Plain text -> ids; adds BOS iff the GGUF says so (`tokenizer.ggml.add_bos_token`, default per llama.cpp:
+    /// true for SentencePiece, for BPE only for the llama3 family) and EOS iff `tokenizer.ggml.add_eos_token`.
     /// Special-token text in `text` is NOT parsed as special. Matches `llama_tokenize(add_special = true,
     /// parse_special = false)`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.encode_inner(&self.plain, text)
+        self.encode_inner(text, false)
     }
 
     /// Same, but `<|im_start|>`-style special tokens in the text become their ids (used for chat templates).
     /// Matches `llama_tokenize(add_special = true, parse_special = true)`.
     pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.encode_inner(&self.special, text)
+        self.encode_inner(text, true)
     }
 
     /// The bytes token `id` stands for (`None` if out of range).
@@ -527,9 +408,13 @@ impl Tokenizer {
     }
 
     /// Which pre-tokenizer family was selected from `tokenizer.ggml.pre` ("starcoder" for SmolLM2, "qwen2",
-    /// "llama3", "gpt2", "default", or "gpt2 (fallback)" for an unknown name).
+    /// "llama3", "gpt2", "default", or "gpt2 (fallback)" for an unknown name); "spm" for a SentencePiece
+    /// vocabulary (which has no pre-tokenizer).
     pub fn pre_tokenizer(&self) -> &'static str {
-        self.pre.name()
+        match &self.encoder {
+            Encoder::Bpe(bpe) => bpe.pre.name(),
+            Encoder::Spm(_) => "spm",
+        }
     }
 
     /// End-of-generation: eos, eot, and <|im_end|>/<|endoftext|> if present. Follows llama.cpp's rule: EOS,
@@ -541,16 +426,30 @@ impl Tokenizer {
 
     /// The prompt for `messages` and the assistant's reply, from the model's own chat template
     /// (`tokenizer.chat_template`, rendered like HF's `apply_chat_template(add_generation_prompt=True)`, so it
-    /// may add the model's default system message); plain ChatML if the GGUF has no usable template (see
-    /// [`crate::chat`]). Encode it with [`Tokenizer::encode_with_special`].
+    /// may add the model's default system message); plain ChatML if the GGUF has no usable template, Gemma's
+    /// turns if its vocabulary has `<start_of_turn>` (see [`crate::chat`]). Encode it with
+    /// [`Tokenizer::encode_with_special`]. When `encode*` add BOS, a leading BOS text the template prints is
+    /// removed (as llama.cpp's `common_chat_templates_apply` does), so the ids start with exactly one BOS.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> String {
-        self.chat.render(messages)
+        self.strip_bos(self.chat.render(messages))
+    }
+
+    /// `prompt` without a leading BOS text if `encode*` add BOS themselves.
+    fn strip_bos(&self, prompt: String) -> String {
+        let bos = match self.bos {
+            Some(id) if self.add_bos => self.token_bytes(id).unwrap_or_default(),
+            _ => return prompt,
+        };
+        match std::str::from_utf8(bos) {
+            Ok(b) if !b.is_empty() && prompt.starts_with(b) => prompt[b.len()..].to_owned(),
+            _ => prompt,
+        }
     }
 
     /// [`Tokenizer::chat_prompt`] with tools the model may call (OpenAI's `tools` list): the model's template
     /// renders them if it knows tools, else they are described in the system message ([`crate::chat_tools`]).
     pub fn chat_prompt_with_tools(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>) -> String {
-        crate::chat_tools::render(&self.chat, messages, tools)
+        self.strip_bos(crate::chat_tools::render(&self.chat, messages, tools))
     }
 
     /// The chat template behind [`Tokenizer::chat_prompt`].
