@@ -201,12 +201,13 @@ impl StageServer {
         if cfg.partial_layers != m.slice.is_some() {
             bail!("the stage metadata and the manifest disagree about tensor parallelism");
         }
-        let mut shard: Box<dyn Shard + Send> = match self.backend {
+        let backend = self.backend.for_model(&cfg);
+        let mut shard: Box<dyn Shard + Send> = match backend {
             Backend::Wgpu => Box::new(GpuShard::load(self.gpu()?, &g, &cfg, m.spec, GpuOptions::default())?),
             Backend::Reference => Box::new(ReferenceShard::load(&g, &cfg, m.spec)?),
             Backend::Cpu | Backend::Auto => Box::new(CpuShard::load(&g, &cfg, m.spec)?),
         };
-        if self.backend == Backend::Wgpu {
+        if backend == Backend::Wgpu {
             warm_up(&mut *shard)?;
         }
         Ok(shard)
