@@ -375,6 +375,32 @@ fn steps_threads_and_shards_do_not_change_a_bit() {
     assert_eq!(logits(b.forward(1, ShardInput::Hidden(&h), HeadOutput::LogitsLast).unwrap()), one, "two shards");
 }
 
+/// GeGLU (gemma3) on every path against `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) * u` in f64: both signs,
+/// large magnitudes, zero, and lengths that leave a scalar tail.
+#[test]
+fn geglu_matches_f64_on_every_path() {
+    let mut rng = Rng(6);
+    for k in every_path() {
+        for len in [1, 7, 8, 13, 64, 100] {
+            for spread in [0.5, 4.0, 200.0] {
+                let mut g = rng.vec(len, spread);
+                g[0] = 0.0;
+                let u = rng.vec(len, 2.0);
+                let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+                let want: Vec<f64> = g.iter().zip(&u).map(|(&x, &u)| gelu(x as f64) * u as f64).collect();
+                k.geglu(&mut g, &u);
+                for (i, (&got, &want)) in g.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got as f64 - want).abs() <= 2e-6 * want.abs().max(1.0),
+                        "{:?} len={len} spread={spread} [{i}]: {got} vs {want}",
+                        k.isa()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// SwiGLU on every path against `x / (1 + e^-x) * u` in f64: both signs, large magnitudes (where e^-|x| underflows),
 /// zero, and lengths that leave a scalar tail.
 #[test]

@@ -348,6 +348,31 @@ macro_rules! arm_kernels {
             super::generic::swiglu(&mut g[i..], &u[i..]);
         }
 
+        /// GeGLU in place: `g = gelu_tanh(g) u`, four at a time. gelu_tanh(x) = 0.5 x (1 + tanh(y)) = x σ(2y)
+        /// with y = sqrt(2/π) (x + 0.044715 x³): the sigmoid of `swiglu` at 2y. The tail goes through the scalar
+        /// formula.
+        ///
+        /// # Safety
+        /// The CPU has the target features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn geglu(g: &mut [f32], u: &[f32]) {
+            assert_eq!(g.len(), u.len());
+            let (pg, pu, n) = (g.as_mut_ptr(), u.as_ptr(), g.len());
+            let one = vdupq_n_f32(1.0);
+            let (c, c3) = (vdupq_n_f32(2.0 * 0.797_884_6), vdupq_n_f32(2.0 * 0.797_884_6 * 0.044_715));
+            let mut i = 0;
+            while i + 4 <= n {
+                let x = vld1q_f32(pg.add(i));
+                let z = vmulq_f32(x, vfmaq_f32(c, vmulq_f32(x, x), c3)); // 2y
+                let e = exp4(vnegq_f32(vabsq_f32(z))); // e^-|z|
+                let num = vbslq_f32(vcltzq_f32(z), e, one);
+                let sig = vdivq_f32(num, vaddq_f32(one, e));
+                vst1q_f32(pg.add(i), vmulq_f32(vmulq_f32(x, sig), vld1q_f32(pu.add(i))));
+                i += 4;
+            }
+            super::generic::geglu(&mut g[i..], &u[i..]);
+        }
+
         /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`,
         /// `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 4.
         ///

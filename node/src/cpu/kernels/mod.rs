@@ -288,10 +288,20 @@ impl Kernels {
         }
     }
 
-    /// GeGLU in place, `g = gelu_tanh(g) u` (gemma3; see `generic::geglu`). Every path runs the portable loop:
-    /// it is a few microseconds per token and layer, next to matmuls of milliseconds.
+    /// GeGLU in place, `g = gelu_tanh(g) u` (gemma3; see `generic::geglu`).
     pub fn geglu(self, g: &mut [f32], u: &[f32]) {
-        generic::geglu(g, u)
+        match self.isa {
+            // SAFETY: a detected path's features are present; the kernel checks the lengths.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::geglu(g, u) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { avx512::geglu(g, u) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::geglu(g, u) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => unsafe { dotprod::geglu(g, u) },
+            _ => generic::geglu(g, u),
+        }
     }
 
     /// This path's prefill tile for weights of type `ty`, with its (rows, tokens) (`None`: no tile kernel).

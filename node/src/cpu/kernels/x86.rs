@@ -410,6 +410,30 @@ macro_rules! x86_kernels {
             super::generic::swiglu(&mut g[i..], &u[i..]);
         }
 
+        /// GeGLU in place: `g = gelu_tanh(g) u`, eight at a time. gelu_tanh(x) = 0.5 x (1 + tanh(y)) = x σ(2y)
+        /// with y = sqrt(2/π) (x + 0.044715 x³): the sigmoid of `swiglu` at 2y. The tail goes through the scalar
+        /// formula.
+        ///
+        /// # Safety
+        /// The CPU has the target features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn geglu(g: &mut [f32], u: &[f32]) {
+            assert_eq!(g.len(), u.len());
+            let (pg, pu, n) = (g.as_mut_ptr(), u.as_ptr(), g.len());
+            let one = _mm256_set1_ps(1.0);
+            let (c, c3) = (_mm256_set1_ps(2.0 * 0.797_884_6), _mm256_set1_ps(2.0 * 0.797_884_6 * 0.044_715));
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(pg.add(i));
+                let z = _mm256_mul_ps(x, _mm256_fmadd_ps(_mm256_mul_ps(x, x), c3, c)); // 2y
+                let e = exp8(_mm256_or_ps(z, _mm256_set1_ps(-0.0))); // e^-|z|
+                let sig = _mm256_div_ps(_mm256_blendv_ps(one, e, z), _mm256_add_ps(one, e));
+                _mm256_storeu_ps(pg.add(i), _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(pu.add(i))));
+                i += 8;
+            }
+            super::generic::geglu(&mut g[i..], &u[i..]);
+        }
+
         /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`,
         /// `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 8.
         ///
