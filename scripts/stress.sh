@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(edge-tests:cluster edge-tests:distributed edge-tests:serve edge-tests:replicas edge-tests:soak edge-tests:netns
+    TARGETS=(edge-tests:cluster edge-tests:distributed edge-tests:gemma3 edge-tests:serve edge-tests:replicas edge-tests:soak edge-tests:netns
              edge-tests:testbed edge-tests:dashboard edge-node:stage_security edge-coord:deploy edge-sim:testbed)
 fi
 OUT=${STRESS_DIR:-target/stress}

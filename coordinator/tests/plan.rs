@@ -543,6 +543,47 @@ fn tp_node(id: &str, memory: u64, gemv_gbps: f64, latency_us: f64, bandwidth_mbp
     }
 }
 
+/// A model with one key/value head (gemma3-270m's shape) splits its query heads: every member holds the key/value
+/// head whole (the whole KV cache), the query heads and FFN blocks are dealt out, and at most 4 members (its
+/// query heads) take part.
+#[test]
+fn one_kv_head_splits_query_heads() {
+    let shape = ModelShape {
+        n_layers: 18,
+        dim: 640,
+        n_heads: 4,
+        n_kv_heads: 1,
+        head_dim: 256,
+        ffn_dim: 2048,
+        vocab: 262_144,
+        context: 32_768,
+    };
+    let model = ModelDescription::synthetic(shape, GgmlType::Q8_0);
+    let nodes: Vec<NodeProfile> = (0..5).map(|i| tp_node(&format!("n{i}"), 4 << 30, 2.0, 100.0, 100.0)).collect();
+    for k in [2, 4] {
+        let r = PlanRequest { context: 2048, sequences: 1, tensor_parallel: TpMode::Force(k) };
+        let p = plan(&model, &nodes, &r).unwrap();
+        check_plan(&model, &nodes, &p);
+        let m = &p.stages[0].members;
+        assert_eq!(m.len(), k);
+        let mut next = 0;
+        for member in m {
+            let q = member.q_heads.expect("query heads split");
+            assert_eq!((member.kv_heads, q.0), ((0, 1), next), "{m:?}");
+            next = q.1;
+            let slice = member.slice(&model).unwrap();
+            slice.validate(4, 1, 2048, model.ffn_block as u32).unwrap();
+            // The whole KV cache on every member: more than the layers' KV of a 1/k share.
+            let kv = 2048 * model.kv_bytes_per_token_per_layer * 18;
+            assert!(member.memory_bytes > kv, "{member:?}");
+        }
+        assert_eq!(next, 4);
+    }
+    let r = PlanRequest { context: 2048, sequences: 1, tensor_parallel: TpMode::Force(5) };
+    let e = plan(&model, &nodes, &r).unwrap_err().to_string();
+    assert!(e.contains("4 query heads"), "{e}");
+}
+
 #[test]
 fn forced_tensor_parallel_splits_whole_heads_and_ffn_blocks() {
     let model = smollm2();

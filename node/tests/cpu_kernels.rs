@@ -386,7 +386,9 @@ fn geglu_matches_f64_on_every_path() {
                 let mut g = rng.vec(len, spread);
                 g[0] = 0.0;
                 let u = rng.vec(len, 2.0);
-                let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+                let gelu = |x: f64| {
+                    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+                };
                 let want: Vec<f64> = g.iter().zip(&u).map(|(&x, &u)| gelu(x as f64) * u as f64).collect();
                 k.geglu(&mut g, &u);
                 for (i, (&got, &want)) in g.iter().zip(&want).enumerate() {

@@ -202,7 +202,7 @@ async fn openai_response(app: App, body: Value) -> Result<Response, ApiError> {
     };
     let d = dimensions(o, app.dim)?;
     let inputs = openai_inputs(field(o, "input"))?;
-    if model != app.model_id {
+    if !app.is_model(&model) {
         return Err(ApiError::model_not_found(&model));
     }
     let prompts = prompts(&app, inputs, false).await?;

@@ -114,6 +114,17 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Whether a request's `model` names the served model: its id (the file name without `.gguf`) or, for a model
+    /// `scripts/setup.sh` fetches, the short name `--model` takes (`gemma3:270m`), either with Ollama's default
+    /// tag `:latest` or without.
+    pub fn is_model(&self, name: &str) -> bool {
+        let name = name.strip_suffix(":latest").unwrap_or(name);
+        name == self.model_id
+            || edge_node::setup::KNOWN_MODELS
+                .iter()
+                .any(|k| k.name == name && k.file.strip_suffix(".gguf") == Some(self.model_id.as_str()))
+    }
+
     /// Whether `g` compiles for this model (blocking: the first call indexes the vocabulary).
     pub fn check_grammar(&self, g: &edge_protocol::stage::Grammar, param: &str) -> Result<(), openai::ApiError> {
         let grammars = self

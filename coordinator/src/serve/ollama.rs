@@ -61,9 +61,9 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:09}Z", d.subsec_nanos())
 }
 
-/// The names a request may use for the model: its id, or the id with Ollama's default tag.
+/// The names a request may use for the model (see [`super::AppState::is_model`]).
 pub(super) fn model_name(app: &App, name: &str) -> Result<(), ApiError> {
-    if name == app.model_id || name.strip_suffix(":latest") == Some(&app.model_id) {
+    if app.is_model(name) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "not_found_error", format!("model '{name}' not found")))

@@ -135,7 +135,7 @@ async fn models(State(app): State<App>) -> Json<Value> {
 }
 
 async fn model(State(app): State<App>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
-    if id == app.model_id {
+    if app.is_model(&id) {
         Json(model_object(&app)).into_response()
     } else {
         ApiError::model_not_found(&id).into_response()
@@ -179,7 +179,7 @@ pub(super) async fn submit(
     parsed: openai::Parsed,
 ) -> Result<Accepted, ApiError> {
     let o = parsed.options;
-    if o.model != app.model_id {
+    if !app.is_model(&o.model) {
         return Err(ApiError::model_not_found(&o.model));
     }
     let tok = app.tok;
