@@ -28,6 +28,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 /// GGUF token types (`tokenizer.ggml.token_type`).
 pub(crate) const TYPE_NORMAL: u64 = 1;
 pub(crate) const TYPE_BYTE: u64 = 6;
+/// `<unusedN>` placeholders.
+const TYPE_UNUSED: u64 = 5;
 
 /// "▁", SentencePiece's escaped space.
 const SPACE: char = '\u{2581}';
@@ -243,6 +245,7 @@ pub(crate) fn pieces(tokens: &[&str], types: &[u64], literal: &[bool]) -> Vec<Ve
             match ty {
                 TYPE_NORMAL => t.replace(SPACE, " ").into_bytes(),
                 TYPE_BYTE => byte_of(t).map_or_else(|| t.as_bytes().to_vec(), |b| vec![b]),
+                TYPE_UNUSED => Vec::new(), // llama.cpp's token_to_piece gives nothing for them
                 _ => t.as_bytes().to_vec(),
             }
         })

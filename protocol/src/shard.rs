@@ -81,7 +81,7 @@ impl LayerSlice {
         if let Some((q0, q1)) = self.q_heads {
             let group = n_heads / n_kv_heads.max(1);
             if n_kv_heads == 0
-                || n_heads % n_kv_heads != 0
+                || !n_heads.is_multiple_of(n_kv_heads)
                 || k1 - k0 != 1
                 || q0 >= q1
                 || q0 < k0 * group

@@ -467,8 +467,12 @@ impl TpGroup {
         head: bool,
     ) -> u64 {
         let m = cost.model;
-        let kv =
-            (cost.kv_cache_bytes_per_layer().saturating_mul(layers as u64) as f64 * self.kv_share[i]).ceil() as u64;
+        let all_kv = cost.kv_cache_bytes_per_layer().saturating_mul(layers as u64);
+        let s = &self.shares[i];
+        let kv = match s.q_heads {
+            Some(_) => all_kv, // the one KV head, whole
+            None => all_kv / m.n_kv_heads.max(1) as u64 * (s.kv_heads.1 - s.kv_heads.0) as u64,
+        };
         (weight_bytes as f64 * self.weight_share[i]).ceil() as u64
             + kv
             + if embed { m.embed_bytes } else { 0 }

@@ -35,7 +35,9 @@
 //! `ffn_block`, at least one of each, sized by speed: heads one by one to the member with the fewest heads per
 //! GB/s, then FFN blocks one by one to the member whose layer time stays lowest (uneven splits allowed). A member
 //! reads `attention_fraction x heads/n_kv_heads + (1 - attention_fraction) x columns/ffn_dim` of each layer's bytes
-//! (fractions by parameter count) and `heads/n_kv_heads` of the KV cache. Per layer: the slowest member's
+//! (fractions by parameter count) and `heads/n_kv_heads` of the KV cache. A model with a single KV head (gemma3)
+//! deals out its query heads instead ([`cost::tp_units`]): every member holds the KV head whole (all of Wk, Wv
+//! and the KV cache) and its query heads' rows of Wq and columns of Wo. Per layer: the slowest member's
 //! (weights + KV)/(gbps x 1e3) + 6 dispatches, plus two all-reduces, each `max over members (2 lat + dim x 4 x
 //! tokens x (k-1) / bw)`, plus `TP_SYNC_US` (150) per half-layer. Once per step the leader forwards the stage
 //! input (token ids on the first stage, else the hidden state) to the other members: `max over members (lat_0 +
@@ -83,7 +85,8 @@
 //! `n_layers` are considered, and a node that `n_layers` others match or beat in every cost the search sees is
 //! dropped (a pipeline has at most `n_layers` stages, so one of them is free to take its place). The search is
 //! exact when all layers have the same size (the usual case); with mixed layer sizes it uses the mean layer for time and the largest window of layers for memory (plans always fit).
-//! `TpMode::Auto` also tries a tensor-parallel group of the `k` fastest nodes (`k = 2..=min(8, n_kv_heads, n)`)
+//! `TpMode::Auto` also tries a tensor-parallel group of the `k` fastest nodes (`k = 2..=min(8, units, n)`, units
+//! the KV heads, or the query heads of a model with one KV head)
 //! as one more unit of the same search and keeps it when it predicts better.
 
 pub mod cost;

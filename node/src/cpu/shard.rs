@@ -359,8 +359,10 @@ struct Cache<'a> {
 }
 
 /// `att (rows, q_dim)`: each row's heads attend over its sequence's cache positions up to its own (causal; the last
-/// `window` of them on a sliding-window layer), with grouped K/V heads. `caches` are sorted by `row0`, the first at row 0. A task is one row's K/V head with the
-/// query heads that share it, so one thread reads that head's cache once, from its own L2 for the later heads.
+/// `window` of them on a sliding-window layer), with grouped K/V heads. `caches` are sorted by `row0`, the first at
+/// row 0. A task is one row's K/V head with the query heads that share it, so one thread reads that head's cache
+/// once, from its own L2 for the later heads; with fewer such pairs than threads (one decoding row of a model with
+/// one KV head, as gemma3) a group's query heads are split over several tasks.
 fn attention(
     pool: &Pool,
     kern: Kernels,
@@ -378,12 +380,16 @@ fn attention(
     let out = Out(att.as_mut_ptr());
     let out = &out;
     let nkv = c.n_kv_heads;
+    let parts = if n * nkv < pool.threads() { group.min(pool.threads().div_ceil(n * nkv)) } else { 1 };
+    let per = group.div_ceil(parts);
     let job = |scores: &mut Vec<f32>, task: usize| {
-        let (t, kvh) = (task / nkv, task % nkv);
+        let (t, rest) = (task / (nkv * parts), task % (nkv * parts));
+        let (kvh, part) = (rest / parts, rest % parts);
         let g = &caches[caches.partition_point(|g| g.row0 <= t) - 1];
         let last = g.pos0 + (t - g.row0);
         let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
-        for h in kvh * group..(kvh + 1) * group {
+        let h0 = kvh * group + part * per;
+        for h in h0..(h0 + per).min((kvh + 1) * group) {
             let qh = &q[t * q_dim + h * hd..][..hd];
             // SAFETY: task (t, h) alone writes these hd elements.
             let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
@@ -391,7 +397,7 @@ fn attention(
             kern.attend(qh, k, v, kv_dim, last + 1 - first, scale, scores, o);
         }
     };
-    pool.tasks(n * nkv, Vec::new, job);
+    pool.tasks(n * nkv * parts, Vec::new, job);
 }
 
 impl Shard for CpuShard {
