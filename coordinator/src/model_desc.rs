@@ -34,6 +34,10 @@ pub struct ModelDescription {
     pub tied_embeddings: bool,
     /// KV cache bytes per token per layer (f32 keys and values).
     pub kv_bytes_per_token_per_layer: u64,
+    /// Per layer, the positions its attention reads when it is a sliding-window layer (gemma3's local layers,
+    /// whose KV cache a node bounds by the window); empty when every layer reads every position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_windows: Vec<Option<usize>>,
     /// Hidden state bytes per token sent between pipeline stages (f32).
     pub activation_bytes_per_token: u64,
     /// Multiply-adds x 2 per token per layer for the projections (attention scores excluded).
@@ -80,6 +84,10 @@ impl ModelDescription {
             head_bytes,
             tied_embeddings: cfg.tied_embeddings,
             kv_bytes_per_token_per_layer: (2 * cfg.kv_dim() * 4) as u64,
+            layer_windows: match cfg.sliding {
+                Some(_) => (0..cfg.n_layers).map(|l| cfg.window(l)).collect(),
+                None => Vec::new(),
+            },
             activation_bytes_per_token: (cfg.dim * 4) as u64,
             flops_per_token_per_layer: 2 * params as u64,
             context: cfg.context,
@@ -114,6 +122,7 @@ impl ModelDescription {
             head_bytes: embed + s.dim as u64 * 4,
             tied_embeddings: true,
             kv_bytes_per_token_per_layer: (2 * kv * 4) as u64,
+            layer_windows: Vec::new(),
             activation_bytes_per_token: (s.dim * 4) as u64,
             flops_per_token_per_layer: 2 * params as u64,
             context: s.context,

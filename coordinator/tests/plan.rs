@@ -292,7 +292,14 @@ fn brute_force_with(
                     let g = group.unwrap();
                     let mut members = Vec::new();
                     for (i, sh) in g.shares.iter().enumerate() {
-                        let memory_bytes = g.member_memory(&cost, i, cost.layer_bytes(a, a + m), m, embed, head);
+                        let memory_bytes = g.member_memory(
+                            &cost,
+                            i,
+                            cost.layer_bytes(a, a + m),
+                            cost.kv_cache_bytes(a, a + m),
+                            embed,
+                            head,
+                        );
                         if memory_bytes > usable_memory(nodes[sh.node].memory_bytes) {
                             return;
                         }
@@ -582,6 +589,38 @@ fn one_kv_head_splits_query_heads() {
     let r = PlanRequest { context: 2048, sequences: 1, tensor_parallel: TpMode::Force(5) };
     let e = plan(&model, &nodes, &r).unwrap_err().to_string();
     assert!(e.contains("4 query heads"), "{e}");
+}
+
+/// gemma3's local layers hold their window and one chunk (`511 + 256` positions) per sequence, its global layers
+/// (every sixth) the whole context: read from the real file, counted in the stage memory, and what lets 4
+/// sequences of 32k context fit a 2 GiB node (the full cache would need 4.8 GB).
+#[test]
+fn sliding_window_layers_bound_the_kv_cache_in_the_plan() {
+    let path = edge_node::setup::known_model(&edge_node::setup::GEMMA3_270M);
+    edge_node::setup::check_model(&path).unwrap_or_else(|e| panic!("{e}"));
+    let g = edge_node::gguf::Gguf::open(&path).unwrap();
+    let cfg = edge_node::model::ModelConfig::from_gguf(&g).unwrap();
+    let model = ModelDescription::from_gguf(&g, &cfg).unwrap();
+    let global: Vec<usize> = (0..18).filter(|&l| model.layer_windows[l].is_none()).collect();
+    assert_eq!(global, [5, 11, 17]);
+    assert!(model.layer_windows.iter().flatten().all(|&w| w == 512));
+
+    let r = PlanRequest { context: 32_768, sequences: 4, tensor_parallel: TpMode::Off };
+    let cost = CostModel::new(&model, &r);
+    let per_pos = model.kv_bytes_per_token_per_layer; // 2 x 256 x 4 bytes
+    assert_eq!(cost.kv_cache_bytes(0, 18), per_pos * 4 * (3 * 32_768 + 15 * (511 + 256)));
+    assert_eq!(cost.kv_cache_bytes(0, 5), per_pos * 4 * 5 * 767, "local layers only");
+    assert_eq!(cost.kv_cache_bytes_max(6), per_pos * 4 * (32_768 + 5 * 767), "any six layers hold one global");
+    let short = CostModel::new(&model, &PlanRequest { context: 300, ..r });
+    assert_eq!(short.kv_cache_bytes(0, 18), per_pos * 4 * 18 * 300, "a short context bounds every layer");
+
+    let node = [tp_node("a", 2 << 30, 2.0, 100.0, 100.0)];
+    let p = plan(&model, &node, &r).unwrap();
+    check_plan(&model, &node, &p);
+    assert!(p.stages[0].members[0].memory_bytes < 2 << 30);
+    let full = ModelDescription { layer_windows: Vec::new(), ..model.clone() };
+    let e = plan(&full, &node, &r).unwrap_err().to_string();
+    assert!(e.contains("KV cache"), "{e}");
 }
 
 #[test]

@@ -122,7 +122,8 @@ pub trait Shard {
     fn close_sequence(&mut self, seq: SeqId);
     /// Number of positions the sequence holds.
     fn sequence_len(&self, seq: SeqId) -> Result<usize, ShardError>;
-    /// Forgets positions `len..` of a sequence (to replay or roll back).
+    /// Forgets positions `len..` of a sequence (to replay or roll back). The cpu backend refuses to go back to a
+    /// length whose window a sliding-window layer no longer holds (back to 0 always works).
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError>;
     /// Gives the open, empty sequence `to` a copy of the first `len` positions of `from` (choices of one request
     /// share their prompt's prefill): `to` then continues as if it had run them itself.

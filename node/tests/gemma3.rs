@@ -139,3 +139,53 @@ fn a_three_stage_pipeline_gives_the_whole_models_tokens() {
     let mut whole = edge_node::cpu::CpuShard::load(&g, &cfg, ShardSpec::whole(18)).unwrap();
     assert_eq!(out, Some(ShardOutput::Tokens(argmax_all(&mut whole, ids))));
 }
+
+/// A local layer's KV cache holds the window and one 256-token chunk beyond it, shifting the window to the front
+/// when a step would run past its end, and growing for a longer step. 1,300 positions (the long prompt and most of
+/// it again) fed in chunks, single tokens and one 300-token step give every position the argmax of one step of
+/// all of them. A fork right behind the end continues the same way; a fork or a rewind to positions the window
+/// has left behind is refused and leaves the sequences usable.
+#[test]
+fn the_sliding_window_cache_gives_the_same_tokens_in_any_steps() {
+    let (g, cfg) = common::gemma3();
+    let r = common::gemma3_reference();
+    let ids: Vec<u32> = r.long.ids.iter().chain(&r.long.ids).copied().take(1300).collect();
+    let mut shard = edge_node::cpu::CpuShard::load(&g, &cfg, ShardSpec::whole(18)).unwrap();
+    let whole = argmax_all(&mut shard, &ids);
+
+    let mut steps = vec![256, 256, 256];
+    steps.extend([1; 100]);
+    steps.push(300);
+    steps.extend(std::iter::repeat_n(1, ids.len() - 1168));
+    shard.open_sequence(1, ids.len() + 8).unwrap();
+    let (mut at, mut got) = (0, Vec::new());
+    for n in steps {
+        let step = ShardInput::Tokens(&ids[at..at + n]);
+        let ShardOutput::Tokens(t) = shard.forward(1, step, HeadOutput::ArgmaxAll).unwrap() else { panic!() };
+        got.extend(t);
+        at += n;
+    }
+    assert_eq!(got.len(), whole.len());
+    let first_diff = got.iter().zip(&whole).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "positions fed in steps differ from one step");
+
+    // A fork of all but the last position continues as the parent did.
+    let last = ids.len() - 1;
+    shard.open_sequence(2, ids.len() + 8).unwrap();
+    shard.fork(1, 2, last).unwrap();
+    let out = shard.forward(2, ShardInput::Tokens(&ids[last..]), HeadOutput::ArgmaxLast).unwrap();
+    assert_eq!(out, ShardOutput::Tokens(vec![whole[last]]));
+
+    // Positions 400.. are gone from the local layers: refused, and both sequences go on.
+    shard.open_sequence(3, ids.len() + 8).unwrap();
+    let err = shard.fork(1, 3, 400).unwrap_err().to_string();
+    assert!(err.contains("sliding-window"), "{err}");
+    let err = shard.truncate(1, 400).unwrap_err().to_string();
+    assert!(err.contains("sliding-window"), "{err}");
+    assert_eq!(shard.sequence_len(1).unwrap(), ids.len());
+    let out = shard.forward(3, ShardInput::Tokens(&ids[..5]), HeadOutput::ArgmaxAll).unwrap();
+    assert_eq!(out, ShardOutput::Tokens(whole[..5].to_vec()));
+    shard.truncate(1, 0).unwrap();
+    let out = shard.forward(1, ShardInput::Tokens(&ids[..300]), HeadOutput::ArgmaxAll).unwrap();
+    assert_eq!(out, ShardOutput::Tokens(whole[..300].to_vec()));
+}

@@ -53,6 +53,9 @@ pub struct CostModel<'a> {
     /// Rows (sequences' tokens) in every stage step the times below are for: 1 for one sequence's decode.
     pub batch: usize,
     prefix: Vec<u64>,
+    /// Prefix sums of each layer's KV cache bytes (every sequence), and the most any `m` consecutive layers hold.
+    kv_prefix: Vec<u64>,
+    kv_max: Vec<u64>,
 }
 
 impl<'a> CostModel<'a> {
@@ -62,7 +65,15 @@ impl<'a> CostModel<'a> {
         for &b in &model.layer_weight_bytes {
             prefix.push(prefix.last().unwrap().saturating_add(b));
         }
-        CostModel { model, context: req.context, sequences: req.sequences, batch: 1, prefix }
+        let n = model.layer_weight_bytes.len();
+        let per_seq = |l: usize| model.kv_bytes_per_token_per_layer.saturating_mul(kv_positions(model, l, req.context));
+        let mut kv_prefix = vec![0u64];
+        for l in 0..n {
+            let b = per_seq(l).saturating_mul(req.sequences as u64);
+            kv_prefix.push(kv_prefix[l].saturating_add(b));
+        }
+        let kv_max = (0..=n).map(|m| (0..=n - m).map(|a| kv_prefix[a + m] - kv_prefix[a]).max().unwrap_or(0)).collect();
+        CostModel { model, context: req.context, sequences: req.sequences, batch: 1, prefix, kv_prefix, kv_max }
     }
 
     /// The same model with `batch` rows in every step.
@@ -116,17 +127,26 @@ impl<'a> CostModel<'a> {
         }
     }
 
-    /// KV cache bytes one decode step reads per layer: the cache of one sequence, half full on average.
+    /// KV cache bytes one decode step reads per layer: the cache of one sequence, half full on average (at most
+    /// the window on a sliding-window layer), averaged over the layers.
     pub fn kv_read_bytes_per_layer(&self) -> f64 {
-        self.model.kv_bytes_per_token_per_layer as f64 * self.context as f64 / 2.0
+        let half = self.context as f64 / 2.0;
+        let n = self.n_layers().max(1);
+        let read = |l: usize| match self.model.layer_windows.get(l).copied().flatten() {
+            Some(w) => half.min(w as f64),
+            None => half,
+        };
+        self.model.kv_bytes_per_token_per_layer as f64 * (0..n).map(read).sum::<f64>() / n as f64
     }
 
-    /// KV cache bytes a stage holds per layer: `context` positions for each of `sequences` sequences.
-    pub fn kv_cache_bytes_per_layer(&self) -> u64 {
-        self.model
-            .kv_bytes_per_token_per_layer
-            .saturating_mul(self.context as u64)
-            .saturating_mul(self.sequences as u64)
+    /// KV cache bytes a stage of layers `[a, b)` holds for all `sequences` (see [`kv_positions`]).
+    pub fn kv_cache_bytes(&self, a: usize, b: usize) -> u64 {
+        self.kv_prefix[b] - self.kv_prefix[a]
+    }
+
+    /// The most KV cache bytes any `m` consecutive layers hold (the DP's memory check by stage length).
+    pub fn kv_cache_bytes_max(&self, m: usize) -> u64 {
+        self.kv_max[m.min(self.kv_max.len() - 1)]
     }
 
     /// Activation workspace of a stage: `MAX_STEP_TOKENS x (x + qkv + q + attention + ffn + staging) x 4` bytes,
@@ -144,7 +164,7 @@ impl<'a> CostModel<'a> {
         self.layer_bytes(a, b)
             + if embed { m.embed_bytes } else { 0 }
             + if head { m.head_bytes } else { 0 }
-            + self.kv_cache_bytes_per_layer().saturating_mul((b - a) as u64)
+            + self.kv_cache_bytes(a, b)
             + self.workspace_bytes(head)
     }
 
@@ -456,18 +476,17 @@ impl TpGroup {
             + self.step_overhead_us()
     }
 
-    /// Memory of member `i` for `layers` layers holding `weight_bytes` of whole-layer weights.
+    /// Memory of member `i` for layers holding `weight_bytes` of whole-layer weights and `all_kv` of whole KV cache.
     pub fn member_memory(
         &self,
         cost: &CostModel,
         i: usize,
         weight_bytes: u64,
-        layers: usize,
+        all_kv: u64,
         embed: bool,
         head: bool,
     ) -> u64 {
         let m = cost.model;
-        let all_kv = cost.kv_cache_bytes_per_layer().saturating_mul(layers as u64);
         let s = &self.shares[i];
         let kv = match s.q_heads {
             Some(_) => all_kv, // the one KV head, whole
@@ -479,6 +498,13 @@ impl TpGroup {
             + if head { m.head_bytes } else { 0 }
             + cost.workspace_bytes(head)
     }
+}
+
+/// Positions of layer `l`'s KV cache a node holds for one sequence of `context`: all of them, or on a sliding-window
+/// layer the window and one step's rows beyond it (`window - 1 + MAX_STEP_TOKENS`, as the cpu backend keeps).
+pub fn kv_positions(model: &ModelDescription, l: usize, context: usize) -> u64 {
+    let window = model.layer_windows.get(l).copied().flatten();
+    window.map_or(context, |w| context.min(w.saturating_sub(1) + MAX_STEP_TOKENS as usize)) as u64
 }
 
 /// Index of the smallest value (the first one on ties).

@@ -20,12 +20,15 @@
 //!
 //! **Stage time** on node `n` for whole layers `[a, b)`:
 //! `(sum(layer_weight_bytes[a..b]) + kv_bytes_per_token_per_layer x (b-a) x context/2) / (gemv_gbps x 1e3)`
-//! (weights and the KV cache of one sequence, half full on average) `+ DISPATCHES_PER_LAYER (6) x (b-a) x
+//! (weights and the KV cache of one sequence, half full on average; a sliding-window layer reads at most its
+//! window, taken into the mean over the layers) `+ DISPATCHES_PER_LAYER (6) x (b-a) x
 //! dispatch_us` `+ EMBED_DISPATCHES (1) x dispatch_us` on the first stage `+ head_bytes / (gemv_gbps x 1e3) +
 //! HEAD_DISPATCHES (2) x dispatch_us` on the last `+ STEP_OVERHEAD_US` (100: one submit and one readback).
 //!
 //! **Stage memory**: the layers' weights (+ `embed_bytes` on the first stage, + `head_bytes` on the last; a tied
-//! head is a second copy) + KV cache `kv_bytes_per_token_per_layer x layers x context x sequences` + workspace
+//! head is a second copy) + KV cache `kv_bytes_per_token_per_layer x positions x sequences` summed over the layers,
+//! positions being `context`, or on a sliding-window layer `min(context, window - 1 + MAX_STEP_TOKENS)` (what the
+//! cpu backend holds; the DP checks the most any run of that many layers holds) + workspace
 //! `MAX_STEP_TOKENS (256) x (2 dim + (q + 2 kv) + q + q + ffn) x 4` (+ `HEAD_ROWS (32) x vocab x 4` of logits on
 //! the last stage). It must be at most `USABLE_MEMORY_FRACTION (0.9) x memory_bytes` of the node (members report
 //! the memory available when they start).
@@ -587,7 +590,7 @@ fn does_not_fit(cost: &CostModel, nodes: &[NodeProfile]) -> PlanError {
     let breakdown = format!(
         "weights {}, KV cache {} for {} positions x {} sequences, workspace {}",
         human(cost.layer_bytes(0, l) + m.embed_bytes + m.head_bytes),
-        human(cost.kv_cache_bytes_per_layer().saturating_mul(l as u64)),
+        human(cost.kv_cache_bytes(0, l)),
         cost.context,
         cost.sequences,
         human(cost.workspace_bytes(true))

@@ -109,10 +109,9 @@ fn node_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], i: usize)
     let n = &nodes[i];
     let l = cost.n_layers();
     let usable = usable_memory(n.memory_bytes);
-    let kv = cost.kv_cache_bytes_per_layer();
     let fits = |bytes: u64, m: usize, e: bool, h: bool| {
         let extra = if e { cost.model.embed_bytes } else { 0 } + if h { cost.model.head_bytes } else { 0 };
-        bytes.saturating_add(extra).saturating_add(kv.saturating_mul(m as u64)).saturating_add(cost.workspace_bytes(h))
+        bytes.saturating_add(extra).saturating_add(cost.kv_cache_bytes_max(m)).saturating_add(cost.workspace_bytes(h))
             <= usable
     };
     let mid = cost.step_overhead_us(n) + 2.0 * cost.link_busy_us(n);
@@ -129,8 +128,10 @@ fn node_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], i: usize)
 fn group_unit(cost: &CostModel, nodes: &[NodeProfile], windows: &[u64], g: TpGroup) -> Unit {
     let l = cost.n_layers();
     let fits = |bytes: u64, m: usize, e: bool, h: bool| {
-        (0..g.shares.len())
-            .all(|i| g.member_memory(cost, i, bytes, m, e, h) <= usable_memory(nodes[g.shares[i].node].memory_bytes))
+        (0..g.shares.len()).all(|i| {
+            g.member_memory(cost, i, bytes, cost.kv_cache_bytes_max(m), e, h)
+                <= usable_memory(nodes[g.shares[i].node].memory_bytes)
+        })
     };
     let maxlen = max_lengths(cost, windows, fits);
     let whole_fits = fits(cost.layer_bytes(0, l), l, true, true);
@@ -367,7 +368,7 @@ pub fn group_stage(cost: &CostModel, g: &TpGroup, a: usize, b: usize) -> Stage {
             kv_heads: s.kv_heads,
             ffn: s.ffn,
             q_heads: s.q_heads,
-            memory_bytes: g.member_memory(cost, i, cost.layer_bytes(a, b), b - a, embed, head),
+            memory_bytes: g.member_memory(cost, i, cost.layer_bytes(a, b), cost.kv_cache_bytes(a, b), embed, head),
         })
         .collect();
     Stage { layer_start: a as u32, layer_end: b as u32, embed, head, members, compute_us: 0.0 }

@@ -62,11 +62,16 @@ pub struct Active {
 }
 
 /// The fork a choice starts from: the first stage copies all but the last prompt position from its sibling's
-/// sequence when that one is running (else, or for a one-token prompt, the choice runs its whole prompt).
-fn fork_of(sub: &Submission, running: &[Active]) -> Option<Fork> {
+/// sequence when that one is running (else, or for a one-token prompt, the choice runs its whole prompt). On a
+/// model with sliding-window layers only while the sibling has no token yet: past that, a local layer's cache
+/// may have moved beyond the window the fork needs.
+fn fork_of(sub: &Submission, running: &[Active], sliding: bool) -> Option<Fork> {
     let with = sub.shares_prefill_with.as_ref()?;
     let len = sub.job.prompt.len().checked_sub(1).filter(|&l| l > 0 && !sub.job.params.embed)?;
-    let parent = running.iter().find(|a| &a.sub.id == with && a.ended_at.is_none())?.seq?;
+    let parent = running
+        .iter()
+        .find(|a| &a.sub.id == with && a.ended_at.is_none() && !(sliding && !a.outcome.tokens.is_empty()))?
+        .seq?;
     Some(Fork { parent, len: len as u32 })
 }
 
@@ -309,7 +314,7 @@ impl Scheduler {
                 }
             };
             self.board().job(&a.sub.id, |j| j.state = JobState::Running);
-            let fork = fork_of(&a.sub, &self.active);
+            let fork = fork_of(&a.sub, &self.active, self.setup.model.config.sliding.is_some());
             if let Err(f) = self.start_seq(&mut a, fork).await {
                 self.failure = Some(f);
             }

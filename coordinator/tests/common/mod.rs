@@ -30,6 +30,7 @@ pub fn toy(layers: usize) -> ModelDescription {
         head_bytes: 500_000,
         tied_embeddings: false,
         kv_bytes_per_token_per_layer: 1000,
+        layer_windows: vec![],
         activation_bytes_per_token: 1000,
         flops_per_token_per_layer: 0,
         context: 1000,

@@ -6,6 +6,7 @@
 //! - [`matmul`]: the weight-type table (activation type and dot kernel of each GGML type) and the matrix
 //!   products that run on the pool.
 //! - [`kernels`]: one file of dot products per instruction set (generic, AVX2, AVX-512 VNNI), picked at run time.
+//! - [`kv`]: a sequence's KV cache, sliding-window layers bounded by their window.
 //! - [`pool`]: the persistent thread pool (spin briefly, then sleep).
 //! - [`repack`]: weights of the 32-weight block types interleaved eight rows at a time at load.
 //! - [`shard`]: [`CpuShard`], the backend's [`crate::shard::Shard`].
@@ -14,6 +15,7 @@
 
 pub mod act;
 pub mod kernels;
+pub mod kv;
 pub mod matmul;
 pub mod pool;
 pub mod repack;

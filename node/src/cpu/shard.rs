@@ -12,6 +12,7 @@ use std::sync::Arc;
 use edge_protocol::ShardSpec;
 
 use super::kernels::Kernels;
+use super::kv::SeqKv;
 use super::matmul::{matmul, Acts, Mat};
 use super::pool::Pool;
 use crate::gguf::{Gguf, GgufError, TensorInfo};
@@ -19,8 +20,8 @@ use crate::model::{Activation, ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
 use crate::reference::{argmax, head_norm, rmsnorm};
 use crate::shard::{
-    check_distinct, check_input, normed_sum, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError,
-    ShardInput, ShardOutput, Step,
+    check_distinct, check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput,
+    ShardOutput, Step,
 };
 
 struct Layer {
@@ -89,7 +90,7 @@ pub struct CpuShard {
     layers: Vec<Layer>,
     embed: Option<TensorInfo>,
     head: Option<(Vec<f32>, Mat)>,
-    seqs: Sequences<HostKv>,
+    seqs: Sequences<SeqKv>,
     s: Scratch,
 }
 
@@ -237,7 +238,6 @@ impl CpuShard {
             // Bias, RoPE and the KV write, one token at a time, each into its sequence's cache.
             for g in segs {
                 let kv = &mut seqs.get_mut(g.seq)?.kv;
-                let layer_off = li * kv.capacity * kv_dim;
                 for (i, t) in (g.row0..g.row0 + g.n).enumerate() {
                     let (qt, kt, vt) =
                         (&mut q[t * q_dim..][..q_dim], &mut k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
@@ -251,11 +251,11 @@ impl CpuShard {
                         head_norm(kt, kn, c.rms_eps);
                     }
                     rope(qt, kt, g.pos0 + i, hd, &l.freqs, c.rope);
-                    let row = layer_off + (g.pos0 + i) * kv_dim;
-                    kv.k[row..row + kv_dim].copy_from_slice(kt);
-                    kv.v[row..row + kv_dim].copy_from_slice(vt);
+                    let (kr, vr) = kv.row_mut(li, g.pos0 + i);
+                    kr.copy_from_slice(kt);
+                    vr.copy_from_slice(vt);
                     if let Some(b) = &l.bias[2] {
-                        kv.v[row..row + kv_dim].iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        vr.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                     }
                 }
             }
@@ -264,9 +264,8 @@ impl CpuShard {
             let caches = segs
                 .iter()
                 .map(|g| {
-                    let kv = &seqs.get(g.seq)?.kv;
-                    let off = li * kv.capacity * kv_dim;
-                    Ok(Cache { k: &kv.k[off..], v: &kv.v[off..], pos0: g.pos0, row0: g.row0 })
+                    let (k, v, base) = seqs.get(g.seq)?.kv.layer(li);
+                    Ok(Cache { k, v, base, pos0: g.pos0, row0: g.row0 })
                 })
                 .collect::<Result<Vec<_>, ShardError>>()?;
             let att = resize(&mut s.att, n * q_dim);
@@ -350,10 +349,11 @@ fn rope(q: &mut [f32], k: &mut [f32], pos: usize, hd: usize, freqs: &[f32], styl
     }
 }
 
-/// A layer's cache of one sequence in a batched step (from position 0), and where its rows are.
+/// A layer's cache of one sequence in a batched step (from position `base`), and where its rows are.
 struct Cache<'a> {
     k: &'a [f32],
     v: &'a [f32],
+    base: usize,
     pos0: usize,
     row0: usize,
 }
@@ -393,7 +393,8 @@ fn attention(
             let qh = &q[t * q_dim + h * hd..][..hd];
             // SAFETY: task (t, h) alone writes these hd elements.
             let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-            let (k, v) = (&g.k[first * kv_dim + kvh * hd..], &g.v[first * kv_dim + kvh * hd..]);
+            let at = (first - g.base) * kv_dim + kvh * hd;
+            let (k, v) = (&g.k[at..], &g.v[at..]);
             kern.attend(qh, k, v, kv_dim, last + 1 - first, scale, scores, o);
         }
     };
@@ -412,7 +413,8 @@ impl Shard for CpuShard {
     }
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
         self.seqs.check_open(&self.cfg, seq, capacity)?;
-        self.seqs.insert(seq, capacity, HostKv::alloc(self.layers.len(), capacity, self.cfg.kv_dim())?);
+        let kv = SeqKv::alloc(self.layers.iter().map(|l| l.window), capacity, self.cfg.kv_dim())?;
+        self.seqs.insert(seq, capacity, kv);
         Ok(())
     }
     fn close_sequence(&mut self, seq: SeqId) {
@@ -422,10 +424,12 @@ impl Shard for CpuShard {
         Ok(self.seqs.get(seq)?.len)
     }
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        let s = self.seqs.get_mut(seq)?;
+        s.kv.rewind(len.min(s.len))?;
         self.seqs.truncate(seq, len)
     }
     fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
-        self.seqs.fork_host(from, to, len, self.cfg.kv_dim())
+        self.seqs.fork(from, to, len, |f, t| f.copy_prefix(t, len))
     }
 
     fn batches(&self) -> bool {
@@ -452,7 +456,9 @@ impl Shard for CpuShard {
         let mut rows = 0;
         for s in steps {
             let n = check_input(&self.spec, &self.cfg, &s.input)?;
-            let pos0 = self.seqs.with_room(s.seq, n)?.len;
+            let room = self.seqs.with_room(s.seq, n)?;
+            let pos0 = room.len;
+            room.kv.make_room(pos0, n)?;
             segs.push(Seg { seq: s.seq, pos0, row0: rows, n });
             rows += n;
         }

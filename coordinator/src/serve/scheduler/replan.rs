@@ -128,7 +128,7 @@ impl Scheduler {
                 break;
             }
             // (A choice resumed before its sibling is a sequence of its own.)
-            let fork = fork_of(&active[i].sub, &active);
+            let fork = fork_of(&active[i].sub, &active, self.setup.model.config.sliding.is_some());
             if let Err(f) = self.start_seq(&mut active[i], fork).await {
                 self.failure = Some(f);
             }
