@@ -24,15 +24,22 @@ pub fn post_raw(url: &str, path: &str, body: &[u8], key: Option<&str>) -> (u16, 
     (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
 }
 
-/// GETs a JSON document (status 200).
-pub fn get_json(url: &str, path: &str, key: Option<&str>) -> Value {
+/// GETs a document: status, content type and body text.
+pub fn get_text(url: &str, path: &str, key: Option<&str>) -> (u16, String, String) {
     let mut req = agent().get(format!("{url}{path}"));
     if let Some(k) = key {
         req = req.header("Authorization", format!("Bearer {k}"));
     }
     let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    assert_eq!(resp.status().as_u16(), 200, "GET {path}");
-    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    let ct = resp.headers().get("content-type").map_or("", |v| v.to_str().unwrap()).to_string();
+    (resp.status().as_u16(), ct, resp.body_mut().read_to_string().unwrap())
+}
+
+/// GETs a JSON document (status 200).
+pub fn get_json(url: &str, path: &str, key: Option<&str>) -> Value {
+    let (status, _, text) = get_text(url, path, key);
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 /// POSTs a JSON body: status and JSON answer.

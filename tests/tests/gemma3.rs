@@ -8,7 +8,7 @@ use std::process::Command;
 use edge_node::backend::Backend;
 use edge_node::generate::{generate, GenerateRequest};
 use edge_node::tokenizer::{ChatMessage, Tokenizer};
-use edge_tests::http::post_json;
+use edge_tests::http::{get_text, post_json};
 use edge_tests::{bin, new_key, temp_dir, Node, NodeSpec, Server, TempDir};
 use serde_json::json;
 
@@ -65,10 +65,18 @@ fn gemma3_runs_as_a_pipeline_a_tensor_parallel_stage_and_behind_the_api() {
     assert_eq!(ids.iter().filter(|&&t| t == 2).count(), 1, "one BOS");
     assert!(tok.chat_prompt(&messages).ends_with("<start_of_turn>model\n"));
     let want = tok.decode(&one_node(ids.clone(), 16));
-    let body = json!({"model": "gemma3:270m", "max_tokens": 16, "temperature": 0, "messages": [
+    // Two choices: the second forks the first's prompt positions (before its first token, as a sliding-window
+    // model must) and gives the same greedy text.
+    let body = json!({"model": "gemma3:270m", "max_tokens": 16, "temperature": 0, "n": 2, "messages": [
         {"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "What is a fox?"}]});
     let (status, r) = post_json(&server.url, "/v1/chat/completions", &body, None);
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["usage"]["prompt_tokens"], ids.len(), "{r}");
-    assert_eq!(r["choices"][0]["message"]["content"].as_str().unwrap(), want.trim_end_matches("<end_of_turn>"), "{r}");
+    assert_eq!(r["choices"].as_array().unwrap().len(), 2, "{r}");
+    for c in r["choices"].as_array().unwrap() {
+        assert_eq!(c["message"]["content"].as_str().unwrap(), want.trim_end_matches("<end_of_turn>"), "{r}");
+    }
+    let (code, _, metrics) = get_text(&server.url, "/metrics", None);
+    let shared = metrics.lines().find_map(|l| l.strip_prefix("edge_prompt_tokens_shared_total "));
+    assert_eq!((code, shared), (200, Some(format!("{}", ids.len() - 1).as_str())), "{metrics}");
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use edge_node::tokenizer::Tokenizer;
-use edge_tests::http::{self, agent, streamed_text};
+use edge_tests::http::{self, agent, get_text, streamed_text};
 use edge_tests::{bin, new_key, Node, NodeSpec, Server, GREEDY_32, REFERENCE_PROMPT};
 use serde_json::{json, Value};
 
@@ -34,17 +34,6 @@ fn get(url: &str, path: &str, key: Option<&str>) -> (u16, Value) {
     let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
     let text = resp.body_mut().read_to_string().unwrap();
     (resp.status().as_u16(), serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}")))
-}
-
-/// GET returning the status, the content type and the body text.
-fn get_text(url: &str, path: &str, key: Option<&str>) -> (u16, String, String) {
-    let mut req = agent().get(format!("{url}{path}"));
-    if let Some(k) = key {
-        req = req.header("Authorization", format!("Bearer {k}"));
-    }
-    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let ct = resp.headers().get("content-type").map_or("", |v| v.to_str().unwrap()).to_string();
-    (resp.status().as_u16(), ct, resp.body_mut().read_to_string().unwrap())
 }
 
 /// The value of one sample line of a Prometheus exposition (`name{labels}` exactly as written).

@@ -261,9 +261,11 @@ impl Kernels {
         match self.isa {
             // SAFETY: a detected path's features are present; the kernel checks the lengths.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if q.len() % 8 == 0 => unsafe { avx2::attend(q, k, v, stride, n, scale, scores, out) },
+            Isa::Avx2 if q.len().is_multiple_of(8) => unsafe { avx2::attend(q, k, v, stride, n, scale, scores, out) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni if q.len() % 8 == 0 => unsafe { avx512::attend(q, k, v, stride, n, scale, scores, out) },
+            Isa::Avx512Vnni if q.len().is_multiple_of(8) => unsafe {
+                avx512::attend(q, k, v, stride, n, scale, scores, out)
+            },
             #[cfg(target_arch = "aarch64")]
             Isa::Neon if q.len() % 4 == 0 => unsafe { neon::attend(q, k, v, stride, n, scale, scores, out) },
             #[cfg(target_arch = "aarch64")]

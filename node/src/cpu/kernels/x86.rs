@@ -439,6 +439,7 @@ macro_rules! x86_kernels {
         ///
         /// # Safety
         /// The CPU has the target features; `k` and `v` hold `n` rows of `stride`, `q` and `out` `hd` floats.
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = $feat)]
         pub unsafe fn attend(
             q: &[f32],
