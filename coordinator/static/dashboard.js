@@ -426,7 +426,8 @@ function renderPlan(s) {
       row.append(el("span", { class: "who" }, `${k === 0 ? "· " : ""}${nodeName(s, m.node)}`));
       if (tp) {
         const parts = [];
-        if (m.kv_heads) parts.push(`kv ${fmt.range(m.kv_heads)}`);
+        if (m.q_heads) parts.push(`q ${fmt.range(m.q_heads)}`);
+        else if (m.kv_heads) parts.push(`kv ${fmt.range(m.kv_heads)}`);
         if (m.ffn) parts.push(`ffn ${fmt.range(m.ffn)}`);
         row.append(el("span", { class: "split" }, parts.join(" · ")));
       }
@@ -451,7 +452,8 @@ function renderPlan(s) {
   plan.stages.forEach((st, i) => {
     const sw = el("span", { class: `swatch ${stageClass(i)}` });
     const who = (st.members || []).map((m) => {
-      const split = [m.kv_heads && `kv ${fmt.range(m.kv_heads)}`, m.ffn && `ffn ${fmt.range(m.ffn)}`].filter(Boolean).join(", ");
+      const heads = m.q_heads ? `q ${fmt.range(m.q_heads)}` : m.kv_heads && `kv ${fmt.range(m.kv_heads)}`;
+      const split = [heads, m.ffn && `ffn ${fmt.range(m.ffn)}`].filter(Boolean).join(", ");
       return nodeName(s, m.node) + (split && st.members.length > 1 ? ` (${split})` : "");
     }).join(" + ");
     const extras = [st.embed && "embedding", st.head && "head"].filter(Boolean).join(", ");

@@ -143,6 +143,7 @@ pub fn plan_status(p: &Planned) -> PlanStatus {
                 .map(|(peer, slice)| StageMemberStatus {
                     node: peer.to_string(),
                     kv_heads: slice.map(|l| l.kv_heads),
+                    q_heads: slice.and_then(|l| l.q_heads),
                     ffn: slice.map(|l| l.ffn),
                 })
                 .collect(),
@@ -185,7 +186,7 @@ mod tests {
     fn the_token_rate_counts_the_plan_nodes_over_the_window() {
         let info = ModelInfo { id: "m".into(), arch: "llama".into(), layers: 1, context: 8 };
         let mut b = Board::new(info);
-        let member = |node: &str| StageMemberStatus { node: node.into(), kv_heads: None, ffn: None };
+        let member = |node: &str| StageMemberStatus { node: node.into(), kv_heads: None, q_heads: None, ffn: None };
         let stage = |node: &str| StageStatus {
             layers: (0, 1),
             embed: true,

@@ -165,8 +165,11 @@ fn render_plan(o: &mut String, label: &str, p: &super::status::PlanStatus) {
         let members: Vec<String> = st
             .members
             .iter()
-            .map(|m| match (m.kv_heads, m.ffn) {
-                (Some(h), Some(f)) => {
+            .map(|m| match (m.kv_heads, m.q_heads, m.ffn) {
+                (Some(_), Some(q), Some(f)) => {
+                    format!("{} (q heads {}..{}, ffn {}..{})", short(&m.node), q.0, q.1, f.0, f.1)
+                }
+                (Some(h), None, Some(f)) => {
                     format!("{} (kv heads {}..{}, ffn {}..{})", short(&m.node), h.0, h.1, f.0, f.1)
                 }
                 _ => short(&m.node).to_string(),
@@ -217,6 +220,23 @@ mod tests {
             "length",
             "2.50 ms/token",
         ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_query_head_split_shows_its_query_heads() {
+        let members = serde_json::json!([
+            {"node": "12D3KooWaaaaaa111111", "kv_heads": [0, 1], "q_heads": [0, 2], "ffn": [0, 1024]},
+            {"node": "12D3KooWbbbbbb222222", "kv_heads": [0, 1], "q_heads": [2, 4], "ffn": [1024, 2048]}]);
+        let v = serde_json::json!({
+            "model": {"id": "M", "arch": "gemma3", "layers": 18, "context": 512}, "nodes": [], "jobs": [],
+            "plan": {"id": "00ff00ff00ff00ff", "stages": [{"layers": [0, 18], "embed": true, "head": true,
+                     "members": members, "predicted_us": 2500.0}], "predicted_tokens_per_s": 100.0, "sequences": 1},
+            "totals": {"requests": 0, "completion_tokens": 0, "uptime_s": 1.0}
+        });
+        let text = render(&serde_json::from_value(v).unwrap());
+        for want in ["111111 (q heads 0..2, ffn 0..1024)", "222222 (q heads 2..4, ffn 1024..2048)"] {
             assert!(text.contains(want), "{want:?} missing in\n{text}");
         }
     }

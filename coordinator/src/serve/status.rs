@@ -6,7 +6,7 @@
 //!  "nodes":[{"id":str,"name":str,"adapter":str,"backend":str,"memory_bytes":int,"gemv_gbps":float,
 //!            "row_gmacs":float,"rtt_ms":float|null,"bandwidth_mbps":float|null,"alive":bool,"active_sequences":int,"tokens_per_s":float}],
 //!  "plan":{"id":str,"stages":[{"layers":[start,end),"embed":bool,"head":bool,
-//!            "members":[{"node":str,"kv_heads":[a,b)|null,"ffn":[a,b)|null}],"predicted_us":float}],
+//!            "members":[{"node":str,"kv_heads":[a,b)|null,"q_heads":[a,b)|null,"ffn":[a,b)|null}],"predicted_us":float}],
 //!          "predicted_tokens_per_s":float,"sequences":int} | null,
 //!  "replicas":[{"plan":{...as "plan"...}|null,"running":int,"queued":int,"unavailable":str|null}],
 //!  "jobs":[{"id":str,"kind":"completion"|"chat"|"embedding","state":"queued"|"running"|"done"|"failed"|"cancelled",
@@ -121,6 +121,10 @@ pub struct StageMemberStatus {
     pub node: String,
     /// Key/value heads `[a, b)` of a tensor-parallel member; `null` for whole layers.
     pub kv_heads: Option<(u32, u32)>,
+    /// Query heads `[a, b)` of a member that splits the query heads of a model with one key/value head (which it
+    /// holds whole); `null` otherwise.
+    #[serde(default)]
+    pub q_heads: Option<(u32, u32)>,
     /// FFN columns `[a, b)` of a tensor-parallel member; `null` for whole layers.
     pub ffn: Option<(u32, u32)>,
 }
