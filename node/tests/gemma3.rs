@@ -189,3 +189,34 @@ fn the_sliding_window_cache_gives_the_same_tokens_in_any_steps() {
     let out = shard.forward(1, ShardInput::Tokens(&ids[..300]), HeadOutput::ArgmaxAll).unwrap();
     assert_eq!(out, ShardOutput::Tokens(whole[..300].to_vec()));
 }
+
+/// `gemma3.attention.sliding_window_pattern`, when a file has it, sets the period of global layers (llama.cpp
+/// otherwise assumes 6); anything but an integer from 2 to the layer count is refused clearly.
+#[test]
+fn the_sliding_window_pattern_key_sets_the_period() {
+    use edge_node::gguf::Value;
+    let (g, cfg) = common::gemma3();
+    let with = |pattern: Option<Value>| {
+        let mut w = edge_node::gguf_writer::GgufWriter::new();
+        for (k, v) in &g.metadata {
+            w = w.kv(k.clone(), v.clone());
+        }
+        if let Some(p) = pattern {
+            w = w.kv("gemma3.attention.sliding_window_pattern", p);
+        }
+        let e = g.info("token_embd.weight").unwrap();
+        let data = g.data(e);
+        let m = edge_node::gguf::parse_bytes(&w.tensor("token_embd.weight", &e.dims, e.ty, data).to_bytes().unwrap())
+            .unwrap();
+        edge_node::model::ModelConfig::from_gguf(&m)
+    };
+    assert_eq!(with(None).unwrap(), cfg);
+    assert_eq!(with(Some(Value::U32(6))).unwrap(), cfg);
+    let c = with(Some(Value::U32(3))).unwrap();
+    let global: Vec<usize> = (0..18).filter(|&l| c.window(l).is_none()).collect();
+    assert_eq!(global, [2, 5, 8, 11, 14, 17]);
+    for bad in [Value::U32(1), Value::U32(19), Value::Array(vec![Value::Bool(true); 18])] {
+        let e = with(Some(bad)).unwrap_err().to_string();
+        assert!(e.contains("sliding_window_pattern"), "{e}");
+    }
+}

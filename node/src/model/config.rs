@@ -119,11 +119,24 @@ impl ModelConfig {
         let partial_layers = g.get("edge.partial_layers").and_then(|v| v.as_bool()).unwrap_or(false);
         let sliding = match g.get(&key("attention.sliding_window")).and_then(|v| v.as_u64()) {
             Some(window) if gemma && window > 0 => {
-                if g.has(&key("attention.sliding_window_pattern")) || g.has(&key("rope.scaling.type")) {
-                    return bad("gemma3 files with a sliding_window_pattern or RoPE scaling are not supported".into());
+                if g.has(&key("rope.scaling.type")) {
+                    return bad("gemma3 files with RoPE scaling are not supported".into());
                 }
+                // llama.cpp's gemma3 period is 6 unless the file says otherwise (one integer: every `period`-th
+                // layer is global); a per-layer list is not a gemma3 layout.
+                let period = match g.get(&key("attention.sliding_window_pattern")) {
+                    None => 6,
+                    Some(v) => match v.as_u64() {
+                        Some(p) if (2..=n_layers as u64).contains(&p) => p as usize,
+                        _ => {
+                            return bad(format!(
+                                "gemma3 sliding_window_pattern {v:?} (an integer from 2 to {n_layers})"
+                            ))
+                        }
+                    },
+                };
                 let rope_theta = g.get(&key("rope.freq_base_swa")).and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32;
-                Some(SlidingWindow { window: window as usize, period: 6, rope_theta })
+                Some(SlidingWindow { window: window as usize, period, rope_theta })
             }
             _ => None,
         };
