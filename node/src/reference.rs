@@ -356,8 +356,16 @@ pub fn softmax(x: &mut [f32]) {
 /// RMS-norms each `weight.len()`-wide head of `x` in place with the shared `weight` (gemma3's QK-norm).
 pub fn head_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     for h in x.chunks_exact_mut(weight.len()) {
-        let raw = h.to_vec();
-        rmsnorm(h, &raw, weight, eps);
+        rmsnorm_in_place(h, weight, eps);
+    }
+}
+
+/// [`rmsnorm`] of `x` into itself, with the same arithmetic.
+pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for (xi, &wi) in x.iter_mut().zip(weight) {
+        *xi = *xi * scale * wi;
     }
 }
 

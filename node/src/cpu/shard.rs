@@ -18,7 +18,7 @@ use super::pool::Pool;
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::model::{Activation, ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::dequantize_row;
-use crate::reference::{argmax, head_norm, rmsnorm};
+use crate::reference::{argmax, head_norm, rmsnorm, rmsnorm_in_place};
 use crate::shard::{
     check_distinct, check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput,
     ShardOutput, Step,
@@ -223,6 +223,7 @@ impl CpuShard {
         let model = self.gguf.bytes();
         let s = &mut self.s;
         let seqs = &mut self.seqs;
+        let pos: Vec<usize> = segs.iter().flat_map(|g| g.pos0..g.pos0 + g.n).collect();
         for (li, l) in self.layers.iter().enumerate() {
             // Attention: norm + quantize, then Q, K, V in one job.
             let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
@@ -235,22 +236,33 @@ impl CpuShard {
                 matmul(&self.pool, model, &[&l.wq, &l.wk, &l.wv], &s.acts, n, &mut [&mut *q, &mut *k, &mut *v])
             });
 
-            // Bias, RoPE and the KV write, one token at a time, each into its sequence's cache.
+            // Bias, QK-norm and RoPE of the queries and keys, rows split over the pool; then the KV write, each
+            // row into its sequence's cache.
+            let (qp, kp) = (Out(q.as_mut_ptr()), Out(k.as_mut_ptr()));
+            let (qp, kp) = (&qp, &kp);
+            for_rows(&self.pool, n, |t, sc| {
+                // SAFETY: row t's queries and keys are this call's alone.
+                let (qt, kt) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.0.add(t * q_dim), q_dim),
+                        std::slice::from_raw_parts_mut(kp.0.add(t * kv_dim), kv_dim),
+                    )
+                };
+                for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1])] {
+                    if let Some(b) = b {
+                        x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    }
+                }
+                if let Some((qn, kn)) = &l.qk_norm {
+                    head_norm(qt, qn, c.rms_eps);
+                    head_norm(kt, kn, c.rms_eps);
+                }
+                rope(qt, kt, pos[t], hd, &l.freqs, c.rope, sc);
+            });
             for g in segs {
                 let kv = &mut seqs.get_mut(g.seq)?.kv;
                 for (i, t) in (g.row0..g.row0 + g.n).enumerate() {
-                    let (qt, kt, vt) =
-                        (&mut q[t * q_dim..][..q_dim], &mut k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
-                    for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1])] {
-                        if let Some(b) = b {
-                            x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                        }
-                    }
-                    if let Some((qn, kn)) = &l.qk_norm {
-                        head_norm(qt, qn, c.rms_eps);
-                        head_norm(kt, kn, c.rms_eps);
-                    }
-                    rope(qt, kt, g.pos0 + i, hd, &l.freqs, c.rope);
+                    let (kt, vt) = (&k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
                     let (kr, vr) = kv.row_mut(li, g.pos0 + i);
                     kr.copy_from_slice(kt);
                     vr.copy_from_slice(vt);
@@ -276,7 +288,7 @@ impl CpuShard {
                 matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta])
             });
             reduce.all_reduce(delta)?;
-            add_residual(x, delta, &l.post_attn_norm, c);
+            add_residual(&self.pool, x, delta, &l.post_attn_norm, c);
 
             // Feed-forward: norm + quantize, gate and up in one job, SwiGLU (or GeGLU) + quantize, down.
             let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
@@ -298,7 +310,7 @@ impl CpuShard {
                 matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta])
             });
             reduce.all_reduce(delta)?;
-            add_residual(x, delta, &l.post_ffn_norm, c);
+            add_residual(&self.pool, x, delta, &l.post_ffn_norm, c);
         }
         Ok(())
     }
@@ -322,20 +334,39 @@ impl CpuShard {
 
 /// x += delta, each row of `delta` RMS-normed with `post_norm` first when the model has one (gemma3: after the
 /// tensor-parallel sum, as the reference does).
-fn add_residual(x: &mut [f32], delta: &mut [f32], post_norm: &Option<Vec<f32>>, c: &ModelConfig) {
-    if let Some(w) = post_norm {
-        for d in delta.chunks_exact_mut(c.dim) {
-            let raw = d.to_vec();
-            rmsnorm(d, &raw, w, c.rms_eps);
-        }
-    }
-    x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
+fn add_residual(pool: &Pool, x: &mut [f32], delta: &mut [f32], post_norm: &Option<Vec<f32>>, c: &ModelConfig) {
+    let Some(w) = post_norm else {
+        x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
+        return;
+    };
+    let (xp, dp, dim) = (Out(x.as_mut_ptr()), Out(delta.as_mut_ptr()), c.dim);
+    let (xp, dp) = (&xp, &dp);
+    for_rows(pool, x.len() / dim, |t, _| {
+        // SAFETY: row t of both is this call's alone.
+        let (xt, dt) = unsafe {
+            (std::slice::from_raw_parts_mut(xp.0.add(t * dim), dim), std::slice::from_raw_parts_mut(dp.0.add(t * dim), dim))
+        };
+        rmsnorm_in_place(dt, w, c.rms_eps);
+        xt.iter_mut().zip(dt.iter()).for_each(|(a, b)| *a += b);
+    });
 }
 
-/// Rotary embedding of one token's queries and keys at `pos` (sines and cosines computed once for both).
-fn rope(q: &mut [f32], k: &mut [f32], pos: usize, hd: usize, freqs: &[f32], style: RopeStyle) {
+/// `f(row, scratch)` for every row in `0..n`: on the pool in runs of 8 rows when there are more than 8, else here.
+fn for_rows(pool: &Pool, n: usize, f: impl Fn(usize, &mut Vec<(f32, f32)>) + Sync) {
+    const RUN: usize = 8;
+    if n <= RUN {
+        let mut sc = Vec::new();
+        return (0..n).for_each(|t| f(t, &mut sc));
+    }
+    pool.tasks(n.div_ceil(RUN), Vec::new, |sc, task| (task * RUN..n.min((task + 1) * RUN)).for_each(|t| f(t, sc)));
+}
+
+/// Rotary embedding of one token's queries and keys at `pos` (sines and cosines computed once for both, in
+/// `sc`).
+fn rope(q: &mut [f32], k: &mut [f32], pos: usize, hd: usize, freqs: &[f32], style: RopeStyle, sc: &mut Vec<(f32, f32)>) {
     let half = hd / 2;
-    let sc: Vec<(f32, f32)> = freqs.iter().map(|f| (pos as f32 * f).sin_cos()).collect();
+    sc.clear();
+    sc.extend(freqs.iter().map(|f| (pos as f32 * f).sin_cos()));
     for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
         for (i, &(sin, cos)) in sc.iter().enumerate().take(half) {
             let (a, b) = match style {
