@@ -148,7 +148,15 @@ if [ "$WITH_LLAMA_CPP" = 1 ]; then
     say "llama-cpp-python present"
   else
     say "building llama-cpp-python 0.3.36 from source (~7 min on 2 cores)"
-    python3 -m pip install --quiet numpy "llama-cpp-python==0.3.36"
+    if grep -qw amx_tile /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
+      # ggml's AMX matmul (chosen by a native build on AMX hosts) segfaults in these VMs: build the same AVX-512
+      # VNNI kernels without it.
+      export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+        -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+      say "AMX host: building without ggml's AMX kernels ($CMAKE_ARGS)"
+    fi
+    # (--no-cache-dir: a wheel built earlier with other flags is not reused)
+    python3 -m pip install --quiet --no-cache-dir numpy "llama-cpp-python==0.3.36"
   fi
 fi
 say "ready"
