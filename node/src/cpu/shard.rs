@@ -344,7 +344,10 @@ fn add_residual(pool: &Pool, x: &mut [f32], delta: &mut [f32], post_norm: &Optio
     for_rows(pool, x.len() / dim, |t, _| {
         // SAFETY: row t of both is this call's alone.
         let (xt, dt) = unsafe {
-            (std::slice::from_raw_parts_mut(xp.0.add(t * dim), dim), std::slice::from_raw_parts_mut(dp.0.add(t * dim), dim))
+            (
+                std::slice::from_raw_parts_mut(xp.0.add(t * dim), dim),
+                std::slice::from_raw_parts_mut(dp.0.add(t * dim), dim),
+            )
         };
         rmsnorm_in_place(dt, w, c.rms_eps);
         xt.iter_mut().zip(dt.iter()).for_each(|(a, b)| *a += b);
@@ -363,7 +366,15 @@ fn for_rows(pool: &Pool, n: usize, f: impl Fn(usize, &mut Vec<(f32, f32)>) + Syn
 
 /// Rotary embedding of one token's queries and keys at `pos` (sines and cosines computed once for both, in
 /// `sc`).
-fn rope(q: &mut [f32], k: &mut [f32], pos: usize, hd: usize, freqs: &[f32], style: RopeStyle, sc: &mut Vec<(f32, f32)>) {
+fn rope(
+    q: &mut [f32],
+    k: &mut [f32],
+    pos: usize,
+    hd: usize,
+    freqs: &[f32],
+    style: RopeStyle,
+    sc: &mut Vec<(f32, f32)>,
+) {
     let half = hd / 2;
     sc.clear();
     sc.extend(freqs.iter().map(|f| (pos as f32 * f).sin_cos()));
