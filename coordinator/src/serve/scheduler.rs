@@ -70,7 +70,7 @@ fn fork_of(sub: &Submission, running: &[Active], sliding: bool) -> Option<Fork> 
     let len = sub.job.prompt.len().checked_sub(1).filter(|&l| l > 0 && !sub.job.params.embed)?;
     let parent = running
         .iter()
-        .find(|a| &a.sub.id == with && a.ended_at.is_none() && !(sliding && !a.outcome.tokens.is_empty()))?
+        .find(|a| &a.sub.id == with && a.ended_at.is_none() && (!sliding || a.outcome.tokens.is_empty()))?
         .seq?;
     Some(Fork { parent, len: len as u32 })
 }
