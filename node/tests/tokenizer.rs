@@ -7,6 +7,8 @@
 //! Qwen from the models directory ($EDGE_MODELS_DIR, else ~/.cache/edge-infer/models). A missing model fails the
 //! tests (run `scripts/setup.sh`); it never skips them.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -72,17 +74,7 @@ fn qwen_fixture() -> Vec<Entry> {
 
 /// Every fixture string encodes to llama.cpp's ids.
 fn check_ids(t: &Tokenizer, entries: &[Entry]) {
-    let mut failures = Vec::new();
-    for e in entries {
-        let got = if e.special { t.encode_with_special(&e.text) } else { t.encode(&e.text) }.unwrap();
-        if got != e.ids {
-            failures.push(format!(
-                "{:?} (special: {}):\n  llama.cpp {:?}\n  ours      {:?}",
-                e.text, e.special, e.ids, got
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{} strings tokenized differently:\n{}", failures.len(), failures.join("\n"));
+    common::check_ids(t, entries.iter().map(|e| (e.text.as_str(), &e.ids[..], e.special)));
 }
 
 /// llama.cpp's ids decode to the fixture text, and plain text survives encode + decode.

@@ -76,17 +76,7 @@ fn fixture_ids_match_llama_cpp() {
     let t = tokenizer();
     let entries = fixture();
     assert!(entries.iter().filter(|e| e.special && e.messages.is_none()).count() >= 5);
-    let mut failures = Vec::new();
-    for e in &entries {
-        let got = if e.special { t.encode_with_special(&e.text) } else { t.encode(&e.text) }.unwrap();
-        if got != e.ids {
-            failures.push(format!(
-                "{:?} (special: {}):\n  llama.cpp {:?}\n  ours      {:?}",
-                e.text, e.special, e.ids, got
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{} strings tokenized differently:\n{}", failures.len(), failures.join("\n"));
+    common::check_ids(t, entries.iter().map(|e| (e.text.as_str(), &e.ids[..], e.special)));
 }
 
 #[test]

@@ -109,3 +109,15 @@ pub fn member_models(
         })
         .collect()
 }
+
+/// Every `(text, llama.cpp's ids, parse special tokens)` case encodes to those ids; all differences in one panic.
+pub fn check_ids<'a>(t: &edge_node::tokenizer::Tokenizer, cases: impl Iterator<Item = (&'a str, &'a [u32], bool)>) {
+    let mut failures = Vec::new();
+    for (text, ids, special) in cases {
+        let got = if special { t.encode_with_special(text) } else { t.encode(text) }.unwrap();
+        if got != ids {
+            failures.push(format!("{text:?} (special: {special}):\n  llama.cpp {ids:?}\n  ours      {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} strings tokenized differently:\n{}", failures.len(), failures.join("\n"));
+}
