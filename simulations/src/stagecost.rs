@@ -60,6 +60,8 @@ pub struct StageCost {
     /// Weight bytes of each layer of the stage.
     layer_bytes: Vec<f64>,
     kv_bytes_per_pos_layer: f64,
+    /// Each layer's sliding window (gemma3's local layers read at most that many positions), `None`: every one.
+    windows: Vec<Option<usize>>,
     dim_bytes: u64,
     head_bytes: f64,
     /// Head FLOPs (one row of logits per step).
@@ -128,6 +130,7 @@ impl StageCost {
             fixed_us,
             layer_bytes: model.layer_weight_bytes[a..b].iter().map(|&x| x as f64).collect(),
             kv_bytes_per_pos_layer: model.kv_bytes_per_token_per_layer as f64,
+            windows: (a..b).map(|l| model.layer_windows.get(l).copied().flatten()).collect(),
             dim_bytes: model.dim as u64 * 4,
             head_bytes: model.head_bytes as f64,
             head_flops: 2.0 * model.dim as f64 * model.vocab as f64,
@@ -169,12 +172,12 @@ impl StageCost {
         let (m, row_us) = (&self.members[0], self.row_us.unwrap_or(0.0));
         let rows: usize = steps.iter().map(|s| s.0).sum();
         let positions: usize = steps.iter().map(|&(t, p)| p + t).sum();
-        let kv = self.kv_bytes_per_pos_layer * positions as f64 * self.layers as f64 / (m.gbps * 1e3);
+        let kv = self.kv_bytes_per_pos_layer * self.read_positions(positions as f64) / (m.gbps * 1e3);
         let time = m.factor * (self.fixed_us + kv + rows.saturating_sub(1) as f64 * row_us);
         let flops: f64 = steps
             .iter()
             .filter(|s| s.0 > 1)
-            .map(|&(t, p)| t as f64 * self.flops_of(self.layers, p as f64 + (t as f64 + 1.0) / 2.0))
+            .map(|&(t, p)| t as f64 * self.flops_of(p as f64 + (t as f64 + 1.0) / 2.0))
             .sum();
         time.max(flops / (m.gflops * 1e3))
     }
@@ -191,18 +194,25 @@ impl StageCost {
     fn node_step_us(&self, tokens: usize, pos: usize) -> f64 {
         let m = &self.members[0];
         let positions = (pos + tokens) as f64;
-        let kv = self.kv_bytes_per_pos_layer * positions * self.layers as f64 / (m.gbps * 1e3);
+        let kv = self.kv_bytes_per_pos_layer * self.read_positions(positions) / (m.gbps * 1e3);
         let bandwidth = m.factor * (self.fixed_us + kv);
         if tokens == 1 {
             return bandwidth;
         }
         let mean_pos = pos as f64 + (tokens as f64 + 1.0) / 2.0;
-        let flops = tokens as f64 * (self.flops_of(self.layers, mean_pos)) + self.head_flops();
+        let flops = tokens as f64 * self.flops_of(mean_pos) + self.head_flops();
         bandwidth.max(flops / (m.gflops * 1e3))
     }
 
-    fn flops_of(&self, layers: usize, mean_pos: f64) -> f64 {
-        (self.flops_layer + 4.0 * self.q_dim * mean_pos) * layers as f64
+    /// FLOPs of one token at mean position `mean_pos` through the stage's layers.
+    fn flops_of(&self, mean_pos: f64) -> f64 {
+        self.flops_layer * self.layers as f64 + 4.0 * self.q_dim * self.read_positions(mean_pos)
+    }
+
+    /// Positions the stage's layers read, summed over them, for a row that attends to `positions`: all of them,
+    /// or at most its window on a sliding-window layer.
+    fn read_positions(&self, positions: f64) -> f64 {
+        self.windows.iter().map(|w| w.map_or(positions, |w| positions.min(w as f64))).sum()
     }
 
     fn head_flops(&self) -> f64 {
@@ -219,11 +229,15 @@ impl StageCost {
     fn group_step_us(&self, steps: &[(usize, usize)], rng: &mut StdRng) -> f64 {
         let k = self.members.len();
         let tokens: usize = steps.iter().map(|s| s.0).sum();
-        let kv_read = self.kv_bytes_per_pos_layer * steps.iter().map(|&(t, p)| p + t).sum::<usize>() as f64;
+        // Per layer (the mean over the stage's layers when some have a window).
+        let per_layer = |positions: f64| self.read_positions(positions) / self.layers.max(1) as f64;
+        let kv_read = self.kv_bytes_per_pos_layer * steps.iter().map(|&(t, p)| per_layer((p + t) as f64)).sum::<f64>();
         let prefill = steps.iter().any(|s| s.0 > 1);
         let layer_flops: f64 = steps
             .iter()
-            .map(|&(t, p)| t as f64 * (self.flops_layer + 4.0 * self.q_dim * (p as f64 + (t as f64 + 1.0) / 2.0)))
+            .map(|&(t, p)| {
+                t as f64 * (self.flops_layer + 4.0 * self.q_dim * per_layer(p as f64 + (t as f64 + 1.0) / 2.0))
+            })
             .sum();
         let extra_rows = tokens.saturating_sub(1) as f64;
         let member_layer = |m: &Member, bytes: f64| {
@@ -301,5 +315,48 @@ impl StageCost {
                     + net::loss_delay(leader, bytes * copies, rng)
             })
             .fold(0.0, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profiles::{LOOPBACK, PI5};
+    use edge_coord::model_desc::ModelShape;
+    use edge_coord::plan::{plan, TpMode};
+    use edge_node::quant::GgmlType;
+    use rand::SeedableRng;
+
+    /// A decode step deep into the context: gemma3's shape (15 of 18 layers windowed at 512) reads the KV of 3
+    /// layers x the context + 15 x the window, and pays the attention FLOPs of those positions only.
+    #[test]
+    fn sliding_window_layers_read_at_most_their_window() {
+        let shape = ModelShape {
+            n_layers: 18,
+            dim: 640,
+            n_heads: 4,
+            n_kv_heads: 1,
+            head_dim: 256,
+            ffn_dim: 2048,
+            vocab: 262_144,
+            context: 32_768,
+        };
+        let full = ModelDescription::synthetic(shape, GgmlType::Q8_0);
+        let windowed =
+            ModelDescription { layer_windows: (0..18).map(|l| (l % 6 != 5).then_some(512)).collect(), ..full.clone() };
+        let nodes = [SimNode { id: "pi".into(), device: PI5, link: LOOPBACK, host: None }];
+        let profiles: Vec<NodeProfile> = nodes.iter().map(crate::cluster::node_profile).collect();
+        let req = PlanRequest { context: 2048, sequences: 1, tensor_parallel: TpMode::Off };
+        let p = plan(&full, &profiles, &req).unwrap();
+        let cost = |m: &ModelDescription| StageCost::new(m, &nodes, &profiles, &[0], &p.stages[0]);
+        let (f, w) = (cost(&full), cost(&windowed));
+        assert_eq!(w.read_positions(8000.0), 3.0 * 8000.0 + 15.0 * 512.0);
+        assert_eq!(f.read_positions(8000.0), 18.0 * 8000.0);
+        assert_eq!(w.read_positions(300.0), f.read_positions(300.0), "inside the window nothing changes");
+        let mut rng = StdRng::seed_from_u64(1);
+        let (tf, tw) = (f.step_us(1, 8000, &mut rng), w.step_us(1, 8000, &mut rng));
+        let kv_saved = full.kv_bytes_per_token_per_layer as f64 * 15.0 * (8001.0 - 512.0);
+        let gbps = profiles[0].gemv_gbps * 1e3;
+        assert!((tf - tw - PI5.time_factor() * kv_saved / gbps).abs() < 1e-6 * tf, "{tf} vs {tw}");
     }
 }
