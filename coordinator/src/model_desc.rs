@@ -185,4 +185,16 @@ impl ModelShape {
         vocab: 49152,
         context: 8192,
     };
+
+    /// Gemma-3-270M: 18 layers, d=640, 4 q / 1 kv head of 256, FFN 2048, vocab 262144, context 32768.
+    pub const GEMMA3_270M: ModelShape = ModelShape {
+        n_layers: 18,
+        dim: 640,
+        n_heads: 4,
+        n_kv_heads: 1,
+        head_dim: 256,
+        ffn_dim: 2048,
+        vocab: 262_144,
+        context: 32_768,
+    };
 }

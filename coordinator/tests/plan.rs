@@ -555,16 +555,7 @@ fn tp_node(id: &str, memory: u64, gemv_gbps: f64, latency_us: f64, bandwidth_mbp
 /// query heads) take part.
 #[test]
 fn one_kv_head_splits_query_heads() {
-    let shape = ModelShape {
-        n_layers: 18,
-        dim: 640,
-        n_heads: 4,
-        n_kv_heads: 1,
-        head_dim: 256,
-        ffn_dim: 2048,
-        vocab: 262_144,
-        context: 32_768,
-    };
+    let shape = ModelShape::GEMMA3_270M;
     let model = ModelDescription::synthetic(shape, GgmlType::Q8_0);
     let nodes: Vec<NodeProfile> = (0..5).map(|i| tp_node(&format!("n{i}"), 4 << 30, 2.0, 100.0, 100.0)).collect();
     for k in [2, 4] {

@@ -273,18 +273,20 @@ impl Sequences<HostKv> {
     }
 }
 
+/// `n` zeros, or `None` when the memory is not there (a KV cache is the one large allocation a request sizes).
+pub fn zeroed(n: usize) -> Option<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.resize(n, 0.0);
+    Some(v)
+}
+
 impl HostKv {
     /// Zeroed K and V for `capacity` positions, or a clear error when the memory is not there (the capacity is
     /// bounded by the model's context, checked before).
     pub fn alloc(n_layers: usize, capacity: usize, kv_dim: usize) -> Result<HostKv, ShardError> {
         let n = n_layers * capacity * kv_dim;
-        let alloc = || -> Option<Vec<f32>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(n).ok()?;
-            v.resize(n, 0.0);
-            Some(v)
-        };
-        let (Some(k), Some(v)) = (alloc(), alloc()) else {
+        let (Some(k), Some(v)) = (zeroed(n), zeroed(n)) else {
             return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
         };
         Ok(HostKv { k, v, capacity })

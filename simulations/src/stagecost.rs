@@ -331,16 +331,7 @@ mod tests {
     /// layers x the context + 15 x the window, and pays the attention FLOPs of those positions only.
     #[test]
     fn sliding_window_layers_read_at_most_their_window() {
-        let shape = ModelShape {
-            n_layers: 18,
-            dim: 640,
-            n_heads: 4,
-            n_kv_heads: 1,
-            head_dim: 256,
-            ffn_dim: 2048,
-            vocab: 262_144,
-            context: 32_768,
-        };
+        let shape = ModelShape::GEMMA3_270M;
         let full = ModelDescription::synthetic(shape, GgmlType::Q8_0);
         let windowed =
             ModelDescription { layer_windows: (0..18).map(|l| (l % 6 != 5).then_some(512)).collect(), ..full.clone() };

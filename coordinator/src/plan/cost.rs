@@ -501,10 +501,9 @@ impl TpGroup {
 }
 
 /// Positions of layer `l`'s KV cache a node holds for one sequence of `context`: all of them, or on a sliding-window
-/// layer the window and one step's rows beyond it (`window - 1 + MAX_STEP_TOKENS`, as the cpu backend keeps).
+/// layer the window and one step's rows beyond it (the cpu backend's own count, `window - 1 + STEP_SLACK`).
 pub fn kv_positions(model: &ModelDescription, l: usize, context: usize) -> u64 {
-    let window = model.layer_windows.get(l).copied().flatten();
-    window.map_or(context, |w| context.min(w.saturating_sub(1) + MAX_STEP_TOKENS as usize)) as u64
+    edge_node::cpu::kv::rows(model.layer_windows.get(l).copied().flatten(), context) as u64
 }
 
 /// Index of the smallest value (the first one on ties).

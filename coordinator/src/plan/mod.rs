@@ -27,8 +27,8 @@
 //!
 //! **Stage memory**: the layers' weights (+ `embed_bytes` on the first stage, + `head_bytes` on the last; a tied
 //! head is a second copy) + KV cache `kv_bytes_per_token_per_layer x positions x sequences` summed over the layers,
-//! positions being `context`, or on a sliding-window layer `min(context, window - 1 + MAX_STEP_TOKENS)` (what the
-//! cpu backend holds; the DP checks the most any run of that many layers holds) + workspace
+//! positions being `context`, or on a sliding-window layer `min(context, window - 1 + 256)` (what the
+//! cpu backend holds, `edge_node::cpu::kv::rows`; the DP checks the most any run of that many layers holds) + workspace
 //! `MAX_STEP_TOKENS (256) x (2 dim + (q + 2 kv) + q + q + ffn) x 4` (+ `HEAD_ROWS (32) x vocab x 4` of logits on
 //! the last stage). It must be at most `USABLE_MEMORY_FRACTION (0.9) x memory_bytes` of the node (members report
 //! the memory available when they start).

@@ -7,10 +7,10 @@
 //! by the context. A step of more than `STEP_SLACK + 1` tokens grows the run to fit it (the serving path sends
 //! prompts in chunks of at most that many tokens).
 
-use crate::shard::ShardError;
+use crate::shard::{zeroed, ShardError};
 
 /// Positions a sliding-window layer holds beyond the window: the largest step that needs no growth is one more.
-/// The same as the coordinator's default prefill chunk and its planner's `MAX_STEP_TOKENS`.
+/// The same as the coordinator's default prefill chunk; its planner counts a layer's positions with [`rows`].
 pub const STEP_SLACK: usize = 256;
 
 struct LayerKv {
@@ -27,10 +27,7 @@ pub struct SeqKv {
 }
 
 fn zeros(n: usize) -> Result<Vec<f32>, ShardError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| ShardError::BadInput(format!("out of memory for a KV cache of {n} floats")))?;
-    v.resize(n, 0.0);
-    Ok(v)
+    zeroed(n).ok_or_else(|| ShardError::BadInput(format!("out of memory for a KV cache of {n} floats")))
 }
 
 /// Rows a layer with `window` holds for a sequence of `capacity` positions.
