@@ -224,7 +224,9 @@ fn main() {
 
     // The long prompt: chunked and whole, alternating servers, three rounds.
     let mut prompt_tokens = 0;
-    let mut rows: Vec<(&str, Vec<(f64, f64, f64)>)> = vec![("chunked (256)", Vec::new()), ("whole prompt", Vec::new())];
+    // Per prefill mode, one (chunk ms, TTFT alone ms, TTFT during ms) per round.
+    type Rounds = Vec<(f64, f64, f64)>;
+    let mut rows: [(&str, Rounds); 2] = [("chunked (256)", Vec::new()), ("whole prompt", Vec::new())];
     for _ in 0..3 {
         for (i, chunk) in ["256", "0"].iter().enumerate() {
             let server = Server::start(&key, &[&node], &["--sequences", "4", "--ctx", ctx, "--prefill-chunk", chunk]);
