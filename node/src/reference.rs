@@ -4,11 +4,12 @@
 
 use edge_protocol::ShardSpec;
 
+use crate::cpu::kv::SeqKv;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{Activation, ModelConfig, RopeStyle, ShardTensors};
 use crate::quant::{dequantize_row, GgmlType};
 use crate::shard::{
-    check_input, normed_sum, HeadOutput, HostKv, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
+    check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
 };
 
 /// Per-layer vectors, read once at load (a few KiB each).
@@ -26,7 +27,9 @@ struct LayerVectors {
 
 pub struct ReferenceShard {
     w: Weights,
-    seqs: Sequences<HostKv>,
+    /// Per layer K and V rows; a sliding-window layer holds its window and a step (`cpu::kv`, shared with the cpu
+    /// backend).
+    seqs: Sequences<SeqKv>,
 }
 
 /// What the forward pass reads: the memory-mapped model and the small vectors copied out of it.
@@ -70,12 +73,13 @@ impl Weights {
     /// the residual add. gemma3 norms the summed output (`post_*_norm`) before adding it.
     fn forward_layers(
         &self,
-        kv: &mut HostKv,
+        kv: &mut SeqKv,
         pos0: usize,
         x: &mut [f32],
         reduce: &mut dyn Reducer,
     ) -> Result<(), ShardError> {
         let dim = self.cfg.dim;
+        kv.make_room(pos0, x.len() / dim)?;
         let mut delta = vec![0.0; x.len()]; // (n, dim)
         for li in 0..self.t.layers.len() {
             // Attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)). Positions go in
@@ -110,7 +114,7 @@ impl Weights {
     /// The attention block of layer `li` for one position: writes the position's K and V to the cache and
     /// `out` (dim) = Wo · attention. Query and output widths are `n_heads * head_dim`, which for a tensor-parallel
     /// slice is less than `dim`.
-    fn attention(&self, li: usize, kv: &mut HostKv, pos: usize, x: &[f32], out: &mut [f32]) {
+    fn attention(&self, li: usize, kv: &mut SeqKv, pos: usize, x: &[f32], out: &mut [f32]) {
         let (c, lt, lv) = (&self.cfg, &self.t.layers[li], &self.vectors[li]);
         let (hd, kv_dim, q_dim) = (c.head_dim, c.kv_dim(), c.n_heads * c.head_dim);
         let group = c.n_heads / c.n_kv_heads;
@@ -139,24 +143,24 @@ impl Weights {
         rope(&mut q, pos, hd, theta, c.rope);
         rope(&mut k, pos, hd, theta, c.rope);
 
-        let layer_off = li * kv.capacity * kv_dim;
-        let row = layer_off + pos * kv_dim;
-        kv.k[row..row + kv_dim].copy_from_slice(&k);
-        kv.v[row..row + kv_dim].copy_from_slice(&v);
+        let (k_row, v_row) = kv.row_mut(li, pos);
+        k_row.copy_from_slice(&k);
+        v_row.copy_from_slice(&v);
+        let (k_cache, v_cache, base) = kv.layer(li); // row r holds position base + r
 
         let scale = 1.0 / (hd as f32).sqrt();
         for h in 0..c.n_heads {
             let qh = &q[h * hd..(h + 1) * hd];
             let kvh = h / group; // grouped-query attention: heads share K/V
             for (t, s) in (first..).zip(scores.iter_mut()) {
-                let kt = &kv.k[layer_off + t * kv_dim + kvh * hd..][..hd];
+                let kt = &k_cache[(t - base) * kv_dim + kvh * hd..][..hd];
                 *s = dot(qh, kt) * scale;
             }
             softmax(&mut scores);
             let o = &mut att[h * hd..(h + 1) * hd];
             o.fill(0.0);
             for (t, &a) in (first..).zip(&scores) {
-                let vt = &kv.v[layer_off + t * kv_dim + kvh * hd..][..hd];
+                let vt = &v_cache[(t - base) * kv_dim + kvh * hd..][..hd];
                 o.iter_mut().zip(vt).for_each(|(o, &vv)| *o += a * vv);
             }
         }
@@ -215,7 +219,9 @@ impl Shard for ReferenceShard {
     }
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
         self.seqs.check_open(&self.w.cfg, seq, capacity)?;
-        self.seqs.insert(seq, capacity, HostKv::alloc(self.w.t.layers.len(), capacity, self.w.cfg.kv_dim())?);
+        let spec = self.w.t.spec;
+        let windows = (spec.layer_start..spec.layer_end).map(|l| self.w.cfg.window(l as usize));
+        self.seqs.insert(seq, capacity, SeqKv::alloc(windows, capacity, self.w.cfg.kv_dim())?);
         Ok(())
     }
     fn close_sequence(&mut self, seq: SeqId) {
@@ -225,10 +231,12 @@ impl Shard for ReferenceShard {
         Ok(self.seqs.get(seq)?.len)
     }
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        let s = self.seqs.get_mut(seq)?;
+        s.kv.rewind(len.min(s.len))?;
         self.seqs.truncate(seq, len)
     }
     fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
-        self.seqs.fork_host(from, to, len, self.w.cfg.kv_dim())
+        self.seqs.fork(from, to, len, |f, t| f.copy_prefix(t, len))
     }
 
     fn forward_reduce(

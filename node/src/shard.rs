@@ -256,55 +256,6 @@ impl<S> Sequences<S> {
     }
 }
 
-/// A sequence's KV cache in host memory (the CPU backends): K and V of `(n_layers, capacity, kv_dim)` each.
-pub struct HostKv {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub capacity: usize,
-}
-
-impl Sequences<HostKv> {
-    /// [`Shard::fork`] of a backend that keeps its KV cache in host memory.
-    pub fn fork_host(&mut self, from: SeqId, to: SeqId, len: usize, kv_dim: usize) -> Result<(), ShardError> {
-        self.fork(from, to, len, |f, t| {
-            f.copy_prefix(t, len, kv_dim);
-            Ok(())
-        })
-    }
-}
-
-/// `n` zeros, or `None` when the memory is not there (a KV cache is the one large allocation a request sizes).
-pub fn zeroed(n: usize) -> Option<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).ok()?;
-    v.resize(n, 0.0);
-    Some(v)
-}
-
-impl HostKv {
-    /// Zeroed K and V for `capacity` positions, or a clear error when the memory is not there (the capacity is
-    /// bounded by the model's context, checked before).
-    pub fn alloc(n_layers: usize, capacity: usize, kv_dim: usize) -> Result<HostKv, ShardError> {
-        let n = n_layers * capacity * kv_dim;
-        let (Some(k), Some(v)) = (zeroed(n), zeroed(n)) else {
-            return Err(ShardError::BadInput(format!("out of memory for a KV cache of {capacity} positions")));
-        };
-        Ok(HostKv { k, v, capacity })
-    }
-
-    /// Copies the first `len` positions of every layer into `to` (the same layers and width; the capacity may
-    /// differ), for [`Shard::fork`].
-    pub fn copy_prefix(&self, to: &mut HostKv, len: usize, kv_dim: usize) {
-        let layers = self.k.len() / (self.capacity * kv_dim).max(1);
-        let n = len * kv_dim;
-        for l in 0..layers {
-            let (src, dst) = (l * self.capacity * kv_dim, l * to.capacity * kv_dim);
-            to.k[dst..dst + n].copy_from_slice(&self.k[src..src + n]);
-            to.v[dst..dst + n].copy_from_slice(&self.v[src..src + n]);
-        }
-    }
-}
-
 /// Shared check of a requested sequence capacity: at least one position, at most the model's context length
 /// (which also bounds every KV allocation that follows from it).
 pub fn check_capacity(cfg: &ModelConfig, capacity: usize) -> Result<(), ShardError> {

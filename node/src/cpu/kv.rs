@@ -1,4 +1,5 @@
-//! The cpu backend's KV cache of one sequence: per layer, K and V rows of `kv_dim` floats.
+//! The KV cache of one sequence in host memory (the cpu and reference backends): per layer, K and V rows of
+//! `kv_dim` floats.
 //!
 //! A global layer holds every position of the sequence (`capacity` rows). A sliding-window layer (gemma3's local
 //! layers) only ever reads the last `window` positions, so it holds a run of `window - 1 + STEP_SLACK` positions
@@ -7,7 +8,7 @@
 //! by the context. A step of more than `STEP_SLACK + 1` tokens grows the run to fit it (the serving path sends
 //! prompts in chunks of at most that many tokens).
 
-use crate::shard::{zeroed, ShardError};
+use crate::shard::ShardError;
 
 /// Positions a sliding-window layer holds beyond the window: the largest step that needs no growth is one more.
 /// The same as the coordinator's default prefill chunk; its planner counts a layer's positions with [`rows`].
@@ -26,8 +27,13 @@ pub struct SeqKv {
     kv_dim: usize,
 }
 
+/// `n` zeros, or a clear error when the memory is not there (a KV cache is the one large allocation a request
+/// sizes).
 fn zeros(n: usize) -> Result<Vec<f32>, ShardError> {
-    zeroed(n).ok_or_else(|| ShardError::BadInput(format!("out of memory for a KV cache of {n} floats")))
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| ShardError::BadInput(format!("out of memory for a KV cache of {n} floats")))?;
+    v.resize(n, 0.0);
+    Ok(v)
 }
 
 /// Rows a layer with `window` holds for a sequence of `capacity` positions.
@@ -36,7 +42,7 @@ pub fn rows(window: Option<usize>, capacity: usize) -> usize {
 }
 
 /// The first position the next row after `len` positions reads on a layer with `window`.
-fn first_read(window: Option<usize>, len: usize) -> usize {
+pub fn first_read(window: Option<usize>, len: usize) -> usize {
     window.map_or(0, |w| (len + 1).saturating_sub(w))
 }
 
