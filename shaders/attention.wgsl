@@ -2,11 +2,14 @@
 // Positions go in tiles of TILE scores kept in workgroup memory; softmax runs online across tiles (running max
 // and sum), so any context length works. Loads are vec4 and few (on lavapipe each storage load is a per-lane
 // loop): each invocation scores every WG-th position, partial maxima and sums meet in WG shared slots, and
-// invocation i owns output dims [4i, 4i + 4) and [64 + 4i, 64 + 4i + 4). Header constant: HD (head dim,
-// a multiple of 4, at most 128).
+// invocation i owns output dims [4i, 4i + 4), [64 + 4i, 64 + 4i + 4), ... (SLOTS of them). Header constant: HD
+// (head dim, a multiple of 4, at most 4 * 4 * WG = 256).
+//
+// A sliding-window layer (window > 0) attends to the last `window` positions, its own included. Position p's K
+// and V are at cache row p % ring (see rope_kv.wgsl).
 
 struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
-struct Att { n_heads: u32, n_kv_heads: u32, q_dim: u32, kv_dim: u32, scale: f32, _p0: u32, _p1: u32, _p2: u32 }
+struct Att { n_heads: u32, n_kv_heads: u32, q_dim: u32, kv_dim: u32, scale: f32, window: u32, ring: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> a: Att;
@@ -19,6 +22,7 @@ const WG: u32 = 16u;
 const TILE: u32 = 2048u;
 const NEG: f32 = -3.0e38;
 const H4: u32 = HD / 4u;
+const SLOTS: u32 = (H4 + WG - 1u) / WG;
 
 var<workgroup> sc: array<f32, TILE>;
 var<workgroup> part: array<f32, WG>;
@@ -27,22 +31,30 @@ var<workgroup> part: array<f32, WG>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let h = wid.x;
     let t = wid.y;
-    let n_pos = step.pos0 + t + 1u; // attends to positions 0 .. n_pos
+    let n_pos = step.pos0 + t + 1u; // attends to positions first .. n_pos
+    var first = 0u;
+    if (a.window > 0u && n_pos > a.window) {
+        first = n_pos - a.window;
+    }
     let kv4 = a.kv_dim / 4u;
     let kv_off = (h / (a.n_heads / a.n_kv_heads)) * H4;
     let q_off = (t * a.q_dim) / 4u + h * H4;
-    let own_a = tid < H4;
-    let own_b = WG + tid < H4;
+    let own0 = tid < H4;
+    let own1 = SLOTS > 1u && WG + tid < H4;
+    let own2 = SLOTS > 2u && 2u * WG + tid < H4;
+    let own3 = SLOTS > 3u && 3u * WG + tid < H4;
 
     var run_max = NEG;
     var run_sum = 0.0;
-    var o_a = vec4<f32>(0.0);
-    var o_b = vec4<f32>(0.0);
-    for (var start = 0u; start < n_pos; start += TILE) {
+    var o0 = vec4<f32>(0.0);
+    var o1 = vec4<f32>(0.0);
+    var o2 = vec4<f32>(0.0);
+    var o3 = vec4<f32>(0.0);
+    for (var start = first; start < n_pos; start += TILE) {
         let len = min(TILE, n_pos - start);
         var local_max = NEG;
         for (var p = tid; p < len; p += WG) {
-            let kb = (start + p) * kv4 + kv_off;
+            let kb = ((start + p) % a.ring) * kv4 + kv_off;
             var s = 0.0;
             for (var d = 0u; d < H4; d++) {
                 s += dot(q[q_off + d], k_cache[kb + d]);
@@ -71,20 +83,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             tile_sum += part[i];
         }
         let correction = exp(run_max - tile_max);
-        var acc_a = vec4<f32>(0.0);
-        var acc_b = vec4<f32>(0.0);
+        var acc0 = vec4<f32>(0.0);
+        var acc1 = vec4<f32>(0.0);
+        var acc2 = vec4<f32>(0.0);
+        var acc3 = vec4<f32>(0.0);
         for (var p = 0u; p < len; p++) {
             let e = sc[p];
-            let vb = (start + p) * kv4 + kv_off;
-            if (own_a) { acc_a += e * v_cache[vb + tid]; }
-            if (own_b) { acc_b += e * v_cache[vb + WG + tid]; }
+            let vb = ((start + p) % a.ring) * kv4 + kv_off;
+            if (own0) { acc0 += e * v_cache[vb + tid]; }
+            if (own1) { acc1 += e * v_cache[vb + WG + tid]; }
+            if (own2) { acc2 += e * v_cache[vb + 2u * WG + tid]; }
+            if (own3) { acc3 += e * v_cache[vb + 3u * WG + tid]; }
         }
         run_sum = run_sum * correction + tile_sum;
-        o_a = o_a * correction + acc_a;
-        o_b = o_b * correction + acc_b;
+        o0 = o0 * correction + acc0;
+        o1 = o1 * correction + acc1;
+        o2 = o2 * correction + acc2;
+        o3 = o3 * correction + acc3;
         run_max = tile_max;
         workgroupBarrier();
     }
-    if (own_a) { out[q_off + tid] = o_a / run_sum; }
-    if (own_b) { out[q_off + WG + tid] = o_b / run_sum; }
+    if (own0) { out[q_off + tid] = o0 / run_sum; }
+    if (own1) { out[q_off + WG + tid] = o1 / run_sum; }
+    if (own2) { out[q_off + 2u * WG + tid] = o2 / run_sum; }
+    if (own3) { out[q_off + 3u * WG + tid] = o3 / run_sum; }
 }

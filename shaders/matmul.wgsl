@@ -1,7 +1,8 @@
 // y = W · x for n tokens, W quantized (see load_block), one output row per invocation and up to 4 tokens per
 // invocation, so each block is decoded once per 4 tokens. No workgroup memory, no barriers, no indexed
 // per-invocation arrays. Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS,
-// RESIDUAL (y += result), SWIGLU (rows [0, out_rows) are gate, [out_rows, 2 out_rows) up: y = silu(gate) * up).
+// RESIDUAL (y += result), SWIGLU (rows [0, out_rows) are gate, [out_rows, 2 out_rows) up: y = silu(gate) * up),
+// GELU (with SWIGLU: GeGLU, y = gelu_tanh(gate) * up, as gemma3).
 //
 // x and gamma are read through 64 KiB *uniform* views: every invocation reads the same x, and on lavapipe a
 // uniform load is one vector gather while a storage load is a per-lane scalar loop. The host binds x with a
@@ -65,7 +66,11 @@ fn store(t: u32, r: u32, gate: f32, up: f32) {
     if (BIAS) {
         v += bias[m.bias_off + r];
     }
-    if (SWIGLU) {
+    if (SWIGLU && GELU) {
+        // 0.5 v (1 + tanh(u)) = v * sigmoid(2u): no tanh overflow for large |u|.
+        let u = 0.7978846 * (v + 0.044715 * v * v * v);
+        v = v / (1.0 + exp(-2.0 * u)) * up;
+    } else if (SWIGLU) {
         v = v / (1.0 + exp(-v)) * up;
     }
     let o = t * m.out_stride + m.row_off + r;

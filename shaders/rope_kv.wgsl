@@ -1,8 +1,10 @@
 // Splits the fused qkv projection: RoPE on q (to q_out) and k (to the KV cache), v copied to the KV cache.
 // One invocation per (rotation pair or v element, token). NEOX: rotate (i, i + hd/2), else (2i, 2i + 1).
+// Position `pos` goes to cache row `pos % ring`: a sliding-window layer's cache is a ring of `ring` rows (the
+// window and one step), a global layer's ring is the whole capacity.
 
 struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
-struct Rope { q_dim: u32, kv_dim: u32, head_dim: u32, qkv_stride: u32, theta: f32, _p0: u32, _p1: u32, _p2: u32 }
+struct Rope { q_dim: u32, kv_dim: u32, head_dim: u32, qkv_stride: u32, theta: f32, ring: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Rope;
@@ -22,9 +24,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let pos = step.pos0 + t;
     let src = t * p.qkv_stride;
+    let row = (pos % p.ring) * p.kv_dim;
     if (i >= q_pairs + k_pairs) {
         let e = i - q_pairs - k_pairs;
-        v_cache[pos * p.kv_dim + e] = qkv[src + p.q_dim + p.kv_dim + e];
+        v_cache[row + e] = qkv[src + p.q_dim + p.kv_dim + e];
         return;
     }
     let is_k = i >= q_pairs;
@@ -48,8 +51,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let y0 = x0 * c - x1 * s;
     let y1 = x0 * s + x1 * c;
     if (is_k) {
-        k_cache[pos * p.kv_dim + a] = y0;
-        k_cache[pos * p.kv_dim + b] = y1;
+        k_cache[row + a] = y0;
+        k_cache[row + b] = y1;
     } else {
         q_out[t * p.q_dim + a] = y0;
         q_out[t * p.q_dim + b] = y1;

@@ -52,20 +52,6 @@ impl Backend {
     }
 }
 
-impl Backend {
-    /// The backend that runs `cfg` on this node: wgpu does not implement gemma3's features yet, so a node whose
-    /// backend is wgpu runs such a model on the native CPU kernels instead (and says so once per load).
-    pub fn for_model(self, cfg: &ModelConfig) -> Backend {
-        match (self.resolve(), cfg.gemma_features()) {
-            (Backend::Wgpu, Some(features)) => {
-                tracing::warn!("the wgpu backend does not implement {features} yet: running the cpu backend");
-                Backend::Cpu
-            }
-            (b, _) => b,
-        }
-    }
-}
-
 /// A model opened from disk, ready to be sharded.
 pub struct LoadedModel {
     /// The file it was opened from.
@@ -95,7 +81,7 @@ impl LoadedModel {
     /// Loads the model as consecutive shards cut at `cuts` (empty: one shard) on one backend.
     pub fn shards(&self, backend: Backend, cuts: &[u32], gpu: &GpuOptions) -> Result<Vec<Box<dyn Shard>>, ShardError> {
         let specs = ShardSpec::split(self.config.n_layers as u32, cuts);
-        let backend = backend.for_model(&self.config);
+        let backend = backend.resolve();
         let ctx = match backend {
             Backend::Wgpu => Some(GpuContext::new()?),
             _ => None,
@@ -112,7 +98,7 @@ impl LoadedModel {
         gpu: &GpuOptions,
     ) -> Result<Box<dyn Shard>, ShardError> {
         let t0 = std::time::Instant::now();
-        let shard: Box<dyn Shard> = match backend.for_model(&self.config) {
+        let shard: Box<dyn Shard> = match backend.resolve() {
             Backend::Wgpu => {
                 let ctx = match ctx {
                     Some(c) => c.clone(),

@@ -88,6 +88,32 @@ fn cpu_backend_agrees_with_numpy_on_gemma3_past_the_window() {
     assert_eq!(greedy(&mut shard, &r.short.ids, r.greedy.len()), r.llama_cpp.greedy, "greedy vs llama.cpp");
 }
 
+/// The wgpu backend (f32 activations, as the reference): numpy's argmax at every position of the short prompt, its
+/// top logits and its greedy continuation; over the long text, numpy's argmax inside the window and past it
+/// (position 512 on, where the local layers' window masks the start).
+#[test]
+fn wgpu_backend_agrees_with_numpy_on_gemma3() {
+    let (g, cfg) = common::gemma3();
+    let r = common::gemma3_reference();
+    let ctx = edge_node::gpu::GpuContext::new().unwrap();
+    let mut shard = edge_node::gpu::GpuShard::load(ctx, &g, &cfg, ShardSpec::whole(18), Default::default()).unwrap();
+    assert_eq!(argmax_all(&mut shard, &r.short.ids), r.short.argmax);
+    shard.open_sequence(1, 64).unwrap();
+    let logits = logits_last(&mut shard, &r.short.ids);
+    shard.close_sequence(1);
+    for &(t, want) in &r.short.top_last {
+        let got = logits[t as usize];
+        assert!((got - want).abs() < 2e-2, "token {t}: logit {got} vs numpy {want}");
+    }
+    assert_eq!(greedy(&mut shard, &r.short.ids, r.greedy.len()), r.greedy, "greedy continuation");
+
+    let long = argmax_all(&mut shard, &r.long.ids);
+    let (inside, past) =
+        (agreement(&long[..512], &r.long.argmax[..512]), agreement(&long[512..], &r.long.argmax[512..]));
+    eprintln!("gemma3 wgpu vs numpy: long {:.2}% inside the window, {:.2}% past it", 100.0 * inside, 100.0 * past);
+    assert!(inside >= 0.99 && past >= 0.99, "top-1 agreement with numpy {inside} / {past}");
+}
+
 /// `count` greedy tokens after `ids`.
 fn greedy(shard: &mut dyn Shard, ids: &[u32], count: usize) -> Vec<u32> {
     shard.open_sequence(7, ids.len() + count).unwrap();

@@ -105,10 +105,12 @@ struct Flags {
     bias: bool,
     residual: bool,
     swiglu: bool,
+    /// With `swiglu`: GeGLU (gemma3's gelu_tanh) instead of SiLU.
+    gelu: bool,
 }
 
 const fn flags(norm: bool, bias: bool, residual: bool, swiglu: bool) -> Flags {
-    Flags { norm, bias, residual, swiglu }
+    Flags { norm, bias, residual, swiglu, gelu: false }
 }
 
 /// Fusions tested for every type: the three a llama layer uses (norm + q/k/v or head, residual for o/down, norm +
@@ -153,7 +155,8 @@ fn reference_matmul(ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32],
         if let Some(up) = o.swiglu_up {
             let mut u = vec![0.0; rows];
             reference::matvec_bytes(ty, up, cols, &xn, &mut u);
-            a.iter_mut().zip(&u).for_each(|(a, u)| *a = reference::silu(*a) * u);
+            let act = if o.gelu { reference::gelu_tanh } else { reference::silu };
+            a.iter_mut().zip(&u).for_each(|(a, u)| *a = act(*a) * u);
         }
         if let Some(r) = o.residual {
             a.iter_mut().zip(&r[t * rows..(t + 1) * rows]).for_each(|(a, r)| *a += r);
@@ -188,6 +191,7 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n: usize, f: Flags, chun
         bias: f.bias.then_some(&bias[..]),
         residual: f.residual.then_some(&residual[..]),
         swiglu_up: f.swiglu.then_some(&up[..]),
+        gelu: f.gelu,
         max_binding: chunk_rows.map(|r| r as u64 * bytes_per_row * if f.swiglu { 2 } else { 1 }),
     };
     let (got, chunks) = probe().matmul_chunks(ty, rows, cols, &w, &x, o).unwrap();
@@ -211,6 +215,18 @@ fn matmul_every_type_and_fusion() {
                 seed += 1;
                 check_matmul(ty, 37, cols, n, f, chunk, seed);
             }
+        }
+    }
+}
+
+/// gemma3's GeGLU pair (norm + gate/up, gelu_tanh) for the types its FFN uses, one token and nine, whole and in
+/// chunks. The activations reach |gate| > 10, where tanh saturates.
+#[test]
+fn matmul_geglu() {
+    let geglu = Flags { gelu: true, ..TYPE_FLAGS[2] };
+    for (seed, ty) in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K].into_iter().enumerate() {
+        for (chunk, n) in [(None, 1), (None, 9), (Some(4), 9)] {
+            check_matmul(ty, 37, 256, n, geglu, chunk, 40 + seed as u64);
         }
     }
 }
@@ -362,8 +378,9 @@ fn rope_and_kv_write_match_cpu() {
     }
 }
 
-/// The reference: causal GQA exactly as `ReferenceShard::forward_position` does it, one token at a time.
-fn reference_attention(s: AttnShape, pos0: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+/// The reference: causal GQA exactly as `ReferenceShard::forward_position` does it, one token at a time (with a
+/// window: the last `window` positions only).
+fn reference_attention(s: AttnShape, window: Option<usize>, pos0: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let (q_dim, kv_dim, hd) = (s.q_dim(), s.kv_dim(), s.head_dim);
     let group = s.n_heads / s.n_kv_heads;
     let n = q.len() / q_dim;
@@ -374,11 +391,12 @@ fn reference_attention(s: AttnShape, pos0: usize, q: &[f32], k: &[f32], v: &[f32
         for h in 0..s.n_heads {
             let qh = &q[t * q_dim + h * hd..][..hd];
             let kvh = h / group;
+            let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
             let mut scores: Vec<f32> =
-                (0..=last).map(|p| reference::dot(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
+                (first..=last).map(|p| reference::dot(qh, &k[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
             reference::softmax(&mut scores);
             let o = &mut out[t * q_dim + h * hd..][..hd];
-            for (p, &a) in scores.iter().enumerate() {
+            for (p, &a) in (first..).zip(&scores) {
                 o.iter_mut().zip(&v[p * kv_dim + kvh * hd..][..hd]).for_each(|(o, &vv)| *o += a * vv);
             }
         }
@@ -400,11 +418,40 @@ fn attention_matches_cpu() {
             let mut v = rng.vec(cap * kv_dim, 2.0);
             k[(pos0 + n) * kv_dim..].fill(f32::NAN);
             v[(pos0 + n) * kv_dim..].fill(f32::NAN);
-            let got = probe().attention(s, pos0, &q, &k, &v).unwrap();
-            let want = reference_attention(s, pos0, &q, &k, &v);
+            let got = probe().attention(s, None, pos0, &q, &k, &v).unwrap();
+            let want = reference_attention(s, None, pos0, &q, &k, &v);
             assert_close(&format!("{s:?} pos0={pos0} n={n} q_scale={q_scale}"), &got, &want, KERNEL_TOL);
         }
     }
+}
+
+/// Sliding-window attention (gemma3's local layers) over a ring cache: position p in row p % ring, the ring just
+/// big enough for the window and the step. Rows no attended position lives in hold NaN. Head dims up to 256
+/// (gemma3's), one KV head, windows that start inside, at and past the first tile.
+#[test]
+fn sliding_window_attention_over_a_ring_matches_cpu() {
+    let mut rng = Rng(6);
+    for s in [(4, 1, 256), (2, 1, 192), (3, 1, 32), (4, 2, 64)].map(shape) {
+        for (window, pos0, n) in [(8, 0, 5), (8, 3, 9), (8, 20, 1), (5, 40, 4), (512, 700, 16), (3000, 2900, 2)] {
+            let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
+            let ring = window - 1 + n;
+            let q = rng.vec(n * q_dim, 2.0);
+            let (k, v) = (rng.vec((pos0 + n) * kv_dim, 1.0), rng.vec((pos0 + n) * kv_dim, 2.0));
+            let (mut kr, mut vr) = (vec![f32::NAN; ring * kv_dim], vec![f32::NAN; ring * kv_dim]);
+            for p in (pos0 + 1).saturating_sub(window)..pos0 + n {
+                let (at, row) = ((p % ring) * kv_dim, p * kv_dim);
+                kr[at..at + kv_dim].copy_from_slice(&k[row..row + kv_dim]);
+                vr[at..at + kv_dim].copy_from_slice(&v[row..row + kv_dim]);
+            }
+            let got = probe().attention(s, Some(window), pos0, &q, &kr, &vr).unwrap();
+            let want = reference_attention(s, Some(window), pos0, &q, &k, &v);
+            assert_close(&format!("{s:?} window={window} pos0={pos0} n={n}"), &got, &want, KERNEL_TOL);
+        }
+    }
+    // A ring that cannot hold the window and the step is refused.
+    let s = shape((2, 1, 32));
+    let (q, kv) = (vec![0.0; 4 * 64], vec![0.0; 10 * 32]);
+    assert!(probe().attention(s, Some(8), 20, &q, &kv, &kv).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -557,6 +604,67 @@ fn model_qwen2_k_quants() {
     let (g, cfg) = t.load();
     assert!(cfg.qkv_bias && !cfg.tied_embeddings && cfg.rope == RopeStyle::Neox);
     check_model(&g, &cfg, GpuOptions::default(), "qwen2 k-quants");
+}
+
+/// gemma3 (see [`Tiny::gemma3`]): heads of 256, QK-norm, post-norms, GeGLU, the scaled embedding and a window of
+/// 6 positions that the 11-position prompt and the decode steps run past.
+#[test]
+fn model_gemma3() {
+    let (g, cfg) = Tiny::gemma3().load();
+    assert_eq!((cfg.head_dim, cfg.n_kv_heads, cfg.window(0), cfg.window(1)), (256, 1, Some(6), None));
+    assert!(cfg.qk_norm && cfg.post_norms && cfg.tied_embeddings && cfg.embed_scale == 16.0);
+    let gpu = GpuShard::load(ctx(), &g, &cfg, ShardSpec::whole(4), GpuOptions::default()).unwrap();
+    // Layer 0's q, k and v differ in type (three matmuls); QK-norm and the two post-norms add three.
+    assert_eq!(gpu.dispatch_counts().0, 3 + 5 + 3, "QK-norm and two post-norms");
+    check_shard(&g, &cfg, gpu, "gemma3");
+}
+
+/// gemma3 over 700 positions: a local layer's ring (window 6, 32-position steps: 261 rows) wraps twice. Every
+/// position's argmax equals the reference's, whether the prompt goes in steps of 32 or 7, and decoding goes on
+/// after it. A fork right behind the end continues as the parent; a fork or rewind to positions the ring no longer
+/// holds is refused and leaves the sequence usable; a rewind to 0 starts over.
+#[test]
+fn gemma3_ring_cache_over_a_long_sequence() {
+    let (g, cfg) = Tiny::gemma3().load();
+    let whole = ShardSpec::whole(4);
+    let ids = prompt(cfg.vocab, 700, 9);
+    let mut cpu = ReferenceShard::load(&g, &cfg, whole).unwrap();
+    cpu.open_sequence(1, 800).unwrap();
+    let want = tokens(cpu.forward(1, ShardInput::Tokens(&ids), HeadOutput::ArgmaxAll).unwrap());
+    for step in [32, 7] {
+        let opts = GpuOptions { max_step_tokens: step, ..GpuOptions::default() };
+        let mut gpu = GpuShard::load(ctx(), &g, &cfg, whole, opts).unwrap();
+        gpu.open_sequence(1, 800).unwrap();
+        let got = tokens(gpu.forward(1, ShardInput::Tokens(&ids), HeadOutput::ArgmaxAll).unwrap());
+        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        assert_eq!(
+            same,
+            want.len(),
+            "steps of {step}: first difference at {:?}",
+            got.iter().zip(&want).position(|(a, b)| a != b)
+        );
+        if step != 32 {
+            continue;
+        }
+        let last = ids.len() - 1;
+        gpu.open_sequence(2, 800).unwrap();
+        gpu.fork(1, 2, last).unwrap();
+        let out = tokens(gpu.forward(2, ShardInput::Tokens(&ids[last..]), HeadOutput::ArgmaxLast).unwrap());
+        assert_eq!(out, vec![want[last]], "fork behind the end");
+
+        gpu.open_sequence(3, 800).unwrap();
+        let err = gpu.fork(1, 3, 300).unwrap_err().to_string();
+        assert!(err.contains("sliding-window"), "{err}");
+        let err = gpu.truncate(1, 300).unwrap_err().to_string();
+        assert!(err.contains("sliding-window"), "{err}");
+        assert_eq!(gpu.sequence_len(1).unwrap(), ids.len());
+        let out = tokens(gpu.forward(1, ShardInput::Tokens(&[want[last]]), HeadOutput::ArgmaxLast).unwrap());
+        let cpu_next = tokens(cpu.forward(1, ShardInput::Tokens(&[want[last]]), HeadOutput::ArgmaxLast).unwrap());
+        assert_eq!(out, cpu_next, "decoding goes on after a refused rewind");
+        gpu.truncate(1, 0).unwrap();
+        let out = tokens(gpu.forward(1, ShardInput::Tokens(&ids[..40]), HeadOutput::ArgmaxAll).unwrap());
+        assert_eq!(out, want[..40], "a rewind to 0 starts over");
+    }
 }
 
 /// Types differing inside a layer: in layer 0, q, k and v of three types run as three matmuls, each writing its

@@ -404,6 +404,57 @@ fn wgpu_stages_match_the_whole_model() {
     }
 }
 
+/// wgpu, gemma3 (one KV head: members split the query heads and hold the KV head whole; the post-norms apply to
+/// the summed outputs, on the host):
+/// - the real model, 2 members: numpy's argmax over the short prompt and its greedy continuation, as one shard;
+/// - the tiny gemma3 (window 6), 2 members in steps of 32 over 300 positions (the local layers' rings wrap): the
+///   reference's argmax at every position.
+#[test]
+fn wgpu_gemma3_stages_split_query_heads() {
+    let ctx = GpuContext::new().unwrap();
+    let slice = |q: (u32, u32), ffn: (u32, u32)| LayerSlice { kv_heads: (0, 1), ffn, q_heads: Some(q) };
+    let (g, cfg) = common::gemma3();
+    let r = common::gemma3_reference();
+    let spec = ShardSpec::whole(18);
+    let two = [slice((0, 2), (0, 1024)), slice((2, 4), (1024, 2048))];
+    let mut members = gpu_members(&ctx, &member_models(&g, &cfg, spec, &two), spec, &GpuOptions::default());
+    let run = |shard: &mut GpuShard, reduce: &mut dyn Reducer| -> Result<(Vec<u32>, Vec<u32>), ShardError> {
+        shard.open_sequence(1, 64)?;
+        let all = tokens(shard.forward_reduce(1, ShardInput::Tokens(&r.short.ids), HeadOutput::ArgmaxAll, reduce)?);
+        let mut generated = vec![*all.last().unwrap()];
+        while generated.len() < 8 {
+            let next = [*generated.last().unwrap()];
+            generated.extend(tokens(shard.forward_reduce(
+                1,
+                ShardInput::Tokens(&next),
+                HeadOutput::ArgmaxLast,
+                reduce,
+            )?));
+        }
+        Ok((all, generated))
+    };
+    let ((all, generated), _) = same_on_every_member(lockstep(&mut members, run));
+    assert_eq!(all, r.short.argmax, "gemma3 2-way: argmax over the prompt");
+    assert_eq!(generated, r.greedy[..8], "gemma3 2-way: greedy continuation");
+    drop(members);
+
+    let (g, cfg) = common::tiny::Tiny::gemma3().load();
+    let spec = ShardSpec::whole(4);
+    let ids = common::tiny::prompt(cfg.vocab, 300, 5);
+    let mut whole = ReferenceShard::load(&g, &cfg, spec).unwrap();
+    whole.open_sequence(1, 320).unwrap();
+    let want = tokens(whole.forward(1, ShardInput::Tokens(&ids), HeadOutput::ArgmaxAll).unwrap());
+    let two = [slice((0, 1), (0, 256)), slice((1, 2), (256, 512))];
+    let opts = GpuOptions { max_step_tokens: 32, ..GpuOptions::default() };
+    let mut members = gpu_members(&ctx, &member_models(&g, &cfg, spec, &two), spec, &opts);
+    let outs = lockstep(&mut members, |shard, reduce| {
+        shard.open_sequence(1, 320)?;
+        shard.forward_reduce(1, ShardInput::Tokens(&ids), HeadOutput::ArgmaxAll, reduce).map(tokens)
+    });
+    let (got, _) = same_on_every_member(outs);
+    assert_eq!(got, want, "tiny gemma3 2-way over 300 positions");
+}
+
 /// wgpu: a 3-way stage in the middle of a pipeline (layers 10..20, no embedding or head, hidden states in from the
 /// unsliced first shard) matches the unsliced middle shard, for the prompt and for one decode step.
 #[test]

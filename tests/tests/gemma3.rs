@@ -1,7 +1,9 @@
 //! Gemma-3-270M (gemma3: SentencePiece vocabulary, sliding-window attention, QK-norm, one key/value head) across
 //! real processes on 127.0.0.1: three `edge-node serve` members on the cpu backend. A 3-stage pipeline and a
 //! 2-way tensor-parallel stage (query heads split inside the one key/value head) give the greedy tokens of one
-//! CPU shard in this process, and `edge-coord serve` chats with it: one BOS, Gemma's turns, the same text.
+//! CPU shard in this process, and `edge-coord serve` chats with it: one BOS, Gemma's turns, the same text. Two
+//! more members on the wgpu backend (lavapipe here) give the same tokens as a 2-way tensor-parallel stage and as
+//! the second stage of a pipeline behind a cpu member.
 
 use std::process::Command;
 
@@ -57,6 +59,13 @@ fn gemma3_runs_as_a_pipeline_a_tensor_parallel_stage_and_behind_the_api() {
     let model = m.path.to_str().unwrap();
     assert_eq!(run(&key, &[&a, &b, &c], model, &["--stages", "3"]), one, "3-stage pipeline");
     assert_eq!(run(&key, &[&a, &b], model, &["--tensor-parallel", "2"]), one, "2-way tensor parallel");
+    {
+        let wgpu_node =
+            |peers: &[&str]| Node::start(&key, NodeSpec { peers, backend: Some("wgpu"), ..Default::default() });
+        let (w1, w2) = (wgpu_node(&[&a.addr]), wgpu_node(&[&a.addr]));
+        assert_eq!(run(&key, &[&w1, &w2], model, &["--tensor-parallel", "2"]), one, "wgpu 2-way tensor parallel");
+        assert_eq!(run(&key, &[&c, &w1], model, &["--stages", "2"]), one, "cpu then wgpu pipeline");
+    }
 
     // Chat through the API: the prompt is Gemma's turns with one BOS id, and the reply is one node's greedy text.
     let server = Server::start(&key, &[&a, &b, &c], &["-m", model, "--ctx", "256"]);

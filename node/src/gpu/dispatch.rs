@@ -52,9 +52,12 @@ pub(super) enum Grid {
     Embed {
         blocks: u32,
     },
-    Rope {
+    /// One invocation per item and token, 64 per workgroup (RoPE pairs, QK-norm heads).
+    Items {
         items: u32,
     },
+    /// One workgroup per token (post-norm + residual).
+    Tokens,
     Attention {
         heads: u32,
     },
@@ -118,7 +121,8 @@ impl Dispatch {
         let (x, y) = match self.grid {
             Grid::Matmul { .. } => unreachable!(),
             Grid::Embed { blocks } => (blocks.div_ceil(64), n_tok),
-            Grid::Rope { items } => (items.div_ceil(64), n_tok),
+            Grid::Items { items } => (items.div_ceil(64), n_tok),
+            Grid::Tokens => (1, n_tok),
             Grid::Attention { heads } => (heads, n_tok),
             Grid::Argmax => (head_n, 1),
         };

@@ -11,6 +11,7 @@
 pub mod context;
 mod dispatch;
 pub mod kernels;
+mod kv;
 pub mod probe;
 pub mod profile;
 pub mod shard;

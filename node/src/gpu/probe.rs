@@ -31,6 +31,8 @@ pub struct MatmulOpts<'a> {
     pub residual: Option<&'a [f32]>,
     /// GGML bytes of the "up" matrix (same type and shape): the output is `silu(W·x) * (up·x)`.
     pub swiglu_up: Option<&'a [u8]>,
+    /// With `swiglu_up`: `gelu_tanh(W·x) * (up·x)` (GeGLU, gemma3) instead.
+    pub gelu: bool,
     /// Largest storage binding for the weights (defaults to the device limit); small values force row chunks.
     pub max_binding: Option<u64>,
 }
@@ -253,6 +255,7 @@ impl Probe {
                 ("BIAS", flag(o.bias.is_some())),
                 ("RESIDUAL", flag(o.residual.is_some())),
                 ("SWIGLU", flag(swiglu)),
+                ("GELU", flag(swiglu && o.gelu)),
             ],
             // Only the entry point used is built (each is a JIT compile); the executor builds both.
             entry: if n == 1 { "gemv" } else { "main" },
@@ -330,7 +333,7 @@ impl Probe {
         let n = tokens.len();
         let pipe = self.pipeline(Kernel::Embed, Some(ty), vec![]);
         let step = self.step(n, 0, 0);
-        let params = self.ctx.uniform("embed", &Params8([rows as u32, cols as u32, 0, 0, 0, 0, 0, 0]));
+        let params = self.ctx.uniform("embed", &Params8([rows as u32, cols as u32, 1f32.to_bits(), 0, 0, 0, 0, 0]));
         let tok = self.ctx.storage_init("tokens", bytemuck::cast_slice(tokens));
         let x = self.ctx.storage("x", (n * cols * 4) as u64);
         let ch = &mat.chunks[0];
@@ -376,24 +379,28 @@ impl Probe {
         }
         let pipe = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (style == RopeStyle::Neox).to_string())]);
         let step = self.step(n, pos0, 0);
-        let params = Params8([q_dim as u32, kv_dim as u32, s.head_dim as u32, stride as u32, theta.to_bits(), 0, 0, 0]);
+        let params =
+            Params8([q_dim as u32, kv_dim as u32, s.head_dim as u32, stride as u32, theta.to_bits(), cap as u32, 0, 0]);
         let params = self.ctx.uniform("rope", &params);
         let src = self.floats("qkv", qkv);
         let q = self.ctx.storage("q", (n * q_dim * 4) as u64);
         let (k, v) = (self.floats("k", k_cache), self.floats("v", v_cache));
         let bg = bind(&self.ctx, &pipe, &[&step, &params, &src, &q, &k, &v]);
         let items = (q_dim / 2 + kv_dim / 2 + kv_dim) as u32;
-        let out = self.run(&[self.dispatch(pipe, bg, Grid::Rope { items })], n, 0, &[&q, &k, &v])?;
+        let out = self.run(&[self.dispatch(pipe, bg, Grid::Items { items })], n, 0, &[&q, &k, &v])?;
         k_cache.copy_from_slice(&to_f32(&out[1], k_cache.len()));
         v_cache.copy_from_slice(&to_f32(&out[2], v_cache.len()));
         Ok(to_f32(&out[0], n * q_dim))
     }
 
     /// Causal grouped-query attention of `q` `(n, q_dim)` at positions `pos0..pos0 + n` over the caches
-    /// `(capacity, kv_dim)`, scale `1/sqrt(head_dim)`: `(n, q_dim)`.
+    /// `(ring, kv_dim)`, scale `1/sqrt(head_dim)`: `(n, q_dim)`. Position `p` is in row `p % ring`; with a
+    /// `window`, each row attends to the last `window` positions only (and the ring may be shorter than the
+    /// sequence, as long as it holds the window and the step).
     pub fn attention(
         &self,
         s: AttnShape,
+        window: Option<usize>,
         pos0: usize,
         q: &[f32],
         k_cache: &[f32],
@@ -401,10 +408,13 @@ impl Probe {
     ) -> Result<Vec<f32>, ShardError> {
         let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
         let n = q.len() / q_dim.max(1);
+        let ring = k_cache.len() / kv_dim.max(1);
+        let held = ring >= pos0 + n || window.is_some_and(|w| w > 0 && ring >= w - 1 + n);
         let ok = n > 0
             && q.len() == n * q_dim
             && k_cache.len() == v_cache.len()
-            && k_cache.len() >= (pos0 + n) * kv_dim
+            && k_cache.len() == ring * kv_dim
+            && held
             && s.n_kv_heads > 0
             && s.n_heads.is_multiple_of(s.n_kv_heads);
         if !ok {
@@ -417,8 +427,8 @@ impl Probe {
         let pipe = self.pipeline(Kernel::Attention, None, vec![("HD", s.head_dim.to_string())]);
         let step = self.step(n, pos0, 0);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let params =
-            Params8([s.n_heads as u32, s.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0]);
+        let (nh, nkv, w) = (s.n_heads as u32, s.n_kv_heads as u32, window.unwrap_or(0) as u32);
+        let params = Params8([nh, nkv, q_dim as u32, kv_dim as u32, scale.to_bits(), w, ring as u32, 0]);
         let params = self.ctx.uniform("attention", &params);
         let (qb, k, v) = (self.floats("q", q), self.floats("k", k_cache), self.floats("v", v_cache));
         let out = self.ctx.storage("att", (n * q_dim * 4) as u64);

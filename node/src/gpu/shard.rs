@@ -2,7 +2,8 @@
 //! submit with one readback (the sampled token, the last logits, or the hidden state for the next shard).
 //!
 //! Per layer: fused norm+QKV matmul, RoPE + KV write, attention, O matmul + residual, fused norm+gate/up+SwiGLU,
-//! down matmul + residual: 6 dispatches (more only when q/k/v types differ or a matrix is chunked).
+//! down matmul + residual: 6 dispatches (more only when q/k/v types differ or a matrix is chunked). gemma3 adds
+//! three: QK-norm before RoPE, and its post-norms, which norm the O and down outputs before the residual add.
 //!
 //! A member of a tensor-parallel stage (`cfg.partial_layers`) runs the same kernels, but its O and down matmuls
 //! write partial sums to their own buffer instead of adding to the residual stream: the stage sums them between
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
-use crate::model::{ModelConfig, RopeStyle, ShardTensors};
+use crate::model::{Activation, ModelConfig, ShardTensors};
 use crate::shard::{
     check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
 };
@@ -21,6 +22,7 @@ use crate::shard::{
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
 use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
 use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
+use super::kv::GpuSeq;
 use super::weights::GpuMatrix;
 
 /// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
@@ -43,46 +45,42 @@ impl Default for GpuOptions {
 
 /// Device buffers for one step's activations, shared by all sequences.
 pub(super) struct Activations {
-    pub(super) tokens: wgpu::Buffer,  // (max_step) u32
-    pub(super) x: wgpu::Buffer,       // (max_step, dim) residual stream
-    qkv: wgpu::Buffer,                // (max_step, q_dim + 2 kv_dim)
-    q: wgpu::Buffer,                  // (max_step, q_dim) after RoPE
-    att: wgpu::Buffer,                // (max_step, q_dim) attention output
-    h: wgpu::Buffer,                  // (max_step, ffn_dim) SwiGLU output
-    pub(super) partial: wgpu::Buffer, // (max_step, dim) O / down partial sums of a tensor-parallel member
-    logits: wgpu::Buffer,             // (max_step, vocab)
-    argmax: wgpu::Buffer,             // (max_step) u32
-    staging: wgpu::Buffer,            // readback
-    dummy: wgpu::Buffer,              // bound where a kernel's optional storage input is unused
-    dummy_view: wgpu::Buffer,         // bound where a kernel's optional uniform view is unused
+    pub(super) tokens: wgpu::Buffer, // (max_step) u32
+    pub(super) x: wgpu::Buffer,      // (max_step, dim) residual stream
+    pub(super) qkv: wgpu::Buffer,    // (max_step, q_dim + 2 kv_dim)
+    pub(super) q: wgpu::Buffer,      // (max_step, q_dim) after RoPE
+    pub(super) att: wgpu::Buffer,    // (max_step, q_dim) attention output
+    h: wgpu::Buffer,                 // (max_step, ffn_dim) SwiGLU output
+    /// (max_step, dim) O / down outputs kept off the residual stream: a tensor-parallel member's partial sums,
+    /// or gemma3's outputs before their post-norm.
+    pub(super) partial: wgpu::Buffer,
+    logits: wgpu::Buffer,     // (max_step, vocab)
+    argmax: wgpu::Buffer,     // (max_step) u32
+    staging: wgpu::Buffer,    // readback
+    dummy: wgpu::Buffer,      // bound where a kernel's optional storage input is unused
+    dummy_view: wgpu::Buffer, // bound where a kernel's optional uniform view is unused
     /// Entry g (at g * align bytes) holds g: which token group a matmul dispatch serves.
     groups: wgpu::Buffer,
 }
 
 pub(super) struct GpuLayer {
-    pub(super) qkv: Vec<Dispatch>,     // norm + q/k/v projections
-    pub(super) o: Vec<Dispatch>,       // output projection + residual (tensor-parallel: into `partial`)
-    pub(super) gate_up: Vec<Dispatch>, // norm + gate/up + SwiGLU
-    pub(super) down: Vec<Dispatch>,    // down projection + residual (tensor-parallel: into `partial`)
-}
-
-/// A sequence's KV cache (one buffer per layer) and the bind groups that read it.
-pub(super) struct GpuSeq {
-    pub(super) rope: Vec<Dispatch>,      // per layer
-    pub(super) attention: Vec<Dispatch>, // per layer
-    /// K and V of each layer: `(capacity, kv_dim)` f32 each.
-    kv: Vec<wgpu::Buffer>,
+    pub(super) qkv: Vec<Dispatch>,       // norm + q/k/v projections (+ QK-norm)
+    pub(super) o: Vec<Dispatch>,         // output projection + residual (post-norm, tensor-parallel: into `partial`)
+    pub(super) gate_up: Vec<Dispatch>,   // norm + gate/up + SwiGLU or GeGLU
+    pub(super) down: Vec<Dispatch>,      // down projection + residual (as `o`)
+    pub(super) post_attn: Vec<Dispatch>, // gemma3, whole layers: x += norm(partial)
+    pub(super) post_ffn: Vec<Dispatch>,  // gemma3, whole layers: x += norm(partial)
+    /// gemma3, tensor-parallel member: the post-norm weights, applied on the host to the summed partials.
+    pub(super) host_post_norms: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 pub struct GpuShard {
     pub(super) ctx: Arc<GpuContext>,
     pub(super) cfg: ModelConfig,
     pub(super) spec: ShardSpec,
-    opts: GpuOptions,
+    pub(super) opts: GpuOptions,
     pub(super) step: wgpu::Buffer,
     pub(super) act: Activations,
-    rope_params: wgpu::Buffer,
-    att_params: wgpu::Buffer,
     pub(super) embed: Option<Dispatch>,
     pub(super) layers: Vec<GpuLayer>,
     pub(super) head: Vec<Dispatch>, // norm + head matmul chunks, argmax
@@ -113,14 +111,9 @@ impl GpuShard {
                 align / 4
             )));
         }
-        if let Some(features) = c.gemma_features() {
-            return Err(ShardError::BadInput(format!(
-                "the wgpu backend does not implement {features} yet; use --backend cpu or reference"
-            )));
-        }
-        if c.head_dim > 128 || !c.head_dim.is_multiple_of(4) {
+        if c.head_dim > 256 || !c.head_dim.is_multiple_of(4) {
             return Err(ShardError::Gpu(format!(
-                "head dim {} is not supported by attention.wgsl (multiple of 4, at most 128)",
+                "head dim {} is not supported by attention.wgsl (multiple of 4, at most 256)",
                 c.head_dim
             )));
         }
@@ -154,18 +147,9 @@ impl GpuShard {
                 }
                 ctx.uniform_view("groups", &entries)
             },
-            partial: ctx.storage("partial", if c.partial_layers { m * c.dim as u64 * f } else { 16 }),
+            partial: ctx.storage("partial", if c.partial_layers || c.post_norms { m * c.dim as u64 * f } else { 16 }),
         };
         let step = ctx.uniform("step", &StepParams { n_tok: 0, pos0: 0, head_n: 0, head_row0: 0 });
-        let rope_params = ctx.uniform(
-            "rope",
-            &Params8([q_dim as u32, kv_dim as u32, c.head_dim as u32, qkv_dim as u32, c.rope_theta.to_bits(), 0, 0, 0]),
-        );
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let att_params = ctx.uniform(
-            "attention",
-            &Params8([c.n_heads as u32, c.n_kv_heads as u32, q_dim as u32, kv_dim as u32, scale.to_bits(), 0, 0, 0]),
-        );
         let mut me = GpuShard {
             ctx: ctx.clone(),
             cfg: c.clone(),
@@ -173,8 +157,6 @@ impl GpuShard {
             opts,
             step,
             act,
-            rope_params,
-            att_params,
             embed: None,
             layers: Vec::new(),
             head: Vec::new(),
@@ -182,6 +164,22 @@ impl GpuShard {
             seqs: Sequences::default(),
         };
         let vector = |info: &TensorInfo| ctx.uniform_view(&info.name, g.data(info));
+        let host = |info: &Option<TensorInfo>| info.as_ref().map(|i| crate::reference::read_f32(g, i));
+        let storage = |v: &[f32]| ctx.storage_init("norm", bytemuck::cast_slice(v));
+        let norm_params = ctx.uniform("norm", &Params8([c.dim as u32, c.rms_eps.to_bits(), 0, 0, 0, 0, 0, 0]));
+        let qk_params = ctx.uniform(
+            "qk norm",
+            &Params8([
+                c.n_heads as u32,
+                c.n_kv_heads as u32,
+                c.head_dim as u32,
+                qkv_dim as u32,
+                c.rms_eps.to_bits(),
+                0,
+                0,
+                0,
+            ]),
+        );
 
         // The embedding table doubles as the head when tied: upload it once.
         let embed_matrix = t.embed.as_ref().map(|e| GpuMatrix::concat(&ctx, g, &[e], max_binding));
@@ -193,7 +191,8 @@ impl GpuShard {
                 )));
             }
             let p = me.pipeline(Kernel::Embed, Some(em.ty), vec![]);
-            let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, 0, 0, 0, 0, 0, 0]));
+            let scale = c.embed_scale.to_bits();
+            let params = ctx.uniform("embed", &Params8([em.rows as u32, em.cols as u32, scale, 0, 0, 0, 0, 0]));
             let ch = &em.chunks[0];
             let bg = bind_res(
                 &ctx,
@@ -261,7 +260,8 @@ impl GpuShard {
             let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
             // Whole layers add the O and down outputs to the residual stream; a tensor-parallel slice keeps its
             // partial sums apart until the stage has added them up.
-            let (out, residual) = if c.partial_layers { (&me.act.partial, false) } else { (&me.act.x, true) };
+            let apart = c.partial_layers || c.post_norms;
+            let (out, residual) = if apart { (&me.act.partial, false) } else { (&me.act.x, true) };
             let o = me.matmul(&wo, MatmulIo::output(&me.act.att, out, residual, c.dim))?;
             let gate_up = me.matmul(
                 &gate_up,
@@ -278,7 +278,32 @@ impl GpuShard {
                 },
             )?;
             let down = me.matmul(&down, MatmulIo::output(&me.act.h, out, residual, c.dim))?;
-            me.layers.push(GpuLayer { qkv, o, gate_up, down });
+            if let (Some(qn), Some(kn)) = (host(&lt.q_norm), host(&lt.k_norm)) {
+                let p = me.pipeline(Kernel::QkNorm, None, vec![]);
+                let bg = bind(&ctx, &p, &[&me.step, &qk_params, &me.act.qkv, &storage(&qn), &storage(&kn)]);
+                let grid = Grid::Items { items: (c.n_heads + c.n_kv_heads) as u32 };
+                qkv.push(Dispatch { pipe: p, gemv: None, bind: bg, grid, weight_bytes: 0 });
+            }
+            let post = (host(&lt.post_attn_norm), host(&lt.post_ffn_norm));
+            let (mut post_attn, mut post_ffn, mut host_post_norms) = (Vec::new(), Vec::new(), None);
+            match post {
+                (Some(a), Some(f)) if c.partial_layers => host_post_norms = Some((a, f)),
+                (Some(a), Some(f)) => {
+                    let p = me.pipeline(Kernel::NormAdd, None, vec![]);
+                    for (w, list) in [(a, &mut post_attn), (f, &mut post_ffn)] {
+                        let bg = bind(&ctx, &p, &[&me.step, &norm_params, &me.act.partial, &storage(&w), &me.act.x]);
+                        list.push(Dispatch {
+                            pipe: p.clone(),
+                            gemv: None,
+                            bind: bg,
+                            grid: Grid::Tokens,
+                            weight_bytes: 0,
+                        });
+                    }
+                }
+                _ => {}
+            }
+            me.layers.push(GpuLayer { qkv, o, gate_up, down, post_attn, post_ffn, host_post_norms });
         }
 
         if let (Some(norm), Some(out)) = (&t.output_norm, &t.output) {
@@ -315,7 +340,7 @@ impl GpuShard {
         Ok(me)
     }
 
-    fn pipeline(
+    pub(super) fn pipeline(
         &self,
         kernel: Kernel,
         quant: Option<crate::quant::GgmlType>,
@@ -340,6 +365,7 @@ impl GpuShard {
                 ("BIAS", flag(io.bias.is_some())),
                 ("RESIDUAL", flag(io.residual)),
                 ("SWIGLU", flag(io.swiglu)),
+                ("GELU", flag(io.swiglu && self.cfg.act == Activation::GeluTanh)),
             ],
             entry: "main",
         };
@@ -390,7 +416,9 @@ impl GpuShard {
 
     /// Dispatches recorded for one step of one sequence: (per layer, embedding + head).
     pub fn dispatch_counts(&self) -> (usize, usize) {
-        let per_layer = self.layers.first().map_or(0, |l| l.qkv.len() + 2 + l.o.len() + l.gate_up.len() + l.down.len());
+        let per_layer = self.layers.first().map_or(0, |l| {
+            l.qkv.len() + 2 + l.o.len() + l.post_attn.len() + l.gate_up.len() + l.down.len() + l.post_ffn.len()
+        });
         (per_layer, self.embed.iter().count() + self.head.len())
     }
 
@@ -413,7 +441,8 @@ impl GpuShard {
         };
         let layers = self.layers.iter().enumerate().flat_map(|(l, layer)| {
             let attention = [&s.kv.rope[l], &s.kv.attention[l]];
-            layer.qkv.iter().chain(attention).chain(&layer.o).chain(&layer.gate_up).chain(&layer.down)
+            let attention = layer.qkv.iter().chain(attention).chain(&layer.o).chain(&layer.post_attn);
+            attention.chain(&layer.gate_up).chain(&layer.down).chain(&layer.post_ffn)
         });
         let logits = head.is_some_and(|h| h != HeadOutput::HiddenSum);
         let head_dispatches = if logits { &self.head[..] } else { &[] };
@@ -424,8 +453,16 @@ impl GpuShard {
             Some(h) => Some(self.head_bytes(h, dims)),
         };
         let out = self.submit(dims, embed.into_iter().chain(layers).chain(head_dispatches), read)?;
-        self.seqs.get_mut(seq)?.len += dims.n_tok as usize;
+        self.advance(seq, dims.n_tok as usize)?;
         Ok(out)
+    }
+
+    /// Counts `n` more positions of `seq` as written.
+    pub(super) fn advance(&mut self, seq: SeqId, n: usize) -> Result<(), ShardError> {
+        let s = self.seqs.get_mut(seq)?;
+        s.len += n;
+        s.kv.advance(s.len);
+        Ok(())
     }
 
     /// Writes the step's parameters (`n` positions from `pos0`) and returns the sizes its dispatches need.
@@ -544,40 +581,8 @@ impl Shard for GpuShard {
     }
 
     fn open_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), ShardError> {
-        let c = &self.cfg;
-        self.seqs.check_open(c, seq, capacity)?;
-        let limit = self.ctx.limits.max_storage_buffer_binding_size;
-        let per_pos = c.kv_dim() as u64 * 4;
-        let kv_bytes = (capacity as u64)
-            .checked_mul(per_pos)
-            .filter(|&b| b <= limit)
-            .ok_or(ShardError::ContextFull { need: capacity, capacity: (limit / per_pos) as usize })?;
-        let rope = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (c.rope == RopeStyle::Neox).to_string())]);
-        let att = self.pipeline(Kernel::Attention, None, vec![("HD", c.head_dim.to_string())]);
-        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
-        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), kv: Vec::new() };
-        for l in 0..self.layers.len() {
-            let k = self.ctx.storage(&format!("k{l}"), kv_bytes);
-            let v = self.ctx.storage(&format!("v{l}"), kv_bytes);
-            let bg = bind(&self.ctx, &rope, &[&self.step, &self.rope_params, &self.act.qkv, &self.act.q, &k, &v]);
-            s.rope.push(Dispatch {
-                pipe: rope.clone(),
-                gemv: None,
-                bind: bg,
-                grid: Grid::Rope { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 },
-                weight_bytes: 0,
-            });
-            let bg = bind(&self.ctx, &att, &[&self.step, &self.att_params, &self.act.q, &k, &v, &self.act.att]);
-            s.attention.push(Dispatch {
-                pipe: att.clone(),
-                gemv: None,
-                bind: bg,
-                grid: Grid::Attention { heads: c.n_heads as u32 },
-                weight_bytes: 0,
-            });
-            s.kv.extend([k, v]);
-        }
-        self.ctx.check()?;
+        self.seqs.check_open(&self.cfg, seq, capacity)?;
+        let s = self.new_sequence(capacity)?;
         self.seqs.insert(seq, capacity, s);
         Ok(())
     }
@@ -591,18 +596,20 @@ impl Shard for GpuShard {
     }
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ShardError> {
+        let s = self.seqs.get_mut(seq)?;
+        if len < s.len {
+            s.kv.rewind(len)?;
+        }
         self.seqs.truncate(seq, len)
     }
 
     fn fork(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ShardError> {
         let ctx = self.ctx.clone();
-        let bytes = (len * self.cfg.kv_dim() * 4) as u64;
+        let kv_dim = self.cfg.kv_dim();
         self.seqs.fork(from, to, len, |f, t| {
             // Queued before any later step of `to`: the queue runs submissions in order.
             let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("fork") });
-            for (src, dst) in f.kv.iter().zip(&t.kv) {
-                enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
-            }
+            f.copy_prefix(t, len, kv_dim, &mut enc)?;
             ctx.submit(enc);
             ctx.check()
         })

@@ -6,7 +6,7 @@
 //! - tokens in: the embedding runs on the device and `x` is read back (hidden states in: `x` is the input);
 //! - per layer, twice (attention, then FFN): upload `x`, one submit of [norm+QKV, RoPE + KV write, attention,
 //!   O -> partial] or [norm+gate/up+SwiGLU, down -> partial], read the partial back, `all_reduce` it and add it
-//!   to `x` in f32;
+//!   to `x` in f32 (gemma3 RMS-norms the sum first: its post-norm is of the whole output);
 //! - the head (if the shard has it): upload `x`, one submit, read back the tokens or logits; else `x` is the
 //!   output.
 //!
@@ -44,8 +44,10 @@ impl GpuShard {
         };
         for (l, layer) in self.layers.iter().enumerate() {
             let attention = [&s.kv.rope[l], &s.kv.attention[l]];
-            self.reduced_block(dims, layer.qkv.iter().chain(attention).chain(&layer.o), &mut x, reduce)?;
-            self.reduced_block(dims, layer.gate_up.iter().chain(&layer.down), &mut x, reduce)?;
+            let (post_attn, post_ffn) = layer.host_post_norms.as_ref().map(|(a, f)| (a, f)).unzip();
+            let block = layer.qkv.iter().chain(attention).chain(&layer.o);
+            self.reduced_block(dims, block, post_attn, &mut x, reduce)?;
+            self.reduced_block(dims, layer.gate_up.iter().chain(&layer.down), post_ffn, &mut x, reduce)?;
         }
         let out = match head {
             Some(HeadOutput::HiddenSum) => Some(bytemuck::cast_slice(&x).to_vec()),
@@ -56,17 +58,18 @@ impl GpuShard {
             None if self.spec.head => None, // an intermediate step of a last-position request
             None => Some(bytemuck::cast_slice(&x).to_vec()),
         };
-        self.seqs.get_mut(seq)?.len += dims.n_tok as usize;
+        self.advance(seq, dims.n_tok as usize)?;
         Ok(out)
     }
 
     /// One block of a layer: uploads the residual stream `x` `(n, dim)`, runs `dispatches` (ending in a matmul
     /// into the partial buffer) in one submit, reads the partial sums back, has the stage add them up, and adds
-    /// the total to `x`.
+    /// the total to `x` (RMS-normed with `post_norm` first, gemma3's post-norm of the whole output).
     fn reduced_block<'d>(
         &self,
         dims: StepDims,
         dispatches: impl IntoIterator<Item = &'d Dispatch>,
+        post_norm: Option<&Vec<f32>>,
         x: &mut [f32],
         reduce: &mut dyn Reducer,
     ) -> Result<(), ShardError> {
@@ -75,6 +78,11 @@ impl GpuShard {
         let bytes = self.submit(dims, dispatches, Some(read))?.unwrap_or_default();
         let mut partial: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         reduce.all_reduce(&mut partial)?;
+        if let Some(w) = post_norm {
+            for row in partial.chunks_exact_mut(self.cfg.dim) {
+                crate::reference::rmsnorm_in_place(row, w, self.cfg.rms_eps);
+            }
+        }
         x.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
         Ok(())
     }

@@ -180,16 +180,6 @@ impl ModelConfig {
         }
     }
 
-    /// The features of gemma3 beyond the llama/qwen2 block, named for a backend that lacks them.
-    pub fn gemma_features(&self) -> Option<&'static str> {
-        (self.qk_norm
-            || self.post_norms
-            || self.act != Activation::Silu
-            || self.sliding.is_some()
-            || self.embed_scale != 1.0)
-            .then_some("gemma3's QK-norm, post-norms, GeGLU and sliding-window attention")
-    }
-
     /// Width of the key/value projections.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim

@@ -201,7 +201,7 @@ impl StageServer {
         if cfg.partial_layers != m.slice.is_some() {
             bail!("the stage metadata and the manifest disagree about tensor parallelism");
         }
-        let backend = self.backend.for_model(&cfg);
+        let backend = self.backend.resolve();
         let mut shard: Box<dyn Shard + Send> = match backend {
             Backend::Wgpu => Box::new(GpuShard::load(self.gpu()?, &g, &cfg, m.spec, GpuOptions::default())?),
             Backend::Reference => Box::new(ReferenceShard::load(&g, &cfg, m.spec)?),

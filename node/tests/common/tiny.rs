@@ -45,6 +45,9 @@ pub struct Tiny {
     pub ffn: usize,
     pub vocab: usize,
     pub layers: usize,
+    /// `attention.key_length`, when the head dim is not `dim / n_heads` (gemma3).
+    pub head_dim: Option<usize>,
+    pub context: usize,
     /// Type of a weight matrix, by layer and GGUF name suffix (`attn_q`, ..., `token_embd`, `output`).
     pub ty: fn(Option<usize>, &str) -> GgmlType,
     /// Write a separate `output.weight` (else the head is tied to the embedding).
@@ -62,6 +65,8 @@ impl Tiny {
             ffn: 96,
             vocab: 300,
             layers: 3,
+            head_dim: None,
+            context: 256,
             ty,
             output: false,
             seed: 11,
@@ -73,11 +78,29 @@ impl Tiny {
         Tiny { arch: "qwen2", output: true, dim: 256, n_heads: 4, ffn: 512, ..Tiny::llama(qwen_types) }
     }
 
-    /// A GGUF image as llama.cpp's converter would lay it out (qwen2: neox RoPE and qkv biases).
+    /// A gemma3 model: heads of 256 (wider than dim / n_heads), one KV head, QK-norm and post-norms, GeGLU, a
+    /// scaled tied embedding, and a sliding window of 6 positions on every other layer (1 and 3 are global).
+    pub fn gemma3() -> Tiny {
+        Tiny {
+            arch: "gemma3",
+            dim: 256,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: Some(256),
+            ffn: 512,
+            layers: 4,
+            context: 1024,
+            ..Tiny::llama(qwen_types)
+        }
+    }
+
+    /// A GGUF image as llama.cpp's converter would lay it out (qwen2: neox RoPE and qkv biases; gemma3: see
+    /// [`Tiny::gemma3`]).
     pub fn gguf(&self) -> Vec<u8> {
         let mut rng = Rng(self.seed);
         let a = self.arch;
-        let hd = self.dim / self.n_heads;
+        let gemma = a == "gemma3";
+        let hd = self.head_dim.unwrap_or(self.dim / self.n_heads);
         let (q, kv) = (self.n_heads * hd, self.n_kv_heads * hd);
         let mut w = GgufWriter::new()
             .kv("general.architecture", Value::Str(a.into()))
@@ -87,9 +110,17 @@ impl Tiny {
             .kv(format!("{a}.attention.head_count"), Value::U32(self.n_heads as u32))
             .kv(format!("{a}.attention.head_count_kv"), Value::U32(self.n_kv_heads as u32))
             .kv(format!("{a}.feed_forward_length"), Value::U32(self.ffn as u32))
-            .kv(format!("{a}.context_length"), Value::U32(256))
+            .kv(format!("{a}.context_length"), Value::U32(self.context as u32))
             .kv(format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
-            .kv(format!("{a}.rope.freq_base"), Value::F32(if a == "qwen2" { 1_000_000.0 } else { 10_000.0 }));
+            .kv(format!("{a}.rope.freq_base"), Value::F32(if a == "llama" { 10_000.0 } else { 1_000_000.0 }));
+        if let Some(k) = self.head_dim {
+            w = w.kv(format!("{a}.attention.key_length"), Value::U32(k as u32));
+            w = w.kv(format!("{a}.attention.value_length"), Value::U32(k as u32));
+        }
+        if gemma {
+            w = w.kv(format!("{a}.attention.sliding_window"), Value::U32(6));
+            w = w.kv(format!("{a}.attention.sliding_window_pattern"), Value::U32(2));
+        }
         let mut matrix = |w: GgufWriter<'static>,
                           name: String,
                           layer: Option<usize>,
@@ -115,6 +146,12 @@ impl Tiny {
             w = matrix(w, p("ffn_down"), Some(l), "ffn_down", d, f, 1.0 / (f as f32).sqrt());
             vectors.push((p("attn_norm"), d, 1.0, 0.3));
             vectors.push((p("ffn_norm"), d, 1.0, 0.3));
+            if gemma {
+                vectors.push((p("attn_q_norm"), hd, 1.0, 0.3));
+                vectors.push((p("attn_k_norm"), hd, 1.0, 0.3));
+                vectors.push((p("post_attention_norm"), d, 1.0, 0.3));
+                vectors.push((p("post_ffw_norm"), d, 1.0, 0.3));
+            }
             if a == "qwen2" {
                 vectors.push((format!("blk.{l}.attn_q.bias"), q, 0.0, 0.5));
                 vectors.push((format!("blk.{l}.attn_k.bias"), kv, 0.0, 0.5));
