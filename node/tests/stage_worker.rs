@@ -240,18 +240,22 @@ fn a_parent_that_ends_at_its_first_token_closes_after_its_forks_copied_it() {
 /// Each sequence's tokens and each member's forward calls.
 type PairRun = (Vec<Vec<u32>>, [Vec<Vec<(SeqId, usize)>>; 2]);
 
-/// A pipe from member `from` into a worker's queue, as a session's pipe delivers it.
-fn pipe(from: u32, to: &std::sync::mpsc::Sender<Work>) -> tokio::sync::mpsc::Sender<PipeMsg> {
+/// A pipe from member `from` into a worker's queue, as a session's pipe delivers it; the thread ends once every
+/// sender is gone and it has delivered what they sent.
+fn pipe(
+    from: u32,
+    to: &std::sync::mpsc::Sender<Work>,
+) -> (tokio::sync::mpsc::Sender<PipeMsg>, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PipeMsg>(64);
     let to = to.clone();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         while let Some(msg) = rx.blocking_recv() {
             if to.send(Work::Pipe { from: MemberRef { stage: 0, member: from }, msg }).is_err() {
                 break;
             }
         }
     });
-    tx
+    (tx, thread)
 }
 
 /// Four greedy requests sent together through a one-stage plan whose stage is the tiny model split two ways (KV
@@ -267,9 +271,10 @@ fn tensor_parallel_pair(batched: bool) -> PairRun {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| std::sync::mpsc::channel()).unzip();
     let (to_coord, mut from_leader) = tokio::sync::mpsc::unbounded_channel();
     let (to_coord_1, mut from_member) = tokio::sync::mpsc::unbounded_channel();
-    let group = vec![None, Some(pipe(0, &txs[1]))];
+    let (to_member, leader_pipe) = pipe(0, &txs[1]);
+    let group = vec![None, Some(to_member)];
     txs[0].send(Work::Wired(Outbox { coordinator: to_coord, next: None, group, group_batches: batched })).unwrap();
-    let group = vec![Some(pipe(1, &txs[0])), None];
+    let group = vec![Some(pipe(1, &txs[0]).0), None];
     txs[1].send(Work::Wired(Outbox { coordinator: to_coord_1, next: None, group, group_batches: batched })).unwrap();
     for seq in 1..=4u64 {
         let ids = prompt(cfg.vocab, 2 + seq as usize, seq);
@@ -299,12 +304,14 @@ fn tensor_parallel_pair(batched: bool) -> PairRun {
             _ => {}
         }
     }
-    for tx in &txs {
-        tx.send(Work::Shutdown).unwrap();
-    }
-    for w in workers {
-        w.join().unwrap();
-    }
+    // The leader stops first; once its pipe has delivered everything it sent (the last partial sums of member 1's
+    // last step among them), member 1 stops behind that in its queue.
+    let mut workers = workers.into_iter();
+    txs[0].send(Work::Shutdown).unwrap();
+    workers.next().unwrap().join().unwrap();
+    leader_pipe.join().unwrap();
+    txs[1].send(Work::Shutdown).unwrap();
+    workers.next().unwrap().join().unwrap();
     while let Ok(msg) = from_member.try_recv() {
         assert!(!matches!(msg, NodeMsg::Error { .. }), "member 1: {msg:?}");
     }

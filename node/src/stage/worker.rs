@@ -235,8 +235,13 @@ impl Worker {
     }
 
     fn fail(&mut self, seq: u64, e: ShardError) {
-        tracing::warn!(seq, cause = %e, "step failed");
-        self.report(NodeMsg::Error { seq: Some(seq), message: e.to_string() });
+        if matches!(self.queue.front(), Some(Work::Shutdown)) {
+            // The stage is being stopped (a group reduce gave up its step for the shutdown): nothing failed.
+            tracing::debug!(seq, cause = %e, "step stopped with the stage");
+        } else {
+            tracing::warn!(seq, cause = %e, "step failed");
+            self.report(NodeMsg::Error { seq: Some(seq), message: e.to_string() });
+        }
         // The other members of a group free it too (they may hold its step, forwarded before it failed here).
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
