@@ -25,3 +25,49 @@ unsafe fn fifth_bits(x: u32) -> __m256i {
 
 super::x86::x86_kernels!("avx2,fma,f16c", 2, 4);
 super::x86_packed::x86_packed!("avx2,fma,f16c", 4);
+
+/// One Q8 activation block of 32 floats (`cpu::act`): writes the 32 q's to `qs`, returns `(d, Σq)`. The same
+/// arithmetic as the portable `act::q8_block` (d = max|x| / 127, x * (1 / d), halfway cases away from zero),
+/// so the bytes are identical.
+///
+/// # Safety
+/// The CPU has AVX2; `x` and `qs` hold at least 32 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= 32 && qs.len() >= 32);
+    let p = x.as_ptr();
+    let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for x in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let (half, neg_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    let mut q = [_mm256_setzero_si256(); 4];
+    let mut sum = _mm256_setzero_si256();
+    for (q, x) in q.iter_mut().zip(v) {
+        let s = _mm256_mul_ps(x, id);
+        let t = _mm256_cvttps_epi32(s);
+        let f = _mm256_sub_ps(s, _mm256_cvtepi32_ps(t));
+        // Masks are -1 where set: t + 1 where the fraction is >= 1/2, t - 1 where it is <= -1/2.
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(f, neg_half));
+        *q = _mm256_add_epi32(_mm256_sub_epi32(t, up), down);
+        sum = _mm256_add_epi32(sum, *q);
+    }
+    // i32 -> i16 -> i8 (|q| <= 127: no saturation) packs within 128-bit lanes: 4-byte groups come out as
+    // q0[0..4] q1[0..4] q2[0..4] q3[0..4] q0[4..8] q1[4..8] q2[4..8] q3[4..8]; the permute restores the order.
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes);
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
+    (d, _mm_cvtsi128_si32(s4))
+}
