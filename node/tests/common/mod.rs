@@ -121,3 +121,11 @@ pub fn check_ids<'a>(t: &edge_node::tokenizer::Tokenizer, cases: impl Iterator<I
     }
     assert!(failures.is_empty(), "{} strings tokenized differently:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Each `(token, numpy's logit)` of `top` is matched by `logits` within float32 summation-order noise.
+pub fn check_top_logits(logits: &[f32], top: &[(u32, f32)]) {
+    for &(t, want) in top {
+        let got = logits[t as usize];
+        assert!((got - want).abs() < 2e-2, "token {t}: logit {got} vs numpy {want}");
+    }
+}
