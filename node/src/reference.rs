@@ -123,8 +123,10 @@ impl Weights {
         let mut k = vec![0.0; kv_dim]; // (kv_dim)
         let mut v = vec![0.0; kv_dim]; // (kv_dim)
         let mut att = vec![0.0; q_dim]; // (n_heads * head_dim) attention output
-        let layer = self.t.spec.layer_start as usize + li; // absolute: the sliding-window pattern counts from 0
-                                                           // A local layer attends to the last `window` positions, its own included (llama.cpp's is_masked_swa).
+
+        // The absolute layer: the sliding-window pattern counts from 0. A local layer attends to the last `window`
+        // positions, its own included (llama.cpp's is_masked_swa).
+        let layer = self.t.spec.layer_start as usize + li;
         let first = c.window(layer).map_or(0, |w| (pos + 1).saturating_sub(w));
         let mut scores = vec![0.0; pos + 1 - first]; // (positions attended)
 

@@ -259,7 +259,8 @@ impl GpuShard {
             let gate_up = GpuMatrix::pair(&ctx, g, &lt.w_gate, &lt.w_up, max_binding);
             let down = GpuMatrix::concat(&ctx, g, &[&lt.w_down], max_binding);
             // Whole layers add the O and down outputs to the residual stream; a tensor-parallel slice keeps its
-            // partial sums apart until the stage has added them up.
+            // partial sums apart until the stage has added them up, and gemma3 keeps them apart for its post-norm
+            // (`norm_add.wgsl`, or on the host after the sum).
             let apart = c.partial_layers || c.post_norms;
             let (out, residual) = if apart { (&me.act.partial, false) } else { (&me.act.x, true) };
             let o = me.matmul(&wo, MatmulIo::output(&me.act.att, out, residual, c.dim))?;
