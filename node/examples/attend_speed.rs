@@ -1,5 +1,5 @@
 //! One head's attention on one thread, cache-resident: `cargo run --release --example attend_speed` (`HD` 64,
-//! `N` 128 positions, `STRIDE` 192 floats per cache row). Prints microseconds per head and GFLOP/s per path.
+//! `N` 128 positions, `STRIDE` 192 values per f16 cache row). Prints microseconds per head and GFLOP/s per path.
 use edge_node::cpu::kernels::{Isa, Kernels};
 use std::time::Instant;
 
@@ -8,7 +8,8 @@ fn main() {
     let (hd, n, stride) = (env("HD", 64), env("N", 128), env("STRIDE", 192));
     let f = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 50.0;
     let q: Vec<f32> = (0..hd).map(f).collect();
-    let (k, v): (Vec<f32>, Vec<f32>) = ((0..n * stride).map(|i| f(i + 3)).collect(), (0..n * stride).map(f).collect());
+    let half = |g: &dyn Fn(usize) -> f32| (0..n * stride).map(|i| half::f16::from_f32(g(i))).collect::<Vec<_>>();
+    let (k, v) = (half(&|i| f(i + 3)), half(&f));
     let mut out = vec![0f32; hd];
     let mut scores = Vec::new();
     for isa in Isa::available() {

@@ -204,7 +204,7 @@ fn matmul_on_the_pool_equals_row_by_row_dots() {
     }
 }
 
-/// One head's attention on every path against softmax in f64: head sizes that are and are not multiples of the
+/// One head's attention over an f16 cache on every path against softmax in f64: head sizes that are and are not multiples of the
 /// SIMD widths (8 on x86, 4 on ARM; others take the portable path), position counts around the four-position
 /// step and the eight-wide exp, score spreads wide enough that some weights underflow to zero.
 #[test]
@@ -216,10 +216,12 @@ fn attention_matches_softmax_in_f64() {
                 for spread in [0.1, 10.0] {
                     let stride = hd + 5;
                     let q = rng.vec(hd, spread);
-                    let (kc, vc) = (rng.vec(n * stride, 1.0), rng.vec(n * stride, 1.0));
+                    // The cache holds f16: the exact softmax below is of the values it holds.
+                    let f16s = |v: Vec<f32>| v.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
+                    let (kc, vc) = (f16s(rng.vec(n * stride, 1.0)), f16s(rng.vec(n * stride, 1.0)));
                     let scale = 1.0 / (hd as f32).sqrt();
                     let scores: Vec<f64> = (0..n)
-                        .map(|p| (0..hd).map(|i| q[i] as f64 * kc[p * stride + i] as f64).sum::<f64>() * scale as f64)
+                        .map(|p| (0..hd).map(|i| q[i] as f64 * kc[p * stride + i].to_f64()).sum::<f64>() * scale as f64)
                         .collect();
                     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -227,7 +229,7 @@ fn attention_matches_softmax_in_f64() {
                     let (mut out, mut scratch) = (vec![f32::NAN; hd], Vec::new());
                     k.attend(&q, &kc, &vc, stride, n, scale, &mut scratch, &mut out);
                     for (i, &got) in out.iter().enumerate() {
-                        let want: f64 = (0..n).map(|p| e[p] / sum * vc[p * stride + i] as f64).sum();
+                        let want: f64 = (0..n).map(|p| e[p] / sum * vc[p * stride + i].to_f64()).sum();
                         assert!(
                             (got as f64 - want).abs() <= 1e-5,
                             "{:?} hd={hd} n={n} spread={spread} dim {i}: {got} vs {want}",

@@ -1,5 +1,6 @@
 //! The KV cache of one sequence in host memory (the cpu and reference backends): per layer, K and V rows of
-//! `kv_dim` floats.
+//! `kv_dim` values, f16 on the cpu backend (as llama.cpp's default cache: half the memory and half the reads of
+//! attention) and f32 on the reference.
 //!
 //! A global layer holds every position of the sequence (`capacity` rows). A sliding-window layer (gemma3's local
 //! layers) only ever reads the last `window` positions, so it holds a run of `window - 1 + STEP_SLACK` positions
@@ -14,25 +15,25 @@ use crate::shard::ShardError;
 /// The same as the coordinator's default prefill chunk; its planner counts a layer's positions with [`rows`].
 pub const STEP_SLACK: usize = 256;
 
-struct LayerKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+struct LayerKv<T> {
+    k: Vec<T>,
+    v: Vec<T>,
     /// The position of the first row.
     base: usize,
     window: Option<usize>,
 }
 
-pub struct SeqKv {
-    layers: Vec<LayerKv>,
+pub struct SeqKv<T = f32> {
+    layers: Vec<LayerKv<T>>,
     kv_dim: usize,
 }
 
 /// `n` zeros, or a clear error when the memory is not there (a KV cache is the one large allocation a request
 /// sizes).
-fn zeros(n: usize) -> Result<Vec<f32>, ShardError> {
+fn zeros<T: Copy + Default>(n: usize) -> Result<Vec<T>, ShardError> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| ShardError::BadInput(format!("out of memory for a KV cache of {n} floats")))?;
-    v.resize(n, 0.0);
+    v.try_reserve_exact(n).map_err(|_| ShardError::BadInput(format!("out of memory for a KV cache of {n} values")))?;
+    v.resize(n, T::default());
     Ok(v)
 }
 
@@ -46,7 +47,7 @@ pub fn first_read(window: Option<usize>, len: usize) -> usize {
     window.map_or(0, |w| (len + 1).saturating_sub(w))
 }
 
-impl LayerKv {
+impl<T: Copy + Default> LayerKv<T> {
     fn rows(&self, kv_dim: usize) -> usize {
         self.k.len() / kv_dim
     }
@@ -68,14 +69,14 @@ impl LayerKv {
     }
 }
 
-impl SeqKv {
+impl<T: Copy + Default> SeqKv<T> {
     /// Zeroed K and V for a sequence of `capacity` positions, one layer per entry of `windows`; a clear error when
     /// the memory is not there (the capacity is bounded by the model's context, checked before).
     pub fn alloc(
         windows: impl Iterator<Item = Option<usize>>,
         capacity: usize,
         kv_dim: usize,
-    ) -> Result<SeqKv, ShardError> {
+    ) -> Result<SeqKv<T>, ShardError> {
         let layers = windows
             .map(|window| {
                 let n = rows(window, capacity) * kv_dim;
@@ -106,14 +107,14 @@ impl SeqKv {
     }
 
     /// K and V of position `pos` in layer `li` (made room for).
-    pub fn row_mut(&mut self, li: usize, pos: usize) -> (&mut [f32], &mut [f32]) {
+    pub fn row_mut(&mut self, li: usize, pos: usize) -> (&mut [T], &mut [T]) {
         let l = &mut self.layers[li];
         let at = (pos - l.base) * self.kv_dim;
         (&mut l.k[at..at + self.kv_dim], &mut l.v[at..at + self.kv_dim])
     }
 
     /// Layer `li`'s K and V and the position of their first row.
-    pub fn layer(&self, li: usize) -> (&[f32], &[f32], usize) {
+    pub fn layer(&self, li: usize) -> (&[T], &[T], usize) {
         let l = &self.layers[li];
         (&l.k, &l.v, l.base)
     }
@@ -136,7 +137,7 @@ impl SeqKv {
 
     /// Copies what the next row after `len` positions reads into `to` (every position of a global layer, the last
     /// `window - 1` of a sliding-window layer), for [`crate::shard::Shard::fork`]. `to` is empty and holds `len`.
-    pub fn copy_prefix(&self, to: &mut SeqKv, len: usize) -> Result<(), ShardError> {
+    pub fn copy_prefix(&self, to: &mut SeqKv<T>, len: usize) -> Result<(), ShardError> {
         let d = self.kv_dim;
         if let Some(f) = self.layers.iter().find(|f| first_read(f.window, len) < f.base) {
             return Err(ShardError::BadInput(format!(
@@ -215,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_short_sequence_holds_no_more_than_its_capacity() {
-        let kv = SeqKv::alloc([Some(512), None].into_iter(), 64, 4).unwrap();
+        let kv = SeqKv::<f32>::alloc([Some(512), None].into_iter(), 64, 4).unwrap();
         assert_eq!((kv.layers[0].k.len(), kv.layers[1].v.len()), (64 * 4, 64 * 4));
         assert_eq!(rows(Some(512), 100_000), 511 + STEP_SLACK);
     }

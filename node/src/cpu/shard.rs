@@ -10,6 +10,8 @@
 use std::sync::Arc;
 
 use edge_protocol::ShardSpec;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::kernels::Kernels;
 use super::kv::SeqKv;
@@ -90,7 +92,7 @@ pub struct CpuShard {
     layers: Vec<Layer>,
     embed: Option<TensorInfo>,
     head: Option<(Vec<f32>, Mat)>,
-    seqs: Sequences<SeqKv>,
+    seqs: Sequences<SeqKv<f16>>,
     s: Scratch,
 }
 
@@ -262,13 +264,13 @@ impl CpuShard {
             for g in segs {
                 let kv = &mut seqs.get_mut(g.seq)?.kv;
                 for (i, t) in (g.row0..g.row0 + g.n).enumerate() {
-                    let (kt, vt) = (&k[t * kv_dim..][..kv_dim], &v[t * kv_dim..][..kv_dim]);
-                    let (kr, vr) = kv.row_mut(li, g.pos0 + i);
-                    kr.copy_from_slice(kt);
-                    vr.copy_from_slice(vt);
+                    let (kt, vt) = (&k[t * kv_dim..][..kv_dim], &mut v[t * kv_dim..][..kv_dim]);
                     if let Some(b) = &l.bias[2] {
-                        vr.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        vt.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                     }
+                    let (kr, vr) = kv.row_mut(li, g.pos0 + i);
+                    kr.convert_from_f32_slice(kt);
+                    vr.convert_from_f32_slice(vt);
                 }
             }
 
@@ -393,8 +395,8 @@ fn rope(
 
 /// A layer's cache of one sequence in a batched step (from position `base`), and where its rows are.
 struct Cache<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a [f16],
+    v: &'a [f16],
     base: usize,
     pos0: usize,
     row0: usize,

@@ -373,8 +373,8 @@ macro_rules! arm_kernels {
             super::generic::geglu(&mut g[i..], &u[i..]);
         }
 
-        /// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`,
-        /// `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 4.
+        /// One head's attention over `n` f16 cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with
+        /// `k_p`, `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 4.
         ///
         /// # Safety
         /// The CPU has the target features; `k` and `v` hold `n` rows of `stride`, `q` and `out` `hd` floats.
@@ -382,8 +382,8 @@ macro_rules! arm_kernels {
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn attend(
             q: &[f32],
-            k: &[f32],
-            v: &[f32],
+            k: &[half::f16],
+            v: &[half::f16],
             stride: usize,
             n: usize,
             scale: f32,
@@ -395,7 +395,7 @@ macro_rules! arm_kernels {
             assert!(k.len() >= (n - 1) * stride + hd && v.len() >= (n - 1) * stride + hd);
             scores.clear();
             scores.reserve(n);
-            let (pq, pk, pv) = (q.as_ptr(), k.as_ptr(), v.as_ptr());
+            let (pq, pk, pv) = (q.as_ptr(), k.as_ptr() as *const u8, v.as_ptr() as *const u8);
             let mut max = f32::NEG_INFINITY;
             // Scores four positions at a time: four independent FMA chains share each load of q.
             let mut p = 0;
@@ -406,7 +406,7 @@ macro_rules! arm_kernels {
                 while i < hd {
                     let qv = vld1q_f32(pq.add(i));
                     for (j, acc) in acc.iter_mut().enumerate().take(m) {
-                        *acc = vfmaq_f32(*acc, qv, vld1q_f32(pk.add((p + j) * stride + i)));
+                        *acc = vfmaq_f32(*acc, qv, f16x4(pk.add(2 * ((p + j) * stride + i))));
                     }
                     i += 4;
                 }
@@ -440,9 +440,9 @@ macro_rules! arm_kernels {
                 let w = (hd - i).min(64) / 4;
                 let mut acc = [vdupq_n_f32(0.0); 16];
                 for (p, &a) in scores.iter().enumerate() {
-                    let (a, row) = (vdupq_n_f32(a * inv), pv.add(p * stride + i));
+                    let (a, row) = (vdupq_n_f32(a * inv), pv.add(2 * (p * stride + i)));
                     for (j, acc) in acc.iter_mut().enumerate().take(w) {
-                        *acc = vfmaq_f32(*acc, a, vld1q_f32(row.add(4 * j)));
+                        *acc = vfmaq_f32(*acc, a, f16x4(row.add(8 * j)));
                     }
                 }
                 for (j, acc) in acc.iter().enumerate().take(w) {

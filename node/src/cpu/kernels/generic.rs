@@ -4,6 +4,8 @@
 //! Every kernel takes `n` (elements, a multiple of the weight's block), one weight row in its GGML bytes and one
 //! activation row in the form [`super::super::act`] documents.
 
+use half::f16;
+
 use crate::cpu::repack;
 use crate::quant::{f16_at, k4_scale_min, GgmlType};
 
@@ -168,22 +170,22 @@ pub unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     acc.iter().sum()
 }
 
-/// f32 dot product of two float slices (attention scores).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Dot product of f32 queries and f16 keys (attention scores).
+pub fn dot(a: &[f32], b: &[f16]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y.to_f32()).sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].to_f32();
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// y += a * x (attention's weighted sum of values).
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+/// y += a * x with f16 values (attention's weighted sum).
+pub fn axpy(y: &mut [f32], a: f32, x: &[f16]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x.to_f32());
 }
 
 /// SwiGLU in place: `g = silu(g) u` (the reference's formula).
@@ -198,13 +200,13 @@ pub fn geglu(g: &mut [f32], u: &[f32]) {
     g.iter_mut().zip(u).for_each(|(g, u)| *g = crate::reference::gelu_tanh(*g) * u);
 }
 
-/// One head's attention over `n` cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`, `v_p`
+/// One head's attention over `n` f16 cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with `k_p`, `v_p`
 /// at `p * stride` in `k`, `v`; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[f16],
+    v: &[f16],
     stride: usize,
     n: usize,
     scale: f32,

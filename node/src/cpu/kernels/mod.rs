@@ -9,6 +9,8 @@
 //! best the CPU has; `EDGE_CPU_ISA=generic|avx2|avx512|neon|neon-dotprod` asks for a lower one (to compare them,
 //! or to rule one out).
 
+use half::f16;
+
 use crate::quant::GgmlType;
 
 pub mod generic;
@@ -244,14 +246,14 @@ impl Kernels {
         })
     }
 
-    /// One head's attention over `n` cache positions (see `generic::attend`); `hd` a multiple of 8 on the x86
+    /// One head's attention over `n` f16 cache positions (see `generic::attend`); `hd` a multiple of 8 on the x86
     /// paths, of 4 on the ARM ones (else the portable one runs).
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         self,
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        k: &[f16],
+        v: &[f16],
         stride: usize,
         n: usize,
         scale: f32,
