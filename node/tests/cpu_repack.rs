@@ -136,7 +136,9 @@ fn extreme_blocks_do_not_overflow() {
 fn only_whole_groups_of_the_packed_types_are_repacked() {
     let w = vec![0u8; 12 * GgmlType::Q4_0.row_bytes(64)];
     assert!(repack::repack(GgmlType::Q4_0, 12, 64, &w).is_none(), "12 rows are not whole groups");
-    assert!(repack::repack(GgmlType::Q4K, 8, 256, &vec![0u8; 8 * 144]).is_none(), "no layout for Q4_K");
+    assert!(repack::repack(GgmlType::F16, 8, 256, &vec![0u8; 8 * 512]).is_none(), "no layout for F16");
+    let mat = Mat::raw(GgmlType::Q4K, 8, 256, k0()).unwrap().repacked(&vec![0u8; 8 * 144], k0());
+    assert!(mat.is_packed() && mat.act == ActType::Q8K, "the K-quants keep their Q8_K activations");
     let k = Kernels::new(Isa::Generic).unwrap();
     let mat = Mat::raw(GgmlType::Q4_0, 8, 64, k).unwrap().repacked(&w[..8 * 36], k);
     assert!(mat.is_packed() && mat.act == ActType::Q8_1);
@@ -180,6 +182,83 @@ fn packed_matmul_on_the_pool_equals_each_group_alone() {
     }
 }
 
+fn k0() -> Kernels {
+    Kernels::new(Isa::Generic).unwrap()
+}
+
+/// `x` `(n, cols)` as Q8_K rows.
+fn q8_k(x: &[f32], cols: usize) -> Vec<u8> {
+    let rb = ActType::Q8K.row_bytes(cols);
+    let mut a = vec![0u8; x.len() / cols * rb];
+    for (xr, o) in x.chunks_exact(cols).zip(a.chunks_exact_mut(rb)) {
+        ActType::Q8K.quantize_row(xr, o);
+    }
+    a
+}
+
+/// The K-quants' packed kernels on every path that has them, against the GGML-layout kernel of the portable path
+/// (which `cpu_kernels.rs` checks against the f32 reference): every row x token bit for bit, and each token the
+/// same alone as among `n`. `w` is `rows x cols` weights of `ty`, `x` the `n` tokens.
+fn check_k(ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32], n: usize) {
+    let a = q8_k(x, cols);
+    let (arb, wrb) = (a.len() / n, ty.row_bytes(cols));
+    let packed = repack::repack(ty, rows, cols, w).expect("whole groups of a packed type");
+    let dot = k0().dot(ty).unwrap();
+    let paths = packing_paths(ty);
+    assert_eq!(paths[0].isa(), Isa::Generic, "the portable path packs the K-quants");
+    for &k in &paths {
+        let kernel = k.packed(ty).unwrap();
+        let gbytes = packed.len() / (rows / ROWS);
+        let run = |a: &[u8], n: usize| {
+            let mut out = vec![f32::NAN; n * rows];
+            for g in 0..rows / ROWS {
+                // SAFETY: an available path; one group of `cols`, `n` Q8_K rows; `out` holds n rows of `rows`.
+                unsafe {
+                    kernel(cols, &packed[g * gbytes..][..gbytes], a, arb, n, out.as_mut_ptr().add(g * ROWS), rows)
+                };
+            }
+            out
+        };
+        let got = run(&a, n);
+        for r in 0..rows {
+            for t in 0..n {
+                // SAFETY: one row and one activation row of `cols`.
+                let want = unsafe { dot(cols, &w[r * wrb..][..wrb], &a[t * arb..][..arb]) };
+                assert_eq!(got[t * rows + r].to_bits(), want.to_bits(), "{ty:?} {:?} row {r} token {t}", k.isa());
+            }
+        }
+        for t in 0..n {
+            let alone = run(&a[t * arb..(t + 1) * arb], 1);
+            assert_eq!(alone, got[t * rows..(t + 1) * rows], "{ty:?} {:?} token {t} alone vs among {n}", k.isa());
+        }
+    }
+}
+
+#[test]
+fn k_quant_packed_kernels_equal_the_ggml_layout_kernel_on_every_path() {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        assert!(packing_paths(GgmlType::Q4K).len() >= 2 && packing_paths(GgmlType::Q6K).len() >= 2);
+    }
+    for (i, ty) in [GgmlType::Q4K, GgmlType::Q6K].into_iter().enumerate() {
+        for (rows, blocks, n) in [(8, 1, 1), (16, 2, 3), (8, 3, 5), (24, 19, 9), (8, 1, 17)] {
+            let cols = 256 * blocks;
+            let mut rng = Rng((i * 100 + blocks) as u64);
+            let (w, x) = (quant_matrix(ty, rows, cols, 1.0, &mut rng), rng.vec(n * cols, 2.0));
+            check_k(ty, rows, cols, &w, &x, n);
+        }
+        // The largest weights and activations, of one sign or alternating: the sums reach 63 x 127 x 256 and
+        // AVX2's i16 pair sums 2 x 63 x 127.
+        for pattern in 0..3 {
+            let x: Vec<f32> =
+                (0..256).map(|i| if pattern == 0 || (pattern == 2 && i % 2 == 0) { 1.0 } else { -1.0 }).collect();
+            let row = quantize_row(ty, &x.iter().map(|v| -v * 3.0).collect::<Vec<_>>());
+            let w: Vec<u8> = (0..ROWS).flat_map(|_| row.clone()).collect();
+            check_k(ty, ROWS, 256, &w, &x, 1);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
@@ -187,5 +266,15 @@ proptest! {
                                          n in 1usize..12, seed in any::<u64>(),
                                          w_scale in 0.01f32..20.0, x_scale in 0.001f32..50.0) {
         check(TYPES[ti], groups * ROWS, blocks, n, w_scale, x_scale, seed);
+    }
+
+    #[test]
+    fn random_k_quant_groups_equal_the_ggml_layout_kernel(q6 in any::<bool>(), groups in 1usize..3,
+                                                          blocks in 1usize..4, n in 1usize..10, seed in any::<u64>(),
+                                                          w_scale in 0.01f32..20.0, x_scale in 0.001f32..50.0) {
+        let ty = if q6 { GgmlType::Q6K } else { GgmlType::Q4K };
+        let (rows, cols, mut rng) = (groups * ROWS, 256 * blocks, Rng(seed));
+        let (w, x) = (quant_matrix(ty, rows, cols, w_scale, &mut rng), rng.vec(n * cols, x_scale));
+        check_k(ty, rows, cols, &w, &x, n);
     }
 }

@@ -20,6 +20,19 @@
 //! weights `4k..` and `4(k + 4)..`. Q5_0's `qh` byte `4r + i` bit `j` is the fifth bit of weight `4j + i` of row
 //! `r`.
 //!
+//! The K-quants interleave the same way, a 256-weight super-block of eight rows at a time (the kernels in
+//! `x86_packed_k.rs`); chunk `c` of an array (32 bytes) holds bytes `4c..4c + 4` of each row's GGML array, row `r`
+//! in bytes `4r..4r + 4`:
+//! - `Q4_K` (1184 bytes): `d[8]` | `dmin[8]` (f16) | `sc[8][8]` | `m[8][8]` (sub-block `s` x row, the 6-bit scales
+//!   and mins unpacked to bytes: 32 bytes more than GGML's, no unpacking per token) | `qs` (1024) as 32 chunks,
+//!   chunk `8k + j` from GGML bytes `32k + 4j..`: low nibbles weights `64k + 4j..` (sub-block `2k`), high nibbles
+//!   the same places of sub-block `2k + 1`;
+//! - `Q6_K` (1680 bytes, GGML's size): `d[8]` (f16) | `sc[16][8]` (i8) | `ql` (1024) as 32 chunks, chunk `8c + j`
+//!   from GGML `ql` bytes `32c + 4j..` | `qh` (512) as 16 chunks, chunk `8h + j` from `qh` bytes `32h + 4j..`.
+//!
+//! The K-quant kernels take Q8_K activations (as their GGML-layout kernels do) and equal `dot_q4_k` / `dot_q6_k`
+//! bit for bit: the same exact integer sums, the same float operations per super-block.
+//!
 //! The kernels take Q8_1 activations for every type (the block sum `s = d Σq` carries the weights' offset: a
 //! 4-bit block is `d_w d_a Σ u q + m s` with the unsigned nibbles `u` and `m` the type's min, `-8 d_w` or `-16 d_w`
 //! for Q4_0 and Q5_0; Q8_0's signed weights need no min), and accumulate every row in its own f32 lane in the
@@ -31,14 +44,33 @@ use crate::quant::GgmlType;
 /// Rows interleaved in a group.
 pub const ROWS: usize = 8;
 
-/// Bytes of one block of a group (eight rows' blocks) of a type this layout has, `None` for the others.
+/// Bytes of one block of a group (eight rows' blocks; a super-block of 256 for the K-quants) of a type this
+/// layout has, `None` for the others.
 pub const fn group_block(ty: GgmlType) -> Option<usize> {
     match ty {
         GgmlType::Q4_0 => Some(144),
         GgmlType::Q4_1 => Some(160),
         GgmlType::Q5_0 => Some(176),
         GgmlType::Q8_0 => Some(272),
+        GgmlType::Q4K => Some(1184),
+        GgmlType::Q6K => Some(1680),
         _ => None,
+    }
+}
+
+/// The activations the packed kernel of `ty` takes: Q8_K for the K-quants, Q8_1 for the others.
+pub fn act_type(ty: GgmlType) -> crate::cpu::act::ActType {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q6K => crate::cpu::act::ActType::Q8K,
+        _ => crate::cpu::act::ActType::Q8_1,
+    }
+}
+
+/// Weights in one block of `ty`'s packed layout.
+const fn block_len(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q6K => 256,
+        _ => 32,
     }
 }
 
@@ -80,14 +112,14 @@ pub fn repack(ty: GgmlType, rows: usize, cols: usize, src: &[u8]) -> Option<Vec<
 /// Bytes of `rows` x `cols` weights of `ty` in the interleaved layout; `None` when the type has no such layout
 /// or the rows do not fill whole groups.
 pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> Option<usize> {
-    let gb = group_block(ty)?;
-    (rows.is_multiple_of(ROWS) && cols.is_multiple_of(32)).then_some(rows / ROWS * cols / 32 * gb)
+    let (gb, bl) = (group_block(ty)?, block_len(ty));
+    (rows.is_multiple_of(ROWS) && cols.is_multiple_of(bl)).then_some(rows / ROWS * cols / bl * gb)
 }
 
 /// [`repack`] into `out` ([`packed_len`] bytes).
 pub fn repack_into(ty: GgmlType, rows: usize, cols: usize, src: &[u8], out: &mut [u8]) {
     let gb = group_block(ty).expect("a packed type");
-    let (blocks, bb) = (cols / 32, ty.block().1);
+    let (blocks, bb) = (cols / block_len(ty), ty.block().1);
     let row_bytes = blocks * bb;
     assert!(src.len() >= rows * row_bytes, "repack: {} bytes for {rows} x {cols} {ty:?}", src.len());
     assert_eq!(Some(out.len()), packed_len(ty, rows, cols));
@@ -95,6 +127,10 @@ pub fn repack_into(ty: GgmlType, rows: usize, cols: usize, src: &[u8], out: &mut
         for (b, o) in og.chunks_exact_mut(gb).enumerate() {
             for r in 0..ROWS {
                 let s = &src[(g * ROWS + r) * row_bytes + b * bb..][..bb];
+                if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+                    k_block(ty, r, s, o);
+                    continue;
+                }
                 o[2 * r..2 * r + 2].copy_from_slice(&s[..2]);
                 let chunks = if ty == GgmlType::Q8_0 { 8 } else { 4 };
                 let qs = &s[bb - 4 * chunks..];
@@ -112,6 +148,32 @@ pub fn repack_into(ty: GgmlType, rows: usize, cols: usize, src: &[u8], out: &mut
                     _ => {}
                 }
             }
+        }
+    }
+}
+
+/// Row `r`'s GGML super-block `s` into the group's packed super-block `o` (see the module documentation).
+fn k_block(ty: GgmlType, r: usize, s: &[u8], o: &mut [u8]) {
+    // Row r's part of the chunks of GGML array `src`, from byte `at` of `o`.
+    let mut chunks = |src: &[u8], at: usize| {
+        for (c, four) in src.chunks_exact(4).enumerate() {
+            o[at + 32 * c + 4 * r..][..4].copy_from_slice(four);
+        }
+    };
+    if ty == GgmlType::Q4K {
+        chunks(&s[16..144], 160);
+        o[2 * r..2 * r + 2].copy_from_slice(&s[..2]);
+        o[16 + 2 * r..18 + 2 * r].copy_from_slice(&s[2..4]);
+        for sb in 0..8 {
+            let (sc, m) = crate::quant::k4_scale_min(sb, &s[4..16]);
+            (o[32 + 8 * sb + r], o[96 + 8 * sb + r]) = (sc, m);
+        }
+    } else {
+        chunks(&s[..128], 144);
+        chunks(&s[128..192], 1168);
+        o[2 * r..2 * r + 2].copy_from_slice(&s[208..210]);
+        for sb in 0..16 {
+            o[16 + 8 * sb + r] = s[192 + sb];
         }
     }
 }

@@ -104,8 +104,10 @@ pub unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             sum += sc as i32 * dot;
             mins += m as i32 * (bsum(ab, 2 * s) + bsum(ab, 2 * s + 1));
         }
+        // Two fused multiply-adds per super-block, as the packed kernels do on every path.
         let da = f32_at(ab, 0);
-        acc += da * f16_at(wb, 0) * sum as f32 - da * f16_at(wb, 2) * mins as f32;
+        acc = (da * f16_at(wb, 0)).mul_add(sum as f32, acc);
+        acc = (-(da * f16_at(wb, 2))).mul_add(mins as f32, acc);
     }
     acc
 }
@@ -136,7 +138,7 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 }
             }
         }
-        acc += f32_at(ab, 0) * f16_at(wb, 208) * sum as f32;
+        acc = (f32_at(ab, 0) * f16_at(wb, 208)).mul_add(sum as f32, acc);
     }
     acc
 }
@@ -302,3 +304,80 @@ macro_rules! packed_entries {
 }
 
 packed_entries!(gemm8_q4_0: Q4_0, gemm8_q4_1: Q4_1, gemm8_q5_0: Q5_0, gemm8_q8_0: Q8_0);
+
+/// Q4_K in the interleaved layout (eight rows, `cols / 256` super-blocks of [`crate::cpu::repack`]) times `n` Q8_K
+/// activation rows `astride` bytes apart: row `r` x token `t` to `out[t * ostride + r]`, each equal to
+/// [`dot_q4_k`] of the row bit for bit (the same integer sums, the same float operations).
+///
+/// # Safety
+/// `out` points at `n` rows of `ostride` floats, of which this writes the first eight of each.
+pub unsafe fn gemm8_q4_k(cols: usize, w: &[u8], a: &[u8], astride: usize, n: usize, out: *mut f32, ostride: usize) {
+    for t in 0..n {
+        let mut acc = [0f32; 8];
+        for b in 0..cols / 256 {
+            let (wb, ab) = (&w[1184 * b..][..1184], &a[t * astride + 292 * b..][..292]);
+            let qa = &ab[4..260];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let (mut sum, mut mins) = (0i32, 0i32);
+                for s in 0..8 {
+                    let (k, shift) = (s / 2, 4 * (s % 2));
+                    let mut dot = 0i32;
+                    for j in 0..8 {
+                        for i in 0..4 {
+                            let q = (wb[160 + 32 * (8 * k + j) + 4 * r + i] >> shift) & 15;
+                            dot += q as i32 * qa[32 * s + 4 * j + i] as i8 as i32;
+                        }
+                    }
+                    sum += wb[32 + 8 * s + r] as i32 * dot;
+                    mins += wb[96 + 8 * s + r] as i32 * (bsum(ab, 2 * s) + bsum(ab, 2 * s + 1));
+                }
+                let da = f32_at(ab, 0);
+                *acc = (da * f16_at(wb, 2 * r)).mul_add(sum as f32, *acc);
+                *acc = (-(da * f16_at(wb, 16 + 2 * r))).mul_add(mins as f32, *acc);
+            }
+        }
+        for (r, &v) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(t * ostride + r) = v };
+        }
+    }
+}
+
+/// Q6_K in the interleaved layout times `n` Q8_K activation rows, as [`gemm8_q4_k`]; each equal to [`dot_q6_k`]
+/// of the row bit for bit.
+///
+/// # Safety
+/// `out` points at `n` rows of `ostride` floats, of which this writes the first eight of each.
+pub unsafe fn gemm8_q6_k(cols: usize, w: &[u8], a: &[u8], astride: usize, n: usize, out: *mut f32, ostride: usize) {
+    // Byte `i` of a row's GGML array that starts at `at` in the packed block, row `r`.
+    let byte = |wb: &[u8], at: usize, r: usize, i: usize| wb[at + 32 * (i / 4) + 4 * r + i % 4];
+    for t in 0..n {
+        let mut acc = [0f32; 8];
+        for b in 0..cols / 256 {
+            let (wb, ab) = (&w[1680 * b..][..1680], &a[t * astride + 292 * b..][..292]);
+            let qa = &ab[4..260];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let mut sum = 0i32;
+                for half in 0..2 {
+                    for k in 0..4 {
+                        for part in 0..2 {
+                            let mut dot = 0i32;
+                            for l in 16 * part..16 * part + 16 {
+                                let low = (byte(wb, 144, r, 64 * half + l + 32 * (k % 2)) >> (4 * (k / 2))) & 15;
+                                let q = (low | ((byte(wb, 1168, r, 32 * half + l) >> (2 * k)) & 3) << 4) as i32;
+                                dot += q * qa[128 * half + 32 * k + l] as i8 as i32;
+                            }
+                            let s = 8 * half + 2 * k + part;
+                            sum += wb[16 + 8 * s + r] as i8 as i32 * (dot - 32 * bsum(ab, s));
+                        }
+                    }
+                }
+                *acc = (f32_at(ab, 0) * f16_at(wb, 2 * r)).mul_add(sum as f32, *acc);
+            }
+        }
+        for (r, &v) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(t * ostride + r) = v };
+        }
+    }
+}

@@ -34,6 +34,9 @@ mod x86;
 mod x86_packed;
 
 #[cfg(target_arch = "x86_64")]
+mod x86_packed_k;
+
+#[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
 #[cfg(target_arch = "x86_64")]
@@ -224,22 +227,24 @@ impl Kernels {
     /// type in GGML's own layout).
     pub fn packed(self, ty: GgmlType) -> Option<PackedFn> {
         macro_rules! pick {
-            ($m:ident) => {
+            ($m:ident $(, $kty:ident => $k:ident)*) => {
                 match ty {
                     GgmlType::Q4_0 => $m::gemm8_q4_0 as PackedFn,
                     GgmlType::Q4_1 => $m::gemm8_q4_1,
                     GgmlType::Q5_0 => $m::gemm8_q5_0,
                     GgmlType::Q8_0 => $m::gemm8_q8_0,
+                    $(GgmlType::$kty => $m::$k,)*
                     _ => return None,
                 }
             };
         }
+        // The K-quants' packed kernels are portable and x86 ones; on ARM they keep the GGML layout.
         Some(match self.isa {
-            Isa::Generic => pick!(generic),
+            Isa::Generic => pick!(generic, Q4K => gemm8_q4_k, Q6K => gemm8_q6_k),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => pick!(avx2),
+            Isa::Avx2 => pick!(avx2, Q4K => gemm8_q4_k, Q6K => gemm8_q6_k),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => pick!(avx512),
+            Isa::Avx512Vnni => pick!(avx512, Q4K => gemm8_q4_k, Q6K => gemm8_q6_k),
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => pick!(dotprod),
             _ => return None,
