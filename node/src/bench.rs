@@ -103,7 +103,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .then(|| (median(llama.iter().map(|r| r.0).collect()), median(llama.iter().map(|r| r.1).collect())));
 
     profile_cpu(&m, &prompt, args.tokens)?;
-    batched_decode(&m, &prompt, args.tokens.min(32))?;
+    let peer = (!args.no_llama_cpp && llama.is_some()).then_some((model_path.as_path(), threads));
+    batched_decode(&m, &prompt, args.tokens.min(32), args.rounds, peer)?;
 
     let gpu = if args.wgpu { Some(wgpu_section(&m, &request(args.tokens), args.tokens)?) } else { None };
     let reference = if args.reference {
@@ -201,16 +202,64 @@ fn profile_cpu(m: &crate::backend::LoadedModel, prompt: &[u32], tokens: usize) -
     Ok(())
 }
 
+/// Batch sizes of the batched-decode table.
+const BATCHES: [u64; 5] = [1, 2, 4, 8, 16];
+
 /// Decode throughput of one CPU shard with B sequences batched into every step (continuous batching: one read
-/// of the weights serves every sequence), against one sequence.
-fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize) -> anyhow::Result<()> {
-    use crate::shard::{HeadOutput, NoReduce, ShardInput, ShardOutput, Step};
+/// of the weights serves every sequence), against one sequence; with `peer` (the model file and threads),
+/// llama.cpp's own batched decode on the same prompt, rounds alternating, medians.
+fn batched_decode(
+    m: &crate::backend::LoadedModel,
+    prompt: &[u32],
+    steps: usize,
+    rounds: usize,
+    peer: Option<(&Path, usize)>,
+) -> anyhow::Result<()> {
     let mut shard = crate::cpu::CpuShard::load(&m.gguf, &m.config, ShardSpec::whole(m.config.n_layers as u32))?;
-    println!("\ncpu decode with B sequences batched in every step ({steps} steps, KV at {} positions):", prompt.len());
-    println!("  {:>3} {:>14} {:>14} {:>10}", "B", "ms/step", "tok/s (sum)", "vs B=1");
-    let mut one = 0.0;
-    let ops = std::env::var("EDGE_BENCH_BATCH_OPS").is_ok();
-    for b in [1u64, 2, 4, 8, 16] {
+    let (mut ours, mut theirs, mut peer_err) = (Vec::new(), Vec::new(), None);
+    for round in 0..rounds.max(1) {
+        ours.push(cpu_batched(&mut shard, prompt, steps, round == 0 && std::env::var("EDGE_BENCH_BATCH_OPS").is_ok())?);
+        if let (Some((path, threads)), None) = (peer, &peer_err) {
+            match llama_cpp_batched(path, prompt, steps, threads) {
+                Ok(t) => theirs.push(t),
+                Err(e) => peer_err = Some(e),
+            }
+        }
+    }
+    let med = |runs: &[Vec<f64>], i: usize| median(runs.iter().map(|r| r[i]).collect());
+    println!(
+        "
+cpu decode with B sequences batched in every step ({steps} steps, KV at {} positions; medians of {} \
+         rounds):",
+        prompt.len(),
+        ours.len()
+    );
+    print!("  {:>3} {:>10} {:>12} {:>8}", "B", "ms/step", "tok/s (sum)", "vs B=1");
+    if !theirs.is_empty() {
+        print!(" {:>16} {:>8} {:>14}", "llama.cpp tok/s", "vs B=1", "cpu/llama.cpp");
+    }
+    println!();
+    for (i, b) in BATCHES.iter().enumerate() {
+        let tps = med(&ours, i);
+        print!("  {b:>3} {:>10.2} {tps:>12.1} {:>7.2}x", 1e3 * *b as f64 / tps, tps / med(&ours, 0));
+        if !theirs.is_empty() {
+            let peer = med(&theirs, i);
+            print!(" {peer:>16.1} {:>7.2}x {:>13.2}x", peer / med(&theirs, 0), tps / peer);
+        }
+        println!();
+    }
+    if let Some(e) = peer_err {
+        println!("  llama.cpp batched decode: not measured ({e})");
+    }
+    Ok(())
+}
+
+/// One round of [`batched_decode`] on our side: aggregate tok/s per entry of [`BATCHES`]; with `ops`, each batch
+/// size's op table.
+fn cpu_batched(shard: &mut crate::cpu::CpuShard, prompt: &[u32], steps: usize, ops: bool) -> anyhow::Result<Vec<f64>> {
+    use crate::shard::{HeadOutput, NoReduce, ShardInput, ShardOutput, Step};
+    let mut out = Vec::new();
+    for b in BATCHES {
         let mut next = vec![0u32; b as usize];
         for seq in 0..b {
             shard.open_sequence(seq, prompt.len() + steps + 1)?;
@@ -219,9 +268,7 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
                 next[seq as usize] = t[0];
             }
         }
-        if ops {
-            shard.set_profiling(true);
-        }
+        shard.set_profiling(ops);
         let t0 = std::time::Instant::now();
         for _ in 0..steps {
             let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
@@ -235,12 +282,13 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
             }
         }
         let secs = t0.elapsed().as_secs_f64();
-        let tps = (b as usize * steps) as f64 / secs;
-        if b == 1 {
-            one = tps;
-        }
-        println!("  {b:>3} {:>14.2} {tps:>14.1} {:>9.2}x", 1e3 * secs / steps as f64, tps / one);
+        out.push((b as usize * steps) as f64 / secs);
         if ops {
+            println!(
+                "
+cpu decode, B = {b}, {:.2} ms/step:",
+                1e3 * secs / steps as f64
+            );
             print_ops(&shard.profile(), steps, secs, 0.0, "us/step");
             shard.set_profiling(false);
         }
@@ -248,7 +296,7 @@ fn batched_decode(m: &crate::backend::LoadedModel, prompt: &[u32], steps: usize)
             shard.close_sequence(seq);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// One table row per kind of op: weight bytes, time and read bandwidth per `steps` (a prompt: ms; a token: us;
@@ -327,22 +375,40 @@ fn wgpu_section(m: &crate::backend::LoadedModel, req: &GenerateRequest, tokens: 
 
 /// llama.cpp's (prefill, decode) tok/s on the same file, prompt and threads, through scripts/llama_cpp_bench.py.
 fn llama_cpp(model: &Path, prompt: &[u32], tokens: usize, threads: usize) -> anyhow::Result<(f64, f64)> {
+    let v = peer_script(model, prompt, tokens, threads, &[])?;
+    let get = |k: &str| v[k].as_f64().ok_or_else(|| anyhow::anyhow!("no {k} in {v}"));
+    Ok((get("prefill_tps")?, get("decode_tps")?))
+}
+
+/// llama.cpp's batched decode (aggregate tok/s per entry of [`BATCHES`]) on the same file, prompt and threads,
+/// through `scripts/llama_cpp_bench.py --batch`.
+fn llama_cpp_batched(model: &Path, prompt: &[u32], steps: usize, threads: usize) -> anyhow::Result<Vec<f64>> {
+    let sizes: Vec<String> = BATCHES.iter().map(u64::to_string).collect();
+    let v = peer_script(model, prompt, steps, threads, &["--batch", &sizes.join(",")])?;
+    sizes.iter().map(|b| v["batched_tps"][b].as_f64().ok_or_else(|| anyhow::anyhow!("no batch {b} in {v}"))).collect()
+}
+
+/// Runs scripts/llama_cpp_bench.py on the file, prompt ids, tokens and threads (plus `extra` arguments) and
+/// returns the JSON line it prints.
+fn peer_script(
+    model: &Path,
+    prompt: &[u32],
+    tokens: usize,
+    threads: usize,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     let installed = Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success());
     if !installed {
         anyhow::bail!("llama-cpp-python is not installed; `bash scripts/setup.sh --with-llama-cpp`");
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/llama_cpp_bench.py");
     let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
-    let run = || -> anyhow::Result<(f64, f64)> {
-        let out = Command::new("python3")
-            .arg(&script)
-            .args(["--model", &model.display().to_string(), "--ids", &ids.join(","), "--tokens", &tokens.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
-        let get = |k: &str| v[k].as_f64().ok_or_else(|| anyhow::anyhow!("no {k} in {v}"));
-        Ok((get("prefill_tps")?, get("decode_tps")?))
-    };
-    run()
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--model", &model.display().to_string(), "--ids", &ids.join(","), "--tokens", &tokens.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(extra)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
 }
