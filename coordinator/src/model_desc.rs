@@ -32,7 +32,8 @@ pub struct ModelDescription {
     /// holds a copy, but the file stores it once.
     pub head_bytes: u64,
     pub tied_embeddings: bool,
-    /// KV cache bytes per token per layer (f32 keys and values).
+    /// KV cache bytes per token per layer (f32 keys and values, as the wgpu backend holds them; the cpu backend
+    /// holds f16, half of this, so for its nodes the memory check and the KV read time are conservative).
     pub kv_bytes_per_token_per_layer: u64,
     /// Per layer, the positions its attention reads when it is a sliding-window layer (gemma3's local layers,
     /// whose KV cache a node bounds by the window); empty when every layer reads every position.

@@ -3,11 +3,12 @@
 //! `scripts/llama_cpp_fixture.py` with llama-cpp-python 0.3.36, same ids) and against the f32 reference computed
 //! here.
 //!
-//! Measured (2026-12-02, AVX-512 VNNI path; the AVX2 path gives the same): SmolLM2 agrees with llama.cpp at
-//! 97.05% of 677 positions and with the reference at 97.05%; Qwen2.5-0.5B at 97.17% and 97.77%. llama.cpp itself
-//! agrees with the f32 reference at only 97.6% on this text (both models): 8-bit activations move near ties
-//! either way. The floors below are those values less one to two points, so a kernel or layout bug (which moves
-//! far more positions) fails them, while a path's different float order does not.
+//! Measured (2026-12-05, AVX-512 VNNI path, f16 KV cache, Q4_K/Q6_K repacked): SmolLM2 agrees with llama.cpp at
+//! 96.45% of 677 positions and with the reference at 96.90%; Qwen2.5-0.5B at 97.32% and 97.32%. These are near
+//! ties that any change of float arithmetic moves either way: llama.cpp itself agrees with the f32 reference at
+//! only 97.6% on this text, and with its own fixture run at 96.01-97.32% once its KV cache is f32 or 96.43-96.75%
+//! with flash attention on (`llama_cpp_fixture.py --variants`). The floors below (95%) sit under that spread, so a
+//! different float order does not fail them while a kernel or layout bug (which moves far more positions) does.
 
 mod common;
 
@@ -53,7 +54,7 @@ fn check(g: &Gguf, cfg: &ModelConfig, fixture_name: &str, what: &str) {
         100.0 * vs_reference,
         100.0 * agreement(&llama, &reference)
     );
-    assert!(vs_llama >= 0.96, "{what}: {:.2}% agreement with llama.cpp", 100.0 * vs_llama);
+    assert!(vs_llama >= 0.95, "{what}: {:.2}% agreement with llama.cpp", 100.0 * vs_llama);
     assert!(vs_reference >= 0.95, "{what}: {:.2}% agreement with the reference", 100.0 * vs_reference);
 }
 
@@ -70,8 +71,8 @@ fn qwen2_agrees_with_llama_cpp_and_the_reference() {
 }
 
 /// `edge-node perplexity` (CPU backend) on the same text within 1% of llama.cpp's perplexity, computed by the
-/// fixture script the way `llama-perplexity` does (chunks of 256 tokens, second halves scored). Measured: SmolLM2
-/// 31.75 vs 31.66 (+0.3%), Qwen2.5-0.5B 35.58 vs 35.56 (+0.05%).
+/// fixture script the way `llama-perplexity` does (chunks of 256 tokens, second halves scored). Measured (2026-12-05):
+/// SmolLM2 31.86 vs 31.66 (+0.65%), Qwen2.5-0.5B 35.53 vs 35.56 (-0.08%).
 #[test]
 fn perplexity_matches_llama_cpp_within_one_percent() {
     for (model, fixture_name) in

@@ -4,7 +4,8 @@
 //! in the same run. Members run the CPU backend; `EDGE_BENCH_BACKEND=wgpu` starts
 //! them on wgpu instead.
 //!
-//! `cargo bench -p edge-tests --bench cluster` (after a workspace build: it runs the built binaries).
+//! `cargo bench -p edge-tests --bench cluster` (after a workspace build: it runs the built binaries); the model is
+//! SmolLM2, or the GGUF file `$EDGE_MODEL` names (the coordinator reads it too).
 //! Targets (issue #4): 3-stage pipeline >= 0.9x one node for one sequence (<= 1 ms added per hop); 4 concurrent
 //! sequences on 3 stages >= 2x the one-sequence throughput.
 
@@ -91,7 +92,10 @@ fn bench(backend: &str, env: &[(&str, &str)], extra: &[&str], label: &str) {
     let four_seq = run(&key, &nodes, 3, 4, tokens);
     let one_eight = run(&key, &nodes, 1, 8, tokens);
     let three_eight = run(&key, &nodes, 3, 8, tokens);
-    println!("\ndecode, SmolLM2-135M Q4_1, {backend}, {tokens} tokens, nodes on 127.0.0.1 (same run); {label}:");
+    let model = std::env::var("EDGE_MODEL").map_or("SmolLM2-135M Q4_1".into(), |p| {
+        std::path::Path::new(&p).file_name().map_or(p.clone(), |f| f.to_string_lossy().into_owned())
+    });
+    println!("\ndecode, {model}, {backend}, {tokens} tokens, nodes on 127.0.0.1 (same run); {label}:");
     println!("{:<34} {:>10} {:>10} {:>12} {:>10}", "configuration", "tok/s", "ms/token", "vs 1 node", "predicted");
     let row = |name: &str, r: &Run, tps: f64, predicted: f64| {
         println!(
