@@ -1,6 +1,6 @@
 //! The x86-64 kernels of the K-quants' interleaved layout ([`crate::cpu::repack`]), written once and compiled per
 //! instruction set: `avx2.rs` and `avx512.rs` expand [`x86_packed_k!`] after [`super::x86::x86_kernels!`] (whose
-//! `load`, `f32_at` and the module's `mul_add` they use).
+//! `load`, `f32_at`, `prefetch` and the module's `mul_add` they use). Each super-block asks for the one two ahead.
 //!
 //! Per 256-weight super-block of eight rows: each 32-byte chunk gives two vectors of eight rows x four weights (the
 //! nibbles; Q6_K's two high bits shifted in from its `qh` chunk), and one `mul_add` per vector and token, with the
@@ -38,17 +38,6 @@ macro_rules! x86_packed_k {
             }
         }
 
-        /// Asks for the super-block `ahead` bytes on to be in L1 (`bytes` long).
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn prefetch_block(p: *const u8, bytes: usize) {
-            let mut off = 0;
-            while off < bytes {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
-                off += 64;
-            }
-        }
-
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn q4k_tile<const T: usize>(
@@ -63,7 +52,7 @@ macro_rules! x86_packed_k {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..blocks {
                 let wb = w.add(b * 1184);
-                prefetch_block(wb.wrapping_add(2 * 1184), 1184);
+                prefetch::<1184>(wb.wrapping_add(2 * 1184));
                 let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 292 * b));
                 let mut sum = [_mm256_setzero_si256(); T];
                 for k in 0..4 {
@@ -120,7 +109,7 @@ macro_rules! x86_packed_k {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..blocks {
                 let wb = w.add(b * 1680);
-                prefetch_block(wb.wrapping_add(2 * 1680), 1680);
+                prefetch::<1680>(wb.wrapping_add(2 * 1680));
                 let ab: [*const u8; T] = std::array::from_fn(|t| a.add(t * astr + 292 * b));
                 let mut sum = [_mm256_setzero_si256(); T];
                 for half in 0..2 {
