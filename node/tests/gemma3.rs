@@ -57,10 +57,13 @@ fn argmax_all(shard: &mut dyn Shard, ids: &[u32]) -> Vec<u32> {
     t
 }
 
-/// The cpu backend (8-bit activations, as llama.cpp's CPU backend) against numpy and llama.cpp: the short
-/// prompt's argmax and greedy continuation, and the long prompt's top-1 agreement before and after the sliding
-/// window starts masking (position 512). Without the window, agreement past 512 drops to about 74%.
-/// Measured (2026-12-05): 94.3% / 93.7% with numpy, where llama.cpp itself agrees with numpy at 94.5%.
+/// The cpu backend (8-bit activations and an f16 KV cache, as llama.cpp's CPU backend) against numpy and
+/// llama.cpp: the short prompt's argmax and greedy continuation, and the long prompt's top-1 agreement before and
+/// after the sliding window starts masking (position 512). Without the window, agreement past 512 drops to about
+/// 74%. Measured (2026-12-05): 93.4% / 93.7% with numpy and 93.3% with llama.cpp, where llama.cpp itself agrees
+/// with numpy at 94.5%. With an f32 KV cache these were 94.0% / 93.7% and 94.3%, and the short prompt matched
+/// numpy at all 17 positions; the f16 cache moves position 12, where f32 put numpy's token 0.19 ahead of the
+/// runner-up, to the runner-up (0.15 ahead): 16 of 17.
 #[test]
 fn cpu_backend_agrees_with_numpy_on_gemma3_past_the_window() {
     let (g, cfg) = common::gemma3();
@@ -79,7 +82,8 @@ fn cpu_backend_agrees_with_numpy_on_gemma3_past_the_window() {
     );
     let vs_llama = agreement(&long, &r.llama_cpp.long_argmax);
     eprintln!("gemma3 cpu vs llama.cpp: long {:.2}%", 100.0 * vs_llama);
-    assert_eq!(short, r.short.argmax);
+    let misses: Vec<usize> = (0..short.len()).filter(|&i| short[i] != r.short.argmax[i]).collect();
+    assert!(misses.len() <= 1, "short prompt: argmax differs from numpy at positions {misses:?}");
     assert!(inside >= 0.93 && past >= 0.92, "top-1 agreement with numpy {inside} / {past}");
     assert!(vs_llama >= 0.93, "top-1 agreement with llama.cpp {vs_llama}");
     assert_eq!(greedy(&mut shard, &r.short.ids, r.greedy.len()), r.llama_cpp.greedy, "greedy vs llama.cpp");
