@@ -6,12 +6,13 @@
 // (head dim, a multiple of 4, at most 4 * 4 * WG = 256).
 //
 // A sliding-window layer (window > 0) attends to the last `window` positions, its own included. Position p's K
-// and V are at cache row p % ring (see rope_kv.wgsl).
+// and V are at cache row p % ring (see rope_kv.wgsl). The sequence's rows of the step start at row `rows.row0`
+// of q and out (a batch holds several sequences' rows, each with its own cache and positions).
 
-struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
+struct Rows { n_tok: u32, pos0: u32, row0: u32, _p: u32 }
 struct Att { n_heads: u32, n_kv_heads: u32, q_dim: u32, kv_dim: u32, scale: f32, window: u32, ring: u32, _p2: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(0) var<uniform> rows: Rows;
 @group(0) @binding(1) var<uniform> a: Att;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
@@ -31,14 +32,14 @@ var<workgroup> part: array<f32, WG>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let h = wid.x;
     let t = wid.y;
-    let n_pos = step.pos0 + t + 1u; // attends to positions first .. n_pos
+    let n_pos = rows.pos0 + t + 1u; // attends to positions first .. n_pos
     var first = 0u;
     if (a.window > 0u && n_pos > a.window) {
         first = n_pos - a.window;
     }
     let kv4 = a.kv_dim / 4u;
     let kv_off = (h / (a.n_heads / a.n_kv_heads)) * H4;
-    let q_off = (t * a.q_dim) / 4u + h * H4;
+    let q_off = ((rows.row0 + t) * a.q_dim) / 4u + h * H4;
     let own0 = tid < H4;
     let own1 = SLOTS > 1u && WG + tid < H4;
     let own2 = SLOTS > 2u && 2u * WG + tid < H4;

@@ -1,12 +1,13 @@
 // Splits the fused qkv projection: RoPE on q (to q_out) and k (to the KV cache), v copied to the KV cache.
 // One invocation per (rotation pair or v element, token). NEOX: rotate (i, i + hd/2), else (2i, 2i + 1).
 // Position `pos` goes to cache row `pos % ring`: a sliding-window layer's cache is a ring of `ring` rows (the
-// window and one step), a global layer's ring is the whole capacity.
+// window and one step), a global layer's ring is the whole capacity. The sequence's rows of the step start at row
+// `rows.row0` of qkv and q_out (a batch holds several sequences' rows, each with its own cache and positions).
 
-struct Step { n_tok: u32, pos0: u32, head_n: u32, head_row0: u32 }
+struct Rows { n_tok: u32, pos0: u32, row0: u32, _p: u32 }
 struct Rope { q_dim: u32, kv_dim: u32, head_dim: u32, qkv_stride: u32, theta: f32, ring: u32, _p1: u32, _p2: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(0) var<uniform> rows: Rows;
 @group(0) @binding(1) var<uniform> p: Rope;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
 @group(0) @binding(3) var<storage, read_write> q_out: array<f32>;
@@ -19,11 +20,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = gid.y;
     let q_pairs = p.q_dim / 2u;
     let k_pairs = p.kv_dim / 2u;
-    if (t >= step.n_tok || i >= q_pairs + k_pairs + p.kv_dim) {
+    if (t >= rows.n_tok || i >= q_pairs + k_pairs + p.kv_dim) {
         return;
     }
-    let pos = step.pos0 + t;
-    let src = t * p.qkv_stride;
+    let pos = rows.pos0 + t;
+    let src = (rows.row0 + t) * p.qkv_stride;
     let row = (pos % p.ring) * p.kv_dim;
     if (i >= q_pairs + k_pairs) {
         let e = i - q_pairs - k_pairs;
@@ -54,7 +55,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         k_cache[row + a] = y0;
         k_cache[row + b] = y1;
     } else {
-        q_out[t * p.q_dim + a] = y0;
-        q_out[t * p.q_dim + b] = y1;
+        q_out[(rows.row0 + t) * p.q_dim + a] = y0;
+        q_out[(rows.row0 + t) * p.q_dim + b] = y1;
     }
 }

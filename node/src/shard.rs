@@ -148,9 +148,9 @@ pub trait Shard {
         false
     }
     /// Runs the steps of several different sequences as one batch (continuous batching): each output is what
-    /// [`Shard::forward_reduce`] of that step alone returns. A backend that batches (the CPU backend: one weight
+    /// [`Shard::forward_reduce`] of that step alone returns. A backend that batches (cpu and wgpu: one weight
     /// read for all rows) checks every step before it runs any, so a bad step changes no sequence; this default
-    /// runs them one after the other.
+    /// (the f32 reference) runs them one after the other.
     fn forward_batch(&mut self, steps: &[Step<'_>], reduce: &mut dyn Reducer) -> Result<Vec<ShardOutput>, ShardError> {
         check_distinct(steps)?;
         steps.iter().map(|s| self.forward_reduce(s.seq, s.input, s.want, reduce)).collect()

@@ -65,10 +65,11 @@
 //! once. Its link carries the `b` hidden states after one latency. A tensor-parallel stage whose members all
 //! measured a batched rate batches the same way, each member adding its share of a row's multiply-adds and KV
 //! read per further row, and every all-reduce and the leader's broadcast carrying the `b` rows after one latency.
-//! A node without a batched rate (`row_gmacs = 0`, the wgpu backend), and a group with such a member, take `b`
-//! times the one-row step; their links carry the `b` hidden states one after another after one latency. With
-//! the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck `B_b`, one round moves every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b
-//! of sequences x 1e6 / max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
+//! A node without a batched rate (`row_gmacs = 0`, the f32 reference backend), and a group with such a member,
+//! take `b` times the one-row step; their links carry the `b` hidden states one after another after one latency.
+//! With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck `B_b`, one round moves
+//! every group once and lasts `max(L_b, m x B_b)`: `throughput_tokens_per_s = max over b of sequences x 1e6 /
+//! max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
 //! `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, every token stepping alone. The prediction
 //! reports the best `b` (`batch`), `m` (`micro_batches`), `L_b` and `B_b`.
 //!
@@ -409,7 +410,7 @@ pub fn predict(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanReques
     let s = req.sequences.max(1);
     let mut best = (0.0, 1, s, one.latency, one.bottleneck);
     // Stages that do not batch take `b` times as long for `b` rows: one row is their optimum (and float rounding
-    // must not make a wgpu plan look batched).
+    // must not make a plan of non-batching nodes look batched).
     let batching = stages.iter().any(|st| st.members.iter().all(|m| nodes[m.node].row_gmacs > 0.0));
     for (b, m) in batches(s).into_iter().filter(|&(b, _)| batching || b == 1) {
         let o = if b == 1 { one.clone() } else { occupancies(&cost.with_batch(b), nodes, stages) };

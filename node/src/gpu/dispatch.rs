@@ -19,6 +19,18 @@ pub(super) struct StepParams {
     pub(super) head_row0: u32,
 }
 
+/// One sequence's rows of a step (rope_kv.wgsl, attention.wgsl): `n_tok` rows from row `row0` of the step's
+/// activations, at positions `pos0..pos0 + n_tok` of the sequence. A step of several sequences (a batch) writes
+/// one block per sequence; the matmuls between run over all rows at once.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct SeqParams {
+    pub(super) n_tok: u32,
+    pub(super) pos0: u32,
+    pub(super) row0: u32,
+    pub(super) _pad: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(super) struct MatParams {

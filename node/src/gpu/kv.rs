@@ -14,7 +14,7 @@ use crate::cpu::kv;
 use crate::model::RopeStyle;
 use crate::shard::ShardError;
 
-use super::dispatch::{Dispatch, Grid, Params8};
+use super::dispatch::{Dispatch, Grid, Params8, SeqParams};
 use super::kernels::{bind, Kernel};
 use super::shard::GpuShard;
 
@@ -27,6 +27,8 @@ struct LayerKv {
 }
 
 pub(super) struct GpuSeq {
+    /// Which rows of the step are this sequence's, at which positions ([`SeqParams`]): written before each submit.
+    rows: wgpu::Buffer,
     pub(super) rope: Vec<Dispatch>,      // per layer
     pub(super) attention: Vec<Dispatch>, // per layer
     layers: Vec<LayerKv>,
@@ -41,6 +43,12 @@ pub fn ring_rows(window: Option<usize>, capacity: usize, step: usize) -> usize {
 }
 
 impl GpuSeq {
+    /// Makes the sequence's dispatches of the next submit take `n` rows from `row0`, at positions from `pos0`.
+    pub(super) fn set_rows(&self, queue: &wgpu::Queue, n: usize, pos0: usize, row0: usize) {
+        let p = SeqParams { n_tok: n as u32, pos0: pos0 as u32, row0: row0 as u32, _pad: 0 };
+        queue.write_buffer(&self.rows, 0, bytemuck::bytes_of(&p));
+    }
+
     /// The oldest position some layer still holds, when the row after `len` positions reads an older one.
     fn lost(&self, len: usize) -> Option<usize> {
         let oldest = |l: &LayerKv| self.written.saturating_sub(l.ring);
@@ -111,7 +119,8 @@ impl GpuShard {
         let att = self.pipeline(Kernel::Attention, None, vec![("HD", c.head_dim.to_string())]);
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let step = self.opts.max_step_tokens.max(1);
-        let mut s = GpuSeq { rope: Vec::new(), attention: Vec::new(), layers: Vec::new(), written: 0 };
+        let rows = self.ctx.uniform("rows", &SeqParams { n_tok: 0, pos0: 0, row0: 0, _pad: 0 });
+        let mut s = GpuSeq { rows, rope: Vec::new(), attention: Vec::new(), layers: Vec::new(), written: 0 };
         // Parameter blocks by window: local and global layers differ in rope base, window and ring.
         let mut params: Vec<(Option<usize>, wgpu::Buffer, wgpu::Buffer)> = Vec::new();
         for l in 0..self.layers.len() {
@@ -130,7 +139,7 @@ impl GpuShard {
             let bytes = ring as u64 * per_pos;
             let k = self.ctx.storage(&format!("k{l}"), bytes);
             let v = self.ctx.storage(&format!("v{l}"), bytes);
-            let bg = bind(&self.ctx, &rope, &[&self.step, rope_params, &self.act.qkv, &self.act.q, &k, &v]);
+            let bg = bind(&self.ctx, &rope, &[&s.rows, rope_params, &self.act.qkv, &self.act.q, &k, &v]);
             s.rope.push(Dispatch {
                 pipe: rope.clone(),
                 gemv: None,
@@ -138,7 +147,7 @@ impl GpuShard {
                 grid: Grid::Items { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 },
                 weight_bytes: 0,
             });
-            let bg = bind(&self.ctx, &att, &[&self.step, att_params, &self.act.q, &k, &v, &self.act.att]);
+            let bg = bind(&self.ctx, &att, &[&s.rows, att_params, &self.act.q, &k, &v, &self.act.att]);
             s.attention.push(Dispatch {
                 pipe: att.clone(),
                 gemv: None,

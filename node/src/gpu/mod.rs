@@ -5,9 +5,11 @@
 //! - [`kernels`]: kernel sources, bind group layouts, the pipeline cache.
 //! - [`weights`]: repacking GGML blocks into the kernels' layout, chunked to fit storage bindings.
 //! - [`profile`]: kernel timings and the copy-bandwidth yardstick for `edge-node bench`.
-//! - [`shard`]: [`GpuShard`], the executor.
+//! - [`shard`]: [`GpuShard`], the executor: loading, the per-layer dispatches.
+//! - `batch`: a step of one or several sequences' rows in one submit (continuous batching).
 //! - `tensor_parallel`: the step of a tensor-parallel member (partial sums reduced between the blocks of a layer).
 
+mod batch;
 pub mod context;
 mod dispatch;
 pub mod kernels;

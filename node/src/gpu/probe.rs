@@ -15,7 +15,7 @@ use crate::quant::GgmlType;
 use crate::shard::ShardError;
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
-use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
+use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, SeqParams, StepDims, StepParams};
 use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
 use super::weights::GpuMatrix;
 
@@ -87,6 +87,12 @@ impl Probe {
     fn step(&self, n_tok: usize, pos0: usize, head_n: usize) -> wgpu::Buffer {
         let p = StepParams { n_tok: n_tok as u32, pos0: pos0 as u32, head_n: head_n as u32, head_row0: 0 };
         self.ctx.uniform("step", &p)
+    }
+
+    /// The rows of one sequence from the step's first row (rope_kv, attention).
+    fn seq_step(&self, n_tok: usize, pos0: usize) -> wgpu::Buffer {
+        let p = SeqParams { n_tok: n_tok as u32, pos0: pos0 as u32, row0: 0, _pad: 0 };
+        self.ctx.uniform("rows", &p)
     }
 
     /// The uniform offset alignment: the stride of matmul's group-index entries.
@@ -378,7 +384,7 @@ impl Probe {
             return Err(bad(format!("rope_kv: {} floats of qkv, caches of {} positions from {pos0}", qkv.len(), cap)));
         }
         let pipe = self.pipeline(Kernel::RopeKv, None, vec![("NEOX", (style == RopeStyle::Neox).to_string())]);
-        let step = self.step(n, pos0, 0);
+        let step = self.seq_step(n, pos0);
         let params =
             Params8([q_dim as u32, kv_dim as u32, s.head_dim as u32, stride as u32, theta.to_bits(), cap as u32, 0, 0]);
         let params = self.ctx.uniform("rope", &params);
@@ -425,7 +431,7 @@ impl Probe {
             )));
         }
         let pipe = self.pipeline(Kernel::Attention, None, vec![("HD", s.head_dim.to_string())]);
-        let step = self.step(n, pos0, 0);
+        let step = self.seq_step(n, pos0);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let (nh, nkv, w) = (s.n_heads as u32, s.n_kv_heads as u32, window.unwrap_or(0) as u32);
         let params = Params8([nh, nkv, q_dim as u32, kv_dim as u32, scale.to_bits(), w, ring as u32, 0]);

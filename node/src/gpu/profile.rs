@@ -101,7 +101,7 @@ pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64, reps: u32) -> Result<f64, Sh
 }
 
 /// What a node measures about its device at start: GEMV bandwidth on a Q4_1 matrix the size of a large layer
-/// projection, and the cost of one (tiny) dispatch. Cached in the node's data directory per adapter.
+/// projection, what each further row of a batched matmul costs, and the cost of one (tiny) dispatch. Cached in the node's data directory per adapter.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SelfBench {
     pub adapter: String,
@@ -124,8 +124,9 @@ pub fn self_benchmark(ctx: &std::sync::Arc<GpuContext>) -> Result<SelfBench, Sha
     let probe = super::probe::Probe::with_context(ctx.clone());
     let (rows, cols) = (4096, 1024);
     let w = bench_matrix(rows, cols);
-    let x = vec![0.5f32; cols];
-    let secs = probe.time_matmul(GgmlType::Q4_1, rows, cols, &w, &x, Default::default(), 20)?;
+    let x = vec![0.5f32; BATCH_ROWS * cols];
+    let secs = probe.time_matmul(GgmlType::Q4_1, rows, cols, &w, &x[..cols], Default::default(), 20)?;
+    let batch = probe.time_matmul(GgmlType::Q4_1, rows, cols, &w, &x, Default::default(), 10)?;
     let tiny = bench_matrix(32, 32);
     let dispatch = probe.time_matmul(GgmlType::Q4_1, 32, 32, &tiny, &x[..32], Default::default(), 200)?;
     Ok(SelfBench {
@@ -133,8 +134,16 @@ pub fn self_benchmark(ctx: &std::sync::Arc<GpuContext>) -> Result<SelfBench, Sha
         runtime: format!("edge-node/{}", env!("CARGO_PKG_VERSION")),
         gemv_gbps: (GgmlType::Q4_1.row_bytes(cols) * rows) as f32 / secs as f32 / 1e9,
         dispatch_us: dispatch as f32 * 1e6,
-        row_gmacs: 0.0, // the wgpu shard runs a batch's steps one after another
+        row_gmacs: row_gmacs(rows * cols, secs, batch) as f32,
     })
+}
+
+/// G multiply-adds/s each row after the first adds, from the seconds of one row and of [`BATCH_ROWS`] rows
+/// through a matrix of `macs` weights. A noisy machine can time the batch at or under one row: each extra row
+/// counts as at least a tenth of the first.
+fn row_gmacs(macs: usize, one: f64, batch: f64) -> f64 {
+    let extra = (batch - one).max(one / 10.0) / (BATCH_ROWS - 1) as f64;
+    macs as f64 / extra / 1e9
 }
 
 /// The same measurement for the CPU backends (no dispatches): the native kernels on the process-wide pool, or
@@ -177,9 +186,7 @@ pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
     } else {
         let one = time(20, &mut || gemv(&packed, 1));
         let batch = time(20, &mut || gemv(&packed, BATCH_ROWS));
-        // A noisy machine can time the batch at or under one row: count it as at least a tenth of a row's GEMV.
-        let extra = (batch - one).max(one / 10.0) / (BATCH_ROWS - 1) as f64;
-        (rows * cols) as f64 / extra / 1e9
+        row_gmacs(rows * cols, one, batch)
     };
     SelfBench {
         adapter: if reference {

@@ -1,5 +1,6 @@
 //! [`GpuShard`]: a shard on a wgpu device. Activations stay on the device between layers; one step is one
-//! submit with one readback (the sampled token, the last logits, or the hidden state for the next shard).
+//! submit with one readback (the sampled token, the last logits, or the hidden state for the next shard), and may
+//! hold the rows of several sequences (continuous batching, see `batch.rs`).
 //!
 //! Per layer: fused norm+QKV matmul, RoPE + KV write, attention, O matmul + residual, fused norm+gate/up+SwiGLU,
 //! down matmul + residual: 6 dispatches (more only when q/k/v types differ or a matrix is chunked). gemma3 adds
@@ -15,18 +16,17 @@ use edge_protocol::ShardSpec;
 
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{Activation, ModelConfig, ShardTensors};
-use crate::shard::{
-    check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput,
-};
+use crate::shard::{HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput, Step};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
-use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepDims, StepParams};
+use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepParams};
 use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
 use super::kv::GpuSeq;
 use super::weights::GpuMatrix;
 
-/// Positions whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size).
-const HEAD_ROWS: u64 = 32;
+/// Rows whose logits one step may hold (the greedy check of a whole prompt runs in steps of this size; a batch holds
+/// the last rows of at most this many sequences).
+pub(super) const HEAD_ROWS: u64 = 32;
 
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
@@ -51,14 +51,16 @@ pub(super) struct Activations {
     pub(super) q: wgpu::Buffer,      // (max_step, q_dim) after RoPE
     pub(super) att: wgpu::Buffer,    // (max_step, q_dim) attention output
     h: wgpu::Buffer,                 // (max_step, ffn_dim) SwiGLU output
+    /// (head rows, dim): the rows of `x` the head computes logits of, gathered (see `batch.rs`).
+    pub(super) xh: wgpu::Buffer,
     /// (max_step, dim) O / down outputs kept off the residual stream: a tensor-parallel member's partial sums,
     /// or gemma3's outputs before their post-norm.
     pub(super) partial: wgpu::Buffer,
-    logits: wgpu::Buffer,     // (max_step, vocab)
-    argmax: wgpu::Buffer,     // (max_step) u32
-    staging: wgpu::Buffer,    // readback
-    dummy: wgpu::Buffer,      // bound where a kernel's optional storage input is unused
-    dummy_view: wgpu::Buffer, // bound where a kernel's optional uniform view is unused
+    pub(super) logits: wgpu::Buffer,  // (head rows, vocab)
+    pub(super) argmax: wgpu::Buffer,  // (head rows) u32
+    pub(super) staging: wgpu::Buffer, // readback: the residual stream, then argmax tokens and logits
+    dummy: wgpu::Buffer,              // bound where a kernel's optional storage input is unused
+    dummy_view: wgpu::Buffer,         // bound where a kernel's optional uniform view is unused
     /// Entry g (at g * align bytes) holds g: which token group a matmul dispatch serves.
     groups: wgpu::Buffer,
 }
@@ -83,9 +85,9 @@ pub struct GpuShard {
     pub(super) act: Activations,
     pub(super) embed: Option<Dispatch>,
     pub(super) layers: Vec<GpuLayer>,
-    pub(super) head: Vec<Dispatch>, // norm + head matmul chunks, argmax
+    pub(super) head: Vec<Dispatch>, // norm + head matmul chunks over `xh`, argmax
     /// The final norm's weights on the host (embeddings: [`HeadOutput::HiddenSum`]).
-    output_norm: Option<Vec<f32>>,
+    pub(super) output_norm: Option<Vec<f32>>,
     pub(super) seqs: Sequences<GpuSeq>,
 }
 
@@ -122,6 +124,7 @@ impl GpuShard {
         let m = opts.max_step_tokens.max(1) as u64;
         let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX);
         let f = 4u64;
+        let head_rows = if spec.head { m.min(HEAD_ROWS) } else { 0 };
         let act = Activations {
             tokens: ctx.storage("tokens", m * 4),
             x: ctx.activation("x", m * c.dim as u64 * f),
@@ -129,11 +132,12 @@ impl GpuShard {
             q: ctx.storage("q", m * q_dim as u64 * f),
             att: ctx.activation("att", m * q_dim as u64 * f),
             h: ctx.activation("h", m * c.ffn_dim as u64 * f),
-            logits: ctx.storage("logits", if spec.head { m.min(HEAD_ROWS) * c.vocab as u64 * f } else { 16 }),
-            argmax: ctx.storage("argmax", m * 4),
+            xh: ctx.activation("xh", head_rows * c.dim as u64 * f),
+            logits: ctx.storage("logits", head_rows * c.vocab as u64 * f),
+            argmax: ctx.storage("argmax", head_rows * 4),
             staging: ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
-                size: (m * c.dim as u64 * f).max(c.vocab as u64 * f).max(m * 4),
+                size: m * c.dim as u64 * f + head_rows * (c.vocab as u64 + 1) * f,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
@@ -320,7 +324,7 @@ impl GpuShard {
             me.head = me.matmul(
                 head,
                 MatmulIo {
-                    x: &me.act.x,
+                    x: &me.act.xh,
                     y: &me.act.logits,
                     gamma: Some(&norm),
                     bias: None,
@@ -423,111 +427,12 @@ impl GpuShard {
         (per_layer, self.embed.iter().count() + self.head.len())
     }
 
-    /// Runs `n` positions of `seq` in one submit; reads back the result (hidden state, tokens or logits).
-    fn step(
-        &mut self,
-        seq: SeqId,
-        input: ShardInput<'_>,
-        head: Option<HeadOutput>,
-    ) -> Result<Option<Vec<u8>>, ShardError> {
-        let s = self.seqs.get(seq)?;
-        let dims = self.begin_step(s.len, input, head);
-        match input {
-            ShardInput::Tokens(t) => self.ctx.queue.write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(t)),
-            ShardInput::Hidden(h) => self.ctx.queue.write_buffer(&self.act.x, 0, bytemuck::cast_slice(h)),
-        }
-        let embed = match input {
-            ShardInput::Tokens(_) => self.embed.as_ref(),
-            ShardInput::Hidden(_) => None,
-        };
-        let layers = self.layers.iter().enumerate().flat_map(|(l, layer)| {
-            let attention = [&s.kv.rope[l], &s.kv.attention[l]];
-            let attention = layer.qkv.iter().chain(attention).chain(&layer.o).chain(&layer.post_attn);
-            attention.chain(&layer.gate_up).chain(&layer.down).chain(&layer.post_ffn)
-        });
-        let logits = head.is_some_and(|h| h != HeadOutput::HiddenSum);
-        let head_dispatches = if logits { &self.head[..] } else { &[] };
-        let read = match head {
-            None if !self.spec.head => Some(self.hidden_bytes(dims)),
-            None => None,
-            Some(HeadOutput::HiddenSum) => Some(self.hidden_bytes(dims)),
-            Some(h) => Some(self.head_bytes(h, dims)),
-        };
-        let out = self.submit(dims, embed.into_iter().chain(layers).chain(head_dispatches), read)?;
-        self.advance(seq, dims.n_tok as usize)?;
-        Ok(out)
-    }
-
     /// Counts `n` more positions of `seq` as written.
     pub(super) fn advance(&mut self, seq: SeqId, n: usize) -> Result<(), ShardError> {
         let s = self.seqs.get_mut(seq)?;
         s.len += n;
         s.kv.advance(s.len);
         Ok(())
-    }
-
-    /// Writes the step's parameters (`n` positions from `pos0`) and returns the sizes its dispatches need.
-    pub(super) fn begin_step(&self, pos0: usize, input: ShardInput<'_>, head: Option<HeadOutput>) -> StepDims {
-        let n = match input {
-            ShardInput::Tokens(t) => t.len(),
-            ShardInput::Hidden(h) => h.len() / self.cfg.dim,
-        };
-        let (head_n, head_row0) = match head {
-            Some(HeadOutput::ArgmaxAll) => (n, 0),
-            Some(HeadOutput::HiddenSum) => (0, 0),
-            Some(_) => (1, n - 1),
-            None => (0, 0),
-        };
-        let params =
-            StepParams { n_tok: n as u32, pos0: pos0 as u32, head_n: head_n as u32, head_row0: head_row0 as u32 };
-        self.ctx.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&params));
-        StepDims {
-            n_tok: n as u32,
-            head_n: head_n as u32,
-            head_row0: head_row0 as u32,
-            align: self.ctx.limits.min_uniform_buffer_offset_alignment.max(16),
-        }
-    }
-
-    /// The residual stream of the step's positions, `(n, dim)` floats.
-    pub(super) fn hidden_bytes(&self, dims: StepDims) -> (&wgpu::Buffer, u64) {
-        (&self.act.x, dims.n_tok as u64 * self.cfg.dim as u64 * 4)
-    }
-
-    /// What the head leaves for `want`: the last logits or the argmax tokens.
-    pub(super) fn head_bytes(&self, want: HeadOutput, dims: StepDims) -> (&wgpu::Buffer, u64) {
-        match want {
-            HeadOutput::LogitsLast => (&self.act.logits, self.cfg.vocab as u64 * 4),
-            _ => (&self.act.argmax, dims.head_n as u64 * 4),
-        }
-    }
-
-    /// Records `dispatches` in one compute pass, copies `read` (a buffer and a byte count) to the staging buffer,
-    /// submits once and waits: returns the bytes read back.
-    pub(super) fn submit<'d>(
-        &self,
-        dims: StepDims,
-        dispatches: impl IntoIterator<Item = &'d Dispatch>,
-        read: Option<(&wgpu::Buffer, u64)>,
-    ) -> Result<Option<Vec<u8>>, ShardError> {
-        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-        {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("shard"), timestamp_writes: None });
-            dispatches.into_iter().for_each(|d| d.record(&mut pass, dims));
-        }
-        if let Some((src, bytes)) = read {
-            enc.copy_buffer_to_buffer(src, 0, &self.act.staging, 0, bytes);
-        }
-        self.ctx.submit(enc);
-        match read {
-            Some((_, bytes)) => Ok(Some(self.ctx.read_back(&self.act.staging, bytes)?)),
-            None => {
-                self.ctx.wait()?;
-                self.ctx.check()?;
-                Ok(None)
-            }
-        }
     }
 }
 
@@ -623,54 +528,14 @@ impl Shard for GpuShard {
         want: HeadOutput,
         reduce: &mut dyn Reducer,
     ) -> Result<ShardOutput, ShardError> {
-        let n = check_input(&self.spec, &self.cfg, &input)?;
-        self.seqs.with_room(seq, n)?;
-        let dim = self.cfg.dim;
-        let mut step = self.opts.max_step_tokens.max(1);
-        if want == HeadOutput::ArgmaxAll {
-            step = step.min(HEAD_ROWS as usize);
-        }
-        let mut hidden = Vec::new();
-        let mut tokens = Vec::new();
-        let mut last = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let end = (start + step).min(n);
-            let part = match input {
-                ShardInput::Tokens(t) => ShardInput::Tokens(&t[start..end]),
-                ShardInput::Hidden(h) => ShardInput::Hidden(&h[start * dim..end * dim]),
-            };
-            // Intermediate steps of a last-position request skip the head entirely.
-            let head = match want {
-                _ if !self.spec.head => None,
-                HeadOutput::ArgmaxAll | HeadOutput::HiddenSum => Some(want),
-                _ if end == n => Some(want),
-                _ => None,
-            };
-            let out = if self.cfg.partial_layers {
-                self.step_partial(seq, part, head, reduce)?
-            } else {
-                self.step(seq, part, head)?
-            };
-            match (head, out) {
-                (None | Some(HeadOutput::HiddenSum), Some(b)) => {
-                    hidden.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&b))
-                }
-                (Some(HeadOutput::LogitsLast), Some(b)) => last = bytemuck::pod_collect_to_vec::<u8, f32>(&b),
-                (Some(_), Some(b)) => tokens.extend(bytemuck::pod_collect_to_vec::<u8, u32>(&b)),
-                _ => {}
-            }
-            start = end;
-        }
-        Ok(if !self.spec.head {
-            ShardOutput::Hidden(hidden)
-        } else if want == HeadOutput::HiddenSum {
-            let norm = self.output_norm.as_ref().expect("head shard");
-            ShardOutput::HiddenSum(normed_sum(&hidden, norm, self.cfg.rms_eps))
-        } else if want == HeadOutput::LogitsLast {
-            ShardOutput::Logits(last)
-        } else {
-            ShardOutput::Tokens(tokens)
-        })
+        self.forward_one(seq, input, want, reduce)
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn forward_batch(&mut self, steps: &[Step<'_>], reduce: &mut dyn Reducer) -> Result<Vec<ShardOutput>, ShardError> {
+        self.forward_many(steps, reduce)
     }
 }
