@@ -26,7 +26,7 @@ use edge_node::model::stage::stage_image;
 use edge_node::model::ModelConfig;
 use edge_node::quant::GgmlType;
 use edge_node::reference::ReferenceShard;
-use edge_node::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput};
+use edge_node::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput, Step};
 use edge_protocol::{LayerSlice, ShardSpec};
 
 /// Two members: KV heads 0..2 and 2..3 (6 and 3 query heads), FFN columns split 2:1.
@@ -401,6 +401,51 @@ fn wgpu_stages_match_the_whole_model() {
         let (sum, _) = same_on_every_member(lockstep(&mut members, |shard, reduce| pooled(shard, reduce)));
         let (diff, scale) = max_diff(&sum, &want_sum);
         assert!(diff <= HIDDEN_TOL * scale, "{name}: pooled hidden states differ by {diff} (largest {scale})");
+    }
+}
+
+/// wgpu members batch: three sequences' prompts in one step, then their decode steps together (one with logits,
+/// two greedy) give each sequence what the same members give it alone, bit for bit.
+#[test]
+fn wgpu_members_batch_sequences() {
+    let (g, cfg) = common::smollm2();
+    let ctx = GpuContext::new().unwrap();
+    let spec = ShardSpec::whole(30);
+    let mut members = gpu_members(&ctx, &member_models(&g, &cfg, spec, &TWO_WAY), spec, &GpuOptions::default());
+    let prompts: [&[u32]; 3] = [&[1, 504, 3458, 282], &[28, 1097], &[9, 40, 2368, 288, 4042, 30]];
+    let wants = [HeadOutput::LogitsLast, HeadOutput::ArgmaxLast, HeadOutput::ArgmaxLast];
+    // Each sequence's outputs: the prompt's, then 4 decode steps' (the next input is the argmax).
+    let run = |shard: &mut GpuShard, reduce: &mut dyn Reducer, seqs: &[usize]| -> Result<_, ShardError> {
+        let mut inputs: Vec<Vec<u32>> = seqs.iter().map(|&i| prompts[i].to_vec()).collect();
+        let mut outs: Vec<Vec<ShardOutput>> = vec![Vec::new(); seqs.len()];
+        for &i in seqs {
+            shard.open_sequence(i as u64, 32)?;
+        }
+        for _ in 0..5 {
+            let steps: Vec<Step> = seqs
+                .iter()
+                .zip(&inputs)
+                .map(|(&i, ids)| Step { seq: i as u64, input: ShardInput::Tokens(ids), want: wants[i] })
+                .collect();
+            let out = shard.forward_batch(&steps, reduce)?;
+            for ((o, input), all) in out.into_iter().zip(&mut inputs).zip(&mut outs) {
+                *input = match &o {
+                    ShardOutput::Logits(l) => vec![edge_node::reference::argmax(l)],
+                    ShardOutput::Tokens(t) => t.clone(),
+                    other => panic!("unexpected {other:?}"),
+                };
+                all.push(o);
+            }
+        }
+        for &i in seqs {
+            shard.close_sequence(i as u64);
+        }
+        Ok(outs)
+    };
+    let (batched, _) = same_on_every_member(lockstep(&mut members, |shard, reduce| run(shard, reduce, &[0, 1, 2])));
+    for i in 0..3 {
+        let (alone, _) = same_on_every_member(lockstep(&mut members, |shard, reduce| run(shard, reduce, &[i])));
+        assert_eq!(batched[i], alone[0], "sequence {i}: batched and alone differ");
     }
 }
 
