@@ -1,6 +1,5 @@
-// y = W · x for n tokens, W quantized (see load_block), one output row per invocation and up to 4 tokens per
-// invocation, so each block is decoded once per 4 tokens. No workgroup memory, no barriers, no indexed
-// per-invocation arrays. Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS,
+// y = W · x for n tokens, W quantized (see load_block): `main` computes 4 output rows x up to 4 tokens per
+// invocation, `gemv` (one token) 8 rows. No workgroup memory, no barriers, no indexed per-invocation arrays. Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS,
 // RESIDUAL (y += result), SWIGLU (rows [0, out_rows) are gate, [out_rows, 2 out_rows) up: y = silu(gate) * up),
 // GELU (with SWIGLU: GeGLU, y = gelu_tanh(gate) * up, as gemma3).
 //
@@ -45,13 +44,6 @@ fn xv(i: u32, g: u32) -> vec4<f32> {
     return x[i];
 }
 
-// Σ w·x over one block; xo, go: vec4 index of the block's first x and gamma values.
-fn blk_dot(w: Blk, xo: u32, go: u32) -> f32 {
-    return dot(w.w0, xv(xo, go)) + dot(w.w1, xv(xo + 1u, go + 1u)) + dot(w.w2, xv(xo + 2u, go + 2u))
-         + dot(w.w3, xv(xo + 3u, go + 3u)) + dot(w.w4, xv(xo + 4u, go + 4u)) + dot(w.w5, xv(xo + 5u, go + 5u))
-         + dot(w.w6, xv(xo + 6u, go + 6u)) + dot(w.w7, xv(xo + 7u, go + 7u));
-}
-
 fn inv_rms(xo: u32, k4: u32) -> f32 {
     var ss = 0.0;
     for (var k = 0u; k < k4; k++) {
@@ -80,17 +72,22 @@ fn store(t: u32, r: u32, gate: f32, up: f32) {
     y[o] = v;
 }
 
-@compute @workgroup_size(64)
+// Several tokens (a prompt, or sequences decoding together): each invocation computes 4 rows x up to TB tokens, so
+// a block of weights is decoded once per TB tokens and a block of x is read once per 4 rows. Every (row, token)
+// sum is formed exactly as `gemv` forms it (dot8 per block, blocks in order, then the norm factor), so a token's
+// result does not depend on how many tokens share the step.
+@compute @workgroup_size(16)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let r = gid.x;
+    let r0 = gid.x * 4u;
     // The head's view of x starts at Step.head_row0 (bound by the host); other matmuls start at token 0.
     let nt = select(step.n_tok, step.head_n, m.head != 0u);
     let local = wid.y * TB; // first token of this invocation inside the group's view of x
     let t0 = grp.index * m.group_tokens + local;
-    if (r >= m.out_rows || t0 >= nt) {
+    if (r0 >= m.out_rows || t0 >= nt) {
         return;
     }
     let cnt = min(TB, min(nt, (grp.index + 1u) * m.group_tokens) - t0);
+    let nr = min(4u, m.out_rows - r0);
     let k4 = m.cols / 4u;
     let x0 = local * k4;
 
@@ -102,32 +99,66 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         if (cnt > 3u) { inv.w = inv_rms(x0 + 3u * k4, k4); }
     }
 
-    var acc = vec4<f32>(0.0);
-    var up = vec4<f32>(0.0);
-    let pr = tex_at(r);
-    let pu = tex_at(r + m.out_rows);
+    // a{i}: row r0 + i, one component per token; u{i}: its SWIGLU up row.
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var u0 = vec4<f32>(0.0);
+    var u1 = vec4<f32>(0.0);
+    var u2 = vec4<f32>(0.0);
+    var u3 = vec4<f32>(0.0);
+    let pg = rows4_at(r0);
+    let pu = rows4_at(r0 + m.out_rows);
     for (var b = 0u; b < m.cols / 32u; b++) {
         let xo = x0 + b * 8u;
         let go = b * 8u;
-        let w = load_block(pr, b);
-        acc.x += blk_dot(w, xo, go);
-        if (cnt > 1u) { acc.y += blk_dot(w, xo + k4, go); }
-        if (cnt > 2u) { acc.z += blk_dot(w, xo + 2u * k4, go); }
-        if (cnt > 3u) { acc.w += blk_dot(w, xo + 3u * k4, go); }
+        let v0 = xblk(xo, go);
+        var v1 = v0;
+        var v2 = v0;
+        var v3 = v0;
+        if (cnt > 1u) { v1 = xblk(xo + k4, go); }
+        if (cnt > 2u) { v2 = xblk(xo + 2u * k4, go); }
+        if (cnt > 3u) { v3 = xblk(xo + 3u * k4, go); }
+        a0 += dot_tokens(load_block(pg.a, b), v0, v1, v2, v3, cnt);
+        if (nr > 1u) { a1 += dot_tokens(load_block(pg.b, b), v0, v1, v2, v3, cnt); }
+        if (nr > 2u) { a2 += dot_tokens(load_block(pg.c, b), v0, v1, v2, v3, cnt); }
+        if (nr > 3u) { a3 += dot_tokens(load_block(pg.d, b), v0, v1, v2, v3, cnt); }
         if (SWIGLU) {
-            let u = load_block(pu, b);
-            up.x += blk_dot(u, xo, go);
-            if (cnt > 1u) { up.y += blk_dot(u, xo + k4, go); }
-            if (cnt > 2u) { up.z += blk_dot(u, xo + 2u * k4, go); }
-            if (cnt > 3u) { up.w += blk_dot(u, xo + 3u * k4, go); }
+            u0 += dot_tokens(load_block(pu.a, b), v0, v1, v2, v3, cnt);
+            if (nr > 1u) { u1 += dot_tokens(load_block(pu.b, b), v0, v1, v2, v3, cnt); }
+            if (nr > 2u) { u2 += dot_tokens(load_block(pu.c, b), v0, v1, v2, v3, cnt); }
+            if (nr > 3u) { u3 += dot_tokens(load_block(pu.d, b), v0, v1, v2, v3, cnt); }
         }
     }
-    acc *= inv;
-    up *= inv;
-    store(t0, r, acc.x, up.x);
-    if (cnt > 1u) { store(t0 + 1u, r, acc.y, up.y); }
-    if (cnt > 2u) { store(t0 + 2u, r, acc.z, up.z); }
-    if (cnt > 3u) { store(t0 + 3u, r, acc.w, up.w); }
+    store_tokens(t0, r0, cnt, a0 * inv, u0 * inv);
+    if (nr > 1u) { store_tokens(t0, r0 + 1u, cnt, a1 * inv, u1 * inv); }
+    if (nr > 2u) { store_tokens(t0, r0 + 2u, cnt, a2 * inv, u2 * inv); }
+    if (nr > 3u) { store_tokens(t0, r0 + 3u, cnt, a3 * inv, u3 * inv); }
+}
+
+// The block of x (times gamma) at vec4 index xo, gamma's at go.
+fn xblk(xo: u32, go: u32) -> Blk {
+    return Blk(xv(xo, go), xv(xo + 1u, go + 1u), xv(xo + 2u, go + 2u), xv(xo + 3u, go + 3u),
+               xv(xo + 4u, go + 4u), xv(xo + 5u, go + 5u), xv(xo + 6u, go + 6u), xv(xo + 7u, go + 7u));
+}
+
+// One block of one row against the block of each of cnt (<= 4) tokens.
+fn dot_tokens(w: Blk, v0: Blk, v1: Blk, v2: Blk, v3: Blk, cnt: u32) -> vec4<f32> {
+    var a = vec4<f32>(0.0);
+    a.x = dot8(w, v0);
+    if (cnt > 1u) { a.y = dot8(w, v1); }
+    if (cnt > 2u) { a.z = dot8(w, v2); }
+    if (cnt > 3u) { a.w = dot8(w, v3); }
+    return a;
+}
+
+// Row r's results for tokens t0 .. t0 + cnt.
+fn store_tokens(t0: u32, r: u32, cnt: u32, a: vec4<f32>, u: vec4<f32>) {
+    store(t0, r, a.x, u.x);
+    if (cnt > 1u) { store(t0 + 1u, r, a.y, u.y); }
+    if (cnt > 2u) { store(t0 + 2u, r, a.z, u.z); }
+    if (cnt > 3u) { store(t0 + 3u, r, a.w, u.w); }
 }
 
 // ---- Decode (one token): each invocation computes GEMV_ROWS rows, so the block of x (times gamma) is read once

@@ -257,31 +257,9 @@ cpu decode with B sequences batched in every step ({steps} steps, KV at {} posit
 /// One round of [`batched_decode`] on our side: aggregate tok/s per entry of [`BATCHES`]; with `ops`, each batch
 /// size's op table.
 fn cpu_batched(shard: &mut crate::cpu::CpuShard, prompt: &[u32], steps: usize, ops: bool) -> anyhow::Result<Vec<f64>> {
-    use crate::shard::{HeadOutput, NoReduce, ShardInput, ShardOutput, Step};
     let mut out = Vec::new();
     for b in BATCHES {
-        let mut next = vec![0u32; b as usize];
-        for seq in 0..b {
-            shard.open_sequence(seq, prompt.len() + steps + 1)?;
-            let out = shard.forward(seq, ShardInput::Tokens(prompt), HeadOutput::ArgmaxLast)?;
-            if let ShardOutput::Tokens(t) = out {
-                next[seq as usize] = t[0];
-            }
-        }
-        shard.set_profiling(ops);
-        let t0 = std::time::Instant::now();
-        for _ in 0..steps {
-            let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let batch: Vec<Step> = (0..b)
-                .map(|seq| Step { seq, input: ShardInput::Tokens(&ids[seq as usize]), want: HeadOutput::ArgmaxLast })
-                .collect();
-            for (n, out) in next.iter_mut().zip(shard.forward_batch(&batch, &mut NoReduce)?) {
-                if let ShardOutput::Tokens(t) = out {
-                    *n = t[0];
-                }
-            }
-        }
-        let secs = t0.elapsed().as_secs_f64();
+        let secs = batched_secs(shard, prompt, steps, b, |s| s.set_profiling(ops))?;
         out.push((b as usize * steps) as f64 / secs);
         if ops {
             println!(
@@ -292,11 +270,46 @@ cpu decode, B = {b}, {:.2} ms/step:",
             print_ops(&shard.profile(), steps, secs, 0.0, "us/step");
             shard.set_profiling(false);
         }
-        for seq in 0..b {
-            shard.close_sequence(seq);
-        }
     }
     Ok(out)
+}
+
+/// Seconds of `steps` batched decode steps of `b` sequences, each after `prompt` (prefilled one by one, then
+/// `before_decode`), greedy: the sequences are closed again.
+fn batched_secs<S: Shard>(
+    shard: &mut S,
+    prompt: &[u32],
+    steps: usize,
+    b: u64,
+    before_decode: impl FnOnce(&mut S),
+) -> anyhow::Result<f64> {
+    use crate::shard::{HeadOutput, NoReduce, ShardInput, ShardOutput, Step};
+    let mut next = vec![0u32; b as usize];
+    for seq in 0..b {
+        shard.open_sequence(seq, prompt.len() + steps + 1)?;
+        let out = shard.forward(seq, ShardInput::Tokens(prompt), HeadOutput::ArgmaxLast)?;
+        if let ShardOutput::Tokens(t) = out {
+            next[seq as usize] = t[0];
+        }
+    }
+    before_decode(shard);
+    let t0 = std::time::Instant::now();
+    for _ in 0..steps {
+        let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let batch: Vec<Step> = (0..b)
+            .map(|seq| Step { seq, input: ShardInput::Tokens(&ids[seq as usize]), want: HeadOutput::ArgmaxLast })
+            .collect();
+        for (n, out) in next.iter_mut().zip(shard.forward_batch(&batch, &mut NoReduce)?) {
+            if let ShardOutput::Tokens(t) = out {
+                *n = t[0];
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for seq in 0..b {
+        shard.close_sequence(seq);
+    }
+    Ok(secs)
 }
 
 /// One table row per kind of op: weight bytes, time and read bandwidth per `steps` (a prompt: ms; a token: us;
@@ -338,6 +351,17 @@ fn wgpu_section(m: &crate::backend::LoadedModel, req: &GenerateRequest, tokens: 
     let (per_layer, outside) = shard.dispatch_counts();
     let copy = copy_bandwidth(&ctx, 64 << 20, 20)?;
     let kernels = shard.profile(64, 20)?;
+    let prompt = &req.prompt[..req.prompt.len().min(32)];
+    batched_secs(&mut shard, prompt, 2, 1, |_| {})?; // JIT-compile first
+    let steps = 8;
+    println!("wgpu decode with B sequences batched in every step ({steps} steps, KV at {} positions):", prompt.len());
+    println!("  {:>3} {:>10} {:>12} {:>8}", "B", "ms/step", "tok/s (sum)", "vs B=1");
+    let mut one = 0.0;
+    for b in BATCHES {
+        let tps = (b as usize * steps) as f64 / batched_secs(&mut shard, prompt, steps, b, |_| {})?;
+        one = if b == 1 { tps } else { one };
+        println!("  {b:>3} {:>10.2} {tps:>12.1} {:>7.2}x", 1e3 * b as f64 / tps, tps / one);
+    }
     let mut chain: Vec<Box<dyn Shard>> = vec![Box::new(shard)];
     generate(&mut chain, &GenerateRequest { max_tokens: 4, ..req.clone() }, |_| true)?; // JIT-compile first
     let submits_before = ctx.submits();

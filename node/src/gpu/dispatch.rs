@@ -53,8 +53,8 @@ pub(super) struct Params8(pub [u32; 8]);
 /// How many workgroups a dispatch needs for a step.
 #[derive(Clone, Copy)]
 pub(super) enum Grid {
-    /// One invocation per output row, 4 tokens per invocation (`head`: tokens of the head step), one dispatch
-    /// per group of `group_tokens` tokens whose inputs fit one uniform view of `k` floats per token.
+    /// 4 output rows x 4 tokens per invocation, 64 rows per workgroup (`head`: tokens of the head step), one
+    /// dispatch per group of `group_tokens` tokens whose inputs fit one uniform view of `k` floats per token.
     Matmul {
         rows: u32,
         head: bool,
