@@ -75,18 +75,29 @@ fn store(t: u32, r: u32, gate: f32, up: f32) {
 // Several tokens (a prompt, or sequences decoding together): each invocation computes 4 rows x up to TB tokens, so
 // a block of weights is decoded once per TB tokens and a block of x is read once per 4 rows. Every (row, token)
 // sum is formed exactly as `gemv` forms it (dot8 per block, blocks in order, then the norm factor), so a token's
-// result does not depend on how many tokens share the step.
+// result does not depend on how many tokens share the step. `pair` is the same for up to 2 tokens per
+// invocation: lavapipe runs both sides of `main`'s per-token branches, so 2 tokens would cost as much as 4.
 @compute @workgroup_size(16)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let r0 = gid.x * 4u;
+    tile(gid.x, wid.y, TB);
+}
+
+@compute @workgroup_size(16)
+fn pair(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    tile(gid.x, wid.y, 2u);
+}
+
+// Invocation `ix`, token tile `ty` of tb (a constant of each entry point, <= 4) tokens.
+fn tile(ix: u32, ty: u32, tb: u32) {
+    let r0 = ix * 4u;
     // The head's view of x starts at Step.head_row0 (bound by the host); other matmuls start at token 0.
     let nt = select(step.n_tok, step.head_n, m.head != 0u);
-    let local = wid.y * TB; // first token of this invocation inside the group's view of x
+    let local = ty * tb; // first token of this invocation inside the group's view of x
     let t0 = grp.index * m.group_tokens + local;
     if (r0 >= m.out_rows || t0 >= nt) {
         return;
     }
-    let cnt = min(TB, min(nt, (grp.index + 1u) * m.group_tokens) - t0);
+    let cnt = min(tb, min(nt, (grp.index + 1u) * m.group_tokens) - t0);
     let nr = min(4u, m.out_rows - r0);
     let k4 = m.cols / 4u;
     let x0 = local * k4;

@@ -201,17 +201,23 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, n: usize, f: Flags, chun
     assert_close(&what, &got, &want, KERNEL_TOL);
 }
 
-/// Every type x its fusions (`flags_for`), unchunked and in chunks of 4 rows (37 rows:
-/// 10 chunks, the last one short), for one token (the `gemv` entry point), 9 tokens (`main`), and 33 tokens of
-/// 1056 floats (x read through 3 uniform views).
+/// Every type x its fusions (`flags_for`), unchunked and in chunks of 4 rows (37 rows: 10 chunks, the last one
+/// short), for one token (the `gemv` entry point), two (`pair`), 9 tokens (`main`), and 33 and 17 tokens of 1056
+/// floats (x read through 3 and 2 uniform views; 17 ends in a group of two, `pair`).
 #[test]
 fn matmul_every_type_and_fusion() {
     let mut seed = 1;
     for ty in GgmlType::SUPPORTED {
         for f in flags_for(ty) {
-            for (chunk, n, cols) in
-                [(None, 9, 96), (Some(4), 9, 96), (None, 1, 96), (Some(4), 1, 160), (Some(16), 33, 1056)]
-            {
+            for (chunk, n, cols) in [
+                (None, 9, 96),
+                (Some(4), 9, 96),
+                (None, 1, 96),
+                (Some(4), 1, 160),
+                (None, 2, 96),
+                (Some(16), 33, 1056),
+                (Some(16), 17, 1056),
+            ] {
                 seed += 1;
                 check_matmul(ty, 37, cols, n, f, chunk, seed);
             }

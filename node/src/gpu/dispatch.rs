@@ -76,10 +76,19 @@ pub(super) enum Grid {
     Argmax,
 }
 
+/// A matmul's variants for few tokens (matmul.wgsl's `gemv` and `pair` entry points); the executor builds both,
+/// the kernel probe only those its step uses (each is a JIT compile on lavapipe).
+pub(super) struct Narrow {
+    /// One token: 8 rows per invocation.
+    pub(super) gemv: Option<Arc<Pipeline>>,
+    /// Up to 2 tokens per invocation (`main` takes 4).
+    pub(super) pair: Option<Arc<Pipeline>>,
+}
+
 pub(super) struct Dispatch {
     pub(super) pipe: Arc<Pipeline>,
-    /// Matmuls only: the one-token variant (`gemv` entry point, 4 rows per invocation, 32 per workgroup).
-    pub(super) gemv: Option<Arc<Pipeline>>,
+    /// Matmuls only: the variants for few tokens.
+    pub(super) gemv: Option<Arc<Narrow>>,
     pub(super) bind: wgpu::BindGroup,
     pub(super) grid: Grid,
     /// Weight bytes the dispatch reads (matmuls; 0 otherwise), for bandwidth figures.
@@ -100,13 +109,18 @@ pub(super) struct StepDims {
 }
 
 impl Dispatch {
+    /// One of the matmul's variants for few tokens, if it has it.
+    fn narrow(&self, which: impl Fn(&Narrow) -> &Option<Arc<Pipeline>>) -> Option<&Arc<Pipeline>> {
+        self.gemv.as_deref().and_then(|n| which(n).as_ref())
+    }
+
     pub(super) fn record(&self, pass: &mut wgpu::ComputePass<'_>, s: StepDims) {
         let (n_tok, head_n) = (s.n_tok, s.head_n);
         let tiles = |n: u32| n.div_ceil(TOKENS_PER_INVOCATION);
         pass.set_pipeline(&self.pipe.pipeline);
         if let Grid::Matmul { rows, head, group_tokens, k } = self.grid {
             let (n, row0) = if head { (head_n, s.head_row0) } else { (n_tok, 0) };
-            if let (1, Some(gemv)) = (n, &self.gemv) {
+            if let (1, Some(gemv)) = (n, self.narrow(|v| &v.gemv)) {
                 pass.set_pipeline(&gemv.pipeline);
                 pass.set_bind_group(0, &self.bind, &[row0 * k * 4, 0]);
                 pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
@@ -114,18 +128,24 @@ impl Dispatch {
             }
             // Rows too long for two tokens in one uniform view (e.g. a wide FFN's down projection): every group is
             // one token, so the one-token kernel (8 rows per invocation sharing x) beats `main` (1 row, 1 token).
-            let per_token = group_tokens == 1 && self.gemv.is_some();
-            if let (true, Some(gemv)) = (per_token, &self.gemv) {
-                pass.set_pipeline(&gemv.pipeline);
-            }
+            let (gemv, pair) = (self.narrow(|v| &v.gemv), self.narrow(|v| &v.pair));
             for g in 0..n.div_ceil(group_tokens) {
                 let count = group_tokens.min(n - g * group_tokens);
                 let x_off = (row0 + g * group_tokens) * k * 4;
                 pass.set_bind_group(0, &self.bind, &[x_off, g * s.align]);
-                if per_token {
-                    pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
-                } else {
-                    pass.dispatch_workgroups(rows.div_ceil(64), tiles(count), 1);
+                match (gemv, pair) {
+                    (Some(gemv), _) if group_tokens == 1 => {
+                        pass.set_pipeline(&gemv.pipeline);
+                        pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
+                    }
+                    (_, Some(pair)) if count <= 2 => {
+                        pass.set_pipeline(&pair.pipeline);
+                        pass.dispatch_workgroups(rows.div_ceil(64), 1, 1);
+                    }
+                    _ => {
+                        pass.set_pipeline(&self.pipe.pipeline);
+                        pass.dispatch_workgroups(rows.div_ceil(64), tiles(count), 1);
+                    }
                 }
             }
             return;

@@ -15,7 +15,7 @@ use crate::quant::GgmlType;
 use crate::shard::ShardError;
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
-use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, SeqParams, StepDims, StepParams};
+use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Narrow, Params8, SeqParams, StepDims, StepParams};
 use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
 use super::weights::GpuMatrix;
 
@@ -248,7 +248,8 @@ impl Probe {
         let mat = self.matrix(ty, rows, cols, weights, o.swiglu_up, max_binding)?;
         let swiglu = o.swiglu_up.is_some();
         // As GpuShard::matmul: x and gamma are read through 64 KiB uniform views, x in groups of `group_tokens`
-        // tokens, each group's index read from its entry of `groups`; a single token runs the `gemv` entry point.
+        // tokens, each group's index read from its entry of `groups`; a single token runs the `gemv` entry point,
+        // a group of one or two tokens `pair`.
         let align = self.align();
         let group_tokens = group_tokens(cols as u64, align as u64)
             .ok_or_else(|| bad(format!("rows of {cols} floats do not fit a 64 KiB uniform view")))?;
@@ -263,11 +264,17 @@ impl Probe {
                 ("SWIGLU", flag(swiglu)),
                 ("GELU", flag(swiglu && o.gelu)),
             ],
-            // Only the entry point used is built (each is a JIT compile); the executor builds both.
-            entry: if n == 1 { "gemv" } else { "main" },
+            entry: "main",
         };
-        let pipe = self.ctx.pipeline(&key);
-        let gemv = (n == 1).then(|| pipe.clone());
+        // Only the entry points used are built (each is a JIT compile); the executor builds all three.
+        let gt = group_tokens as usize;
+        let few = n >= 2 && (0..n.div_ceil(gt)).any(|g| gt.min(n - g * gt) <= 2);
+        let narrow = Narrow {
+            gemv: (n == 1 || gt == 1).then(|| self.ctx.pipeline(&PipelineKey { entry: "gemv", ..key.clone() })),
+            pair: few.then(|| self.ctx.pipeline(&PipelineKey { entry: "pair", ..key.clone() })),
+        };
+        let pipe = if n == 1 { narrow.gemv.clone().expect("built") } else { self.ctx.pipeline(&key) };
+        let gemv = Some(Arc::new(narrow));
 
         let step = self.step(n, 0, 0);
         let xb = self.ctx.activation("x", (n * cols * 4) as u64);

@@ -19,7 +19,7 @@ use crate::model::{Activation, ModelConfig, ShardTensors};
 use crate::shard::{HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput, ShardOutput, Step};
 
 use super::context::{GpuContext, UNIFORM_VIEW_BYTES};
-use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Params8, StepParams};
+use super::dispatch::{group_tokens, Dispatch, Grid, MatParams, Narrow, Params8, StepParams};
 use super::kernels::{bind, bind_res, Kernel, Pipeline, PipelineKey, Res};
 use super::kv::GpuSeq;
 use super::weights::GpuMatrix;
@@ -362,7 +362,7 @@ impl GpuShard {
                     ShardError::Gpu(format!("rows of {} floats do not fit a 64 KiB uniform view", mat.cols))
                 })?;
         let flag = |b: bool| b.to_string();
-        let mut key = PipelineKey {
+        let key = PipelineKey {
             kernel: Kernel::Matmul,
             quant: Some(mat.ty),
             consts: vec![
@@ -375,8 +375,10 @@ impl GpuShard {
             entry: "main",
         };
         let p = self.ctx.pipeline(&key);
-        key.entry = "gemv";
-        let gemv = self.ctx.pipeline(&key);
+        let gemv = Arc::new(Narrow {
+            gemv: Some(self.ctx.pipeline(&PipelineKey { entry: "gemv", ..key.clone() })),
+            pair: Some(self.ctx.pipeline(&PipelineKey { entry: "pair", ..key })),
+        });
         Ok(mat
             .chunks
             .iter()
