@@ -1,5 +1,6 @@
 // y = W · x for n tokens, W quantized (see load_block): `main` computes 4 output rows x up to 4 tokens per
-// invocation, `gemv` (one token) 8 rows. No workgroup memory, no barriers, no indexed per-invocation arrays. Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS,
+// invocation, `pair` 4 rows x up to 2 tokens, `gemv` (one token) 8 rows. No workgroup memory, no barriers, no
+// indexed per-invocation arrays. Header constants: NORM (x is RMS-normalised with gamma on the fly), BIAS,
 // RESIDUAL (y += result), SWIGLU (rows [0, out_rows) are gate, [out_rows, 2 out_rows) up: y = silu(gate) * up),
 // GELU (with SWIGLU: GeGLU, y = gelu_tanh(gate) * up, as gemma3).
 //

@@ -266,8 +266,8 @@ impl GpuShard {
         (HEAD_ROWS as usize).min(self.opts.max_step_tokens.max(1))
     }
 
-    /// [`crate::shard::Shard::forward_reduce`]: the sequence's rows in steps of at most `max_step_tokens` (the head computes
-    /// only the last step's last row, unless every position's argmax is wanted).
+    /// [`crate::shard::Shard::forward_reduce`]: the sequence's rows in steps of at most `max_step_tokens` (the
+    /// head computes only the last step's last row, unless every position's argmax is wanted).
     pub(super) fn forward_one(
         &mut self,
         seq: SeqId,
@@ -305,9 +305,10 @@ impl GpuShard {
         Ok(self.output(want, out))
     }
 
-    /// [`crate::shard::Shard::forward_batch`]: checks every step, then runs the steps that fit one submit together, as many
-    /// per submit as the activation buffers (`max_step_tokens` rows) and the head (`HEAD_ROWS` rows) hold. A
-    /// step longer than that (a prompt not sent in chunks, a whole-prompt argmax check) runs on its own.
+    /// [`crate::shard::Shard::forward_batch`]: checks every step, then runs the steps that fit one submit
+    /// together, as many per submit as the activation buffers (`max_step_tokens` rows) and the head (`HEAD_ROWS`
+    /// rows) hold. A step longer than that (a prompt not sent in chunks, a whole-prompt argmax check) runs on its
+    /// own.
     pub(super) fn forward_many(
         &mut self,
         steps: &[Step<'_>],
