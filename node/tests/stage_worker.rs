@@ -1,6 +1,6 @@
 //! The stage worker's queue: a request that arrives while a long prompt is prefilled in chunks joins the very next
 //! batch (with that prompt's next chunk), so its first token waits about one chunk, not two; embeddings; forks;
-//! the members of a tensor-parallel stage running the very same batches.
+//! the members of a tensor-parallel stage running the very same batches; a batch staying whole down a pipeline.
 
 mod common;
 
@@ -117,6 +117,55 @@ fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
     assert_eq!(calls[0], vec![(1, 4), (2, 3)], "the short prompt rides with the first chunk: {calls:?}");
     let long_inputs: Vec<usize> = calls.iter().flatten().filter(|s| s.0 == 1).map(|s| s.1).collect();
     assert_eq!(long_inputs, [4, 4, 4, 1], "the long prompt in chunks of 4, then its decode step: {calls:?}");
+}
+
+/// A batch's results go to the next stage as one announced group ([`PipeMsg::Group`]); a stage that is told of a
+/// group waits for all of its steps and runs them as one batch, however far apart they arrive (without it, a stage
+/// starts at the first step and the pipeline's batches split ever smaller).
+#[test]
+fn a_batch_goes_on_as_one_announced_group_and_the_next_stage_runs_it_whole() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let calls = Calls::default();
+    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let me = MemberRef { stage: 0, member: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, _reports) = tokio::sync::mpsc::unbounded_channel();
+    let (next, mut sent) = tokio::sync::mpsc::channel(64);
+    let wired = Outbox { coordinator: to_coord, next: Some(next), group: vec![None], group_batches: false };
+    tx.send(Work::Wired(wired)).unwrap();
+    for seq in 1..=3u64 {
+        let p = prompt(cfg.vocab, 2 + seq as usize, seq);
+        tx.send(Work::Start { seq, prompt: p, params: JobParams::new(64, 4) }).unwrap();
+    }
+    let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
+
+    // The three prompts ran as one batch: their tokens go on announced as one group, the steps right behind.
+    let group = sent.blocking_recv();
+    assert!(matches!(group, Some(PipeMsg::Group { count: 3 })), "{group:?}");
+    let steps: Vec<PipeMsg> = (0..3).map(|_| sent.blocking_recv().expect("a step")).collect();
+    let seqs: Vec<u64> = steps
+        .iter()
+        .map(|m| match m {
+            PipeMsg::Step { seq, .. } => *seq,
+            other => panic!("expected a step, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // Around the ring they come back announced, one at a time and apart: the stage runs them as one batch.
+    let from = MemberRef { stage: 1, member: 0 };
+    tx.send(Work::Pipe { from, msg: PipeMsg::Group { count: 3 } }).unwrap();
+    for msg in steps {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        tx.send(Work::Pipe { from, msg }).unwrap();
+    }
+    let again = sent.blocking_recv();
+    assert!(matches!(again, Some(PipeMsg::Group { count: 3 })), "{again:?}");
+    tx.send(Work::Shutdown).unwrap();
+    worker.join().unwrap();
+
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "two batches of three: {calls:?}");
+    assert_eq!(calls[1], vec![(1, 1), (2, 1), (3, 1)], "{calls:?}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
 
 /// The bulk-stream protocol name (versioned like every protocol here).
-pub const BULK_PROTOCOL: &str = "/edge-infer/bulk/8";
+pub const BULK_PROTOCOL: &str = "/edge-infer/bulk/9";
 const _: () = assert!(crate::is_versioned(BULK_PROTOCOL));
 
 /// Largest frame on a bulk stream.

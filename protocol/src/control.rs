@@ -13,7 +13,7 @@ use crate::capability::{Capabilities, SignedCapabilities, MAX_CAP_STRING, MAX_LI
 use crate::wire::{check_len, check_str, WireError};
 
 /// Protocol name of the control protocol; its last component is [`crate::PROTOCOL_VERSION`].
-pub const CONTROL_PROTOCOL: &str = "/edge-infer/control/8";
+pub const CONTROL_PROTOCOL: &str = "/edge-infer/control/9";
 const _: () = assert!(crate::is_versioned(CONTROL_PROTOCOL), "CONTROL_PROTOCOL must end with /PROTOCOL_VERSION");
 
 /// Largest encoded [`ControlRequest`] (5 MiB: a full probe payload plus framing).

@@ -31,7 +31,7 @@ pub use shard::{LayerSlice, ShardSpec};
 pub use wire::{decode, encode, WireError};
 
 /// Protocol version, part of every libp2p protocol name (2: stage streams are answered with a `StageAccept`).
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Whether a protocol name starts with `/` and ends with `/{PROTOCOL_VERSION}`; every protocol name constant
 /// asserts it at compile time.
@@ -55,11 +55,11 @@ pub(crate) const fn is_versioned(name: &str) -> bool {
 mod tests {
     #[test]
     fn versioned_names() {
-        assert!(super::is_versioned("/edge-infer/control/8"));
+        assert!(super::is_versioned("/edge-infer/control/9"));
         assert!(!super::is_versioned("/edge-infer/control/1"));
         assert!(!super::is_versioned("/edge-infer/control/12"));
         assert!(!super::is_versioned("/edge-infer/control"));
-        assert!(!super::is_versioned("edge-infer/control/8"));
-        assert!(!super::is_versioned("/8"));
+        assert!(!super::is_versioned("edge-infer/control/9"));
+        assert!(!super::is_versioned("/9"));
     }
 }

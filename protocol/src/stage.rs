@@ -8,8 +8,8 @@
 //!   closes the node frees it.
 //! - a **pipe** (node -> node, opened after wiring): [`PipeMsg`]s — hidden states to the next stage, sampled
 //!   tokens around the ring back to the first stage, and within a tensor-parallel stage the steps the leader
-//!   forwards, which of them run together ([`PipeMsg::Run`]) and the partial sums. Data never
-//!   passes through the coordinator.
+//!   forwards, which of them run together ([`PipeMsg::Run`]) and the partial sums; a batch sent on is announced
+//!   ([`PipeMsg::Group`]) so the next stage runs it whole. Data never passes through the coordinator.
 //!
 //! The node answers the first frame with a [`StageAccept`] before anything else flows: the opener knows its stream
 //! was taken (or why it was refused) instead of finding out at its first write. libp2p drops an inbound stream
@@ -25,7 +25,7 @@ use crate::shard::{LayerSlice, ShardSpec};
 use crate::wire::{check_len, check_str, WireError};
 
 /// The stage protocol name.
-pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/8";
+pub const STAGE_PROTOCOL: &str = "/edge-infer/stage/9";
 const _: () = assert!(crate::is_versioned(STAGE_PROTOCOL));
 
 /// Largest frame of a session or pipe (8 MiB, [`crate::bulk::MAX_FRAME`]).
@@ -42,7 +42,8 @@ pub const MAX_TENSOR_NAME: usize = 256;
 pub const MAX_TOKENS: usize = 1 << 20;
 /// Most members of a tensor-parallel stage, and most stop tokens of a job.
 pub const MAX_GROUP: usize = 64;
-/// Most sequences in one batched step of a tensor-parallel stage ([`PipeMsg::Run`]).
+/// Most sequences in one batched step of a tensor-parallel stage ([`PipeMsg::Run`]) or one group of steps sent on
+/// ([`PipeMsg::Group`]).
 pub const MAX_BATCH_STEPS: usize = 64;
 pub const MAX_STOP_TOKENS: usize = 64;
 /// Longest error message.
@@ -498,6 +499,10 @@ pub enum PipeMsg {
     /// From the leader of a batched tensor-parallel stage to the other members: run the steps of `seqs` (forwarded
     /// before, in this order) now, as one batch when there are several.
     Run { seqs: Vec<u64> },
+    /// From a stage's leader to the next stage: the next `count` steps it sends ran here as one batch. The next
+    /// stage waits for all of them and runs them together, so a batch stays whole down the pipeline (and around
+    /// the ring) instead of splitting by the moment each of its steps happened to arrive.
+    Group { count: u32 },
 }
 
 impl PipeMsg {
@@ -518,6 +523,13 @@ impl PipeMsg {
                 match seqs.is_empty() {
                     true => Err(WireError::Invalid("empty batch".into())),
                     false => Ok(()),
+                }
+            }
+            PipeMsg::Group { count } => {
+                check_len("group", *count as usize, MAX_BATCH_STEPS)?;
+                match count {
+                    0 => Err(WireError::Invalid("empty group".into())),
+                    _ => Ok(()),
                 }
             }
             PipeMsg::Close { .. } | PipeMsg::Partial { .. } => Ok(()),
@@ -568,6 +580,9 @@ mod tests {
         assert!(PipeMsg::Run { seqs: vec![1; MAX_BATCH_STEPS] }.validate().is_ok());
         assert!(PipeMsg::Run { seqs: vec![1; MAX_BATCH_STEPS + 1] }.validate().is_err());
         assert!(PipeMsg::Run { seqs: vec![] }.validate().is_err());
+        assert!(PipeMsg::Group { count: MAX_BATCH_STEPS as u32 }.validate().is_ok());
+        assert!(PipeMsg::Group { count: MAX_BATCH_STEPS as u32 + 1 }.validate().is_err());
+        assert!(PipeMsg::Group { count: 0 }.validate().is_err());
         let grammar = |n| JobParams { grammar: Some(Grammar::Lark("x".repeat(n))), ..params.clone() };
         assert!(grammar(MAX_GRAMMAR).validate().is_ok());
         assert!(grammar(MAX_GRAMMAR + 1).validate().is_err());

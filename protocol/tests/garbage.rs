@@ -206,6 +206,7 @@ fn stage_messages_truncated_fail() {
     every_truncation_fails(&step, max);
     every_truncation_fails(&PipeMsg::Partial { seq: 3, data: vec![1.0; 20] }, max);
     every_truncation_fails(&PipeMsg::Run { seqs: vec![3, 4, 5] }, max);
+    every_truncation_fails(&PipeMsg::Group { count: 3 }, max);
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub fn build_swarm(key: Keypair, psk: PreSharedKey, mdns: bool) -> Result<Swarm<
             let mut kad = kad::Behaviour::with_config(
                 me,
                 kad::store::MemoryStore::new(me),
-                kad::Config::new(StreamProtocol::new("/edge-infer/kad/8")),
+                kad::Config::new(StreamProtocol::new("/edge-infer/kad/9")),
             );
             kad.set_mode(Some(kad::Mode::Server));
             let version = format!("edge-node/{}", env!("CARGO_PKG_VERSION"));

@@ -26,6 +26,10 @@ pub const REDUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most sequences' steps in one batch.
 pub const MAX_BATCH: usize = 32;
 
+/// How long a stage waits for the rest of a group the previous stage announced ([`PipeMsg::Group`]) before it
+/// runs what has come (the sender sends the whole group at once: only a sender that died midway leaves it short).
+const GROUP_WAIT: Duration = Duration::from_secs(2);
+
 /// A step whose sequence is open and whose head output is decided: ready for the shard.
 struct Ready {
     seq: u64,
@@ -115,6 +119,8 @@ pub struct Worker {
     closing: HashSet<u64>,
     /// A member of a batched group: the steps forwarded by the leader, waiting for its [`PipeMsg::Run`].
     parked: Vec<Ready>,
+    /// While a batch's results go out: what it sends the next stage, sent as one group when it has finished.
+    held: Option<Vec<PipeMsg>>,
 }
 
 /// A fork's `Start`, held until its parent has the positions it shares.
@@ -157,6 +163,7 @@ impl Worker {
             unopened: HashMap::new(),
             closing: HashSet::new(),
             parked: Vec::new(),
+            held: None,
         }
     }
 
@@ -202,6 +209,7 @@ impl Worker {
                 }
                 Work::Pipe { msg: PipeMsg::Close { seq }, .. } => self.close(seq),
                 Work::Pipe { msg: PipeMsg::Run { seqs }, .. } => self.run_parked(&seqs),
+                Work::Pipe { msg: PipeMsg::Group { count }, from } => self.gather(from, count as usize),
                 Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. } => {
                     if self.follows() {
                         self.park(seq, job, input, sample);
@@ -222,9 +230,11 @@ impl Worker {
         }
     }
 
-    /// Sends to the next stage (or to this worker itself around a one-stage ring).
+    /// Sends to the next stage (or to this worker itself around a one-stage ring); while a batch's results go
+    /// out, holds it for the batch's group.
     fn send_next(&mut self, msg: PipeMsg) {
         match self.out.as_ref().and_then(|o| o.next.clone()) {
+            Some(_) if self.held.is_some() => self.held.as_mut().expect("checked").push(msg),
             Some(tx) => {
                 if tx.blocking_send(msg).is_err() {
                     tracing::warn!("the pipe to the next stage is closed");
@@ -465,14 +475,50 @@ impl Worker {
         Ok((outs, t.elapsed()))
     }
 
-    /// Books a batch's time (each sequence its share, by rows) and sends every result on.
+    /// Books a batch's time (each sequence its share, by rows) and sends every result on, the steps for the next
+    /// stage as one announced group.
     fn finish_batch(&mut self, ready: Vec<Ready>, outs: Vec<ShardOutput>, elapsed: Duration) {
+        self.held = Some(Vec::new());
         let dim = self.shard.config().dim;
         let rows: usize = ready.iter().map(|r| r.rows(dim)).sum();
         for (r, out) in ready.into_iter().zip(outs) {
             let (seq, share) = (r.seq, elapsed.mul_f64(r.rows(dim) as f64 / rows.max(1) as f64));
             if let Err(e) = self.finish(r, share, out) {
                 self.fail(seq, e);
+            }
+        }
+        self.send_group();
+    }
+
+    /// Sends what a batch held for the next stage: the announcement of its steps ([`PipeMsg::Group`]) when there
+    /// are several, the steps right behind it, then anything else (closes of the sequences that ended).
+    fn send_group(&mut self) {
+        let (steps, rest): (Vec<PipeMsg>, Vec<PipeMsg>) =
+            self.held.take().unwrap_or_default().into_iter().partition(|m| matches!(m, PipeMsg::Step { .. }));
+        if steps.len() > 1 {
+            self.send_next(PipeMsg::Group { count: steps.len() as u32 });
+        }
+        steps.into_iter().chain(rest).for_each(|m| self.send_next(m));
+    }
+
+    /// The previous stage announced a group of `count` steps: wait until all of them are queued here, so the next
+    /// batch takes them together (the steps of a batch reach this stage one message at a time; started at the
+    /// first, a batch would hold only what had come by then, and the pipeline's batches would split ever smaller).
+    fn gather(&mut self, from: MemberRef, count: usize) {
+        if !self.batching() {
+            return;
+        }
+        let deadline = Instant::now() + GROUP_WAIT;
+        let ours = |w: &Work| matches!(w, Work::Pipe { from: f, msg: PipeMsg::Step { .. } } if *f == from);
+        while self.queue.iter().filter(|w| ours(w)).count() < count {
+            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Work::Start { seq, prompt, params }) => self.start(seq, prompt, params),
+                Ok(Work::Shutdown) => return self.queue.push_front(Work::Shutdown),
+                Ok(w) => self.queue.push_back(w),
+                Err(_) => {
+                    tracing::debug!(count, "a group announced by the previous stage came short");
+                    return;
+                }
             }
         }
     }
@@ -519,6 +565,7 @@ impl Worker {
                 Err(e) => self.fail(seq, e),
             }
         }
+        tracing::trace!(stage = self.me.stage, steps = ready.len(), "batch");
         if ready.len() > 1 {
             self.announce(&ready);
             match self.run_batch(&ready) {
