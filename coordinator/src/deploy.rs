@@ -146,12 +146,13 @@ async fn next_event(
 }
 
 /// Ships and loads `stages` on their members and wires them into a pipeline. `sequences` x `context` is what
-/// each stage must be able to hold at once.
+/// each stage must be able to hold at once; `batch` is the most sequences that move through the stages as one
+/// group (the plan's [`crate::plan::Prediction::batch`]).
 pub async fn deploy(
     client: &Client,
     (model, facts): (&LoadedModel, &ModelFacts),
     stages: Vec<Assignment>,
-    sequences: u32,
+    (sequences, batch): (u32, u32),
     context: u32,
     progress: &indicatif::MultiProgress,
 ) -> anyhow::Result<Deployment> {
@@ -282,6 +283,7 @@ pub async fn deploy(
             upstream: (m.member == 0).then(|| leader((s + n - 1) % n)),
             group: d.stages[s].members.iter().map(|(p, _)| p.to_string()).collect(),
             batched: batched[s],
+            batch,
         };
         d.sessions[i].send(&msg).await?;
     }

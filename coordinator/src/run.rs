@@ -260,7 +260,7 @@ pub async fn deploy_plan(
 ) -> Result<Planned, PlanFailure> {
     let Target { model, facts, desc, req, .. } = *target;
     let assigned = assignments(&plan, desc, &nodes).map_err(PlanFailure::NoPlan)?;
-    let sequences = plan.prediction.sequences as u32;
+    let sequences = (plan.prediction.sequences as u32, plan.prediction.batch as u32);
     let deployment = deploy::deploy(client, (model, facts), assigned, sequences, req.context as u32, progress)
         .await
         .map_err(PlanFailure::Deploy)?;

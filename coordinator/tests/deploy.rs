@@ -63,7 +63,7 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
         let jobs = vec![Job { prompt: PROMPT.to_vec(), params: params.clone() }; 2];
         let progress = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
 
-        let mut d = deploy(&coord.client, (&m, &facts), stages.clone(), 2, 64, &progress).await.unwrap();
+        let mut d = deploy(&coord.client, (&m, &facts), stages.clone(), (2, 2), 64, &progress).await.unwrap();
         assert!(d.loads.iter().all(|l| l.sent_bytes == l.stage_bytes && l.sent_bytes > 0), "{:?}", d.loads);
         let mut out = vec![job::Outcome::default(); 2];
         job::run(&mut d, &jobs, &mut out, |_, _| {}).await.unwrap();
@@ -75,7 +75,7 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
         }
 
         // The same stages again: nothing to send.
-        let mut d = deploy(&coord.client, (&m, &facts), stages.clone(), 1, 64, &progress).await.unwrap();
+        let mut d = deploy(&coord.client, (&m, &facts), stages.clone(), (1, 1), 64, &progress).await.unwrap();
         assert!(d.loads.iter().all(|l| l.sent_bytes == 0), "{:?}", d.loads);
         let mut out = vec![job::Outcome::default()];
         job::run(&mut d, &jobs[..1], &mut out, |_, _| {}).await.unwrap();
@@ -92,7 +92,7 @@ fn a_two_stage_pipeline_matches_local_generation_and_caches_its_tensors() {
         let mut bytes = std::fs::read(&victim).unwrap();
         bytes[1000] ^= 0x40;
         std::fs::write(&victim, &bytes).unwrap();
-        let mut d = deploy(&coord.client, (&m, &facts), stages, 1, 64, &progress).await.unwrap();
+        let mut d = deploy(&coord.client, (&m, &facts), stages, (1, 1), 64, &progress).await.unwrap();
         let resent: u64 = d.loads.iter().map(|l| l.sent_bytes).sum();
         assert_eq!(resent, bytes.len() as u64, "exactly the corrupted tensor is sent again");
         let mut out = vec![job::Outcome::default()];

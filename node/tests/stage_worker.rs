@@ -1,6 +1,7 @@
 //! The stage worker's queue: a request that arrives while a long prompt is prefilled in chunks joins the very next
 //! batch (with that prompt's next chunk), so its first token waits about one chunk, not two; embeddings; forks;
-//! the members of a tensor-parallel stage running the very same batches; a batch staying whole down a pipeline.
+//! the members of a tensor-parallel stage running the very same batches; a batch staying whole down a pipeline,
+//! and a new sequence joining the group out in the ring.
 
 mod common;
 
@@ -12,7 +13,7 @@ use edge_node::model::ModelConfig;
 use edge_node::quant::GgmlType;
 use edge_node::shard::{HeadOutput, Reducer, SeqId, Shard, ShardError, ShardInput, ShardOutput, Step};
 use edge_node::stage::worker::{Outbox, Work, Worker};
-use edge_protocol::stage::{Fork, JobParams, MemberRef, NodeMsg, PipeMsg};
+use edge_protocol::stage::{Fork, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput};
 use edge_protocol::{LayerSlice, ShardSpec};
 
 /// Each forward call's steps as (sequence, input tokens).
@@ -95,8 +96,14 @@ fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
     // Everything is queued before the worker runs: the long prompt's Start, then the short one's behind it.
-    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None], group_batches: false }))
-        .unwrap();
+    tx.send(Work::Wired(Outbox {
+        coordinator: to_coord,
+        next: None,
+        group: vec![None],
+        group_batches: false,
+        batch: 0,
+    }))
+    .unwrap();
     let long = JobParams { prefill_chunk: 4, ..JobParams::new(64, 2) };
     tx.send(Work::Start { seq: 1, prompt: prompt(cfg.vocab, 12, 1), params: long }).unwrap();
     tx.send(Work::Start { seq: 2, prompt: prompt(cfg.vocab, 3, 2), params: JobParams::new(64, 2) }).unwrap();
@@ -131,7 +138,7 @@ fn a_batch_goes_on_as_one_announced_group_and_the_next_stage_runs_it_whole() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, _reports) = tokio::sync::mpsc::unbounded_channel();
     let (next, mut sent) = tokio::sync::mpsc::channel(64);
-    let wired = Outbox { coordinator: to_coord, next: Some(next), group: vec![None], group_batches: false };
+    let wired = Outbox { coordinator: to_coord, next: Some(next), group: vec![None], group_batches: false, batch: 0 };
     tx.send(Work::Wired(wired)).unwrap();
     for seq in 1..=3u64 {
         let p = prompt(cfg.vocab, 2 + seq as usize, seq);
@@ -168,6 +175,76 @@ fn a_batch_goes_on_as_one_announced_group_and_the_next_stage_runs_it_whole() {
     assert_eq!(calls[1], vec![(1, 1), (2, 1), (3, 1)], "{calls:?}");
 }
 
+/// Batches hold at most the planned group of sequences (`Outbox::batch`): the rest run as a group of their own.
+#[test]
+fn batches_hold_at_most_the_planned_group() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let calls = Calls::default();
+    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Work::Wired(Outbox {
+        coordinator: to_coord,
+        next: None,
+        group: vec![None],
+        group_batches: false,
+        batch: 2,
+    }))
+    .unwrap();
+    for seq in 1..=3u64 {
+        tx.send(Work::Start { seq, prompt: prompt(cfg.vocab, 2, seq), params: JobParams::new(64, 2) }).unwrap();
+    }
+    let me = MemberRef { stage: 0, member: 0 };
+    let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
+    let mut finished = 0;
+    while finished < 3 {
+        match reports.blocking_recv().expect("the worker reports") {
+            NodeMsg::Token { finish: Some(_), .. } => finished += 1,
+            NodeMsg::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    tx.send(Work::Shutdown).unwrap();
+    worker.join().unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert!(calls.iter().all(|c| c.len() <= 2), "{calls:?}");
+    assert_eq!(calls[0], vec![(1, 2), (2, 2)], "{calls:?}");
+    assert_eq!(calls[1][0], (3, 2), "the third prompt waited for the next batch: {calls:?}");
+}
+
+/// The first stage of a pipeline: a new sequence whose prompt is ready while another sequence's step is out in
+/// the ring waits for that step to come back and runs with it, so the two decode as one group from then on.
+#[test]
+fn a_new_sequence_on_the_first_stage_joins_the_group_out_in_the_ring() {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let calls = Calls::default();
+    let spec = ShardSpec { layer_start: 0, layer_end: 1, embed: true, head: false };
+    let shard = Recording::new(CpuShard::load(&g, &cfg, spec).unwrap(), calls.clone());
+    let me = MemberRef { stage: 0, member: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, _reports) = tokio::sync::mpsc::unbounded_channel();
+    let (next, mut sent) = tokio::sync::mpsc::channel(64);
+    let wired = Outbox { coordinator: to_coord, next: Some(next), group: vec![None], group_batches: false, batch: 0 };
+    tx.send(Work::Wired(wired)).unwrap();
+    tx.send(Work::Start { seq: 1, prompt: prompt(cfg.vocab, 5, 1), params: JobParams::new(64, 4) }).unwrap();
+    let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
+    let out = sent.blocking_recv();
+    assert!(matches!(out, Some(PipeMsg::Step { seq: 1, sample: true, .. })), "{out:?}");
+
+    // Sequence 2 comes while 1 is out; 1's token comes back around the ring a little later.
+    tx.send(Work::Start { seq: 2, prompt: prompt(cfg.vocab, 3, 2), params: JobParams::new(64, 4) }).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let back = PipeMsg::Step { seq: 1, job: None, input: StepInput::Tokens(vec![7]), sample: true };
+    tx.send(Work::Pipe { from: MemberRef { stage: 2, member: 0 }, msg: back }).unwrap();
+    let group = sent.blocking_recv();
+    assert!(matches!(group, Some(PipeMsg::Group { count: 2 })), "{group:?}");
+    tx.send(Work::Shutdown).unwrap();
+    worker.join().unwrap();
+
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls, vec![vec![(1, 5)], vec![(2, 3), (1, 1)]], "2's prompt runs with 1's next token");
+}
+
 #[test]
 fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
     let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
@@ -186,8 +263,14 @@ fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None], group_batches: false }))
-        .unwrap();
+    tx.send(Work::Wired(Outbox {
+        coordinator: to_coord,
+        next: None,
+        group: vec![None],
+        group_batches: false,
+        batch: 0,
+    }))
+    .unwrap();
     let embed = JobParams { embed: true, ..JobParams::new(64, 1) };
     tx.send(Work::Start { seq: 1, prompt: ids.clone(), params: embed.clone() }).unwrap();
     let chunked = JobParams { prefill_chunk: 5, ..embed };
@@ -232,8 +315,14 @@ fn choices(max_tokens: u32) -> Choices {
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox { coordinator: to_coord, next: None, group: vec![None], group_batches: false }))
-        .unwrap();
+    tx.send(Work::Wired(Outbox {
+        coordinator: to_coord,
+        next: None,
+        group: vec![None],
+        group_batches: false,
+        batch: 0,
+    }))
+    .unwrap();
     // Sent together as the coordinator sends them: the parent's prompt is prefilled in chunks of 4, the forks
     // wait for it. A fork of a sequence that is not here runs its whole prompt.
     let ids = prompt(cfg.vocab, 12, 4);
@@ -322,9 +411,13 @@ fn tensor_parallel_pair(batched: bool) -> PairRun {
     let (to_coord_1, mut from_member) = tokio::sync::mpsc::unbounded_channel();
     let (to_member, leader_pipe) = pipe(0, &txs[1]);
     let group = vec![None, Some(to_member)];
-    txs[0].send(Work::Wired(Outbox { coordinator: to_coord, next: None, group, group_batches: batched })).unwrap();
+    txs[0]
+        .send(Work::Wired(Outbox { coordinator: to_coord, next: None, group, group_batches: batched, batch: 0 }))
+        .unwrap();
     let group = vec![Some(pipe(1, &txs[0]).0), None];
-    txs[1].send(Work::Wired(Outbox { coordinator: to_coord_1, next: None, group, group_batches: batched })).unwrap();
+    txs[1]
+        .send(Work::Wired(Outbox { coordinator: to_coord_1, next: None, group, group_batches: batched, batch: 0 }))
+        .unwrap();
     for seq in 1..=4u64 {
         let ids = prompt(cfg.vocab, 2 + seq as usize, seq);
         txs[0].send(Work::Start { seq, prompt: ids, params: JobParams::new(64, 6) }).unwrap();

@@ -404,7 +404,7 @@ pub enum SessionMsg {
     /// refused. `batched`: every member of the group said it batches ([`NodeMsg::Loaded`]), so the leader runs the
     /// waiting steps of several sequences as one step and tells the others which with [`PipeMsg::Run`]. Answered
     /// with [`NodeMsg::Wired`].
-    Wire { next: Option<String>, upstream: Option<String>, group: Vec<String>, batched: bool },
+    Wire { next: Option<String>, upstream: Option<String>, group: Vec<String>, batched: bool, batch: u32 },
     /// Start a sequence (to the first stage's leader): prefill `prompt`, then generate.
     Start { seq: u64, prompt: Vec<u32>, params: JobParams },
     /// Stop a sequence early (to the first stage's leader).
@@ -416,8 +416,9 @@ impl SessionMsg {
         match self {
             SessionMsg::Load(m) => m.validate(),
             SessionMsg::Data { data, .. } => check_len("data chunk", data.len(), MAX_DATA_CHUNK),
-            SessionMsg::Wire { next, upstream, group, .. } => {
+            SessionMsg::Wire { next, upstream, group, batch, .. } => {
                 check_len("group", group.len(), MAX_GROUP)?;
+                check_len("batch", *batch as usize, MAX_BATCH_STEPS)?;
                 next.iter().chain(upstream).chain(group).try_for_each(|p| check_str("peer id", p, 128))
             }
             SessionMsg::Start { prompt, params, .. } => {
@@ -574,9 +575,16 @@ mod tests {
         let step = |input| PipeMsg::Step { seq: 1, job: None, input, sample: true };
         assert!(step(StepInput::Tokens(vec![])).validate().is_err());
         assert!(step(StepInput::Hidden(vec![0.0; 4])).validate().is_ok());
-        let wire =
-            SessionMsg::Wire { next: None, upstream: None, group: vec!["p".into(); MAX_GROUP + 1], batched: true };
-        assert!(wire.validate().is_err());
+        let wire = |group: usize, batch: usize| SessionMsg::Wire {
+            next: None,
+            upstream: None,
+            group: vec!["p".into(); group],
+            batched: true,
+            batch: batch as u32,
+        };
+        assert!(wire(MAX_GROUP, MAX_BATCH_STEPS).validate().is_ok());
+        assert!(wire(MAX_GROUP + 1, 8).validate().is_err());
+        assert!(wire(2, MAX_BATCH_STEPS + 1).validate().is_err());
         assert!(PipeMsg::Run { seqs: vec![1; MAX_BATCH_STEPS] }.validate().is_ok());
         assert!(PipeMsg::Run { seqs: vec![1; MAX_BATCH_STEPS + 1] }.validate().is_err());
         assert!(PipeMsg::Run { seqs: vec![] }.validate().is_err());

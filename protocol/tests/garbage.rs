@@ -196,7 +196,8 @@ fn stage_messages_truncated_fail() {
     every_truncation_fails(&SessionMsg::Load(sample_manifest()), max);
     every_truncation_fails(&SessionMsg::Data { tensor: 3, offset: 1 << 40, data: vec![5; 700] }, max);
     every_truncation_fails(&SessionMsg::Start { seq: 1 << 50, prompt: vec![1, 2, 3], params: sample_job() }, max);
-    let wire = SessionMsg::Wire { next: Some("a".into()), upstream: None, group: vec!["b".into()], batched: true };
+    let wire =
+        SessionMsg::Wire { next: Some("a".into()), upstream: None, group: vec!["b".into()], batched: true, batch: 8 };
     every_truncation_fails(&wire, max);
     every_truncation_fails(&NodeMsg::Need { tensors: vec![(1, 77), (4, 0)] }, max);
     every_truncation_fails(&NodeMsg::Token { seq: 5, index: 2, token: Some(9), finish: None, logprobs: None }, max);

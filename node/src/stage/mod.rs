@@ -8,6 +8,7 @@
 //! - [`open`]: opening a stage stream and waiting for the node to take it.
 
 pub mod open;
+pub mod ring;
 pub mod session;
 pub mod store;
 pub mod worker;

@@ -122,9 +122,10 @@ async fn serve<R: AsyncRead + Unpin>(
 
     while let Some(msg) = next_msg(r).await? {
         match msg {
-            SessionMsg::Wire { next, upstream, group, batched } => {
+            SessionMsg::Wire { next, upstream, group, batched, batch } => {
                 let mut outbox = wire(server, plan, &hosted, [next, upstream], group, tx.clone()).await?;
                 outbox.group_batches = batched;
+                outbox.batch = batch as usize;
                 work.send(Work::Wired(outbox)).context("stage stopped")?;
                 tx.send(NodeMsg::Wired)?;
             }
@@ -173,7 +174,7 @@ async fn wire(
     for (j, p) in group.iter().enumerate() {
         out_group.push(if j == me.member as usize { None } else { Some(server.pipe_out(*p, plan, me).await?) });
     }
-    Ok(Outbox { coordinator, next, group: out_group, group_batches: false })
+    Ok(Outbox { coordinator, next, group: out_group, group_batches: false, batch: 0 })
 }
 
 impl StageServer {

@@ -16,6 +16,7 @@ use edge_protocol::stage::{
     Finish, Fork, JobParams, MemberRef, NodeMsg, PipeMsg, StepInput, Vocabulary, MAX_STAGE_FRAME,
 };
 
+use super::ring::InFlight;
 use crate::grammar::Grammars;
 use crate::sampler::Sampler;
 use crate::shard::{HeadOutput, Reducer, Shard, ShardError, ShardInput, ShardOutput, Step};
@@ -65,6 +66,9 @@ pub struct Outbox {
     pub group: Vec<Option<tokio::sync::mpsc::Sender<PipeMsg>>>,
     /// Every member of the group batches: the leader says which steps run together ([`PipeMsg::Run`]).
     pub group_batches: bool,
+    /// The most sequences that move through the pipeline as one group, as planned (0: no limit): batches hold
+    /// at most this many steps, and the first stage forms the groups.
+    pub batch: usize,
 }
 
 pub enum Work {
@@ -121,6 +125,8 @@ pub struct Worker {
     parked: Vec<Ready>,
     /// While a batch's results go out: what it sends the next stage, sent as one group when it has finished.
     held: Option<Vec<PipeMsg>>,
+    /// The first stage of a pipeline: the sequences whose steps are out in the ring.
+    ring: InFlight,
 }
 
 /// A fork's `Start`, held until its parent has the positions it shares.
@@ -164,6 +170,7 @@ impl Worker {
             closing: HashSet::new(),
             parked: Vec::new(),
             held: None,
+            ring: InFlight::default(),
         }
     }
 
@@ -195,6 +202,7 @@ impl Worker {
                 }
                 Work::Start { seq, prompt, params } => self.start(seq, prompt, params),
                 Work::Cancel { seq } => {
+                    self.ring.forget(seq);
                     if let Some(s) = self.seqs.get_mut(&seq) {
                         s.cancelled = true;
                     }
@@ -210,11 +218,11 @@ impl Worker {
                 Work::Pipe { msg: PipeMsg::Close { seq }, .. } => self.close(seq),
                 Work::Pipe { msg: PipeMsg::Run { seqs }, .. } => self.run_parked(&seqs),
                 Work::Pipe { msg: PipeMsg::Group { count }, from } => self.gather(from, count as usize),
-                Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, .. } => {
+                Work::Pipe { msg: PipeMsg::Step { seq, job, input, sample }, from } => {
                     if self.follows() {
                         self.park(seq, job, input, sample);
                     } else if self.batching() {
-                        self.step_batch(seq, job, input, sample);
+                        self.step_batch(from, seq, job, input, sample);
                     } else if let Err(e) = self.step(seq, job, input, sample) {
                         self.fail(seq, e);
                     }
@@ -255,6 +263,7 @@ impl Worker {
         // The other members of a group free it too (they may hold its step, forwarded before it failed here).
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
+        self.ring.forget(seq);
         self.seqs.remove(&seq);
         self.prompts.remove(&seq);
         self.parked.retain(|r| r.seq != seq);
@@ -369,6 +378,7 @@ impl Worker {
         self.parked.retain(|r| r.seq != seq);
         self.to_group(&PipeMsg::Close { seq });
         self.shard.close_sequence(seq);
+        self.ring.forget(seq);
         self.gone(seq);
         if let Some(s) = self.seqs.remove(&seq) {
             if self.leader() {
@@ -501,6 +511,39 @@ impl Worker {
         steps.into_iter().chain(rest).for_each(|m| self.send_next(m));
     }
 
+    /// The first stage of a pipeline, about to run a prompt's last chunk (after which its sequence decodes) while
+    /// a group of sequences with room for it is out in the ring: waits for that group to come back (about a round
+    /// at most, [`InFlight::wait`]) so the new sequence runs, and from then on decodes, with it
+    /// ([`super::ring`]). When the sequences out fill the planned groups, it starts a group of its own.
+    fn join_the_ring(&mut self) {
+        let Some(out) = self.out.as_ref() else { return };
+        let room = out.batch == 0 || self.ring.out() < out.batch;
+        let first = self.leader() && self.shard.spec().embed && out.next.is_some() && room;
+        let from_ring = |w: &Work| matches!(w, Work::Pipe { from, msg: PipeMsg::Step { .. } | PipeMsg::Group { .. } } if from.stage != 0);
+        if !first || self.queue.iter().any(from_ring) {
+            return;
+        }
+        let Some(wait) = self.ring.wait(Instant::now()) else { return };
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Work::Start { seq, prompt, params }) => self.start(seq, prompt, params),
+                Ok(Work::Shutdown) => return self.queue.push_front(Work::Shutdown),
+                Ok(w) if from_ring(&w) => return self.queue.push_back(w),
+                // A sequence of the group ended: the wait ends when all of them have.
+                Ok(Work::Pipe { msg: PipeMsg::Close { seq }, from }) => {
+                    self.ring.forget(seq);
+                    self.queue.push_back(Work::Pipe { msg: PipeMsg::Close { seq }, from });
+                    if self.ring.wait(Instant::now()).is_none() {
+                        return;
+                    }
+                }
+                Ok(w) => self.queue.push_back(w),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The previous stage announced a group of `count` steps: wait until all of them are queued here, so the next
     /// batch takes them together (the steps of a batch reach this stage one message at a time; started at the
     /// first, a batch would hold only what had come by then, and the pipeline's batches would split ever smaller).
@@ -536,15 +579,27 @@ impl Worker {
     }
 
     /// Runs this step together with the steps of other sequences waiting right behind it (at most one per
-    /// sequence, up to the first message that is not a step, so nothing is reordered within a sequence; a fork's
-    /// first step waits for the next batch when its parent is in this one, whose step may write the positions
-    /// it copies). When the batch fails (one bad step fails all of it, before any sequence moves), each step runs
-    /// alone, so only the bad one fails.
-    fn step_batch(&mut self, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
+    /// sequence, up to the first message that is neither a step nor a group's announcement, whose steps it waits
+    /// for, so nothing is reordered within a sequence; a fork's first step waits for the next batch when its
+    /// parent is in this one, whose step may write the positions it copies). A prompt's last chunk on the first
+    /// stage of a pipeline waits for the group out in the ring first ([`Worker::join_the_ring`]). When the batch
+    /// fails (one bad step fails all of it, before any sequence moves), each step runs alone, so only the bad one
+    /// fails.
+    fn step_batch(&mut self, from: MemberRef, seq: u64, job: Option<JobParams>, input: StepInput, sample: bool) {
         self.take_arrivals();
+        if sample && from == self.me {
+            self.join_the_ring();
+        }
         let mut steps = vec![(seq, job, input, sample)];
-        while steps.len() < MAX_BATCH {
+        let most = self.out.as_ref().map_or(0, |o| o.batch);
+        let most = if most == 0 { MAX_BATCH } else { most.min(MAX_BATCH) };
+        while steps.len() < most {
             match self.queue.front() {
+                Some(Work::Pipe { msg: PipeMsg::Group { .. }, .. }) => {
+                    if let Some(Work::Pipe { msg: PipeMsg::Group { count }, from }) = self.queue.pop_front() {
+                        self.gather(from, count as usize);
+                    }
+                }
                 Some(Work::Pipe { msg: PipeMsg::Step { seq, job, .. }, .. })
                     if steps.iter().all(|s| s.0 != *seq && Some(s.0) != job.as_ref().and_then(parent)) =>
                 {
@@ -612,6 +667,7 @@ impl Worker {
             return Ok(None);
         }
         self.to_group(&PipeMsg::Step { seq, job: job.clone(), input: input.clone(), sample });
+        self.ring.returned(seq, Instant::now());
         if let Some(job) = &job {
             let opened = self.shard.open_sequence(seq, job.capacity as usize);
             if let Some(f) = job.fork {
@@ -706,6 +762,9 @@ impl Worker {
         }
         match out {
             ShardOutput::Hidden(h) => {
+                if sample && self.shard.spec().embed {
+                    self.ring.sent(seq, Instant::now());
+                }
                 self.send_next(PipeMsg::Step { seq, job, input: StepInput::Hidden(h), sample });
                 Ok(())
             }
