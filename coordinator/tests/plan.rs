@@ -157,6 +157,26 @@ fn a_batched_pipeline_keeps_both_stages_busy_with_two_micro_batches() {
     assert!(close(single.throughput_tokens_per_s, 8e6 / 22_241.468_8));
 }
 
+/// The same two stages on one machine take turns on its cores: a round lasts both stages' busy times added up, so
+/// two groups of four gain nothing over one batch of all eight (244.9 against 346.9 tok/s).
+#[test]
+fn stages_sharing_a_host_move_their_sequences_as_one_group() {
+    let (model, mut nodes) = batched_case(10.0, 2);
+    let stages = plan(&model, &nodes, &req(100, 8)).unwrap().stages;
+    for n in &mut nodes {
+        n.host = edge_coord::plan::host_of("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW");
+    }
+    assert_eq!(nodes[0].host.as_deref(), Some("/ip4/127.0.0.1"));
+    let p = predict(&model, &nodes, &req(100, 8), &stages);
+    assert_eq!((p.batch, p.micro_batches), (8, 1), "{p:?}");
+    assert!(close(p.throughput_tokens_per_s, 8e6 / p.batch_latency_us), "{p:?}");
+    assert!((p.throughput_tokens_per_s - 346.9).abs() < 0.1, "{p:?}");
+    // On hosts of their own: two groups of four, as above.
+    nodes[1].host = edge_coord::plan::host_of("/ip4/10.0.0.2/udp/4001/quic-v1");
+    assert_eq!((predict(&model, &nodes, &req(100, 8), &stages).batch), 4);
+    assert_eq!(edge_coord::plan::host_of("/p2p/12D3KooW"), None);
+}
+
 #[test]
 fn batch_sizes_are_powers_of_two_and_all_sequences_up_to_the_workers_batch() {
     use edge_coord::plan::{batches, MAX_BATCH};
@@ -359,6 +379,7 @@ fn arb_node() -> impl Strategy<Value = NodeProfile> {
             dispatch_us: d,
             row_gmacs: row,
             link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
+            host: None,
         },
     )
 }
@@ -547,6 +568,7 @@ fn tp_node(id: &str, memory: u64, gemv_gbps: f64, latency_us: f64, bandwidth_mbp
         dispatch_us: 1.0,
         row_gmacs: 0.0,
         link: LinkProfile { latency_us, bandwidth_mbps },
+        host: None,
     }
 }
 
@@ -711,6 +733,7 @@ fn big_cluster(memory_scale: u64) -> Vec<NodeProfile> {
                 dispatch_us: d,
                 row_gmacs: row,
                 link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
+                host: None,
             }
         })
         .collect()

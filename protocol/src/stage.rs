@@ -402,8 +402,9 @@ pub enum SessionMsg {
     /// `group` (peer ids in member order; one entry for a plain stage). `upstream` is the leader that sends
     /// into this stage (the previous stage's; the last stage's for the first); pipes from anyone else are
     /// refused. `batched`: every member of the group said it batches ([`NodeMsg::Loaded`]), so the leader runs the
-    /// waiting steps of several sequences as one step and tells the others which with [`PipeMsg::Run`]. Answered
-    /// with [`NodeMsg::Wired`].
+    /// waiting steps of several sequences as one step and tells the others which with [`PipeMsg::Run`]. `batch`:
+    /// the most sequences that move through the pipeline as one group, as planned (0: no limit). Answered with
+    /// [`NodeMsg::Wired`].
     Wire { next: Option<String>, upstream: Option<String>, group: Vec<String>, batched: bool, batch: u32 },
     /// Start a sequence (to the first stage's leader): prefill `prompt`, then generate.
     Start { seq: u64, prompt: Vec<u32>, params: JobParams },

@@ -98,6 +98,7 @@ pub fn node_profile(n: &SimNode) -> NodeProfile {
         dispatch_us: n.device.dispatch_us,
         row_gmacs: n.device.row_gmacs,
         link: LinkProfile { latency_us: n.link.planner_latency_us(), bandwidth_mbps: n.link.bandwidth_mbps },
+        host: None,
     }
 }
 

@@ -99,6 +99,8 @@ pub mod pipeline;
 pub mod repair;
 pub mod replicas;
 
+use std::collections::HashMap;
+
 use edge_protocol::{LayerSlice, ShardSpec};
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +130,11 @@ pub struct NodeProfile {
     #[serde(default)]
     pub row_gmacs: f64,
     pub link: LinkProfile,
+    /// The machine the node runs on, as far as the coordinator can tell (the IP address it reaches the node at):
+    /// stages on one host share its compute, so a round of batches lasts at least their busy times added up.
+    /// None: a machine of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A node's link to the switch.
@@ -162,7 +169,18 @@ impl NodeProfile {
                     .filter(|b| b.is_finite() && *b > 0.0)
                     .unwrap_or(DEFAULT_BANDWIDTH_MBPS),
             },
+            host: m.peer.via.iter().chain(&m.peer.addrs).find_map(|a| host_of(a)),
         })
+    }
+}
+
+/// The host part of a multiaddr (`/ip4/10.0.0.7` of `/ip4/10.0.0.7/tcp/4001/p2p/...`); None for an address
+/// without one.
+pub fn host_of(addr: &str) -> Option<String> {
+    let mut parts = addr.split('/').skip(1);
+    match (parts.next()?, parts.next()?) {
+        (kind @ ("ip4" | "ip6" | "dns" | "dns4" | "dns6"), host) if !host.is_empty() => Some(format!("/{kind}/{host}")),
+        _ => None,
     }
 }
 
@@ -473,9 +491,26 @@ fn occupancies(cost: &CostModel, nodes: &[NodeProfile], stages: &[Stage]) -> Occ
     let bottleneck = if n < 2 {
         stage_us.first().copied().unwrap_or(0.0)
     } else {
-        (0..n).map(|i| stage_us[i] + 2.0 * busy_us[i]).fold(0.0, f64::max)
+        let own = (0..n).map(|i| stage_us[i] + 2.0 * busy_us[i]).fold(0.0, f64::max);
+        shared_host_us(nodes, stages, &stage_us).max(own)
     };
     Occupancies { stage_us, hop_us, latency, bottleneck }
+}
+
+/// The busiest host's compute per round: the stage times of the stages with a member on it, added up (stages
+/// on one machine take turns on its cores; 0 when no host holds two stages).
+fn shared_host_us(nodes: &[NodeProfile], stages: &[Stage], stage_us: &[f64]) -> f64 {
+    let mut by_host: HashMap<&str, (usize, f64)> = HashMap::new();
+    for (s, us) in stages.iter().zip(stage_us) {
+        let mut hosts: Vec<&str> = s.members.iter().filter_map(|m| nodes[m.node].host.as_deref()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for h in hosts {
+            let e = by_host.entry(h).or_default();
+            *e = (e.0 + 1, e.1 + us);
+        }
+    }
+    by_host.values().filter(|(stages, _)| *stages > 1).map(|&(_, us)| us).fold(0.0, f64::max)
 }
 
 /// Fills in the stages' predicted times and the prediction.

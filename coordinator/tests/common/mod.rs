@@ -46,6 +46,7 @@ pub fn node(id: &str, usable: u64, gemv_gbps: f64) -> NodeProfile {
         dispatch_us: 10.0,
         row_gmacs: 0.0,
         link: LinkProfile { latency_us: 100.0, bandwidth_mbps: 100.0 },
+        host: None,
     }
 }
 

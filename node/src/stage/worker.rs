@@ -5,7 +5,10 @@
 //! members first, so all members run the same steps in the same order, and exchanges partial sums with them
 //! inside [`Shard::forward_reduce`] / [`Shard::forward_batch`]. In a group whose members all batch, the leader
 //! follows the steps it forwarded with [`PipeMsg::Run`] (which of them it runs now, together); the others hold
-//! their steps until it comes, so every member runs the very same batches.
+//! their steps until it comes, so every member runs the very same batches. Down a pipeline a batch stays whole: its
+//! steps go on announced as one group ([`PipeMsg::Group`]), which the next stage waits for and runs together; the
+//! first stage forms the groups, of at most the planned batch ([`Outbox::batch`]), a new sequence joining the
+//! group out in the ring when it has room ([`super::ring`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
