@@ -69,8 +69,8 @@
 //! take `b` times the one-row step; their links carry the `b` hidden states one after another after one latency.
 //! With the batch's latency `L_b` (sum of stage times and hops at `b`) and bottleneck `B_b`, one round moves
 //! every group once and lasts `max(L_b, m x B_b)` (`B_b` is also at least the busiest host's stage times added up,
-//! for stages whose members share a machine, [`NodeProfile::host`]): `throughput_tokens_per_s = max over b of sequences x 1e6 /
-//! max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
+//! for stages whose members share a machine, [`NodeProfile::host`]): `throughput_tokens_per_s = max over b of
+//! sequences x 1e6 / max(L_b, m x B_b)` for `b` in 1, 2, 4, ... and `sequences` ([`batches`]); `b = 1` gives
 //! `min(sequences x 1e6 / token_latency_us, 1e6 / bottleneck_us)`, every token stepping alone. The prediction
 //! reports the best `b` (`batch`), `m` (`micro_batches`), `L_b` and `B_b`.
 //!
