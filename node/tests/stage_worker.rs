@@ -35,6 +35,40 @@ impl Recording {
     }
 }
 
+/// Where a stage of one member sends its results: the coordinator's channel, `next` (None: around its own ring),
+/// batches of at most `batch` sequences (0: no limit).
+fn lone(
+    coordinator: tokio::sync::mpsc::UnboundedSender<NodeMsg>,
+    next: Option<tokio::sync::mpsc::Sender<PipeMsg>>,
+    batch: usize,
+) -> Outbox {
+    Outbox { coordinator, next, group: vec![None], group_batches: false, batch }
+}
+
+/// A stage of the tiny model (`spec` of its config) behind a recorder; its calls and the config.
+fn recorded(spec: impl FnOnce(&ModelConfig) -> ShardSpec) -> (Recording, Calls, ModelConfig) {
+    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
+    let calls = Calls::default();
+    let shard = Recording::new(CpuShard::load(&g, &cfg, spec(&cfg)).unwrap(), calls.clone());
+    (shard, calls, cfg)
+}
+
+/// A worker's queue, wired to send what goes to the next stage to the last receiver (reports to the other).
+type Piped = (
+    std::sync::mpsc::Sender<Work>,
+    std::sync::mpsc::Receiver<Work>,
+    tokio::sync::mpsc::UnboundedReceiver<NodeMsg>,
+    tokio::sync::mpsc::Receiver<PipeMsg>,
+);
+
+fn piped_queue() -> Piped {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to_coord, reports) = tokio::sync::mpsc::unbounded_channel();
+    let (next, sent) = tokio::sync::mpsc::channel(64);
+    tx.send(Work::Wired(lone(to_coord, Some(next), 0))).unwrap();
+    (tx, rx, reports, sent)
+}
+
 fn rows(input: &ShardInput<'_>) -> usize {
     match input {
         ShardInput::Tokens(t) => t.len(),
@@ -89,21 +123,12 @@ impl Shard for Recording {
 
 #[test]
 fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
-    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
-    let calls = Calls::default();
-    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let (shard, calls, cfg) = recorded(|c| ShardSpec::whole(c.n_layers as u32));
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
     // Everything is queued before the worker runs: the long prompt's Start, then the short one's behind it.
-    tx.send(Work::Wired(Outbox {
-        coordinator: to_coord,
-        next: None,
-        group: vec![None],
-        group_batches: false,
-        batch: 0,
-    }))
-    .unwrap();
+    tx.send(Work::Wired(lone(to_coord, None, 0))).unwrap();
     let long = JobParams { prefill_chunk: 4, ..JobParams::new(64, 2) };
     tx.send(Work::Start { seq: 1, prompt: prompt(cfg.vocab, 12, 1), params: long }).unwrap();
     tx.send(Work::Start { seq: 2, prompt: prompt(cfg.vocab, 3, 2), params: JobParams::new(64, 2) }).unwrap();
@@ -131,15 +156,9 @@ fn a_request_arriving_during_a_chunked_prefill_joins_the_next_batch() {
 /// starts at the first step and the pipeline's batches split ever smaller).
 #[test]
 fn a_batch_goes_on_as_one_announced_group_and_the_next_stage_runs_it_whole() {
-    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
-    let calls = Calls::default();
-    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let (shard, calls, cfg) = recorded(|c| ShardSpec::whole(c.n_layers as u32));
     let me = MemberRef { stage: 0, member: 0 };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (to_coord, _reports) = tokio::sync::mpsc::unbounded_channel();
-    let (next, mut sent) = tokio::sync::mpsc::channel(64);
-    let wired = Outbox { coordinator: to_coord, next: Some(next), group: vec![None], group_batches: false, batch: 0 };
-    tx.send(Work::Wired(wired)).unwrap();
+    let (tx, rx, _reports, mut sent) = piped_queue();
     for seq in 1..=3u64 {
         let p = prompt(cfg.vocab, 2 + seq as usize, seq);
         tx.send(Work::Start { seq, prompt: p, params: JobParams::new(64, 4) }).unwrap();
@@ -178,19 +197,10 @@ fn a_batch_goes_on_as_one_announced_group_and_the_next_stage_runs_it_whole() {
 /// Batches hold at most the planned group of sequences (`Outbox::batch`): the rest run as a group of their own.
 #[test]
 fn batches_hold_at_most_the_planned_group() {
-    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
-    let calls = Calls::default();
-    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let (shard, calls, cfg) = recorded(|c| ShardSpec::whole(c.n_layers as u32));
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox {
-        coordinator: to_coord,
-        next: None,
-        group: vec![None],
-        group_batches: false,
-        batch: 2,
-    }))
-    .unwrap();
+    tx.send(Work::Wired(lone(to_coord, None, 2))).unwrap();
     for seq in 1..=3u64 {
         tx.send(Work::Start { seq, prompt: prompt(cfg.vocab, 2, seq), params: JobParams::new(64, 2) }).unwrap();
     }
@@ -216,16 +226,9 @@ fn batches_hold_at_most_the_planned_group() {
 /// the ring waits for that step to come back and runs with it, so the two decode as one group from then on.
 #[test]
 fn a_new_sequence_on_the_first_stage_joins_the_group_out_in_the_ring() {
-    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
-    let calls = Calls::default();
-    let spec = ShardSpec { layer_start: 0, layer_end: 1, embed: true, head: false };
-    let shard = Recording::new(CpuShard::load(&g, &cfg, spec).unwrap(), calls.clone());
+    let (shard, calls, cfg) = recorded(|_| ShardSpec { layer_start: 0, layer_end: 1, embed: true, head: false });
     let me = MemberRef { stage: 0, member: 0 };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (to_coord, _reports) = tokio::sync::mpsc::unbounded_channel();
-    let (next, mut sent) = tokio::sync::mpsc::channel(64);
-    let wired = Outbox { coordinator: to_coord, next: Some(next), group: vec![None], group_batches: false, batch: 0 };
-    tx.send(Work::Wired(wired)).unwrap();
+    let (tx, rx, _reports, mut sent) = piped_queue();
     tx.send(Work::Start { seq: 1, prompt: prompt(cfg.vocab, 5, 1), params: JobParams::new(64, 4) }).unwrap();
     let worker = std::thread::spawn(move || Worker::new(Box::new(shard), me, rx).run());
     let out = sent.blocking_recv();
@@ -263,14 +266,7 @@ fn an_embedding_job_answers_one_unit_vector_and_closes_its_sequence() {
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox {
-        coordinator: to_coord,
-        next: None,
-        group: vec![None],
-        group_batches: false,
-        batch: 0,
-    }))
-    .unwrap();
+    tx.send(Work::Wired(lone(to_coord, None, 0))).unwrap();
     let embed = JobParams { embed: true, ..JobParams::new(64, 1) };
     tx.send(Work::Start { seq: 1, prompt: ids.clone(), params: embed.clone() }).unwrap();
     let chunked = JobParams { prefill_chunk: 5, ..embed };
@@ -308,21 +304,12 @@ type Choices = (Vec<Vec<u32>>, Vec<Fork3>, Vec<Vec<(SeqId, usize)>>);
 /// Runs three greedy choices of one request and a fork of a sequence that is not here through a one-stage worker,
 /// each generating `max_tokens`; returns each one's tokens, the forks the shard made and its forward calls.
 fn choices(max_tokens: u32) -> Choices {
-    let (g, cfg) = Tiny::llama(|_, _| GgmlType::Q4_0).load();
-    let calls = Calls::default();
-    let shard = Recording::new(CpuShard::load(&g, &cfg, ShardSpec::whole(cfg.n_layers as u32)).unwrap(), calls.clone());
+    let (shard, calls, cfg) = recorded(|c| ShardSpec::whole(c.n_layers as u32));
     let forks = shard.forks.clone();
     let me = MemberRef { stage: 0, member: 0 };
     let (tx, rx) = std::sync::mpsc::channel();
     let (to_coord, mut from_worker) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(Work::Wired(Outbox {
-        coordinator: to_coord,
-        next: None,
-        group: vec![None],
-        group_batches: false,
-        batch: 0,
-    }))
-    .unwrap();
+    tx.send(Work::Wired(lone(to_coord, None, 0))).unwrap();
     // Sent together as the coordinator sends them: the parent's prompt is prefilled in chunks of 4, the forks
     // wait for it. A fork of a sequence that is not here runs its whole prompt.
     let ids = prompt(cfg.vocab, 12, 4);
