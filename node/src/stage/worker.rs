@@ -528,21 +528,34 @@ impl Worker {
         }
         let Some(wait) = self.ring.wait(Instant::now()) else { return };
         let deadline = Instant::now() + wait;
-        loop {
-            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Work::Start { seq, prompt, params }) => self.start(seq, prompt, params),
-                Ok(Work::Shutdown) => return self.queue.push_front(Work::Shutdown),
-                Ok(w) if from_ring(&w) => return self.queue.push_back(w),
+        while let Some(w) = self.arrival_until(deadline) {
+            match w {
+                w if from_ring(&w) => return self.queue.push_back(w),
                 // A sequence of the group ended: the wait ends when all of them have.
-                Ok(Work::Pipe { msg: PipeMsg::Close { seq }, from }) => {
+                Work::Pipe { msg: PipeMsg::Close { seq }, from } => {
                     self.ring.forget(seq);
                     self.queue.push_back(Work::Pipe { msg: PipeMsg::Close { seq }, from });
                     if self.ring.wait(Instant::now()).is_none() {
                         return;
                     }
                 }
-                Ok(w) => self.queue.push_back(w),
-                Err(_) => return,
+                w => self.queue.push_back(w),
+            }
+        }
+    }
+
+    /// The next work to arrive before `deadline` other than a `Start`, each of which is taken at once (as
+    /// [`Worker::take_arrivals`] does); None at the deadline, or at a `Shutdown` (queued first).
+    fn arrival_until(&mut self, deadline: Instant) -> Option<Work> {
+        loop {
+            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Work::Start { seq, prompt, params }) => self.start(seq, prompt, params),
+                Ok(Work::Shutdown) => {
+                    self.queue.push_front(Work::Shutdown);
+                    return None;
+                }
+                Ok(w) => return Some(w),
+                Err(_) => return None,
             }
         }
     }
@@ -557,14 +570,10 @@ impl Worker {
         let deadline = Instant::now() + GROUP_WAIT;
         let ours = |w: &Work| matches!(w, Work::Pipe { from: f, msg: PipeMsg::Step { .. } } if *f == from);
         while self.queue.iter().filter(|w| ours(w)).count() < count {
-            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Work::Start { seq, prompt, params }) => self.start(seq, prompt, params),
-                Ok(Work::Shutdown) => return self.queue.push_front(Work::Shutdown),
-                Ok(w) => self.queue.push_back(w),
-                Err(_) => {
-                    tracing::debug!(count, "a group announced by the previous stage came short");
-                    return;
-                }
+            match self.arrival_until(deadline) {
+                Some(w) => self.queue.push_back(w),
+                None if matches!(self.queue.front(), Some(Work::Shutdown)) => return,
+                None => return tracing::debug!(count, "a group announced by the previous stage came short"),
             }
         }
     }
