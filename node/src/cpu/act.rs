@@ -99,8 +99,19 @@ fn q8_block_portable(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     (d, sum)
 }
 
-/// One Q8_K block of 256 into its 292 bytes.
+/// One Q8_K block of 256 into its 292 bytes. AVX2 where the CPU has it (the same bytes).
 fn q8k_block(x: &[f32], o: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected; blocks are 256 floats and 292 bytes.
+        if unsafe { super::kernels::avx2::q8k_block(x, o) } {
+            return;
+        }
+    }
+    q8k_block_portable(x, o)
+}
+
+fn q8k_block_portable(x: &[f32], o: &mut [u8]) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -165,6 +176,38 @@ mod tests {
         for x in &blocks {
             let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
             assert_eq!(super::q8_block(x, &mut a), super::q8_block_portable(x, &mut b), "{x:?}");
+            assert_eq!(a, b, "{x:?}");
+        }
+    }
+
+    /// The same for Q8_K blocks: random spreads, the largest magnitude twice with both signs, halfway cases,
+    /// zeros, values that are not finite.
+    #[test]
+    fn q8k_blocks_are_the_same_on_every_path() {
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut blocks: Vec<Vec<f32>> =
+            (0..300).map(|i| (0..256).map(|_| next() * (i as f32 * 0.37 + 1e-3)).collect()).collect();
+        blocks.push(vec![0.0; 256]);
+        // The largest magnitude at 7 (negative) and 200 (positive): the first one's sign sets the scale.
+        blocks.push(
+            (0..256).map(|i| [(i as f32) * 0.01, -5.0, 5.0][(i == 7) as usize + 2 * (i == 200) as usize]).collect(),
+        );
+        // max = -127: iscale = 1, every halfway case of both signs.
+        blocks.push((0..256).map(|i| if i == 3 { -127.0 } else { (i % 64) as f32 - 31.5 }).collect());
+        blocks.push((0..256).map(|i| if i == 9 { 1e-30 } else { 0.0 }).collect());
+        let mut odd = blocks[5].clone();
+        odd[17] = f32::NAN;
+        blocks.push(odd.clone());
+        odd[17] = f32::NEG_INFINITY;
+        blocks.push(odd);
+        for x in &blocks {
+            let (mut a, mut b) = ([0u8; 292], [0u8; 292]);
+            super::q8k_block(x, &mut a);
+            super::q8k_block_portable(x, &mut b);
             assert_eq!(a, b, "{x:?}");
         }
     }
