@@ -58,6 +58,9 @@ struct Scratch {
     delta: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Logits of a step's head rows (several MB with a large vocabulary: a fresh zeroed buffer per step cost
+    /// page faults and a memset).
+    logits: Vec<f32>,
     acts: Acts,
     /// Time and weight bytes per kind of op, when profiling.
     prof: Option<Vec<OpStat>>,
@@ -205,6 +208,9 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// Most rows of logits the scratch keeps between steps (a decode batch's).
+const KEEP_LOGIT_ROWS: usize = 32;
+
 /// One sequence's rows in a batched step: rows `row0 .. row0 + n` of the step are its positions `pos0 ..`.
 #[derive(Debug, Clone, Copy)]
 struct Seg {
@@ -317,20 +323,18 @@ impl CpuShard {
         Ok(())
     }
 
-    /// Logits `(rows.len(), vocab)` of the given rows of `x`.
-    fn head(&mut self, x: &[f32], rows: &[usize]) -> Vec<f32> {
+    /// Logits `(rows.len(), vocab)` of the given rows of `x`, in `s.logits`.
+    fn head(&mut self, x: &[f32], rows: &[usize]) {
         let (norm, out) = self.head.as_ref().expect("head shard");
         let dim = self.cfg.dim;
         let xb = resize(&mut self.s.xb, rows.len() * dim);
         self.s.acts.form_and_quantize(&self.pool, xb, dim, &[out], |i, o| {
             rmsnorm(o, &x[rows[i] * dim..][..dim], norm, self.cfg.rms_eps)
         });
-        let mut logits = vec![0.0; rows.len() * out.rows];
+        // Every element is written by the matmul: no need to clear what the last step left.
+        let logits = resize(&mut self.s.logits, rows.len() * out.rows);
         let (pool, model, acts) = (&self.pool, self.gguf.bytes(), &self.s.acts);
-        timed(&mut self.s.prof, 5, out.range.len(), || {
-            matmul(pool, model, &[out], acts, rows.len(), &mut [&mut logits])
-        });
-        logits
+        timed(&mut self.s.prof, 5, out.range.len(), || matmul(pool, model, &[out], acts, rows.len(), &mut [logits]));
     }
 }
 
@@ -543,10 +547,14 @@ impl Shard for CpuShard {
         };
         let head_rows: Vec<usize> = steps.iter().zip(&segs).flat_map(wanted).collect();
         let vocab = self.cfg.vocab;
-        let logits = if head_rows.is_empty() { Vec::new() } else { self.head(&x, &head_rows) };
-        let mut per_row = logits.chunks_exact(vocab);
+        if head_rows.is_empty() {
+            self.s.logits.clear();
+        } else {
+            self.head(&x, &head_rows);
+        }
+        let mut per_row = self.s.logits[..head_rows.len() * vocab].chunks_exact(vocab);
         let norm = &self.head.as_ref().expect("head shard").0;
-        Ok(steps
+        let outs = steps
             .iter()
             .zip(&segs)
             .map(|(s, g)| match s.want {
@@ -557,6 +565,12 @@ impl Shard for CpuShard {
                     ShardOutput::HiddenSum(normed_sum(&x[g.row0 * dim..(g.row0 + g.n) * dim], norm, self.cfg.rms_eps))
                 }
             })
-            .collect())
+            .collect();
+        // A decode batch's logits stay for the next step; a long prompt's every-row logits (speculation,
+        // perplexity) are not kept.
+        if head_rows.len() > KEEP_LOGIT_ROWS {
+            self.s.logits = Vec::new();
+        }
+        Ok(outs)
     }
 }
