@@ -23,25 +23,27 @@ fn packing_paths(ty: GgmlType) -> Vec<Kernels> {
     Isa::available().into_iter().map(|i| Kernels::new(i).unwrap()).filter(|k| k.packed(ty).is_some()).collect()
 }
 
-/// `x` `(n, cols)` as Q8_1 rows.
-fn q8_1(x: &[f32], cols: usize) -> Vec<u8> {
-    let rb = ActType::Q8_1.row_bytes(cols);
+/// `x` `(n, cols)` as rows of activation type `act`.
+fn quantized(act: ActType, x: &[f32], cols: usize) -> Vec<u8> {
+    let rb = act.row_bytes(cols);
     let mut a = vec![0u8; x.len() / cols * rb];
     for (xr, o) in x.chunks_exact(cols).zip(a.chunks_exact_mut(rb)) {
-        ActType::Q8_1.quantize_row(xr, o);
+        act.quantize_row(xr, o);
     }
     a
 }
 
-/// The packed kernel of `k` over all groups of `packed` for the `n` tokens of `a`: `(n, rows)`.
-fn run(k: Kernels, ty: GgmlType, rows: usize, cols: usize, packed: &[u8], a: &[u8], n: usize) -> Vec<f32> {
+/// The packed kernel of `k` over all groups of `packed` for the `n` tokens of `x`, quantized as the kernel takes
+/// them: `(n, rows)`.
+fn run(k: Kernels, ty: GgmlType, rows: usize, cols: usize, packed: &[u8], x: &[f32], n: usize) -> Vec<f32> {
     let kernel = k.packed(ty).unwrap();
+    let a = quantized(k.packed_act(ty), x, cols);
     let gbytes = packed.len() / (rows / ROWS);
     let mut out = vec![f32::NAN; n * rows];
     for g in 0..rows / ROWS {
-        let rb = ActType::Q8_1.row_bytes(cols);
+        let rb = k.packed_act(ty).row_bytes(cols);
         // SAFETY: an available path; one group of `cols`, `n` activation rows; `out` holds n rows of `rows`.
-        unsafe { kernel(cols, &packed[g * gbytes..][..gbytes], a, rb, n, out.as_mut_ptr().add(g * ROWS), rows) };
+        unsafe { kernel(cols, &packed[g * gbytes..][..gbytes], &a, rb, n, out.as_mut_ptr().add(g * ROWS), rows) };
     }
     out
 }
@@ -53,16 +55,15 @@ fn check(ty: GgmlType, rows: usize, blocks: usize, n: usize, w_scale: f32, x_sca
     let mut rng = Rng(seed);
     let w = quant_matrix(ty, rows, cols, w_scale, &mut rng);
     let x = rng.vec(n * cols, x_scale);
-    let a = q8_1(&x, cols);
     let packed = repack::repack(ty, rows, cols, &w).expect("whole groups of a packed type");
     assert_eq!(packed.len(), w.len(), "the layout takes the bytes GGML's does");
     let row_bytes = ty.row_bytes(cols);
     let mut wf = vec![0.0; cols];
     let paths = packing_paths(ty);
     assert_eq!(paths[0].isa(), Isa::Generic, "the portable path packs every packed type");
-    let portable = run(paths[0], ty, rows, cols, &packed, &a, n);
+    let portable = run(paths[0], ty, rows, cols, &packed, &x, n);
     for &k in &paths {
-        let got = run(k, ty, rows, cols, &packed, &a, n);
+        let got = run(k, ty, rows, cols, &packed, &x, n);
         for r in 0..rows {
             dequantize_row(ty, &w[r * row_bytes..][..row_bytes], &mut wf);
             for t in 0..n {
@@ -81,7 +82,7 @@ fn check(ty: GgmlType, rows: usize, blocks: usize, n: usize, w_scale: f32, x_sca
             }
         }
         for t in 0..n {
-            let alone = run(k, ty, rows, cols, &packed, &a[t * a.len() / n..(t + 1) * a.len() / n], 1);
+            let alone = run(k, ty, rows, cols, &packed, &x[t * cols..(t + 1) * cols], 1);
             assert_eq!(alone, got[t * rows..(t + 1) * rows], "{ty:?} {:?} token {t} alone vs among {n}", k.isa());
         }
     }
@@ -120,7 +121,7 @@ fn extreme_blocks_do_not_overflow() {
             dequantize_row(ty, &row, &mut wf);
             let want: f64 = wf.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
             for k in packing_paths(ty) {
-                for v in run(k, ty, ROWS, cols, &packed, &q8_1(&x, cols), 1) {
+                for v in run(k, ty, ROWS, cols, &packed, &x, 1) {
                     assert!(
                         (v as f64 - want).abs() <= 1e-3 * want.abs(),
                         "{ty:?} {:?} {pattern}: {v} vs {want}",
@@ -155,11 +156,11 @@ fn packed_matmul_on_the_pool_equals_each_group_alone() {
         let (cols, ra, rb) = (96, 40, 24);
         let mut rng = Rng(3);
         let wa = quant_matrix(GgmlType::Q5_0, ra, cols, 1.0, &mut rng);
-        let wb = quant_matrix(GgmlType::Q4_1, rb, cols, 1.0, &mut rng);
+        let wb = quant_matrix(GgmlType::Q8_0, rb, cols, 1.0, &mut rng);
         let mut bytes = wa.clone();
         bytes.extend(&wb);
         let ma = Mat::raw(GgmlType::Q5_0, ra, cols, k).unwrap().repacked(&wa, k);
-        let mut mb = Mat::raw(GgmlType::Q4_1, rb, cols, k).unwrap().repacked(&wb, k);
+        let mut mb = Mat::raw(GgmlType::Q8_0, rb, cols, k).unwrap().repacked(&wb, k);
         mb.range = wa.len()..wa.len() + wb.len();
         assert!(ma.is_packed() && mb.is_packed());
         let (pa, pb) = (repack::repack(ma.ty, ra, cols, &wa).unwrap(), repack::repack(mb.ty, rb, cols, &wb).unwrap());
@@ -167,13 +168,11 @@ fn packed_matmul_on_the_pool_equals_each_group_alone() {
             let x = rng.vec(n * cols, 2.0);
             let mut acts = Acts::default();
             acts.quantize(&x, cols, &[&ma, &mb]);
-            let a = q8_1(&x, cols);
-            let rb_ = a.len() / n;
             for pool in &pools {
                 let (mut oa, mut ob) = (vec![0.0; n * ra], vec![0.0; n * rb]);
                 matmul(pool, &bytes, &[&ma, &mb], &acts, n, &mut [&mut oa, &mut ob]);
                 for t in 0..n {
-                    let at = &a[t * rb_..(t + 1) * rb_];
+                    let at = &x[t * cols..(t + 1) * cols];
                     assert_eq!(oa[t * ra..][..ra], run(k, ma.ty, ra, cols, &pa, at, 1), "{:?} n={n} t={t}", k.isa());
                     assert_eq!(ob[t * rb..][..rb], run(k, mb.ty, rb, cols, &pb, at, 1), "{:?} n={n} t={t}", k.isa());
                 }

@@ -3,6 +3,8 @@
 //! block):
 //! - `Q8_0` (for Q4_0, Q5_0, Q8_0 weights): `d (f32), qs[32] (i8)`; x ≈ d * q. 36 bytes.
 //! - `Q8_1` (for Q4_1 weights): `d (f32), s (f32) = d * Σq, qs[32]`; the sum carries the weights' min. 40 bytes.
+//! - `Q8_1U`: `Q8_1` with each q stored as the unsigned byte `q + 128` (its sign bit flipped), the unsigned side
+//!   of a u8 x i8 product (`vpdpbusd`) against signed weights (the packed Q8_0 kernel on AVX-512 VNNI).
 //! - `Q8_K` (for Q4_K, Q6_K weights): `d (f32), qs[256], bsums[16] (i16)`, the sum of each 16 q's. 292 bytes.
 //! - `F32` (for F16 and F32 weights): the floats themselves.
 //!
@@ -14,6 +16,7 @@
 pub enum ActType {
     Q8_0,
     Q8_1,
+    Q8_1U,
     Q8K,
     F32,
 }
@@ -23,7 +26,7 @@ impl ActType {
     pub const fn block(self) -> (usize, usize) {
         match self {
             ActType::Q8_0 => (32, 36),
-            ActType::Q8_1 => (32, 40),
+            ActType::Q8_1 | ActType::Q8_1U => (32, 40),
             ActType::Q8K => (256, 292),
             ActType::F32 => (1, 4),
         }
@@ -45,11 +48,14 @@ impl ActType {
                     o[..4].copy_from_slice(&d.to_le_bytes());
                 }
             }
-            ActType::Q8_1 => {
+            ActType::Q8_1 | ActType::Q8_1U => {
                 for (blk, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(40)) {
                     let (d, sum) = q8_block(blk, &mut o[8..]);
                     o[..4].copy_from_slice(&d.to_le_bytes());
                     o[4..8].copy_from_slice(&(d * sum as f32).to_le_bytes());
+                    if self == ActType::Q8_1U {
+                        o[8..].iter_mut().for_each(|q| *q ^= 0x80);
+                    }
                 }
             }
             ActType::Q8K => {

@@ -79,7 +79,7 @@ impl Mat {
             m.make_read_only()
         });
         match pages {
-            Ok(pages) => Mat { act: repack::act_type(self.ty), packed: Some((Arc::new(pages), kernel)), ..self },
+            Ok(pages) => Mat { act: kernels.packed_act(self.ty), packed: Some((Arc::new(pages), kernel)), ..self },
             // No memory for a copy: the kernels read the GGML layout in place.
             Err(_) => self,
         }

@@ -58,7 +58,8 @@ pub const fn group_block(ty: GgmlType) -> Option<usize> {
     }
 }
 
-/// The activations the packed kernel of `ty` takes: Q8_K for the K-quants, Q8_1 for the others.
+/// The activations the portable packed kernel of `ty` takes: Q8_K for the K-quants, Q8_1 for the others (a SIMD
+/// path may take another form: `Kernels::packed_act`).
 pub fn act_type(ty: GgmlType) -> crate::cpu::act::ActType {
     match ty {
         GgmlType::Q4K | GgmlType::Q6K => crate::cpu::act::ActType::Q8K,

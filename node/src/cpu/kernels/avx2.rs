@@ -24,7 +24,7 @@ unsafe fn fifth_bits(x: u32) -> __m256i {
 }
 
 super::x86::x86_kernels!("avx2,fma,f16c", 2, 4);
-super::x86_packed::x86_packed!("avx2,fma,f16c", 4);
+super::x86_packed::x86_packed!("avx2,fma,f16c", 4, false);
 super::x86_packed_k::x86_packed_k!("avx2,fma,f16c", 2);
 
 /// One Q8 activation block of 32 floats (`cpu::act`): writes the 32 q's to `qs`, returns `(d, Σq)`. The same

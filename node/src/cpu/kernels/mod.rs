@@ -251,6 +251,17 @@ impl Kernels {
         })
     }
 
+    /// The activations [`Kernels::packed`]'s kernel of `ty` takes: the portable kernel's
+    /// ([`super::repack::act_type`]), except Q8_0 on AVX-512 VNNI, whose kernel takes unsigned activation bytes
+    /// against the signed weights (`x86_packed.rs`).
+    pub fn packed_act(self, ty: GgmlType) -> super::act::ActType {
+        match (self.isa, ty) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q8_0) => super::act::ActType::Q8_1U,
+            _ => super::repack::act_type(ty),
+        }
+    }
+
     /// One head's attention over `n` f16 cache positions (see `generic::attend`); `hd` a multiple of 8 on the x86
     /// paths, of 4 on the ARM ones (else the portable one runs).
     #[allow(clippy::too_many_arguments)]

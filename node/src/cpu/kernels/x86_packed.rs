@@ -9,8 +9,14 @@
 //! holds up to `TOKENS` tokens' sums and accumulators in registers while the unpacked weights serve all of them.
 
 /// Expands `gemm8_q4_0`, `gemm8_q4_1`, `gemm8_q5_0` and `gemm8_q8_0` in the invoking module with `$tokens` tokens per tile.
+///
+/// With `$unsigned_q8` (a `mul_add` that takes u8 x i8 without saturation: VNNI), `gemm8_q8_0` takes `Q8_1U`
+/// activations (`q + 128` as unsigned bytes) straight against the signed weights, `Σ (a + 128) w = Σ a w +
+/// 128 Σ w`, with the weights' sums formed once per chunk for all the tile's tokens (one `mul_add` by ones): the
+/// signed path's `vpsignb` per token and chunk, as many as its multiply-adds, is gone. The integer sums are the
+/// same, so are the results.
 macro_rules! x86_packed {
-    ($feat:literal, $tokens:literal) => {
+    ($feat:literal, $tokens:literal, $unsigned_q8:literal) => {
         /// The packed kernels' const parameter: the index of the type in `repack::TYPES`.
         const P_Q4_0: u8 = 0;
         const P_Q4_1: u8 = 1;
@@ -53,16 +59,25 @@ macro_rules! x86_packed {
                 let mut s = [[_mm256_setzero_si256(); T]; 2];
                 let qh = if TY == P_Q5_0 { load(wb.add(16)) } else { _mm256_setzero_si256() };
                 // Q8_0: eight chunks of signed weights, |w| times the activations with w's sign (`maddubs` takes
-                // unsigned x signed; 2 x 128 x 127 fits its i16 pairs).
+                // unsigned x signed; 2 x 128 x 127 fits its i16 pairs); or, unsigned, the biased activations times
+                // w, and the weights' sums.
+                let mut wsum = _mm256_setzero_si256();
                 for j in 0..if TY == P_Q8_0 { 8 } else { 0 } {
                     let q = load(wb.add(qo + 32 * j));
+                    if $unsigned_q8 {
+                        wsum = mul_add(wsum, _mm256_set1_epi8(1), q);
+                    }
                     let u = _mm256_abs_epi8(q);
                     for t in 0..T {
                         let y = _mm256_set1_epi32((ab[t].add(8 + 4 * j) as *const i32).read_unaligned());
                         let c = (chains(T) - 1) * (j & 1);
-                        s[c][t] = mul_add(s[c][t], u, _mm256_sign_epi8(y, q));
+                        s[c][t] = match $unsigned_q8 {
+                            true => mul_add(s[c][t], y, q),
+                            false => mul_add(s[c][t], u, _mm256_sign_epi8(y, q)),
+                        };
                     }
                 }
+                let bias = _mm256_slli_epi32::<7>(wsum);
                 for k in 0..if TY == P_Q8_0 { 0 } else { 4 } {
                     let p = load(wb.add(qo + 32 * k));
                     let mut lo = _mm256_and_si256(p, m4);
@@ -91,6 +106,7 @@ macro_rules! x86_packed {
                 };
                 for t in 0..T {
                     let st = if chains(T) == 2 { _mm256_add_epi32(s[0][t], s[1][t]) } else { s[0][t] };
+                    let st = if $unsigned_q8 && TY == P_Q8_0 { _mm256_sub_epi32(st, bias) } else { st };
                     let da = _mm256_set1_ps(f32_at(ab[t]));
                     acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(st), acc[t]);
                     if TY != P_Q8_0 {
