@@ -242,6 +242,31 @@ fn attention_matches_softmax_in_f64() {
     }
 }
 
+/// The query heads of a K/V group attending together (each cached element converted once for all of them)
+/// give each head's single-head result bit for bit, on every path: 1 to 11 heads (blocks of eight and a rest),
+/// head sizes on and off the SIMD widths, position counts around the eight-wide exp.
+#[test]
+fn grouped_attention_equals_each_head_alone() {
+    let mut rng = Rng(12);
+    let f16s = |v: Vec<f32>| v.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
+    for k in every_path() {
+        for (g, hd, n) in [(1, 64, 9), (3, 64, 37), (7, 64, 130), (4, 256, 17), (11, 8, 8), (2, 12, 5), (5, 72, 1)] {
+            let stride = 3 * hd + 5;
+            let q = rng.vec(g * hd, 3.0);
+            let (kc, vc) = (f16s(rng.vec(n * stride, 1.0)), f16s(rng.vec(n * stride, 1.0)));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let (mut got, mut scratch) = (vec![f32::NAN; g * hd], Vec::new());
+            k.attend_group(&q, g, &kc, &vc, stride, n, scale, &mut scratch, &mut got);
+            for h in 0..g {
+                let mut want = vec![f32::NAN; hd];
+                k.attend(&q[h * hd..][..hd], &kc, &vc, stride, n, scale, &mut scratch, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got[h * hd..][..hd]), bits(&want), "{:?} g={g} hd={hd} n={n} head {h}", k.isa());
+            }
+        }
+    }
+}
+
 #[test]
 fn the_pool_runs_every_task_once_sleeps_between_jobs_and_survives_a_panic() {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -437,14 +437,16 @@ fn attention(
         let last = g.pos0 + (t - g.row0);
         let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
         let h0 = kvh * group + part * per;
-        for h in h0..(h0 + per).min((kvh + 1) * group) {
-            let qh = &q[t * q_dim + h * hd..][..hd];
-            // SAFETY: task (t, h) alone writes these hd elements.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h * hd), hd) };
-            let at = (first - g.base) * kv_dim + kvh * hd;
-            let (k, v) = (&g.k[at..], &g.v[at..]);
-            kern.attend(qh, k, v, kv_dim, last + 1 - first, scale, scores, o);
+        let heads = (h0 + per).min((kvh + 1) * group).saturating_sub(h0);
+        if heads == 0 {
+            return; // the last part of a group that split unevenly
         }
+        let qh = &q[t * q_dim + h0 * hd..][..heads * hd];
+        // SAFETY: task (t, heads h0..) alone writes these heads' elements.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h0 * hd), heads * hd) };
+        let at = (first - g.base) * kv_dim + kvh * hd;
+        let (k, v) = (&g.k[at..], &g.v[at..]);
+        kern.attend_group(qh, heads, k, v, kv_dim, last + 1 - first, scale, scores, o);
     };
     pool.tasks(n * nkv * parts, Vec::new, job);
 }

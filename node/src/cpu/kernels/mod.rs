@@ -292,6 +292,41 @@ impl Kernels {
         }
     }
 
+    /// The `g` query heads in `q` that share one K/V head attend over its `n` positions into `out` (`g` heads):
+    /// each head's result equals [`Kernels::attend`] on it alone, bit for bit; the x86 paths convert each cached
+    /// element once for all the heads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_group(
+        self,
+        q: &[f32],
+        g: usize,
+        k: &[f16],
+        v: &[f16],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let hd = q.len() / g.max(1);
+        match self.isa {
+            // SAFETY: a detected path's features are present; the kernel checks the lengths.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if hd.is_multiple_of(8) => unsafe {
+                avx2::attend_group(q, g, k, v, stride, n, scale, scores, out)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni if hd.is_multiple_of(8) => unsafe {
+                avx512::attend_group(q, g, k, v, stride, n, scale, scores, out)
+            },
+            _ => {
+                for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+                    self.attend(qh, k, v, stride, n, scale, scores, oh);
+                }
+            }
+        }
+    }
+
     /// SwiGLU in place, `g = silu(g) u` (see `generic::swiglu`).
     pub fn swiglu(self, g: &mut [f32], u: &[f32]) {
         match self.isa {
