@@ -24,6 +24,7 @@ unsafe fn fifth_bits(x: u32) -> __m256i {
 }
 
 super::x86::x86_kernels!("avx2,fma,f16c", 2, 4);
+super::x86_attend::x86_attend!("avx2,fma,f16c");
 super::x86_packed::x86_packed!("avx2,fma,f16c", 4, false);
 super::x86_packed_k::x86_packed_k!("avx2,fma,f16c", 2);
 

@@ -31,6 +31,9 @@ pub mod dotprod;
 mod x86;
 
 #[cfg(target_arch = "x86_64")]
+mod x86_attend;
+
+#[cfg(target_arch = "x86_64")]
 mod x86_packed;
 
 #[cfg(target_arch = "x86_64")]
