@@ -88,7 +88,7 @@ pub(super) struct Narrow {
 pub(super) struct Dispatch {
     pub(super) pipe: Arc<Pipeline>,
     /// Matmuls only: the variants for few tokens.
-    pub(super) gemv: Option<Arc<Narrow>>,
+    pub(super) narrow: Option<Arc<Narrow>>,
     pub(super) bind: wgpu::BindGroup,
     pub(super) grid: Grid,
     /// Weight bytes the dispatch reads (matmuls; 0 otherwise), for bandwidth figures.
@@ -110,8 +110,8 @@ pub(super) struct StepDims {
 
 impl Dispatch {
     /// One of the matmul's variants for few tokens, if it has it.
-    fn narrow(&self, which: impl Fn(&Narrow) -> &Option<Arc<Pipeline>>) -> Option<&Arc<Pipeline>> {
-        self.gemv.as_deref().and_then(|n| which(n).as_ref())
+    fn variant(&self, which: impl Fn(&Narrow) -> &Option<Arc<Pipeline>>) -> Option<&Arc<Pipeline>> {
+        self.narrow.as_deref().and_then(|n| which(n).as_ref())
     }
 
     pub(super) fn record(&self, pass: &mut wgpu::ComputePass<'_>, s: StepDims) {
@@ -120,7 +120,7 @@ impl Dispatch {
         pass.set_pipeline(&self.pipe.pipeline);
         if let Grid::Matmul { rows, head, group_tokens, k } = self.grid {
             let (n, row0) = if head { (head_n, s.head_row0) } else { (n_tok, 0) };
-            if let (1, Some(gemv)) = (n, self.narrow(|v| &v.gemv)) {
+            if let (1, Some(gemv)) = (n, self.variant(|v| &v.gemv)) {
                 pass.set_pipeline(&gemv.pipeline);
                 pass.set_bind_group(0, &self.bind, &[row0 * k * 4, 0]);
                 pass.dispatch_workgroups(rows.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1);
@@ -128,7 +128,7 @@ impl Dispatch {
             }
             // Rows too long for two tokens in one uniform view (e.g. a wide FFN's down projection): every group is
             // one token, so the one-token kernel (8 rows per invocation sharing x) beats `main` (1 row, 1 token).
-            let (gemv, pair) = (self.narrow(|v| &v.gemv), self.narrow(|v| &v.pair));
+            let (gemv, pair) = (self.variant(|v| &v.gemv), self.variant(|v| &v.pair));
             for g in 0..n.div_ceil(group_tokens) {
                 let count = group_tokens.min(n - g * group_tokens);
                 let x_off = (row0 + g * group_tokens) * k * 4;

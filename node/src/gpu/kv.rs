@@ -142,7 +142,7 @@ impl GpuShard {
             let bg = bind(&self.ctx, &rope, &[&s.rows, rope_params, &self.act.qkv, &self.act.q, &k, &v]);
             s.rope.push(Dispatch {
                 pipe: rope.clone(),
-                gemv: None,
+                narrow: None,
                 bind: bg,
                 grid: Grid::Items { items: (q_dim / 2 + kv_dim / 2 + kv_dim) as u32 },
                 weight_bytes: 0,
@@ -150,7 +150,7 @@ impl GpuShard {
             let bg = bind(&self.ctx, &att, &[&s.rows, att_params, &self.act.q, &k, &v, &self.act.att]);
             s.attention.push(Dispatch {
                 pipe: att.clone(),
-                gemv: None,
+                narrow: None,
                 bind: bg,
                 grid: Grid::Attention { heads: c.n_heads as u32 },
                 weight_bytes: 0,

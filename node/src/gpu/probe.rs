@@ -101,7 +101,7 @@ impl Probe {
     }
 
     fn dispatch(&self, pipe: Arc<Pipeline>, bind: wgpu::BindGroup, grid: Grid) -> Dispatch {
-        Dispatch { pipe, gemv: None, bind, grid, weight_bytes: 0 }
+        Dispatch { pipe, narrow: None, bind, grid, weight_bytes: 0 }
     }
 
     /// Records `dispatches` for a step of `n_tok` tokens (`head_n` rows for argmax) in one pass, copies `outputs`
@@ -274,7 +274,7 @@ impl Probe {
             pair: few.then(|| self.ctx.pipeline(&PipelineKey { entry: "pair", ..key.clone() })),
         };
         let pipe = if n == 1 { narrow.gemv.clone().expect("built") } else { self.ctx.pipeline(&key) };
-        let gemv = Some(Arc::new(narrow));
+        let narrow = Some(Arc::new(narrow));
 
         let step = self.step(n, 0, 0);
         let xb = self.ctx.activation("x", (n * cols * 4) as u64);
@@ -324,7 +324,7 @@ impl Probe {
                 let bind = bind_res(&self.ctx, &pipe, &res);
                 let grid = Grid::Matmul { rows: out_rows as u32, head: false, group_tokens, k: cols as u32 };
                 let weight_bytes = (ch.rows * ty.row_bytes(cols)) as u64;
-                Dispatch { pipe: pipe.clone(), gemv: gemv.clone(), bind, grid, weight_bytes }
+                Dispatch { pipe: pipe.clone(), narrow: narrow.clone(), bind, grid, weight_bytes }
             })
             .collect();
         Ok((run(&dispatches, n, &y)?, mat.chunks.len()))

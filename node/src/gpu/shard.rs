@@ -212,7 +212,7 @@ impl GpuShard {
             );
             me.embed = Some(Dispatch {
                 pipe: p,
-                gemv: None,
+                narrow: None,
                 bind: bg,
                 grid: Grid::Embed { blocks: (c.dim / 32) as u32 },
                 weight_bytes: 0,
@@ -287,7 +287,7 @@ impl GpuShard {
                 let p = me.pipeline(Kernel::QkNorm, None, vec![]);
                 let bg = bind(&ctx, &p, &[&me.step, &qk_params, &me.act.qkv, &storage(&qn), &storage(&kn)]);
                 let grid = Grid::Items { items: (c.n_heads + c.n_kv_heads) as u32 };
-                qkv.push(Dispatch { pipe: p, gemv: None, bind: bg, grid, weight_bytes: 0 });
+                qkv.push(Dispatch { pipe: p, narrow: None, bind: bg, grid, weight_bytes: 0 });
             }
             let post = (host(&lt.post_attn_norm), host(&lt.post_ffn_norm));
             let (mut post_attn, mut post_ffn, mut host_post_norms) = (Vec::new(), Vec::new(), None);
@@ -299,7 +299,7 @@ impl GpuShard {
                         let bg = bind(&ctx, &p, &[&me.step, &norm_params, &me.act.partial, &storage(&w), &me.act.x]);
                         list.push(Dispatch {
                             pipe: p.clone(),
-                            gemv: None,
+                            narrow: None,
                             bind: bg,
                             grid: Grid::Tokens,
                             weight_bytes: 0,
@@ -338,7 +338,7 @@ impl GpuShard {
             let p = me.pipeline(Kernel::Argmax, None, vec![]);
             let params = ctx.uniform("argmax", &Params8([c.vocab as u32, 0, 0, 0, 0, 0, 0, 0]));
             let bg = bind(&ctx, &p, &[&me.step, &params, &me.act.logits, &me.act.argmax]);
-            me.head.push(Dispatch { pipe: p, gemv: None, bind: bg, grid: Grid::Argmax, weight_bytes: 0 });
+            me.head.push(Dispatch { pipe: p, narrow: None, bind: bg, grid: Grid::Argmax, weight_bytes: 0 });
         }
         ctx.wait()?;
         ctx.check()?;
@@ -375,7 +375,7 @@ impl GpuShard {
             entry: "main",
         };
         let p = self.ctx.pipeline(&key);
-        let gemv = Arc::new(Narrow {
+        let narrow = Arc::new(Narrow {
             gemv: Some(self.ctx.pipeline(&PipelineKey { entry: "gemv", ..key.clone() })),
             pair: Some(self.ctx.pipeline(&PipelineKey { entry: "pair", ..key })),
         });
@@ -416,7 +416,7 @@ impl GpuShard {
                 );
                 let grid = Grid::Matmul { rows: out_rows as u32, head: io.head, group_tokens, k: mat.cols as u32 };
                 let weight_bytes = (ch.rows * mat.ty.row_bytes(mat.cols)) as u64;
-                Dispatch { pipe: p.clone(), gemv: Some(gemv.clone()), bind: bg, grid, weight_bytes }
+                Dispatch { pipe: p.clone(), narrow: Some(narrow.clone()), bind: bg, grid, weight_bytes }
             })
             .collect())
     }
