@@ -114,12 +114,12 @@ macro_rules! x86_packed_k {
                 let mut sum = [_mm256_setzero_si256(); T];
                 for half in 0..2 {
                     for part in 0..2 {
-                        // The four runs k of 32 in this half, weights 16 part.. of each: sub-blocks of 16
-                        // 8 half + 2k + part.
-                        let mut dk = [[_mm256_setzero_si256(); T]; 4];
-                        for j in 4 * part..4 * part + 4 {
-                            let h = load(wb.add(1168 + 32 * (8 * half + j)));
-                            for kk in 0..2 {
+                        for kk in 0..2 {
+                            // The runs kk and kk + 2 of 32 in this half, weights 16 part.. of each: sub-blocks of
+                            // 16 8 half + 2k + part for k = kk, kk + 2 (two at a time keep 2 T sums in registers).
+                            let mut dk = [[_mm256_setzero_si256(); T]; 2];
+                            for j in 4 * part..4 * part + 4 {
+                                let h = load(wb.add(1168 + 32 * (8 * half + j)));
                                 let l = load(wb.add(144 + 32 * (8 * (2 * half + kk) + j)));
                                 let (lo, hi) =
                                     (_mm256_and_si256(l, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(l), m4));
@@ -130,18 +130,18 @@ macro_rules! x86_packed_k {
                                 let qb = _mm256_or_si256(hi, _mm256_and_si256(down, m30));
                                 for t in 0..T {
                                     let y = ab[t].add(4 + 128 * half + 4 * j);
-                                    dk[kk][t] = mul_add(dk[kk][t], qa, four(y.add(32 * kk)));
-                                    dk[kk + 2][t] = mul_add(dk[kk + 2][t], qb, four(y.add(32 * (kk + 2))));
+                                    dk[0][t] = mul_add(dk[0][t], qa, four(y.add(32 * kk)));
+                                    dk[1][t] = mul_add(dk[1][t], qb, four(y.add(32 * (kk + 2))));
                                 }
                             }
-                        }
-                        for (k, dk) in dk.iter().enumerate() {
-                            let s = 8 * half + 2 * k + part;
-                            let sc = bytes8(wb.add(16 + 8 * s), true);
-                            for t in 0..T {
-                                let off = _mm256_set1_epi32(32 * bsum16(ab[t], s));
-                                let x = _mm256_mullo_epi32(sc, _mm256_sub_epi32(dk[t], off));
-                                sum[t] = _mm256_add_epi32(sum[t], x);
+                            for (i, dk) in dk.iter().enumerate() {
+                                let s = 8 * half + 2 * (kk + 2 * i) + part;
+                                let sc = bytes8(wb.add(16 + 8 * s), true);
+                                for t in 0..T {
+                                    let off = _mm256_set1_epi32(32 * bsum16(ab[t], s));
+                                    let x = _mm256_mullo_epi32(sc, _mm256_sub_epi32(dk[t], off));
+                                    sum[t] = _mm256_add_epi32(sum[t], x);
+                                }
                             }
                         }
                     }
@@ -160,7 +160,8 @@ macro_rules! x86_packed_k {
 
         macro_rules! packed_k_entry {
             ($name:ident, $tile:ident, $gb:literal) => {
-                /// All `n` tokens in tiles of `$tokens`, then 2 and 1 (a token's result is the same in any).
+                /// All `n` tokens in tiles of `$tokens`, then of 4 (when `$tokens` is more), 2 and 1 (a token's result is
+                /// the same in any).
                 ///
                 /// # Safety
                 /// The CPU has the target features; see [`super::PackedFn`].
@@ -182,6 +183,10 @@ macro_rules! x86_packed_k {
                     while n - t >= $tokens {
                         $tile::<$tokens>(blocks, w, a.add(t * astr), astr, out.add(t * ostr), ostr);
                         t += $tokens;
+                    }
+                    if $tokens > 4 && n - t >= 4 {
+                        $tile::<4>(blocks, w, a.add(t * astr), astr, out.add(t * ostr), ostr);
+                        t += 4;
                     }
                     if n - t >= 2 {
                         $tile::<2>(blocks, w, a.add(t * astr), astr, out.add(t * ostr), ostr);
