@@ -1,7 +1,8 @@
 //! The interleaved weight layout (`cpu::repack`) and its kernels on every path this CPU has that repacks: each
 //! row x token against the f32 reference (the activation-rounding bound of `cpu_kernels.rs`), every SIMD path
 //! bit-identical to the portable kernel, and a token's result the same whatever tokens share its call (the
-//! token tiles of 8, 4, 2 and 1) and whatever thread runs its rows.
+//! token tiles of 8, 4, 2 and 1), whatever thread runs its rows, and whether its group runs alone or in a pair
+//! (AVX-512 VNNI's 512-bit kernels).
 
 mod common;
 
@@ -36,15 +37,12 @@ fn quantized(act: ActType, x: &[f32], cols: usize) -> Vec<u8> {
 /// The packed kernel of `k` over all groups of `packed` for the `n` tokens of `x`, quantized as the kernel takes
 /// them: `(n, rows)`.
 fn run(k: Kernels, ty: GgmlType, rows: usize, cols: usize, packed: &[u8], x: &[f32], n: usize) -> Vec<f32> {
-    let kernel = k.packed(ty).unwrap();
+    let kernels = k.packed(ty).unwrap();
     let a = quantized(k.packed_act(ty), x, cols);
-    let gbytes = packed.len() / (rows / ROWS);
+    let (groups, rb) = (rows / ROWS, k.packed_act(ty).row_bytes(cols));
     let mut out = vec![f32::NAN; n * rows];
-    for g in 0..rows / ROWS {
-        let rb = k.packed_act(ty).row_bytes(cols);
-        // SAFETY: an available path; one group of `cols`, `n` activation rows; `out` holds n rows of `rows`.
-        unsafe { kernel(cols, &packed[g * gbytes..][..gbytes], &a, rb, n, out.as_mut_ptr().add(g * ROWS), rows) };
-    }
+    // SAFETY: an available path; whole groups of `cols`, `n` activation rows; `out` holds n rows of `rows`.
+    unsafe { kernels.groups(cols, packed, packed.len() / groups, 0..groups, &a, rb, n, out.as_mut_ptr(), rows) };
     out
 }
 
@@ -99,8 +97,9 @@ fn packed_kernels_match_the_reference_and_the_portable_kernel_on_every_path() {
         assert!(TYPES.iter().all(|&ty| packing_paths(ty).len() >= 2), "the dotprod path packs");
     }
     for (i, ty) in TYPES.into_iter().enumerate() {
-        for (blocks, n) in [(1, 1), (2, 3), (3, 9), (7, 13), (28, 17)] {
-            check(ty, 16, blocks, n, 1.0, 1.0, (i * 100 + blocks) as u64);
+        // 16 rows: one pair of groups (AVX-512 VNNI takes two at once); 24: a pair and one alone.
+        for (rows, blocks, n) in [(16, 1, 1), (24, 2, 3), (16, 3, 9), (24, 7, 13), (16, 28, 17)] {
+            check(ty, rows, blocks, n, 1.0, 1.0, (i * 100 + blocks) as u64);
         }
     }
 }
@@ -206,16 +205,14 @@ fn check_k(ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32], n: usize
     let paths = packing_paths(ty);
     assert_eq!(paths[0].isa(), Isa::Generic, "the portable path packs the K-quants");
     for &k in &paths {
-        let kernel = k.packed(ty).unwrap();
-        let gbytes = packed.len() / (rows / ROWS);
+        let kernels = k.packed(ty).unwrap();
+        let groups = rows / ROWS;
         let run = |a: &[u8], n: usize| {
             let mut out = vec![f32::NAN; n * rows];
-            for g in 0..rows / ROWS {
-                // SAFETY: an available path; one group of `cols`, `n` Q8_K rows; `out` holds n rows of `rows`.
-                unsafe {
-                    kernel(cols, &packed[g * gbytes..][..gbytes], a, arb, n, out.as_mut_ptr().add(g * ROWS), rows)
-                };
-            }
+            // SAFETY: an available path; whole groups of `cols`, `n` Q8_K rows; `out` holds n rows of `rows`.
+            unsafe {
+                kernels.groups(cols, &packed, packed.len() / groups, 0..groups, a, arb, n, out.as_mut_ptr(), rows)
+            };
             out
         };
         let got = run(&a, n);

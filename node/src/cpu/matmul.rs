@@ -14,20 +14,21 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::act::{ActType, QuantizedRows};
-use super::kernels::{Dot4Fn, DotFn, Kernels, PackedFn, TileFn};
+use super::kernels::{Dot4Fn, DotFn, Kernels, Packed, TileFn};
 use super::pool::Pool;
 use super::repack;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-/// Fewest rows per chunk (a multiple of the four-row kernels' four and the packed groups' eight).
+/// Fewest rows per chunk (a multiple of the four-row kernels' four and of two packed groups of eight).
 const MIN_CHUNK_ROWS: usize = 16;
 
 /// Rows per chunk of a matrix: about two chunks per thread. Long runs of rows let each thread stream its rows
 /// with the prefetchers running ahead (chunks of 16 rows read DRAM at half the speed); two per thread still lets
-/// a thread that runs ahead (the other's core is busy) take over the rest.
+/// a thread that runs ahead (the other's core is busy) take over the rest. Whole pairs of groups, for the
+/// kernels that take two at once.
 fn chunk_rows(rows: usize, threads: usize) -> usize {
-    rows.div_ceil(2 * threads).next_multiple_of(repack::ROWS).max(MIN_CHUNK_ROWS)
+    rows.div_ceil(2 * threads).next_multiple_of(2 * repack::ROWS).max(MIN_CHUNK_ROWS)
 }
 
 /// A weight matrix `(rows, cols)` in the model's bytes, with its kernel.
@@ -45,7 +46,7 @@ pub struct Mat {
     /// The weights in the interleaved layout with their kernel, when the path has one for the type. They live in
     /// pages of their own (an anonymous mapping), not on the heap: a node loads and frees whole stages as plans
     /// come and go, and a heap keeps what it once held (each thread's arena), so its resident memory would grow.
-    packed: Option<(Arc<memmap2::Mmap>, PackedFn)>,
+    packed: Option<(Arc<memmap2::Mmap>, Packed)>,
 }
 
 impl Mat {
@@ -218,13 +219,12 @@ pub fn matmul(pool: &Pool, model: &[u8], mats: &[&Mat], acts: &Acts, n: usize, o
         let r1 = (r0 + chunks[mi]).min(m.rows);
         if let Some((bytes, kernel)) = &m.packed {
             let gbytes = bytes.len() / (m.rows / repack::ROWS);
-            for g in r0 / repack::ROWS..r1 / repack::ROWS {
-                // SAFETY: a detected path's kernel; one group of `cols` and `n` activation rows; rows
-                // 8g..8g + 8 of every token are written by this chunk only (chunks are whole groups).
-                unsafe {
-                    kernel(m.cols, &bytes[g * gbytes..][..gbytes], &a.data, a.row_bytes, n, out.0.add(g * 8), m.rows)
-                };
-            }
+            // SAFETY: a detected path's kernels; whole groups of `cols` and `n` activation rows; rows r0..r1 of
+            // every token are written by this chunk only (chunks are whole groups).
+            unsafe {
+                let groups = r0 / repack::ROWS..r1 / repack::ROWS;
+                kernel.groups(m.cols, bytes, gbytes, groups, &a.data, a.row_bytes, n, out.0, m.rows)
+            };
             return;
         }
         let mut r = r0;

@@ -6,7 +6,9 @@
 //! blocks of 8 rows are interleaved in 4-byte groups: a 32-byte vector holds weights `4j..4j+4` of all eight rows
 //! (row `r` in bytes `4r..4r+4`), so one `vpdpbusd` (or `sdot` by lane on ARM) with the token's four activation
 //! bytes broadcast adds to eight rows' sums at once, and a block ends with one conversion and two FMAs for the
-//! eight rows. Decode and prefill read the same bytes (there is one copy of the weights).
+//! eight rows. Decode and prefill read the same bytes (there is one copy of the weights). On AVX-512 VNNI, two
+//! neighbouring groups run side by side in 512-bit vectors (`kernels/x86_packed_wide.rs`): sixteen rows per
+//! `vpdpbusd`, and two streams of weights in flight per thread.
 //!
 //! A group of eight rows is its `cols / 32` blocks one after another; a block of the group, for each type:
 //! - `Q4_0` (144 bytes): `d[8]` (f16) | `qs` (128);

@@ -22,3 +22,4 @@ super::x86::x86_kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", 4
 super::x86_attend::x86_attend!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni");
 super::x86_packed::x86_packed!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", 8, true);
 super::x86_packed_k::x86_packed_k!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", 8);
+super::x86_packed_wide::x86_packed_wide!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", 8);

@@ -40,6 +40,9 @@ mod x86_packed;
 mod x86_packed_k;
 
 #[cfg(target_arch = "x86_64")]
+mod x86_packed_wide;
+
+#[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
 #[cfg(target_arch = "x86_64")]
@@ -73,6 +76,45 @@ pub type TileFn = unsafe fn(n: usize, w: &[u8], stride: usize, a: &[u8], astride
 /// # Safety
 /// As [`DotFn`]; `out` points at `n` rows of `ostride` floats that no other thread touches at rows' first eight.
 pub type PackedFn = unsafe fn(cols: usize, w: &[u8], a: &[u8], astride: usize, n: usize, out: *mut f32, ostride: usize);
+
+/// A type's kernels in [`super::repack`]'s layout on one path: one group of eight rows, and (AVX-512 VNNI) two
+/// groups side by side in 512-bit vectors, sixteen rows (`x86_packed_wide.rs`). Both give every row the same bits.
+#[derive(Debug, Clone, Copy)]
+pub struct Packed {
+    pub one: PackedFn,
+    pub two: Option<PackedFn>,
+}
+
+impl Packed {
+    /// Groups `groups` of the packed weights `w` (`gbytes` bytes each) times `n` activation rows `astride` bytes
+    /// apart: rows `8g..8g + 8` of group `g` to `out[t * ostride + 8g..]`, two groups a call where the path has a
+    /// kernel for two.
+    ///
+    /// # Safety
+    /// As [`PackedFn`] for each group; `out` points at row 0 of `n` rows of `ostride` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn groups(
+        &self,
+        cols: usize,
+        w: &[u8],
+        gbytes: usize,
+        groups: std::ops::Range<usize>,
+        a: &[u8],
+        astride: usize,
+        n: usize,
+        out: *mut f32,
+        ostride: usize,
+    ) {
+        let mut g = groups.start;
+        while g < groups.end {
+            let two = self.two.filter(|_| g + 1 < groups.end);
+            let (kernel, count) = two.map_or((self.one, 1), |k| (k, 2));
+            // SAFETY: `count` whole groups of `w`; their rows of `out` are the caller's.
+            unsafe { kernel(cols, &w[g * gbytes..(g + count) * gbytes], a, astride, n, out.add(8 * g), ostride) };
+            g += count;
+        }
+    }
+}
 
 /// An instruction-set path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -226,9 +268,9 @@ impl Kernels {
         })
     }
 
-    /// The kernel of weights of type `ty` repacked in [`super::repack`]'s layout (`None`: this path reads the
+    /// The kernels of weights of type `ty` repacked in [`super::repack`]'s layout (`None`: this path reads the
     /// type in GGML's own layout).
-    pub fn packed(self, ty: GgmlType) -> Option<PackedFn> {
+    pub fn packed(self, ty: GgmlType) -> Option<Packed> {
         macro_rules! pick {
             ($m:ident $(, $kty:ident => $k:ident)*) => {
                 match ty {
@@ -242,7 +284,7 @@ impl Kernels {
             };
         }
         // The K-quants' packed kernels are portable and x86 ones; on ARM they keep the GGML layout.
-        Some(match self.isa {
+        let one = match self.isa {
             Isa::Generic => pick!(generic, Q4K => gemm8_q4_k, Q6K => gemm8_q6_k),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => pick!(avx2, Q4K => gemm8_q4_k, Q6K => gemm8_q6_k),
@@ -251,7 +293,19 @@ impl Kernels {
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => pick!(dotprod),
             _ => return None,
-        })
+        };
+        let two = match (self.isa, ty) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q4_0) => Some(avx512::gemm16_q4_0 as PackedFn),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q4_1) => Some(avx512::gemm16_q4_1 as PackedFn),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q5_0) => Some(avx512::gemm16_q5_0 as PackedFn),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q8_0) => Some(avx512::gemm16_q8_0 as PackedFn),
+            _ => None,
+        };
+        Some(Packed { one, two })
     }
 
     /// The activations [`Kernels::packed`]'s kernel of `ty` takes: the portable kernel's
