@@ -303,6 +303,10 @@ impl Kernels {
             (Isa::Avx512Vnni, GgmlType::Q5_0) => Some(avx512::gemm16_q5_0 as PackedFn),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Vnni, GgmlType::Q8_0) => Some(avx512::gemm16_q8_0 as PackedFn),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q4K) => Some(avx512::gemm16_q4_k as PackedFn),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, GgmlType::Q6K) => Some(avx512::gemm16_q6_k as PackedFn),
             _ => None,
         };
         Some(Packed { one, two })
