@@ -244,13 +244,24 @@ fn attention_matches_softmax_in_f64() {
 
 /// The query heads of a K/V group attending together (each cached element converted once for all of them)
 /// give each head's single-head result bit for bit, on every path: 1 to 11 heads (blocks of eight and a rest),
-/// head sizes on and off the SIMD widths, position counts around the eight-wide exp.
+/// head sizes on and off the SIMD widths and the values' passes of several chunks (40 and 72 leave a chunk
+/// over), position counts around the eight-wide exp.
 #[test]
 fn grouped_attention_equals_each_head_alone() {
     let mut rng = Rng(12);
     let f16s = |v: Vec<f32>| v.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
     for k in every_path() {
-        for (g, hd, n) in [(1, 64, 9), (3, 64, 37), (7, 64, 130), (4, 256, 17), (11, 8, 8), (2, 12, 5), (5, 72, 1)] {
+        for (g, hd, n) in [
+            (1, 64, 9),
+            (3, 64, 37),
+            (7, 64, 130),
+            (4, 256, 17),
+            (11, 8, 8),
+            (2, 12, 5),
+            (5, 72, 1),
+            (3, 40, 11),
+            (2, 72, 6),
+        ] {
             let stride = 3 * hd + 5;
             let q = rng.vec(g * hd, 3.0);
             let (kc, vc) = (f16s(rng.vec(n * stride, 1.0)), f16s(rng.vec(n * stride, 1.0)));

@@ -214,20 +214,40 @@ macro_rules! x86_attend {
                 let inv = 1.0 / sum;
                 row.iter_mut().for_each(|a| *a *= inv);
             }
-            // Values: per chunk of eight, each V chunk converted once for every head's accumulator.
+            // Values: each V chunk of eight converted once for every head's accumulator, `pass(M)` chunks a pass
+            // over the positions: a pass of one chunk would leave M chains of dependent FMAs (3 for SmolLM2), too
+            // few to hide an FMA's latency. Each element still sums its positions in order, as `attend`.
+            const fn pass(m: usize) -> usize {
+                match m {
+                    1 => 8,
+                    2 | 3 => 4,
+                    4 => 2,
+                    _ => 1,
+                }
+            }
             let mut i = 0;
             while i < hd {
-                let mut acc = [_mm256_setzero_ps(); M];
+                let w = if hd - i >= 8 * pass(M) { pass(M) } else { 1 };
+                let mut acc = [[_mm256_setzero_ps(); M]; 8];
                 for p in 0..n {
-                    let vc = half8(pv.add(p * stride + i));
-                    for (h, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(_mm256_set1_ps(*ps.add(h * n + p)), vc, *acc);
+                    let run = |acc: &mut [[__m256; M]; 8], j: usize| {
+                        let vc = half8(pv.add(p * stride + i + 8 * j));
+                        for (h, acc) in acc[j].iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(_mm256_set1_ps(*ps.add(h * n + p)), vc, *acc);
+                        }
+                    };
+                    if w == pass(M) {
+                        (0..pass(M)).for_each(|j| run(&mut acc, j));
+                    } else {
+                        run(&mut acc, 0);
                     }
                 }
-                for (h, acc) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(po.add(h * hd + i), *acc);
+                for (j, acc) in acc.iter().enumerate().take(w) {
+                    for (h, acc) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(po.add(h * hd + i + 8 * j), *acc);
+                    }
                 }
-                i += 8;
+                i += 8 * w;
             }
         }
     };
