@@ -5,6 +5,27 @@
 /// Expands `attend` and `attend_group` in the invoking module with the target features `$feat`.
 macro_rules! x86_attend {
     ($feat:literal) => {
+        /// Each score `s` of `row` to `exp(s - max)`, eight at a time, then the rest one by one; their sum.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn exp_sum(row: &mut [f32], max: f32) -> f32 {
+            let (ps, mx) = (row.as_mut_ptr(), _mm256_set1_ps(max));
+            let mut sums = _mm256_setzero_ps();
+            let mut p = 0;
+            while p + 8 <= row.len() {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ps.add(p)), mx));
+                _mm256_storeu_ps(ps.add(p), e);
+                sums = _mm256_add_ps(sums, e);
+                p += 8;
+            }
+            let mut sum = hsum(sums);
+            for s in &mut row[p..] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            sum
+        }
+
         /// One head's attention over `n` f16 cache positions: `out (hd) = Σ_p softmax(scale q·k_p) v_p`, with
         /// `k_p`, `v_p` at `p * stride` in `k`, `v`; `scores` is scratch for `n` values. `hd` a multiple of 8.
         /// Eight f16 become eight f32 in one F16C instruction, so the cache reads half the bytes at the same
@@ -59,22 +80,7 @@ macro_rules! x86_attend {
                 }
                 p += m;
             }
-            // exp(s - max), eight at a time.
-            let (ps, mx) = (scores.as_mut_ptr(), _mm256_set1_ps(max));
-            let mut sums = _mm256_setzero_ps();
-            let mut p = 0;
-            while p + 8 <= n {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ps.add(p)), mx));
-                _mm256_storeu_ps(ps.add(p), e);
-                sums = _mm256_add_ps(sums, e);
-                p += 8;
-            }
-            let mut sum = hsum(sums);
-            for s in &mut scores[p..] {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / exp_sum(scores, max);
             // The weighted sum of the values, 64 floats (eight registers) of the head at a time, kept in
             // registers over all positions.
             let po = out.as_mut_ptr();
@@ -197,21 +203,7 @@ macro_rules! x86_attend {
             // exp(s - max) per head as `attend`, then each weight times 1 / sum in place.
             for (h, &max) in max.iter().enumerate() {
                 let row = std::slice::from_raw_parts_mut(ps.add(h * n), n);
-                let mx = _mm256_set1_ps(max);
-                let mut sums = _mm256_setzero_ps();
-                let mut p = 0;
-                while p + 8 <= n {
-                    let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row.as_ptr().add(p)), mx));
-                    _mm256_storeu_ps(row.as_mut_ptr().add(p), e);
-                    sums = _mm256_add_ps(sums, e);
-                    p += 8;
-                }
-                let mut sum = hsum(sums);
-                for s in &mut row[p..] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
+                let inv = 1.0 / exp_sum(row, max);
                 row.iter_mut().for_each(|a| *a *= inv);
             }
             // Values: each V chunk of eight converted once for every head's accumulator, `pass(M)` chunks a pass
