@@ -92,7 +92,7 @@ pub struct ServeArgs {
 }
 
 /// Memory the system reports as available (Linux `MemAvailable`), or 0 when unknown.
-fn available_memory() -> u64 {
+pub(crate) fn available_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
