@@ -32,6 +32,11 @@ pub struct ModelDescription {
     /// holds a copy, but the file stores it once.
     pub head_bytes: u64,
     pub tied_embeddings: bool,
+    /// The layers' and the head's weight bytes as the file stores them: what a node of the cpu backend reads,
+    /// whose kernels take every GGUF type in its own blocks (0: unknown, taken as the counts above). See
+    /// [`ModelDescription::native_weight_ratio`].
+    #[serde(default)]
+    pub native_weight_bytes: u64,
     /// KV cache bytes per token per layer (f32 keys and values, as the wgpu backend holds them; the cpu backend
     /// holds f16, half of this, so for its nodes the memory check and the KV read time are conservative).
     pub kv_bytes_per_token_per_layer: u64,
@@ -67,6 +72,20 @@ impl ModelDescription {
             .collect();
         let embed_bytes = all.embed.as_ref().map_or(0, matrix);
         let head_bytes = all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, matrix);
+        // The same tensors as the file stores them.
+        let native_weight_bytes = all
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.attn_norm, &l.ffn_norm]
+                    .into_iter()
+                    .chain([&l.bq, &l.bk, &l.bv].into_iter().flatten())
+                    .chain(l.extra_norms())
+                    .map(|t| t.size)
+                    .collect::<Vec<_>>()
+            })
+            .chain(all.output_norm.iter().chain(&all.output).map(|t| t.size))
+            .sum();
         let q = cfg.n_heads * cfg.head_dim;
         let params = cfg.dim * (q + 2 * cfg.kv_dim()) + q * cfg.dim + 3 * cfg.dim * cfg.ffn_dim;
         let ffn_block = all.layers.first().map_or(32, |l| l.w_down.ty.block().0.max(32));
@@ -84,6 +103,7 @@ impl ModelDescription {
             embed_bytes,
             head_bytes,
             tied_embeddings: cfg.tied_embeddings,
+            native_weight_bytes,
             kv_bytes_per_token_per_layer: (2 * cfg.kv_dim() * 4) as u64,
             layer_windows: match cfg.sliding {
                 Some(_) => (0..cfg.n_layers).map(|l| cfg.window(l)).collect(),
@@ -122,6 +142,7 @@ impl ModelDescription {
             embed_bytes: embed,
             head_bytes: embed + s.dim as u64 * 4,
             tied_embeddings: true,
+            native_weight_bytes: 0, // the counts above are the file's
             kv_bytes_per_token_per_layer: (2 * kv * 4) as u64,
             layer_windows: Vec::new(),
             activation_bytes_per_token: (s.dim * 4) as u64,
@@ -151,6 +172,18 @@ impl ModelDescription {
             attn / (attn + ffn)
         } else {
             0.5
+        }
+    }
+
+    /// What a node of the cpu backend reads of the weights for each byte the description counts (the file's
+    /// bytes over a wgpu node's: 0.98 for SmolLM2's Q4_1 and Q8_0, 0.77 and 0.85 for the Q4_K_M files of Qwen2.5
+    /// and gemma3, whose K-quants a wgpu node holds widened); 1 when unknown.
+    pub fn native_weight_ratio(&self) -> f64 {
+        let counted = self.layer_weight_bytes.iter().sum::<u64>() + self.head_bytes;
+        if self.native_weight_bytes == 0 || counted == 0 {
+            1.0
+        } else {
+            self.native_weight_bytes as f64 / counted as f64
         }
     }
 

@@ -371,13 +371,14 @@ fn brute_force_with(
 
 fn arb_node() -> impl Strategy<Value = NodeProfile> {
     let rate = prop_oneof![Just(0.0), 0.05f64..50.0]; // no batched kernels, or a batched row rate
-    (0.2f64..1.3, 0.5f64..8.0, 0.0f64..50.0, 0.0f64..2000.0, 1.0f64..1000.0, rate).prop_map(
-        |(mem, g, d, lat, bw, row)| NodeProfile {
+    (0.2f64..1.3, 0.5f64..8.0, 0.0f64..50.0, 0.0f64..2000.0, 1.0f64..1000.0, rate, any::<bool>()).prop_map(
+        |(mem, g, d, lat, bw, row, native)| NodeProfile {
             id: String::new(),
             memory_bytes: (mem * 1e7) as u64, // scaled to the model below
             gemv_gbps: g,
             dispatch_us: d,
             row_gmacs: row,
+            native_weights: native,
             link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
             host: None,
         },
@@ -567,6 +568,7 @@ fn tp_node(id: &str, memory: u64, gemv_gbps: f64, latency_us: f64, bandwidth_mbp
         gemv_gbps,
         dispatch_us: 1.0,
         row_gmacs: 0.0,
+        native_weights: false,
         link: LinkProfile { latency_us, bandwidth_mbps },
         host: None,
     }
@@ -732,6 +734,7 @@ fn big_cluster(memory_scale: u64) -> Vec<NodeProfile> {
                 gemv_gbps: g,
                 dispatch_us: d,
                 row_gmacs: row,
+                native_weights: false,
                 link: LinkProfile { latency_us: lat, bandwidth_mbps: bw },
                 host: None,
             }
@@ -817,6 +820,43 @@ fn the_description_of_smollm2_has_the_split_shapes() {
         (d.kv_bytes_per_token_per_layer, d.activation_bytes_per_token, d.flops_per_token_per_layer),
         (s.kv_bytes_per_token_per_layer, s.activation_bytes_per_token, s.flops_per_token_per_layer)
     );
+}
+
+/// A node of the cpu backend reads the weights as the file stores them and an f16 cache: a Q4_K_M file's K-quants
+/// a wgpu node holds widened (the description's counts), SmolLM2's Q4_1 and Q8_0 as they are.
+#[test]
+fn a_cpu_node_reads_the_files_bytes() {
+    let describe = |path: &std::path::Path| {
+        edge_node::setup::check_model(path).unwrap_or_else(|e| panic!("{e}"));
+        let m = edge_node::backend::LoadedModel::open(path).unwrap();
+        let file = std::fs::metadata(path).unwrap().len();
+        (ModelDescription::from_gguf(&m.gguf, &m.config).unwrap(), file)
+    };
+    let (smol, file) = describe(std::path::Path::new(&model_path()));
+    assert!(
+        smol.native_weight_bytes > file / 2 && smol.native_weight_bytes < file,
+        "{} of {file}",
+        smol.native_weight_bytes
+    );
+    let ratio = smol.native_weight_ratio();
+    assert!(ratio > 0.95 && ratio <= 1.0, "Q4_1 and Q8_0 as the file stores them, near enough: {ratio}");
+    let (gemma, file) = describe(&edge_node::setup::known_model(&edge_node::setup::GEMMA3_270M));
+    assert!(gemma.native_weight_bytes > file / 2 && gemma.native_weight_bytes < file);
+    let ratio = gemma.native_weight_ratio();
+    assert!(ratio > 0.4 && ratio < 0.9, "K-quants widened on wgpu: {ratio}");
+
+    // Reads: the weights at the ratio, the cache at half; the same node without the flag reads the counts.
+    let mut model = toy(4);
+    model.native_weight_bytes = (4 * 1_000_000 + 500_000) / 2;
+    let r = req(1000, 1);
+    let cost = CostModel::new(&model, &r);
+    let gpu = node("gpu", 100_000_000, 2.0);
+    let cpu = NodeProfile { native_weights: true, ..gpu.clone() };
+    assert_eq!(cost.read_us(&gpu, 1e6, 1e4), (1e6 + 1e4) / 2e3);
+    assert_eq!(cost.read_us(&cpu, 1e6, 1e4), (0.5e6 + 0.5e4) / 2e3);
+    let latency = |n: &NodeProfile| plan(&model, std::slice::from_ref(n), &r).unwrap().prediction.token_latency_us;
+    let (g, c) = (latency(&gpu), latency(&cpu));
+    assert!(c < g && (g - c) > 0.45 * 4.5e6 / 2e3, "cpu {c} us, wgpu {g} us");
 }
 
 fn write_nodes(name: &str, nodes: &[NodeProfile]) -> std::path::PathBuf {

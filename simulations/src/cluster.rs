@@ -97,6 +97,7 @@ pub fn node_profile(n: &SimNode) -> NodeProfile {
         gemv_gbps: n.device.gemv_gbps,
         dispatch_us: n.device.dispatch_us,
         row_gmacs: n.device.row_gmacs,
+        native_weights: false,
         link: LinkProfile { latency_us: n.link.planner_latency_us(), bandwidth_mbps: n.link.bandwidth_mbps },
         host: None,
     }

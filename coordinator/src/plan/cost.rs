@@ -181,11 +181,21 @@ impl<'a> CostModel<'a> {
         self.batch.max(1) as f64 * bytes
     }
 
+    /// Time (us) node `n` takes to read `weights` bytes of weights and `kv` bytes of KV cache as the model
+    /// description counts them (a wgpu node's: matrices as it holds them, an f32 cache), at its GEMV bandwidth. A
+    /// node that reads the file's own blocks and an f16 cache (the cpu backend, [`NodeProfile::native_weights`])
+    /// reads [`ModelDescription::native_weight_ratio`] of those weights and half that cache.
+    pub fn read_us(&self, n: &NodeProfile, weights: f64, kv: f64) -> f64 {
+        let (weights, kv) =
+            if n.native_weights { (weights * self.model.native_weight_ratio(), kv / 2.0) } else { (weights, kv) };
+        (weights + kv) / (n.gemv_gbps * 1e3)
+    }
+
     /// Time (us) of one layer of `bytes` weights on node `n`: weights and KV read at GEMV bandwidth, dispatches;
     /// each further row of a batch reads its own KV cache and adds its multiply-adds at the batched rate.
     pub fn node_layer_us(&self, n: &NodeProfile, bytes: f64) -> f64 {
-        let kv = self.kv_read_bytes_per_layer() / (n.gemv_gbps * 1e3);
-        let one = bytes / (n.gemv_gbps * 1e3) + kv + DISPATCHES_PER_LAYER * n.dispatch_us;
+        let kv = self.read_us(n, 0.0, self.kv_read_bytes_per_layer());
+        let one = self.read_us(n, bytes, 0.0) + kv + DISPATCHES_PER_LAYER * n.dispatch_us;
         self.rows(n, one, kv + self.row_us(n, self.layer_macs()))
     }
 
@@ -196,7 +206,7 @@ impl<'a> CostModel<'a> {
 
     /// Final norm and head of one row on node `n` (us).
     fn head_one_us(&self, n: &NodeProfile) -> f64 {
-        self.model.head_bytes as f64 / (n.gemv_gbps * 1e3) + HEAD_DISPATCHES * n.dispatch_us
+        self.read_us(n, self.model.head_bytes as f64, 0.0) + HEAD_DISPATCHES * n.dispatch_us
     }
 
     /// Final norm and head on node `n` (us).
@@ -212,9 +222,9 @@ impl<'a> CostModel<'a> {
     /// Compute time (us) of one decode step (of [`CostModel::batch`] rows) of whole layers `[a, b)` on node `n`.
     pub fn node_stage_us(&self, n: &NodeProfile, a: usize, b: usize, embed: bool, head: bool) -> f64 {
         let layers = (b - a) as f64;
-        let kv = self.kv_read_bytes_per_layer() * layers / (n.gemv_gbps * 1e3);
+        let kv = self.read_us(n, 0.0, self.kv_read_bytes_per_layer() * layers);
         let one =
-            self.layer_bytes(a, b) as f64 / (n.gemv_gbps * 1e3) + kv + DISPATCHES_PER_LAYER * layers * n.dispatch_us;
+            self.read_us(n, self.layer_bytes(a, b) as f64, 0.0) + kv + DISPATCHES_PER_LAYER * layers * n.dispatch_us;
         self.rows(n, one, kv + self.row_us(n, layers * self.layer_macs()))
             + if embed { self.embed_us(n) } else { 0.0 }
             + if head { self.head_us(n) } else { 0.0 }
@@ -309,7 +319,8 @@ impl TpGroup {
         if k > blocks {
             return Err(format!("the FFN has only {blocks} blocks of {block} columns: at most {blocks} members"));
         }
-        let g: Vec<f64> = members.iter().map(|&i| nodes[i].gemv_gbps).collect();
+        // Each member's speed at this model's bytes.
+        let g: Vec<f64> = members.iter().map(|&i| 1.0 / cost.read_us(&nodes[i], 1.0, 0.0)).collect();
         let mut h = vec![1usize; k];
         for _ in k..heads {
             let i = argmin((0..k).map(|i| (h[i] + 1) as f64 / g[i]));
@@ -323,7 +334,7 @@ impl TpGroup {
             let (attn_share, kv_share) = head_share(m, h[i]);
             let share = attn * attn_share + (1.0 - attn) * cols / ffn.max(1) as f64;
             let n = &nodes[members[i]];
-            (w * share + kv_read * kv_share) / (n.gemv_gbps * 1e3) + DISPATCHES_PER_LAYER * n.dispatch_us
+            cost.read_us(n, w * share, kv_read * kv_share) + DISPATCHES_PER_LAYER * n.dispatch_us
         };
         let mut f = vec![1usize; k];
         for _ in k..blocks {
@@ -434,9 +445,9 @@ impl TpGroup {
             .enumerate()
             .map(|(i, s)| {
                 let n = &nodes[s.node];
-                let kv = kv_read * self.kv_share[i] / (n.gemv_gbps * 1e3);
+                let kv = cost.read_us(n, 0.0, kv_read * self.kv_share[i]);
                 let one =
-                    bytes * self.weight_share[i] / (n.gemv_gbps * 1e3) + kv + DISPATCHES_PER_LAYER * n.dispatch_us;
+                    cost.read_us(n, bytes * self.weight_share[i], 0.0) + kv + DISPATCHES_PER_LAYER * n.dispatch_us;
                 self.scale(one, kv + cost.row_us(n, cost.layer_macs() * self.weight_share[i]))
             })
             .fold(0.0, f64::max);

@@ -130,6 +130,11 @@ pub struct NodeProfile {
     /// tokens sharing one read of the weights); 0: the node runs a batch's rows one after another.
     #[serde(default)]
     pub row_gmacs: f64,
+    /// The node reads the weights in the file's own blocks and holds an f16 KV cache (the cpu backend), where the
+    /// model description counts a wgpu node's bytes: its reads take [`ModelDescription::native_weight_ratio`] of
+    /// the weights' and half the cache's ([`cost::CostModel::read_us`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub native_weights: bool,
     pub link: LinkProfile,
     /// The machine the node runs on, as far as the coordinator can tell (the IP address it reaches the node at):
     /// stages on one host share its compute, so a round of batches lasts at least their busy times added up.
@@ -163,6 +168,7 @@ impl NodeProfile {
             gemv_gbps: if gemv.is_finite() && gemv > 0.0 { gemv } else { DEFAULT_GEMV_GBPS },
             dispatch_us: if dispatch.is_finite() && dispatch >= 0.0 { dispatch } else { 0.0 },
             row_gmacs: if row.is_finite() && row >= 0.0 { row } else { 0.0 },
+            native_weights: c.backend == "cpu",
             link: LinkProfile {
                 latency_us: m.peer.rtt_us.map_or(DEFAULT_LATENCY_US, |r| r as f64 / 2.0),
                 bandwidth_mbps: m

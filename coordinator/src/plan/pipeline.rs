@@ -405,11 +405,12 @@ fn profile_key(n: &NodeProfile) -> ProfileKey {
         n.row_gmacs.to_bits(),
         n.link.latency_us.to_bits(),
         n.link.bandwidth_mbps.to_bits(),
+        n.native_weights,
     )
 }
 
 /// Memory and the bit patterns of every measured rate of a node.
-type ProfileKey = (u64, u64, u64, u64, u64, u64);
+type ProfileKey = (u64, u64, u64, u64, u64, u64, bool);
 
 /// The units of a search: `group` first (if any), then the nodes of `candidates` in index order, at most
 /// `n_layers` of each profile (the lowest indices), without those that can hold nothing and those

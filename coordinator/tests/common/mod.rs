@@ -29,6 +29,7 @@ pub fn toy(layers: usize) -> ModelDescription {
         embed_bytes: 500_000,
         head_bytes: 500_000,
         tied_embeddings: false,
+        native_weight_bytes: 0,
         kv_bytes_per_token_per_layer: 1000,
         layer_windows: vec![],
         activation_bytes_per_token: 1000,
@@ -45,6 +46,7 @@ pub fn node(id: &str, usable: u64, gemv_gbps: f64) -> NodeProfile {
         gemv_gbps,
         dispatch_us: 10.0,
         row_gmacs: 0.0,
+        native_weights: false,
         link: LinkProfile { latency_us: 100.0, bandwidth_mbps: 100.0 },
         host: None,
     }
