@@ -97,7 +97,7 @@ pub fn node_profile(n: &SimNode) -> NodeProfile {
         gemv_gbps: n.device.gemv_gbps,
         dispatch_us: n.device.dispatch_us,
         row_gmacs: n.device.row_gmacs,
-        native_weights: false,
+        native_weights: n.device.native_weights,
         link: LinkProfile { latency_us: n.link.planner_latency_us(), bandwidth_mbps: n.link.bandwidth_mbps },
         host: None,
     }

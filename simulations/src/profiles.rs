@@ -25,6 +25,9 @@ pub struct DeviceProfile {
     /// What the self-benchmark would report for a batched step: G multiply-adds/s each row after the first adds
     /// (0: the node's backend runs a batch row by row, as wgpu does; its stages then take one step at a time).
     pub row_gmacs: f64,
+    /// The node's backend reads the weights as the file stores them and an f16 KV cache (the cpu backend; the
+    /// planner's [`edge_coord::plan::NodeProfile::native_weights`]).
+    pub native_weights: bool,
     /// Effective FLOPS of a prefill batch (GFLOPS): a chunk of `T` tokens takes at least
     /// `T x FLOPs per token / prefill_gflops`, whatever the planner's (bandwidth) formula says.
     pub prefill_gflops: f64,
@@ -69,6 +72,7 @@ pub const LAVAPIPE_2CORE: DeviceProfile = DeviceProfile {
     gemv_gbps: 2.9,
     dispatch_us: 35.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // 128 tokens x 216.7 MFLOP (30 layers x 2 x 3.54 M params + attention) / (128 / 26.2 tok/s) = 5.7 GFLOPS.
     prefill_gflops: 5.7,
     // The planner predicts 40.4 ms per token for one node with the numbers above (see the validation test);
@@ -92,6 +96,7 @@ pub const PI5: DeviceProfile = DeviceProfile {
     gemv_gbps: 6.0,
     dispatch_us: 50.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // VideoCore VII: ~50 GFLOPS FP32 peak, half of it.
     prefill_gflops: 25.0,
     calibration: 1.0,
@@ -114,6 +119,7 @@ pub const JETSON_ORIN_NANO: DeviceProfile = DeviceProfile {
     gemv_gbps: 40.0,
     dispatch_us: 15.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // 1024 CUDA cores at 625 MHz: 1.28 TFLOPS FP32; 30%.
     prefill_gflops: 400.0,
     calibration: 1.0,
@@ -135,6 +141,7 @@ pub const PHONE: DeviceProfile = DeviceProfile {
     gemv_gbps: 15.0,
     dispatch_us: 40.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // Adreno 710-class ~0.8 TFLOPS FP32; 30%.
     prefill_gflops: 250.0,
     calibration: 1.0,
@@ -156,6 +163,7 @@ pub const LAPTOP_IGPU: DeviceProfile = DeviceProfile {
     gemv_gbps: 30.0,
     dispatch_us: 20.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // 2.2 TFLOPS FP32; ~28%.
     prefill_gflops: 600.0,
     calibration: 1.0,
@@ -178,6 +186,7 @@ pub const M2: DeviceProfile = DeviceProfile {
     gemv_gbps: 70.0,
     dispatch_us: 10.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // 3.6 TFLOPS FP32; ~28%.
     prefill_gflops: 1000.0,
     calibration: 1.0,
@@ -199,6 +208,7 @@ pub const RTX4070: DeviceProfile = DeviceProfile {
     gemv_gbps: 350.0,
     dispatch_us: 5.0,
     row_gmacs: 0.0, // the wgpu backend: a batch runs row by row
+    native_weights: false,
     // 29 TFLOPS FP32; ~28%.
     prefill_gflops: 8000.0,
     calibration: 1.0,
@@ -220,6 +230,7 @@ pub const CPU_2CORE: DeviceProfile = DeviceProfile {
     gemv_gbps: 15.0,
     dispatch_us: 0.0,
     row_gmacs: 90.0,
+    native_weights: true,
     // 618 tok/s x 216.7 MFLOP per token.
     prefill_gflops: 134.0,
     // The planner predicts 7.05 ms per token for one node with the numbers above; measured 7.7 ms.

@@ -37,7 +37,10 @@ struct Member {
     node: usize,
     factor: f64,
     gflops: f64,
+    /// GB/s at which the member reads the weight bytes and the KV cache bytes the model description counts (its
+    /// GEMV bandwidth; for a node that reads the file's blocks and an f16 cache, as [`CostModel::read_us`] says).
     gbps: f64,
+    kv_gbps: f64,
     dispatch_us: f64,
     link: LinkSpec,
     weight_share: f64,
@@ -103,7 +106,8 @@ impl StageCost {
                     node: global[m.node],
                     factor: n.device.time_factor(),
                     gflops: n.device.prefill_gflops,
-                    gbps: profiles[m.node].gemv_gbps,
+                    gbps: 1e-3 / cost.read_us(&profiles[m.node], 1.0, 0.0),
+                    kv_gbps: 1e-3 / cost.read_us(&profiles[m.node], 0.0, 1.0),
                     dispatch_us: profiles[m.node].dispatch_us,
                     link: n.link,
                     weight_share: group.as_ref().map_or(1.0, |g| g.weight_share(i)),
@@ -172,7 +176,7 @@ impl StageCost {
         let (m, row_us) = (&self.members[0], self.row_us.unwrap_or(0.0));
         let rows: usize = steps.iter().map(|s| s.0).sum();
         let positions: usize = steps.iter().map(|&(t, p)| p + t).sum();
-        let kv = self.kv_bytes_per_pos_layer * self.read_positions(positions as f64) / (m.gbps * 1e3);
+        let kv = self.kv_bytes_per_pos_layer * self.read_positions(positions as f64) / (m.kv_gbps * 1e3);
         let time = m.factor * (self.fixed_us + kv + rows.saturating_sub(1) as f64 * row_us);
         let flops: f64 = steps
             .iter()
@@ -194,7 +198,7 @@ impl StageCost {
     fn node_step_us(&self, tokens: usize, pos: usize) -> f64 {
         let m = &self.members[0];
         let positions = (pos + tokens) as f64;
-        let kv = self.kv_bytes_per_pos_layer * self.read_positions(positions) / (m.gbps * 1e3);
+        let kv = self.kv_bytes_per_pos_layer * self.read_positions(positions) / (m.kv_gbps * 1e3);
         let bandwidth = m.factor * (self.fixed_us + kv);
         if tokens == 1 {
             return bandwidth;
@@ -242,7 +246,8 @@ impl StageCost {
         let extra_rows = tokens.saturating_sub(1) as f64;
         let member_layer = |m: &Member, bytes: f64| {
             let bw = m.factor
-                * ((bytes * m.weight_share + kv_read * m.kv_share) / (m.gbps * 1e3)
+                * (bytes * m.weight_share / (m.gbps * 1e3)
+                    + kv_read * m.kv_share / (m.kv_gbps * 1e3)
                     + DISPATCHES_PER_LAYER * m.dispatch_us
                     + extra_rows * m.row_layer_us);
             if prefill {
