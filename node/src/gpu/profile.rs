@@ -100,8 +100,9 @@ pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64, reps: u32) -> Result<f64, Sh
     Ok(bytes as f64 / secs / 1e9)
 }
 
-/// What a node measures about its device at start: GEMV bandwidth on a Q4_1 matrix the size of a large layer
-/// projection, what each further row of a batched matmul costs, and the cost of one (tiny) dispatch. Cached in the node's data directory per adapter.
+/// What a node measures about its device at start: GEMV bandwidth on Q4_1 matrices (wgpu: one the size of a large
+/// layer projection; the CPU backends: see [`self_benchmark_cpu`]), what each further row of a batched matmul
+/// costs, and the cost of one (tiny) dispatch. wgpu's is cached in the node's data directory per adapter.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SelfBench {
     pub adapter: String,
@@ -154,7 +155,7 @@ fn row_gmacs(macs: usize, one: f64, batch: f64) -> f64 {
 /// machine short of memory), for one row; then one of them, in the caches, for one row and for a batch of
 /// [`BATCH_ROWS`] (what each row after the first costs is its `row_gmacs`, the planner's cost of a batched step).
 /// Each time is the best of three trials: a busy moment of a shared machine only ever slows a trial. (One matrix
-/// of 4 MB in GGML's layout, timed once, put the predictions a third under the measured rates: a layout no shard
+/// of 2.5 MiB in GGML's layout, timed once, put the predictions a third under the measured rates: a layout no shard
 /// of a packed type runs, read from the caches; and one slow trial could halve the rate.)
 pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
     use crate::cpu::{kernels::Kernels, matmul};
@@ -197,16 +198,24 @@ pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
         free => STREAM_BYTES.min(free / 8),
     };
     let count = (budget / w.len() as u64).clamp(2, 256) as usize;
-    let mats: Vec<matmul::Mat> = (0..count)
+    let mut mats: Vec<matmul::Mat> = (0..count)
         .map(|_| {
             matmul::Mat::raw(GgmlType::Q4_1, rows, cols, kernels).expect("Q4_1 has a kernel").repacked(&w, kernels)
         })
         .collect();
+    // A path without the interleaved layout (NEON without dotprod; or no memory for a copy) reads the matrices in
+    // the model's bytes: each gets its own, else the stream would read one matrix from the caches.
+    let model = if mats[0].is_packed() { w.clone() } else { w.repeat(count) };
+    if !mats[0].is_packed() {
+        for (i, m) in mats.iter_mut().enumerate() {
+            m.range = i * w.len()..(i + 1) * w.len();
+        }
+    }
     let mut acts = matmul::Acts::default();
     let mut pass = |mats: &[matmul::Mat], n: usize| {
         acts.quantize(&x[..n * cols], cols, &[&mats[0]]);
         for m in mats {
-            matmul::matmul(&pool, &w, &[m], &acts, n, &mut [&mut y[..n * rows]]);
+            matmul::matmul(&pool, &model, &[m], &acts, n, &mut [&mut y[..n * rows]]);
         }
     };
     let stream = time(2, &mut || pass(&mats, 1));

@@ -296,15 +296,15 @@ impl Kernels {
         };
         let two = match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Some(match ty {
-                GgmlType::Q4_0 => avx512::gemm16_q4_0 as PackedFn,
-                GgmlType::Q4_1 => avx512::gemm16_q4_1,
-                GgmlType::Q5_0 => avx512::gemm16_q5_0,
-                GgmlType::Q8_0 => avx512::gemm16_q8_0,
-                GgmlType::Q4K => avx512::gemm16_q4_k,
-                GgmlType::Q6K => avx512::gemm16_q6_k,
-                _ => unreachable!("`one` returned for any other type"),
-            }),
+            Isa::Avx512Vnni => match ty {
+                GgmlType::Q4_0 => Some(avx512::gemm16_q4_0 as PackedFn),
+                GgmlType::Q4_1 => Some(avx512::gemm16_q4_1 as PackedFn),
+                GgmlType::Q5_0 => Some(avx512::gemm16_q5_0 as PackedFn),
+                GgmlType::Q8_0 => Some(avx512::gemm16_q8_0 as PackedFn),
+                GgmlType::Q4K => Some(avx512::gemm16_q4_k as PackedFn),
+                GgmlType::Q6K => Some(avx512::gemm16_q6_k as PackedFn),
+                _ => None,
+            },
             _ => None,
         };
         Some(Packed { one, two })
