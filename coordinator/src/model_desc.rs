@@ -32,13 +32,16 @@ pub struct ModelDescription {
     /// holds a copy, but the file stores it once.
     pub head_bytes: u64,
     pub tied_embeddings: bool,
-    /// The layers' and the head's weight bytes as the file stores them: what a node of the cpu backend reads,
-    /// whose kernels take every GGUF type in its own blocks (0: unknown, taken as the counts above). See
-    /// [`ModelDescription::native_weight_ratio`].
+    /// All layers' weight bytes as the file stores them: what a node of the cpu backend reads, whose kernels take
+    /// every GGUF type in its own blocks (0: unknown, taken as the counts above). See
+    /// [`ModelDescription::native_layer_ratio`].
     #[serde(default)]
-    pub native_weight_bytes: u64,
+    pub native_layer_bytes: u64,
+    /// The head's (final norm and output matrix) as the file stores them (0: unknown).
+    #[serde(default)]
+    pub native_head_bytes: u64,
     /// KV cache bytes per token per layer (f32 keys and values, as the wgpu backend holds them; the cpu backend
-    /// holds f16, half of this, so for its nodes the memory check and the KV read time are conservative).
+    /// holds f16, half of this: for its nodes the memory check is conservative, the read time halved).
     pub kv_bytes_per_token_per_layer: u64,
     /// Per layer, the positions its attention reads when it is a sliding-window layer (gemma3's local layers,
     /// whose KV cache a node bounds by the window); empty when every layer reads every position.
@@ -73,7 +76,7 @@ impl ModelDescription {
         let embed_bytes = all.embed.as_ref().map_or(0, matrix);
         let head_bytes = all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, matrix);
         // The same tensors as the file stores them.
-        let native_weight_bytes = all
+        let native_layer_bytes = all
             .layers
             .iter()
             .flat_map(|l| {
@@ -84,8 +87,8 @@ impl ModelDescription {
                     .map(|t| t.size)
                     .collect::<Vec<_>>()
             })
-            .chain(all.output_norm.iter().chain(&all.output).map(|t| t.size))
             .sum();
+        let native_head_bytes = all.output_norm.iter().chain(&all.output).map(|t| t.size).sum();
         let q = cfg.n_heads * cfg.head_dim;
         let params = cfg.dim * (q + 2 * cfg.kv_dim()) + q * cfg.dim + 3 * cfg.dim * cfg.ffn_dim;
         let ffn_block = all.layers.first().map_or(32, |l| l.w_down.ty.block().0.max(32));
@@ -103,7 +106,8 @@ impl ModelDescription {
             embed_bytes,
             head_bytes,
             tied_embeddings: cfg.tied_embeddings,
-            native_weight_bytes,
+            native_layer_bytes,
+            native_head_bytes,
             kv_bytes_per_token_per_layer: (2 * cfg.kv_dim() * 4) as u64,
             layer_windows: match cfg.sliding {
                 Some(_) => (0..cfg.n_layers).map(|l| cfg.window(l)).collect(),
@@ -142,7 +146,9 @@ impl ModelDescription {
             embed_bytes: embed,
             head_bytes: embed + s.dim as u64 * 4,
             tied_embeddings: true,
-            native_weight_bytes: 0, // the counts above are the file's
+            // The counts above are the file's.
+            native_layer_bytes: 0,
+            native_head_bytes: 0,
             kv_bytes_per_token_per_layer: (2 * kv * 4) as u64,
             layer_windows: Vec::new(),
             activation_bytes_per_token: (s.dim * 4) as u64,
@@ -175,22 +181,31 @@ impl ModelDescription {
         }
     }
 
-    /// What a node of the cpu backend reads of the weights for each byte the description counts (the file's
-    /// bytes over a wgpu node's: 0.98 for SmolLM2's Q4_1 and Q8_0, 0.77 and 0.85 for the Q4_K_M files of Qwen2.5
-    /// and gemma3, whose K-quants a wgpu node holds widened); 1 when unknown.
-    pub fn native_weight_ratio(&self) -> f64 {
-        let counted = self.layer_weight_bytes.iter().sum::<u64>() + self.head_bytes;
-        if self.native_weight_bytes == 0 || counted == 0 {
-            1.0
-        } else {
-            self.native_weight_bytes as f64 / counted as f64
-        }
+    /// What a node of the cpu backend reads of the layers' weights for each byte the description counts (the
+    /// file's bytes over a wgpu node's, which holds K-quants widened: 1.00 for SmolLM2's Q4_1, 0.69 and 0.68 for
+    /// the Q4_K_M files of Qwen2.5 and gemma3); 1 when unknown.
+    pub fn native_layer_ratio(&self) -> f64 {
+        ratio(self.native_layer_bytes, self.layer_weight_bytes.iter().sum())
+    }
+
+    /// The same for the head (0.94 for the Q8_0 heads of all three: wgpu holds their scales as f32).
+    pub fn native_head_ratio(&self) -> f64 {
+        ratio(self.native_head_bytes, self.head_bytes)
     }
 
     /// Bytes of distinct weights (a tied head counted once).
     pub fn total_weight_bytes(&self) -> u64 {
         let head = if self.tied_embeddings { self.head_bytes - self.embed_bytes } else { self.head_bytes };
         self.layer_weight_bytes.iter().sum::<u64>() + self.embed_bytes + head
+    }
+}
+
+/// `native / counted`, or 1 when either is unknown.
+fn ratio(native: u64, counted: u64) -> f64 {
+    if native == 0 || counted == 0 {
+        1.0
+    } else {
+        native as f64 / counted as f64
     }
 }
 

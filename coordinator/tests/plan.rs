@@ -425,11 +425,14 @@ fn arb_case_of(
         1usize..=1000,
         1usize..=8,
         0u64..4_000_000,
+        prop_oneof![Just(1.0), 0.5f64..1.0], // what a cpu node reads of the counted weights
     )
-        .prop_map(move |(l, sizes, embed, head, kv, act, mut nodes, context, sequences, flops)| {
+        .prop_map(move |(l, sizes, embed, head, kv, act, mut nodes, context, sequences, flops, native)| {
             let mut m = toy(l);
             m.flops_per_token_per_layer = flops;
             m.layer_weight_bytes = if uniform { vec![sizes[0]; l] } else { sizes[..l].to_vec() };
+            m.native_layer_bytes = (m.layer_weight_bytes.iter().sum::<u64>() as f64 * native) as u64;
+            m.native_head_bytes = (head as f64 * (1.0 + native) / 2.0) as u64;
             (m.embed_bytes, m.head_bytes, m.kv_bytes_per_token_per_layer, m.activation_bytes_per_token) =
                 (embed, head, kv, act);
             // Node memory: 0.2..1.3 x what the whole model needs on one node.
@@ -501,12 +504,13 @@ proptest! {
     }
 }
 
-/// The k fastest nodes (GEMV bandwidth, then memory, then index), in index order: the planner's TP candidates.
-fn fastest(nodes: &[NodeProfile], k: usize) -> Vec<usize> {
+/// The k fastest nodes (reading `model`'s weights, then memory, then index), in index order: the planner's TP
+/// candidates.
+fn fastest(model: &ModelDescription, nodes: &[NodeProfile], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by(|&a, &b| {
-        (nodes[b].gemv_gbps, nodes[b].memory_bytes, b)
-            .partial_cmp(&(nodes[a].gemv_gbps, nodes[a].memory_bytes, a))
+        (nodes[b].weight_gbps(model), nodes[b].memory_bytes, b)
+            .partial_cmp(&(nodes[a].weight_gbps(model), nodes[a].memory_bytes, a))
             .unwrap()
     });
     order.truncate(k);
@@ -534,7 +538,7 @@ proptest! {
         let cost = CostModel::new(&model, &r);
         let mut want = brute_force(&model, &nodes, &r);
         for k in 2..=nodes.len().min(model.n_kv_heads) {
-            let shares = TpGroup::split(&cost, &nodes, &fastest(&nodes, k)).unwrap();
+            let shares = TpGroup::split(&cost, &nodes, &fastest(&model, &nodes, k)).unwrap();
             let g = TpGroup::new(&cost, &nodes, shares);
             if let Some(c) = brute_force_with(&model, &nodes, &r, Some(&g)) {
                 if want.as_ref().is_none_or(|w| c.0 < w.0) {
@@ -833,21 +837,20 @@ fn a_cpu_node_reads_the_files_bytes() {
         (ModelDescription::from_gguf(&m.gguf, &m.config).unwrap(), file)
     };
     let (smol, file) = describe(std::path::Path::new(&model_path()));
-    assert!(
-        smol.native_weight_bytes > file / 2 && smol.native_weight_bytes < file,
-        "{} of {file}",
-        smol.native_weight_bytes
-    );
-    let ratio = smol.native_weight_ratio();
-    assert!(ratio > 0.95 && ratio <= 1.0, "Q4_1 and Q8_0 as the file stores them, near enough: {ratio}");
+    let native = smol.native_layer_bytes + smol.native_head_bytes;
+    assert!(native > file / 2 && native < file, "{native} of {file}");
+    let (layers, head) = (smol.native_layer_ratio(), smol.native_head_ratio());
+    assert!(layers == 1.0 && head > 0.9 && head < 1.0, "Q4_1 as stored, Q8_0 near: {layers} {head}");
     let (gemma, file) = describe(&edge_node::setup::known_model(&edge_node::setup::GEMMA3_270M));
-    assert!(gemma.native_weight_bytes > file / 2 && gemma.native_weight_bytes < file);
-    let ratio = gemma.native_weight_ratio();
-    assert!(ratio > 0.4 && ratio < 0.9, "K-quants widened on wgpu: {ratio}");
+    let native = gemma.native_layer_bytes + gemma.native_head_bytes;
+    assert!(native > file / 2 && native < file, "{native} of {file}");
+    let (layers, head) = (gemma.native_layer_ratio(), gemma.native_head_ratio());
+    assert!(layers > 0.5 && layers < 0.9 && head > 0.9 && head < 1.0, "K-quants widened on wgpu: {layers} {head}");
 
-    // Reads: the weights at the ratio, the cache at half; the same node without the flag reads the counts.
+    // Reads: the layers' and the head's weights at their ratios, the cache at half; the same node without the
+    // flag reads the counts.
     let mut model = toy(4);
-    model.native_weight_bytes = (4 * 1_000_000 + 500_000) / 2;
+    (model.native_layer_bytes, model.native_head_bytes) = (2_000_000, 500_000);
     let r = req(1000, 1);
     let cost = CostModel::new(&model, &r);
     let gpu = node("gpu", 100_000_000, 2.0);
@@ -856,7 +859,8 @@ fn a_cpu_node_reads_the_files_bytes() {
     assert_eq!(cost.read_us(&cpu, 1e6, 1e4), (0.5e6 + 0.5e4) / 2e3);
     let latency = |n: &NodeProfile| plan(&model, std::slice::from_ref(n), &r).unwrap().prediction.token_latency_us;
     let (g, c) = (latency(&gpu), latency(&cpu));
-    assert!(c < g && (g - c) > 0.45 * 4.5e6 / 2e3, "cpu {c} us, wgpu {g} us");
+    assert_eq!(cost.head_one_us(&cpu), cost.head_one_us(&gpu), "the toy's head as the file stores it");
+    assert!(c < g && (g - c) > 0.45 * 4e6 / 2e3, "cpu {c} us, wgpu {g} us");
 }
 
 fn write_nodes(name: &str, nodes: &[NodeProfile]) -> std::path::PathBuf {

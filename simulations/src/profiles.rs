@@ -222,7 +222,9 @@ pub const RTX4070: DeviceProfile = DeviceProfile {
 
 /// This project's machine on the native CPU backend (AVX2 path, 2 threads; 2026-12-04): `edge-node serve`'s
 /// self-benchmark 15.0-15.7 GB/s GEMV and 88-93 G multiply-adds/s per batched row; SmolLM2-135M Q4_1 prefill
-/// 618 tok/s on a 128-token prompt and decode 7.7 ms/token in `edge-node bench` (README "Performance").
+/// 618 tok/s on a 128-token prompt and decode 7.7 ms/token in `edge-node bench` (README "Performance"). Those
+/// came from the self-benchmark of that day (one matrix in GGML's layout, from the caches) and a planner that read
+/// a cpu node's KV cache as f32; the profile keeps them as measured then (not re-derived since).
 pub const CPU_2CORE: DeviceProfile = DeviceProfile {
     name: "cpu-2core",
     label: "CPU backend, 2 cores (this machine)",

@@ -37,9 +37,11 @@ struct Member {
     node: usize,
     factor: f64,
     gflops: f64,
-    /// GB/s at which the member reads the weight bytes and the KV cache bytes the model description counts (its
-    /// GEMV bandwidth; for a node that reads the file's blocks and an f16 cache, as [`CostModel::read_us`] says).
+    /// GB/s at which the member reads the layers' and the head's weight bytes and the KV cache bytes the model
+    /// description counts: its GEMV bandwidth, or what that makes of them on a node that reads the file's blocks
+    /// and an f16 cache (as the planner: `NodeProfile::weight_gbps`, `head_gbps`, `kv_gbps`).
     gbps: f64,
+    head_gbps: f64,
     kv_gbps: f64,
     dispatch_us: f64,
     link: LinkSpec,
@@ -106,8 +108,9 @@ impl StageCost {
                     node: global[m.node],
                     factor: n.device.time_factor(),
                     gflops: n.device.prefill_gflops,
-                    gbps: 1e-3 / cost.read_us(&profiles[m.node], 1.0, 0.0),
-                    kv_gbps: 1e-3 / cost.read_us(&profiles[m.node], 0.0, 1.0),
+                    gbps: profiles[m.node].weight_gbps(cost.model),
+                    head_gbps: profiles[m.node].head_gbps(cost.model),
+                    kv_gbps: profiles[m.node].kv_gbps(),
                     dispatch_us: profiles[m.node].dispatch_us,
                     link: n.link,
                     weight_share: group.as_ref().map_or(1.0, |g| g.weight_share(i)),
@@ -278,7 +281,7 @@ impl StageCost {
                 .iter()
                 .map(|m| {
                     let bw = m.factor
-                        * (self.head_bytes / (m.gbps * 1e3)
+                        * (self.head_bytes / (m.head_gbps * 1e3)
                             + HEAD_DISPATCHES * m.dispatch_us
                             + extra_rows * m.row_head_us);
                     if prefill {

@@ -135,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("reading the node profiles in {}", file.display()))?;
                     serde_json::from_str(&text).with_context(|| {
-                        format!("{} is not a JSON array of node profiles (id, memory_bytes, gemv_gbps, dispatch_us, optional row_gmacs, link: {{latency_us, bandwidth_mbps}})", file.display())
+                        format!("{} is not a JSON array of node profiles (id, memory_bytes, gemv_gbps, dispatch_us, optional row_gmacs, optional native_weights (true for a cpu-backend member), link: {{latency_us, bandwidth_mbps}})", file.display())
                     })?
                 }
                 None => {

@@ -181,14 +181,12 @@ impl<'a> CostModel<'a> {
         self.batch.max(1) as f64 * bytes
     }
 
-    /// Time (us) node `n` takes to read `weights` bytes of weights and `kv` bytes of KV cache as the model
-    /// description counts them (a wgpu node's: matrices as it holds them, an f32 cache), at its GEMV bandwidth. A
-    /// node that reads the file's own blocks and an f16 cache (the cpu backend, [`NodeProfile::native_weights`])
-    /// reads [`ModelDescription::native_weight_ratio`] of those weights and half that cache.
+    /// Time (us) node `n` takes to read `weights` bytes of layer weights and `kv` bytes of KV cache as the model
+    /// description counts them (a wgpu node's: matrices as it holds them, an f32 cache): at its GEMV bandwidth,
+    /// or at what that makes of the description's bytes when it reads the file's blocks and an f16 cache (the cpu
+    /// backend, [`NodeProfile::weight_gbps`], [`NodeProfile::kv_gbps`]).
     pub fn read_us(&self, n: &NodeProfile, weights: f64, kv: f64) -> f64 {
-        let (weights, kv) =
-            if n.native_weights { (weights * self.model.native_weight_ratio(), kv / 2.0) } else { (weights, kv) };
-        (weights + kv) / (n.gemv_gbps * 1e3)
+        weights / (n.weight_gbps(self.model) * 1e3) + kv / (n.kv_gbps() * 1e3)
     }
 
     /// Time (us) of one layer of `bytes` weights on node `n`: weights and KV read at GEMV bandwidth, dispatches;
@@ -205,8 +203,8 @@ impl<'a> CostModel<'a> {
     }
 
     /// Final norm and head of one row on node `n` (us).
-    fn head_one_us(&self, n: &NodeProfile) -> f64 {
-        self.read_us(n, self.model.head_bytes as f64, 0.0) + HEAD_DISPATCHES * n.dispatch_us
+    pub fn head_one_us(&self, n: &NodeProfile) -> f64 {
+        self.model.head_bytes as f64 / (n.head_gbps(self.model) * 1e3) + HEAD_DISPATCHES * n.dispatch_us
     }
 
     /// Final norm and head on node `n` (us).

@@ -24,6 +24,10 @@
 //! window, taken into the mean over the layers) `+ DISPATCHES_PER_LAYER (6) x (b-a) x
 //! dispatch_us` `+ EMBED_DISPATCHES (1) x dispatch_us` on the first stage `+ head_bytes / (gemv_gbps x 1e3) +
 //! HEAD_DISPATCHES (2) x dispatch_us` on the last `+ STEP_OVERHEAD_US` (100: one submit and one readback).
+//! The byte counts are a wgpu node's (matrices as it holds them, an f32 cache); a node that reads the file's own
+//! blocks and an f16 cache (the cpu backend, [`NodeProfile::native_weights`]) reads each of those terms at its
+//! own rate instead of `gemv_gbps` ([`NodeProfile::weight_gbps`], `head_gbps`, `kv_gbps`): the file's bytes of
+//! the layers and the head, half the cache's.
 //!
 //! **Stage memory**: the layers' weights (+ `embed_bytes` on the first stage, + `head_bytes` on the last; a tied
 //! head is a second copy) + KV cache `kv_bytes_per_token_per_layer x positions x sequences` summed over the layers,
@@ -131,8 +135,8 @@ pub struct NodeProfile {
     #[serde(default)]
     pub row_gmacs: f64,
     /// The node reads the weights in the file's own blocks and holds an f16 KV cache (the cpu backend), where the
-    /// model description counts a wgpu node's bytes: its reads take [`ModelDescription::native_weight_ratio`] of
-    /// the weights' and half the cache's ([`cost::CostModel::read_us`]).
+    /// model description counts a wgpu node's bytes: it reads them at [`NodeProfile::weight_gbps`],
+    /// [`NodeProfile::head_gbps`] and [`NodeProfile::kv_gbps`]. False in a `--nodes` file that leaves it out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub native_weights: bool,
     pub link: LinkProfile,
@@ -153,6 +157,24 @@ pub struct LinkProfile {
 }
 
 impl NodeProfile {
+    /// GB/s at which this node reads the layer weight bytes `model` counts (a wgpu node's): its GEMV bandwidth,
+    /// over [`ModelDescription::native_layer_ratio`] when it reads the file's own blocks
+    /// ([`NodeProfile::native_weights`]).
+    pub fn weight_gbps(&self, model: &ModelDescription) -> f64 {
+        self.gemv_gbps / if self.native_weights { model.native_layer_ratio() } else { 1.0 }
+    }
+
+    /// The same for the head's bytes ([`ModelDescription::native_head_ratio`]).
+    pub fn head_gbps(&self, model: &ModelDescription) -> f64 {
+        self.gemv_gbps / if self.native_weights { model.native_head_ratio() } else { 1.0 }
+    }
+
+    /// GB/s at which this node reads the KV cache bytes a model description counts (f32): twice its GEMV
+    /// bandwidth when it holds an f16 cache ([`NodeProfile::native_weights`]).
+    pub fn kv_gbps(&self) -> f64 {
+        self.gemv_gbps * if self.native_weights { 2.0 } else { 1.0 }
+    }
+
     /// The planner's view of a discovered member: memory, GEMV bandwidth and dispatch cost from its capability
     /// record, latency half the ping round trip, bandwidth as measured (defaults when unknown:
     /// [`DEFAULT_GEMV_GBPS`], [`DEFAULT_LATENCY_US`], [`DEFAULT_BANDWIDTH_MBPS`]). `None` without a capability
@@ -401,7 +423,7 @@ pub fn plan(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
         if req.tensor_parallel == TpMode::Auto {
             let max_k = cost::MAX_TENSOR_PARALLEL.min(cost::tp_units(model).0).min(nodes.len());
             for k in 2..=max_k {
-                let members = fastest(nodes, k);
+                let members = fastest(cost.model, nodes, k);
                 let Ok(shares) = TpGroup::split(&cost, nodes, &members) else { continue };
                 let group = TpGroup::new(&cost, nodes, shares);
                 let others: Vec<usize> = all.iter().copied().filter(|i| !members.contains(i)).collect();
@@ -567,13 +589,14 @@ fn validate(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest) 
     Ok(())
 }
 
-/// Node indices fastest first: GEMV bandwidth, then memory, then index.
-fn fastest_first(nodes: &[NodeProfile]) -> Vec<usize> {
+/// Node indices fastest first: reading `model`'s weights ([`NodeProfile::weight_gbps`]), then memory, then
+/// index.
+fn fastest_first(model: &ModelDescription, nodes: &[NodeProfile]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by(|&a, &b| {
         nodes[b]
-            .gemv_gbps
-            .total_cmp(&nodes[a].gemv_gbps)
+            .weight_gbps(model)
+            .total_cmp(&nodes[a].weight_gbps(model))
             .then(nodes[b].memory_bytes.cmp(&nodes[a].memory_bytes))
             .then(a.cmp(&b))
     });
@@ -581,8 +604,8 @@ fn fastest_first(nodes: &[NodeProfile]) -> Vec<usize> {
 }
 
 /// The `k` fastest nodes ([`fastest_first`]), in index order.
-fn fastest(nodes: &[NodeProfile], k: usize) -> Vec<usize> {
-    let mut order = fastest_first(nodes);
+fn fastest(model: &ModelDescription, nodes: &[NodeProfile], k: usize) -> Vec<usize> {
+    let mut order = fastest_first(model, nodes);
     order.truncate(k);
     order.sort_unstable();
     order
@@ -601,7 +624,7 @@ fn force_tensor_parallel(
     if k > nodes.len() {
         return Err(bad(format!("the cluster has only {} nodes", nodes.len())));
     }
-    let members = fastest(nodes, k);
+    let members = fastest(cost.model, nodes, k);
     let shares = TpGroup::split(cost, nodes, &members).map_err(bad)?;
     let group = TpGroup::new(cost, nodes, shares);
     let l = cost.n_layers();

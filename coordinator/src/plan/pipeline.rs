@@ -409,7 +409,7 @@ fn profile_key(n: &NodeProfile) -> ProfileKey {
     )
 }
 
-/// Memory and the bit patterns of every measured rate of a node.
+/// Memory, the bit patterns of every measured rate of a node, and whether it reads the file's blocks.
 type ProfileKey = (u64, u64, u64, u64, u64, u64, bool);
 
 /// The units of a search: `group` first (if any), then the nodes of `candidates` in index order, at most

@@ -28,7 +28,7 @@ pub fn repair(
     let now = |m: usize| old_nodes.get(m).and_then(|n| index.get(n.id.as_str()).copied());
     let mut used: HashSet<usize> = previous.member_nodes().filter_map(now).collect();
     let cost = CostModel::new(model, req);
-    let order = fastest_first(nodes);
+    let order = fastest_first(model, nodes);
     let mut stages: Vec<Stage> = Vec::with_capacity(previous.stages.len());
     for s in &previous.stages {
         let mut st = s.clone();

@@ -158,7 +158,7 @@ pub fn plan_replicas(
 /// Exactly `k` replicas, or the error of the first that finds no plan.
 fn build(model: &ModelDescription, nodes: &[NodeProfile], req: &PlanRequest, k: usize) -> Result<Replicas, PlanError> {
     let s = req.sequences;
-    let mut free = fastest_first(nodes);
+    let mut free = fastest_first(model, nodes);
     let mut replicas = Vec::with_capacity(k);
     for i in 0..k {
         if free.len() < k - i {
