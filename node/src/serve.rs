@@ -92,7 +92,7 @@ pub struct ServeArgs {
 }
 
 /// Memory the system reports as available (Linux `MemAvailable`), or 0 when unknown.
-pub(crate) fn available_memory() -> u64 {
+fn available_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -106,7 +106,7 @@ pub(crate) fn available_memory() -> u64 {
 /// The device measurement (wgpu's from the cache in `dir` when it was made for this adapter and runtime), its
 /// device type, and the backend `backend` resolves to: `auto` takes wgpu when the adapter is a real GPU whose
 /// matrix-vector speed beats the native CPU kernels', the CPU kernels otherwise.
-fn measure(dir: &std::path::Path, backend: Backend) -> anyhow::Result<(SelfBench, String, Backend)> {
+fn measure(dir: &std::path::Path, backend: Backend, memory: u64) -> anyhow::Result<(SelfBench, String, Backend)> {
     let wgpu = |ctx: &std::sync::Arc<crate::gpu::GpuContext>| -> anyhow::Result<SelfBench> {
         let cache = dir.join("selfbench.json");
         let cached: Option<SelfBench> =
@@ -126,14 +126,14 @@ fn measure(dir: &std::path::Path, backend: Backend) -> anyhow::Result<(SelfBench
         })
     };
     Ok(match backend {
-        Backend::Cpu => (self_benchmark_cpu(false), "Cpu".into(), Backend::Cpu),
-        Backend::Reference => (self_benchmark_cpu(true), "Cpu".into(), Backend::Reference),
+        Backend::Cpu => (self_benchmark_cpu(false, memory), "Cpu".into(), Backend::Cpu),
+        Backend::Reference => (self_benchmark_cpu(true, memory), "Cpu".into(), Backend::Reference),
         Backend::Wgpu => {
             let ctx = crate::gpu::GpuContext::new()?;
             (wgpu(&ctx)?, format!("{:?}", ctx.info.device_type), Backend::Wgpu)
         }
         Backend::Auto => {
-            let cpu = self_benchmark_cpu(false);
+            let cpu = self_benchmark_cpu(false, memory);
             match crate::gpu::GpuContext::new() {
                 Ok(ctx) if ctx.info.device_type != wgpu::DeviceType::Cpu => {
                     let gpu = wgpu(&ctx)?;
@@ -213,8 +213,8 @@ pub async fn start_member(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = keys::load_or_create_identity(dir)?;
     let (bench, device_type, backend) = {
-        let (dir, backend) = (dir.to_owned(), o.backend);
-        tokio::task::spawn_blocking(move || measure(&dir, backend)).await??
+        let (dir, backend, memory) = (dir.to_owned(), o.backend, o.memory.unwrap_or_else(available_memory));
+        tokio::task::spawn_blocking(move || measure(&dir, backend, memory)).await??
     };
     let listeners = o.listen.len().max(1);
     let cfg = NetConfig {

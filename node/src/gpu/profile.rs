@@ -151,13 +151,14 @@ fn row_gmacs(macs: usize, one: f64, batch: f64) -> f64 {
 /// the f32 reference (one matrix, row by row: no batched rate).
 ///
 /// The native backend times what a decode step does with a model's weights: matrices in the interleaved layout
-/// of its packed kernels, one after another, more of them than the caches hold ([`STREAM_BYTES`], less on a
-/// machine short of memory), for one row; then one of them, in the caches, for one row and for a batch of
+/// of its packed kernels, one after another, more of them than the caches hold ([`STREAM_BYTES`], at most an
+/// eighth of `memory`, the bytes the node may use: `--memory`, else what the system reports free; 0: unknown),
+/// for one row; then one of them, in the caches, for one row and for a batch of
 /// [`BATCH_ROWS`] (what each row after the first costs is its `row_gmacs`, the planner's cost of a batched step).
 /// Each time is the best of three trials: a busy moment of a shared machine only ever slows a trial. (One matrix
 /// of 2.5 MiB in GGML's layout, timed once, put the predictions a third under the measured rates: a layout no shard
 /// of a packed type runs, read from the caches; and one slow trial could halve the rate.)
-pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
+pub fn self_benchmark_cpu(reference: bool, memory: u64) -> SelfBench {
     use crate::cpu::{kernels::Kernels, matmul};
     use crate::quant::GgmlType;
     let (rows, cols) = (4096, 1024);
@@ -193,7 +194,7 @@ pub fn self_benchmark_cpu(reference: bool) -> SelfBench {
             row_gmacs: 0.0,
         };
     }
-    let budget = match crate::serve::available_memory() {
+    let budget = match memory {
         0 => STREAM_BYTES,
         free => STREAM_BYTES.min(free / 8),
     };
@@ -238,3 +239,18 @@ pub const STREAM_BYTES: u64 = 256 << 20;
 
 /// Rows of the batched step the CPU self-benchmark times.
 pub const BATCH_ROWS: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    /// Within a small memory budget (two matrices) the native self-benchmark still gives rates the planner can
+    /// use; the reference reports no batched rate.
+    #[test]
+    fn the_cpu_self_benchmark_reports_usable_rates_in_little_memory() {
+        let b = super::self_benchmark_cpu(false, 24 << 20);
+        assert!(b.gemv_gbps.is_finite() && b.gemv_gbps > 0.1, "{b:?}");
+        assert!(b.row_gmacs.is_finite() && b.row_gmacs > 0.0, "{b:?}");
+        assert!(b.adapter.starts_with("cpu ("), "{b:?}");
+        let r = super::self_benchmark_cpu(true, 0);
+        assert!(r.gemv_gbps > 0.0 && r.row_gmacs == 0.0, "{r:?}");
+    }
+}
