@@ -58,37 +58,24 @@ impl ModelDescription {
     pub fn from_gguf(g: &Gguf, cfg: &ModelConfig) -> Result<ModelDescription, edge_node::gguf::GgufError> {
         let all = ShardTensors::resolve(g, cfg, ShardSpec::whole(cfg.n_layers as u32))?;
         // Matrices as a wgpu node holds them (repacked into textures: never less than the file, up to ~1.8x for
-        // Q4_K); norms and biases as stored.
-        let matrix = |t: &edge_node::gguf::TensorInfo| {
-            edge_node::gpu::weights::device_bytes(t.ty, t.rows() as usize, t.cols() as usize)
+        // Q4_K), or as the file stores them (what a cpu node reads); norms and biases as stored.
+        type Size<'t> = &'t dyn Fn(&edge_node::gguf::TensorInfo) -> u64;
+        let device: Size = &|t| edge_node::gpu::weights::device_bytes(t.ty, t.rows() as usize, t.cols() as usize);
+        let file: Size = &|t| t.size;
+        let layer = |l: &edge_node::model::LayerTensors, matrix: Size| {
+            let mut b = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].map(matrix).iter().sum::<u64>();
+            b += l.attn_norm.size + l.ffn_norm.size;
+            b += [&l.bq, &l.bk, &l.bv].iter().filter_map(|t| t.as_ref()).map(|t| t.size).sum::<u64>();
+            b += l.extra_norms().map(|t| t.size).sum::<u64>();
+            b
         };
-        let layer_weight_bytes = all
-            .layers
-            .iter()
-            .map(|l| {
-                let mut b = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].map(matrix).iter().sum::<u64>();
-                b += l.attn_norm.size + l.ffn_norm.size;
-                b += [&l.bq, &l.bk, &l.bv].iter().filter_map(|t| t.as_ref()).map(|t| t.size).sum::<u64>();
-                b += l.extra_norms().map(|t| t.size).sum::<u64>();
-                b
-            })
-            .collect();
-        let embed_bytes = all.embed.as_ref().map_or(0, matrix);
-        let head_bytes = all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, matrix);
-        // The same tensors as the file stores them.
-        let native_layer_bytes = all
-            .layers
-            .iter()
-            .flat_map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.attn_norm, &l.ffn_norm]
-                    .into_iter()
-                    .chain([&l.bq, &l.bk, &l.bv].into_iter().flatten())
-                    .chain(l.extra_norms())
-                    .map(|t| t.size)
-                    .collect::<Vec<_>>()
-            })
-            .sum();
-        let native_head_bytes = all.output_norm.iter().chain(&all.output).map(|t| t.size).sum();
+        let head =
+            |matrix: Size| all.output_norm.as_ref().map_or(0, |t| t.size) + all.output.as_ref().map_or(0, matrix);
+        let layer_weight_bytes = all.layers.iter().map(|l| layer(l, device)).collect();
+        let embed_bytes = all.embed.as_ref().map_or(0, device);
+        let head_bytes = head(device);
+        let native_layer_bytes = all.layers.iter().map(|l| layer(l, file)).sum();
+        let native_head_bytes = head(file);
         let q = cfg.n_heads * cfg.head_dim;
         let params = cfg.dim * (q + 2 * cfg.kv_dim()) + q * cfg.dim + 3 * cfg.dim * cfg.ffn_dim;
         let ffn_block = all.layers.first().map_or(32, |l| l.w_down.ty.block().0.max(32));

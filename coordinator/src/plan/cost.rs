@@ -317,8 +317,7 @@ impl TpGroup {
         if k > blocks {
             return Err(format!("the FFN has only {blocks} blocks of {block} columns: at most {blocks} members"));
         }
-        // Each member's speed at this model's bytes.
-        let g: Vec<f64> = members.iter().map(|&i| 1.0 / cost.read_us(&nodes[i], 1.0, 0.0)).collect();
+        let g: Vec<f64> = members.iter().map(|&i| nodes[i].weight_gbps(m)).collect();
         let mut h = vec![1usize; k];
         for _ in k..heads {
             let i = argmin((0..k).map(|i| (h[i] + 1) as f64 / g[i]));

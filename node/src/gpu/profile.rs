@@ -180,7 +180,6 @@ pub fn self_benchmark_cpu(reference: bool, memory: u64) -> SelfBench {
             })
             .fold(f64::INFINITY, f64::min)
     };
-    let adapter = format!("cpu ({}, {} threads)", kernels.isa().name(), pool.threads());
     let runtime = format!("edge-node/{}", env!("CARGO_PKG_VERSION"));
     if reference {
         let secs = time(5, &mut || {
@@ -206,11 +205,10 @@ pub fn self_benchmark_cpu(reference: bool, memory: u64) -> SelfBench {
         .collect();
     // A path without the interleaved layout (NEON without dotprod; or no memory for a copy) reads the matrices in
     // the model's bytes: each gets its own, else the stream would read one matrix from the caches.
-    let model = if mats[0].is_packed() { w.clone() } else { w.repeat(count) };
-    if !mats[0].is_packed() {
-        for (i, m) in mats.iter_mut().enumerate() {
-            m.range = i * w.len()..(i + 1) * w.len();
-        }
+    let copies = if mats[0].is_packed() { 1 } else { count };
+    let model = w.repeat(copies);
+    for (i, m) in mats.iter_mut().enumerate().take(copies) {
+        m.range = i * w.len()..(i + 1) * w.len();
     }
     let mut acts = matmul::Acts::default();
     let mut pass = |mats: &[matmul::Mat], n: usize| {
@@ -225,7 +223,7 @@ pub fn self_benchmark_cpu(reference: bool, memory: u64) -> SelfBench {
     let one = time(20, &mut || pass(&mats[..1], 1));
     let batch = time(20, &mut || pass(&mats[..1], BATCH_ROWS));
     SelfBench {
-        adapter,
+        adapter: format!("cpu ({}, {} threads)", kernels.isa().name(), pool.threads()),
         runtime,
         gemv_gbps: (count * w.len()) as f32 / stream as f32 / 1e9,
         dispatch_us: 0.0,
