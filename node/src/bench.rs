@@ -316,7 +316,7 @@ fn batched_secs<S: Shard>(
 /// a prompt's matmuls are compute-bound, so no bandwidth), then the ops' share of `total` seconds.
 fn print_ops(ops: &[crate::cpu::shard::OpStat], steps: usize, total: f64, read: f64, unit: &str) {
     let per_unit = if steps == 1 { 1e6 } else { 1e3 }; // ns per printed unit
-    println!("  {:<16} {:>12} {:>10} {:>9} {:>8}", "op", "weights", unit, "GB/s", "vs read");
+    println!("  {:<22} {:>12} {:>10} {:>9} {:>8}", "op", "weights", unit, "GB/s", "vs read");
     let mut sum = 0.0;
     for op in ops {
         let t = op.nanos as f64 / per_unit / steps as f64;
@@ -324,14 +324,15 @@ fn print_ops(ops: &[crate::cpu::shard::OpStat], steps: usize, total: f64, read: 
         let bytes = op.weight_bytes / steps as u64;
         let (gbps, ratio) = if bytes > 0 && steps > 1 {
             let g = bytes as f64 / (op.nanos as f64 / steps as f64);
-            (format!("{g:.1}"), format!("{:.0}%", 100.0 * g / read))
+            let ratio = if read > 0.0 { format!("{:.0}%", 100.0 * g / read) } else { "-".into() };
+            (format!("{g:.1}"), ratio)
         } else {
             ("-".into(), "-".into())
         };
-        println!("  {:<16} {:>12} {:>10.1} {:>9} {:>8}", op.op, human_bytes(bytes), t, gbps, ratio);
+        println!("  {:<22} {:>12} {:>10.1} {:>9} {:>8}", op.op, human_bytes(bytes), t, gbps, ratio);
     }
     println!(
-        "  ops {:.2} ms of {:.2} ms per step (the rest: norms, RoPE, quantizing, the pool's hand-offs)",
+        "  ops {:.2} ms of {:.2} ms per step (the rest: embedding, sampling, bookkeeping)",
         sum * 1e3 / steps as f64,
         total * 1e3 / steps as f64
     );

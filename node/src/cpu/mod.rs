@@ -7,8 +7,10 @@
 //!   products that run on the pool.
 //! - [`kernels`]: one file of dot products per instruction set (generic, AVX2, AVX-512 VNNI), picked at run time.
 //! - [`kv`]: a sequence's KV cache, sliding-window layers bounded by their window.
+//! - [`layer_ops`]: a layer's work besides the matmuls (residual sums, RoPE and the KV write, attention).
 //! - [`pool`]: the persistent thread pool (spin briefly, then sleep).
 //! - [`repack`]: weights of the 32-weight block types interleaved eight rows at a time at load.
+//! - [`rope`]: rotary embedding from a table of the step's sines and cosines.
 //! - [`shard`]: [`CpuShard`], the backend's [`crate::shard::Shard`].
 //!
 //! Every kernel is tested against the f32 reference ([`crate::reference`]) on every path this CPU has.
@@ -16,9 +18,11 @@
 pub mod act;
 pub mod kernels;
 pub mod kv;
+pub mod layer_ops;
 pub mod matmul;
 pub mod pool;
 pub mod repack;
+pub mod rope;
 pub mod shard;
 
 pub use shard::CpuShard;

@@ -15,12 +15,14 @@ use half::slice::HalfFloatSliceExt;
 
 use super::kernels::Kernels;
 use super::kv::SeqKv;
+use super::layer_ops::{attention, for_rows, Cache, Half, Out, Residual};
 use super::matmul::{matmul, Acts, Mat};
 use super::pool::Pool;
+use super::rope::RopeTable;
 use crate::gguf::{Gguf, GgufError, TensorInfo};
-use crate::model::{Activation, ModelConfig, RopeStyle, ShardTensors};
+use crate::model::{Activation, ModelConfig, ShardTensors};
 use crate::quant::dequantize_row;
-use crate::reference::{argmax, head_norm, rmsnorm, rmsnorm_in_place};
+use crate::reference::{argmax, head_norm, rmsnorm};
 use crate::shard::{
     check_distinct, check_input, normed_sum, HeadOutput, Reducer, SeqId, Sequences, Shard, ShardError, ShardInput,
     ShardOutput, Step,
@@ -50,6 +52,8 @@ struct Layer {
 /// Buffers reused across steps (sized for the largest step seen).
 #[derive(Default)]
 struct Scratch {
+    /// The step's RoPE sines and cosines.
+    rope: RopeTable,
     xb: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -74,7 +78,24 @@ pub struct OpStat {
     pub nanos: u64,
 }
 
-const OPS: [&str; 6] = ["qkv matmul", "attention", "output matmul", "gate+up matmul", "down matmul", "head matmul"];
+const OPS: [&str; 9] = [
+    "qkv matmul",
+    "attention",
+    "output matmul",
+    "gate+up matmul",
+    "down matmul",
+    "head matmul",
+    "residual+norm+quantize",
+    "rope+kv write",
+    "swiglu+quantize",
+];
+
+/// Adds the time since `t0` (taken when profiling) to op `i`.
+fn add_time(prof: &mut Option<Vec<OpStat>>, i: usize, t0: Option<std::time::Instant>) {
+    if let (Some(p), Some(t0)) = (prof, t0) {
+        p[i].nanos += t0.elapsed().as_nanos() as u64;
+    }
+}
 
 /// Runs `f`, adding its time and `bytes` to op `i` when profiling.
 fn timed<R>(prof: &mut Option<Vec<OpStat>>, i: usize, bytes: usize, f: impl FnOnce() -> R) -> R {
@@ -197,12 +218,6 @@ impl CpuShard {
     }
 }
 
-/// A raw pointer the pool's threads write disjoint elements through.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
     &mut v[..n]
@@ -231,12 +246,19 @@ impl CpuShard {
         let model = self.gguf.bytes();
         let s = &mut self.s;
         let seqs = &mut self.seqs;
-        let pos: Vec<usize> = segs.iter().flat_map(|g| g.pos0..g.pos0 + g.n).collect();
+        s.rope.start(segs.iter().flat_map(|g| g.pos0..g.pos0 + g.n));
+        let xs = Out(x.as_mut_ptr());
         for (li, l) in self.layers.iter().enumerate() {
-            // Attention: norm + quantize, then Q, K, V in one job.
-            let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
-            s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.wq, &l.wk, &l.wv], |t, o| {
-                rmsnorm(o, &xr[t * dim..][..dim], &l.attn_norm, c.rms_eps)
+            // Attention: the last layer's feed-forward output added to the residual stream, norm + quantize, row by
+            // row in one job; then Q, K, V in one job.
+            let prev = li.checked_sub(1).map(|p| (Out(s.delta.as_mut_ptr()), self.layers[p].post_ffn_norm.as_deref()));
+            let res = Residual { x: xs, delta: prev, dim, eps: c.rms_eps };
+            let xb = resize(&mut s.xb, n * dim);
+            timed(&mut s.prof, 6, 0, || {
+                s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.wq, &l.wk, &l.wv], |t, o| {
+                    // SAFETY: row t is this call's alone.
+                    rmsnorm(o, unsafe { res.row(t) }, &l.attn_norm, c.rms_eps)
+                })
             });
             let (q, k, v) = (resize(&mut s.q, n * q_dim), resize(&mut s.k, n * kv_dim), resize(&mut s.v, n * kv_dim));
             let bytes = l.wq.range.len() + l.wk.range.len() + l.wv.range.len();
@@ -244,19 +266,33 @@ impl CpuShard {
                 matmul(&self.pool, model, &[&l.wq, &l.wk, &l.wv], &s.acts, n, &mut [&mut *q, &mut *k, &mut *v])
             });
 
-            // Bias, QK-norm and RoPE of the queries and keys, rows split over the pool; then the KV write, each
-            // row into its sequence's cache.
-            let (qp, kp) = (Out(q.as_mut_ptr()), Out(k.as_mut_ptr()));
-            let (qp, kp) = (&qp, &kp);
-            for_rows(&self.pool, n, |t, sc| {
-                // SAFETY: row t's queries and keys are this call's alone.
-                let (qt, kt) = unsafe {
+            // Bias, QK-norm and RoPE of the queries and keys and the KV write (each row into its sequence's
+            // cache), rows split over the pool: the rows' columns come from both threads' matmul chunks.
+            let t0 = s.prof.is_some().then(std::time::Instant::now);
+            let mut dst: Vec<(Half, Half)> = Vec::with_capacity(n);
+            for g in segs {
+                let kv = &mut seqs.get_mut(g.seq)?.kv;
+                for i in 0..g.n {
+                    let (kr, vr) = kv.row_mut(li, g.pos0 + i);
+                    dst.push((Half(kr.as_mut_ptr()), Half(vr.as_mut_ptr())));
+                }
+            }
+            let (qp, kp, vp) = (Out(q.as_mut_ptr()), Out(k.as_mut_ptr()), Out(v.as_mut_ptr()));
+            let (qp, kp, vp, dst) = (&qp, &kp, &vp, &dst);
+            let rope = s.rope.rows(&l.freqs);
+            for_rows(&self.pool, n, |t| {
+                // SAFETY: row t's queries, keys and values, and its cache row (each row of the step is its own
+                // sequence's position, so no two rows share one), are this call's alone.
+                let (qt, kt, vt, kr, vr) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qp.0.add(t * q_dim), q_dim),
                         std::slice::from_raw_parts_mut(kp.0.add(t * kv_dim), kv_dim),
+                        std::slice::from_raw_parts_mut(vp.0.add(t * kv_dim), kv_dim),
+                        std::slice::from_raw_parts_mut(dst[t].0 .0, kv_dim),
+                        std::slice::from_raw_parts_mut(dst[t].1 .0, kv_dim),
                     )
                 };
-                for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1])] {
+                for (x, b) in [(&mut *qt, &l.bias[0]), (&mut *kt, &l.bias[1]), (&mut *vt, &l.bias[2])] {
                     if let Some(b) = b {
                         x.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                     }
@@ -265,20 +301,11 @@ impl CpuShard {
                     head_norm(qt, qn, c.rms_eps);
                     head_norm(kt, kn, c.rms_eps);
                 }
-                rope(qt, kt, pos[t], hd, &l.freqs, c.rope, sc);
+                rope.apply(t, qt, kt, hd, c.rope);
+                kr.convert_from_f32_slice(kt);
+                vr.convert_from_f32_slice(vt);
             });
-            for g in segs {
-                let kv = &mut seqs.get_mut(g.seq)?.kv;
-                for (i, t) in (g.row0..g.row0 + g.n).enumerate() {
-                    let (kt, vt) = (&k[t * kv_dim..][..kv_dim], &mut v[t * kv_dim..][..kv_dim]);
-                    if let Some(b) = &l.bias[2] {
-                        vt.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    }
-                    let (kr, vr) = kv.row_mut(li, g.pos0 + i);
-                    kr.convert_from_f32_slice(kt);
-                    vr.convert_from_f32_slice(vt);
-                }
-            }
+            add_time(&mut s.prof, 7, t0);
 
             // Attention over each sequence's cache: one task per (token, head).
             let caches = segs
@@ -290,18 +317,27 @@ impl CpuShard {
                 .collect::<Result<Vec<_>, ShardError>>()?;
             let att = resize(&mut s.att, n * q_dim);
             timed(&mut s.prof, 1, 0, || attention(&self.pool, self.kernels, c, l.window, &caches, q, att));
-            s.acts.form_and_quantize(&self.pool, att, q_dim, &[&l.wo], |_, _| {});
+            timed(&mut s.prof, 6, 0, || s.acts.form_and_quantize(&self.pool, att, q_dim, &[&l.wo], |_, _| {}));
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 2, l.wo.range.len(), || {
                 matmul(&self.pool, model, &[&l.wo], &s.acts, n, &mut [&mut *delta])
             });
             reduce.all_reduce(delta)?;
-            add_residual(&self.pool, x, delta, &l.post_attn_norm, c);
 
-            // Feed-forward: norm + quantize, gate and up in one job, SwiGLU (or GeGLU) + quantize, down.
-            let (xb, xr) = (resize(&mut s.xb, n * dim), &*x);
-            s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.gate, &l.up], |t, o| {
-                rmsnorm(o, &xr[t * dim..][..dim], &l.ffn_norm, c.rms_eps)
+            // Feed-forward: the attention's output added, norm + quantize, gate and up in one job, SwiGLU (or
+            // GeGLU) + quantize, down.
+            let res = Residual {
+                x: xs,
+                delta: Some((Out(delta.as_mut_ptr()), l.post_attn_norm.as_deref())),
+                dim,
+                eps: c.rms_eps,
+            };
+            let xb = resize(&mut s.xb, n * dim);
+            timed(&mut s.prof, 6, 0, || {
+                s.acts.form_and_quantize(&self.pool, xb, dim, &[&l.gate, &l.up], |t, o| {
+                    // SAFETY: row t is this call's alone.
+                    rmsnorm(o, unsafe { res.row(t) }, &l.ffn_norm, c.rms_eps)
+                })
             });
             let (gate, up) = (resize(&mut s.gate, n * ffn), resize(&mut s.up, n * ffn));
             timed(&mut s.prof, 3, l.gate.range.len() + l.up.range.len(), || {
@@ -309,16 +345,32 @@ impl CpuShard {
             });
             let (up, kern) = (&*up, self.kernels);
             let geglu = c.act == Activation::GeluTanh;
-            s.acts.form_and_quantize(&self.pool, gate, ffn, &[&l.down], |t, g| match geglu {
-                true => kern.geglu(g, &up[t * ffn..][..ffn]),
-                false => kern.swiglu(g, &up[t * ffn..][..ffn]),
+            timed(&mut s.prof, 8, 0, || {
+                s.acts.form_and_quantize(&self.pool, gate, ffn, &[&l.down], |t, g| match geglu {
+                    true => kern.geglu(g, &up[t * ffn..][..ffn]),
+                    false => kern.swiglu(g, &up[t * ffn..][..ffn]),
+                })
             });
             let delta = resize(&mut s.delta, n * dim);
             timed(&mut s.prof, 4, l.down.range.len(), || {
                 matmul(&self.pool, model, &[&l.down], &s.acts, n, &mut [&mut *delta])
             });
             reduce.all_reduce(delta)?;
-            add_residual(&self.pool, x, delta, &l.post_ffn_norm, c);
+        }
+        // The last layer's feed-forward output (each layer's is added in the next one's first job).
+        if let Some(last) = self.layers.last() {
+            let res = Residual {
+                x: xs,
+                delta: Some((Out(s.delta.as_mut_ptr()), last.post_ffn_norm.as_deref())),
+                dim,
+                eps: c.rms_eps,
+            };
+            // SAFETY: row t is this call's alone.
+            timed(&mut s.prof, 6, 0, || {
+                for_rows(&self.pool, n, |t| {
+                    unsafe { res.row(t) };
+                })
+            });
         }
         Ok(())
     }
@@ -336,119 +388,6 @@ impl CpuShard {
         let (pool, model, acts) = (&self.pool, self.gguf.bytes(), &self.s.acts);
         timed(&mut self.s.prof, 5, out.range.len(), || matmul(pool, model, &[out], acts, rows.len(), &mut [logits]));
     }
-}
-
-/// x += delta, each row of `delta` RMS-normed with `post_norm` first when the model has one (gemma3: after the
-/// tensor-parallel sum, as the reference does).
-fn add_residual(pool: &Pool, x: &mut [f32], delta: &mut [f32], post_norm: &Option<Vec<f32>>, c: &ModelConfig) {
-    let Some(w) = post_norm else {
-        x.iter_mut().zip(delta.iter()).for_each(|(a, b)| *a += b);
-        return;
-    };
-    let (xp, dp, dim) = (Out(x.as_mut_ptr()), Out(delta.as_mut_ptr()), c.dim);
-    let (xp, dp) = (&xp, &dp);
-    for_rows(pool, x.len() / dim, |t, _| {
-        // SAFETY: row t of both is this call's alone.
-        let (xt, dt) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(xp.0.add(t * dim), dim),
-                std::slice::from_raw_parts_mut(dp.0.add(t * dim), dim),
-            )
-        };
-        rmsnorm_in_place(dt, w, c.rms_eps);
-        xt.iter_mut().zip(dt.iter()).for_each(|(a, b)| *a += b);
-    });
-}
-
-/// `f(row, scratch)` for every row in `0..n`: on the pool in runs of 8 rows when there are more than 8, else here.
-fn for_rows(pool: &Pool, n: usize, f: impl Fn(usize, &mut Vec<(f32, f32)>) + Sync) {
-    const RUN: usize = 8;
-    if n <= RUN {
-        let mut sc = Vec::new();
-        return (0..n).for_each(|t| f(t, &mut sc));
-    }
-    pool.tasks(n.div_ceil(RUN), Vec::new, |sc, task| (task * RUN..n.min((task + 1) * RUN)).for_each(|t| f(t, sc)));
-}
-
-/// Rotary embedding of one token's queries and keys at `pos` (sines and cosines computed once for both, in
-/// `sc`).
-fn rope(
-    q: &mut [f32],
-    k: &mut [f32],
-    pos: usize,
-    hd: usize,
-    freqs: &[f32],
-    style: RopeStyle,
-    sc: &mut Vec<(f32, f32)>,
-) {
-    let half = hd / 2;
-    sc.clear();
-    sc.extend(freqs.iter().map(|f| (pos as f32 * f).sin_cos()));
-    for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-        for (i, &(sin, cos)) in sc.iter().enumerate().take(half) {
-            let (a, b) = match style {
-                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-                RopeStyle::Neox => (i, i + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
-        }
-    }
-}
-
-/// A layer's cache of one sequence in a batched step (from position `base`), and where its rows are.
-struct Cache<'a> {
-    k: &'a [f16],
-    v: &'a [f16],
-    base: usize,
-    pos0: usize,
-    row0: usize,
-}
-
-/// `att (rows, q_dim)`: each row's heads attend over its sequence's cache positions up to its own (causal; the last
-/// `window` of them on a sliding-window layer), with grouped K/V heads. `caches` are sorted by `row0`, the first at
-/// row 0. A task is one row's K/V head with the query heads that share it, so one thread reads that head's cache
-/// once, from its own L2 for the later heads; with fewer such pairs than threads (one decoding row of a model with
-/// one KV head, as gemma3) a group's query heads are split over several tasks.
-fn attention(
-    pool: &Pool,
-    kern: Kernels,
-    c: &ModelConfig,
-    window: Option<usize>,
-    caches: &[Cache],
-    q: &[f32],
-    att: &mut [f32],
-) {
-    let (hd, kv_dim, nh) = (c.head_dim, c.kv_dim(), c.n_heads);
-    let n = att.len() / (nh * hd);
-    let q_dim = nh * hd;
-    let group = nh / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let out = Out(att.as_mut_ptr());
-    let out = &out;
-    let nkv = c.n_kv_heads;
-    let parts = if n * nkv < pool.threads() { group.min(pool.threads().div_ceil(n * nkv)) } else { 1 };
-    let per = group.div_ceil(parts);
-    let job = |scores: &mut Vec<f32>, task: usize| {
-        let (t, rest) = (task / (nkv * parts), task % (nkv * parts));
-        let (kvh, part) = (rest / parts, rest % parts);
-        let g = &caches[caches.partition_point(|g| g.row0 <= t) - 1];
-        let last = g.pos0 + (t - g.row0);
-        let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
-        let h0 = kvh * group + part * per;
-        let heads = (h0 + per).min((kvh + 1) * group).saturating_sub(h0);
-        if heads == 0 {
-            return; // the last part of a group that split unevenly
-        }
-        let qh = &q[t * q_dim + h0 * hd..][..heads * hd];
-        // SAFETY: task (t, heads h0..) alone writes these heads' elements.
-        let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * q_dim + h0 * hd), heads * hd) };
-        let at = (first - g.base) * kv_dim + kvh * hd;
-        let (k, v) = (&g.k[at..], &g.v[at..]);
-        kern.attend_group(qh, heads, k, v, kv_dim, last + 1 - first, scale, scores, o);
-    };
-    pool.tasks(n * nkv * parts, Vec::new, job);
 }
 
 impl Shard for CpuShard {
