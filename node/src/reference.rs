@@ -342,15 +342,22 @@ pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, style: RopeS
         for i in 0..half {
             let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
             let (sin, cos) = (pos as f32 * freq).sin_cos();
-            let (a, b) = match style {
-                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-                RopeStyle::Neox => (i, i + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+            rotate_pair(head, i, style, sin, cos);
         }
     }
+}
+
+/// Rotates pair `i` of one head (`head.len()` = the head dimension) by the angle whose sine and cosine are given:
+/// dimensions `2i, 2i + 1` (adjacent) or `i, i + half` (neox).
+#[inline]
+pub fn rotate_pair(head: &mut [f32], i: usize, style: RopeStyle, sin: f32, cos: f32) {
+    let (a, b) = match style {
+        RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+        RopeStyle::Neox => (i, i + head.len() / 2),
+    };
+    let (x0, x1) = (head[a], head[b]);
+    head[a] = x0 * cos - x1 * sin;
+    head[b] = x0 * sin + x1 * cos;
 }
 
 pub fn softmax(x: &mut [f32]) {

@@ -56,13 +56,7 @@ impl RopeRows<'_> {
         let sc = &self.table[t * self.per_row..][..self.per_row];
         for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
             for (i, &(sin, cos)) in sc.iter().enumerate().take(half) {
-                let (a, b) = match style {
-                    RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-                    RopeStyle::Neox => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+                crate::reference::rotate_pair(head, i, style, sin, cos);
             }
         }
     }
