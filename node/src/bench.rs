@@ -332,7 +332,7 @@ fn print_ops(ops: &[crate::cpu::shard::OpStat], steps: usize, total: f64, read: 
         println!("  {:<22} {:>12} {:>10.1} {:>9} {:>8}", op.op, human_bytes(bytes), t, gbps, ratio);
     }
     println!(
-        "  ops {:.2} ms of {:.2} ms per step (the rest: embedding, sampling, bookkeeping)",
+        "  ops {:.2} ms of {:.2} ms per step (the rest: embedding, the head's norm, sampling, bookkeeping)",
         sum * 1e3 / steps as f64,
         total * 1e3 / steps as f64
     );

@@ -113,6 +113,18 @@ impl<T: Copy + Default> SeqKv<T> {
         (&mut l.k[at..at + self.kv_dim], &mut l.v[at..at + self.kv_dim])
     }
 
+    /// Raw pointers to the K and V rows (`kv_dim` elements each) of position `pos` in layer `li` (made room
+    /// for), for writers on several threads at once: taken through `Vec::as_mut_ptr`, so one position's pointers
+    /// stay valid while another's are taken (no reference to the whole buffer is made), until the cache is
+    /// resized.
+    pub fn row_ptrs(&mut self, li: usize, pos: usize) -> (*mut T, *mut T) {
+        let (l, d) = (&mut self.layers[li], self.kv_dim);
+        let at = (pos - l.base) * d;
+        assert!(at + d <= l.k.len() && at + d <= l.v.len(), "position {pos} has no room in layer {li}");
+        // SAFETY: in bounds (checked above).
+        unsafe { (l.k.as_mut_ptr().add(at), l.v.as_mut_ptr().add(at)) }
+    }
+
     /// Layer `li`'s K and V and the position of their first row.
     pub fn layer(&self, li: usize) -> (&[T], &[T], usize) {
         let l = &self.layers[li];

@@ -1,5 +1,6 @@
-//! A layer's work besides the matmuls, on the pool by rows of the step: the residual sum (made inside the next
-//! norm's job), per-row jobs (bias, QK-norm, RoPE and the KV write) and attention over each sequence's cache.
+//! What a layer needs besides the matmuls, on the pool by rows of the step: [`for_rows`] (the shard's per-row jobs:
+//! bias, QK-norm, RoPE and the KV write), [`Residual`] (the residual sum made inside the next norm's job) and
+//! [`attention`] over each sequence's cache.
 
 use half::f16;
 
@@ -23,7 +24,7 @@ unsafe impl Sync for Half {}
 /// The residual stream `x` `(rows, dim)` and the output `delta` waiting to be added to it, each row of `delta`
 /// RMS-normed with its post-norm first when the model has one (gemma3: after the tensor-parallel sum, as the
 /// reference does). The sum is made row by row in the job that norms the rows next: the rows' columns come from
-/// both threads' matmul chunks, and one pass over them moves them between cores once.
+/// every thread's matmul chunks, and one pass over them moves them between cores once.
 #[derive(Clone, Copy)]
 pub(super) struct Residual<'a> {
     pub x: Out,

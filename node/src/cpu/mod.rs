@@ -7,7 +7,7 @@
 //!   products that run on the pool.
 //! - [`kernels`]: one file of dot products per instruction set (generic, AVX2, AVX-512 VNNI), picked at run time.
 //! - [`kv`]: a sequence's KV cache, sliding-window layers bounded by their window.
-//! - [`layer_ops`]: a layer's work besides the matmuls (residual sums, RoPE and the KV write, attention).
+//! - [`layer_ops`]: a layer's row jobs on the pool, the residual sum inside the next norm, attention.
 //! - [`pool`]: the persistent thread pool (spin briefly, then sleep).
 //! - [`repack`]: weights of the 32-weight block types interleaved eight rows at a time at load.
 //! - [`rope`]: rotary embedding from a table of the step's sines and cosines.

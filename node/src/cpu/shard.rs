@@ -1,9 +1,10 @@
 //! The native CPU backend's [`Shard`]: the reference forward pass's arithmetic, batched over a step's tokens and
 //! run on the pool with the SIMD kernels. Weights stay in the memory-mapped file in their GGML blocks.
 //!
-//! Per layer, four pool jobs: Q/K/V together, attention (token x KV-head tasks), the output projection, gate/up
-//! together, and the down projection; in between, the caller does the cheap row work in one pass each (norm +
-//! quantize, bias + RoPE + KV write, SwiGLU + quantize). A tensor-parallel slice sums its partial outputs through
+//! Per layer, five matmul and attention jobs on the pool: Q/K/V together, attention (token x KV-head tasks), the
+//! output projection, gate/up together, and the down projection; in between, the row work, one job each with a
+//! row a task (the residual sum + norm + quantize, bias + QK-norm + RoPE + KV write, SwiGLU + quantize; a single
+//! row runs on the caller). A tensor-parallel slice sums its partial outputs through
 //! the [`Reducer`] twice per layer, as every backend does. A step may carry several sequences (continuous
 //! batching, [`Shard::forward_batch`]): their rows share every matmul and attend over their own caches.
 
@@ -249,7 +250,7 @@ impl CpuShard {
         s.rope.start(segs.iter().flat_map(|g| g.pos0..g.pos0 + g.n));
         let xs = Out(x.as_mut_ptr());
         for (li, l) in self.layers.iter().enumerate() {
-            // Attention: the last layer's feed-forward output added to the residual stream, norm + quantize, row by
+            // Attention: the previous layer's feed-forward output added to the residual stream, norm + quantize, row by
             // row in one job; then Q, K, V in one job.
             let prev = li.checked_sub(1).map(|p| (Out(s.delta.as_mut_ptr()), self.layers[p].post_ffn_norm.as_deref()));
             let res = Residual { x: xs, delta: prev, dim, eps: c.rms_eps };
@@ -267,14 +268,14 @@ impl CpuShard {
             });
 
             // Bias, QK-norm and RoPE of the queries and keys and the KV write (each row into its sequence's
-            // cache), rows split over the pool: the rows' columns come from both threads' matmul chunks.
+            // cache), rows split over the pool: the rows' columns come from every thread's matmul chunks.
             let t0 = s.prof.is_some().then(std::time::Instant::now);
             let mut dst: Vec<(Half, Half)> = Vec::with_capacity(n);
             for g in segs {
                 let kv = &mut seqs.get_mut(g.seq)?.kv;
                 for i in 0..g.n {
-                    let (kr, vr) = kv.row_mut(li, g.pos0 + i);
-                    dst.push((Half(kr.as_mut_ptr()), Half(vr.as_mut_ptr())));
+                    let (kr, vr) = kv.row_ptrs(li, g.pos0 + i);
+                    dst.push((Half(kr), Half(vr)));
                 }
             }
             let (qp, kp, vp) = (Out(q.as_mut_ptr()), Out(k.as_mut_ptr()), Out(v.as_mut_ptr()));
@@ -307,7 +308,7 @@ impl CpuShard {
             });
             add_time(&mut s.prof, 7, t0);
 
-            // Attention over each sequence's cache: one task per (token, head).
+            // Attention over each sequence's cache: one task per (token, KV head, part of its query heads).
             let caches = segs
                 .iter()
                 .map(|g| {
@@ -365,9 +366,9 @@ impl CpuShard {
                 dim,
                 eps: c.rms_eps,
             };
-            // SAFETY: row t is this call's alone.
             timed(&mut s.prof, 6, 0, || {
                 for_rows(&self.pool, n, |t| {
+                    // SAFETY: row t is this call's alone.
                     unsafe { res.row(t) };
                 })
             });
